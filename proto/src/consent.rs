@@ -1,0 +1,268 @@
+//! Consent grants and revocations: signed by the student (and a guardian under 16), checked by
+//! the sender before anything leaves a node and by the recipient before anything is stored.
+
+use crate::passport::verify_student_signatures;
+use crate::pb::{ConsentGrant, Revocation, Signed, StudentCard};
+use crate::sign::{Domain, decode_body};
+use crate::{ProtocolError, UnixTime};
+
+/// The purposes a grant may name.
+pub const PURPOSES: &[&str] = &["intake", "begeleiding", "werk", "nazorg"];
+
+/// Verifies a signed grant against the student's card: signatures (guardian when the student is
+/// under 16 on the grant's issue date), pseudonym, purpose, time window and sections.
+pub fn verify_grant(signed: &Signed, card: &StudentCard) -> Result<ConsentGrant, ProtocolError> {
+    let grant: ConsentGrant = decode_body(Domain::Grant, signed)?;
+    check_grant_shape(&grant, card)?;
+    verify_student_signatures(Domain::Grant, signed, card, grant.issued_at)?;
+    Ok(grant)
+}
+
+fn check_grant_shape(grant: &ConsentGrant, card: &StudentCard) -> Result<(), ProtocolError> {
+    if grant.grant_id.is_empty() || grant.grant_id.len() > 64 {
+        return Err(ProtocolError::Consent(
+            "grant id must be 1-64 characters".into(),
+        ));
+    }
+    if grant.pseudonym != card.pseudonym {
+        return Err(ProtocolError::Consent(format!(
+            "grant is for student {}, the card is for {}",
+            grant.pseudonym, card.pseudonym
+        )));
+    }
+    if grant.home_org != card.home_org {
+        return Err(ProtocolError::Consent(format!(
+            "grant names home school {}, the card was issued by {}",
+            grant.home_org, card.home_org
+        )));
+    }
+    if !PURPOSES.contains(&grant.purpose.as_str()) {
+        return Err(ProtocolError::Consent(format!(
+            "purpose {:?} is not one of {}",
+            grant.purpose,
+            PURPOSES.join(", ")
+        )));
+    }
+    if grant.sections.is_empty() {
+        return Err(ProtocolError::Consent("grant names no sections".into()));
+    }
+    if grant.not_after <= grant.not_before {
+        return Err(ProtocolError::Consent(format!(
+            "grant ends ({}) before it starts ({})",
+            crate::format_date(grant.not_after),
+            crate::format_date(grant.not_before)
+        )));
+    }
+    Ok(())
+}
+
+/// Why a grant is not in force at a moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrantTime {
+    InForce,
+    NotYetValid,
+    Expired,
+}
+
+pub fn grant_time(grant: &ConsentGrant, now: UnixTime) -> GrantTime {
+    if now < grant.not_before {
+        GrantTime::NotYetValid
+    } else if now >= grant.not_after {
+        GrantTime::Expired
+    } else {
+        GrantTime::InForce
+    }
+}
+
+/// Refuses a grant outside its time window, with a message for people.
+pub fn check_in_force(grant: &ConsentGrant, now: UnixTime) -> Result<(), ProtocolError> {
+    match grant_time(grant, now) {
+        GrantTime::InForce => Ok(()),
+        GrantTime::NotYetValid => Err(ProtocolError::Consent(format!(
+            "grant {} is not valid until {}",
+            grant.grant_id,
+            crate::format_date(grant.not_before)
+        ))),
+        GrantTime::Expired => Err(ProtocolError::Consent(format!(
+            "grant {} expired on {}",
+            grant.grant_id,
+            crate::format_date(grant.not_after)
+        ))),
+    }
+}
+
+/// Checks that the grant allows `recipient_org` to receive `sections` for `purpose`.
+pub fn check_covers(
+    grant: &ConsentGrant,
+    recipient_org: &str,
+    purpose: &str,
+    sections: &[String],
+) -> Result<(), ProtocolError> {
+    if grant.recipient_org != recipient_org {
+        return Err(ProtocolError::Consent(format!(
+            "grant {} is for {}, not for {}",
+            grant.grant_id, grant.recipient_org, recipient_org
+        )));
+    }
+    if grant.purpose != purpose {
+        return Err(ProtocolError::Consent(format!(
+            "grant {} is for purpose {}, not {}",
+            grant.grant_id, grant.purpose, purpose
+        )));
+    }
+    if let Some(s) = sections.iter().find(|s| !grant.sections.contains(s)) {
+        return Err(ProtocolError::Consent(format!(
+            "section {s} is outside grant {} (it covers {})",
+            grant.grant_id,
+            grant.sections.join(", ")
+        )));
+    }
+    Ok(())
+}
+
+/// Verifies a signed revocation against the student's card.
+pub fn verify_revocation(signed: &Signed, card: &StudentCard) -> Result<Revocation, ProtocolError> {
+    let rev: Revocation = decode_body(Domain::Revocation, signed)?;
+    if rev.pseudonym != card.pseudonym {
+        return Err(ProtocolError::Consent(format!(
+            "revocation is for student {}, the card is for {}",
+            rev.pseudonym, card.pseudonym
+        )));
+    }
+    verify_student_signatures(Domain::Revocation, signed, card, rev.revoked_at)?;
+    Ok(rev)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sign::{generate_signing_key, sign_message};
+    use ed25519_dalek::SigningKey;
+
+    struct Fixture {
+        student: SigningKey,
+        guardian: SigningKey,
+        card: StudentCard,
+    }
+
+    fn fixture(birth_month: &str) -> Fixture {
+        let student = generate_signing_key();
+        let guardian = generate_signing_key();
+        let card = StudentCard {
+            pseudonym: "p1".into(),
+            home_org: "25LP".into(),
+            student_key: student.verifying_key().to_bytes().to_vec(),
+            birth_month: birth_month.into(),
+            guardian_keys: vec![guardian.verifying_key().to_bytes().to_vec()],
+            issued_at: 0,
+        };
+        Fixture {
+            student,
+            guardian,
+            card,
+        }
+    }
+
+    const NOV_2026: i64 = 1_795_000_000;
+
+    fn grant() -> ConsentGrant {
+        ConsentGrant {
+            grant_id: "g1".into(),
+            pseudonym: "p1".into(),
+            home_org: "25LP".into(),
+            recipient_org: "MBO1".into(),
+            sections: vec!["wie-ben-ik".into(), "wat-heb-ik-nodig".into()],
+            purpose: "intake".into(),
+            not_before: NOV_2026 - 10,
+            not_after: NOV_2026 + 86_400,
+            live: false,
+            issued_at: NOV_2026,
+        }
+    }
+
+    #[test]
+    fn grant_of_a_17_year_old_needs_only_the_student() {
+        let f = fixture("2009-05");
+        let signed = sign_message(Domain::Grant, &grant(), &[&f.student]);
+        let g = verify_grant(&signed, &f.card).unwrap();
+        check_in_force(&g, NOV_2026).unwrap();
+        check_covers(&g, "MBO1", "intake", &["wie-ben-ik".into()]).unwrap();
+    }
+
+    #[test]
+    fn guardian_less_grant_of_a_15_year_old_is_refused() {
+        let f = fixture("2011-02");
+        let signed = sign_message(Domain::Grant, &grant(), &[&f.student]);
+        let err = verify_grant(&signed, &f.card).unwrap_err();
+        assert!(err.to_string().contains("under 16"), "{err}");
+        let both = sign_message(Domain::Grant, &grant(), &[&f.student, &f.guardian]);
+        verify_grant(&both, &f.card).unwrap();
+    }
+
+    #[test]
+    fn a_stranger_cannot_sign_as_guardian() {
+        let f = fixture("2011-02");
+        let stranger = generate_signing_key();
+        let signed = sign_message(Domain::Grant, &grant(), &[&f.student, &stranger]);
+        assert!(verify_grant(&signed, &f.card).is_err());
+    }
+
+    #[test]
+    fn time_window_is_enforced() {
+        let g = grant();
+        let e = check_in_force(&g, g.not_before - 1).unwrap_err();
+        assert!(e.to_string().contains("not valid until"), "{e}");
+        let e = check_in_force(&g, g.not_after).unwrap_err();
+        assert!(e.to_string().contains("expired on"), "{e}");
+    }
+
+    #[test]
+    fn scope_is_enforced() {
+        let g = grant();
+        assert!(
+            check_covers(&g, "GM0193", "intake", &[])
+                .unwrap_err()
+                .to_string()
+                .contains("is for MBO1")
+        );
+        assert!(check_covers(&g, "MBO1", "werk", &[]).is_err());
+        let e = check_covers(&g, "MBO1", "intake", &["wat-wil-ik".into()]).unwrap_err();
+        assert!(e.to_string().contains("outside grant"), "{e}");
+    }
+
+    #[test]
+    fn malformed_grants_are_refused() {
+        let f = fixture("2009-05");
+        let mut g = grant();
+        g.purpose = "marketing".into();
+        let s = sign_message(Domain::Grant, &g, &[&f.student]);
+        assert!(
+            verify_grant(&s, &f.card)
+                .unwrap_err()
+                .to_string()
+                .contains("purpose")
+        );
+        let mut g = grant();
+        g.not_after = g.not_before;
+        let s = sign_message(Domain::Grant, &g, &[&f.student]);
+        assert!(verify_grant(&s, &f.card).is_err());
+        let mut g = grant();
+        g.pseudonym = "other".into();
+        let s = sign_message(Domain::Grant, &g, &[&f.student]);
+        assert!(verify_grant(&s, &f.card).is_err());
+    }
+
+    #[test]
+    fn revocation_needs_the_student() {
+        let f = fixture("2009-05");
+        let rev = Revocation {
+            grant_id: "g1".into(),
+            pseudonym: "p1".into(),
+            revoked_at: NOV_2026,
+        };
+        let ok = sign_message(Domain::Revocation, &rev, &[&f.student]);
+        assert_eq!(verify_revocation(&ok, &f.card).unwrap().grant_id, "g1");
+        let bad = sign_message(Domain::Revocation, &rev, &[&generate_signing_key()]);
+        assert!(verify_revocation(&bad, &f.card).is_err());
+    }
+}

@@ -1,0 +1,352 @@
+//! Student cards, passport versions, salted section digests and selective disclosure.
+//!
+//! A passport version is a list of sections plus a manifest that holds one salted SHA-256 digest
+//! per section. The student signs the manifest (a guardian too when the student is under 16).
+//! Sharing a subset of sections reveals only those sections and their salts; the recipient checks
+//! each against the signed manifest, as in SD-JWT, and learns nothing of the other sections.
+
+use ed25519_dalek::VerifyingKey;
+use prost::Message;
+use rand_core::RngCore;
+use sha2::{Digest, Sha256};
+
+use crate::pb::{Disclosure, Manifest, Section, SectionDigest, Signed, StudentCard};
+use crate::sign::{Domain, decode_body, open_signed, verify_signed_by, verifying_key};
+use crate::{ProtocolError, UnixTime};
+
+const SECTION_DOMAIN: &[u8] = b"overstap.v1/section\0";
+
+/// SHA-256(domain || salt || encoded section).
+pub fn section_digest(salt: &[u8], section_bytes: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(SECTION_DOMAIN);
+    h.update((salt.len() as u32).to_be_bytes());
+    h.update(salt);
+    h.update(section_bytes);
+    h.finalize().into()
+}
+
+/// A passport version ready to be signed: the manifest and every section's disclosure.
+#[derive(Debug, Clone)]
+pub struct PassportVersion {
+    pub manifest: Manifest,
+    pub disclosures: Vec<Disclosure>,
+}
+
+/// Salts and digests `sections` and builds the manifest. Section ids must be unique.
+pub fn build_version(
+    pseudonym: &str,
+    version: u32,
+    question_set: &str,
+    created_at: UnixTime,
+    sections: &[Section],
+) -> Result<PassportVersion, ProtocolError> {
+    let mut digests = Vec::with_capacity(sections.len());
+    let mut disclosures = Vec::with_capacity(sections.len());
+    for (i, section) in sections.iter().enumerate() {
+        if sections[..i]
+            .iter()
+            .any(|s| s.section_id == section.section_id)
+        {
+            return Err(ProtocolError::Malformed {
+                what: "passport",
+                detail: format!("section {} appears twice", section.section_id),
+            });
+        }
+        let mut salt = vec![0u8; 16];
+        rand_core::OsRng.fill_bytes(&mut salt);
+        let bytes = section.encode_to_vec();
+        digests.push(SectionDigest {
+            section_id: section.section_id.clone(),
+            digest: section_digest(&salt, &bytes).to_vec(),
+        });
+        disclosures.push(Disclosure {
+            salt,
+            section: bytes,
+        });
+    }
+    Ok(PassportVersion {
+        manifest: Manifest {
+            pseudonym: pseudonym.to_string(),
+            version,
+            question_set: question_set.to_string(),
+            created_at,
+            digests,
+        },
+        disclosures,
+    })
+}
+
+/// Checks each disclosure against the manifest and returns the sections, in manifest order.
+/// Every disclosed section must match a digest; a section may be disclosed only once.
+pub fn verify_disclosures(
+    manifest: &Manifest,
+    disclosures: &[Disclosure],
+) -> Result<Vec<Section>, ProtocolError> {
+    let mut found: Vec<(usize, Section)> = Vec::with_capacity(disclosures.len());
+    for d in disclosures {
+        let digest = section_digest(&d.salt, &d.section);
+        let idx = manifest
+            .digests
+            .iter()
+            .position(|m| m.digest.as_slice() == digest.as_slice())
+            .ok_or_else(|| {
+                ProtocolError::Disclosure(
+                    "a section does not match any digest in the signed manifest".into(),
+                )
+            })?;
+        let section = Section::decode(d.section.as_slice())
+            .map_err(|e| ProtocolError::malformed("section", e))?;
+        if section.section_id != manifest.digests[idx].section_id {
+            return Err(ProtocolError::Disclosure(format!(
+                "section {} was disclosed under the digest of section {}",
+                section.section_id, manifest.digests[idx].section_id
+            )));
+        }
+        if found.iter().any(|(i, _)| *i == idx) {
+            return Err(ProtocolError::Disclosure(format!(
+                "section {} is disclosed twice",
+                section.section_id
+            )));
+        }
+        found.push((idx, section));
+    }
+    found.sort_by_key(|(i, _)| *i);
+    Ok(found.into_iter().map(|(_, s)| s).collect())
+}
+
+/// Picks the disclosures of the named sections out of a full passport version.
+pub fn select_disclosures(
+    disclosures: &[Disclosure],
+    section_ids: &[String],
+) -> Result<Vec<Disclosure>, ProtocolError> {
+    let mut out = Vec::with_capacity(section_ids.len());
+    for id in section_ids {
+        let d = disclosures
+            .iter()
+            .find(|d| {
+                Section::decode(d.section.as_slice())
+                    .map(|s| &s.section_id == id)
+                    .unwrap_or(false)
+            })
+            .ok_or_else(|| {
+                ProtocolError::Disclosure(format!("the passport has no section {id}"))
+            })?;
+        out.push(d.clone());
+    }
+    Ok(out)
+}
+
+/// Parses "YYYY-MM" into (year, month).
+pub fn parse_birth_month(s: &str) -> Result<(i32, u8), ProtocolError> {
+    let bad = || ProtocolError::Malformed {
+        what: "birth month",
+        detail: format!("{s:?} is not of the form YYYY-MM"),
+    };
+    let (y, m) = s.split_once('-').ok_or_else(bad)?;
+    if y.len() != 4 || m.len() != 2 {
+        return Err(bad());
+    }
+    let year: i32 = y.parse().map_err(|_| bad())?;
+    let month: u8 = m.parse().map_err(|_| bad())?;
+    if !(1..=12).contains(&month) || !(1900..=2100).contains(&year) {
+        return Err(bad());
+    }
+    Ok((year, month))
+}
+
+/// Whether a student born in `birth_month` may be under 16 at `at` (UAVG art. 5).
+///
+/// Only the month is known, so the student counts as 16 from the first day of the month after
+/// the 16th birthday month: when in doubt, a guardian must sign.
+pub fn under_16(birth_month: &str, at: UnixTime) -> Result<bool, ProtocolError> {
+    let (year, month) = parse_birth_month(birth_month)?;
+    let (y16, m16) = if month == 12 {
+        (year + 17, 1)
+    } else {
+        (year + 16, month + 1)
+    };
+    let month =
+        time::Month::try_from(m16).map_err(|e| ProtocolError::malformed("birth month", e))?;
+    let date = time::Date::from_calendar_date(y16, month, 1)
+        .map_err(|e| ProtocolError::malformed("birth month", e))?;
+    let sixteen = date.midnight().assume_utc().unix_timestamp();
+    Ok(at < sixteen)
+}
+
+/// Verifies a student card issued by the home node whose signing key is `home_key`.
+pub fn verify_card(signed: &Signed, home_key: &VerifyingKey) -> Result<StudentCard, ProtocolError> {
+    let card: StudentCard = open_signed(Domain::StudentCard, signed, home_key)?;
+    verifying_key(&card.student_key, "student key")?;
+    parse_birth_month(&card.birth_month)?;
+    for g in &card.guardian_keys {
+        verifying_key(g, "guardian key")?;
+    }
+    Ok(card)
+}
+
+/// Checks the student's signature, and a guardian's when the student is under 16 at `at`.
+pub fn verify_student_signatures(
+    domain: Domain,
+    signed: &Signed,
+    card: &StudentCard,
+    at: UnixTime,
+) -> Result<(), ProtocolError> {
+    let student = verifying_key(&card.student_key, "student key")?;
+    verify_signed_by(domain, signed, &student)?;
+    if under_16(&card.birth_month, at)? {
+        let mut last_err = None;
+        for g in &card.guardian_keys {
+            match verify_signed_by(domain, signed, &verifying_key(g, "guardian key")?) {
+                Ok(()) => return Ok(()),
+                Err(e) => last_err = Some(e),
+            }
+        }
+        return Err(match last_err {
+            Some(ProtocolError::BadSignature { what, detail }) => {
+                ProtocolError::BadSignature { what, detail }
+            }
+            _ => ProtocolError::MissingSignature {
+                what: domain.what(),
+                detail: format!(
+                    "the student is under 16 on {}, so a guardian must co-sign",
+                    crate::format_date(at)
+                ),
+            },
+        });
+    }
+    Ok(())
+}
+
+/// Verifies a signed manifest against the student's card.
+pub fn verify_manifest(signed: &Signed, card: &StudentCard) -> Result<Manifest, ProtocolError> {
+    let manifest: Manifest = decode_body(Domain::Manifest, signed)?;
+    if manifest.pseudonym != card.pseudonym {
+        return Err(ProtocolError::Disclosure(format!(
+            "manifest is for student {}, the card is for {}",
+            manifest.pseudonym, card.pseudonym
+        )));
+    }
+    verify_student_signatures(Domain::Manifest, signed, card, manifest.created_at)?;
+    Ok(manifest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pb::Answer;
+    use crate::sign::{generate_signing_key, sign_message};
+    use proptest::prelude::*;
+
+    pub(crate) fn section(id: &str, answer: &str) -> Section {
+        Section {
+            section_id: id.into(),
+            title: format!("Titel {id}"),
+            answers: vec![Answer {
+                question_id: "q1".into(),
+                question: "Wat vind je leuk?".into(),
+                answer: answer.into(),
+                smiley: "blij".into(),
+            }],
+        }
+    }
+
+    #[test]
+    fn disclosed_subset_verifies_and_hides_the_rest() {
+        let sections = vec![
+            section("a", "tekenen"),
+            section("b", "voetbal"),
+            section("c", "koken"),
+        ];
+        let v = build_version("p1", 1, "pvs-mbo-v1", 0, &sections).unwrap();
+        let chosen = select_disclosures(&v.disclosures, &["c".into(), "a".into()]).unwrap();
+        let shown = verify_disclosures(&v.manifest, &chosen).unwrap();
+        let ids: Vec<_> = shown.iter().map(|s| s.section_id.as_str()).collect();
+        assert_eq!(ids, ["a", "c"]);
+        let all_bytes: Vec<u8> = chosen.iter().flat_map(|d| d.section.clone()).collect();
+        assert!(!all_bytes.windows(7).any(|w| w == b"voetbal"));
+    }
+
+    #[test]
+    fn altered_section_is_refused() {
+        let v = build_version("p1", 1, "s", 0, &[section("a", "tekenen")]).unwrap();
+        let mut d = v.disclosures.clone();
+        d[0].section = section("a", "iets anders").encode_to_vec();
+        let err = verify_disclosures(&v.manifest, &d).unwrap_err();
+        assert!(
+            err.to_string().contains("does not match any digest"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn section_relabelled_under_another_digest_is_refused() {
+        let v = build_version("p1", 1, "s", 0, &[section("a", "x"), section("b", "y")]).unwrap();
+        let mut m = v.manifest.clone();
+        m.digests.swap(0, 1);
+        m.digests[0].section_id = "a".into();
+        m.digests[1].section_id = "b".into();
+        assert!(verify_disclosures(&m, &v.disclosures).is_err());
+    }
+
+    #[test]
+    fn duplicate_disclosure_and_duplicate_section_ids_are_refused() {
+        let v = build_version("p1", 1, "s", 0, &[section("a", "x")]).unwrap();
+        let twice = vec![v.disclosures[0].clone(), v.disclosures[0].clone()];
+        assert!(verify_disclosures(&v.manifest, &twice).is_err());
+        assert!(build_version("p1", 1, "s", 0, &[section("a", "x"), section("a", "y")]).is_err());
+    }
+
+    #[test]
+    fn under_16_uses_the_month_after_the_sixteenth_birthday_month() {
+        let t = |y, m, d| {
+            time::Date::from_calendar_date(y, time::Month::try_from(m).unwrap(), d)
+                .unwrap()
+                .midnight()
+                .assume_utc()
+                .unix_timestamp()
+        };
+        assert!(under_16("2010-03", t(2026, 3, 31)).unwrap());
+        assert!(!under_16("2010-03", t(2026, 4, 1)).unwrap());
+        assert!(under_16("2010-12", t(2026, 12, 31)).unwrap());
+        assert!(!under_16("2010-12", t(2027, 1, 1)).unwrap());
+        assert!(under_16("2013-13", 0).is_err());
+    }
+
+    #[test]
+    fn manifest_of_a_15_year_old_needs_a_guardian() {
+        let home = generate_signing_key();
+        let student = generate_signing_key();
+        let guardian = generate_signing_key();
+        let card = StudentCard {
+            pseudonym: "p1".into(),
+            home_org: "25LP".into(),
+            student_key: student.verifying_key().to_bytes().to_vec(),
+            birth_month: "2011-06".into(),
+            guardian_keys: vec![guardian.verifying_key().to_bytes().to_vec()],
+            issued_at: 0,
+        };
+        let signed_card = sign_message(Domain::StudentCard, &card, &[&home]);
+        let card = verify_card(&signed_card, &home.verifying_key()).unwrap();
+        let at = 1_790_000_000; // 2026-09
+        let v = build_version("p1", 1, "s", at, &[section("a", "x")]).unwrap();
+        let only_student = sign_message(Domain::Manifest, &v.manifest, &[&student]);
+        let err = verify_manifest(&only_student, &card).unwrap_err();
+        assert!(err.to_string().contains("guardian must co-sign"), "{err}");
+        let both = sign_message(Domain::Manifest, &v.manifest, &[&student, &guardian]);
+        assert_eq!(verify_manifest(&both, &card).unwrap().version, 1);
+    }
+
+    proptest! {
+        #[test]
+        fn any_subset_round_trips(n in 1usize..8, mask in 0u8..=255) {
+            let sections: Vec<_> = (0..n).map(|i| section(&format!("s{i}"), &format!("antwoord {i}"))).collect();
+            let v = build_version("p", 1, "s", 0, &sections).unwrap();
+            let ids: Vec<String> = (0..n).filter(|i| mask & (1 << i) != 0).map(|i| format!("s{i}")).collect();
+            let chosen = select_disclosures(&v.disclosures, &ids).unwrap();
+            let shown = verify_disclosures(&v.manifest, &chosen).unwrap();
+            prop_assert_eq!(shown.len(), ids.len());
+            for s in shown { prop_assert!(ids.contains(&s.section_id)); }
+        }
+    }
+}
