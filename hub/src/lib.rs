@@ -1,1 +1,92 @@
-//! placeholder
+//! `overstap-hub`: the regional hub. It routes sealed envelopes between member nodes, keeps each
+//! recipient's mailbox until the recipient acknowledges, appends every routing event to a log,
+//! and serves the authority-signed directory. It can read no content.
+//!
+//! Layout:
+//! - [`settings`]: the typed settings (file, environment, flags) and the resolved [`HubConfig`].
+//! - [`tls`]: TLS 1.3 with required client certificates from the region CA.
+//! - [`service`]: the `Hub` gRPC service; decodes, checks, calls the store, maps errors.
+//! - [`store`]: the storage trait and its SQLite implementation.
+//!
+//! [`serve`] takes a bound listener and a shutdown future, so tests and the demo run a hub
+//! in-process on `127.0.0.1:0`.
+#![forbid(unsafe_code)]
+
+pub mod service;
+pub mod settings;
+pub mod store;
+pub mod tls;
+
+use std::future::Future;
+
+use anyhow::Context;
+use overstap_proto::pb::hub_server::HubServer;
+use tokio::net::TcpListener;
+
+pub use service::{HubError, HubService};
+pub use settings::{HubConfig, Settings};
+pub use store::{HubStore, SqliteStore};
+
+/// Room for the header and protobuf framing on top of the largest body; anything beyond four
+/// times the body limit is refused by the transport before it is buffered.
+const TRANSPORT_LIMIT_FACTOR: usize = 4;
+
+/// Runs the hub on `listener` until `shutdown` completes, then drains and returns.
+pub async fn serve(
+    config: HubConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let store = SqliteStore::open(&config.database_url)
+        .await
+        .with_context(|| format!("opening hub database {}", config.database_url))?;
+    serve_with_store(config, store, listener, shutdown).await
+}
+
+/// Like [`serve`], with a store the caller opened.
+pub async fn serve_with_store<S: HubStore>(
+    config: HubConfig,
+    store: S,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let service = HubService::new(
+        store,
+        config.hub_id.clone(),
+        config.signing_key.clone(),
+        config.authority,
+        config.max_envelope_bytes,
+        stop_rx,
+    )
+    .await?;
+    if let Some(signed) = &config.directory {
+        match service.publish_directory(signed).await {
+            Ok(v) => tracing::info!(version = v, "directory from file installed"),
+            Err(e) => tracing::info!(reason = %e, "directory file not installed"),
+        }
+    }
+    let tls = tls::server_config(&config.tls)?;
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<HubServer<HubService<S>>>().await;
+    let limit = config.max_envelope_bytes.saturating_mul(TRANSPORT_LIMIT_FACTOR);
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, hub = %config.hub_id, "hub listening (TLS 1.3, client certificates required)");
+    let shutdown = async move {
+        shutdown.await;
+        tracing::info!("hub shutting down");
+        // Ends the subscription streams so the server can drain.
+        let _ = stop_tx.send(true);
+    };
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(
+            HubServer::new(service)
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit),
+        )
+        .serve_with_incoming_shutdown(tls::incoming(listener, tls), shutdown)
+        .await
+        .context("hub server failed")?;
+    Ok(())
+}

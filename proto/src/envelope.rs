@@ -176,11 +176,10 @@ pub fn verify_header(
         return Err(ProtocolError::Envelope("envelope kind is not set".into()));
     }
     if envelope.body.len() > max_body {
-        return Err(ProtocolError::Envelope(format!(
-            "body of {} bytes is over the limit of {} bytes",
-            envelope.body.len(),
-            max_body
-        )));
+        return Err(ProtocolError::TooLarge {
+            size: envelope.body.len(),
+            limit: max_body,
+        });
     }
     if header.body_len != envelope.body.len() as u64 {
         return Err(ProtocolError::Envelope(format!(

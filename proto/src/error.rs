@@ -17,6 +17,8 @@ pub enum ProtocolError {
     Consent(String),
     #[error("disclosure refused: {0}")]
     Disclosure(String),
+    #[error("envelope too large: body of {size} bytes is over the limit of {limit} bytes")]
+    TooLarge { size: usize, limit: usize },
     #[error("envelope refused: {0}")]
     Envelope(String),
     #[error("cannot open envelope: {0}")]

@@ -13,6 +13,8 @@
 //! only clock it knows is the `now` its callers pass in.
 #![forbid(unsafe_code)]
 
+pub mod codec;
+pub mod config;
 pub mod consent;
 pub mod directory;
 pub mod envelope;

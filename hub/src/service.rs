@@ -1,0 +1,358 @@
+//! The `Hub` gRPC service: decode, check with the protocol rules, call the store, map errors.
+//! No SQL here, and no key that opens a body: the hub routes sealed envelopes and logs metadata.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, RwLock};
+
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use overstap_proto::directory::VerifiedDirectory;
+use overstap_proto::envelope::{header_hash, verify_header};
+use overstap_proto::pb::hub_server::Hub;
+use overstap_proto::pb::{
+    AckRequest, AckResponse, Delivery, Envelope, EnvelopeHeader, GetDirectoryRequest,
+    GetDirectoryResponse, Member, MemberKind, PublishDirectoryResponse, Receipt, Signed,
+    SubscribeRequest,
+};
+use overstap_proto::sign::{Domain, decode_body, sign_message};
+use overstap_proto::{ProtocolError, UnixTime};
+use prost::Message;
+use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use crate::store::{Accepted, HubStore, NewEnvelope, StoreError};
+
+/// Why the hub refused a call. Exactly one conversion to `tonic::Status` below.
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the client certificate is not registered to any member of the directory")]
+    NotAMember,
+    #[error("no client certificate was presented")]
+    NoCertificate,
+    #[error("certificate belongs to {cert_org}, but the envelope claims to be from {claimed}")]
+    WrongSender { cert_org: String, claimed: String },
+    #[error("the hub has no directory yet; the authority must publish one")]
+    NoDirectory,
+    #[error("{0}")]
+    BadRecipient(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl From<HubError> for Status {
+    fn from(e: HubError) -> Status {
+        match &e {
+            HubError::Protocol(p) => match p {
+                ProtocolError::TooLarge { .. } => Status::resource_exhausted(e.to_string()),
+                ProtocolError::BadSignature { .. } | ProtocolError::MissingSignature { .. } => {
+                    Status::unauthenticated(e.to_string())
+                }
+                ProtocolError::UnknownMember(_) => Status::not_found(e.to_string()),
+                ProtocolError::StaleDirectory { .. } => Status::failed_precondition(e.to_string()),
+                _ => Status::invalid_argument(e.to_string()),
+            },
+            HubError::Store(StoreError::IdConflict) => Status::already_exists(e.to_string()),
+            HubError::Store(inner) => {
+                // Database text never reaches a client; it is logged instead.
+                tracing::error!(error = %inner, "store failure");
+                Status::unavailable("the hub could not store this right now; try again")
+            }
+            HubError::NotAMember | HubError::WrongSender { .. } | HubError::NoCertificate => {
+                Status::permission_denied(e.to_string())
+            }
+            HubError::NoDirectory => Status::unavailable(e.to_string()),
+            HubError::BadRecipient(_) => Status::failed_precondition(e.to_string()),
+            HubError::Invalid(_) => Status::invalid_argument(e.to_string()),
+        }
+    }
+}
+
+/// Everything the service needs, shared by all connections.
+pub struct HubState<S> {
+    pub store: S,
+    pub hub_id: String,
+    pub key: SigningKey,
+    pub authority: VerifyingKey,
+    pub max_body: usize,
+    directory: RwLock<Option<Arc<VerifiedDirectory>>>,
+    /// Per recipient, the newest mailbox sequence number; subscribers wait on it.
+    mailboxes: Mutex<HashMap<String, watch::Sender<u64>>>,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// The gRPC service; cheap to clone.
+pub struct HubService<S> {
+    state: Arc<HubState<S>>,
+}
+
+impl<S> Clone for HubService<S> {
+    fn clone(&self) -> Self {
+        HubService { state: self.state.clone() }
+    }
+}
+
+fn now() -> UnixTime {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+impl<S: HubStore> HubService<S> {
+    /// Builds the service and loads the newest stored directory.
+    pub async fn new(
+        store: S,
+        hub_id: String,
+        key: SigningKey,
+        authority: VerifyingKey,
+        max_body: usize,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Self, HubError> {
+        let directory = match store.directory().await? {
+            Some(bytes) => {
+                let signed = Signed::decode(bytes.as_slice())
+                    .map_err(|e| HubError::Invalid(format!("stored directory: {e}")))?;
+                Some(Arc::new(VerifiedDirectory::verify(&signed, &authority, 0)?))
+            }
+            None => None,
+        };
+        Ok(HubService {
+            state: Arc::new(HubState {
+                store,
+                hub_id,
+                key,
+                authority,
+                max_body,
+                directory: RwLock::new(directory),
+                mailboxes: Mutex::new(HashMap::new()),
+                shutdown,
+            }),
+        })
+    }
+
+    pub fn state(&self) -> &HubState<S> {
+        &self.state
+    }
+
+    fn directory(&self) -> Result<Arc<VerifiedDirectory>, HubError> {
+        self.state
+            .directory
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or(HubError::NoDirectory)
+    }
+
+    /// Installs a directory if the authority signed it and it is newer than the current one.
+    pub async fn publish_directory(&self, signed: &Signed) -> Result<u64, HubError> {
+        let held = self.directory().map(|d| d.version()).unwrap_or(0);
+        let verified = VerifiedDirectory::verify(signed, &self.state.authority, held)?;
+        let version = verified.version();
+        self.state
+            .store
+            .save_directory(version, &signed.encode_to_vec(), now())
+            .await?;
+        let mut slot = self.state.directory.write().unwrap_or_else(|p| p.into_inner());
+        if slot.as_ref().map(|d| d.version()).unwrap_or(0) < version {
+            *slot = Some(Arc::new(verified));
+        }
+        tracing::info!(version, "directory installed");
+        Ok(version)
+    }
+
+    /// Maps the caller's TLS client certificate to a directory member.
+    fn caller<T>(&self, req: &Request<T>) -> Result<Member, HubError> {
+        let certs = req.peer_certs().ok_or(HubError::NoCertificate)?;
+        let leaf = certs.first().ok_or(HubError::NoCertificate)?;
+        let fingerprint = Sha256::digest(leaf.as_ref());
+        self.directory()?
+            .member_by_cert(&fingerprint)
+            .cloned()
+            .ok_or(HubError::NotAMember)
+    }
+
+    fn mailbox_signal(&self, org: &str) -> watch::Sender<u64> {
+        let mut map = self.state.mailboxes.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(org.to_string())
+            .or_insert_with(|| watch::channel(0).0)
+            .clone()
+    }
+
+    async fn do_send(&self, caller: Member, env: Envelope) -> Result<Signed, HubError> {
+        let directory = self.directory()?;
+        // Who the envelope claims to be from is checked against the certificate before the
+        // body is looked at.
+        let signed_header = env
+            .header
+            .as_ref()
+            .ok_or_else(|| HubError::Invalid("envelope has no header".into()))?;
+        let claimed: EnvelopeHeader = decode_body(Domain::EnvelopeHeader, signed_header)?;
+        if claimed.from_org != caller.org_id {
+            return Err(HubError::WrongSender {
+                cert_org: caller.org_id,
+                claimed: claimed.from_org,
+            });
+        }
+        let header = verify_header(&env, &directory, self.state.max_body)?;
+        let recipient = directory.member(&header.to_org)?;
+        if matches!(recipient.kind(), MemberKind::Hub | MemberKind::Coordinator) {
+            return Err(HubError::BadRecipient(format!(
+                "{} is a {} and receives no envelopes",
+                recipient.org_id,
+                overstap_proto::directory::kind_name(recipient.kind())
+            )));
+        }
+        if header.to_org == header.from_org {
+            return Err(HubError::BadRecipient("an envelope cannot be sent to its own sender".into()));
+        }
+        let header_sha256 = header_hash(&env);
+        let new = NewEnvelope {
+            envelope_id: header.envelope_id.clone(),
+            header_sha256: header_sha256.clone(),
+            from_org: header.from_org.clone(),
+            to_org: header.to_org.clone(),
+            kind: header.kind,
+            body_len: header.body_len,
+            body_sha256: header.body_sha256.clone(),
+            encoded: env.encode_to_vec(),
+            received_at: now(),
+        };
+        let hub_id = self.state.hub_id.clone();
+        let key = self.state.key.clone();
+        let envelope_id = header.envelope_id.clone();
+        let signer = move |log_index: u64, received_at: i64| {
+            let receipt = Receipt {
+                envelope_id: envelope_id.clone(),
+                log_index,
+                received_at,
+                header_sha256: header_sha256.clone(),
+                hub_id: hub_id.clone(),
+            };
+            sign_message(Domain::Receipt, &receipt, &[&key]).encode_to_vec()
+        };
+        let receipt = match self.state.store.accept(new, &signer).await? {
+            Accepted::New { receipt, seq } => {
+                self.mailbox_signal(&header.to_org).send_replace(seq);
+                tracing::info!(
+                    from = %header.from_org, to = %header.to_org, kind = header.kind,
+                    bytes = header.body_len, "envelope accepted"
+                );
+                receipt
+            }
+            Accepted::Duplicate { receipt } => {
+                tracing::info!(from = %header.from_org, "duplicate envelope; same receipt again");
+                receipt
+            }
+        };
+        Signed::decode(receipt.as_slice()).map_err(|e| HubError::Invalid(format!("stored receipt: {e}")))
+    }
+}
+
+type DeliveryStream = Pin<Box<dyn Stream<Item = Result<Delivery, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl<S: HubStore> Hub for HubService<S> {
+    async fn send(&self, request: Request<Envelope>) -> Result<Response<Signed>, Status> {
+        let caller = self.caller(&request)?;
+        let receipt = self.do_send(caller, request.into_inner()).await?;
+        Ok(Response::new(receipt))
+    }
+
+    type SubscribeStream = DeliveryStream;
+
+    async fn subscribe(
+        &self,
+        request: Request<SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let org = self.caller(&request)?.org_id;
+        let mut cursor = request.into_inner().after_seq;
+        let svc = self.clone();
+        let (tx, rx) = mpsc::channel::<Result<Delivery, Status>>(32);
+        tokio::spawn(async move {
+            // Subscribing to the signal before reading the mailbox means no arrival between
+            // the read and the wait is missed.
+            let mut signal = svc.mailbox_signal(&org).subscribe();
+            let mut shutdown = svc.state.shutdown.clone();
+            tracing::info!(%org, cursor, "subscriber connected");
+            loop {
+                let batch = match svc.state.store.mailbox(&org, cursor, 64).await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        let _ = tx.send(Err(HubError::from(e).into())).await;
+                        return;
+                    }
+                };
+                let full = batch.len() == 64;
+                for entry in batch {
+                    cursor = entry.seq;
+                    let delivery = match (
+                        Envelope::decode(entry.envelope.as_slice()),
+                        Signed::decode(entry.receipt.as_slice()),
+                    ) {
+                        (Ok(envelope), Ok(receipt)) => Delivery {
+                            seq: entry.seq,
+                            envelope: Some(envelope),
+                            receipt: Some(receipt),
+                        },
+                        _ => {
+                            tracing::error!(seq = entry.seq, "stored envelope does not decode");
+                            continue;
+                        }
+                    };
+                    if tx.send(Ok(delivery)).await.is_err() {
+                        return;
+                    }
+                }
+                if full {
+                    continue;
+                }
+                tokio::select! {
+                    changed = signal.changed() => if changed.is_err() { return },
+                    _ = shutdown.changed() => return,
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn ack(&self, request: Request<AckRequest>) -> Result<Response<AckResponse>, Status> {
+        let org = self.caller(&request)?.org_id;
+        let ids = request.into_inner().envelope_ids;
+        if ids.len() > 10_000 {
+            return Err(HubError::Invalid(format!("at most 10000 ids per ack, got {}", ids.len())).into());
+        }
+        let acked = self.state.store.ack(&org, &ids, now()).await.map_err(HubError::from)?;
+        Ok(Response::new(AckResponse { acked }))
+    }
+
+    async fn get_directory(
+        &self,
+        request: Request<GetDirectoryRequest>,
+    ) -> Result<Response<GetDirectoryResponse>, Status> {
+        let known = request.get_ref().known_version;
+        let directory = self.directory()?;
+        Ok(Response::new(GetDirectoryResponse {
+            directory: (directory.version() > known).then(|| directory.signed.clone()),
+        }))
+    }
+
+    async fn publish_directory(
+        &self,
+        request: Request<Signed>,
+    ) -> Result<Response<PublishDirectoryResponse>, Status> {
+        // Anyone with a region certificate may hand in a directory; only the authority's
+        // signature makes it count.
+        if request.peer_certs().is_none() {
+            return Err(HubError::NoCertificate.into());
+        }
+        let version = self.publish_directory(request.get_ref()).await?;
+        Ok(Response::new(PublishDirectoryResponse { version }))
+    }
+}

@@ -1,0 +1,158 @@
+//! The hub's one typed settings struct: defaults, then a TOML file, then `OVERSTAP_*`
+//! environment variables, then command-line flags. Relative paths are relative to the file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use overstap_proto::config::{overlay_env, parse_key_hex};
+use overstap_proto::pb::Signed;
+use prost::Message;
+use serde::Deserialize;
+
+use crate::tls::ServerTls;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// The hub's org id in the directory.
+    #[serde(default = "default_hub_id")]
+    pub hub_id: String,
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    #[serde(default = "default_database_url")]
+    pub database_url: String,
+    #[serde(default = "default_ca")]
+    pub ca_cert: PathBuf,
+    #[serde(default = "default_cert")]
+    pub tls_cert: PathBuf,
+    #[serde(default = "default_key")]
+    pub tls_key: PathBuf,
+    /// The hub's ed25519 receipt-signing key (hex).
+    #[serde(default = "default_signing_key")]
+    pub signing_key: PathBuf,
+    /// The authority's ed25519 public key (hex), the only key a directory is accepted from.
+    #[serde(default = "default_authority")]
+    pub authority_key: PathBuf,
+    /// A signed directory to install at start-up if it is newer than the stored one.
+    #[serde(default)]
+    pub directory_file: Option<PathBuf>,
+    #[serde(default = "default_max_envelope")]
+    pub max_envelope_bytes: usize,
+}
+
+fn default_hub_id() -> String {
+    "HUB".into()
+}
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7443))
+}
+fn default_database_url() -> String {
+    "sqlite://hub.db".into()
+}
+fn default_ca() -> PathBuf {
+    "tls/ca.pem".into()
+}
+fn default_cert() -> PathBuf {
+    "tls/cert.pem".into()
+}
+fn default_key() -> PathBuf {
+    "tls/key.pem".into()
+}
+fn default_signing_key() -> PathBuf {
+    "keys/signing.key".into()
+}
+fn default_authority() -> PathBuf {
+    "authority.pub".into()
+}
+fn default_max_envelope() -> usize {
+    overstap_proto::DEFAULT_MAX_ENVELOPE_BYTES
+}
+
+impl Settings {
+    /// Reads the file (if given), overlays the environment, and makes paths absolute.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
+        let (table, base) = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading hub config {}", path.display()))?;
+                let table: toml::Table = toml::from_str(&text)
+                    .with_context(|| format!("parsing hub config {}", path.display()))?;
+                (table, path.parent().map(Path::to_path_buf).unwrap_or_default())
+            }
+            None => (toml::Table::new(), PathBuf::from(".")),
+        };
+        let table = overlay_env(table, std::env::vars());
+        let mut s: Settings = table.try_into().context("invalid hub settings")?;
+        s.rebase(&base);
+        Ok(s)
+    }
+
+    fn rebase(&mut self, base: &Path) {
+        for p in [
+            &mut self.ca_cert,
+            &mut self.tls_cert,
+            &mut self.tls_key,
+            &mut self.signing_key,
+            &mut self.authority_key,
+        ] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        if let Some(p) = &mut self.directory_file {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        if let Some(rest) = self.database_url.strip_prefix("sqlite://") {
+            if !rest.starts_with('/') && !rest.contains(":memory:") {
+                self.database_url = format!("sqlite://{}", base.join(rest).display());
+            }
+        }
+    }
+
+    /// Reads every file the settings name.
+    pub fn resolve(&self) -> anyhow::Result<HubConfig> {
+        let read = |p: &Path, what: &str| {
+            std::fs::read(p).with_context(|| format!("reading {what} {}", p.display()))
+        };
+        let key_text = String::from_utf8(read(&self.signing_key, "hub signing key")?)?;
+        let authority_text = String::from_utf8(read(&self.authority_key, "authority public key")?)?;
+        let authority = VerifyingKey::from_bytes(&parse_key_hex(&authority_text, "authority key")?)
+            .context("authority key is not a valid ed25519 key")?;
+        let directory = match &self.directory_file {
+            Some(p) => Some(
+                Signed::decode(read(p, "directory file")?.as_slice())
+                    .with_context(|| format!("{} is not a signed directory", p.display()))?,
+            ),
+            None => None,
+        };
+        Ok(HubConfig {
+            hub_id: self.hub_id.clone(),
+            database_url: self.database_url.clone(),
+            signing_key: SigningKey::from_bytes(&parse_key_hex(&key_text, "hub signing key")?),
+            authority,
+            tls: ServerTls {
+                ca_pem: read(&self.ca_cert, "CA certificate")?,
+                cert_pem: read(&self.tls_cert, "hub certificate")?,
+                key_pem: read(&self.tls_key, "hub TLS key")?,
+            },
+            max_envelope_bytes: self.max_envelope_bytes,
+            directory,
+        })
+    }
+}
+
+/// Everything `serve` needs, already read from disk.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    pub hub_id: String,
+    pub database_url: String,
+    pub signing_key: SigningKey,
+    pub authority: VerifyingKey,
+    pub tls: ServerTls,
+    pub max_envelope_bytes: usize,
+    pub directory: Option<Signed>,
+}

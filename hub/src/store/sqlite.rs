@@ -1,0 +1,253 @@
+//! SQLite implementation of [`HubStore`]: one file, WAL mode, migrations run at open.
+
+use std::str::FromStr;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+
+use super::{Accepted, Event, HubStore, MailboxEntry, NewEnvelope, ReceiptSigner, StoreError};
+
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `url` (`sqlite://path` or `sqlite::memory:`)
+    /// and runs the migrations under `migrations/hub/sqlite`.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL: a receipt is only handed out after the envelope is on disk.
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(std::time::Duration::from_secs(10));
+        // An in-memory database exists per connection, so it gets exactly one.
+        let connections = if url.contains(":memory:") { 1 } else { 4 };
+        let pool = SqlitePoolOptions::new()
+            .max_connections(connections)
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("../migrations/hub/sqlite").run(&pool).await?;
+        Ok(SqliteStore { pool })
+    }
+}
+
+#[async_trait::async_trait]
+impl HubStore for SqliteStore {
+    async fn directory(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        let row = sqlx::query("SELECT signed FROM directory ORDER BY version DESC LIMIT 1")
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.get::<Vec<u8>, _>(0)))
+    }
+
+    async fn save_directory(&self, version: u64, signed: &[u8], at: i64) -> Result<(), StoreError> {
+        sqlx::query("INSERT OR IGNORE INTO directory (version, signed, stored_at) VALUES (?, ?, ?)")
+            .bind(version as i64)
+            .bind(signed)
+            .bind(at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn accept(&self, env: NewEnvelope, sign: ReceiptSigner<'_>) -> Result<Accepted, StoreError> {
+        // BEGIN IMMEDIATE takes the write lock up front, so two sends of the same id serialise
+        // here and the second one sees the first.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        if let Some(row) = sqlx::query("SELECT header_sha256, receipt FROM envelopes WHERE envelope_id = ?")
+            .bind(&env.envelope_id)
+            .fetch_optional(&mut *tx)
+            .await?
+        {
+            let header: Vec<u8> = row.get(0);
+            if header != env.header_sha256 {
+                return Err(StoreError::IdConflict);
+            }
+            return Ok(Accepted::Duplicate { receipt: row.get(1) });
+        }
+        let log_index: i64 = sqlx::query("SELECT COALESCE(MAX(log_index) + 1, 0) FROM events")
+            .fetch_one(&mut *tx)
+            .await?
+            .get(0);
+        let receipt = sign(log_index as u64, env.received_at);
+        sqlx::query(
+            "INSERT INTO events (log_index, event, envelope_kind, from_org, to_org, envelope_id, body_sha256, at)
+             VALUES (?, 'send', ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(log_index)
+        .bind(env.kind)
+        .bind(&env.from_org)
+        .bind(&env.to_org)
+        .bind(&env.envelope_id)
+        .bind(&env.body_sha256)
+        .bind(env.received_at)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO envelopes (envelope_id, header_sha256, from_org, to_org, kind, body_len, received_at, log_index, receipt)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&env.envelope_id)
+        .bind(&env.header_sha256)
+        .bind(&env.from_org)
+        .bind(&env.to_org)
+        .bind(env.kind)
+        .bind(env.body_len as i64)
+        .bind(env.received_at)
+        .bind(log_index)
+        .bind(&receipt)
+        .execute(&mut *tx)
+        .await?;
+        let seq: i64 = sqlx::query("INSERT INTO mailbox (to_org, envelope_id, envelope) VALUES (?, ?, ?) RETURNING seq")
+            .bind(&env.to_org)
+            .bind(&env.envelope_id)
+            .bind(&env.encoded)
+            .fetch_one(&mut *tx)
+            .await?
+            .get(0);
+        tx.commit().await?;
+        Ok(Accepted::New { receipt, seq: seq as u64 })
+    }
+
+    async fn mailbox(&self, to_org: &str, after_seq: u64, limit: u32) -> Result<Vec<MailboxEntry>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT m.seq, m.envelope, e.receipt FROM mailbox m JOIN envelopes e USING (envelope_id)
+             WHERE m.to_org = ? AND m.seq > ? ORDER BY m.seq LIMIT ?",
+        )
+        .bind(to_org)
+        .bind(after_seq as i64)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| MailboxEntry {
+                seq: r.get::<i64, _>(0) as u64,
+                envelope: r.get(1),
+                receipt: r.get(2),
+            })
+            .collect())
+    }
+
+    async fn ack(&self, to_org: &str, envelope_ids: &[Vec<u8>], at: i64) -> Result<u32, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut next: i64 = sqlx::query("SELECT COALESCE(MAX(log_index) + 1, 0) FROM events")
+            .fetch_one(&mut *tx)
+            .await?
+            .get(0);
+        let mut acked = 0u32;
+        for id in envelope_ids {
+            let removed = sqlx::query("DELETE FROM mailbox WHERE to_org = ? AND envelope_id = ?")
+                .bind(to_org)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if removed == 0 {
+                continue;
+            }
+            sqlx::query("UPDATE envelopes SET acked_at = ? WHERE envelope_id = ?")
+                .bind(at)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "INSERT INTO events (log_index, event, envelope_kind, from_org, to_org, envelope_id, body_sha256, at)
+                 SELECT ?, 'delivery', kind, from_org, to_org, envelope_id, x'', ? FROM envelopes WHERE envelope_id = ?",
+            )
+            .bind(next)
+            .bind(at)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            next += 1;
+            acked += 1;
+        }
+        tx.commit().await?;
+        Ok(acked)
+    }
+
+    async fn events(&self, start: u64, limit: u32) -> Result<Vec<Event>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT log_index, event, envelope_kind, from_org, to_org, envelope_id, body_sha256, at
+             FROM events WHERE log_index >= ? ORDER BY log_index LIMIT ?",
+        )
+        .bind(start as i64)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| Event {
+                log_index: r.get::<i64, _>(0) as u64,
+                event: r.get(1),
+                envelope_kind: r.get(2),
+                from_org: r.get(3),
+                to_org: r.get(4),
+                envelope_id: r.get(5),
+                body_sha256: r.get(6),
+                at: r.get(7),
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(id: u8, to: &str) -> NewEnvelope {
+        NewEnvelope {
+            envelope_id: vec![id; 16],
+            header_sha256: vec![id; 32],
+            from_org: "25LP".into(),
+            to_org: to.into(),
+            kind: 1,
+            body_len: 3,
+            body_sha256: vec![0; 32],
+            encoded: vec![1, 2, 3],
+            received_at: 100,
+        }
+    }
+
+    fn signer(i: u64, at: i64) -> Vec<u8> {
+        format!("receipt {i} {at}").into_bytes()
+    }
+
+    #[tokio::test]
+    async fn accept_is_idempotent_and_ack_logs_delivery() {
+        let s = SqliteStore::open("sqlite::memory:").await.unwrap();
+        let Accepted::New { receipt, .. } = s.accept(env(1, "MBO1"), &signer).await.unwrap() else {
+            panic!("first send must be new")
+        };
+        assert_eq!(receipt, b"receipt 0 100");
+        let Accepted::Duplicate { receipt: again } = s.accept(env(1, "MBO1"), &signer).await.unwrap() else {
+            panic!("second send must be a duplicate")
+        };
+        assert_eq!(again, receipt);
+        let mut other = env(1, "MBO1");
+        other.header_sha256 = vec![9; 32];
+        assert!(matches!(s.accept(other, &signer).await, Err(StoreError::IdConflict)));
+
+        assert_eq!(s.mailbox("MBO1", 0, 10).await.unwrap().len(), 1);
+        assert_eq!(s.mailbox("GM0193", 0, 10).await.unwrap().len(), 0);
+        assert_eq!(s.ack("GM0193", &[vec![1; 16]], 200).await.unwrap(), 0, "only the recipient can ack");
+        assert_eq!(s.ack("MBO1", &[vec![1; 16]], 200).await.unwrap(), 1);
+        assert!(s.mailbox("MBO1", 0, 10).await.unwrap().is_empty());
+        let events = s.events(0, 10).await.unwrap();
+        let kinds: Vec<_> = events.iter().map(|e| e.event.as_str()).collect();
+        assert_eq!(kinds, ["send", "delivery"]);
+        assert_eq!(events[1].log_index, 1);
+    }
+
+    #[tokio::test]
+    async fn events_are_append_only() {
+        let s = SqliteStore::open("sqlite::memory:").await.unwrap();
+        s.accept(env(1, "MBO1"), &signer).await.unwrap();
+        let err = sqlx::query("DELETE FROM events").execute(&s.pool).await.unwrap_err();
+        assert!(err.to_string().contains("append-only"), "{err}");
+    }
+}
