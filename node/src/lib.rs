@@ -1,1 +1,116 @@
-//! placeholder
+//! `overstap-node`: an organisation's own node. It keeps the organisation's data (students,
+//! passport versions, grants on the home side; received passports and who viewed them on the
+//! recipient side), syncs with the hub, and serves a local API for the CLI and school systems.
+//!
+//! Layout:
+//! - [`settings`]: typed settings (file, environment) and the resolved [`NodeConfig`].
+//! - [`store`]: the SQLite store; one transaction per change.
+//! - [`core`]: the domain operations, built on the protocol rules of `overstap-proto`.
+//! - [`sync`]: the engine that talks to the hub (directory, outbox, mailbox).
+//! - [`api`]: the local gRPC API, behind a bearer token.
+//!
+//! [`run`] takes a bound API listener and a shutdown future, so tests and the demo run nodes
+//! in-process on `127.0.0.1:0`.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod core;
+pub mod settings;
+pub mod store;
+pub mod sync;
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use overstap_proto::pb::node_server::NodeServer;
+use tokio::net::TcpListener;
+
+pub use crate::core::{Clock, NodeCore, NodeError, Outcome, system_clock};
+pub use settings::{NodeConfig, Settings};
+pub use store::NodeStore;
+
+/// Writes a secret file readable by its owner only (0600).
+pub fn write_secret(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    use std::io::Write;
+    let mut f = options.open(path).with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// Opens the store, builds the core, and runs the local API and the sync engine until
+/// `shutdown` completes.
+pub async fn run(
+    config: NodeConfig,
+    api_listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    run_with_clock(config, api_listener, shutdown, system_clock()).await
+}
+
+/// [`run`] with an injected clock.
+pub async fn run_with_clock(
+    config: NodeConfig,
+    api_listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    clock: Clock,
+) -> anyhow::Result<()> {
+    let store = NodeStore::open(&config.database_url)
+        .await
+        .with_context(|| format!("opening node database {}", config.database_url))?;
+    let core = Arc::new(
+        NodeCore::new(
+            config.org_id.clone(),
+            config.signing_key.clone(),
+            config.encryption_keys.clone(),
+            config.authority,
+            store,
+            config.max_envelope_bytes,
+            clock,
+        )
+        .await?,
+    );
+    let link = sync::HubLink {
+        url: config.hub_url.clone(),
+        server_name: config.hub_name.clone(),
+        ca_pem: config.ca_pem.clone(),
+        cert_pem: config.cert_pem.clone(),
+        key_pem: config.key_pem.clone(),
+    };
+    let channel = link.channel()?;
+    let addr = api_listener.local_addr()?;
+    if let Some(path) = &config.api_url_file {
+        std::fs::write(path, format!("http://{addr}\n")).with_context(|| format!("writing {}", path.display()))?;
+    }
+    tracing::info!(org = %config.org_id, %addr, hub = %config.hub_url, "node running");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let engine = tokio::spawn(sync::run(core.clone(), channel, config.directory_interval, stop_rx));
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<NodeServer<api::NodeApi>>().await;
+    let api = tonic::service::interceptor::InterceptedService::new(
+        NodeServer::new(api::NodeApi::new(core)).max_decoding_message_size(config.max_envelope_bytes * 4),
+        api::TokenCheck::new(config.api_token.clone()),
+    );
+    let result = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(api)
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(api_listener), async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        })
+        .await;
+    let _ = engine.await;
+    result.context("node API server failed")
+}

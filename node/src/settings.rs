@@ -1,0 +1,197 @@
+//! The node's one typed settings struct: defaults, then a TOML file, then `OVERSTAP_*`
+//! environment variables. Relative paths are relative to the file's folder.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use overstap_proto::config::{overlay_env, parse_key_hex};
+use overstap_proto::envelope::EncryptionKeyPair;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// This organisation's id in the directory (BRIN code, municipality code).
+    pub org_id: String,
+    #[serde(default = "default_hub_url")]
+    pub hub_url: String,
+    /// The name in the hub's TLS certificate.
+    #[serde(default = "default_hub_name")]
+    pub hub_name: String,
+    #[serde(default = "default_database_url")]
+    pub database_url: String,
+    #[serde(default = "d_ca")]
+    pub ca_cert: PathBuf,
+    #[serde(default = "d_cert")]
+    pub tls_cert: PathBuf,
+    #[serde(default = "d_key")]
+    pub tls_key: PathBuf,
+    #[serde(default = "d_sign")]
+    pub signing_key: PathBuf,
+    #[serde(default = "d_enc")]
+    pub encryption_key: PathBuf,
+    #[serde(default = "d_auth")]
+    pub authority_key: PathBuf,
+    /// Where the local API (CLI, school systems) listens; loopback only by default.
+    #[serde(default = "d_api")]
+    pub api_listen: SocketAddr,
+    /// The bearer token of the local API; made at first start (mode 0600) if missing.
+    #[serde(default = "d_token")]
+    pub api_token_file: PathBuf,
+    /// Written at start with the local API's address, for the CLI.
+    #[serde(default = "d_url")]
+    pub api_url_file: PathBuf,
+    #[serde(default = "d_dir_interval")]
+    pub directory_interval_secs: u64,
+    #[serde(default = "d_max")]
+    pub max_envelope_bytes: usize,
+}
+
+fn default_hub_url() -> String {
+    "https://127.0.0.1:7443".into()
+}
+fn default_hub_name() -> String {
+    "localhost".into()
+}
+fn default_database_url() -> String {
+    "sqlite://node.db".into()
+}
+fn d_ca() -> PathBuf {
+    "tls/ca.pem".into()
+}
+fn d_cert() -> PathBuf {
+    "tls/cert.pem".into()
+}
+fn d_key() -> PathBuf {
+    "tls/key.pem".into()
+}
+fn d_sign() -> PathBuf {
+    "keys/signing.key".into()
+}
+fn d_enc() -> PathBuf {
+    "keys/encryption.key".into()
+}
+fn d_auth() -> PathBuf {
+    "authority.pub".into()
+}
+fn d_api() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7500))
+}
+fn d_token() -> PathBuf {
+    "api.token".into()
+}
+fn d_url() -> PathBuf {
+    "api.url".into()
+}
+fn d_dir_interval() -> u64 {
+    30
+}
+fn d_max() -> usize {
+    overstap_proto::DEFAULT_MAX_ENVELOPE_BYTES
+}
+
+impl Settings {
+    pub fn load(file: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("reading node config {}", file.display()))?;
+        let table: toml::Table =
+            toml::from_str(&text).with_context(|| format!("parsing node config {}", file.display()))?;
+        let table = overlay_env(table, std::env::vars().filter(|(k, _)| k != "OVERSTAP_NODE_DIR"));
+        let mut s: Settings = table.try_into().context("invalid node settings")?;
+        let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
+        for p in [
+            &mut s.ca_cert,
+            &mut s.tls_cert,
+            &mut s.tls_key,
+            &mut s.signing_key,
+            &mut s.encryption_key,
+            &mut s.authority_key,
+            &mut s.api_token_file,
+            &mut s.api_url_file,
+        ] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        if let Some(rest) = s.database_url.strip_prefix("sqlite://") {
+            if !rest.starts_with('/') && !rest.contains(":memory:") {
+                s.database_url = format!("sqlite://{}", base.join(rest).display());
+            }
+        }
+        Ok(s)
+    }
+
+    /// Reads every file the settings name (and makes the API token if there is none).
+    pub fn resolve(&self) -> anyhow::Result<NodeConfig> {
+        let read = |p: &Path, what: &str| {
+            std::fs::read(p).with_context(|| format!("reading {what} {}", p.display()))
+        };
+        let text = |p: &Path, what: &str| -> anyhow::Result<String> { Ok(String::from_utf8(read(p, what)?)?) };
+        let authority = VerifyingKey::from_bytes(&parse_key_hex(
+            &text(&self.authority_key, "authority public key")?,
+            "authority key",
+        )?)
+        .context("the authority key is not a valid ed25519 key")?;
+        let enc = parse_key_hex(&text(&self.encryption_key, "encryption key")?, "encryption key")?;
+        let api_token = match std::fs::read_to_string(&self.api_token_file) {
+            Ok(t) => t.trim().to_string(),
+            Err(_) => {
+                let token = crate::api::new_token();
+                crate::write_secret(&self.api_token_file, token.as_bytes())?;
+                token
+            }
+        };
+        Ok(NodeConfig {
+            org_id: self.org_id.clone(),
+            hub_url: self.hub_url.clone(),
+            hub_name: self.hub_name.clone(),
+            database_url: self.database_url.clone(),
+            ca_pem: read(&self.ca_cert, "CA certificate")?,
+            cert_pem: read(&self.tls_cert, "node certificate")?,
+            key_pem: read(&self.tls_key, "node TLS key")?,
+            signing_key: SigningKey::from_bytes(&parse_key_hex(
+                &text(&self.signing_key, "signing key")?,
+                "signing key",
+            )?),
+            encryption_keys: vec![EncryptionKeyPair::from_secret(&enc)?],
+            authority,
+            api_token,
+            api_url_file: Some(self.api_url_file.clone()),
+            directory_interval: std::time::Duration::from_secs(self.directory_interval_secs.max(1)),
+            max_envelope_bytes: self.max_envelope_bytes,
+        })
+    }
+}
+
+/// Everything a node needs to run, already read from disk.
+#[derive(Clone)]
+pub struct NodeConfig {
+    pub org_id: String,
+    pub hub_url: String,
+    pub hub_name: String,
+    pub database_url: String,
+    pub ca_pem: Vec<u8>,
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+    pub signing_key: SigningKey,
+    /// The current key first; older keys stay for envelopes already in flight.
+    pub encryption_keys: Vec<EncryptionKeyPair>,
+    pub authority: VerifyingKey,
+    pub api_token: String,
+    pub api_url_file: Option<PathBuf>,
+    pub directory_interval: std::time::Duration,
+    pub max_envelope_bytes: usize,
+}
+
+impl std::fmt::Debug for NodeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeConfig")
+            .field("org_id", &self.org_id)
+            .field("hub_url", &self.hub_url)
+            .field("database_url", &self.database_url)
+            .field("secrets", &"<hidden>")
+            .finish()
+    }
+}

@@ -1,0 +1,289 @@
+//! The sync engine: one TLS channel to the hub, and three loops over it.
+//! - directory: fetch the authority-signed directory now and then; install newer versions.
+//! - outbox: push pending envelopes in order; retry with back-off while the hub is away; a
+//!   refusal by the hub is final and recorded with its reason.
+//! - inbox: subscribe to this node's mailbox; ingest each envelope (verify, open, check,
+//!   commit) and only then acknowledge it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use overstap_proto::pb::hub_client::HubClient;
+use overstap_proto::pb::{AckRequest, Envelope, GetDirectoryRequest, SubscribeRequest};
+use prost::Message;
+use tokio::sync::watch;
+use tonic::Code;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+use crate::core::{NodeCore, NodeError, Outcome};
+
+/// TLS settings for reaching the hub.
+#[derive(Clone)]
+pub struct HubLink {
+    pub url: String,
+    pub server_name: String,
+    pub ca_pem: Vec<u8>,
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+}
+
+impl HubLink {
+    /// A lazily connecting channel: it (re)connects on use, so a hub that is down at start or
+    /// restarts later needs no special handling here.
+    pub fn channel(&self) -> anyhow::Result<Channel> {
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&self.ca_pem))
+            .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
+            .domain_name(self.server_name.clone());
+        Ok(Endpoint::from_shared(self.url.clone())?
+            .tls_config(tls)?
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_while_idle(true)
+            .connect_lazy())
+    }
+}
+
+/// Runs the three loops until `shutdown` turns true.
+pub async fn run(core: Arc<NodeCore>, channel: Channel, interval: Duration, shutdown: watch::Receiver<bool>) {
+    let limit = core.max_body * 4;
+    let client = HubClient::new(channel)
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
+    let d = tokio::spawn(directory_loop(core.clone(), client.clone(), interval, shutdown.clone()));
+    let o = tokio::spawn(outbox_loop(core.clone(), client.clone(), shutdown.clone()));
+    let i = tokio::spawn(inbox_loop(core, client, shutdown));
+    let _ = tokio::join!(d, o, i);
+}
+
+async fn sleep_or_stop(d: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => false,
+        _ = shutdown.changed() => true,
+    }
+}
+
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis((100u64 << attempt.min(8)).min(15_000))
+}
+
+/// Fetches the directory once; returns whether a newer one was installed.
+pub async fn refresh_directory(core: &NodeCore, client: &mut HubClient<Channel>) -> Result<bool, tonic::Status> {
+    let resp = client
+        .get_directory(GetDirectoryRequest { known_version: core.directory_version() })
+        .await?
+        .into_inner();
+    match resp.directory {
+        Some(signed) => match core.install_directory(&signed).await {
+            Ok(_) => Ok(true),
+            Err(e) => {
+                // A hub that serves a forged or older directory is ignored, loudly.
+                tracing::error!(org = %core.org_id, error = %e, "directory from the hub refused");
+                Ok(false)
+            }
+        },
+        None => Ok(false),
+    }
+}
+
+async fn directory_loop(
+    core: Arc<NodeCore>,
+    mut client: HubClient<Channel>,
+    interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut attempt = 0;
+    loop {
+        let wait = match refresh_directory(&core, &mut client).await {
+            Ok(_) => {
+                attempt = 0;
+                interval
+            }
+            Err(e) => {
+                attempt += 1;
+                tracing::debug!(org = %core.org_id, error = %e, "directory fetch failed");
+                backoff(attempt).min(interval)
+            }
+        };
+        if sleep_or_stop(wait, &mut shutdown).await {
+            return;
+        }
+    }
+}
+
+/// Whether a hub answer means "this envelope will never be accepted".
+fn is_final(code: Code) -> bool {
+    matches!(
+        code,
+        Code::InvalidArgument
+            | Code::PermissionDenied
+            | Code::FailedPrecondition
+            | Code::NotFound
+            | Code::AlreadyExists
+            | Code::Unauthenticated
+            | Code::ResourceExhausted
+            | Code::OutOfRange
+    )
+}
+
+async fn outbox_loop(core: Arc<NodeCore>, mut client: HubClient<Channel>, mut shutdown: watch::Receiver<bool>) {
+    let mut attempt: u32 = 0;
+    loop {
+        let pending = match core.store.pending(64).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "reading the outbox failed");
+                Vec::new()
+            }
+        };
+        let mut stalled = false;
+        for entry in &pending {
+            let envelope = match Envelope::decode(entry.envelope.as_slice()) {
+                Ok(e) => e,
+                Err(e) => {
+                    let _ = core.store.mark_attempt(entry.seq, &format!("stored envelope does not decode: {e}"), true).await;
+                    continue;
+                }
+            };
+            match client.send(envelope).await {
+                Ok(resp) => {
+                    let receipt = resp.into_inner();
+                    match core.check_receipt(&receipt, &entry.envelope_id) {
+                        Ok(()) => {
+                            attempt = 0;
+                            core.mark_connected(true);
+                            if let Err(e) = core.store.mark_sent(entry.seq, &receipt.encode_to_vec(), core.now()).await {
+                                tracing::error!(error = %e, "recording a receipt failed");
+                                stalled = true;
+                                break;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "the hub's receipt does not verify");
+                            let _ = core.store.mark_attempt(entry.seq, &format!("receipt refused: {e}"), false).await;
+                            stalled = true;
+                            break;
+                        }
+                    }
+                }
+                Err(status) if is_final(status.code()) => {
+                    tracing::warn!(to = %entry.to_org, reason = %status.message(), "the hub refused an envelope");
+                    let detail = format!("refused by the hub ({:?}): {}", status.code(), status.message());
+                    let _ = core.store.mark_attempt(entry.seq, &detail, true).await;
+                }
+                Err(status) => {
+                    // Keep the order: nothing behind this envelope goes before it.
+                    core.mark_connected(false);
+                    let _ = core.store.mark_attempt(entry.seq, &format!("will retry: {}", status.message()), false).await;
+                    stalled = true;
+                    break;
+                }
+            }
+        }
+        let wait = if stalled {
+            attempt += 1;
+            backoff(attempt)
+        } else if pending.len() == 64 {
+            continue;
+        } else {
+            Duration::from_secs(5)
+        };
+        tokio::select! {
+            _ = core.outbox_wake.notified(), if !stalled => {},
+            _ = tokio::time::sleep(wait) => {},
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+async fn inbox_loop(core: Arc<NodeCore>, mut client: HubClient<Channel>, mut shutdown: watch::Receiver<bool>) {
+    let mut attempt: u32 = 0;
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        // A fresh subscription starts at 0: whatever is still in the mailbox was not acked,
+        // so it must be taken in (again; ingest is idempotent).
+        let stream = tokio::select! {
+            s = client.subscribe(SubscribeRequest { after_seq: 0 }) => s,
+            _ = shutdown.changed() => return,
+        };
+        let mut stream = match stream {
+            Ok(s) => {
+                core.mark_connected(true);
+                s.into_inner()
+            }
+            Err(e) => {
+                core.mark_connected(false);
+                attempt += 1;
+                tracing::debug!(org = %core.org_id, error = %e, "subscribe failed");
+                if sleep_or_stop(backoff(attempt), &mut shutdown).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        loop {
+            let next = tokio::select! {
+                m = stream.message() => m,
+                _ = shutdown.changed() => return,
+            };
+            let delivery = match next {
+                Ok(Some(d)) => d,
+                Ok(None) | Err(_) => break,
+            };
+            attempt = 0;
+            let Some(envelope) = delivery.envelope.as_ref() else { continue };
+            let id = envelope_id(envelope);
+            match ingest_with_refresh(&core, &mut client, envelope, delivery.receipt.as_ref()).await {
+                Ok(outcome) => {
+                    tracing::debug!(org = %core.org_id, ?outcome, "ingested");
+                    core.last_seq.store(delivery.seq, std::sync::atomic::Ordering::Relaxed);
+                    if let Err(e) = client.ack(AckRequest { envelope_ids: vec![id] }).await {
+                        // Not acked: the hub delivers it again, and ingest sees it was done.
+                        tracing::debug!(error = %e, "ack failed");
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(org = %core.org_id, error = %e, "ingest failed; will retry");
+                    break;
+                }
+            }
+        }
+        core.mark_connected(false);
+        attempt += 1;
+        if sleep_or_stop(backoff(attempt), &mut shutdown).await {
+            return;
+        }
+    }
+}
+
+fn envelope_id(envelope: &Envelope) -> Vec<u8> {
+    envelope
+        .header
+        .as_ref()
+        .and_then(|h| overstap_proto::sign::decode_body::<overstap_proto::pb::EnvelopeHeader>(overstap_proto::sign::Domain::EnvelopeHeader, h).ok())
+        .map(|h| h.envelope_id)
+        .unwrap_or_default()
+}
+
+async fn ingest_with_refresh(
+    core: &NodeCore,
+    client: &mut HubClient<Channel>,
+    envelope: &Envelope,
+    receipt: Option<&overstap_proto::pb::Signed>,
+) -> Result<Outcome, NodeError> {
+    match core.ingest(envelope, receipt).await {
+        Err(NodeError::StaleDirectory(_) | NodeError::NoDirectory) => {
+            let _ = refresh_directory(core, client).await;
+            match core.ingest(envelope, receipt).await {
+                // Still unknown with the hub's newest directory: the sender is not a member.
+                Err(NodeError::StaleDirectory(org)) => Ok(Outcome::Dropped(format!("unknown sender {org}"))),
+                other => other,
+            }
+        }
+        other => other,
+    }
+}
