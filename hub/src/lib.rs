@@ -69,7 +69,9 @@ pub async fn serve_with_store<S: HubStore>(
     let tls = tls::server_config(&config.tls)?;
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<HubServer<HubService<S>>>().await;
-    let limit = config.max_envelope_bytes.saturating_mul(TRANSPORT_LIMIT_FACTOR);
+    let limit = config
+        .max_envelope_bytes
+        .saturating_mul(TRANSPORT_LIMIT_FACTOR);
     let addr = listener.local_addr()?;
     tracing::info!(%addr, hub = %config.hub_id, "hub listening (TLS 1.3, client certificates required)");
     let shutdown = async move {

@@ -93,7 +93,9 @@ pub struct HubService<S> {
 
 impl<S> Clone for HubService<S> {
     fn clone(&self) -> Self {
-        HubService { state: self.state.clone() }
+        HubService {
+            state: self.state.clone(),
+        }
     }
 }
 
@@ -158,7 +160,11 @@ impl<S: HubStore> HubService<S> {
             .store
             .save_directory(version, &signed.encode_to_vec(), now())
             .await?;
-        let mut slot = self.state.directory.write().unwrap_or_else(|p| p.into_inner());
+        let mut slot = self
+            .state
+            .directory
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
         if slot.as_ref().map(|d| d.version()).unwrap_or(0) < version {
             *slot = Some(Arc::new(verified));
         }
@@ -178,7 +184,11 @@ impl<S: HubStore> HubService<S> {
     }
 
     fn mailbox_signal(&self, org: &str) -> watch::Sender<u64> {
-        let mut map = self.state.mailboxes.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self
+            .state
+            .mailboxes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         map.entry(org.to_string())
             .or_insert_with(|| watch::channel(0).0)
             .clone()
@@ -209,7 +219,9 @@ impl<S: HubStore> HubService<S> {
             )));
         }
         if header.to_org == header.from_org {
-            return Err(HubError::BadRecipient("an envelope cannot be sent to its own sender".into()));
+            return Err(HubError::BadRecipient(
+                "an envelope cannot be sent to its own sender".into(),
+            ));
         }
         let header_sha256 = header_hash(&env);
         let new = NewEnvelope {
@@ -250,7 +262,8 @@ impl<S: HubStore> HubService<S> {
                 receipt
             }
         };
-        Signed::decode(receipt.as_slice()).map_err(|e| HubError::Invalid(format!("stored receipt: {e}")))
+        Signed::decode(receipt.as_slice())
+            .map_err(|e| HubError::Invalid(format!("stored receipt: {e}")))
     }
 }
 
@@ -319,16 +332,25 @@ impl<S: HubStore> Hub for HubService<S> {
                 }
             }
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn ack(&self, request: Request<AckRequest>) -> Result<Response<AckResponse>, Status> {
         let org = self.caller(&request)?.org_id;
         let ids = request.into_inner().envelope_ids;
         if ids.len() > 10_000 {
-            return Err(HubError::Invalid(format!("at most 10000 ids per ack, got {}", ids.len())).into());
+            return Err(
+                HubError::Invalid(format!("at most 10000 ids per ack, got {}", ids.len())).into(),
+            );
         }
-        let acked = self.state.store.ack(&org, &ids, now()).await.map_err(HubError::from)?;
+        let acked = self
+            .state
+            .store
+            .ack(&org, &ids, now())
+            .await
+            .map_err(HubError::from)?;
         Ok(Response::new(AckResponse { acked }))
     }
 

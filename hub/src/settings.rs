@@ -79,7 +79,10 @@ impl Settings {
                     .with_context(|| format!("reading hub config {}", path.display()))?;
                 let table: toml::Table = toml::from_str(&text)
                     .with_context(|| format!("parsing hub config {}", path.display()))?;
-                (table, path.parent().map(Path::to_path_buf).unwrap_or_default())
+                (
+                    table,
+                    path.parent().map(Path::to_path_buf).unwrap_or_default(),
+                )
             }
             None => (toml::Table::new(), PathBuf::from(".")),
         };

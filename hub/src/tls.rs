@@ -25,7 +25,9 @@ pub struct ServerTls {
 
 impl std::fmt::Debug for ServerTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServerTls").field("key_pem", &"<hidden>").finish_non_exhaustive()
+        f.debug_struct("ServerTls")
+            .field("key_pem", &"<hidden>")
+            .finish_non_exhaustive()
     }
 }
 

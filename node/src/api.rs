@@ -4,15 +4,15 @@
 
 use std::sync::Arc;
 
+use overstap_proto::ProtocolError;
 use overstap_proto::pb::node_server::Node;
 use overstap_proto::pb::{
-    AddGrantRequest, AddGrantResponse, Disclosure, GetStudentRequest, GetStudentResponse, InboxItem,
-    InboxRequest, InboxResponse, NodeStatusRequest, NodeStatusResponse, OutboxItem, OutboxRequest,
-    OutboxResponse, RegisterStudentRequest, RegisterStudentResponse, Section, SendPassportRequest,
-    SendPassportResponse, ShowPassportRequest, ShowPassportResponse, Signed, StorePassportRequest,
-    StorePassportResponse,
+    AddGrantRequest, AddGrantResponse, Disclosure, GetStudentRequest, GetStudentResponse,
+    InboxItem, InboxRequest, InboxResponse, NodeStatusRequest, NodeStatusResponse, OutboxItem,
+    OutboxRequest, OutboxResponse, RegisterStudentRequest, RegisterStudentResponse, Section,
+    SendPassportRequest, SendPassportResponse, ShowPassportRequest, ShowPassportResponse, Signed,
+    StorePassportRequest, StorePassportResponse,
 };
-use overstap_proto::ProtocolError;
 use prost::Message;
 use rand_core::RngCore;
 use tonic::{Request, Response, Status};
@@ -36,7 +36,9 @@ impl From<NodeError> for Status {
             NodeError::NotFound(_) => Status::not_found(e.to_string()),
             NodeError::Precondition(_) => Status::failed_precondition(e.to_string()),
             NodeError::Invalid(_) => Status::invalid_argument(e.to_string()),
-            NodeError::NoDirectory | NodeError::StaleDirectory(_) => Status::unavailable(e.to_string()),
+            NodeError::NoDirectory | NodeError::StaleDirectory(_) => {
+                Status::unavailable(e.to_string())
+            }
         }
     }
 }
@@ -56,7 +58,9 @@ pub struct TokenCheck {
 
 impl TokenCheck {
     pub fn new(token: String) -> Self {
-        TokenCheck { token: Arc::new(token) }
+        TokenCheck {
+            token: Arc::new(token),
+        }
     }
 }
 
@@ -71,11 +75,17 @@ impl tonic::service::Interceptor for TokenCheck {
         let expected = self.token.as_bytes();
         let given = given.as_bytes();
         let same = given.len() == expected.len()
-            && given.iter().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+            && given
+                .iter()
+                .zip(expected)
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0;
         if same {
             Ok(req)
         } else {
-            Err(Status::unauthenticated("missing or wrong API token for this node"))
+            Err(Status::unauthenticated(
+                "missing or wrong API token for this node",
+            ))
         }
     }
 }
@@ -116,12 +126,20 @@ impl Node for NodeApi {
         let r = request.into_inner();
         let card = self
             .core
-            .register_student(&r.student_key, &r.birth_month, &r.guardian_keys, &r.staff_user)
+            .register_student(
+                &r.student_key,
+                &r.birth_month,
+                &r.guardian_keys,
+                &r.staff_user,
+            )
             .await?;
         Ok(Response::new(RegisterStudentResponse { card: Some(card) }))
     }
 
-    async fn get_student(&self, request: Request<GetStudentRequest>) -> Result<Response<GetStudentResponse>, Status> {
+    async fn get_student(
+        &self,
+        request: Request<GetStudentRequest>,
+    ) -> Result<Response<GetStudentResponse>, Status> {
         let pseudonym = request.into_inner().pseudonym;
         let (card, _) = self.core.card(&pseudonym).await?;
         let manifest = self
@@ -131,7 +149,10 @@ impl Node for NodeApi {
             .await
             .map_err(NodeError::from)?
             .and_then(|v| Signed::decode(v.manifest.as_slice()).ok());
-        Ok(Response::new(GetStudentResponse { card: Some(card), manifest }))
+        Ok(Response::new(GetStudentResponse {
+            card: Some(card),
+            manifest,
+        }))
     }
 
     async fn store_passport(
@@ -144,7 +165,10 @@ impl Node for NodeApi {
         Ok(Response::new(StorePassportResponse { version }))
     }
 
-    async fn add_grant(&self, request: Request<AddGrantRequest>) -> Result<Response<AddGrantResponse>, Status> {
+    async fn add_grant(
+        &self,
+        request: Request<AddGrantRequest>,
+    ) -> Result<Response<AddGrantResponse>, Status> {
         let grant = required(request.into_inner().grant, "grant")?;
         let grant_id = self.core.add_grant(&grant).await?;
         Ok(Response::new(AddGrantResponse { grant_id }))
@@ -154,13 +178,24 @@ impl Node for NodeApi {
         &self,
         request: Request<SendPassportRequest>,
     ) -> Result<Response<SendPassportResponse>, Status> {
-        let (envelope_id, to_org) = self.core.send_passport(&request.into_inner().grant_id).await?;
-        Ok(Response::new(SendPassportResponse { envelope_id, to_org }))
+        let (envelope_id, to_org) = self
+            .core
+            .send_passport(&request.into_inner().grant_id)
+            .await?;
+        Ok(Response::new(SendPassportResponse {
+            envelope_id,
+            to_org,
+        }))
     }
 
-    async fn inbox(&self, _request: Request<InboxRequest>) -> Result<Response<InboxResponse>, Status> {
+    async fn inbox(
+        &self,
+        _request: Request<InboxRequest>,
+    ) -> Result<Response<InboxResponse>, Status> {
         let items = self.core.store.inbox().await.map_err(NodeError::from)?;
-        Ok(Response::new(InboxResponse { items: items.iter().map(item).collect() }))
+        Ok(Response::new(InboxResponse {
+            items: items.iter().map(item).collect(),
+        }))
     }
 
     async fn show_passport(
@@ -169,7 +204,9 @@ impl Node for NodeApi {
     ) -> Result<Response<ShowPassportResponse>, Status> {
         let r = request.into_inner();
         if r.staff_user.trim().is_empty() {
-            return Err(Status::invalid_argument("name the staff member who views the passport (it is logged)"));
+            return Err(Status::invalid_argument(
+                "name the staff member who views the passport (it is logged)",
+            ));
         }
         let received = self
             .core
@@ -177,19 +214,34 @@ impl Node for NodeApi {
             .received(&r.grant_id)
             .await
             .map_err(NodeError::from)?
-            .ok_or_else(|| Status::not_found(format!("no passport under grant {} at this node", r.grant_id)))?;
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "no passport under grant {} at this node",
+                    r.grant_id
+                ))
+            })?;
         let mut sections = Vec::with_capacity(received.disclosures.len());
         for (_, d) in &received.disclosures {
-            let disclosure = Disclosure::decode(d.as_slice()).map_err(|e| Status::internal(e.to_string()))?;
-            sections.push(Section::decode(disclosure.section.as_slice()).map_err(|e| Status::internal(e.to_string()))?);
+            let disclosure =
+                Disclosure::decode(d.as_slice()).map_err(|e| Status::internal(e.to_string()))?;
+            sections.push(
+                Section::decode(disclosure.section.as_slice())
+                    .map_err(|e| Status::internal(e.to_string()))?,
+            );
         }
         // The order of the manifest is the order the student filled it in.
         let manifest: overstap_proto::pb::Manifest = overstap_proto::sign::decode_body(
             overstap_proto::sign::Domain::Manifest,
-            &Signed::decode(received.manifest.as_slice()).map_err(|e| Status::internal(e.to_string()))?,
+            &Signed::decode(received.manifest.as_slice())
+                .map_err(|e| Status::internal(e.to_string()))?,
         )
         .map_err(NodeError::from)?;
-        sections.sort_by_key(|s| manifest.digests.iter().position(|d| d.section_id == s.section_id));
+        sections.sort_by_key(|s| {
+            manifest
+                .digests
+                .iter()
+                .position(|d| d.section_id == s.section_id)
+        });
         self.core
             .store
             .record_view(&r.grant_id, r.staff_user.trim(), self.core.now())
@@ -207,8 +259,16 @@ impl Node for NodeApi {
         }))
     }
 
-    async fn outbox(&self, _request: Request<OutboxRequest>) -> Result<Response<OutboxResponse>, Status> {
-        let rows = self.core.store.outbox(10_000).await.map_err(NodeError::from)?;
+    async fn outbox(
+        &self,
+        _request: Request<OutboxRequest>,
+    ) -> Result<Response<OutboxResponse>, Status> {
+        let rows = self
+            .core
+            .store
+            .outbox(10_000)
+            .await
+            .map_err(NodeError::from)?;
         Ok(Response::new(OutboxResponse {
             items: rows
                 .into_iter()
@@ -225,13 +285,26 @@ impl Node for NodeApi {
         }))
     }
 
-    async fn status(&self, _request: Request<NodeStatusRequest>) -> Result<Response<NodeStatusResponse>, Status> {
+    async fn status(
+        &self,
+        _request: Request<NodeStatusRequest>,
+    ) -> Result<Response<NodeStatusResponse>, Status> {
         use std::sync::atomic::Ordering;
         Ok(Response::new(NodeStatusResponse {
             org_id: self.core.org_id.clone(),
             directory_version: self.core.directory_version(),
-            outbox_pending: self.core.store.pending_count().await.map_err(NodeError::from)?,
-            inbox_count: self.core.store.inbox_count().await.map_err(NodeError::from)?,
+            outbox_pending: self
+                .core
+                .store
+                .pending_count()
+                .await
+                .map_err(NodeError::from)?,
+            inbox_count: self
+                .core
+                .store
+                .inbox_count()
+                .await
+                .map_err(NodeError::from)?,
             last_delivery_seq: self.core.last_seq.load(Ordering::Relaxed),
             hub_connected: self.core.hub_connected.load(Ordering::Relaxed),
         }))

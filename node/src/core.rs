@@ -9,10 +9,13 @@ use ed25519_dalek::{SigningKey, VerifyingKey};
 use overstap_proto::consent::{check_covers, check_in_force, verify_grant};
 use overstap_proto::directory::VerifiedDirectory;
 use overstap_proto::envelope::{EncryptionKeyPair, Opened, Outgoing, open, seal, verify_header};
-use overstap_proto::passport::{parse_birth_month, select_disclosures, verify_card, verify_disclosures, verify_manifest};
+use overstap_proto::passport::{
+    parse_birth_month, select_disclosures, verify_card, verify_disclosures, verify_manifest,
+};
 use overstap_proto::pb::payload::Content;
 use overstap_proto::pb::{
-    Disclosure, Envelope, EnvelopeHeader, EnvelopeKind, Package, Payload, Refusal, Signed, StudentCard,
+    Disclosure, Envelope, EnvelopeHeader, EnvelopeKind, Package, Payload, Refusal, Signed,
+    StudentCard,
 };
 use overstap_proto::sign::{Domain, decode_body, sign_message, verifying_key};
 use overstap_proto::{ProtocolError, UnixTime};
@@ -56,7 +59,9 @@ pub enum NodeError {
 /// What became of an envelope taken in from the hub. Every outcome is acknowledged.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    Stored { grant_id: String },
+    Stored {
+        grant_id: String,
+    },
     Duplicate,
     /// Refused; the sender was told why.
     Refused(String),
@@ -138,9 +143,12 @@ impl NodeCore {
 
     /// Installs a directory if the authority signed it and it is newer than the one held.
     pub async fn install_directory(&self, signed: &Signed) -> Result<u64, NodeError> {
-        let verified = VerifiedDirectory::verify(signed, &self.authority, self.directory_version())?;
+        let verified =
+            VerifiedDirectory::verify(signed, &self.authority, self.directory_version())?;
         let version = verified.version();
-        self.store.save_directory(version, &signed.encode_to_vec()).await?;
+        self.store
+            .save_directory(version, &signed.encode_to_vec())
+            .await?;
         *self.directory.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(verified));
         tracing::info!(org = %self.org_id, version, "directory installed");
         Ok(version)
@@ -161,11 +169,15 @@ impl NodeCore {
         for g in guardian_keys {
             verifying_key(g, "guardian key")?;
             if g.as_slice() == student_key {
-                return Err(NodeError::Invalid("a guardian key must differ from the student's key".into()));
+                return Err(NodeError::Invalid(
+                    "a guardian key must differ from the student's key".into(),
+                ));
             }
         }
         if staff_user.trim().is_empty() {
-            return Err(NodeError::Invalid("name the staff member who checked the student in person".into()));
+            return Err(NodeError::Invalid(
+                "name the staff member who checked the student in person".into(),
+            ));
         }
         let now = self.now();
         let card = StudentCard {
@@ -191,18 +203,21 @@ impl NodeCore {
 
     /// The student's card as issued by this node.
     pub async fn card(&self, pseudonym: &str) -> Result<(Signed, StudentCard), NodeError> {
-        let bytes = self
-            .store
-            .student_card(pseudonym)
-            .await?
-            .ok_or_else(|| NodeError::NotFound(format!("no student {pseudonym} at {}", self.org_id)))?;
-        let signed = Signed::decode(bytes.as_slice()).map_err(|e| NodeError::Invalid(e.to_string()))?;
+        let bytes = self.store.student_card(pseudonym).await?.ok_or_else(|| {
+            NodeError::NotFound(format!("no student {pseudonym} at {}", self.org_id))
+        })?;
+        let signed =
+            Signed::decode(bytes.as_slice()).map_err(|e| NodeError::Invalid(e.to_string()))?;
         let card = verify_card(&signed, &self.signing_key.verifying_key())?;
         Ok((signed, card))
     }
 
     /// Keeps a new passport version signed by the student (and guardian under 16).
-    pub async fn store_passport(&self, manifest: &Signed, disclosures: &[Disclosure]) -> Result<u32, NodeError> {
+    pub async fn store_passport(
+        &self,
+        manifest: &Signed,
+        disclosures: &[Disclosure],
+    ) -> Result<u32, NodeError> {
         let probe: overstap_proto::pb::Manifest = decode_body(Domain::Manifest, manifest)?;
         let (_, card) = self.card(&probe.pseudonym).await?;
         let m = verify_manifest(manifest, &card)?;
@@ -230,7 +245,14 @@ impl NodeCore {
             rows.push((s.section_id, d.encode_to_vec()));
         }
         self.store
-            .insert_version(&m.pseudonym, m.version, &m.question_set, &manifest.encode_to_vec(), &rows, self.now())
+            .insert_version(
+                &m.pseudonym,
+                m.version,
+                &m.question_set,
+                &manifest.encode_to_vec(),
+                &rows,
+                self.now(),
+            )
             .await?;
         Ok(m.version)
     }
@@ -241,7 +263,9 @@ impl NodeCore {
         let (_, card) = self.card(&probe.pseudonym).await?;
         let grant = verify_grant(signed, &card)?;
         if grant.recipient_org == self.org_id {
-            return Err(NodeError::Invalid("a grant to the home school itself is not needed".into()));
+            return Err(NodeError::Invalid(
+                "a grant to the home school itself is not needed".into(),
+            ));
         }
         let dir = self.directory()?;
         let recipient = dir.member(&grant.recipient_org)?;
@@ -279,25 +303,32 @@ impl NodeCore {
     /// Seals the consented sections of the newest passport version for the grant's recipient
     /// and puts the envelope in the outbox. Nothing is sealed without a valid, in-scope grant.
     pub async fn send_passport(&self, grant_id: &str) -> Result<(Vec<u8>, String), NodeError> {
-        let row = self
-            .store
-            .grant(grant_id)
-            .await?
-            .ok_or_else(|| NodeError::NotFound(format!("no grant {grant_id} at {}", self.org_id)))?;
+        let row = self.store.grant(grant_id).await?.ok_or_else(|| {
+            NodeError::NotFound(format!("no grant {grant_id} at {}", self.org_id))
+        })?;
         if row.state != "active" {
-            return Err(NodeError::Precondition(format!("grant {grant_id} is {}", row.state)));
+            return Err(NodeError::Precondition(format!(
+                "grant {grant_id} is {}",
+                row.state
+            )));
         }
         let (card_signed, card) = self.card(&row.pseudonym).await?;
-        let grant_signed = Signed::decode(row.signed.as_slice()).map_err(|e| NodeError::Invalid(e.to_string()))?;
+        let grant_signed =
+            Signed::decode(row.signed.as_slice()).map_err(|e| NodeError::Invalid(e.to_string()))?;
         let grant = verify_grant(&grant_signed, &card)?;
         check_in_force(&grant, self.now()).map_err(|e| NodeError::Precondition(e.to_string()))?;
-        let version = self.store.latest_version(&row.pseudonym).await?.ok_or_else(|| {
-            NodeError::Precondition(format!(
-                "student {} has no signed passport yet; sign one first",
-                row.pseudonym
-            ))
-        })?;
-        let manifest = Signed::decode(version.manifest.as_slice()).map_err(|e| NodeError::Invalid(e.to_string()))?;
+        let version = self
+            .store
+            .latest_version(&row.pseudonym)
+            .await?
+            .ok_or_else(|| {
+                NodeError::Precondition(format!(
+                    "student {} has no signed passport yet; sign one first",
+                    row.pseudonym
+                ))
+            })?;
+        let manifest = Signed::decode(version.manifest.as_slice())
+            .map_err(|e| NodeError::Invalid(e.to_string()))?;
         let all: Vec<Disclosure> = version
             .disclosures
             .iter()
@@ -347,8 +378,16 @@ impl NodeCore {
 
     /// Takes in one envelope from the hub: verify, open, check, store, all before the caller
     /// acks. `Err` means "try again later" (do not ack); every `Ok` may be acked.
-    pub async fn ingest(&self, envelope: &Envelope, receipt: Option<&Signed>) -> Result<Outcome, NodeError> {
-        let claimed: EnvelopeHeader = match envelope.header.as_ref().map(|h| decode_body(Domain::EnvelopeHeader, h)) {
+    pub async fn ingest(
+        &self,
+        envelope: &Envelope,
+        receipt: Option<&Signed>,
+    ) -> Result<Outcome, NodeError> {
+        let claimed: EnvelopeHeader = match envelope
+            .header
+            .as_ref()
+            .map(|h| decode_body(Domain::EnvelopeHeader, h))
+        {
             Some(Ok(h)) => h,
             Some(Err(e)) => return Ok(Outcome::Dropped(e.to_string())),
             None => return Ok(Outcome::Dropped("envelope has no header".into())),
@@ -373,20 +412,34 @@ impl NodeCore {
                 return Err(NodeError::StaleDirectory(org.clone()));
             }
             let reason = e.to_string();
-            self.store.record(&processed("dropped", reason.clone()), None).await?;
+            self.store
+                .record(&processed("dropped", reason.clone()), None)
+                .await?;
             tracing::warn!(org = %self.org_id, %reason, "envelope dropped");
             return Ok(Outcome::Dropped(reason));
         }
         let keys: Vec<&EncryptionKeyPair> = self.encryption_keys.iter().collect();
         let opened = match open(envelope, &dir, &self.org_id, &keys, self.max_body) {
             Ok(o) => o,
-            Err(e) => return self.refuse(&dir, &claimed, None, e.to_string(), processed("refused", e.to_string())).await,
+            Err(e) => {
+                return self
+                    .refuse(
+                        &dir,
+                        &claimed,
+                        None,
+                        e.to_string(),
+                        processed("refused", e.to_string()),
+                    )
+                    .await;
+            }
         };
         match &opened.payload.content {
             Some(Content::Package(p)) => match self.check_package(&opened, p) {
                 Ok(received) => {
                     let grant_id = received.grant_id.clone();
-                    self.store.store_received(&processed("stored", grant_id.clone()), &received).await?;
+                    self.store
+                        .store_received(&processed("stored", grant_id.clone()), &received)
+                        .await?;
                     tracing::info!(org = %self.org_id, from = %claimed.from_org, "passport stored");
                     Ok(Outcome::Stored { grant_id })
                 }
@@ -394,15 +447,27 @@ impl NodeCore {
                     let grant_id = p
                         .grant
                         .as_ref()
-                        .and_then(|g| decode_body::<overstap_proto::pb::ConsentGrant>(Domain::Grant, g).ok())
+                        .and_then(|g| {
+                            decode_body::<overstap_proto::pb::ConsentGrant>(Domain::Grant, g).ok()
+                        })
                         .map(|g| g.grant_id);
-                    self.refuse(&dir, &claimed, grant_id, e.to_string(), processed("refused", e.to_string()))
-                        .await
+                    self.refuse(
+                        &dir,
+                        &claimed,
+                        grant_id,
+                        e.to_string(),
+                        processed("refused", e.to_string()),
+                    )
+                    .await
                 }
             },
             Some(Content::Refusal(r)) => {
                 self.store
-                    .mark_refused(&processed("refusal", r.reason.clone()), &r.refused_envelope_id, &r.reason)
+                    .mark_refused(
+                        &processed("refusal", r.reason.clone()),
+                        &r.refused_envelope_id,
+                        &r.reason,
+                    )
                     .await?;
                 tracing::warn!(org = %self.org_id, by = %claimed.from_org, reason = %r.reason, "our envelope was refused");
                 Ok(Outcome::RefusalNoted)
@@ -413,20 +478,39 @@ impl NodeCore {
                     self.org_id,
                     opened.header.kind()
                 );
-                self.refuse(&dir, &claimed, None, reason.clone(), processed("refused", reason)).await
+                self.refuse(
+                    &dir,
+                    &claimed,
+                    None,
+                    reason.clone(),
+                    processed("refused", reason),
+                )
+                .await
             }
             None => {
                 let reason = "payload has no content".to_string();
-                self.refuse(&dir, &claimed, None, reason.clone(), processed("refused", reason)).await
+                self.refuse(
+                    &dir,
+                    &claimed,
+                    None,
+                    reason.clone(),
+                    processed("refused", reason),
+                )
+                .await
             }
         }
     }
 
     /// Everything a recipient checks before it stores one byte of a package.
     fn check_package(&self, opened: &Opened, p: &Package) -> Result<Received, ProtocolError> {
-        let dir = self.directory().map_err(|e| ProtocolError::Envelope(e.to_string()))?;
+        let dir = self
+            .directory()
+            .map_err(|e| ProtocolError::Envelope(e.to_string()))?;
         let home = &opened.header.from_org;
-        let missing = |what: &'static str| ProtocolError::Malformed { what, detail: "missing from package".into() };
+        let missing = |what: &'static str| ProtocolError::Malformed {
+            what,
+            detail: "missing from package".into(),
+        };
         let card_signed = p.card.as_ref().ok_or_else(|| missing("student card"))?;
         let manifest_signed = p.manifest.as_ref().ok_or_else(|| missing("manifest"))?;
         let grant_signed = p.grant.as_ref().ok_or_else(|| missing("consent grant"))?;
@@ -449,7 +533,8 @@ impl NodeCore {
             .zip(sections.iter())
             .map(|(d, _)| d)
             .map(|d| {
-                let s = overstap_proto::pb::Section::decode(d.section.as_slice()).map(|s| s.section_id);
+                let s =
+                    overstap_proto::pb::Section::decode(d.section.as_slice()).map(|s| s.section_id);
                 (s.unwrap_or_default(), d.encode_to_vec())
             })
             .collect();
@@ -532,11 +617,16 @@ impl NodeCore {
     /// this envelope.
     pub fn check_receipt(&self, receipt: &Signed, envelope_id: &[u8]) -> Result<(), NodeError> {
         let dir = self.directory()?;
-        let hub = dir.hub().ok_or_else(|| NodeError::Invalid("the directory lists no hub".into()))?;
+        let hub = dir
+            .hub()
+            .ok_or_else(|| NodeError::Invalid("the directory lists no hub".into()))?;
         let key = verifying_key(&hub.signing_key, "hub key")?;
-        let r: overstap_proto::pb::Receipt = overstap_proto::sign::open_signed(Domain::Receipt, receipt, &key)?;
+        let r: overstap_proto::pb::Receipt =
+            overstap_proto::sign::open_signed(Domain::Receipt, receipt, &key)?;
         if r.envelope_id != envelope_id {
-            return Err(NodeError::Invalid("the hub's receipt is for another envelope".into()));
+            return Err(NodeError::Invalid(
+                "the hub's receipt is for another envelope".into(),
+            ));
         }
         Ok(())
     }

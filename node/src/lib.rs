@@ -44,7 +44,9 @@ pub fn write_secret(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
         options.mode(0o600);
     }
     use std::io::Write;
-    let mut f = options.open(path).with_context(|| format!("writing {}", path.display()))?;
+    let mut f = options
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
     f.write_all(bytes)?;
     f.sync_all()?;
     Ok(())
@@ -92,24 +94,34 @@ pub async fn run_with_clock(
     let channel = link.channel()?;
     let addr = api_listener.local_addr()?;
     if let Some(path) = &config.api_url_file {
-        std::fs::write(path, format!("http://{addr}\n")).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, format!("http://{addr}\n"))
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     tracing::info!(org = %config.org_id, %addr, hub = %config.hub_url, "node running");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let engine = tokio::spawn(sync::run(core.clone(), channel, config.directory_interval, stop_rx));
+    let engine = tokio::spawn(sync::run(
+        core.clone(),
+        channel,
+        config.directory_interval,
+        stop_rx,
+    ));
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<NodeServer<api::NodeApi>>().await;
     let api = tonic::service::interceptor::InterceptedService::new(
-        NodeServer::new(api::NodeApi::new(core)).max_decoding_message_size(config.max_envelope_bytes * 4),
+        NodeServer::new(api::NodeApi::new(core))
+            .max_decoding_message_size(config.max_envelope_bytes * 4),
         api::TokenCheck::new(config.api_token.clone()),
     );
     let result = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(api)
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(api_listener), async move {
-            shutdown.await;
-            let _ = stop_tx.send(true);
-        })
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(api_listener),
+            async move {
+                shutdown.await;
+                let _ = stop_tx.send(true);
+            },
+        )
         .await;
     let _ = engine.await;
     result.context("node API server failed")

@@ -7,7 +7,11 @@ use anyhow::Context;
 use clap::Parser;
 
 #[derive(Parser)]
-#[command(name = "overstap-node", version, about = "An Overstap node: one organisation's store and its sync with the hub")]
+#[command(
+    name = "overstap-node",
+    version,
+    about = "An Overstap node: one organisation's store and its sync with the hub"
+)]
 struct Args {
     /// The node's settings file (node.toml, written by `overstap authority admit`).
     #[arg(long, short, env = "OVERSTAP_NODE_CONFIG")]
@@ -18,8 +22,7 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
     let args = Args::parse();
@@ -34,7 +37,8 @@ async fn main() -> anyhow::Result<()> {
 /// Ctrl-C or SIGTERM (systemd, Kubernetes) ends the node gracefully.
 async fn stop_requested() {
     #[cfg(unix)]
-    if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+    if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}

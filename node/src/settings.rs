@@ -96,9 +96,12 @@ impl Settings {
     pub fn load(file: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(file)
             .with_context(|| format!("reading node config {}", file.display()))?;
-        let table: toml::Table =
-            toml::from_str(&text).with_context(|| format!("parsing node config {}", file.display()))?;
-        let table = overlay_env(table, std::env::vars().filter(|(k, _)| k != "OVERSTAP_NODE_DIR"));
+        let table: toml::Table = toml::from_str(&text)
+            .with_context(|| format!("parsing node config {}", file.display()))?;
+        let table = overlay_env(
+            table,
+            std::env::vars().filter(|(k, _)| k != "OVERSTAP_NODE_DIR"),
+        );
         let mut s: Settings = table.try_into().context("invalid node settings")?;
         let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
         for p in [
@@ -128,13 +131,18 @@ impl Settings {
         let read = |p: &Path, what: &str| {
             std::fs::read(p).with_context(|| format!("reading {what} {}", p.display()))
         };
-        let text = |p: &Path, what: &str| -> anyhow::Result<String> { Ok(String::from_utf8(read(p, what)?)?) };
+        let text = |p: &Path, what: &str| -> anyhow::Result<String> {
+            Ok(String::from_utf8(read(p, what)?)?)
+        };
         let authority = VerifyingKey::from_bytes(&parse_key_hex(
             &text(&self.authority_key, "authority public key")?,
             "authority key",
         )?)
         .context("the authority key is not a valid ed25519 key")?;
-        let enc = parse_key_hex(&text(&self.encryption_key, "encryption key")?, "encryption key")?;
+        let enc = parse_key_hex(
+            &text(&self.encryption_key, "encryption key")?,
+            "encryption key",
+        )?;
         let api_token = match std::fs::read_to_string(&self.api_token_file) {
             Ok(t) => t.trim().to_string(),
             Err(_) => {

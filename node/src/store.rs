@@ -107,7 +107,10 @@ fn sections_text(s: &[String]) -> String {
 }
 
 fn sections_list(s: &str) -> Vec<String> {
-    s.split(',').filter(|x| !x.is_empty()).map(str::to_string).collect()
+    s.split(',')
+        .filter(|x| !x.is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 impl NodeStore {
@@ -125,15 +128,19 @@ impl NodeStore {
             .max_connections(connections)
             .connect_with(options)
             .await?;
-        sqlx::migrate!("../migrations/node/sqlite").run(&pool).await?;
+        sqlx::migrate!("../migrations/node/sqlite")
+            .run(&pool)
+            .await?;
         Ok(NodeStore { pool })
     }
 
     pub async fn directory(&self) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(sqlx::query("SELECT signed FROM directory ORDER BY version DESC LIMIT 1")
-            .fetch_optional(&self.pool)
-            .await?
-            .map(|r| r.get(0)))
+        Ok(
+            sqlx::query("SELECT signed FROM directory ORDER BY version DESC LIMIT 1")
+                .fetch_optional(&self.pool)
+                .await?
+                .map(|r| r.get(0)),
+        )
     }
 
     pub async fn save_directory(&self, version: u64, signed: &[u8]) -> Result<(), StoreError> {
@@ -147,15 +154,23 @@ impl NodeStore {
 
     // ---- home side: students, passports, grants -------------------------------------------
 
-    pub async fn insert_student(&self, pseudonym: &str, card: &[u8], staff: &str, at: i64) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO students (pseudonym, card, registered_by, created_at) VALUES (?, ?, ?, ?)")
-            .bind(pseudonym)
-            .bind(card)
-            .bind(staff)
-            .bind(at)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| conflict(e, format!("student {pseudonym}")))?;
+    pub async fn insert_student(
+        &self,
+        pseudonym: &str,
+        card: &[u8],
+        staff: &str,
+        at: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO students (pseudonym, card, registered_by, created_at) VALUES (?, ?, ?, ?)",
+        )
+        .bind(pseudonym)
+        .bind(card)
+        .bind(staff)
+        .bind(at)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| conflict(e, format!("student {pseudonym}")))?;
         Ok(())
     }
 
@@ -167,7 +182,10 @@ impl NodeStore {
             .map(|r| r.get(0)))
     }
 
-    pub async fn latest_version(&self, pseudonym: &str) -> Result<Option<StoredVersion>, StoreError> {
+    pub async fn latest_version(
+        &self,
+        pseudonym: &str,
+    ) -> Result<Option<StoredVersion>, StoreError> {
         let Some(row) = sqlx::query(
             "SELECT version, question_set, manifest FROM passport_versions WHERE pseudonym = ? ORDER BY version DESC LIMIT 1",
         )
@@ -323,22 +341,31 @@ impl NodeStore {
     }
 
     /// Records a failed attempt; `give_up` marks it failed for good (the hub refused it).
-    pub async fn mark_attempt(&self, seq: i64, detail: &str, give_up: bool) -> Result<(), StoreError> {
+    pub async fn mark_attempt(
+        &self,
+        seq: i64,
+        detail: &str,
+        give_up: bool,
+    ) -> Result<(), StoreError> {
         let state = if give_up { "failed" } else { "pending" };
-        sqlx::query("UPDATE outbox SET state = ?, attempts = attempts + 1, detail = ? WHERE seq = ?")
-            .bind(state)
-            .bind(detail)
-            .bind(seq)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "UPDATE outbox SET state = ?, attempts = attempts + 1, detail = ? WHERE seq = ?",
+        )
+        .bind(state)
+        .bind(detail)
+        .bind(seq)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
     pub async fn pending_count(&self) -> Result<u64, StoreError> {
-        Ok(sqlx::query("SELECT COUNT(*) FROM outbox WHERE state = 'pending'")
-            .fetch_one(&self.pool)
-            .await?
-            .get::<i64, _>(0) as u64)
+        Ok(
+            sqlx::query("SELECT COUNT(*) FROM outbox WHERE state = 'pending'")
+                .fetch_one(&self.pool)
+                .await?
+                .get::<i64, _>(0) as u64,
+        )
     }
 
     // ---- recipient side ---------------------------------------------------------------------
@@ -399,29 +426,38 @@ impl NodeStore {
         .execute(&mut *tx)
         .await?;
         for (id, d) in &r.disclosures {
-            sqlx::query("INSERT INTO received_sections (grant_id, section_id, disclosure) VALUES (?, ?, ?)")
-                .bind(&r.grant_id)
-                .bind(id)
-                .bind(d)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "INSERT INTO received_sections (grant_id, section_id, disclosure) VALUES (?, ?, ?)",
+            )
+            .bind(&r.grant_id)
+            .bind(id)
+            .bind(d)
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         Ok(true)
     }
 
     /// A refusal came back for an envelope this node sent.
-    pub async fn mark_refused(&self, p: &Processed, refused_envelope_id: &[u8], reason: &str) -> Result<(), StoreError> {
+    pub async fn mark_refused(
+        &self,
+        p: &Processed,
+        refused_envelope_id: &[u8],
+        reason: &str,
+    ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         if !insert_processed(&mut tx, p).await? {
             return Ok(());
         }
-        sqlx::query("UPDATE outbox SET state = 'refused', detail = ? WHERE envelope_id = ? AND to_org = ?")
-            .bind(reason)
-            .bind(refused_envelope_id)
-            .bind(&p.from_org)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE outbox SET state = 'refused', detail = ? WHERE envelope_id = ? AND to_org = ?",
+        )
+        .bind(reason)
+        .bind(refused_envelope_id)
+        .bind(&p.from_org)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -479,7 +515,12 @@ impl NodeStore {
     }
 
     /// Logs a view by a staff member; the first view moves the status from ontvangen to gelezen.
-    pub async fn record_view(&self, grant_id: &str, staff_user: &str, at: i64) -> Result<(), StoreError> {
+    pub async fn record_view(
+        &self,
+        grant_id: &str,
+        staff_user: &str,
+        at: i64,
+    ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("INSERT INTO access_log (grant_id, staff_user, viewed_at) VALUES (?, ?, ?)")
             .bind(grant_id)
@@ -487,30 +528,40 @@ impl NodeStore {
             .bind(at)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("UPDATE received SET status = 'gelezen' WHERE grant_id = ? AND status = 'ontvangen'")
-            .bind(grant_id)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE received SET status = 'gelezen' WHERE grant_id = ? AND status = 'ontvangen'",
+        )
+        .bind(grant_id)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(())
     }
 
     pub async fn views(&self, grant_id: &str) -> Result<Vec<(String, i64)>, StoreError> {
-        Ok(sqlx::query("SELECT staff_user, viewed_at FROM access_log WHERE grant_id = ? ORDER BY id")
-            .bind(grant_id)
-            .fetch_all(&self.pool)
-            .await?
-            .into_iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect())
+        Ok(sqlx::query(
+            "SELECT staff_user, viewed_at FROM access_log WHERE grant_id = ? ORDER BY id",
+        )
+        .bind(grant_id)
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect())
     }
 
     pub async fn inbox_count(&self) -> Result<u64, StoreError> {
-        Ok(sqlx::query("SELECT COUNT(*) FROM received").fetch_one(&self.pool).await?.get::<i64, _>(0) as u64)
+        Ok(sqlx::query("SELECT COUNT(*) FROM received")
+            .fetch_one(&self.pool)
+            .await?
+            .get::<i64, _>(0) as u64)
     }
 }
 
-async fn insert_processed(tx: &mut sqlx::SqliteConnection, p: &Processed) -> Result<bool, StoreError> {
+async fn insert_processed(
+    tx: &mut sqlx::SqliteConnection,
+    p: &Processed,
+) -> Result<bool, StoreError> {
     let done = sqlx::query(
         "INSERT OR IGNORE INTO processed (envelope_id, from_org, kind, outcome, detail, receipt, processed_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
     )

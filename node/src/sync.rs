@@ -46,12 +46,22 @@ impl HubLink {
 }
 
 /// Runs the three loops until `shutdown` turns true.
-pub async fn run(core: Arc<NodeCore>, channel: Channel, interval: Duration, shutdown: watch::Receiver<bool>) {
+pub async fn run(
+    core: Arc<NodeCore>,
+    channel: Channel,
+    interval: Duration,
+    shutdown: watch::Receiver<bool>,
+) {
     let limit = core.max_body * 4;
     let client = HubClient::new(channel)
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
-    let d = tokio::spawn(directory_loop(core.clone(), client.clone(), interval, shutdown.clone()));
+    let d = tokio::spawn(directory_loop(
+        core.clone(),
+        client.clone(),
+        interval,
+        shutdown.clone(),
+    ));
     let o = tokio::spawn(outbox_loop(core.clone(), client.clone(), shutdown.clone()));
     let i = tokio::spawn(inbox_loop(core, client, shutdown));
     let _ = tokio::join!(d, o, i);
@@ -69,9 +79,14 @@ fn backoff(attempt: u32) -> Duration {
 }
 
 /// Fetches the directory once; returns whether a newer one was installed.
-pub async fn refresh_directory(core: &NodeCore, client: &mut HubClient<Channel>) -> Result<bool, tonic::Status> {
+pub async fn refresh_directory(
+    core: &NodeCore,
+    client: &mut HubClient<Channel>,
+) -> Result<bool, tonic::Status> {
     let resp = client
-        .get_directory(GetDirectoryRequest { known_version: core.directory_version() })
+        .get_directory(GetDirectoryRequest {
+            known_version: core.directory_version(),
+        })
         .await?
         .into_inner();
     match resp.directory {
@@ -127,7 +142,11 @@ fn is_final(code: Code) -> bool {
     )
 }
 
-async fn outbox_loop(core: Arc<NodeCore>, mut client: HubClient<Channel>, mut shutdown: watch::Receiver<bool>) {
+async fn outbox_loop(
+    core: Arc<NodeCore>,
+    mut client: HubClient<Channel>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut attempt: u32 = 0;
     loop {
         let pending = match core.store.pending(64).await {
@@ -142,7 +161,14 @@ async fn outbox_loop(core: Arc<NodeCore>, mut client: HubClient<Channel>, mut sh
             let envelope = match Envelope::decode(entry.envelope.as_slice()) {
                 Ok(e) => e,
                 Err(e) => {
-                    let _ = core.store.mark_attempt(entry.seq, &format!("stored envelope does not decode: {e}"), true).await;
+                    let _ = core
+                        .store
+                        .mark_attempt(
+                            entry.seq,
+                            &format!("stored envelope does not decode: {e}"),
+                            true,
+                        )
+                        .await;
                     continue;
                 }
             };
@@ -153,7 +179,11 @@ async fn outbox_loop(core: Arc<NodeCore>, mut client: HubClient<Channel>, mut sh
                         Ok(()) => {
                             attempt = 0;
                             core.mark_connected(true);
-                            if let Err(e) = core.store.mark_sent(entry.seq, &receipt.encode_to_vec(), core.now()).await {
+                            if let Err(e) = core
+                                .store
+                                .mark_sent(entry.seq, &receipt.encode_to_vec(), core.now())
+                                .await
+                            {
                                 tracing::error!(error = %e, "recording a receipt failed");
                                 stalled = true;
                                 break;
@@ -161,7 +191,10 @@ async fn outbox_loop(core: Arc<NodeCore>, mut client: HubClient<Channel>, mut sh
                         }
                         Err(e) => {
                             tracing::error!(error = %e, "the hub's receipt does not verify");
-                            let _ = core.store.mark_attempt(entry.seq, &format!("receipt refused: {e}"), false).await;
+                            let _ = core
+                                .store
+                                .mark_attempt(entry.seq, &format!("receipt refused: {e}"), false)
+                                .await;
                             stalled = true;
                             break;
                         }
@@ -169,13 +202,24 @@ async fn outbox_loop(core: Arc<NodeCore>, mut client: HubClient<Channel>, mut sh
                 }
                 Err(status) if is_final(status.code()) => {
                     tracing::warn!(to = %entry.to_org, reason = %status.message(), "the hub refused an envelope");
-                    let detail = format!("refused by the hub ({:?}): {}", status.code(), status.message());
+                    let detail = format!(
+                        "refused by the hub ({:?}): {}",
+                        status.code(),
+                        status.message()
+                    );
                     let _ = core.store.mark_attempt(entry.seq, &detail, true).await;
                 }
                 Err(status) => {
                     // Keep the order: nothing behind this envelope goes before it.
                     core.mark_connected(false);
-                    let _ = core.store.mark_attempt(entry.seq, &format!("will retry: {}", status.message()), false).await;
+                    let _ = core
+                        .store
+                        .mark_attempt(
+                            entry.seq,
+                            &format!("will retry: {}", status.message()),
+                            false,
+                        )
+                        .await;
                     stalled = true;
                     break;
                 }
@@ -197,7 +241,11 @@ async fn outbox_loop(core: Arc<NodeCore>, mut client: HubClient<Channel>, mut sh
     }
 }
 
-async fn inbox_loop(core: Arc<NodeCore>, mut client: HubClient<Channel>, mut shutdown: watch::Receiver<bool>) {
+async fn inbox_loop(
+    core: Arc<NodeCore>,
+    mut client: HubClient<Channel>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut attempt: u32 = 0;
     loop {
         if *shutdown.borrow() {
@@ -234,13 +282,22 @@ async fn inbox_loop(core: Arc<NodeCore>, mut client: HubClient<Channel>, mut shu
                 Ok(None) | Err(_) => break,
             };
             attempt = 0;
-            let Some(envelope) = delivery.envelope.as_ref() else { continue };
+            let Some(envelope) = delivery.envelope.as_ref() else {
+                continue;
+            };
             let id = envelope_id(envelope);
-            match ingest_with_refresh(&core, &mut client, envelope, delivery.receipt.as_ref()).await {
+            match ingest_with_refresh(&core, &mut client, envelope, delivery.receipt.as_ref()).await
+            {
                 Ok(outcome) => {
                     tracing::debug!(org = %core.org_id, ?outcome, "ingested");
-                    core.last_seq.store(delivery.seq, std::sync::atomic::Ordering::Relaxed);
-                    if let Err(e) = client.ack(AckRequest { envelope_ids: vec![id] }).await {
+                    core.last_seq
+                        .store(delivery.seq, std::sync::atomic::Ordering::Relaxed);
+                    if let Err(e) = client
+                        .ack(AckRequest {
+                            envelope_ids: vec![id],
+                        })
+                        .await
+                    {
                         // Not acked: the hub delivers it again, and ingest sees it was done.
                         tracing::debug!(error = %e, "ack failed");
                         break;
@@ -264,7 +321,13 @@ fn envelope_id(envelope: &Envelope) -> Vec<u8> {
     envelope
         .header
         .as_ref()
-        .and_then(|h| overstap_proto::sign::decode_body::<overstap_proto::pb::EnvelopeHeader>(overstap_proto::sign::Domain::EnvelopeHeader, h).ok())
+        .and_then(|h| {
+            overstap_proto::sign::decode_body::<overstap_proto::pb::EnvelopeHeader>(
+                overstap_proto::sign::Domain::EnvelopeHeader,
+                h,
+            )
+            .ok()
+        })
         .map(|h| h.envelope_id)
         .unwrap_or_default()
 }
@@ -280,7 +343,9 @@ async fn ingest_with_refresh(
             let _ = refresh_directory(core, client).await;
             match core.ingest(envelope, receipt).await {
                 // Still unknown with the hub's newest directory: the sender is not a member.
-                Err(NodeError::StaleDirectory(org)) => Ok(Outcome::Dropped(format!("unknown sender {org}"))),
+                Err(NodeError::StaleDirectory(org)) => {
+                    Ok(Outcome::Dropped(format!("unknown sender {org}")))
+                }
                 other => other,
             }
         }

@@ -6,10 +6,16 @@ use crate::ProtocolError;
 /// Parses a key file: 64 hex digits (32 bytes), surrounding whitespace ignored.
 pub fn parse_key_hex(text: &str, what: &'static str) -> Result<[u8; 32], ProtocolError> {
     let bytes = hex::decode(text.trim()).map_err(|e| ProtocolError::malformed(what, e))?;
-    bytes.as_slice().try_into().map_err(|_| ProtocolError::Malformed {
-        what,
-        detail: format!("expected 32 bytes (64 hex digits), got {} bytes", bytes.len()),
-    })
+    bytes
+        .as_slice()
+        .try_into()
+        .map_err(|_| ProtocolError::Malformed {
+            what,
+            detail: format!(
+                "expected 32 bytes (64 hex digits), got {} bytes",
+                bytes.len()
+            ),
+        })
 }
 
 /// Layers settings: a TOML file's table, then `OVERSTAP_*` environment variables on top
@@ -20,7 +26,9 @@ pub fn overlay_env(
     vars: impl IntoIterator<Item = (String, String)>,
 ) -> toml::Table {
     for (k, v) in vars {
-        let Some(key) = k.strip_prefix("OVERSTAP_") else { continue };
+        let Some(key) = k.strip_prefix("OVERSTAP_") else {
+            continue;
+        };
         let key = key.to_ascii_lowercase();
         let value = if let Ok(i) = v.parse::<i64>() {
             toml::Value::Integer(i)
@@ -42,14 +50,17 @@ mod tests {
     fn key_hex_round_trip_and_errors() {
         let k = parse_key_hex(&format!("{}\n", "ab".repeat(32)), "key").unwrap();
         assert_eq!(k, [0xab; 32]);
-        let e = parse_key_hex("abcd", "signing key").unwrap_err().to_string();
+        let e = parse_key_hex("abcd", "signing key")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("expected 32 bytes"), "{e}");
         assert!(parse_key_hex("zz", "key").is_err());
     }
 
     #[test]
     fn environment_overrides_file() {
-        let file: toml::Table = toml::from_str("listen = \"127.0.0.1:1\"\nmax_envelope_bytes = 5").unwrap();
+        let file: toml::Table =
+            toml::from_str("listen = \"127.0.0.1:1\"\nmax_envelope_bytes = 5").unwrap();
         let t = overlay_env(
             file,
             [

@@ -72,14 +72,24 @@ pub trait HubStore: Send + Sync + 'static {
 
     /// Stores the envelope in its recipient's mailbox and appends a `send` event, in one
     /// transaction; or, if this exact envelope was stored before, returns its receipt.
-    async fn accept(&self, env: NewEnvelope, sign: ReceiptSigner<'_>) -> Result<Accepted, StoreError>;
+    async fn accept(
+        &self,
+        env: NewEnvelope,
+        sign: ReceiptSigner<'_>,
+    ) -> Result<Accepted, StoreError>;
 
     /// Mailbox entries for `to_org` with a sequence number above `after_seq`, oldest first.
-    async fn mailbox(&self, to_org: &str, after_seq: u64, limit: u32) -> Result<Vec<MailboxEntry>, StoreError>;
+    async fn mailbox(
+        &self,
+        to_org: &str,
+        after_seq: u64,
+        limit: u32,
+    ) -> Result<Vec<MailboxEntry>, StoreError>;
 
     /// Deletes acknowledged envelopes from `to_org`'s mailbox and appends a `delivery` event for
     /// each; ids that are not in that mailbox are ignored. Returns how many were removed.
-    async fn ack(&self, to_org: &str, envelope_ids: &[Vec<u8>], at: i64) -> Result<u32, StoreError>;
+    async fn ack(&self, to_org: &str, envelope_ids: &[Vec<u8>], at: i64)
+    -> Result<u32, StoreError>;
 
     /// Events from `start`, at most `limit`.
     async fn events(&self, start: u64, limit: u32) -> Result<Vec<Event>, StoreError>;

@@ -29,7 +29,9 @@ impl SqliteStore {
             .max_connections(connections)
             .connect_with(options)
             .await?;
-        sqlx::migrate!("../migrations/hub/sqlite").run(&pool).await?;
+        sqlx::migrate!("../migrations/hub/sqlite")
+            .run(&pool)
+            .await?;
         Ok(SqliteStore { pool })
     }
 }
@@ -44,29 +46,38 @@ impl HubStore for SqliteStore {
     }
 
     async fn save_directory(&self, version: u64, signed: &[u8], at: i64) -> Result<(), StoreError> {
-        sqlx::query("INSERT OR IGNORE INTO directory (version, signed, stored_at) VALUES (?, ?, ?)")
-            .bind(version as i64)
-            .bind(signed)
-            .bind(at)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "INSERT OR IGNORE INTO directory (version, signed, stored_at) VALUES (?, ?, ?)",
+        )
+        .bind(version as i64)
+        .bind(signed)
+        .bind(at)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
-    async fn accept(&self, env: NewEnvelope, sign: ReceiptSigner<'_>) -> Result<Accepted, StoreError> {
+    async fn accept(
+        &self,
+        env: NewEnvelope,
+        sign: ReceiptSigner<'_>,
+    ) -> Result<Accepted, StoreError> {
         // BEGIN IMMEDIATE takes the write lock up front, so two sends of the same id serialise
         // here and the second one sees the first.
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        if let Some(row) = sqlx::query("SELECT header_sha256, receipt FROM envelopes WHERE envelope_id = ?")
-            .bind(&env.envelope_id)
-            .fetch_optional(&mut *tx)
-            .await?
+        if let Some(row) =
+            sqlx::query("SELECT header_sha256, receipt FROM envelopes WHERE envelope_id = ?")
+                .bind(&env.envelope_id)
+                .fetch_optional(&mut *tx)
+                .await?
         {
             let header: Vec<u8> = row.get(0);
             if header != env.header_sha256 {
                 return Err(StoreError::IdConflict);
             }
-            return Ok(Accepted::Duplicate { receipt: row.get(1) });
+            return Ok(Accepted::Duplicate {
+                receipt: row.get(1),
+            });
         }
         let log_index: i64 = sqlx::query("SELECT COALESCE(MAX(log_index) + 1, 0) FROM events")
             .fetch_one(&mut *tx)
@@ -101,18 +112,28 @@ impl HubStore for SqliteStore {
         .bind(&receipt)
         .execute(&mut *tx)
         .await?;
-        let seq: i64 = sqlx::query("INSERT INTO mailbox (to_org, envelope_id, envelope) VALUES (?, ?, ?) RETURNING seq")
-            .bind(&env.to_org)
-            .bind(&env.envelope_id)
-            .bind(&env.encoded)
-            .fetch_one(&mut *tx)
-            .await?
-            .get(0);
+        let seq: i64 = sqlx::query(
+            "INSERT INTO mailbox (to_org, envelope_id, envelope) VALUES (?, ?, ?) RETURNING seq",
+        )
+        .bind(&env.to_org)
+        .bind(&env.envelope_id)
+        .bind(&env.encoded)
+        .fetch_one(&mut *tx)
+        .await?
+        .get(0);
         tx.commit().await?;
-        Ok(Accepted::New { receipt, seq: seq as u64 })
+        Ok(Accepted::New {
+            receipt,
+            seq: seq as u64,
+        })
     }
 
-    async fn mailbox(&self, to_org: &str, after_seq: u64, limit: u32) -> Result<Vec<MailboxEntry>, StoreError> {
+    async fn mailbox(
+        &self,
+        to_org: &str,
+        after_seq: u64,
+        limit: u32,
+    ) -> Result<Vec<MailboxEntry>, StoreError> {
         let rows = sqlx::query(
             "SELECT m.seq, m.envelope, e.receipt FROM mailbox m JOIN envelopes e USING (envelope_id)
              WHERE m.to_org = ? AND m.seq > ? ORDER BY m.seq LIMIT ?",
@@ -132,7 +153,12 @@ impl HubStore for SqliteStore {
             .collect())
     }
 
-    async fn ack(&self, to_org: &str, envelope_ids: &[Vec<u8>], at: i64) -> Result<u32, StoreError> {
+    async fn ack(
+        &self,
+        to_org: &str,
+        envelope_ids: &[Vec<u8>],
+        at: i64,
+    ) -> Result<u32, StoreError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let mut next: i64 = sqlx::query("SELECT COALESCE(MAX(log_index) + 1, 0) FROM events")
             .fetch_one(&mut *tx)
@@ -224,17 +250,26 @@ mod tests {
             panic!("first send must be new")
         };
         assert_eq!(receipt, b"receipt 0 100");
-        let Accepted::Duplicate { receipt: again } = s.accept(env(1, "MBO1"), &signer).await.unwrap() else {
+        let Accepted::Duplicate { receipt: again } =
+            s.accept(env(1, "MBO1"), &signer).await.unwrap()
+        else {
             panic!("second send must be a duplicate")
         };
         assert_eq!(again, receipt);
         let mut other = env(1, "MBO1");
         other.header_sha256 = vec![9; 32];
-        assert!(matches!(s.accept(other, &signer).await, Err(StoreError::IdConflict)));
+        assert!(matches!(
+            s.accept(other, &signer).await,
+            Err(StoreError::IdConflict)
+        ));
 
         assert_eq!(s.mailbox("MBO1", 0, 10).await.unwrap().len(), 1);
         assert_eq!(s.mailbox("GM0193", 0, 10).await.unwrap().len(), 0);
-        assert_eq!(s.ack("GM0193", &[vec![1; 16]], 200).await.unwrap(), 0, "only the recipient can ack");
+        assert_eq!(
+            s.ack("GM0193", &[vec![1; 16]], 200).await.unwrap(),
+            0,
+            "only the recipient can ack"
+        );
         assert_eq!(s.ack("MBO1", &[vec![1; 16]], 200).await.unwrap(), 1);
         assert!(s.mailbox("MBO1", 0, 10).await.unwrap().is_empty());
         let events = s.events(0, 10).await.unwrap();
@@ -247,7 +282,10 @@ mod tests {
     async fn events_are_append_only() {
         let s = SqliteStore::open("sqlite::memory:").await.unwrap();
         s.accept(env(1, "MBO1"), &signer).await.unwrap();
-        let err = sqlx::query("DELETE FROM events").execute(&s.pool).await.unwrap_err();
+        let err = sqlx::query("DELETE FROM events")
+            .execute(&s.pool)
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("append-only"), "{err}");
     }
 }

@@ -1,0 +1,672 @@
+//! The `overstap` command line: parsing and dispatch. Each command is a few lines over the
+//! library (authority, passport, wallet, client, render, demo).
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use overstap_proto::directory::{kind_name, parse_kind};
+use overstap_proto::pb::{
+    GetStudentRequest, InboxRequest, Manifest, NodeStatusRequest, OutboxRequest,
+    RegisterStudentRequest, SendPassportRequest, ShowPassportRequest,
+};
+use overstap_proto::sign::{Domain, decode_body};
+
+use crate::authority::{Admission, Authority};
+use crate::client::{Api, connect, connect_dir, explain};
+use crate::passport::{
+    GrantRequest, draft_from_answers, fill_interactive, make_grant, parse_date, sign_passport,
+    upload_grant,
+};
+use crate::wallet::{Wallet, load_key, new_guardian_key};
+use crate::{demo, render};
+
+#[derive(Parser)]
+#[command(
+    name = "overstap",
+    version,
+    about = "Overstap: warm handovers of the Paspoort voor Succes between schools, mbo colleges and municipalities"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Clone)]
+pub struct NodeOpts {
+    /// The node's folder (holds api.url and api.token).
+    #[arg(long, env = "OVERSTAP_NODE_DIR", global = true)]
+    pub node_dir: Option<PathBuf>,
+    /// The node's local API address, instead of --node-dir.
+    #[arg(long, env = "OVERSTAP_NODE_URL", global = true)]
+    pub node_url: Option<String>,
+    /// The node's API token file, with --node-url.
+    #[arg(long, env = "OVERSTAP_TOKEN_FILE", global = true)]
+    pub token_file: Option<PathBuf>,
+}
+
+impl NodeOpts {
+    async fn api(&self) -> anyhow::Result<Api> {
+        match (&self.node_dir, &self.node_url, &self.token_file) {
+            (_, Some(url), Some(token)) => {
+                connect(
+                    url,
+                    &std::fs::read_to_string(token)
+                        .with_context(|| format!("reading {}", token.display()))?,
+                )
+                .await
+            }
+            (Some(dir), _, _) => connect_dir(dir).await,
+            _ => bail!(
+                "say which node to use: --node-dir DIR (or OVERSTAP_NODE_DIR), or --node-url URL with --token-file FILE"
+            ),
+        }
+    }
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// The regional authority: keys, the region's TLS CA and the signed directory.
+    #[command(subcommand)]
+    Authority(AuthorityCmd),
+    /// A guardian's key, for students under 16.
+    #[command(subcommand)]
+    Guardian(GuardianCmd),
+    /// Students (run on the student's side; the home node issues the card).
+    #[command(subcommand)]
+    Student(StudentCmd),
+    /// Fill in and sign the Paspoort voor Succes.
+    #[command(subcommand)]
+    Passport(PassportCmd),
+    /// Consent: who may read which sections, for what, until when.
+    #[command(subcommand)]
+    Consent(ConsentCmd),
+    /// Push a student's passport under a grant (at transition time).
+    Send {
+        #[arg(long)]
+        grant: String,
+        #[command(flatten)]
+        node: NodeOpts,
+    },
+    /// Received passports; --show one (the view is logged with your name).
+    Inbox {
+        #[arg(long)]
+        show: Option<String>,
+        /// Your name or staff id, logged with every view.
+        #[arg(long, env = "OVERSTAP_STAFF")]
+        staff: Option<String>,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+        #[command(flatten)]
+        node: NodeOpts,
+    },
+    /// What this node sent, and what became of it.
+    Outbox {
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+        #[command(flatten)]
+        node: NodeOpts,
+    },
+    /// The node's state: directory version, outbox, inbox, hub connection.
+    #[command(subcommand)]
+    Node(NodeCmd),
+    /// Run a whole region on this machine and tell the story of a warm handover.
+    Demo {
+        /// Keep the region's files here (default: a fresh temporary folder).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Keep the region running after the story, for the CLI to explore.
+        #[arg(long)]
+        serve: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+pub enum AuthorityCmd {
+    /// Make the authority key, the region's TLS CA and an empty directory.
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value = "regio")]
+        region: String,
+    },
+    /// Admit a member: issue its credentials and sign a new directory version.
+    Admit {
+        #[arg(long)]
+        dir: PathBuf,
+        /// BRIN code (25LP), municipality code (GM0193), or the hub's id.
+        #[arg(long)]
+        org: String,
+        /// school, mbo, municipality, coordinator or hub.
+        #[arg(long)]
+        kind: String,
+        #[arg(long)]
+        name: String,
+        /// Where to write the member's credentials (default DIR/members/ORG).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// The hub's address, written into a node's node.toml.
+        #[arg(long, default_value = "https://127.0.0.1:7443")]
+        hub_url: String,
+        /// Host names and addresses for the hub's certificate.
+        #[arg(long = "host", default_values_t = vec!["localhost".to_string(), "127.0.0.1".to_string()])]
+        hosts: Vec<String>,
+    },
+    /// Hand the newest signed directory to a running hub.
+    Publish {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        hub_url: String,
+        /// A member's credentials folder to connect with (its tls/ folder is used).
+        #[arg(long)]
+        via: PathBuf,
+        #[arg(long, default_value = "localhost")]
+        hub_name: String,
+    },
+    /// Show the directory.
+    Show {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum GuardianCmd {
+    /// Make a guardian key (kept by the parent); prints the public key to register with.
+    New {
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum StudentCmd {
+    /// Make the student's key here and have the home node issue a pseudonym and card.
+    New {
+        /// Where to keep the student's wallet (key and card); it never leaves this device.
+        #[arg(long)]
+        wallet: PathBuf,
+        /// YYYY-MM
+        #[arg(long)]
+        birth_month: String,
+        /// A guardian's public key (hex), from `overstap guardian new`; needed under 16.
+        #[arg(long = "guardian-pub")]
+        guardian_pubs: Vec<String>,
+        /// The mentor who checked the student in person.
+        #[arg(long, env = "OVERSTAP_STAFF")]
+        staff: String,
+        #[command(flatten)]
+        node: NodeOpts,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum PassportCmd {
+    /// Answer the questions (or take them from --from FILE) and save a draft.
+    Fill {
+        #[arg(long, default_value = "pvs-mbo-v1")]
+        set: String,
+        #[arg(long)]
+        out: PathBuf,
+        /// A JSON answers file: {"section": {"question": "answer" or {"answer":..,"smiley":..}}}.
+        #[arg(long)]
+        from: Option<PathBuf>,
+    },
+    /// Sign the draft as the next passport version and store it at the home node.
+    Sign {
+        #[arg(long)]
+        wallet: PathBuf,
+        #[arg(long)]
+        draft: PathBuf,
+        /// The guardian's key file; needed when the student is under 16.
+        #[arg(long)]
+        guardian_key: Option<PathBuf>,
+        #[command(flatten)]
+        node: NodeOpts,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ConsentCmd {
+    /// Consent to one organisation reading some sections, for a purpose, until a date.
+    Grant {
+        #[arg(long)]
+        wallet: PathBuf,
+        #[arg(long)]
+        to: String,
+        /// Comma-separated section ids, e.g. wie-ben-ik,wat-heb-ik-nodig
+        #[arg(long, value_delimiter = ',')]
+        sections: Vec<String>,
+        /// intake, begeleiding, werk or nazorg
+        #[arg(long)]
+        purpose: String,
+        /// Last day (YYYY-MM-DD); the grant ends at the start of that day, UTC.
+        #[arg(long)]
+        until: String,
+        /// First day (YYYY-MM-DD); default now.
+        #[arg(long)]
+        from: Option<String>,
+        /// Later passport versions follow this grant.
+        #[arg(long)]
+        live: bool,
+        #[arg(long)]
+        guardian_key: Option<PathBuf>,
+        #[command(flatten)]
+        node: NodeOpts,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum NodeCmd {
+    Status {
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+        #[command(flatten)]
+        node: NodeOpts,
+    },
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Authority(cmd) => authority(cmd).await,
+        Command::Guardian(GuardianCmd::New { out }) => {
+            let key = new_guardian_key(&out)?;
+            println!(
+                "Guardian key written to {} (keep it safe; it never leaves the parent).",
+                out.display()
+            );
+            println!(
+                "Public key, to register with the school: {}",
+                hex::encode(key.verifying_key().to_bytes())
+            );
+            Ok(())
+        }
+        Command::Student(StudentCmd::New {
+            wallet,
+            birth_month,
+            guardian_pubs,
+            staff,
+            node,
+        }) => {
+            if wallet.exists() {
+                bail!(
+                    "{} already exists; choose another path for the new wallet",
+                    wallet.display()
+                );
+            }
+            let guardians = guardian_pubs
+                .iter()
+                .map(|h| {
+                    hex::decode(h.trim()).with_context(|| format!("guardian key {h:?} is not hex"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let key = overstap_proto::sign::generate_signing_key();
+            let mut api = node.api().await?;
+            let card = api
+                .register_student(RegisterStudentRequest {
+                    student_key: key.verifying_key().to_bytes().to_vec(),
+                    birth_month,
+                    guardian_keys: guardians,
+                    staff_user: staff,
+                })
+                .await
+                .map_err(explain)?
+                .into_inner()
+                .card
+                .context("the node issued no card")?;
+            let w = Wallet::new(key, card)?;
+            w.save(&wallet)?;
+            println!(
+                "Welcome! Your pseudonym is {}. Your key stays in {}.",
+                w.pseudonym,
+                wallet.display()
+            );
+            Ok(())
+        }
+        Command::Passport(PassportCmd::Fill { set, out, from }) => {
+            let draft = match from {
+                Some(path) => {
+                    let text = std::fs::read_to_string(&path)
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    let answers = serde_json::from_str(&text)
+                        .with_context(|| format!("{} is not an answers file", path.display()))?;
+                    draft_from_answers(&set, &answers)?
+                }
+                None => {
+                    let qs = overstap_proto::questions::question_set(&set)?;
+                    let stdin = std::io::stdin();
+                    fill_interactive(&qs, &mut stdin.lock(), &mut std::io::stdout())?
+                }
+            };
+            std::fs::write(&out, serde_json::to_string_pretty(&draft)?)
+                .with_context(|| format!("writing {}", out.display()))?;
+            println!(
+                "Draft saved in {}. Sign it with: overstap passport sign --draft {}",
+                out.display(),
+                out.display()
+            );
+            Ok(())
+        }
+        Command::Passport(PassportCmd::Sign {
+            wallet,
+            draft,
+            guardian_key,
+            node,
+        }) => {
+            let w = Wallet::load(&wallet)?;
+            let text = std::fs::read_to_string(&draft)
+                .with_context(|| format!("reading {}", draft.display()))?;
+            let d = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not a passport draft", draft.display()))?;
+            let guardian = guardian_key
+                .map(|p| load_key(&p, "guardian key"))
+                .transpose()?;
+            let mut api = node.api().await?;
+            let v = sign_passport(&mut api, &w, &d, guardian.as_ref(), now()).await?;
+            println!("Passport version {v} signed and stored at {}.", w.home_org);
+            Ok(())
+        }
+        Command::Consent(ConsentCmd::Grant {
+            wallet,
+            to,
+            sections,
+            purpose,
+            until,
+            from,
+            live,
+            guardian_key,
+            node,
+        }) => {
+            let w = Wallet::load(&wallet)?;
+            let guardian = guardian_key
+                .map(|p| load_key(&p, "guardian key"))
+                .transpose()?;
+            let mut api = node.api().await?;
+            let current = api
+                .get_student(GetStudentRequest {
+                    pseudonym: w.pseudonym.clone(),
+                })
+                .await
+                .map_err(explain)?
+                .into_inner();
+            let Some(manifest) = current.manifest else {
+                bail!(
+                    "sign your passport first (overstap passport sign); a grant names its sections"
+                );
+            };
+            let set = decode_body::<Manifest>(Domain::Manifest, &manifest)?.question_set;
+            let req = GrantRequest {
+                to,
+                sections,
+                purpose,
+                not_before: from
+                    .as_deref()
+                    .map(parse_date)
+                    .transpose()?
+                    .unwrap_or_else(now),
+                not_after: parse_date(&until)?,
+                live,
+            };
+            let signed = make_grant(&w, &set, &req, guardian.as_ref(), now())?;
+            let id = upload_grant(&mut api, signed).await?;
+            println!(
+                "Consent {id} given to {} for {} ({}), until {}.",
+                req.to,
+                req.purpose,
+                req.sections.join(", "),
+                until
+            );
+            println!("The school sends it with: overstap send --grant {id}");
+            Ok(())
+        }
+        Command::Send { grant, node } => {
+            let mut api = node.api().await?;
+            let r = api
+                .send_passport(SendPassportRequest { grant_id: grant })
+                .await
+                .map_err(explain)?
+                .into_inner();
+            println!(
+                "Sealed for {} and queued (envelope {}); the node pushes it to the hub. See `overstap outbox`.",
+                r.to_org,
+                hex::encode(&r.envelope_id)
+            );
+            Ok(())
+        }
+        Command::Inbox {
+            show,
+            staff,
+            format,
+            node,
+        } => {
+            let mut api = node.api().await?;
+            match show {
+                Some(grant_id) => {
+                    let Some(staff_user) = staff else {
+                        bail!(
+                            "say who is reading (--staff NAME or OVERSTAP_STAFF): every view is logged"
+                        );
+                    };
+                    let p = api
+                        .show_passport(ShowPassportRequest {
+                            grant_id,
+                            staff_user,
+                        })
+                        .await
+                        .map_err(explain)?
+                        .into_inner();
+                    match format {
+                        Format::Table => print!("{}", render::passport(&p)),
+                        Format::Json => json(&crate::render_json::passport(&p))?,
+                    }
+                }
+                None => {
+                    let items = api
+                        .inbox(InboxRequest {})
+                        .await
+                        .map_err(explain)?
+                        .into_inner()
+                        .items;
+                    match format {
+                        Format::Table => print!("{}", render::inbox(&items)),
+                        Format::Json => json(
+                            &items
+                                .iter()
+                                .map(crate::render_json::inbox_item)
+                                .collect::<Vec<_>>(),
+                        )?,
+                    }
+                }
+            }
+            Ok(())
+        }
+        Command::Outbox { format, node } => {
+            let items = node
+                .api()
+                .await?
+                .outbox(OutboxRequest {})
+                .await
+                .map_err(explain)?
+                .into_inner()
+                .items;
+            match format {
+                Format::Table => print!("{}", render::outbox(&items)),
+                Format::Json => json(
+                    &items
+                        .iter()
+                        .map(crate::render_json::outbox_item)
+                        .collect::<Vec<_>>(),
+                )?,
+            }
+            Ok(())
+        }
+        Command::Node(NodeCmd::Status { format, node }) => {
+            let s = node
+                .api()
+                .await?
+                .status(NodeStatusRequest {})
+                .await
+                .map_err(explain)?
+                .into_inner();
+            match format {
+                Format::Json => json(&serde_json::json!({
+                    "org_id": s.org_id, "directory_version": s.directory_version, "outbox_pending": s.outbox_pending,
+                    "inbox_count": s.inbox_count, "last_delivery_seq": s.last_delivery_seq, "hub_connected": s.hub_connected,
+                }))?,
+                Format::Table => println!(
+                    "{}: directory version {}, {} waiting in the outbox, {} passports received, hub {}",
+                    s.org_id,
+                    s.directory_version,
+                    s.outbox_pending,
+                    s.inbox_count,
+                    if s.hub_connected {
+                        "connected"
+                    } else {
+                        "not connected"
+                    }
+                ),
+            }
+            Ok(())
+        }
+        Command::Demo { dir, serve } => {
+            let (dir, _keep) = match dir {
+                Some(d) => {
+                    if d.exists() && std::fs::read_dir(&d)?.next().is_some() {
+                        bail!(
+                            "{} is not empty; give a new or empty folder for the demo region",
+                            d.display()
+                        );
+                    }
+                    (d, None)
+                }
+                None => {
+                    let t = tempfile::Builder::new()
+                        .prefix("overstap-demo-")
+                        .tempdir()?;
+                    (t.path().to_path_buf(), Some(t))
+                }
+            };
+            demo::run(&dir, &mut std::io::stdout(), serve).await?;
+            Ok(())
+        }
+    }
+}
+
+async fn authority(cmd: AuthorityCmd) -> anyhow::Result<()> {
+    match cmd {
+        AuthorityCmd::Init { dir, region } => {
+            let a = Authority::init(&dir, &region)?;
+            println!(
+                "Authority for region {region} created in {}.\nAuthority public key (give it to every node): {}",
+                dir.display(),
+                hex::encode(a.key.verifying_key().to_bytes())
+            );
+            Ok(())
+        }
+        AuthorityCmd::Admit {
+            dir,
+            org,
+            kind,
+            name,
+            out,
+            hub_url,
+            hosts,
+        } => {
+            let a = Authority::open(&dir)?;
+            let kind = parse_kind(&kind)?;
+            let out = out.unwrap_or_else(|| dir.join("members").join(&org));
+            a.admit(&Admission {
+                org_id: org.clone(),
+                kind,
+                name,
+                hosts,
+                hub_url,
+                out: out.clone(),
+            })?;
+            let v = a.directory()?.version();
+            println!(
+                "{org} admitted as {}; credentials in {}; directory version {v}.",
+                kind_name(kind),
+                out.display()
+            );
+            println!(
+                "Hand the new directory to the hub with: overstap authority publish --dir {} ...",
+                dir.display()
+            );
+            Ok(())
+        }
+        AuthorityCmd::Publish {
+            dir,
+            hub_url,
+            via,
+            hub_name,
+        } => {
+            let a = Authority::open(&dir)?;
+            let read = |f: &str| {
+                std::fs::read(via.join("tls").join(f))
+                    .with_context(|| format!("reading {}/tls/{f}", via.display()))
+            };
+            let link = overstap_node::sync::HubLink {
+                url: hub_url,
+                server_name: hub_name,
+                ca_pem: read("ca.pem")?,
+                cert_pem: read("cert.pem")?,
+                key_pem: read("key.pem")?,
+            };
+            let mut hub = overstap_proto::pb::hub_client::HubClient::new(link.channel()?);
+            let v = hub
+                .publish_directory(a.signed_directory()?)
+                .await
+                .map_err(explain)?
+                .into_inner()
+                .version;
+            println!("The hub now serves directory version {v}.");
+            Ok(())
+        }
+        AuthorityCmd::Show { dir, format } => {
+            let d = Authority::open(&dir)?.directory()?.directory;
+            match format {
+                Format::Json => json(&serde_json::json!({
+                    "region": d.region, "version": d.version,
+                    "members": d.members.iter().map(|m| serde_json::json!({
+                        "org_id": m.org_id, "kind": kind_name(m.kind()), "name": m.display_name,
+                        "encryption_key_id": m.encryption_key_id,
+                    })).collect::<Vec<_>>(),
+                }))?,
+                Format::Table => {
+                    println!("Region {}, directory version {}:", d.region, d.version);
+                    for m in &d.members {
+                        println!(
+                            "  {:<8} {:<13} {}",
+                            m.org_id,
+                            kind_name(m.kind()),
+                            m.display_name
+                        );
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,556 @@
+//! `overstap demo`: a whole region on this machine, and the story of two warm handovers told
+//! step by step. Every step is checked; the demo fails (non-zero exit) if any check fails.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use overstap_proto::pb::{
+    InboxRequest, MemberKind, NodeStatusRequest, SendPassportRequest, ShowPassportRequest,
+};
+use overstap_proto::sign::generate_signing_key;
+
+use crate::client::{Api, explain};
+use crate::passport::{
+    Answers, GrantRequest, draft_from_answers, make_grant, sign_passport, upload_grant,
+};
+use crate::region::{Org, Region};
+use crate::render;
+use crate::wallet::Wallet;
+
+pub const SCHOOL: &str = "25LP";
+pub const MBO: &str = "30RT";
+pub const GEMEENTE: &str = "GM0193";
+pub const OTHER_MBO: &str = "27XK";
+
+/// The demo region's members.
+pub fn demo_orgs() -> Vec<Org> {
+    vec![
+        Org::new(SCHOOL, MemberKind::School, "Vmbo De Brug"),
+        Org::new(MBO, MemberKind::Mbo, "Techniek College Zwolle"),
+        Org::new(
+            GEMEENTE,
+            MemberKind::Municipality,
+            "Gemeente Zwolle, doorstroompunt",
+        ),
+        Org::new(OTHER_MBO, MemberKind::Mbo, "Zorgcollege Oost"),
+    ]
+}
+
+/// Sam, 17: answers for pvs-mbo-v1.
+pub const SAM_ANSWERS: &str = r#"{
+  "wie-ben-ik": {
+    "over-mij": "Ik ben Sam. Ik ben rustig maar als ik iemand ken praat ik veel.",
+    "vrije-tijd": {"answer": "Ik sleutel aan brommers met mijn oom.", "smiley": "blij"},
+    "trots": "Dat ik mijn diploma heb gehaald terwijl het thuis lastig was."
+  },
+  "wat-kan-ik": {
+    "goed-in": {"answer": "Dingen uit elkaar halen en weer in elkaar zetten.", "smiley": "blij"},
+    "moeilijk": "Lange teksten lezen en plannen.",
+    "leren": "Door het te doen en iemand te zien die het voordoet."
+  },
+  "wat-wil-ik": {
+    "opleiding": "Monteur mobiliteit, omdat ik graag met mijn handen werk.",
+    "droom": {"answer": "Een eigen werkplaats.", "smiley": "blij"}
+  },
+  "wat-heb-ik-nodig": {
+    "helpt-mij": "Een vaste plek in de klas, dicht bij de deur, en opdrachten in stapjes.",
+    "lastig": "Als het druk is word ik stil. Vraag dan even of het goed gaat.",
+    "gesprekken": {"answer": "Met een vaste coach, eens per twee weken.", "smiley": "neutraal"}
+  },
+  "ondersteuning-vo": {
+    "werkte": {"answer": "Huiswerkbegeleiding na school en een mentor die belde als ik er niet was.", "smiley": "blij"},
+    "werkte-niet": "Alles in een keer op papier krijgen.",
+    "afspraken": "Toetsen in een rustig lokaal met wat extra tijd."
+  }
+}"#;
+
+/// Noor, 15: answers for pvs-mbo-v1.
+pub const NOOR_ANSWERS: &str = r#"{
+  "wie-ben-ik": {
+    "over-mij": "Ik ben Noor, ik teken graag en ik help thuis met mijn broertjes.",
+    "vrije-tijd": {"answer": "Tekenen en dansen.", "smiley": "blij"}
+  },
+  "wat-kan-ik": {
+    "goed-in": {"answer": "Zorgen voor kleine kinderen.", "smiley": "blij"},
+    "moeilijk": "Rekenen, vooral breuken."
+  },
+  "wat-wil-ik": {
+    "opleiding": "Pedagogisch medewerker kinderopvang.",
+    "droom": {"answer": "Juf worden op een basisschool.", "smiley": "blij"}
+  },
+  "wat-heb-ik-nodig": {
+    "helpt-mij": "Minder prikkels: een koptelefoon mag op.",
+    "lastig": "Als ik te laat ben door de bus. Niet boos worden, ik doe mijn best.",
+    "gesprekken": {"answer": "Met mijn mentor, elke week even.", "smiley": "neutraal"}
+  },
+  "ondersteuning-vo": {
+    "werkte": "Een time-out kaart.",
+    "afspraken": "Dat ik mijn koptelefoon mag gebruiken."
+  }
+}"#;
+
+/// Keeps score of the checks and tells the story.
+pub struct Story<'a> {
+    out: &'a mut dyn Write,
+    pub passed: usize,
+    pub failed: Vec<String>,
+}
+
+impl<'a> Story<'a> {
+    pub fn new(out: &'a mut dyn Write) -> Self {
+        Story {
+            out,
+            passed: 0,
+            failed: Vec::new(),
+        }
+    }
+
+    pub fn say(&mut self, text: &str) {
+        let _ = writeln!(self.out, "{text}");
+    }
+
+    pub fn step(&mut self, n: usize, title: &str) {
+        let _ = writeln!(self.out, "\nStep {n}. {title}");
+    }
+
+    pub fn check(&mut self, ok: bool, what: &str) {
+        if ok {
+            self.passed += 1;
+            let _ = writeln!(self.out, "   ok  {what}");
+        } else {
+            self.failed.push(what.to_string());
+            let _ = writeln!(self.out, "   FAILED  {what}");
+        }
+    }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// The birth month of someone who turned `years` a few months ago.
+fn birth_month(years: i32) -> String {
+    let today = time::OffsetDateTime::now_utc().date();
+    let month = today.month().previous().previous().previous();
+    let year = if u8::from(month) > u8::from(today.month()) {
+        today.year() - 1
+    } else {
+        today.year()
+    };
+    format!("{:04}-{:02}", year - years, u8::from(month))
+}
+
+/// Every answer in an answers file, for the leak checks.
+pub fn answer_texts(json: &str) -> Vec<String> {
+    let answers: Answers = serde_json::from_str(json).unwrap_or_default();
+    answers
+        .values()
+        .flat_map(|qs| qs.values())
+        .map(|a| match a {
+            crate::passport::AnswerInput::Text(t) => t.clone(),
+            crate::passport::AnswerInput::WithSmiley { answer, .. } => answer.clone(),
+        })
+        .collect()
+}
+
+async fn register(
+    api: &mut Api,
+    birth_month: &str,
+    guardians: &[Vec<u8>],
+) -> anyhow::Result<Wallet> {
+    let key = generate_signing_key();
+    let card = api
+        .register_student(overstap_proto::pb::RegisterStudentRequest {
+            student_key: key.verifying_key().to_bytes().to_vec(),
+            birth_month: birth_month.to_string(),
+            guardian_keys: guardians.to_vec(),
+            staff_user: "mentor.devries".into(),
+        })
+        .await
+        .map_err(explain)?
+        .into_inner()
+        .card
+        .context("the node issued no card")?;
+    Wallet::new(key, card)
+}
+
+/// Reads every file of the hub's database (main file and write-ahead log).
+pub fn hub_bytes(db: &Path) -> Vec<u8> {
+    let mut all = Vec::new();
+    for suffix in ["", "-wal", "-shm"] {
+        let p = PathBuf::from(format!("{}{suffix}", db.display()));
+        if let Ok(b) = std::fs::read(&p) {
+            all.extend(b);
+        }
+    }
+    all
+}
+
+fn contains(hay: &[u8], needle: &str) -> bool {
+    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+/// Runs the whole story. Returns the number of checks that passed; errors if any failed.
+pub async fn run(dir: &Path, out: &mut dyn Write, serve: bool) -> anyhow::Result<usize> {
+    let started = Instant::now();
+    let mut story = Story::new(out);
+    story.say(
+        "Overstap demo: a warm handover from a vmbo school to an mbo college and a municipality.",
+    );
+    story.say(&format!(
+        "Everything runs on this machine, on 127.0.0.1, with SQLite files under {}.",
+        dir.display()
+    ));
+
+    story.step(
+        1,
+        "The regional authority sets up the region: a key, a TLS CA, and a signed directory.",
+    );
+    let orgs = demo_orgs();
+    let region = Region::start(dir, &orgs).await?;
+    let directory = region.authority.directory()?;
+    story.say(&format!(
+        "   Hub at {}; directory version {}:",
+        region.hub_url,
+        directory.version()
+    ));
+    for m in &directory.directory.members {
+        story.say(&format!(
+            "     {:<7} {:<13} {}",
+            m.org_id,
+            overstap_proto::directory::kind_name(m.kind()),
+            m.display_name
+        ));
+    }
+    story.check(
+        directory.directory.members.len() == orgs.len() + 1,
+        "every member and the hub are in the signed directory",
+    );
+
+    let mut school = region.api(SCHOOL).await?;
+    story.step(2, "Two students make a key on their own device; their mentor checks them and the school issues a card.");
+    let sam = register(&mut school, &birth_month(17), &[]).await?;
+    let guardian = generate_signing_key();
+    let noor = register(
+        &mut school,
+        &birth_month(15),
+        &[guardian.verifying_key().to_bytes().to_vec()],
+    )
+    .await?;
+    story.say(&format!(
+        "   Sam (17) is {} and Noor (15, with a parent as guardian) is {}.",
+        sam.pseudonym, noor.pseudonym
+    ));
+    story.check(
+        sam.pseudonym != noor.pseudonym && sam.pseudonym.starts_with("pvs-"),
+        "students get random pseudonyms, not names or numbers",
+    );
+
+    story.step(
+        3,
+        "They fill in their Paspoort voor Succes and sign it (Noor's mother co-signs).",
+    );
+    let sam_draft = draft_from_answers("pvs-mbo-v1", &serde_json::from_str(SAM_ANSWERS)?)?;
+    let noor_draft = draft_from_answers("pvs-mbo-v1", &serde_json::from_str(NOOR_ANSWERS)?)?;
+    let v = sign_passport(&mut school, &sam, &sam_draft, None, now()).await?;
+    story.check(
+        v == 1,
+        "Sam's passport version 1 is signed and stored at the school",
+    );
+    let unsigned = sign_passport(&mut school, &noor, &noor_draft, None, now()).await;
+    story.check(
+        unsigned
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("guardian must co-sign")),
+        "Noor alone cannot sign: she is under 16",
+    );
+    let v = sign_passport(&mut school, &noor, &noor_draft, Some(&guardian), now()).await?;
+    story.check(v == 1, "Noor's passport is signed by Noor and her guardian");
+
+    story.step(
+        4,
+        "They decide who may read which part, for what, and until when.",
+    );
+    let until = now() + 300 * 86_400;
+    let all = |ids: &[&str]| ids.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let sam_mbo_sections = all(&["wie-ben-ik", "wat-kan-ik", "wat-wil-ik", "wat-heb-ik-nodig"]);
+    let sam_gm_sections = all(&["wat-heb-ik-nodig", "ondersteuning-vo"]);
+    let noor_mbo_sections = all(&[
+        "wie-ben-ik",
+        "wat-kan-ik",
+        "wat-wil-ik",
+        "wat-heb-ik-nodig",
+        "ondersteuning-vo",
+    ]);
+    let grant = |to: &str, sections: &Vec<String>, purpose: &str| GrantRequest {
+        to: to.into(),
+        sections: sections.clone(),
+        purpose: purpose.into(),
+        not_before: now() - 60,
+        not_after: until,
+        live: false,
+    };
+    let g_sam_mbo = upload_grant(
+        &mut school,
+        make_grant(
+            &sam,
+            "pvs-mbo-v1",
+            &grant(MBO, &sam_mbo_sections, "intake"),
+            None,
+            now(),
+        )?,
+    )
+    .await?;
+    story.say(&format!(
+        "   Sam -> {MBO} (intake): {}",
+        sam_mbo_sections.join(", ")
+    ));
+    let g_sam_gm = upload_grant(
+        &mut school,
+        make_grant(
+            &sam,
+            "pvs-mbo-v1",
+            &grant(GEMEENTE, &sam_gm_sections, "begeleiding"),
+            None,
+            now(),
+        )?,
+    )
+    .await?;
+    story.say(&format!(
+        "   Sam -> {GEMEENTE} (begeleiding): {}",
+        sam_gm_sections.join(", ")
+    ));
+    let without_guardian = make_grant(
+        &noor,
+        "pvs-mbo-v1",
+        &grant(MBO, &noor_mbo_sections, "intake"),
+        None,
+        now(),
+    );
+    story.check(
+        without_guardian
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("guardian must co-sign")),
+        "a consent from Noor without her guardian is refused before it leaves her device",
+    );
+    let g_noor_mbo = upload_grant(
+        &mut school,
+        make_grant(
+            &noor,
+            "pvs-mbo-v1",
+            &grant(MBO, &noor_mbo_sections, "intake"),
+            Some(&guardian),
+            now(),
+        )?,
+    )
+    .await?;
+    story.say(&format!(
+        "   Noor -> {MBO} (intake, with her guardian): all five sections"
+    ));
+    story.say(&format!("   Nobody consented to {OTHER_MBO}."));
+
+    story.step(
+        5,
+        "At transition time the school pushes the passports through the hub.",
+    );
+    for g in [&g_sam_mbo, &g_sam_gm, &g_noor_mbo] {
+        let r = school
+            .send_passport(SendPassportRequest {
+                grant_id: g.clone(),
+            })
+            .await
+            .map_err(explain)?
+            .into_inner();
+        story.say(&format!(
+            "   sealed for {} (envelope {})",
+            r.to_org,
+            &hex::encode(&r.envelope_id)[..12]
+        ));
+    }
+    let push = Instant::now();
+    region
+        .wait_for(
+            SCHOOL,
+            Duration::from_secs(30),
+            "the outbox emptying",
+            |s| s.outbox_pending == 0,
+        )
+        .await?;
+    region
+        .wait_for(
+            MBO,
+            Duration::from_secs(30),
+            "two passports arriving",
+            |s| s.inbox_count >= 2,
+        )
+        .await?;
+    region
+        .wait_for(
+            GEMEENTE,
+            Duration::from_secs(30),
+            "a passport arriving",
+            |s| s.inbox_count >= 1,
+        )
+        .await?;
+    story.check(
+        true,
+        &format!(
+            "all three handovers verified, opened and stored in {} ms",
+            push.elapsed().as_millis()
+        ),
+    );
+
+    story.step(6, &format!("The intaker at {MBO} opens Sam's passport."));
+    let mut mbo = region.api(MBO).await?;
+    let shown = mbo
+        .show_passport(ShowPassportRequest {
+            grant_id: g_sam_mbo.clone(),
+            staff_user: "intake.jansen".into(),
+        })
+        .await
+        .map_err(explain)?
+        .into_inner();
+    for line in render::passport(&shown).lines() {
+        story.say(&format!("   | {line}"));
+    }
+    let ids: Vec<_> = shown
+        .sections
+        .iter()
+        .map(|s| s.section_id.clone())
+        .collect();
+    story.check(
+        ids == sam_mbo_sections,
+        &format!("{MBO} holds exactly the four sections Sam consented to"),
+    );
+    let texts: Vec<String> = shown
+        .sections
+        .iter()
+        .flat_map(|s| s.answers.iter().map(|a| a.answer.clone()))
+        .collect();
+    story.check(
+        texts.iter().any(|t| t.contains("opdrachten in stapjes"))
+            && !texts.iter().any(|t| t.contains("Huiswerkbegeleiding")),
+        "the answers arrived word for word, and the unconsented section did not",
+    );
+    story.check(
+        shown.item.as_ref().is_some_and(|i| i.status == "gelezen"),
+        "the first view marks it read (gelezen), and is logged",
+    );
+
+    story.step(
+        7,
+        &format!("The consultant at {GEMEENTE} sees only what Sam shared with the municipality."),
+    );
+    let mut gm = region.api(GEMEENTE).await?;
+    let inbox = gm.inbox(InboxRequest {}).await?.into_inner().items;
+    story.check(
+        inbox.len() == 1 && inbox[0].purpose == "begeleiding",
+        "one passport, for purpose begeleiding",
+    );
+    let shown_gm = gm
+        .show_passport(ShowPassportRequest {
+            grant_id: g_sam_gm.clone(),
+            staff_user: "consulent.bakker".into(),
+        })
+        .await
+        .map_err(explain)?
+        .into_inner();
+    let ids: Vec<_> = shown_gm
+        .sections
+        .iter()
+        .map(|s| s.section_id.clone())
+        .collect();
+    story.check(
+        ids == sam_gm_sections,
+        &format!("{GEMEENTE} holds only {}", sam_gm_sections.join(" and ")),
+    );
+    let denied = gm
+        .show_passport(ShowPassportRequest {
+            grant_id: g_sam_mbo.clone(),
+            staff_user: "consulent.bakker".into(),
+        })
+        .await;
+    story.check(
+        denied.is_err_and(|s| s.code() == tonic::Code::NotFound),
+        "the mbo's grant gives the municipality nothing",
+    );
+
+    story.step(
+        8,
+        &format!("{OTHER_MBO}, without any consent, receives nothing."),
+    );
+    let mut other = region.api(OTHER_MBO).await?;
+    let s = other.status(NodeStatusRequest {}).await?.into_inner();
+    story.check(
+        s.inbox_count == 0,
+        &format!("{OTHER_MBO} holds no passport"),
+    );
+    let noor_at_mbo = mbo.inbox(InboxRequest {}).await?.into_inner().items;
+    story.check(
+        noor_at_mbo
+            .iter()
+            .any(|i| i.grant_id == g_noor_mbo && i.sections.len() == 5),
+        "Noor's whole passport reached the mbo, with her guardian's consent",
+    );
+
+    story.step(9, "The hub routed everything, and could read none of it.");
+    let hub = hub_bytes(&region.hub_db());
+    let mut leaked: Vec<String> = answer_texts(SAM_ANSWERS)
+        .into_iter()
+        .chain(answer_texts(NOOR_ANSWERS))
+        .filter(|t| contains(&hub, t))
+        .collect();
+    for sec in &sam_draft.sections {
+        if contains(&hub, &sec.title) {
+            leaked.push(sec.title.clone());
+        }
+    }
+    for p in [&sam.pseudonym, &noor.pseudonym] {
+        if contains(&hub, p) {
+            leaked.push(p.clone());
+        }
+    }
+    story.check(
+        !hub.is_empty() && leaked.is_empty(),
+        &format!(
+            "the hub's database ({} bytes) holds no answer, section heading or pseudonym",
+            hub.len()
+        ),
+    );
+
+    let passed = story.passed;
+    let failed = story.failed.clone();
+    story.say(&format!(
+        "\n{} checks passed, {} failed, in {:.1} s.",
+        passed,
+        failed.len(),
+        started.elapsed().as_secs_f64()
+    ));
+    if !failed.is_empty() {
+        region.shutdown().await?;
+        bail!("the demo failed: {}", failed.join("; "));
+    }
+    if serve {
+        story.say("\nThe region keeps running. In another terminal, point the CLI at a node, for example:");
+        story.say(&format!(
+            "   export OVERSTAP_NODE_DIR={}",
+            region.node_dir(MBO).display()
+        ));
+        story.say(&format!(
+            "   overstap inbox\n   overstap inbox --show {g_sam_mbo} --staff intake.jansen"
+        ));
+        story.say(&format!(
+            "   OVERSTAP_NODE_DIR={} overstap outbox",
+            region.node_dir(SCHOOL).display()
+        ));
+        story.say("Press Ctrl-C to stop.");
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    region.shutdown().await?;
+    Ok(passed)
+}

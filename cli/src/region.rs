@@ -1,0 +1,232 @@
+//! A whole region in one process: the authority, the hub and member nodes, each on
+//! `127.0.0.1:0` with its own SQLite file under one folder. The demo tells its story on one;
+//! the end-to-end tests run on one. Nodes can be stopped and started again, as in real life.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use overstap_proto::pb::{MemberKind, NodeStatusRequest};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::authority::{Admission, Authority};
+use crate::client::{Api, connect_dir};
+
+/// A running process-like part of the region, with its own stop switch.
+struct Running {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    fn spawn<F>(
+        f: impl FnOnce(std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>) -> F,
+    ) -> Self
+    where
+        F: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        let (stop, mut rx) = watch::channel(false);
+        let signal = Box::pin(async move {
+            let _ = rx.wait_for(|v| *v).await;
+        });
+        Running {
+            stop,
+            task: tokio::spawn(f(signal)),
+        }
+    }
+
+    async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        match tokio::time::timeout(Duration::from_secs(10), self.task).await {
+            Ok(joined) => joined.context("task panicked")?,
+            Err(_) => bail!("did not stop within 10 s"),
+        }
+    }
+}
+
+/// One member organisation to admit.
+#[derive(Debug, Clone)]
+pub struct Org {
+    pub id: String,
+    pub kind: MemberKind,
+    pub name: String,
+}
+
+impl Org {
+    pub fn new(id: &str, kind: MemberKind, name: &str) -> Self {
+        Org {
+            id: id.into(),
+            kind,
+            name: name.into(),
+        }
+    }
+}
+
+pub struct Region {
+    pub dir: PathBuf,
+    pub authority: Authority,
+    pub hub_url: String,
+    hub_addr: std::net::SocketAddr,
+    hub: Option<Running>,
+    nodes: BTreeMap<String, Running>,
+    pub orgs: Vec<Org>,
+}
+
+impl Region {
+    /// Sets up the authority, admits a hub and `orgs`, and starts them all.
+    pub async fn start(dir: &Path, orgs: &[Org]) -> anyhow::Result<Self> {
+        let authority = Authority::init(&dir.join("authority"), "demo")?;
+        // Bind first, so the nodes' settings can name the hub's real address.
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let hub_addr = listener.local_addr()?;
+        let hub_url = format!("https://{hub_addr}");
+        authority.admit(&Admission {
+            org_id: "HUB".into(),
+            kind: MemberKind::Hub,
+            name: "Regionale hub".into(),
+            hosts: vec!["localhost".into(), "127.0.0.1".into()],
+            hub_url: hub_url.clone(),
+            out: dir.join("hub"),
+        })?;
+        for org in orgs {
+            authority.admit(&Admission {
+                org_id: org.id.clone(),
+                kind: org.kind,
+                name: org.name.clone(),
+                hosts: vec![],
+                hub_url: hub_url.clone(),
+                out: dir.join(&org.id),
+            })?;
+        }
+        let mut region = Region {
+            dir: dir.to_path_buf(),
+            authority,
+            hub_url,
+            hub_addr,
+            hub: None,
+            nodes: BTreeMap::new(),
+            orgs: orgs.to_vec(),
+        };
+        region.start_hub_on(listener).await?;
+        for org in orgs {
+            region.start_node(&org.id).await?;
+        }
+        for org in orgs {
+            region.wait_ready(&org.id).await?;
+        }
+        Ok(region)
+    }
+
+    /// The hub's SQLite file (and its write-ahead log beside it).
+    pub fn hub_db(&self) -> PathBuf {
+        self.dir.join("hub").join("hub.db")
+    }
+
+    pub fn node_dir(&self, org: &str) -> PathBuf {
+        self.dir.join(org)
+    }
+
+    async fn start_hub_on(&mut self, listener: TcpListener) -> anyhow::Result<()> {
+        let settings = overstap_hub::Settings::load(Some(&self.dir.join("hub").join("hub.toml")))?;
+        let mut config = settings.resolve()?;
+        config.directory = Some(self.authority.signed_directory()?);
+        self.hub = Some(Running::spawn(move |stop| {
+            overstap_hub::serve(config, listener, stop)
+        }));
+        Ok(())
+    }
+
+    /// Stops the hub (gracefully) and starts it again on the same address.
+    pub async fn restart_hub(&mut self) -> anyhow::Result<()> {
+        if let Some(h) = self.hub.take() {
+            h.stop().await?;
+        }
+        let listener = TcpListener::bind(self.hub_addr).await?;
+        self.start_hub_on(listener).await
+    }
+
+    pub async fn start_node(&mut self, org: &str) -> anyhow::Result<()> {
+        if self.nodes.contains_key(org) {
+            bail!("node {org} is already running");
+        }
+        let settings = overstap_node::Settings::load(&self.node_dir(org).join("node.toml"))?;
+        let mut config = settings.resolve()?;
+        config.directory_interval = Duration::from_secs(2);
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let _ = std::fs::remove_file(self.node_dir(org).join("api.url"));
+        self.nodes.insert(
+            org.to_string(),
+            Running::spawn(move |stop| overstap_node::run(config, listener, stop)),
+        );
+        Ok(())
+    }
+
+    pub async fn stop_node(&mut self, org: &str) -> anyhow::Result<()> {
+        match self.nodes.remove(org) {
+            Some(n) => n
+                .stop()
+                .await
+                .with_context(|| format!("stopping node {org}")),
+            None => bail!("node {org} is not running"),
+        }
+    }
+
+    /// Waits until the node's API answers and it holds the directory.
+    pub async fn wait_ready(&self, org: &str) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(mut api) = connect_dir(&self.node_dir(org)).await {
+                if let Ok(s) = api.status(NodeStatusRequest {}).await {
+                    if s.into_inner().directory_version > 0 {
+                        return Ok(());
+                    }
+                }
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("node {org} did not become ready within 20 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn api(&self, org: &str) -> anyhow::Result<Api> {
+        connect_dir(&self.node_dir(org)).await
+    }
+
+    /// Waits until `check` holds for the node's status, or fails after `timeout`.
+    pub async fn wait_for(
+        &self,
+        org: &str,
+        timeout: Duration,
+        what: &str,
+        check: impl Fn(&overstap_proto::pb::NodeStatusResponse) -> bool,
+    ) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut api = self.api(org).await?;
+        loop {
+            let s = api.status(NodeStatusRequest {}).await?.into_inner();
+            if check(&s) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("{org}: {what} did not happen within {timeout:?} (status: {s:?})");
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Stops every node and the hub.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        let names: Vec<String> = self.nodes.keys().cloned().collect();
+        for n in names {
+            self.stop_node(&n).await?;
+        }
+        if let Some(h) = self.hub.take() {
+            h.stop().await.context("stopping the hub")?;
+        }
+        Ok(())
+    }
+}
