@@ -178,12 +178,11 @@ impl Region {
     pub async fn wait_ready(&self, org: &str) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok(mut api) = connect_dir(&self.node_dir(org)).await {
-                if let Ok(s) = api.status(NodeStatusRequest {}).await {
-                    if s.into_inner().directory_version > 0 {
-                        return Ok(());
-                    }
-                }
+            if let Ok(mut api) = connect_dir(&self.node_dir(org)).await
+                && let Ok(s) = api.status(NodeStatusRequest {}).await
+                && s.into_inner().directory_version > 0
+            {
+                return Ok(());
             }
             if tokio::time::Instant::now() > deadline {
                 bail!("node {org} did not become ready within 20 s");

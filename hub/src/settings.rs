@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use ed25519_dalek::{SigningKey, VerifyingKey};
-use overstap_proto::config::{overlay_env, parse_key_hex};
+use overstap_proto::config::{overlay_env, parse_key_hex, rebase_sqlite_url};
 use overstap_proto::pb::Signed;
 use prost::Message;
 use serde::Deserialize;
@@ -104,16 +104,12 @@ impl Settings {
                 *p = base.join(&*p);
             }
         }
-        if let Some(p) = &mut self.directory_file {
-            if p.is_relative() {
-                *p = base.join(&*p);
-            }
+        if let Some(p) = &mut self.directory_file
+            && p.is_relative()
+        {
+            *p = base.join(&*p);
         }
-        if let Some(rest) = self.database_url.strip_prefix("sqlite://") {
-            if !rest.starts_with('/') && !rest.contains(":memory:") {
-                self.database_url = format!("sqlite://{}", base.join(rest).display());
-            }
-        }
+        self.database_url = rebase_sqlite_url(&self.database_url, base);
     }
 
     /// Reads every file the settings name.

@@ -229,13 +229,13 @@ impl NodeCore {
                 m.digests.len()
             )));
         }
-        if let Some(prev) = self.store.latest_version(&m.pseudonym).await? {
-            if m.version <= prev.version {
-                return Err(NodeError::Precondition(format!(
-                    "version {} is not newer than the stored version {}",
-                    m.version, prev.version
-                )));
-            }
+        if let Some(prev) = self.store.latest_version(&m.pseudonym).await?
+            && m.version <= prev.version
+        {
+            return Err(NodeError::Precondition(format!(
+                "version {} is not newer than the stored version {}",
+                m.version, prev.version
+            )));
         }
         // Disclosures are matched to sections by digest; keep them in manifest order.
         let mut rows = Vec::with_capacity(disclosures.len());

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use ed25519_dalek::{SigningKey, VerifyingKey};
-use overstap_proto::config::{overlay_env, parse_key_hex};
+use overstap_proto::config::{overlay_env, parse_key_hex, rebase_sqlite_url};
 use overstap_proto::envelope::EncryptionKeyPair;
 use serde::Deserialize;
 
@@ -118,11 +118,7 @@ impl Settings {
                 *p = base.join(&*p);
             }
         }
-        if let Some(rest) = s.database_url.strip_prefix("sqlite://") {
-            if !rest.starts_with('/') && !rest.contains(":memory:") {
-                s.database_url = format!("sqlite://{}", base.join(rest).display());
-            }
-        }
+        s.database_url = rebase_sqlite_url(&s.database_url, &base);
         Ok(s)
     }
 

@@ -18,6 +18,17 @@ pub fn parse_key_hex(text: &str, what: &'static str) -> Result<[u8; 32], Protoco
         })
 }
 
+/// Makes a relative `sqlite://` path relative to `base` (the settings file's folder); other
+/// URLs are returned as they are.
+pub fn rebase_sqlite_url(url: &str, base: &std::path::Path) -> String {
+    match url.strip_prefix("sqlite://") {
+        Some(rest) if !rest.starts_with('/') && !rest.contains(":memory:") => {
+            format!("sqlite://{}", base.join(rest).display())
+        }
+        _ => url.to_string(),
+    }
+}
+
 /// Layers settings: a TOML file's table, then `OVERSTAP_*` environment variables on top
 /// (`OVERSTAP_DATABASE_URL` sets `database_url`). Values that parse as TOML integers or
 /// booleans are taken as such; everything else is a string.
@@ -55,6 +66,27 @@ mod tests {
             .to_string();
         assert!(e.contains("expected 32 bytes"), "{e}");
         assert!(parse_key_hex("zz", "key").is_err());
+    }
+
+    #[test]
+    fn sqlite_paths_follow_the_settings_file() {
+        let base = std::path::Path::new("/etc/overstap");
+        assert_eq!(
+            rebase_sqlite_url("sqlite://hub.db", base),
+            "sqlite:///etc/overstap/hub.db"
+        );
+        assert_eq!(
+            rebase_sqlite_url("sqlite:///var/x.db", base),
+            "sqlite:///var/x.db"
+        );
+        assert_eq!(
+            rebase_sqlite_url("sqlite::memory:", base),
+            "sqlite::memory:"
+        );
+        assert_eq!(
+            rebase_sqlite_url("postgres://h/db", base),
+            "postgres://h/db"
+        );
     }
 
     #[test]
