@@ -134,7 +134,7 @@ fn now() -> i64 {
 }
 
 /// The birth month of someone who turned `years` a few months ago.
-fn birth_month(years: i32) -> String {
+pub fn birth_month(years: i32) -> String {
     let today = time::OffsetDateTime::now_utc().date();
     let month = today.month().previous().previous().previous();
     let year = if u8::from(month) > u8::from(today.month()) {

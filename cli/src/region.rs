@@ -114,9 +114,6 @@ impl Region {
         for org in orgs {
             region.start_node(&org.id).await?;
         }
-        for org in orgs {
-            region.wait_ready(&org.id).await?;
-        }
         Ok(region)
     }
 
@@ -161,7 +158,7 @@ impl Region {
             org.to_string(),
             Running::spawn(move |stop| overstap_node::run(config, listener, stop)),
         );
-        Ok(())
+        self.wait_ready(org).await
     }
 
     pub async fn stop_node(&mut self, org: &str) -> anyhow::Result<()> {
@@ -175,7 +172,7 @@ impl Region {
     }
 
     /// Waits until the node's API answers and it holds the directory.
-    pub async fn wait_ready(&self, org: &str) -> anyhow::Result<()> {
+    async fn wait_ready(&self, org: &str) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(mut api) = connect_dir(&self.node_dir(org)).await

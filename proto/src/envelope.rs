@@ -112,12 +112,23 @@ pub fn seal(
     sender_key: &SigningKey,
     recipient: &Member,
 ) -> Result<Envelope, ProtocolError> {
-    let mut payload = out.payload;
+    let mut payload = out.payload.clone();
     payload.from_org = out.from_org.to_string();
     payload.recipient_org = recipient.org_id.clone();
     payload.envelope_id = out.envelope_id.to_vec();
-    let signed_payload = sign_message(Domain::Payload, &payload, &[sender_key]).encode_to_vec();
+    let signed_payload = sign_message(Domain::Payload, &payload, &[sender_key]);
+    seal_signed(&out, &signed_payload, sender_key, recipient)
+}
 
+/// Seals an already signed payload as it is. [`seal`] is the way to send; this exists so tests
+/// can build what a dishonest member would (a payload re-sealed to someone else) and check that
+/// recipients refuse it.
+pub fn seal_signed(
+    out: &Outgoing<'_>,
+    signed_payload: &Signed,
+    sender_key: &SigningKey,
+    recipient: &Member,
+) -> Result<Envelope, ProtocolError> {
     let mut header = EnvelopeHeader {
         envelope_id: out.envelope_id.to_vec(),
         from_org: out.from_org.to_string(),
@@ -134,7 +145,7 @@ pub fn seal(
         &OpModeS::Base,
         &pk,
         HPKE_INFO,
-        &signed_payload,
+        &signed_payload.encode_to_vec(),
         &header_aad(&header),
         &mut hpke_rng(),
     )
@@ -443,42 +454,20 @@ mod tests {
         let dir = region(&[&s, &m, &g]);
         let env = sealed(&s, &m, "x");
         let opened = open(&env, &dir, "MBO1", &[&m.enc], 1 << 20).unwrap();
-        let forwarded = Payload::decode(opened.signed_payload.body.as_slice()).unwrap();
-        let re = seal(
-            Outgoing {
+        // Re-signed by MBO1 it would be MBO1's own words. Splice the school's signed payload in:
+        let spliced = seal_signed(
+            &Outgoing {
                 envelope_id: [9; 16],
                 from_org: "MBO1",
                 kind: EnvelopeKind::Status,
                 created_at: 6,
-                payload: forwarded,
+                payload: Payload::default(),
             },
+            &opened.signed_payload,
             &m.sign,
             &member(&g),
         )
         .unwrap();
-        // Re-signed by MBO1 it opens, but as MBO1's own words, addressed to GM0193: the school's
-        // signature is gone. Splice the school's original signed payload in instead:
-        let pk = <KemT as Kem>::PublicKey::from_bytes(&g.enc.public).unwrap();
-        let header: EnvelopeHeader =
-            decode_body(Domain::EnvelopeHeader, re.header.as_ref().unwrap()).unwrap();
-        let (enc, ct) = hpke::single_shot_seal::<ChaCha20Poly1305, HkdfSha256, KemT, _>(
-            &OpModeS::Base,
-            &pk,
-            HPKE_INFO,
-            &opened.signed_payload.encode_to_vec(),
-            &header_aad(&header),
-            &mut hpke_rng(),
-        )
-        .unwrap();
-        let mut body = enc.to_bytes().to_vec();
-        body.extend_from_slice(&ct);
-        let mut h2 = header.clone();
-        h2.body_len = body.len() as u64;
-        h2.body_sha256 = Sha256::digest(&body).to_vec();
-        let spliced = Envelope {
-            header: Some(sign_message(Domain::EnvelopeHeader, &h2, &[&m.sign])),
-            body,
-        };
         let err = open(&spliced, &dir, "GM0193", &[&g.enc], 1 << 20).unwrap_err();
         assert!(
             err.to_string().contains("not signed by the sender MBO1"),

@@ -1,1 +1,276 @@
-//! x
+//! Helpers for the end-to-end tests in `tests/tests/e2e`: a started region, a member's raw
+//! credentials (to act as an honest or a dishonest member would), and looks into the stores.
+#![forbid(unsafe_code)]
+
+use std::path::Path;
+
+use ed25519_dalek::SigningKey;
+use overstap_cli::demo::{GEMEENTE, MBO, OTHER_MBO, SCHOOL, demo_orgs};
+use overstap_cli::passport::{Answers, GrantRequest, draft_from_answers, make_grant, upload_grant};
+use overstap_cli::region::Region;
+use overstap_cli::wallet::Wallet;
+use overstap_node::sync::HubLink;
+use overstap_proto::config::parse_key_hex;
+use overstap_proto::directory::VerifiedDirectory;
+use overstap_proto::envelope::EncryptionKeyPair;
+use overstap_proto::envelope::{Outgoing, seal};
+use overstap_proto::passport::{build_version, select_disclosures};
+use overstap_proto::pb::hub_client::HubClient;
+use overstap_proto::pb::payload::Content;
+use overstap_proto::pb::{
+    Answer, Disclosure, Envelope, EnvelopeKind, Member, Package, Payload, RegisterStudentRequest,
+    Section, Signed, StorePassportRequest,
+};
+use overstap_proto::sign::{Domain, sign_message};
+use sqlx::Row;
+use tonic::transport::Channel;
+
+pub use overstap_cli::demo;
+
+pub const ORGS: [&str; 4] = [SCHOOL, MBO, GEMEENTE, OTHER_MBO];
+
+/// A region with the demo's members, in a fresh temporary folder.
+pub async fn region() -> (tempfile::TempDir, Region) {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let region = Region::start(tmp.path(), &demo_orgs())
+        .await
+        .expect("region starts");
+    (tmp, region)
+}
+
+/// A member's own keys and TLS identity, read from its credentials folder.
+pub struct Creds {
+    pub org: String,
+    pub signing: SigningKey,
+    pub encryption: EncryptionKeyPair,
+    pub link: HubLink,
+}
+
+pub fn creds(region: &Region, org: &str) -> Creds {
+    let dir = region.node_dir(org);
+    let read = |p: &str| {
+        std::fs::read(dir.join(p)).unwrap_or_else(|e| panic!("reading {p} of {org}: {e}"))
+    };
+    let text = |p: &str| String::from_utf8(read(p)).expect("utf-8");
+    Creds {
+        org: org.to_string(),
+        signing: SigningKey::from_bytes(
+            &parse_key_hex(&text("keys/signing.key"), "key").expect("key"),
+        ),
+        encryption: EncryptionKeyPair::from_secret(
+            &parse_key_hex(&text("keys/encryption.key"), "key").expect("key"),
+        )
+        .expect("enc key"),
+        link: HubLink {
+            url: region.hub_url.clone(),
+            server_name: "localhost".into(),
+            ca_pem: read("tls/ca.pem"),
+            cert_pem: read("tls/cert.pem"),
+            key_pem: read("tls/key.pem"),
+        },
+    }
+}
+
+/// A raw hub client with the member's TLS identity: what a (possibly dishonest) member can do.
+pub fn hub_client(c: &Creds) -> HubClient<Channel> {
+    HubClient::new(c.link.channel().expect("channel"))
+        .max_decoding_message_size(8 << 20)
+        .max_encoding_message_size(8 << 20)
+}
+
+pub fn directory(region: &Region) -> VerifiedDirectory {
+    region.authority.directory().expect("directory")
+}
+
+pub fn member(region: &Region, org: &str) -> Member {
+    directory(region).member(org).expect("member").clone()
+}
+
+/// Counts rows in one of the hub's tables.
+pub async fn hub_count(region: &Region, table: &str) -> i64 {
+    count(&region.hub_db(), table).await
+}
+
+/// Counts rows in one of a node's tables.
+pub async fn node_count(region: &Region, org: &str, table: &str) -> i64 {
+    count(&region.node_dir(org).join("node.db"), table).await
+}
+
+async fn count(db: &Path, table: &str) -> i64 {
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}?mode=ro", db.display()))
+        .await
+        .expect("open db");
+    let n: i64 = sqlx::query(&format!("SELECT COUNT(*) FROM {table}"))
+        .fetch_one(&pool)
+        .await
+        .expect("count")
+        .get(0);
+    pool.close().await;
+    n
+}
+
+/// Rows of a node's `processed` table: (outcome, detail).
+pub async fn node_processed(region: &Region, org: &str) -> Vec<(String, String)> {
+    let db = region.node_dir(org).join("node.db");
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}?mode=ro", db.display()))
+        .await
+        .expect("open db");
+    let rows = sqlx::query("SELECT outcome, detail FROM processed ORDER BY processed_at")
+        .fetch_all(&pool)
+        .await
+        .expect("rows")
+        .into_iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    pool.close().await;
+    rows
+}
+
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64
+}
+
+/// A student registered at the school, with passport version 1 (Sam's answers from the demo)
+/// signed and stored there. The disclosures of every section are kept, to build packages by hand.
+pub struct Student {
+    pub wallet: Wallet,
+    pub manifest: Signed,
+    pub disclosures: Vec<Disclosure>,
+}
+
+pub async fn student(region: &Region, birth_month: &str, guardian: Option<&SigningKey>) -> Student {
+    let mut api = region.api(SCHOOL).await.expect("api");
+    let key = overstap_proto::sign::generate_signing_key();
+    let card = api
+        .register_student(RegisterStudentRequest {
+            student_key: key.verifying_key().to_bytes().to_vec(),
+            birth_month: birth_month.into(),
+            guardian_keys: guardian
+                .map(|g| vec![g.verifying_key().to_bytes().to_vec()])
+                .unwrap_or_default(),
+            staff_user: "mentor".into(),
+        })
+        .await
+        .expect("register")
+        .into_inner()
+        .card
+        .expect("card");
+    let wallet = Wallet::new(key, card).expect("wallet");
+    let answers: Answers = serde_json::from_str(demo::SAM_ANSWERS).expect("answers");
+    let draft = draft_from_answers("pvs-mbo-v1", &answers).expect("draft");
+    let sections: Vec<Section> = draft
+        .sections
+        .iter()
+        .map(|s| Section {
+            section_id: s.id.clone(),
+            title: s.title.clone(),
+            answers: s
+                .answers
+                .iter()
+                .map(|a| Answer {
+                    question_id: a.question_id.clone(),
+                    question: a.question.clone(),
+                    answer: a.answer.clone(),
+                    smiley: a.smiley.clone().unwrap_or_default(),
+                })
+                .collect(),
+        })
+        .collect();
+    let version =
+        build_version(&wallet.pseudonym, 1, "pvs-mbo-v1", now(), &sections).expect("version");
+    let mut keys = vec![&wallet.key];
+    keys.extend(guardian);
+    let manifest = sign_message(Domain::Manifest, &version.manifest, &keys);
+    api.store_passport(StorePassportRequest {
+        manifest: Some(manifest.clone()),
+        sections: version.disclosures.clone(),
+    })
+    .await
+    .expect("store passport");
+    Student {
+        wallet,
+        manifest,
+        disclosures: version.disclosures,
+    }
+}
+
+/// Builds and signs a package by hand, skipping every sender-side check: what a buggy or
+/// dishonest school node could send. `sections` are disclosed whatever the grant says.
+pub fn package_envelope(
+    region: &Region,
+    from: &Creds,
+    to: &str,
+    student: &Student,
+    grant: &Signed,
+    sections: &[&str],
+    purpose: &str,
+) -> Envelope {
+    let ids: Vec<String> = sections.iter().map(|s| s.to_string()).collect();
+    let chosen = select_disclosures(&student.disclosures, &ids).expect("sections");
+    let mut envelope_id = [0u8; 16];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut envelope_id);
+    seal(
+        Outgoing {
+            envelope_id,
+            from_org: &from.org,
+            kind: EnvelopeKind::Package,
+            created_at: now(),
+            payload: Payload {
+                purpose: purpose.into(),
+                content: Some(Content::Package(Package {
+                    card: Some(student.wallet.card.clone()),
+                    manifest: Some(student.manifest.clone()),
+                    grant: Some(grant.clone()),
+                    sections: chosen,
+                })),
+                ..Default::default()
+            },
+        },
+        &from.signing,
+        &member(region, to),
+    )
+    .expect("seal")
+}
+
+/// Polls `check` every 25 ms for up to 20 s.
+pub async fn eventually<F, Fut>(what: &str, check: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !check().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+}
+
+/// A grant request to `to` for `sections`, valid from a minute ago for `days`.
+pub fn grant_request(to: &str, sections: &[&str], purpose: &str, days: i64) -> GrantRequest {
+    GrantRequest {
+        to: to.into(),
+        sections: sections.iter().map(|s| s.to_string()).collect(),
+        purpose: purpose.into(),
+        not_before: now() - 60,
+        not_after: now() + days * 86_400,
+        live: false,
+    }
+}
+
+/// Makes, signs and uploads a grant at the school; returns its id.
+pub async fn grant(
+    region: &Region,
+    w: &Wallet,
+    req: &GrantRequest,
+    guardian: Option<&SigningKey>,
+) -> String {
+    let mut api = region.api(SCHOOL).await.expect("api");
+    let signed = make_grant(w, "pvs-mbo-v1", req, guardian, now()).expect("grant");
+    upload_grant(&mut api, signed).await.expect("upload")
+}

@@ -1,0 +1,714 @@
+//! Bad input, from outsiders and from members: every case gets a clear refusal and changes no
+//! stored data.
+
+use overstap_cli::authority::{Admission, Authority};
+use overstap_cli::client::connect;
+use overstap_cli::passport::make_grant;
+use overstap_proto::envelope::{Outgoing, seal, seal_signed};
+use overstap_proto::pb::payload::Content;
+use overstap_proto::pb::{
+    ConsentGrant, Envelope, EnvelopeHeader, EnvelopeKind, GetDirectoryRequest, HandoverStatus,
+    MemberKind, NodeStatusRequest, Payload, SendPassportRequest,
+};
+use overstap_proto::sign::{Domain, decode_body, sign_message};
+use overstap_tests::demo::{GEMEENTE, MBO, OTHER_MBO, SCHOOL, birth_month};
+use overstap_tests::*;
+use prost::Message;
+use tonic::Code;
+
+fn status_payload() -> Payload {
+    Payload {
+        purpose: "intake".into(),
+        content: Some(Content::Status(HandoverStatus {
+            grant_id: "g-test".into(),
+            pseudonym: "pvs-test".into(),
+            status: "ontvangen".into(),
+            at: 0,
+        })),
+        ..Default::default()
+    }
+}
+
+fn status_envelope(from: &Creds, to: &overstap_proto::pb::Member) -> Envelope {
+    envelope_of_kind(from, to, EnvelopeKind::Status)
+}
+
+fn envelope_of_kind(from: &Creds, to: &overstap_proto::pb::Member, kind: EnvelopeKind) -> Envelope {
+    let mut id = [0u8; 16];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut id);
+    seal(
+        Outgoing {
+            envelope_id: id,
+            from_org: &from.org,
+            kind,
+            created_at: now(),
+            payload: status_payload(),
+        },
+        &from.signing,
+        to,
+    )
+    .expect("seal")
+}
+
+async fn nothing_stored_at_hub(region: &overstap_cli::region::Region) {
+    assert_eq!(
+        hub_count(region, "events").await,
+        0,
+        "the hub logged an event"
+    );
+    assert_eq!(
+        hub_count(region, "mailbox").await,
+        0,
+        "the hub stored an envelope"
+    );
+    assert_eq!(
+        hub_count(region, "envelopes").await,
+        0,
+        "the hub recorded an envelope"
+    );
+}
+
+#[tokio::test]
+async fn a_certificate_from_another_ca_is_refused_at_the_handshake() {
+    let (tmp, region) = region().await;
+    let foreign = Authority::init(&tmp.path().join("foreign-authority"), "elders").unwrap();
+    foreign
+        .admit(&Admission {
+            org_id: SCHOOL.into(),
+            kind: MemberKind::School,
+            name: "Impostor".into(),
+            hosts: vec![],
+            hub_url: region.hub_url.clone(),
+            out: tmp.path().join("impostor"),
+        })
+        .unwrap();
+    let mut link = creds(&region, SCHOOL).link;
+    link.cert_pem = std::fs::read(tmp.path().join("impostor/tls/cert.pem")).unwrap();
+    link.key_pem = std::fs::read(tmp.path().join("impostor/tls/key.pem")).unwrap();
+    let mut impostor = overstap_proto::pb::hub_client::HubClient::new(link.channel().unwrap());
+    let err = impostor
+        .get_directory(GetDirectoryRequest { known_version: 0 })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err.code(),
+            Code::Unavailable | Code::Unknown | Code::Internal
+        ),
+        "expected a transport failure, got {err:?}"
+    );
+    // The genuine school, same request, same hub: answered.
+    let mut genuine = hub_client(&creds(&region, SCHOOL));
+    assert!(
+        genuine
+            .get_directory(GetDirectoryRequest { known_version: 0 })
+            .await
+            .unwrap()
+            .into_inner()
+            .directory
+            .is_some()
+    );
+    nothing_stored_at_hub(&region).await;
+    region.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_member_cannot_send_in_another_members_name() {
+    let (_tmp, region) = region().await;
+    // The mbo holds the school's signing key (stolen), but connects with its own certificate.
+    let mut stolen = creds(&region, SCHOOL);
+    let mbo = creds(&region, MBO);
+    stolen.link = mbo.link.clone();
+    let env = status_envelope(&stolen, &member(&region, GEMEENTE));
+    let err = hub_client(&stolen).send(env).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert_eq!(
+        err.message(),
+        "certificate belongs to 30RT, but the envelope claims to be from 25LP"
+    );
+    nothing_stored_at_hub(&region).await;
+    region.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn tampered_envelopes_are_refused_with_a_reason_and_nothing_is_stored() {
+    let (_tmp, region) = region().await;
+    let school = creds(&region, SCHOOL);
+    let mut hub = hub_client(&school);
+    let good = status_envelope(&school, &member(&region, MBO));
+
+    let mut body = good.clone();
+    body.body[40] ^= 1;
+    let err = hub.send(body).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().contains("body does not match the SHA-256"),
+        "{}",
+        err.message()
+    );
+
+    let mut header = good.clone();
+    let h = header.header.as_mut().unwrap();
+    let mut decoded: EnvelopeHeader = decode_body(Domain::EnvelopeHeader, h).unwrap();
+    decoded.to_org = GEMEENTE.into();
+    h.body = decoded.encode_to_vec();
+    let err = hub.send(header).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    assert!(
+        err.message().contains("does not verify"),
+        "{}",
+        err.message()
+    );
+
+    let mut sig = good.clone();
+    sig.header.as_mut().unwrap().sigs[0].signature[10] ^= 1;
+    let err = hub.send(sig).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+
+    let mut unsigned = good.clone();
+    unsigned.header.as_mut().unwrap().sigs.clear();
+    let err = hub.send(unsigned).await.unwrap_err();
+    assert!(
+        err.message()
+            .contains("missing signature on envelope header"),
+        "{}",
+        err.message()
+    );
+
+    let err = hub
+        .send(Envelope {
+            header: None,
+            body: good.body.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(err.message(), "envelope has no header");
+
+    nothing_stored_at_hub(&region).await;
+    assert_eq!(node_count(&region, MBO, "processed").await, 0);
+    region.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_envelope_sealed_to_another_nodes_key_is_refused_by_its_recipient() {
+    let (_tmp, region) = region().await;
+    let school = creds(&region, SCHOOL);
+    // Addressed to the mbo, with the mbo's key id, but sealed to the municipality's key.
+    let mut wrong = member(&region, MBO);
+    wrong.encryption_key = member(&region, GEMEENTE).encryption_key;
+    let env = envelope_of_kind(&school, &wrong, EnvelopeKind::Package);
+    hub_client(&school)
+        .send(env)
+        .await
+        .expect("the hub cannot tell, and routes it");
+    eventually("the school hears of the refusal", || async {
+        node_processed(&region, SCHOOL)
+            .await
+            .iter()
+            .any(|(o, _)| o == "refusal")
+    })
+    .await;
+    let at_mbo = node_processed(&region, MBO).await;
+    assert_eq!(at_mbo.len(), 1);
+    assert_eq!(at_mbo[0].0, "refused");
+    assert!(at_mbo[0].1.contains("decryption failed"), "{}", at_mbo[0].1);
+    assert_eq!(node_count(&region, MBO, "received").await, 0);
+    region.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_forwarded_payload_is_refused() {
+    let (_tmp, region) = region().await;
+    let school = creds(&region, SCHOOL);
+    let mbo = creds(&region, MBO);
+    // The school's signed words to the mbo...
+    let original = status_envelope(&school, &member(&region, MBO));
+    let opened = overstap_proto::envelope::open(
+        &original,
+        &directory(&region),
+        MBO,
+        &[&mbo.encryption],
+        1 << 20,
+    )
+    .unwrap();
+    // ...re-sealed by the mbo to the municipality.
+    let mut id = [0u8; 16];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut id);
+    let forwarded = seal_signed(
+        &Outgoing {
+            envelope_id: id,
+            from_org: MBO,
+            kind: EnvelopeKind::Status,
+            created_at: now(),
+            payload: Payload::default(),
+        },
+        &opened.signed_payload,
+        &mbo.signing,
+        &member(&region, GEMEENTE),
+    )
+    .unwrap();
+    hub_client(&mbo).send(forwarded).await.unwrap();
+    eventually("the municipality refuses it", || async {
+        node_count(&region, GEMEENTE, "processed").await == 1
+    })
+    .await;
+    let rows = node_processed(&region, GEMEENTE).await;
+    assert_eq!(rows[0].0, "refused");
+    assert!(
+        rows[0]
+            .1
+            .contains("payload is not signed by the sender 30RT"),
+        "{}",
+        rows[0].1
+    );
+    assert_eq!(node_count(&region, GEMEENTE, "received").await, 0);
+    region.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_senders_cli_refuses_bad_grants_with_clear_messages() {
+    let (_tmp, region) = region().await;
+    let sam = student(&region, &birth_month(17), None).await;
+    let w = &sam.wallet;
+
+    let expired = grant_request(MBO, &["wie-ben-ik"], "intake", -1);
+    let e = make_grant(w, "pvs-mbo-v1", &expired, None, now())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("is in the past"), "{e}");
+
+    let out_of_scope = grant_request(MBO, &["wie-ben-ik", "mijn-cijfers"], "intake", 30);
+    let e = make_grant(w, "pvs-mbo-v1", &out_of_scope, None, now())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("section \"mijn-cijfers\" is not in pvs-mbo-v1"),
+        "{e}"
+    );
+
+    let purpose = grant_request(MBO, &["wie-ben-ik"], "reclame", 30);
+    let e = make_grant(w, "pvs-mbo-v1", &purpose, None, now())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("purpose \"reclame\" is not one of intake, begeleiding, werk, nazorg"),
+        "{e}"
+    );
+
+    let guardian = overstap_proto::sign::generate_signing_key();
+    let noor = student(&region, &birth_month(15), Some(&guardian)).await;
+    let e = make_grant(
+        &noor.wallet,
+        "pvs-mbo-v1",
+        &grant_request(MBO, &["wie-ben-ik"], "intake", 30),
+        None,
+        now(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("is under 16") && e.contains("a guardian must co-sign this consent"),
+        "{e}"
+    );
+
+    let mut api = region.api(SCHOOL).await.unwrap();
+    let mut later = grant_request(MBO, &["wie-ben-ik"], "intake", 60);
+    later.not_before = now() + 10 * 86_400;
+    let id = grant(&region, w, &later, None).await;
+    let err = api
+        .send_passport(SendPassportRequest {
+            grant_id: id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(
+        err.message().contains("is not valid until"),
+        "{}",
+        err.message()
+    );
+
+    let err = api
+        .send_passport(SendPassportRequest {
+            grant_id: "g-nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    assert_eq!(err.message(), "no grant g-nope at 25LP");
+
+    let stranger = grant_request("99ZZ", &["wie-ben-ik"], "intake", 30);
+    let signed = make_grant(w, "pvs-mbo-v1", &stranger, None, now()).unwrap();
+    let err = overstap_cli::passport::upload_grant(&mut api, signed)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("unknown member 99ZZ"), "{err}");
+
+    assert_eq!(
+        node_count(&region, SCHOOL, "outbox").await,
+        0,
+        "nothing was queued"
+    );
+    region.shutdown().await.unwrap();
+}
+
+/// Signs a grant directly with the student's (and guardian's) key, skipping the CLI's checks.
+fn raw_grant(
+    w: &overstap_cli::wallet::Wallet,
+    to: &str,
+    sections: &[&str],
+    purpose: &str,
+    from: i64,
+    until: i64,
+    guardian: Option<&ed25519_dalek::SigningKey>,
+) -> overstap_proto::pb::Signed {
+    let grant = ConsentGrant {
+        grant_id: format!("g-raw-{to}-{from}-{until}-{}", sections.len()),
+        pseudonym: w.pseudonym.clone(),
+        home_org: w.home_org.clone(),
+        recipient_org: to.into(),
+        sections: sections.iter().map(|s| s.to_string()).collect(),
+        purpose: purpose.into(),
+        not_before: from,
+        not_after: until,
+        live: false,
+        issued_at: now(),
+    };
+    let mut keys = vec![&w.key];
+    keys.extend(guardian);
+    sign_message(Domain::Grant, &grant, &keys)
+}
+
+#[tokio::test]
+async fn a_recipient_refuses_a_package_under_a_bad_grant_stores_nothing_and_tells_the_sender() {
+    let (_tmp, region) = region().await;
+    let school = creds(&region, SCHOOL);
+    let mut hub = hub_client(&school);
+    let sam = student(&region, &birth_month(17), None).await;
+    let guardian = overstap_proto::sign::generate_signing_key();
+    let noor = student(&region, &birth_month(15), Some(&guardian)).await;
+    let day = 86_400;
+    let cases: Vec<(&str, Envelope)> = vec![
+        (
+            "expired on",
+            package_envelope(
+                &region,
+                &school,
+                MBO,
+                &sam,
+                &raw_grant(
+                    &sam.wallet,
+                    MBO,
+                    &["wie-ben-ik"],
+                    "intake",
+                    now() - 10 * day,
+                    now() - day,
+                    None,
+                ),
+                &["wie-ben-ik"],
+                "intake",
+            ),
+        ),
+        (
+            "is not valid until",
+            package_envelope(
+                &region,
+                &school,
+                MBO,
+                &sam,
+                &raw_grant(
+                    &sam.wallet,
+                    MBO,
+                    &["wie-ben-ik"],
+                    "intake",
+                    now() + day,
+                    now() + 10 * day,
+                    None,
+                ),
+                &["wie-ben-ik"],
+                "intake",
+            ),
+        ),
+        (
+            "section wat-wil-ik is outside grant",
+            package_envelope(
+                &region,
+                &school,
+                MBO,
+                &sam,
+                &raw_grant(
+                    &sam.wallet,
+                    MBO,
+                    &["wie-ben-ik"],
+                    "intake",
+                    now() - 60,
+                    now() + day,
+                    None,
+                ),
+                &["wie-ben-ik", "wat-wil-ik"],
+                "intake",
+            ),
+        ),
+        (
+            "is for GM0193, not for 30RT",
+            package_envelope(
+                &region,
+                &school,
+                MBO,
+                &sam,
+                &raw_grant(
+                    &sam.wallet,
+                    GEMEENTE,
+                    &["wie-ben-ik"],
+                    "intake",
+                    now() - 60,
+                    now() + 2 * day,
+                    None,
+                ),
+                &["wie-ben-ik"],
+                "intake",
+            ),
+        ),
+        (
+            "is for purpose begeleiding, not intake",
+            package_envelope(
+                &region,
+                &school,
+                MBO,
+                &sam,
+                &raw_grant(
+                    &sam.wallet,
+                    MBO,
+                    &["wie-ben-ik"],
+                    "begeleiding",
+                    now() - 60,
+                    now() + 3 * day,
+                    None,
+                ),
+                &["wie-ben-ik"],
+                "intake",
+            ),
+        ),
+        (
+            "a guardian must co-sign",
+            package_envelope(
+                &region,
+                &school,
+                MBO,
+                &noor,
+                &raw_grant(
+                    &noor.wallet,
+                    MBO,
+                    &["wie-ben-ik"],
+                    "intake",
+                    now() - 60,
+                    now() + day,
+                    None,
+                ),
+                &["wie-ben-ik"],
+                "intake",
+            ),
+        ),
+    ];
+    let n = cases.len();
+    for (_, env) in &cases {
+        hub.send(env.clone())
+            .await
+            .expect("the hub routes it; it cannot see the grant");
+    }
+    eventually("every refusal reaches the school", || async {
+        node_processed(&region, SCHOOL)
+            .await
+            .iter()
+            .filter(|(o, _)| o == "refusal")
+            .count()
+            == n
+    })
+    .await;
+    let refusals: Vec<String> = node_processed(&region, SCHOOL)
+        .await
+        .into_iter()
+        .filter(|(o, _)| o == "refusal")
+        .map(|(_, d)| d)
+        .collect();
+    for (reason, _) in &cases {
+        assert!(
+            refusals.iter().any(|r| r.contains(reason)),
+            "no refusal saying {reason:?} in {refusals:#?}"
+        );
+    }
+    assert_eq!(
+        node_count(&region, MBO, "received").await,
+        0,
+        "the mbo stored a passport"
+    );
+    assert_eq!(node_count(&region, MBO, "received_sections").await, 0);
+    region.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_replayed_envelope_gets_the_same_receipt_and_is_imported_once() {
+    let (_tmp, region) = region().await;
+    let school = creds(&region, SCHOOL);
+    let mut hub = hub_client(&school);
+    let sam = student(&region, &birth_month(17), None).await;
+    let g = raw_grant(
+        &sam.wallet,
+        MBO,
+        &["wie-ben-ik"],
+        "intake",
+        now() - 60,
+        now() + 86_400,
+        None,
+    );
+    let env = package_envelope(&region, &school, MBO, &sam, &g, &["wie-ben-ik"], "intake");
+    let first = hub.send(env.clone()).await.unwrap().into_inner();
+    let second = hub.send(env.clone()).await.unwrap().into_inner();
+    assert_eq!(first, second, "a replay gets the very same signed receipt");
+    let mut mbo = region.api(MBO).await.unwrap();
+    eventually("the package arrives", || {
+        let mut mbo = mbo.clone();
+        async move {
+            mbo.status(NodeStatusRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+                .inbox_count
+                == 1
+        }
+    })
+    .await;
+    eventually("the delivery is acknowledged", || async {
+        hub_count(&region, "mailbox").await == 0
+    })
+    .await;
+    let third = hub.send(env).await.unwrap().into_inner();
+    assert_eq!(
+        first, third,
+        "a replay after delivery gets the same receipt too"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(hub_count(&region, "envelopes").await, 1);
+    assert_eq!(
+        hub_count(&region, "mailbox").await,
+        0,
+        "the replay was not stored again"
+    );
+    assert_eq!(
+        mbo.status(NodeStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .inbox_count,
+        1
+    );
+    assert_eq!(node_count(&region, MBO, "processed").await, 1);
+    region.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn malformed_protobuf_gets_invalid_argument() {
+    let (_tmp, region) = region().await;
+    let channel = creds(&region, SCHOOL).link.channel().unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/overstap.v1.Hub/Send");
+    let err = grpc
+        .unary(
+            tonic::Request::new(vec![0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f, 0x01]),
+            path,
+            RawCodec,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().starts_with("malformed protobuf message"),
+        "{}",
+        err.message()
+    );
+    nothing_stored_at_hub(&region).await;
+    region.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_oversized_envelope_gets_resource_exhausted() {
+    let (_tmp, region) = region().await;
+    let school = creds(&region, SCHOOL);
+    let mut env = status_envelope(&school, &member(&region, MBO));
+    // A properly signed header for a body one byte over the 1 MiB limit.
+    env.body = vec![7u8; overstap_proto::DEFAULT_MAX_ENVELOPE_BYTES + 1];
+    let mut header: EnvelopeHeader =
+        decode_body(Domain::EnvelopeHeader, env.header.as_ref().unwrap()).unwrap();
+    header.body_len = env.body.len() as u64;
+    header.body_sha256 = <sha2::Sha256 as sha2::Digest>::digest(&env.body).to_vec();
+    env.header = Some(sign_message(
+        Domain::EnvelopeHeader,
+        &header,
+        &[&school.signing],
+    ));
+    let err = hub_client(&school).send(env).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert_eq!(
+        err.message(),
+        "envelope too large: body of 1048577 bytes is over the limit of 1048576 bytes"
+    );
+    nothing_stored_at_hub(&region).await;
+    region.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_local_api_wants_its_token() {
+    let (_tmp, region) = region().await;
+    let url = std::fs::read_to_string(region.node_dir(OTHER_MBO).join("api.url")).unwrap();
+    let mut api = connect(url.trim(), "not-the-token").await.unwrap();
+    let err = api.status(NodeStatusRequest {}).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    assert_eq!(err.message(), "missing or wrong API token for this node");
+    region.shutdown().await.unwrap();
+}
+
+/// Sends and receives raw bytes, to put malformed messages on the wire.
+#[derive(Debug, Clone, Copy, Default)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+    fn encoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+    fn decoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        let v = bytes::Buf::chunk(src).to_vec();
+        bytes::Buf::advance(src, v.len());
+        Ok(Some(v))
+    }
+}

@@ -1,0 +1,159 @@
+//! The story itself: the demo passes, the hub holds no plaintext, and handovers survive a node
+//! that is away and a hub that restarts.
+
+use std::time::Duration;
+
+use overstap_proto::pb::{
+    InboxRequest, NodeStatusRequest, SendPassportRequest, ShowPassportRequest,
+};
+use overstap_tests::demo::{self, MBO, SCHOOL, birth_month};
+use overstap_tests::*;
+
+#[tokio::test]
+async fn the_demo_story_passes_and_the_hub_holds_no_plaintext() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut out = Vec::new();
+    let passed = demo::run(tmp.path(), &mut out, false)
+        .await
+        .expect("the demo passes");
+    let text = String::from_utf8(out).unwrap();
+    assert!(passed >= 16, "{text}");
+    assert!(
+        text.contains(&format!("{passed} checks passed, 0 failed")),
+        "{text}"
+    );
+    // An independent look at the hub's files, with the texts a person would search for.
+    let hub = demo::hub_bytes(&tmp.path().join("hub/hub.db"));
+    assert!(hub.len() > 10_000);
+    let mut needles = demo::answer_texts(demo::SAM_ANSWERS);
+    needles.extend(demo::answer_texts(demo::NOOR_ANSWERS));
+    needles.extend(
+        [
+            "Wie ben ik?",
+            "Wat heb ik nodig?",
+            "Hoe zou je jezelf beschrijven",
+            "brommers",
+        ]
+        .map(String::from),
+    );
+    for n in needles {
+        assert!(
+            !hub.windows(n.len()).any(|w| w == n.as_bytes()),
+            "the hub's database contains {n:?}"
+        );
+    }
+    // And the same texts did arrive at the mbo: the check above can find them where they are.
+    let mbo = demo::hub_bytes(&tmp.path().join(MBO).join("node.db"));
+    assert!(
+        mbo.windows(8).any(|w| w == b"brommers"),
+        "the mbo's database should hold Sam's answer"
+    );
+}
+
+#[tokio::test]
+async fn a_node_that_was_away_gets_its_passport_when_it_returns() {
+    let (_tmp, mut region) = region().await;
+    region.stop_node(MBO).await.unwrap();
+    let sam = student(&region, &birth_month(17), None).await;
+    let id = grant(
+        &region,
+        &sam.wallet,
+        &grant_request(MBO, &["wie-ben-ik", "wat-heb-ik-nodig"], "intake", 30),
+        None,
+    )
+    .await;
+    let mut school = region.api(SCHOOL).await.unwrap();
+    school
+        .send_passport(SendPassportRequest {
+            grant_id: id.clone(),
+        })
+        .await
+        .unwrap();
+    region
+        .wait_for(SCHOOL, Duration::from_secs(20), "the push", |s| {
+            s.outbox_pending == 0
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        hub_count(&region, "mailbox").await,
+        1,
+        "the hub keeps it while the mbo is away"
+    );
+    region.start_node(MBO).await.unwrap();
+    region
+        .wait_for(MBO, Duration::from_secs(20), "the delivery", |s| {
+            s.inbox_count == 1
+        })
+        .await
+        .unwrap();
+    let mut mbo = region.api(MBO).await.unwrap();
+    let p = mbo
+        .show_passport(ShowPassportRequest {
+            grant_id: id,
+            staff_user: "intake".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let ids: Vec<_> = p.sections.iter().map(|s| s.section_id.as_str()).collect();
+    assert_eq!(ids, ["wie-ben-ik", "wat-heb-ik-nodig"]);
+    eventually("the hub's mailbox empties after the ack", || async {
+        hub_count(&region, "mailbox").await == 0
+    })
+    .await;
+    region.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn handovers_continue_across_a_hub_restart() {
+    let (_tmp, mut region) = region().await;
+    let sam = student(&region, &birth_month(17), None).await;
+    let mut school = region.api(SCHOOL).await.unwrap();
+    let first = grant(
+        &region,
+        &sam.wallet,
+        &grant_request(MBO, &["wie-ben-ik"], "intake", 30),
+        None,
+    )
+    .await;
+    school
+        .send_passport(SendPassportRequest { grant_id: first })
+        .await
+        .unwrap();
+    region
+        .wait_for(MBO, Duration::from_secs(20), "the first delivery", |s| {
+            s.inbox_count == 1
+        })
+        .await
+        .unwrap();
+    region.restart_hub().await.unwrap();
+    let second = grant(
+        &region,
+        &sam.wallet,
+        &grant_request(MBO, &["wat-kan-ik"], "intake", 30),
+        None,
+    )
+    .await;
+    school
+        .send_passport(SendPassportRequest { grant_id: second })
+        .await
+        .unwrap();
+    region
+        .wait_for(MBO, Duration::from_secs(30), "the second delivery", |s| {
+            s.inbox_count == 2
+        })
+        .await
+        .unwrap();
+    let mut mbo = region.api(MBO).await.unwrap();
+    let items = mbo.inbox(InboxRequest {}).await.unwrap().into_inner().items;
+    assert_eq!(items.len(), 2);
+    let s = mbo.status(NodeStatusRequest {}).await.unwrap().into_inner();
+    assert!(s.hub_connected);
+    assert_eq!(
+        hub_count(&region, "envelopes").await,
+        2,
+        "each envelope stored once"
+    );
+    region.shutdown().await.unwrap();
+}

@@ -1,0 +1,6 @@
+//! End-to-end tests: a whole region (authority, hub, four nodes) in this process, on
+//! 127.0.0.1:0, with real TLS, real signatures and HPKE, and SQLite files in a temp folder.
+//! One test binary with modules compiles faster than many.
+
+mod bad_input;
+mod handover;
