@@ -67,6 +67,10 @@ pub struct Admission {
     pub hosts: Vec<String>,
     /// The hub's address, written into a node's `node.toml`.
     pub hub_url: String,
+    /// The hub's name as in its certificate, written into a node's `node.toml`.
+    pub hub_name: String,
+    /// Where the hub listens, written into `hub.toml`.
+    pub listen: String,
     pub out: PathBuf,
 }
 
@@ -235,9 +239,10 @@ impl Authority {
                 &out.join("hub.toml"),
                 &format!(
                     "# Overstap hub settings; OVERSTAP_* environment variables override these.\n\
-                     hub_id = \"{}\"\nlisten = \"127.0.0.1:7443\"\ndatabase_url = \"sqlite://hub.db\"\n\
+                     hub_id = \"{}\"\nlisten = \"{}\"\ndatabase_url = \"sqlite://hub.db\"\n\
                      directory_file = \"directory.signed\"\nmax_envelope_bytes = {}\n",
                     a.org_id,
+                    a.listen,
                     overstap_proto::DEFAULT_MAX_ENVELOPE_BYTES
                 ),
             )?;
@@ -246,12 +251,13 @@ impl Authority {
                 &out.join("node.toml"),
                 &format!(
                     "# Overstap node settings for {} ({}); OVERSTAP_* environment variables override these.\n\
-                     org_id = \"{}\"\nhub_url = \"{}\"\nhub_name = \"localhost\"\ndatabase_url = \"sqlite://node.db\"\n\
+                     org_id = \"{}\"\nhub_url = \"{}\"\nhub_name = \"{}\"\ndatabase_url = \"sqlite://node.db\"\n\
                      api_listen = \"127.0.0.1:0\"\n",
                     a.name,
                     kind_name(a.kind),
                     a.org_id,
-                    a.hub_url
+                    a.hub_url,
+                    a.hub_name
                 ),
             )?;
         }
@@ -274,6 +280,8 @@ mod tests {
             name: format!("{org} naam"),
             hosts: vec!["localhost".into(), "127.0.0.1".into()],
             hub_url: "https://127.0.0.1:7443".into(),
+            hub_name: "localhost".into(),
+            listen: "127.0.0.1:7443".into(),
             out: tmp.path().join(org),
         };
         auth.admit(&admit("HUB", MemberKind::Hub)).unwrap();

@@ -154,6 +154,12 @@ pub enum AuthorityCmd {
         /// The hub's address, written into a node's node.toml.
         #[arg(long, default_value = "https://127.0.0.1:7443")]
         hub_url: String,
+        /// The hub's name in its certificate (one of its --host names), written into node.toml.
+        #[arg(long, default_value = "localhost")]
+        hub_name: String,
+        /// Where the hub listens, written into hub.toml.
+        #[arg(long, default_value = "127.0.0.1:7443")]
+        listen: String,
         /// Host names and addresses for the hub's certificate.
         #[arg(long = "host", default_values_t = vec!["localhost".to_string(), "127.0.0.1".to_string()])]
         hosts: Vec<String>,
@@ -249,7 +255,7 @@ pub enum ConsentCmd {
         /// intake, begeleiding, werk or nazorg
         #[arg(long)]
         purpose: String,
-        /// Last day (YYYY-MM-DD); the grant ends at the start of that day, UTC.
+        /// End date (YYYY-MM-DD): the grant ends when that day begins (00:00 UTC).
         #[arg(long)]
         until: String,
         /// First day (YYYY-MM-DD); default now.
@@ -362,7 +368,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             std::fs::write(&out, serde_json::to_string_pretty(&draft)?)
                 .with_context(|| format!("writing {}", out.display()))?;
             println!(
-                "Draft saved in {}. Sign it with: overstap passport sign --draft {}",
+                "Draft saved in {}. Read it once more, then sign it with: overstap passport sign --wallet YOUR-WALLET --draft {}",
                 out.display(),
                 out.display()
             );
@@ -591,6 +597,8 @@ async fn authority(cmd: AuthorityCmd) -> anyhow::Result<()> {
             name,
             out,
             hub_url,
+            hub_name,
+            listen,
             hosts,
         } => {
             let a = Authority::open(&dir)?;
@@ -602,6 +610,8 @@ async fn authority(cmd: AuthorityCmd) -> anyhow::Result<()> {
                 name,
                 hosts,
                 hub_url,
+                hub_name,
+                listen,
                 out: out.clone(),
             })?;
             let v = a.directory()?.version();

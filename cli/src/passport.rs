@@ -354,7 +354,7 @@ pub fn make_grant(
     let mut keys = vec![&wallet.key];
     keys.extend(guardian);
     let signed = sign_message(Domain::Grant, &grant, &keys);
-    verify_grant(&signed, &wallet.card()?)
+    verify_grant(&signed, &wallet.card()?, now)
         .context("the grant does not verify against the student card")?;
     Ok(signed)
 }

@@ -89,6 +89,8 @@ impl Region {
             name: "Regionale hub".into(),
             hosts: vec!["localhost".into(), "127.0.0.1".into()],
             hub_url: hub_url.clone(),
+            hub_name: "localhost".into(),
+            listen: hub_addr.to_string(),
             out: dir.join("hub"),
         })?;
         for org in orgs {
@@ -98,6 +100,8 @@ impl Region {
                 name: org.name.clone(),
                 hosts: vec![],
                 hub_url: hub_url.clone(),
+                hub_name: "localhost".into(),
+                listen: String::new(),
                 out: dir.join(&org.id),
             })?;
         }

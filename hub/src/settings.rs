@@ -1,19 +1,19 @@
 //! The hub's one typed settings struct: defaults, then a TOML file, then `OVERSTAP_*`
-//! environment variables, then command-line flags. Relative paths are relative to the file.
+//! environment variables, then the `--listen` flag. Relative paths are relative to the file.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use ed25519_dalek::{SigningKey, VerifyingKey};
-use overstap_proto::config::{overlay_env, parse_key_hex, rebase_sqlite_url};
+use overstap_proto::config::{FieldKind, overlay_env, parse_key_hex, rebase_sqlite_url};
 use overstap_proto::pb::Signed;
 use prost::Message;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::tls::ServerTls;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     /// The hub's org id in the directory.
@@ -41,6 +41,20 @@ pub struct Settings {
     #[serde(default = "default_max_envelope")]
     pub max_envelope_bytes: usize,
 }
+
+/// Every field of [`Settings`] and its kind, for the `OVERSTAP_*` environment variables.
+pub const FIELDS: &[(&str, FieldKind)] = &[
+    ("authority_key", FieldKind::Text),
+    ("ca_cert", FieldKind::Text),
+    ("database_url", FieldKind::Text),
+    ("directory_file", FieldKind::Text),
+    ("hub_id", FieldKind::Text),
+    ("listen", FieldKind::Text),
+    ("max_envelope_bytes", FieldKind::Integer),
+    ("signing_key", FieldKind::Text),
+    ("tls_cert", FieldKind::Text),
+    ("tls_key", FieldKind::Text),
+];
 
 fn default_hub_id() -> String {
     "HUB".into()
@@ -86,7 +100,7 @@ impl Settings {
             }
             None => (toml::Table::new(), PathBuf::from(".")),
         };
-        let table = overlay_env(table, std::env::vars());
+        let table = overlay_env(table, std::env::vars(), FIELDS)?;
         let mut s: Settings = table.try_into().context("invalid hub settings")?;
         s.rebase(&base);
         Ok(s)
@@ -154,4 +168,20 @@ pub struct HubConfig {
     pub tls: ServerTls,
     pub max_envelope_bytes: usize,
     pub directory: Option<Signed>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_environment_field_list_matches_the_struct() {
+        let mut s: Settings = toml::Table::new().try_into().unwrap();
+        s.directory_file = Some("d".into());
+        let table = toml::Table::try_from(&s).unwrap();
+        let mut expected: Vec<(String, FieldKind)> =
+            FIELDS.iter().map(|(k, t)| (k.to_string(), *t)).collect();
+        expected.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(overstap_proto::config::table_fields(&table), expected);
+    }
 }

@@ -17,7 +17,7 @@ use prost::Message;
 use rand_core::RngCore;
 use tonic::{Request, Response, Status};
 
-use crate::core::{NodeCore, NodeError};
+use crate::core::{NodeCore, NodeError, stored};
 use crate::store::{Received, StoreError};
 
 impl From<NodeError> for Status {
@@ -36,6 +36,10 @@ impl From<NodeError> for Status {
             NodeError::NotFound(_) => Status::not_found(e.to_string()),
             NodeError::Precondition(_) => Status::failed_precondition(e.to_string()),
             NodeError::Invalid(_) => Status::invalid_argument(e.to_string()),
+            NodeError::Corrupt(detail) => {
+                tracing::error!(%detail, "stored data does not decode");
+                Status::internal("stored data at this node is damaged; the node's log says more")
+            }
             NodeError::NoDirectory | NodeError::StaleDirectory(_) => {
                 Status::unavailable(e.to_string())
             }
@@ -222,18 +226,13 @@ impl Node for NodeApi {
             })?;
         let mut sections = Vec::with_capacity(received.disclosures.len());
         for (_, d) in &received.disclosures {
-            let disclosure =
-                Disclosure::decode(d.as_slice()).map_err(|e| Status::internal(e.to_string()))?;
-            sections.push(
-                Section::decode(disclosure.section.as_slice())
-                    .map_err(|e| Status::internal(e.to_string()))?,
-            );
+            let disclosure: Disclosure = stored(d, "section")?;
+            sections.push(stored::<Section>(&disclosure.section, "section")?);
         }
         // The order of the manifest is the order the student filled it in.
         let manifest: overstap_proto::pb::Manifest = overstap_proto::sign::decode_body(
             overstap_proto::sign::Domain::Manifest,
-            &Signed::decode(received.manifest.as_slice())
-                .map_err(|e| Status::internal(e.to_string()))?,
+            &stored::<Signed>(&received.manifest, "manifest")?,
         )
         .map_err(NodeError::from)?;
         sections.sort_by_key(|s| {

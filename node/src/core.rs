@@ -54,6 +54,14 @@ pub enum NodeError {
     NoDirectory,
     #[error("the directory does not know {0} yet; it will be fetched again")]
     StaleDirectory(String),
+    /// Stored data that no longer decodes: a damaged database, never the caller's fault.
+    #[error("stored {0} does not decode")]
+    Corrupt(String),
+}
+
+/// Decodes a protobuf message this node stored itself.
+pub fn stored<T: Message + Default>(bytes: &[u8], what: &str) -> Result<T, NodeError> {
+    T::decode(bytes).map_err(|e| NodeError::Corrupt(format!("{what}: {e}")))
 }
 
 /// What became of an envelope taken in from the hub. Every outcome is acknowledged.
@@ -206,8 +214,7 @@ impl NodeCore {
         let bytes = self.store.student_card(pseudonym).await?.ok_or_else(|| {
             NodeError::NotFound(format!("no student {pseudonym} at {}", self.org_id))
         })?;
-        let signed =
-            Signed::decode(bytes.as_slice()).map_err(|e| NodeError::Invalid(e.to_string()))?;
+        let signed = stored::<Signed>(&bytes, "student card")?;
         let card = verify_card(&signed, &self.signing_key.verifying_key())?;
         Ok((signed, card))
     }
@@ -220,7 +227,7 @@ impl NodeCore {
     ) -> Result<u32, NodeError> {
         let probe: overstap_proto::pb::Manifest = decode_body(Domain::Manifest, manifest)?;
         let (_, card) = self.card(&probe.pseudonym).await?;
-        let m = verify_manifest(manifest, &card)?;
+        let m = verify_manifest(manifest, &card, self.now())?;
         let sections = verify_disclosures(&m, disclosures)?;
         if sections.len() != m.digests.len() {
             return Err(NodeError::Invalid(format!(
@@ -261,7 +268,7 @@ impl NodeCore {
     pub async fn add_grant(&self, signed: &Signed) -> Result<String, NodeError> {
         let probe: overstap_proto::pb::ConsentGrant = decode_body(Domain::Grant, signed)?;
         let (_, card) = self.card(&probe.pseudonym).await?;
-        let grant = verify_grant(signed, &card)?;
+        let grant = verify_grant(signed, &card, self.now())?;
         if grant.recipient_org == self.org_id {
             return Err(NodeError::Invalid(
                 "a grant to the home school itself is not needed".into(),
@@ -313,9 +320,8 @@ impl NodeCore {
             )));
         }
         let (card_signed, card) = self.card(&row.pseudonym).await?;
-        let grant_signed =
-            Signed::decode(row.signed.as_slice()).map_err(|e| NodeError::Invalid(e.to_string()))?;
-        let grant = verify_grant(&grant_signed, &card)?;
+        let grant_signed = stored::<Signed>(&row.signed, "grant")?;
+        let grant = verify_grant(&grant_signed, &card, self.now())?;
         check_in_force(&grant, self.now()).map_err(|e| NodeError::Precondition(e.to_string()))?;
         let version = self
             .store
@@ -327,14 +333,12 @@ impl NodeCore {
                     row.pseudonym
                 ))
             })?;
-        let manifest = Signed::decode(version.manifest.as_slice())
-            .map_err(|e| NodeError::Invalid(e.to_string()))?;
+        let manifest = stored::<Signed>(&version.manifest, "manifest")?;
         let all: Vec<Disclosure> = version
             .disclosures
             .iter()
-            .map(|d| Disclosure::decode(d.as_slice()))
-            .collect::<Result<_, _>>()
-            .map_err(|e| NodeError::Invalid(e.to_string()))?;
+            .map(|d| stored::<Disclosure>(d, "section"))
+            .collect::<Result<_, _>>()?;
         let chosen = select_disclosures(&all, &grant.sections)?;
         let dir = self.directory()?;
         let recipient = dir.member(&grant.recipient_org)?.clone();
@@ -434,7 +438,7 @@ impl NodeCore {
             }
         };
         match &opened.payload.content {
-            Some(Content::Package(p)) => match self.check_package(&opened, p) {
+            Some(Content::Package(p)) => match self.check_package(&opened, p).await? {
                 Ok(received) => {
                     let grant_id = received.grant_id.clone();
                     self.store
@@ -501,8 +505,35 @@ impl NodeCore {
         }
     }
 
-    /// Everything a recipient checks before it stores one byte of a package.
-    fn check_package(&self, opened: &Opened, p: &Package) -> Result<Received, ProtocolError> {
+    /// Everything a recipient checks before it stores one byte of a package. The outer error is
+    /// the node's own trouble (retry later); the inner one is a refusal.
+    async fn check_package(
+        &self,
+        opened: &Opened,
+        p: &Package,
+    ) -> Result<Result<Received, ProtocolError>, NodeError> {
+        let received = match self.check_package_rules(opened, p) {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(e)),
+        };
+        if let Some(held) = self.store.received(&received.grant_id).await? {
+            if held.from_org != received.from_org {
+                return Ok(Err(ProtocolError::Consent(format!(
+                    "grant {} is already held here from {}, not from {}",
+                    received.grant_id, held.from_org, received.from_org
+                ))));
+            }
+            if held.version > received.version {
+                return Ok(Err(ProtocolError::Consent(format!(
+                    "version {} is older than version {} already held under grant {}",
+                    received.version, held.version, received.grant_id
+                ))));
+            }
+        }
+        Ok(Ok(received))
+    }
+
+    fn check_package_rules(&self, opened: &Opened, p: &Package) -> Result<Received, ProtocolError> {
         let dir = self
             .directory()
             .map_err(|e| ProtocolError::Envelope(e.to_string()))?;
@@ -521,8 +552,8 @@ impl NodeCore {
                 card.home_org
             )));
         }
-        let manifest = verify_manifest(manifest_signed, &card)?;
-        let grant = verify_grant(grant_signed, &card)?;
+        let manifest = verify_manifest(manifest_signed, &card, self.now())?;
+        let grant = verify_grant(grant_signed, &card, self.now())?;
         check_in_force(&grant, self.now())?;
         let sections = verify_disclosures(&manifest, &p.sections)?;
         let ids: Vec<String> = sections.iter().map(|s| s.section_id.clone()).collect();

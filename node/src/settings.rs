@@ -6,11 +6,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use ed25519_dalek::{SigningKey, VerifyingKey};
-use overstap_proto::config::{overlay_env, parse_key_hex, rebase_sqlite_url};
+use overstap_proto::config::{FieldKind, overlay_env, parse_key_hex, rebase_sqlite_url};
 use overstap_proto::envelope::EncryptionKeyPair;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     /// This organisation's id in the directory (BRIN code, municipality code).
@@ -48,6 +48,25 @@ pub struct Settings {
     #[serde(default = "d_max")]
     pub max_envelope_bytes: usize,
 }
+
+/// Every field of [`Settings`] and its kind, for the `OVERSTAP_*` environment variables.
+pub const FIELDS: &[(&str, FieldKind)] = &[
+    ("api_listen", FieldKind::Text),
+    ("api_token_file", FieldKind::Text),
+    ("api_url_file", FieldKind::Text),
+    ("authority_key", FieldKind::Text),
+    ("ca_cert", FieldKind::Text),
+    ("database_url", FieldKind::Text),
+    ("directory_interval_secs", FieldKind::Integer),
+    ("encryption_key", FieldKind::Text),
+    ("hub_name", FieldKind::Text),
+    ("hub_url", FieldKind::Text),
+    ("max_envelope_bytes", FieldKind::Integer),
+    ("org_id", FieldKind::Text),
+    ("signing_key", FieldKind::Text),
+    ("tls_cert", FieldKind::Text),
+    ("tls_key", FieldKind::Text),
+];
 
 fn default_hub_url() -> String {
     "https://127.0.0.1:7443".into()
@@ -98,10 +117,7 @@ impl Settings {
             .with_context(|| format!("reading node config {}", file.display()))?;
         let table: toml::Table = toml::from_str(&text)
             .with_context(|| format!("parsing node config {}", file.display()))?;
-        let table = overlay_env(
-            table,
-            std::env::vars().filter(|(k, _)| k != "OVERSTAP_NODE_DIR"),
-        );
+        let table = overlay_env(table, std::env::vars(), FIELDS)?;
         let mut s: Settings = table.try_into().context("invalid node settings")?;
         let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
         for p in [
@@ -197,5 +213,21 @@ impl std::fmt::Debug for NodeConfig {
             .field("database_url", &self.database_url)
             .field("secrets", &"<hidden>")
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_environment_field_list_matches_the_struct() {
+        let t: toml::Table = toml::from_str("org_id = \"25LP\"").unwrap();
+        let s: Settings = t.try_into().unwrap();
+        let table = toml::Table::try_from(&s).unwrap();
+        let mut expected: Vec<(String, FieldKind)> =
+            FIELDS.iter().map(|(k, t)| (k.to_string(), *t)).collect();
+        expected.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(overstap_proto::config::table_fields(&table), expected);
     }
 }

@@ -29,28 +29,61 @@ pub fn rebase_sqlite_url(url: &str, base: &std::path::Path) -> String {
     }
 }
 
+/// The type of a settings field, so an environment variable's text is read the right way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldKind {
+    Text,
+    Integer,
+}
+
 /// Layers settings: a TOML file's table, then `OVERSTAP_*` environment variables on top
-/// (`OVERSTAP_DATABASE_URL` sets `database_url`). Values that parse as TOML integers or
-/// booleans are taken as such; everything else is a string.
+/// (`OVERSTAP_DATABASE_URL` sets `database_url`). Only the named fields are taken, so other
+/// `OVERSTAP_*` variables (the CLI's, say) never disturb a program.
 pub fn overlay_env(
     mut table: toml::Table,
     vars: impl IntoIterator<Item = (String, String)>,
-) -> toml::Table {
+    fields: &[(&str, FieldKind)],
+) -> Result<toml::Table, ProtocolError> {
     for (k, v) in vars {
         let Some(key) = k.strip_prefix("OVERSTAP_") else {
             continue;
         };
         let key = key.to_ascii_lowercase();
-        let value = if let Ok(i) = v.parse::<i64>() {
-            toml::Value::Integer(i)
-        } else if let Ok(b) = v.parse::<bool>() {
-            toml::Value::Boolean(b)
-        } else {
-            toml::Value::String(v)
+        let Some((name, kind)) = fields.iter().find(|(f, _)| *f == key) else {
+            continue;
         };
-        table.insert(key, value);
+        let value = match kind {
+            FieldKind::Text => toml::Value::String(v),
+            FieldKind::Integer => {
+                toml::Value::Integer(v.trim().parse().map_err(|_| ProtocolError::Malformed {
+                    what: "setting",
+                    detail: format!("{k} must be a whole number, got {v:?}"),
+                })?)
+            }
+        };
+        table.insert(name.to_string(), value);
     }
-    table
+    Ok(table)
+}
+
+/// The fields of a settings table and their kinds, for a test that keeps a field list true to
+/// its struct.
+pub fn table_fields(table: &toml::Table) -> Vec<(String, FieldKind)> {
+    let mut out: Vec<_> = table
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                if v.is_integer() {
+                    FieldKind::Integer
+                } else {
+                    FieldKind::Text
+                },
+            )
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
 }
 
 #[cfg(test)]
@@ -93,16 +126,34 @@ mod tests {
     fn environment_overrides_file() {
         let file: toml::Table =
             toml::from_str("listen = \"127.0.0.1:1\"\nmax_envelope_bytes = 5").unwrap();
+        let fields = [
+            ("listen", FieldKind::Text),
+            ("org_id", FieldKind::Text),
+            ("max_envelope_bytes", FieldKind::Integer),
+        ];
+        let var = |k: &str, v: &str| (k.to_string(), v.to_string());
         let t = overlay_env(
-            file,
+            file.clone(),
             [
-                ("OVERSTAP_LISTEN".to_string(), "0.0.0.0:2".to_string()),
-                ("HOME".to_string(), "/x".to_string()),
-                ("OVERSTAP_MAX_ENVELOPE_BYTES".to_string(), "7".to_string()),
+                var("OVERSTAP_LISTEN", "0.0.0.0:2"),
+                var("HOME", "/x"),
+                var("OVERSTAP_MAX_ENVELOPE_BYTES", "7"),
+                var("OVERSTAP_ORG_ID", "0123"),
+                var("OVERSTAP_NODE_DIR", "/somewhere"),
             ],
-        );
+            &fields,
+        )
+        .unwrap();
         assert_eq!(t["listen"].as_str(), Some("0.0.0.0:2"));
         assert_eq!(t["max_envelope_bytes"].as_integer(), Some(7));
-        assert!(!t.contains_key("home"));
+        assert_eq!(
+            t["org_id"].as_str(),
+            Some("0123"),
+            "an all-digit id stays text"
+        );
+        assert!(!t.contains_key("home") && !t.contains_key("node_dir"));
+        let err =
+            overlay_env(file, [var("OVERSTAP_MAX_ENVELOPE_BYTES", "lots")], &fields).unwrap_err();
+        assert!(err.to_string().contains("must be a whole number"), "{err}");
     }
 }

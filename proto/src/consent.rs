@@ -11,10 +11,14 @@ pub const PURPOSES: &[&str] = &["intake", "begeleiding", "werk", "nazorg"];
 
 /// Verifies a signed grant against the student's card: signatures (guardian when the student is
 /// under 16 on the grant's issue date), pseudonym, purpose, time window and sections.
-pub fn verify_grant(signed: &Signed, card: &StudentCard) -> Result<ConsentGrant, ProtocolError> {
+pub fn verify_grant(
+    signed: &Signed,
+    card: &StudentCard,
+    now: UnixTime,
+) -> Result<ConsentGrant, ProtocolError> {
     let grant: ConsentGrant = decode_body(Domain::Grant, signed)?;
     check_grant_shape(&grant, card)?;
-    verify_student_signatures(Domain::Grant, signed, card, grant.issued_at)?;
+    verify_student_signatures(Domain::Grant, signed, card, grant.issued_at, now)?;
     Ok(grant)
 }
 
@@ -121,7 +125,11 @@ pub fn check_covers(
 }
 
 /// Verifies a signed revocation against the student's card.
-pub fn verify_revocation(signed: &Signed, card: &StudentCard) -> Result<Revocation, ProtocolError> {
+pub fn verify_revocation(
+    signed: &Signed,
+    card: &StudentCard,
+    now: UnixTime,
+) -> Result<Revocation, ProtocolError> {
     let rev: Revocation = decode_body(Domain::Revocation, signed)?;
     if rev.pseudonym != card.pseudonym {
         return Err(ProtocolError::Consent(format!(
@@ -129,7 +137,7 @@ pub fn verify_revocation(signed: &Signed, card: &StudentCard) -> Result<Revocati
             rev.pseudonym, card.pseudonym
         )));
     }
-    verify_student_signatures(Domain::Revocation, signed, card, rev.revoked_at)?;
+    verify_student_signatures(Domain::Revocation, signed, card, rev.revoked_at, now)?;
     Ok(rev)
 }
 
@@ -184,7 +192,7 @@ mod tests {
     fn grant_of_a_17_year_old_needs_only_the_student() {
         let f = fixture("2009-05");
         let signed = sign_message(Domain::Grant, &grant(), &[&f.student]);
-        let g = verify_grant(&signed, &f.card).unwrap();
+        let g = verify_grant(&signed, &f.card, NOV_2026).unwrap();
         check_in_force(&g, NOV_2026).unwrap();
         check_covers(&g, "MBO1", "intake", &["wie-ben-ik".into()]).unwrap();
     }
@@ -193,10 +201,21 @@ mod tests {
     fn guardian_less_grant_of_a_15_year_old_is_refused() {
         let f = fixture("2011-02");
         let signed = sign_message(Domain::Grant, &grant(), &[&f.student]);
-        let err = verify_grant(&signed, &f.card).unwrap_err();
+        let err = verify_grant(&signed, &f.card, NOV_2026).unwrap_err();
         assert!(err.to_string().contains("under 16"), "{err}");
         let both = sign_message(Domain::Grant, &grant(), &[&f.student, &f.guardian]);
-        verify_grant(&both, &f.card).unwrap();
+        verify_grant(&both, &f.card, NOV_2026).unwrap();
+    }
+
+    #[test]
+    fn a_grant_dated_ahead_to_skip_the_guardian_is_refused() {
+        // Born 2011-02: 16 from 2027-03-01. Dating the grant then does not help today.
+        let f = fixture("2011-02");
+        let mut g = grant();
+        g.issued_at = 1_804_000_000; // 2027-03
+        let signed = sign_message(Domain::Grant, &g, &[&f.student]);
+        let err = verify_grant(&signed, &f.card, NOV_2026).unwrap_err();
+        assert!(err.to_string().contains("cannot be signed ahead"), "{err}");
     }
 
     #[test]
@@ -204,7 +223,7 @@ mod tests {
         let f = fixture("2011-02");
         let stranger = generate_signing_key();
         let signed = sign_message(Domain::Grant, &grant(), &[&f.student, &stranger]);
-        assert!(verify_grant(&signed, &f.card).is_err());
+        assert!(verify_grant(&signed, &f.card, NOV_2026).is_err());
     }
 
     #[test]
@@ -237,7 +256,7 @@ mod tests {
         g.purpose = "marketing".into();
         let s = sign_message(Domain::Grant, &g, &[&f.student]);
         assert!(
-            verify_grant(&s, &f.card)
+            verify_grant(&s, &f.card, NOV_2026)
                 .unwrap_err()
                 .to_string()
                 .contains("purpose")
@@ -245,11 +264,11 @@ mod tests {
         let mut g = grant();
         g.not_after = g.not_before;
         let s = sign_message(Domain::Grant, &g, &[&f.student]);
-        assert!(verify_grant(&s, &f.card).is_err());
+        assert!(verify_grant(&s, &f.card, NOV_2026).is_err());
         let mut g = grant();
         g.pseudonym = "other".into();
         let s = sign_message(Domain::Grant, &g, &[&f.student]);
-        assert!(verify_grant(&s, &f.card).is_err());
+        assert!(verify_grant(&s, &f.card, NOV_2026).is_err());
     }
 
     #[test]
@@ -261,8 +280,11 @@ mod tests {
             revoked_at: NOV_2026,
         };
         let ok = sign_message(Domain::Revocation, &rev, &[&f.student]);
-        assert_eq!(verify_revocation(&ok, &f.card).unwrap().grant_id, "g1");
+        assert_eq!(
+            verify_revocation(&ok, &f.card, NOV_2026).unwrap().grant_id,
+            "g1"
+        );
         let bad = sign_message(Domain::Revocation, &rev, &[&generate_signing_key()]);
-        assert!(verify_revocation(&bad, &f.card).is_err());
+        assert!(verify_revocation(&bad, &f.card, NOV_2026).is_err());
     }
 }

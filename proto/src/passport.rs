@@ -16,7 +16,7 @@ use crate::{ProtocolError, UnixTime};
 
 const SECTION_DOMAIN: &[u8] = b"overstap.v1/section\0";
 
-/// SHA-256(domain || salt || encoded section).
+/// SHA-256(domain || salt length (u32, big-endian) || salt || encoded section).
 pub fn section_digest(salt: &[u8], section_bytes: &[u8]) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(SECTION_DOMAIN);
@@ -185,13 +185,29 @@ pub fn verify_card(signed: &Signed, home_key: &VerifyingKey) -> Result<StudentCa
     Ok(card)
 }
 
+/// How far ahead of the verifier's clock a signer's date may be (clocks drift).
+pub const MAX_CLOCK_SKEW: i64 = 300;
+
 /// Checks the student's signature, and a guardian's when the student is under 16 at `at`.
+///
+/// `at` is the date the signer wrote into the object; it may not lie ahead of the verifier's
+/// clock `now`, or a 15-year-old could date a consent after their 16th birthday and leave the
+/// guardian out.
 pub fn verify_student_signatures(
     domain: Domain,
     signed: &Signed,
     card: &StudentCard,
     at: UnixTime,
+    now: UnixTime,
 ) -> Result<(), ProtocolError> {
+    if at > now + MAX_CLOCK_SKEW {
+        return Err(ProtocolError::Consent(format!(
+            "the {} is dated {}, after this node's clock ({}): it cannot be signed ahead",
+            domain.what(),
+            crate::format_time(at),
+            crate::format_time(now)
+        )));
+    }
     let student = verifying_key(&card.student_key, "student key")?;
     verify_signed_by(domain, signed, &student)?;
     if under_16(&card.birth_month, at)? {
@@ -219,7 +235,11 @@ pub fn verify_student_signatures(
 }
 
 /// Verifies a signed manifest against the student's card.
-pub fn verify_manifest(signed: &Signed, card: &StudentCard) -> Result<Manifest, ProtocolError> {
+pub fn verify_manifest(
+    signed: &Signed,
+    card: &StudentCard,
+    now: UnixTime,
+) -> Result<Manifest, ProtocolError> {
     let manifest: Manifest = decode_body(Domain::Manifest, signed)?;
     if manifest.pseudonym != card.pseudonym {
         return Err(ProtocolError::Disclosure(format!(
@@ -227,7 +247,7 @@ pub fn verify_manifest(signed: &Signed, card: &StudentCard) -> Result<Manifest, 
             manifest.pseudonym, card.pseudonym
         )));
     }
-    verify_student_signatures(Domain::Manifest, signed, card, manifest.created_at)?;
+    verify_student_signatures(Domain::Manifest, signed, card, manifest.created_at, now)?;
     Ok(manifest)
 }
 
@@ -331,10 +351,13 @@ mod tests {
         let at = 1_790_000_000; // 2026-09
         let v = build_version("p1", 1, "s", at, &[section("a", "x")]).unwrap();
         let only_student = sign_message(Domain::Manifest, &v.manifest, &[&student]);
-        let err = verify_manifest(&only_student, &card).unwrap_err();
+        let err = verify_manifest(&only_student, &card, at).unwrap_err();
         assert!(err.to_string().contains("guardian must co-sign"), "{err}");
         let both = sign_message(Domain::Manifest, &v.manifest, &[&student, &guardian]);
-        assert_eq!(verify_manifest(&both, &card).unwrap().version, 1);
+        assert_eq!(verify_manifest(&both, &card, at).unwrap().version, 1);
+        // Dated after the verifier's clock: refused, whoever signed.
+        let err = verify_manifest(&both, &card, at - 3600).unwrap_err();
+        assert!(err.to_string().contains("cannot be signed ahead"), "{err}");
     }
 
     proptest! {

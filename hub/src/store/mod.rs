@@ -1,5 +1,5 @@
-//! The hub's storage, behind a trait so the service never sees SQL. SQLite is the default;
-//! PostgreSQL is a second implementation of the same trait.
+//! The hub's storage, behind a trait so the service never sees SQL. SQLite is the one
+//! implementation today; a PostgreSQL one will implement the same trait.
 
 mod sqlite;
 

@@ -29,7 +29,7 @@ CREATE TABLE mailbox (
 );
 CREATE INDEX mailbox_by_recipient ON mailbox (to_org, seq);
 
--- Append-only: rows are inserted, never updated or deleted. The Merkle log hashes these.
+-- Append-only: rows are inserted, never updated or deleted (the triggers below refuse both).
 CREATE TABLE events (
     log_index     INTEGER PRIMARY KEY,
     event         TEXT    NOT NULL,

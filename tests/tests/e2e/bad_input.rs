@@ -79,6 +79,8 @@ async fn a_certificate_from_another_ca_is_refused_at_the_handshake() {
             name: "Impostor".into(),
             hosts: vec![],
             hub_url: region.hub_url.clone(),
+            hub_name: "localhost".into(),
+            listen: String::new(),
             out: tmp.path().join("impostor"),
         })
         .unwrap();

@@ -157,3 +157,22 @@ async fn handovers_continue_across_a_hub_restart() {
     );
     region.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn the_hub_answers_the_grpc_health_check_over_mtls() {
+    let (_tmp, region) = region().await;
+    let channel = creds(&region, SCHOOL).link.channel().unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let resp = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "overstap.v1.Hub".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        resp.status(),
+        tonic_health::pb::health_check_response::ServingStatus::Serving
+    );
+    region.shutdown().await.unwrap();
+}
