@@ -7,11 +7,13 @@ use std::sync::Arc;
 use overstap_proto::ProtocolError;
 use overstap_proto::pb::node_server::Node;
 use overstap_proto::pb::{
-    AddGrantRequest, AddGrantResponse, Disclosure, GetStudentRequest, GetStudentResponse,
-    InboxItem, InboxRequest, InboxResponse, NodeStatusRequest, NodeStatusResponse, OutboxItem,
-    OutboxRequest, OutboxResponse, RegisterStudentRequest, RegisterStudentResponse, Section,
-    SendPassportRequest, SendPassportResponse, ShowPassportRequest, ShowPassportResponse, Signed,
-    StorePassportRequest, StorePassportResponse,
+    AddGrantRequest, AddGrantResponse, GetStudentRequest, GetStudentResponse, Handover,
+    HandoversRequest, HandoversResponse, InboxItem, InboxRequest, InboxResponse, NodeStatusRequest,
+    NodeStatusResponse, OutboxItem, OutboxRequest, OutboxResponse, RegisterStudentRequest,
+    RegisterStudentResponse, RevokeGrantRequest, RevokeGrantResponse, SendPassportRequest,
+    SendPassportResponse, SetStatusRequest, SetStatusResponse, ShowPassportRequest,
+    ShowPassportResponse, Signed, StorePassportRequest, StorePassportResponse, TrailEvent,
+    TrailRequest, TrailResponse,
 };
 use prost::Message;
 use rand_core::RngCore;
@@ -182,13 +184,14 @@ impl Node for NodeApi {
         &self,
         request: Request<SendPassportRequest>,
     ) -> Result<Response<SendPassportResponse>, Status> {
-        let (envelope_id, to_org) = self
+        let (envelope_id, to_org, waits_until) = self
             .core
             .send_passport(&request.into_inner().grant_id)
             .await?;
         Ok(Response::new(SendPassportResponse {
             envelope_id,
             to_org,
+            waits_until,
         }))
     }
 
@@ -207,55 +210,92 @@ impl Node for NodeApi {
         request: Request<ShowPassportRequest>,
     ) -> Result<Response<ShowPassportResponse>, Status> {
         let r = request.into_inner();
-        if r.staff_user.trim().is_empty() {
-            return Err(Status::invalid_argument(
-                "name the staff member who views the passport (it is logged)",
-            ));
-        }
-        let received = self
-            .core
-            .store
-            .received(&r.grant_id)
-            .await
-            .map_err(NodeError::from)?
-            .ok_or_else(|| {
-                Status::not_found(format!(
-                    "no passport under grant {} at this node",
-                    r.grant_id
-                ))
-            })?;
-        let mut sections = Vec::with_capacity(received.disclosures.len());
-        for (_, d) in &received.disclosures {
-            let disclosure: Disclosure = stored(d, "section")?;
-            sections.push(stored::<Section>(&disclosure.section, "section")?);
-        }
-        // The order of the manifest is the order the student filled it in.
-        let manifest: overstap_proto::pb::Manifest = overstap_proto::sign::decode_body(
-            overstap_proto::sign::Domain::Manifest,
-            &stored::<Signed>(&received.manifest, "manifest")?,
-        )
-        .map_err(NodeError::from)?;
-        sections.sort_by_key(|s| {
-            manifest
-                .digests
-                .iter()
-                .position(|d| d.section_id == s.section_id)
-        });
-        self.core
-            .store
-            .record_view(&r.grant_id, r.staff_user.trim(), self.core.now())
-            .await
-            .map_err(NodeError::from)?;
-        let mut shown = item(&received);
-        if shown.status == "ontvangen" {
-            shown.status = "gelezen".into();
-        }
+        let (received, sections) = self.core.view(&r.grant_id, &r.staff_user).await?;
         Ok(Response::new(ShowPassportResponse {
-            item: Some(shown),
+            item: Some(item(&received)),
             question_set: received.question_set.clone(),
             version: received.version,
             sections,
         }))
+    }
+
+    async fn revoke_grant(
+        &self,
+        request: Request<RevokeGrantRequest>,
+    ) -> Result<Response<RevokeGrantResponse>, Status> {
+        let revocation = required(request.into_inner().revocation, "revocation")?;
+        let (grant_id, envelope_id) = self.core.revoke(&revocation).await?;
+        Ok(Response::new(RevokeGrantResponse {
+            grant_id,
+            envelope_id,
+        }))
+    }
+
+    async fn set_status(
+        &self,
+        request: Request<SetStatusRequest>,
+    ) -> Result<Response<SetStatusResponse>, Status> {
+        let r = request.into_inner();
+        self.core
+            .set_status(&r.grant_id, &r.status, &r.staff_user)
+            .await?;
+        Ok(Response::new(SetStatusResponse {}))
+    }
+
+    async fn handovers(
+        &self,
+        _request: Request<HandoversRequest>,
+    ) -> Result<Response<HandoversResponse>, Status> {
+        let rows = self.core.handovers().await?;
+        Ok(Response::new(HandoversResponse {
+            handovers: rows
+                .into_iter()
+                .map(|g| Handover {
+                    grant_id: g.grant_id,
+                    pseudonym: g.pseudonym,
+                    to_org: g.recipient_org,
+                    purpose: g.purpose,
+                    sections: g.sections,
+                    grant_state: g.state,
+                    status: g.status,
+                    status_at: g.status_at.unwrap_or(0),
+                    sent_at: g.sent_at.unwrap_or(0),
+                    not_after: g.not_after,
+                    views: g.views,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn trail(
+        &self,
+        request: Request<TrailRequest>,
+    ) -> Result<Response<TrailResponse>, Status> {
+        let pseudonym = request.into_inner().pseudonym;
+        let events = self.core.trail(&pseudonym).await?;
+        let mut out = Vec::with_capacity(events.len());
+        for (row, receipt, verified) in events {
+            out.push(TrailEvent {
+                at: row.at,
+                event: row.event,
+                org: row.org,
+                grant_id: row.grant_id,
+                detail: row.detail,
+                hub_receipt: row
+                    .hub_receipt
+                    .as_deref()
+                    .map(|b| stored::<Signed>(b, "hub receipt"))
+                    .transpose()?,
+                receipt_verified: verified,
+                log_index: receipt.map(|r| r.log_index).unwrap_or(0),
+                evidence: row
+                    .evidence
+                    .as_deref()
+                    .map(|b| stored::<Signed>(b, "evidence"))
+                    .transpose()?,
+            });
+        }
+        Ok(Response::new(TrailResponse { events: out }))
     }
 
     async fn outbox(

@@ -1,12 +1,22 @@
-//! The node's domain operations, shared by the local API and the sync engine: issuing student
-//! cards, keeping passport versions and grants, sealing packages into the outbox, and taking in
-//! what arrives. Every rule comes from `overstap-proto`; every write goes through the store.
+//! The node's domain operations, shared by the local API and the sync engine.
+//!
+//! Home side: issuing student cards, keeping passport versions and grants, sealing packages into
+//! the outbox (only under a valid, in-scope grant), revoking, and keeping the student's trail.
+//! Recipient side: taking in what arrives (in each sender's order), storing only consented
+//! sections, erasing on revocation and expiry with a signed deletion receipt, and reporting the
+//! handover's status and views back. Every rule comes from `overstap-proto`; every change is one
+//! store transaction.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
-use overstap_proto::consent::{check_covers, check_in_force, verify_grant};
+use overstap_proto::config::parse_key_hex;
+use overstap_proto::consent::{
+    GrantTime, check_covers, check_in_force, grant_time, verify_grant, verify_revocation,
+    window_time,
+};
 use overstap_proto::directory::VerifiedDirectory;
 use overstap_proto::envelope::{EncryptionKeyPair, Opened, Outgoing, open, seal, verify_header};
 use overstap_proto::passport::{
@@ -14,16 +24,20 @@ use overstap_proto::passport::{
 };
 use overstap_proto::pb::payload::Content;
 use overstap_proto::pb::{
-    Disclosure, Envelope, EnvelopeHeader, EnvelopeKind, Package, Payload, Refusal, Signed,
-    StudentCard,
+    ConsentGrant, DeletionReceipt, Disclosure, Envelope, EnvelopeHeader, EnvelopeKind,
+    HandoverStatus, Manifest, MemberKind, Package, Payload, Receipt, Refusal, ResendRequest,
+    Revocation, RevocationNotice, Section, Signed, Skip, StudentCard,
 };
-use overstap_proto::sign::{Domain, decode_body, sign_message, verifying_key};
-use overstap_proto::{ProtocolError, UnixTime};
+use overstap_proto::sign::{Domain, decode_body, open_signed, sign_message, verifying_key};
+use overstap_proto::{ProtocolError, UnixTime, format_date};
 use prost::Message;
 use rand_core::RngCore;
 use tokio::sync::Notify;
 
-use crate::store::{GrantRow, NodeStore, OutboxRow, Processed, Received, StoreError};
+use crate::store::{
+    Erased, GrantRow, Held, NodeStore, OutboxEntry, OutboxRow, Processed, Received, StoreError,
+    TrailRow, Tx,
+};
 
 /// The node's clock; tests inject their own.
 pub type Clock = Arc<dyn Fn() -> UnixTime + Send + Sync>;
@@ -37,6 +51,15 @@ pub fn system_clock() -> Clock {
             .unwrap_or(0)
     })
 }
+
+/// Handover statuses a recipient can report.
+pub const STATUSES: &[&str] = &[
+    "ontvangen",
+    "gelezen",
+    "intake gepland",
+    "gestart",
+    "niet gestart",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -64,25 +87,54 @@ pub fn stored<T: Message + Default>(bytes: &[u8], what: &str) -> Result<T, NodeE
     T::decode(bytes).map_err(|e| NodeError::Corrupt(format!("{what}: {e}")))
 }
 
-/// What became of an envelope taken in from the hub. Every outcome is acknowledged.
+/// What became of an envelope taken in from the hub. Every outcome may be acknowledged.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    Stored {
-        grant_id: String,
-    },
+    /// A passport (or a new version of one) is stored.
+    Stored { grant_id: String },
+    /// What a grant brought is erased, and the receipt is on its way.
+    Erased { grant_id: String },
+    /// A status, receipt, refusal, resend request or skip was recorded.
+    Noted(&'static str),
+    /// Taken in before (same envelope, or the same sequence number under another envelope).
     Duplicate,
+    /// It came ahead of a gap; kept until the gap is filled.
+    Held { seq: u64 },
     /// Refused; the sender was told why.
     Refused(String),
     /// Refused without a reply: the sender could not be authenticated.
     Dropped(String),
-    /// A refusal of one of our envelopes, recorded.
-    RefusalNoted,
+    /// One of our envelopes was refused by its recipient, for this reason.
+    RefusalNoted(String),
+}
+
+/// Where the node's own key files are, so a rotated key is picked up without a restart.
+#[derive(Debug, Clone)]
+pub struct KeyFiles {
+    pub signing: PathBuf,
+    pub encryption: PathBuf,
+}
+
+impl KeyFiles {
+    /// The previous encryption key is kept beside the current one after a rotation.
+    pub fn previous_encryption(&self) -> PathBuf {
+        let mut p = self.encryption.clone().into_os_string();
+        p.push(".previous");
+        PathBuf::from(p)
+    }
+
+    fn read(path: &std::path::Path, what: &'static str) -> Result<[u8; 32], NodeError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| NodeError::Invalid(format!("reading {what} {}: {e}", path.display())))?;
+        Ok(parse_key_hex(&text, what)?)
+    }
 }
 
 pub struct NodeCore {
     pub org_id: String,
-    signing_key: SigningKey,
-    encryption_keys: Vec<EncryptionKeyPair>,
+    signing_key: RwLock<SigningKey>,
+    encryption_keys: RwLock<Vec<EncryptionKeyPair>>,
+    key_files: Option<KeyFiles>,
     authority: VerifyingKey,
     pub store: NodeStore,
     directory: RwLock<Option<Arc<VerifiedDirectory>>>,
@@ -100,11 +152,22 @@ fn random_bytes<const N: usize>() -> [u8; N] {
     b
 }
 
+fn read_lock<T: Clone>(l: &RwLock<T>) -> T {
+    l.read().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+/// The parts of a package envelope other than the grant's own row.
+struct Sealed {
+    envelope_id: Vec<u8>,
+}
+
 impl NodeCore {
+    #[allow(clippy::too_many_arguments)]
     pub async fn new(
         org_id: String,
         signing_key: SigningKey,
         encryption_keys: Vec<EncryptionKeyPair>,
+        key_files: Option<KeyFiles>,
         authority: VerifyingKey,
         store: NodeStore,
         max_body: usize,
@@ -112,16 +175,16 @@ impl NodeCore {
     ) -> Result<Self, NodeError> {
         let directory = match store.directory().await? {
             Some(bytes) => {
-                let signed = Signed::decode(bytes.as_slice())
-                    .map_err(|e| NodeError::Invalid(format!("stored directory: {e}")))?;
+                let signed = stored::<Signed>(&bytes, "directory")?;
                 Some(Arc::new(VerifiedDirectory::verify(&signed, &authority, 0)?))
             }
             None => None,
         };
         Ok(NodeCore {
             org_id,
-            signing_key,
-            encryption_keys,
+            signing_key: RwLock::new(signing_key),
+            encryption_keys: RwLock::new(encryption_keys),
+            key_files,
             authority,
             store,
             directory: RwLock::new(directory),
@@ -137,29 +200,177 @@ impl NodeCore {
         (self.clock)()
     }
 
+    fn key(&self) -> SigningKey {
+        read_lock(&self.signing_key)
+    }
+
     pub fn directory(&self) -> Result<Arc<VerifiedDirectory>, NodeError> {
-        self.directory
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-            .ok_or(NodeError::NoDirectory)
+        read_lock(&self.directory).ok_or(NodeError::NoDirectory)
     }
 
     pub fn directory_version(&self) -> u64 {
         self.directory().map(|d| d.version()).unwrap_or(0)
     }
 
-    /// Installs a directory if the authority signed it and it is newer than the one held.
+    /// Installs a directory if the authority signed it and it is newer than the one held. If it
+    /// lists new keys for this node (a rotation), the new key files are read; the previous
+    /// encryption key stays, for envelopes already on their way.
     pub async fn install_directory(&self, signed: &Signed) -> Result<u64, NodeError> {
         let verified =
             VerifiedDirectory::verify(signed, &self.authority, self.directory_version())?;
         let version = verified.version();
+        if let Ok(me) = verified.member(&self.org_id) {
+            self.follow_rotation(me)?;
+        }
         self.store
             .save_directory(version, &signed.encode_to_vec())
             .await?;
         *self.directory.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(verified));
         tracing::info!(org = %self.org_id, version, "directory installed");
         Ok(version)
+    }
+
+    fn follow_rotation(&self, me: &overstap_proto::pb::Member) -> Result<(), NodeError> {
+        let Some(files) = &self.key_files else {
+            return Ok(());
+        };
+        let known = read_lock(&self.encryption_keys)
+            .iter()
+            .any(|k| k.key_id() == me.encryption_key_id);
+        if !known && !me.encryption_key_id.is_empty() {
+            let mut keys = vec![EncryptionKeyPair::from_secret(&KeyFiles::read(
+                &files.encryption,
+                "encryption key",
+            )?)?];
+            if let Ok(prev) = KeyFiles::read(&files.previous_encryption(), "encryption key") {
+                keys.push(EncryptionKeyPair::from_secret(&prev)?);
+            }
+            for old in read_lock(&self.encryption_keys) {
+                if !keys.iter().any(|k| k.key_id() == old.key_id()) {
+                    keys.push(old);
+                }
+            }
+            if keys[0].key_id() == me.encryption_key_id {
+                tracing::info!(org = %self.org_id, key = %me.encryption_key_id, "new encryption key in use");
+                *self
+                    .encryption_keys
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner()) = keys;
+            }
+        }
+        if self.key().verifying_key().as_bytes().as_slice() != me.signing_key.as_slice() {
+            let key = SigningKey::from_bytes(&KeyFiles::read(&files.signing, "signing key")?);
+            if key.verifying_key().as_bytes().as_slice() == me.signing_key.as_slice() {
+                tracing::info!(org = %self.org_id, "new signing key in use");
+                *self.signing_key.write().unwrap_or_else(|p| p.into_inner()) = key;
+            }
+        }
+        Ok(())
+    }
+
+    // ---- sealing ------------------------------------------------------------------------------
+
+    /// Seals `payload` for `to_org` under the next sequence number, inside `tx`.
+    async fn seal_in(
+        &self,
+        tx: &mut Tx,
+        to_org: &str,
+        kind: EnvelopeKind,
+        grant_id: Option<&str>,
+        mut payload: Payload,
+        version: Option<u32>,
+    ) -> Result<Sealed, NodeError> {
+        let dir = self.directory()?;
+        let recipient = dir.member(to_org)?.clone();
+        payload.seq = tx.next_sent_seq(to_org).await?;
+        let envelope_id = random_bytes::<16>();
+        let envelope = self.seal_payload(&recipient, kind, envelope_id, &payload)?;
+        tx.enqueue(&OutboxRow {
+            envelope_id: Some(envelope_id.to_vec()),
+            to_org: to_org.to_string(),
+            kind: kind as i32,
+            grant_id: grant_id.map(str::to_string),
+            payload: Some(payload.encode_to_vec()),
+            envelope: Some(envelope.encode_to_vec()),
+            peer_seq: Some(payload.seq),
+            not_before: 0,
+            version,
+            state: "pending",
+            created_at: self.now(),
+        })
+        .await?;
+        Ok(Sealed {
+            envelope_id: envelope_id.to_vec(),
+        })
+    }
+
+    fn seal_payload(
+        &self,
+        recipient: &overstap_proto::pb::Member,
+        kind: EnvelopeKind,
+        envelope_id: [u8; 16],
+        payload: &Payload,
+    ) -> Result<Envelope, NodeError> {
+        Ok(seal(
+            Outgoing {
+                envelope_id,
+                from_org: &self.org_id,
+                kind,
+                created_at: self.now(),
+                payload: payload.clone(),
+            },
+            &self.key(),
+            recipient,
+        )?)
+    }
+
+    /// Seals an outbox row again under a new envelope id, with the same sequence number: for a
+    /// recipient that asked for it again, or to replace a package whose grant ended with a skip.
+    async fn reseal_in(
+        &self,
+        tx: &mut Tx,
+        entry: &OutboxEntry,
+        payload: Payload,
+        kind: EnvelopeKind,
+    ) -> Result<Envelope, NodeError> {
+        let dir = self.directory()?;
+        let recipient = dir.member(&entry.to_org)?.clone();
+        let envelope_id = random_bytes::<16>();
+        let envelope = self.seal_payload(&recipient, kind, envelope_id, &payload)?;
+        tx.reseal(
+            entry.seq,
+            &envelope_id,
+            &payload.encode_to_vec(),
+            &envelope.encode_to_vec(),
+            kind as i32,
+        )
+        .await?;
+        Ok(envelope)
+    }
+
+    /// Replaces a package that may no longer leave with a skip under the same sequence number
+    /// (returned), or cancels it if it was never sealed.
+    async fn withdraw_in(
+        &self,
+        tx: &mut Tx,
+        entry: &OutboxEntry,
+        reason: &str,
+    ) -> Result<Option<Envelope>, NodeError> {
+        if entry.state == "waiting" {
+            tx.set_outbox_state(entry.seq, "cancelled", reason).await?;
+            return Ok(None);
+        }
+        let payload = Payload {
+            seq: entry.peer_seq.unwrap_or(0),
+            content: Some(Content::Skip(Skip {
+                reason: reason.to_string(),
+            })),
+            ..Default::default()
+        };
+        Ok(Some(
+            self.reseal_in(tx, entry, payload, EnvelopeKind::Status)
+                .await?,
+        ))
     }
 
     // ---- home side ------------------------------------------------------------------------
@@ -188,6 +399,11 @@ impl NodeCore {
             ));
         }
         let now = self.now();
+        if overstap_proto::passport::under_16(birth_month, now)? && guardian_keys.is_empty() {
+            return Err(NodeError::Invalid(format!(
+                "a student born in {birth_month} is under 16: register at least one guardian key"
+            )));
+        }
         let card = StudentCard {
             pseudonym: format!("pvs-{}", hex::encode(random_bytes::<8>())),
             home_org: self.org_id.clone(),
@@ -196,15 +412,11 @@ impl NodeCore {
             guardian_keys: guardian_keys.to_vec(),
             issued_at: now,
         };
-        if overstap_proto::passport::under_16(birth_month, now)? && guardian_keys.is_empty() {
-            return Err(NodeError::Invalid(format!(
-                "a student born in {birth_month} is under 16: register at least one guardian key"
-            )));
-        }
-        let signed = sign_message(Domain::StudentCard, &card, &[&self.signing_key]);
-        self.store
-            .insert_student(&card.pseudonym, &signed.encode_to_vec(), staff_user, now)
+        let signed = sign_message(Domain::StudentCard, &card, &[&self.key()]);
+        let mut tx = self.store.begin().await?;
+        tx.insert_student(&card.pseudonym, &signed.encode_to_vec(), staff_user, now)
             .await?;
+        tx.commit().await?;
         tracing::info!(org = %self.org_id, "student card issued");
         Ok(signed)
     }
@@ -215,17 +427,18 @@ impl NodeCore {
             NodeError::NotFound(format!("no student {pseudonym} at {}", self.org_id))
         })?;
         let signed = stored::<Signed>(&bytes, "student card")?;
-        let card = verify_card(&signed, &self.signing_key.verifying_key())?;
+        let card = verify_card(&signed, &self.key().verifying_key())?;
         Ok((signed, card))
     }
 
-    /// Keeps a new passport version signed by the student (and guardian under 16).
+    /// Keeps a new passport version signed by the student (and guardian under 16), and sends it
+    /// to every holder of a live grant.
     pub async fn store_passport(
         &self,
         manifest: &Signed,
         disclosures: &[Disclosure],
     ) -> Result<u32, NodeError> {
-        let probe: overstap_proto::pb::Manifest = decode_body(Domain::Manifest, manifest)?;
+        let probe: Manifest = decode_body(Domain::Manifest, manifest)?;
         let (_, card) = self.card(&probe.pseudonym).await?;
         let m = verify_manifest(manifest, &card, self.now())?;
         let sections = verify_disclosures(&m, disclosures)?;
@@ -244,29 +457,41 @@ impl NodeCore {
                 m.version, prev.version
             )));
         }
-        // Disclosures are matched to sections by digest; keep them in manifest order.
-        let mut rows = Vec::with_capacity(disclosures.len());
-        for d in disclosures {
-            let s = overstap_proto::pb::Section::decode(d.section.as_slice())
-                .map_err(|e| NodeError::Invalid(e.to_string()))?;
-            rows.push((s.section_id, d.encode_to_vec()));
+        let rows: Vec<(String, Vec<u8>)> = sections
+            .iter()
+            .zip(disclosures)
+            .map(|(s, d)| (s.section_id.clone(), d.encode_to_vec()))
+            .collect();
+        let mut tx = self.store.begin().await?;
+        tx.insert_version(
+            &m.pseudonym,
+            m.version,
+            &m.question_set,
+            &manifest.encode_to_vec(),
+            &rows,
+            self.now(),
+        )
+        .await?;
+        tx.commit().await?;
+        // Live grants follow: each holder gets exactly its sections of the new version.
+        for g in self.store.grants(Some(&m.pseudonym)).await? {
+            if g.live
+                && g.state == "active"
+                && g.sent_version.is_some()
+                && grant_time_of(&g, self.now()) == GrantTime::InForce
+            {
+                let mut tx = self.store.begin().await?;
+                self.send_package_in(&mut tx, &g, m.version).await?;
+                tx.commit().await?;
+            }
         }
-        self.store
-            .insert_version(
-                &m.pseudonym,
-                m.version,
-                &m.question_set,
-                &manifest.encode_to_vec(),
-                &rows,
-                self.now(),
-            )
-            .await?;
+        self.outbox_wake.notify_one();
         Ok(m.version)
     }
 
     /// Keeps a grant signed by the student (and guardian under 16).
     pub async fn add_grant(&self, signed: &Signed) -> Result<String, NodeError> {
-        let probe: overstap_proto::pb::ConsentGrant = decode_body(Domain::Grant, signed)?;
+        let probe: ConsentGrant = decode_body(Domain::Grant, signed)?;
         let (_, card) = self.card(&probe.pseudonym).await?;
         let grant = verify_grant(signed, &card, self.now())?;
         if grant.recipient_org == self.org_id {
@@ -276,7 +501,6 @@ impl NodeCore {
         }
         let dir = self.directory()?;
         let recipient = dir.member(&grant.recipient_org)?;
-        use overstap_proto::pb::MemberKind;
         if matches!(recipient.kind(), MemberKind::Hub | MemberKind::Coordinator) {
             return Err(NodeError::Invalid(format!(
                 "{} is a {} and cannot receive passports",
@@ -284,120 +508,644 @@ impl NodeCore {
                 overstap_proto::directory::kind_name(recipient.kind())
             )));
         }
-        if grant.not_after <= self.now() {
+        if grant_time(&grant, self.now()) == GrantTime::Expired {
             check_in_force(&grant, self.now())?;
         }
-        self.store
-            .insert_grant(
-                &GrantRow {
-                    grant_id: grant.grant_id.clone(),
-                    pseudonym: grant.pseudonym.clone(),
-                    recipient_org: grant.recipient_org.clone(),
-                    purpose: grant.purpose.clone(),
-                    sections: grant.sections.clone(),
-                    not_before: grant.not_before,
-                    not_after: grant.not_after,
-                    live: grant.live,
-                    signed: signed.encode_to_vec(),
-                    state: "active".into(),
-                },
-                self.now(),
-            )
-            .await?;
-        Ok(grant.grant_id)
-    }
-
-    /// Seals the consented sections of the newest passport version for the grant's recipient
-    /// and puts the envelope in the outbox. Nothing is sealed without a valid, in-scope grant.
-    pub async fn send_passport(&self, grant_id: &str) -> Result<(Vec<u8>, String), NodeError> {
-        let row = self.store.grant(grant_id).await?.ok_or_else(|| {
-            NodeError::NotFound(format!("no grant {grant_id} at {}", self.org_id))
-        })?;
-        if row.state != "active" {
-            return Err(NodeError::Precondition(format!(
-                "grant {grant_id} is {}",
-                row.state
-            )));
-        }
-        let (card_signed, card) = self.card(&row.pseudonym).await?;
-        let grant_signed = stored::<Signed>(&row.signed, "grant")?;
-        let grant = verify_grant(&grant_signed, &card, self.now())?;
-        check_in_force(&grant, self.now()).map_err(|e| NodeError::Precondition(e.to_string()))?;
         let version = self
             .store
-            .latest_version(&row.pseudonym)
+            .latest_version(&grant.pseudonym)
             .await?
             .ok_or_else(|| {
                 NodeError::Precondition(format!(
-                    "student {} has no signed passport yet; sign one first",
-                    row.pseudonym
+                    "student {} has no signed passport yet",
+                    grant.pseudonym
                 ))
             })?;
-        let manifest = stored::<Signed>(&version.manifest, "manifest")?;
-        let all: Vec<Disclosure> = version
+        let mut tx = self.store.begin().await?;
+        tx.insert_grant(
+            &GrantRow {
+                grant_id: grant.grant_id.clone(),
+                pseudonym: grant.pseudonym.clone(),
+                recipient_org: grant.recipient_org.clone(),
+                purpose: grant.purpose.clone(),
+                sections: grant.sections.clone(),
+                not_before: grant.not_before,
+                not_after: grant.not_after,
+                live: grant.live,
+                passport_version: version.version,
+                signed: signed.encode_to_vec(),
+                state: "active".into(),
+                sent_version: None,
+                sent_at: None,
+                status: String::new(),
+                status_at: None,
+                views: 0,
+            },
+            self.now(),
+        )
+        .await?;
+        tx.add_trail(&TrailRow {
+            pseudonym: grant.pseudonym.clone(),
+            grant_id: grant.grant_id.clone(),
+            org: grant.recipient_org.clone(),
+            event: "consent".into(),
+            at: self.now(),
+            detail: format!(
+                "{} may read {} for {}, until {}{}",
+                grant.recipient_org,
+                grant.sections.join(", "),
+                grant.purpose,
+                format_date(grant.not_after),
+                if grant.live {
+                    " (later versions follow)"
+                } else {
+                    ""
+                }
+            ),
+            evidence: Some(signed.encode_to_vec()),
+            ..Default::default()
+        })
+        .await?;
+        tx.commit().await?;
+        Ok(grant.grant_id)
+    }
+
+    /// Checks that the grant still allows sending: active, signed, in force.
+    async fn grant_allows(&self, g: &GrantRow) -> Result<ConsentGrant, NodeError> {
+        if g.state != "active" {
+            return Err(NodeError::Precondition(format!(
+                "grant {} is {}",
+                g.grant_id, g.state
+            )));
+        }
+        let (_, card) = self.card(&g.pseudonym).await?;
+        let grant = verify_grant(&stored::<Signed>(&g.signed, "grant")?, &card, self.now())?;
+        check_in_force(&grant, self.now()).map_err(|e| NodeError::Precondition(e.to_string()))?;
+        Ok(grant)
+    }
+
+    /// The package for a grant and passport version: the card, the signed manifest, the grant,
+    /// and the disclosures of exactly the granted sections.
+    async fn package_payload(&self, g: &GrantRow, version: u32) -> Result<Payload, NodeError> {
+        let grant = self.grant_allows(g).await?;
+        let (card_signed, _) = self.card(&g.pseudonym).await?;
+        let v = self
+            .store
+            .version(&g.pseudonym, version)
+            .await?
+            .ok_or_else(|| {
+                NodeError::Precondition(format!(
+                    "student {} has no passport version {version}",
+                    g.pseudonym
+                ))
+            })?;
+        let all: Vec<Disclosure> = v
             .disclosures
             .iter()
             .map(|d| stored::<Disclosure>(d, "section"))
             .collect::<Result<_, _>>()?;
         let chosen = select_disclosures(&all, &grant.sections)?;
-        let dir = self.directory()?;
-        let recipient = dir.member(&grant.recipient_org)?.clone();
-        check_covers(&grant, &recipient.org_id, &grant.purpose, &grant.sections)?;
-        let envelope_id = random_bytes::<16>();
-        let envelope = seal(
-            Outgoing {
-                envelope_id,
-                from_org: &self.org_id,
-                kind: EnvelopeKind::Package,
-                created_at: self.now(),
-                payload: Payload {
-                    purpose: grant.purpose.clone(),
-                    content: Some(Content::Package(Package {
-                        card: Some(card_signed),
-                        manifest: Some(manifest),
-                        grant: Some(grant_signed),
-                        sections: chosen,
-                    })),
-                    ..Default::default()
-                },
-            },
-            &self.signing_key,
-            &recipient,
-        )?;
-        self.store
-            .enqueue(&OutboxRow {
-                envelope_id: envelope_id.to_vec(),
-                to_org: recipient.org_id.clone(),
+        check_covers(&grant, &g.recipient_org, &grant.purpose, &grant.sections)?;
+        Ok(Payload {
+            purpose: grant.purpose.clone(),
+            content: Some(Content::Package(Package {
+                card: Some(card_signed),
+                manifest: Some(stored::<Signed>(&v.manifest, "manifest")?),
+                grant: Some(stored::<Signed>(&g.signed, "grant")?),
+                sections: chosen,
+            })),
+            ..Default::default()
+        })
+    }
+
+    async fn send_package_in(
+        &self,
+        tx: &mut Tx,
+        g: &GrantRow,
+        version: u32,
+    ) -> Result<Sealed, NodeError> {
+        let payload = self.package_payload(g, version).await?;
+        let sealed = self
+            .seal_in(
+                tx,
+                &g.recipient_org,
+                EnvelopeKind::Package,
+                Some(&g.grant_id),
+                payload,
+                Some(version),
+            )
+            .await?;
+        tx.set_grant_sent(&g.grant_id, version).await?;
+        Ok(sealed)
+    }
+
+    /// Seals the consented sections for the grant's recipient and puts the envelope in the
+    /// outbox; a grant that is not in force yet waits there until it is. Returns the envelope
+    /// id (empty while waiting), the recipient and the time it waits for (0 if it does not).
+    pub async fn send_passport(&self, grant_id: &str) -> Result<(Vec<u8>, String, i64), NodeError> {
+        let g = self.store.grant(grant_id).await?.ok_or_else(|| {
+            NodeError::NotFound(format!("no grant {grant_id} at {}", self.org_id))
+        })?;
+        let version = if g.live {
+            self.store
+                .latest_version(&g.pseudonym)
+                .await?
+                .map(|v| v.version)
+                .unwrap_or(g.passport_version)
+        } else {
+            g.passport_version
+        };
+        if g.state == "active" && grant_time_of(&g, self.now()) == GrantTime::NotYetValid {
+            let mut tx = self.store.begin().await?;
+            tx.enqueue(&OutboxRow {
+                envelope_id: None,
+                to_org: g.recipient_org.clone(),
                 kind: EnvelopeKind::Package as i32,
-                grant_id: Some(grant.grant_id.clone()),
-                envelope: envelope.encode_to_vec(),
+                grant_id: Some(g.grant_id.clone()),
+                payload: None,
+                envelope: None,
+                peer_seq: None,
+                not_before: g.not_before,
+                version: Some(version),
+                state: "waiting",
                 created_at: self.now(),
             })
             .await?;
+            tx.commit().await?;
+            return Ok((Vec::new(), g.recipient_org, g.not_before));
+        }
+        let mut tx = self.store.begin().await?;
+        let sealed = self.send_package_in(&mut tx, &g, version).await?;
+        tx.commit().await?;
         self.outbox_wake.notify_one();
-        Ok((envelope_id.to_vec(), recipient.org_id))
+        Ok((sealed.envelope_id, g.recipient_org, 0))
+    }
+
+    /// Revokes a grant on the student's signed word: packages not yet out are withdrawn and a
+    /// revocation goes to the recipient, which erases and answers with a deletion receipt.
+    pub async fn revoke(&self, signed: &Signed) -> Result<(String, Vec<u8>), NodeError> {
+        let probe: Revocation = decode_body(Domain::Revocation, signed)?;
+        let (card_signed, card) = self.card(&probe.pseudonym).await?;
+        let rev = verify_revocation(signed, &card, self.now())?;
+        let g = self
+            .store
+            .grant(&rev.grant_id)
+            .await?
+            .filter(|g| g.pseudonym == rev.pseudonym)
+            .ok_or_else(|| {
+                NodeError::NotFound(format!(
+                    "no grant {} of student {} here",
+                    rev.grant_id, rev.pseudonym
+                ))
+            })?;
+        if matches!(g.state.as_str(), "revoked" | "erased") {
+            return Err(NodeError::Precondition(format!(
+                "grant {} is already {}",
+                g.grant_id, g.state
+            )));
+        }
+        let mut tx = self.store.begin().await?;
+        for entry in tx
+            .outbox_of_grant(&g.grant_id, &["pending", "waiting"])
+            .await?
+        {
+            if entry.kind == EnvelopeKind::Package as i32 {
+                self.withdraw_in(&mut tx, &entry, "consent was revoked before it left")
+                    .await?;
+            }
+        }
+        tx.revoke_grant(&g.grant_id, self.now()).await?;
+        let sealed = self
+            .seal_in(
+                &mut tx,
+                &g.recipient_org,
+                EnvelopeKind::Revocation,
+                Some(&g.grant_id),
+                Payload {
+                    purpose: g.purpose.clone(),
+                    content: Some(Content::Revocation(RevocationNotice {
+                        revocation: Some(signed.clone()),
+                        card: Some(card_signed),
+                    })),
+                    ..Default::default()
+                },
+                None,
+            )
+            .await?;
+        tx.add_trail(&TrailRow {
+            pseudonym: g.pseudonym.clone(),
+            grant_id: g.grant_id.clone(),
+            org: g.recipient_org.clone(),
+            event: "revoked".into(),
+            at: self.now(),
+            detail: format!(
+                "consent for {} withdrawn; {} is asked to erase",
+                g.recipient_org, g.recipient_org
+            ),
+            evidence: Some(signed.encode_to_vec()),
+            ..Default::default()
+        })
+        .await?;
+        tx.commit().await?;
+        self.outbox_wake.notify_one();
+        Ok((g.grant_id, sealed.envelope_id))
+    }
+
+    /// Seals the packages that waited for their grant to start.
+    pub async fn seal_due(&self) -> Result<usize, NodeError> {
+        let due = self.store.due(self.now()).await?;
+        let mut n = 0;
+        for entry in due {
+            let Some(grant_id) = entry.grant_id.as_deref() else {
+                continue;
+            };
+            let Some(g) = self.store.grant(grant_id).await? else {
+                continue;
+            };
+            let mut tx = self.store.begin().await?;
+            // The sealed envelope goes to the end of the outbox: sealing order is sending order.
+            tx.delete_outbox(entry.seq).await?;
+            match self
+                .send_package_in(&mut tx, &g, entry.version.unwrap_or(g.passport_version))
+                .await
+            {
+                Ok(_) => n += 1,
+                Err(e) => {
+                    tracing::info!(grant = %grant_id, reason = %e, "a waiting package will not leave")
+                }
+            }
+            tx.commit().await?;
+        }
+        if n > 0 {
+            self.outbox_wake.notify_one();
+        }
+        Ok(n)
+    }
+
+    /// The envelope to push for an outbox row. A package whose grant ended while it waited to
+    /// leave is replaced by a skip first: nothing leaves without a valid grant.
+    pub async fn envelope_to_push(&self, entry: &OutboxEntry) -> Result<Envelope, NodeError> {
+        if entry.kind == EnvelopeKind::Package as i32
+            && let Some(grant_id) = &entry.grant_id
+            && let Some(g) = self.store.grant(grant_id).await?
+            && let Err(e) = self.grant_allows(&g).await
+        {
+            let mut tx = self.store.begin().await?;
+            let skip = self.withdraw_in(&mut tx, entry, &e.to_string()).await?;
+            tx.commit().await?;
+            return skip.ok_or_else(|| {
+                NodeError::Corrupt("a sealed outbox row without a sequence".into())
+            });
+        }
+        stored::<Envelope>(&entry.envelope, "envelope")
+    }
+
+    /// Records the hub's receipt for a pushed envelope, and the trail event it makes.
+    pub async fn after_sent(&self, entry: &OutboxEntry, receipt: &Signed) -> Result<(), NodeError> {
+        let mut tx = self.store.begin().await?;
+        tx.mark_sent(entry.seq, &receipt.encode_to_vec(), self.now())
+            .await?;
+        if let Some(grant_id) = &entry.grant_id
+            && let Some(g) = tx.grant(grant_id).await?
+        {
+            let event = match EnvelopeKind::try_from(entry.kind) {
+                Ok(EnvelopeKind::Package) => Some((
+                    "sent",
+                    format!(
+                        "version {} with {} sealed for {}",
+                        entry.version.unwrap_or_default(),
+                        g.sections.join(", "),
+                        g.recipient_org
+                    ),
+                )),
+                Ok(EnvelopeKind::Revocation) => Some((
+                    "revocation sent",
+                    format!("{} is asked to erase", g.recipient_org),
+                )),
+                _ => None,
+            };
+            if let Some((event, detail)) = event {
+                if event == "sent" {
+                    tx.set_grant_sent_at(grant_id, self.now()).await?;
+                }
+                tx.add_trail(&TrailRow {
+                    pseudonym: g.pseudonym.clone(),
+                    grant_id: grant_id.clone(),
+                    org: g.recipient_org.clone(),
+                    event: event.into(),
+                    at: self.now(),
+                    detail,
+                    envelope_id: Some(entry.envelope_id.clone()),
+                    hub_receipt: Some(receipt.encode_to_vec()),
+                    evidence: None,
+                })
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Records a failed push; `give_up` when the hub refused it for good.
+    pub async fn push_failed(
+        &self,
+        entry: &OutboxEntry,
+        detail: &str,
+        give_up: bool,
+    ) -> Result<(), NodeError> {
+        let mut tx = self.store.begin().await?;
+        tx.mark_attempt(entry.seq, detail, give_up).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// This node's handovers (home side), newest last.
+    pub async fn handovers(&self) -> Result<Vec<GrantRow>, NodeError> {
+        Ok(self.store.grants(None).await?)
+    }
+
+    /// The student's trail, each event with its hub receipt checked against the directory.
+    pub async fn trail(
+        &self,
+        pseudonym: &str,
+    ) -> Result<Vec<(TrailRow, Option<Receipt>, bool)>, NodeError> {
+        self.card(pseudonym).await?;
+        let dir = self.directory()?;
+        let hub_key = dir
+            .hub()
+            .and_then(|h| verifying_key(&h.signing_key, "hub key").ok());
+        let mut out = Vec::new();
+        for row in self.store.trail(pseudonym).await? {
+            let (receipt, ok) = match (&row.hub_receipt, &hub_key) {
+                (Some(bytes), Some(key)) => {
+                    let signed = stored::<Signed>(bytes, "hub receipt")?;
+                    match open_signed::<Receipt>(Domain::Receipt, &signed, key) {
+                        Ok(r) => {
+                            let ok = row.envelope_id.as_deref() == Some(r.envelope_id.as_slice());
+                            (Some(r), ok)
+                        }
+                        Err(_) => (decode_body::<Receipt>(Domain::Receipt, &signed).ok(), false),
+                    }
+                }
+                _ => (None, false),
+            };
+            out.push((row, receipt, ok));
+        }
+        Ok(out)
     }
 
     // ---- recipient side -------------------------------------------------------------------
 
-    /// Takes in one envelope from the hub: verify, open, check, store, all before the caller
-    /// acks. `Err` means "try again later" (do not ack); every `Ok` may be acked.
+    /// Shows a received passport to a staff member: logs the view, moves the status to gelezen
+    /// on the first view, and reports the view to the home school.
+    pub async fn view(
+        &self,
+        grant_id: &str,
+        staff_user: &str,
+    ) -> Result<(Received, Vec<Section>), NodeError> {
+        let staff_user = staff_user.trim();
+        if staff_user.is_empty() {
+            return Err(NodeError::Invalid(
+                "name the staff member who views the passport (it is logged)".into(),
+            ));
+        }
+        let mut received = self.store.received(grant_id).await?.ok_or_else(|| {
+            NodeError::NotFound(format!("no passport under grant {grant_id} at this node"))
+        })?;
+        let manifest: Manifest = decode_body(
+            Domain::Manifest,
+            &stored::<Signed>(&received.manifest, "manifest")?,
+        )?;
+        let mut sections = Vec::with_capacity(received.disclosures.len());
+        for (_, d) in &received.disclosures {
+            let disclosure: Disclosure = stored(d, "section")?;
+            sections.push(stored::<Section>(&disclosure.section, "section")?);
+        }
+        // The order of the manifest is the order the student filled it in.
+        sections.sort_by_key(|s| {
+            manifest
+                .digests
+                .iter()
+                .position(|d| d.section_id == s.section_id)
+        });
+        if received.status == "ontvangen" {
+            received.status = "gelezen".into();
+        }
+        let now = self.now();
+        let mut tx = self.store.begin().await?;
+        tx.log_view(grant_id, staff_user, now).await?;
+        tx.set_received_status(grant_id, &received.status).await?;
+        self.report_status_in(&mut tx, &received, &received.status, vec![now])
+            .await?;
+        tx.commit().await?;
+        self.outbox_wake.notify_one();
+        Ok((received, sections))
+    }
+
+    /// Sets the status of a received passport and reports it to the home school.
+    pub async fn set_status(
+        &self,
+        grant_id: &str,
+        status: &str,
+        staff_user: &str,
+    ) -> Result<(), NodeError> {
+        if !STATUSES.contains(&status) {
+            return Err(NodeError::Invalid(format!(
+                "status {status:?} is not one of {}",
+                STATUSES.join(", ")
+            )));
+        }
+        if staff_user.trim().is_empty() {
+            return Err(NodeError::Invalid(
+                "name the staff member who sets the status".into(),
+            ));
+        }
+        let received = self.store.received(grant_id).await?.ok_or_else(|| {
+            NodeError::NotFound(format!("no passport under grant {grant_id} at this node"))
+        })?;
+        let mut tx = self.store.begin().await?;
+        tx.set_received_status(grant_id, status).await?;
+        self.report_status_in(&mut tx, &received, status, vec![])
+            .await?;
+        tx.commit().await?;
+        self.outbox_wake.notify_one();
+        Ok(())
+    }
+
+    async fn report_status_in(
+        &self,
+        tx: &mut Tx,
+        r: &Received,
+        status: &str,
+        viewed_at: Vec<i64>,
+    ) -> Result<(), NodeError> {
+        self.seal_in(
+            tx,
+            &r.from_org,
+            EnvelopeKind::Status,
+            Some(&r.grant_id),
+            Payload {
+                purpose: r.purpose.clone(),
+                content: Some(Content::Status(HandoverStatus {
+                    grant_id: r.grant_id.clone(),
+                    pseudonym: r.pseudonym.clone(),
+                    status: status.to_string(),
+                    at: self.now(),
+                    viewed_at,
+                    version: r.version,
+                })),
+                ..Default::default()
+            },
+            None,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Erases what a grant brought, signs a deletion receipt and queues it for the home school.
+    async fn erase_in(
+        &self,
+        tx: &mut Tx,
+        grant_id: &str,
+        home: &str,
+        pseudonym: &str,
+        reason: &str,
+    ) -> Result<(), NodeError> {
+        let receipt = DeletionReceipt {
+            grant_id: grant_id.to_string(),
+            pseudonym: pseudonym.to_string(),
+            recipient_org: self.org_id.clone(),
+            erased_at: self.now(),
+            reason: reason.to_string(),
+        };
+        let signed = sign_message(Domain::DeletionReceipt, &receipt, &[&self.key()]);
+        if reason != "superseded" {
+            tx.erase_received(&Erased {
+                grant_id: grant_id.to_string(),
+                from_org: home.to_string(),
+                reason: reason.to_string(),
+                erased_at: self.now(),
+                receipt: signed.encode_to_vec(),
+            })
+            .await?;
+        }
+        self.seal_in(
+            tx,
+            home,
+            EnvelopeKind::DeletionReceipt,
+            Some(grant_id),
+            Payload {
+                content: Some(Content::DeletionReceipt(signed)),
+                ..Default::default()
+            },
+            None,
+        )
+        .await?;
+        tracing::info!(org = %self.org_id, grant = %grant_id, %reason, "erased; deletion receipt queued");
+        Ok(())
+    }
+
+    /// Erases every received passport whose grant has run out, and marks this node's own
+    /// grants that ran out as expired. Returns how many received passports were erased.
+    pub async fn reap(&self) -> Result<usize, NodeError> {
+        let now = self.now();
+        let mut erased = 0;
+        for (grant_id, from) in self.store.received_expired(now).await? {
+            let Some(r) = self.store.received(&grant_id).await? else {
+                continue;
+            };
+            let mut tx = self.store.begin().await?;
+            self.erase_in(&mut tx, &grant_id, &from, &r.pseudonym, "expired")
+                .await?;
+            tx.commit().await?;
+            erased += 1;
+        }
+        for g in self.store.grants_expired(now).await? {
+            let mut tx = self.store.begin().await?;
+            for entry in tx
+                .outbox_of_grant(&g.grant_id, &["pending", "waiting"])
+                .await?
+            {
+                if entry.kind == EnvelopeKind::Package as i32 {
+                    self.withdraw_in(&mut tx, &entry, "consent expired before it left")
+                        .await?;
+                }
+            }
+            tx.set_grant_state(&g.grant_id, "expired").await?;
+            tx.add_trail(&TrailRow {
+                pseudonym: g.pseudonym.clone(),
+                grant_id: g.grant_id.clone(),
+                org: g.recipient_org.clone(),
+                event: "expired".into(),
+                at: now,
+                detail: format!(
+                    "consent for {} ran out on {}",
+                    g.recipient_org,
+                    format_date(g.not_after)
+                ),
+                ..Default::default()
+            })
+            .await?;
+            tx.commit().await?;
+        }
+        if erased > 0 {
+            self.outbox_wake.notify_one();
+        }
+        Ok(erased)
+    }
+
+    /// Takes in one envelope from the hub: verify, open, put in the sender's order, check,
+    /// commit — all before the caller acks. `Err` means "try again later" (do not ack).
     pub async fn ingest(
         &self,
         envelope: &Envelope,
         receipt: Option<&Signed>,
     ) -> Result<Outcome, NodeError> {
+        let (outcome, from) = self.ingest_one(envelope, receipt, false).await?;
+        if let Some(from) = from {
+            self.drain_held(&from).await?;
+        }
+        if !matches!(outcome, Outcome::Duplicate | Outcome::Dropped(_)) {
+            self.outbox_wake.notify_one();
+        }
+        Ok(outcome)
+    }
+
+    /// Takes in envelopes that waited for a gap, now that it is filled.
+    async fn drain_held(&self, from: &str) -> Result<(), NodeError> {
+        loop {
+            let next = self.store.peer(from).await?.received_seq + 1;
+            let Some(h) = self.store.held(from, next).await? else {
+                return Ok(());
+            };
+            let envelope = stored::<Envelope>(&h.envelope, "held envelope")?;
+            let receipt = h
+                .receipt
+                .as_deref()
+                .map(|r| stored::<Signed>(r, "receipt"))
+                .transpose()?;
+            self.ingest_one(&envelope, receipt.as_ref(), true).await?;
+        }
+    }
+
+    /// Returns the outcome, and the sender if its sequence moved on (so held ones may follow).
+    async fn ingest_one(
+        &self,
+        envelope: &Envelope,
+        receipt: Option<&Signed>,
+        from_held: bool,
+    ) -> Result<(Outcome, Option<String>), NodeError> {
         let claimed: EnvelopeHeader = match envelope
             .header
             .as_ref()
             .map(|h| decode_body(Domain::EnvelopeHeader, h))
         {
             Some(Ok(h)) => h,
-            Some(Err(e)) => return Ok(Outcome::Dropped(e.to_string())),
-            None => return Ok(Outcome::Dropped("envelope has no header".into())),
+            Some(Err(e)) => return Ok((Outcome::Dropped(e.to_string()), None)),
+            None => return Ok((Outcome::Dropped("envelope has no header".into()), None)),
         };
-        if self.store.is_processed(&claimed.envelope_id).await? {
-            return Ok(Outcome::Duplicate);
+        if !from_held && self.store.is_processed(&claimed.envelope_id).await? {
+            return Ok((Outcome::Duplicate, None));
         }
         let dir = self.directory()?;
         let processed = |outcome: &str, detail: String| Processed {
@@ -416,106 +1164,313 @@ impl NodeCore {
                 return Err(NodeError::StaleDirectory(org.clone()));
             }
             let reason = e.to_string();
-            self.store
-                .record(&processed("dropped", reason.clone()), None)
+            let mut tx = self.store.begin().await?;
+            tx.insert_processed(&processed("dropped", reason.clone()))
                 .await?;
+            tx.commit().await?;
             tracing::warn!(org = %self.org_id, %reason, "envelope dropped");
-            return Ok(Outcome::Dropped(reason));
+            return Ok((Outcome::Dropped(reason), None));
         }
-        let keys: Vec<&EncryptionKeyPair> = self.encryption_keys.iter().collect();
-        let opened = match open(envelope, &dir, &self.org_id, &keys, self.max_body) {
+        let keys = read_lock(&self.encryption_keys);
+        let key_refs: Vec<&EncryptionKeyPair> = keys.iter().collect();
+        let opened = match open(envelope, &dir, &self.org_id, &key_refs, self.max_body) {
             Ok(o) => o,
             Err(e) => {
-                return self
-                    .refuse(
-                        &dir,
-                        &claimed,
-                        None,
-                        e.to_string(),
-                        processed("refused", e.to_string()),
-                    )
-                    .await;
+                let mut tx = self.store.begin().await?;
+                if !tx
+                    .insert_processed(&processed("refused", e.to_string()))
+                    .await?
+                {
+                    return Ok((Outcome::Duplicate, None));
+                }
+                let outcome = self
+                    .refuse_in(&mut tx, &dir, &claimed, None, e.to_string())
+                    .await?;
+                tx.commit().await?;
+                return Ok((outcome, None));
             }
         };
+        let from = claimed.from_org.clone();
+        let seq = opened.payload.seq;
+        let peer = self.store.peer(&from).await?;
+        if seq != 0 && seq <= peer.received_seq {
+            let mut tx = self.store.begin().await?;
+            tx.insert_processed(&processed(
+                "duplicate",
+                format!("sequence number {seq} was taken in before"),
+            ))
+            .await?;
+            if from_held {
+                tx.unhold(&from, seq).await?;
+            }
+            tx.commit().await?;
+            return Ok((Outcome::Duplicate, None));
+        }
+        if seq > peer.received_seq + 1 {
+            // A gap: keep this one, sealed, and ask the sender for what is missing.
+            let mut tx = self.store.begin().await?;
+            tx.hold(
+                &Held {
+                    from_org: from.clone(),
+                    seq,
+                    envelope: envelope.encode_to_vec(),
+                    receipt: receipt.map(|r| r.encode_to_vec()),
+                },
+                &claimed.envelope_id,
+            )
+            .await?;
+            if peer.requested_seq < seq - 1 {
+                let from_seq = peer.received_seq.max(peer.requested_seq) + 1;
+                self.seal_in(
+                    &mut tx,
+                    &from,
+                    EnvelopeKind::Status,
+                    None,
+                    Payload {
+                        content: Some(Content::Resend(ResendRequest {
+                            from_seq,
+                            to_seq: seq - 1,
+                        })),
+                        ..Default::default()
+                    },
+                    None,
+                )
+                .await?;
+                tx.set_requested_seq(&from, seq - 1).await?;
+                tracing::warn!(org = %self.org_id, %from, from_seq, to_seq = seq - 1, "gap in the sender's sequence; asked to send again");
+            }
+            tx.commit().await?;
+            return Ok((Outcome::Held { seq }, None));
+        }
+        let mut tx = self.store.begin().await?;
+        if seq != 0 {
+            tx.set_received_seq(&from, seq).await?;
+        }
+        if from_held {
+            tx.unhold(&from, seq).await?;
+        }
+        let outcome = self
+            .apply_in(&mut tx, &dir, &claimed, &opened, receipt)
+            .await?;
+        let (label, detail) = match &outcome {
+            Outcome::Stored { grant_id } => ("stored", grant_id.clone()),
+            Outcome::Erased { grant_id } => ("erased", grant_id.clone()),
+            Outcome::Noted(what) => (*what, String::new()),
+            Outcome::Refused(reason) => ("refused", reason.clone()),
+            Outcome::RefusalNoted(reason) => ("refusal", reason.clone()),
+            Outcome::Duplicate | Outcome::Held { .. } | Outcome::Dropped(_) => {
+                ("taken in", String::new())
+            }
+        };
+        // Marking it processed last, in the same transaction: if it was processed before, the
+        // whole effect is rolled back.
+        if !tx.insert_processed(&processed(label, detail)).await? {
+            return Ok((Outcome::Duplicate, None));
+        }
+        tx.commit().await?;
+        Ok((outcome, Some(from)))
+    }
+
+    /// The effect of one opened envelope, inside the transaction that marks it processed.
+    async fn apply_in(
+        &self,
+        tx: &mut Tx,
+        dir: &VerifiedDirectory,
+        header: &EnvelopeHeader,
+        opened: &Opened,
+        receipt: Option<&Signed>,
+    ) -> Result<Outcome, NodeError> {
+        let from = &header.from_org;
         match &opened.payload.content {
-            Some(Content::Package(p)) => match self.check_package(&opened, p).await? {
-                Ok(received) => {
+            Some(Content::Package(p)) => match self.check_package(opened, p).await? {
+                Ok((received, superseded)) => {
                     let grant_id = received.grant_id.clone();
-                    self.store
-                        .store_received(&processed("stored", grant_id.clone()), &received)
+                    tx.store_received(&received).await?;
+                    if superseded {
+                        self.erase_in(tx, &grant_id, from, &received.pseudonym, "superseded")
+                            .await?;
+                    }
+                    self.report_status_in(tx, &received, "ontvangen", vec![])
                         .await?;
-                    tracing::info!(org = %self.org_id, from = %claimed.from_org, "passport stored");
+                    tracing::info!(org = %self.org_id, %from, version = received.version, "passport stored");
                     Ok(Outcome::Stored { grant_id })
                 }
                 Err(e) => {
                     let grant_id = p
                         .grant
                         .as_ref()
-                        .and_then(|g| {
-                            decode_body::<overstap_proto::pb::ConsentGrant>(Domain::Grant, g).ok()
-                        })
+                        .and_then(|g| decode_body::<ConsentGrant>(Domain::Grant, g).ok())
                         .map(|g| g.grant_id);
-                    self.refuse(
-                        &dir,
-                        &claimed,
-                        grant_id,
-                        e.to_string(),
-                        processed("refused", e.to_string()),
-                    )
-                    .await
+                    self.refuse_in(tx, dir, header, grant_id, e.to_string())
+                        .await
                 }
             },
-            Some(Content::Refusal(r)) => {
-                self.store
-                    .mark_refused(
-                        &processed("refusal", r.reason.clone()),
-                        &r.refused_envelope_id,
-                        &r.reason,
-                    )
+            Some(Content::Revocation(notice)) => {
+                match self.check_revocation(dir, from, notice).await? {
+                    Ok(rev) => {
+                        self.erase_in(tx, &rev.grant_id, from, &rev.pseudonym, "revoked")
+                            .await?;
+                        Ok(Outcome::Erased {
+                            grant_id: rev.grant_id,
+                        })
+                    }
+                    Err(e) => self.refuse_in(tx, dir, header, None, e.to_string()).await,
+                }
+            }
+            Some(Content::DeletionReceipt(signed)) => {
+                let key = dir.signing_key_of(from)?;
+                let Ok(r) = open_signed::<DeletionReceipt>(Domain::DeletionReceipt, signed, &key)
+                else {
+                    tracing::warn!(%from, "a deletion receipt that does not verify was ignored");
+                    return Ok(Outcome::Noted("deletion receipt that does not verify"));
+                };
+                let Some(g) = tx
+                    .grant(&r.grant_id)
+                    .await?
+                    .filter(|g| g.recipient_org == *from && r.recipient_org == *from)
+                else {
+                    return Ok(Outcome::Noted("deletion receipt for a grant not held here"));
+                };
+                if r.reason != "superseded" {
+                    tx.set_deletion_receipt(&g.grant_id, &signed.encode_to_vec(), r.erased_at)
+                        .await?;
+                }
+                tx.add_trail(&TrailRow {
+                    pseudonym: g.pseudonym.clone(),
+                    grant_id: g.grant_id.clone(),
+                    org: from.clone(),
+                    event: if r.reason == "superseded" { "replaced".into() } else { "erased".into() },
+                    at: r.erased_at,
+                    detail: match r.reason.as_str() {
+                        "superseded" => format!("{from} erased the older version it held"),
+                        reason => format!("{from} erased everything this consent brought ({reason}); signed deletion receipt kept"),
+                    },
+                    envelope_id: Some(header.envelope_id.clone()),
+                    hub_receipt: receipt.map(|r| r.encode_to_vec()),
+                    evidence: Some(signed.encode_to_vec()),
+                })
+                .await?;
+                Ok(Outcome::Noted("deletion receipt"))
+            }
+            Some(Content::Status(st)) => {
+                let Some(g) = tx
+                    .grant(&st.grant_id)
+                    .await?
+                    .filter(|g| g.recipient_org == *from)
+                else {
+                    return Ok(Outcome::Noted("status for a grant not held here"));
+                };
+                tx.set_grant_status(&g.grant_id, &st.status, st.at, st.viewed_at.len() as u32)
                     .await?;
-                tracing::warn!(org = %self.org_id, by = %claimed.from_org, reason = %r.reason, "our envelope was refused");
-                Ok(Outcome::RefusalNoted)
+                let mut events: Vec<(String, i64, String)> = Vec::new();
+                for at in &st.viewed_at {
+                    events.push((
+                        "viewed".into(),
+                        *at,
+                        format!("{from} opened version {}", st.version),
+                    ));
+                }
+                if st.viewed_at.is_empty() {
+                    let (event, detail) = match st.status.as_str() {
+                        "ontvangen" => (
+                            "delivered",
+                            format!("{from} received version {} and checked it", st.version),
+                        ),
+                        other => ("status", format!("{from}: {other}")),
+                    };
+                    events.push((event.into(), st.at, detail));
+                }
+                for (event, at, detail) in events {
+                    tx.add_trail(&TrailRow {
+                        pseudonym: g.pseudonym.clone(),
+                        grant_id: g.grant_id.clone(),
+                        org: from.clone(),
+                        event,
+                        at,
+                        detail,
+                        envelope_id: Some(header.envelope_id.clone()),
+                        hub_receipt: receipt.map(|r| r.encode_to_vec()),
+                        evidence: Some(opened.signed_payload.encode_to_vec()),
+                    })
+                    .await?;
+                }
+                Ok(Outcome::Noted("status"))
             }
-            Some(_) => {
-                let reason = format!(
-                    "{} does not take {:?} envelopes in this version",
-                    self.org_id,
-                    opened.header.kind()
-                );
-                self.refuse(
-                    &dir,
-                    &claimed,
-                    None,
-                    reason.clone(),
-                    processed("refused", reason),
-                )
-                .await
+            Some(Content::Refusal(r)) => {
+                let grant_id = tx
+                    .mark_refused(from, &r.refused_envelope_id, &r.reason)
+                    .await?;
+                if let Some(g) = match grant_id {
+                    Some(id) => tx.grant(&id).await?,
+                    None => None,
+                } {
+                    tx.add_trail(&TrailRow {
+                        pseudonym: g.pseudonym.clone(),
+                        grant_id: g.grant_id.clone(),
+                        org: from.clone(),
+                        event: "refused".into(),
+                        at: self.now(),
+                        detail: format!("{from} refused it: {}", r.reason),
+                        envelope_id: Some(header.envelope_id.clone()),
+                        hub_receipt: receipt.map(|r| r.encode_to_vec()),
+                        evidence: Some(opened.signed_payload.encode_to_vec()),
+                    })
+                    .await?;
+                }
+                tracing::warn!(org = %self.org_id, by = %from, reason = %r.reason, "our envelope was refused");
+                Ok(Outcome::RefusalNoted(r.reason.clone()))
             }
+            Some(Content::Resend(req)) => {
+                let to = req.to_seq.min(req.from_seq.saturating_add(10_000));
+                for entry in tx.outbox_by_peer_seq(from, req.from_seq, to).await? {
+                    let payload = stored::<Payload>(&entry.payload, "payload")?;
+                    let kind = EnvelopeKind::try_from(entry.kind).unwrap_or(EnvelopeKind::Status);
+                    let still_allowed = match (&payload.content, &entry.grant_id) {
+                        (Some(Content::Package(_)), Some(id)) => match tx.grant(id).await? {
+                            Some(g) => self.grant_allows(&g).await.is_ok(),
+                            None => false,
+                        },
+                        _ => true,
+                    };
+                    if still_allowed {
+                        self.reseal_in(tx, &entry, payload, kind).await?;
+                    } else {
+                        self.withdraw_in(tx, &entry, "consent ended before it could be sent again")
+                            .await?;
+                    }
+                }
+                tracing::info!(org = %self.org_id, to = %from, from_seq = req.from_seq, to_seq = to, "sending again on request");
+                Ok(Outcome::Noted("resend request"))
+            }
+            Some(Content::Skip(_)) => Ok(Outcome::Noted("skip")),
             None => {
-                let reason = "payload has no content".to_string();
-                self.refuse(
-                    &dir,
-                    &claimed,
-                    None,
-                    reason.clone(),
-                    processed("refused", reason),
-                )
-                .await
+                self.refuse_in(tx, dir, header, None, "payload has no content".into())
+                    .await
             }
         }
     }
 
     /// Everything a recipient checks before it stores one byte of a package. The outer error is
-    /// the node's own trouble (retry later); the inner one is a refusal.
+    /// the node's own trouble (retry later); the inner one is a refusal. The flag says the
+    /// package replaces an older version held under the same grant.
     async fn check_package(
         &self,
         opened: &Opened,
         p: &Package,
-    ) -> Result<Result<Received, ProtocolError>, NodeError> {
+    ) -> Result<Result<(Received, bool), ProtocolError>, NodeError> {
         let received = match self.check_package_rules(opened, p) {
             Ok(r) => r,
             Err(e) => return Ok(Err(e)),
         };
+        if let Some(e) = self.store.erased(&received.grant_id).await? {
+            return Ok(Err(ProtocolError::Consent(format!(
+                "grant {} was erased here on {} ({}); it is not taken in again",
+                e.grant_id,
+                format_date(e.erased_at),
+                e.reason
+            ))));
+        }
+        let mut superseded = false;
         if let Some(held) = self.store.received(&received.grant_id).await? {
             if held.from_org != received.from_org {
                 return Ok(Err(ProtocolError::Consent(format!(
@@ -529,8 +1484,9 @@ impl NodeCore {
                     received.version, held.version, received.grant_id
                 ))));
             }
+            superseded = held.version < received.version;
         }
-        Ok(Ok(received))
+        Ok(Ok((received, superseded)))
     }
 
     fn check_package_rules(&self, opened: &Opened, p: &Package) -> Result<Received, ProtocolError> {
@@ -558,16 +1514,10 @@ impl NodeCore {
         let sections = verify_disclosures(&manifest, &p.sections)?;
         let ids: Vec<String> = sections.iter().map(|s| s.section_id.clone()).collect();
         check_covers(&grant, &self.org_id, &opened.payload.purpose, &ids)?;
-        let disclosures = p
-            .sections
+        let disclosures = ids
             .iter()
-            .zip(sections.iter())
-            .map(|(d, _)| d)
-            .map(|d| {
-                let s =
-                    overstap_proto::pb::Section::decode(d.section.as_slice()).map(|s| s.section_id);
-                (s.unwrap_or_default(), d.encode_to_vec())
-            })
+            .cloned()
+            .zip(p.sections.iter().map(|d| d.encode_to_vec()))
             .collect();
         Ok(Received {
             grant_id: grant.grant_id.clone(),
@@ -590,58 +1540,77 @@ impl NodeCore {
         })
     }
 
-    /// Records a refusal and tells the (authenticated) sender why, in one transaction.
-    async fn refuse(
+    /// A revocation must be the student's (checked against the card the home school signed),
+    /// and for a grant held from that school, if one is held at all.
+    async fn check_revocation(
         &self,
+        dir: &VerifiedDirectory,
+        home: &str,
+        notice: &RevocationNotice,
+    ) -> Result<Result<Revocation, ProtocolError>, NodeError> {
+        let check = || -> Result<Revocation, ProtocolError> {
+            let card_signed = notice.card.as_ref().ok_or(ProtocolError::Malformed {
+                what: "revocation",
+                detail: "no card".into(),
+            })?;
+            let rev_signed = notice.revocation.as_ref().ok_or(ProtocolError::Malformed {
+                what: "revocation",
+                detail: "empty".into(),
+            })?;
+            let card = verify_card(card_signed, &dir.signing_key_of(home)?)?;
+            if card.home_org != home {
+                return Err(ProtocolError::Consent(format!(
+                    "the card was issued by {}, not {home}",
+                    card.home_org
+                )));
+            }
+            verify_revocation(rev_signed, &card, self.now())
+        };
+        let rev = match check() {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(e)),
+        };
+        if let Some(held) = self.store.received(&rev.grant_id).await?
+            && (held.from_org != home || held.pseudonym != rev.pseudonym)
+        {
+            return Ok(Err(ProtocolError::Consent(format!(
+                "grant {} is held here for another student or school",
+                rev.grant_id
+            ))));
+        }
+        Ok(Ok(rev))
+    }
+
+    /// Records a refusal and tells the (authenticated) sender why, in the same transaction.
+    /// Status envelopes (refusals among them) are never answered with a refusal: no loops.
+    async fn refuse_in(
+        &self,
+        tx: &mut Tx,
         dir: &VerifiedDirectory,
         header: &EnvelopeHeader,
         grant_id: Option<String>,
         reason: String,
-        processed: Processed,
     ) -> Result<Outcome, NodeError> {
         tracing::warn!(org = %self.org_id, from = %header.from_org, %reason, "envelope refused");
-        let reply = match dir.member(&header.from_org) {
-            Ok(sender) if header.kind() != EnvelopeKind::Status || grant_id.is_some() => {
-                let envelope_id = random_bytes::<16>();
-                let envelope = seal(
-                    Outgoing {
-                        envelope_id,
-                        from_org: &self.org_id,
-                        kind: EnvelopeKind::Status,
-                        created_at: self.now(),
-                        payload: Payload {
-                            content: Some(Content::Refusal(Refusal {
-                                refused_envelope_id: header.envelope_id.clone(),
-                                grant_id: grant_id.unwrap_or_default(),
-                                reason: reason.clone(),
-                            })),
-                            ..Default::default()
-                        },
-                    },
-                    &self.signing_key,
-                    sender,
-                )?;
-                Some(OutboxRow {
-                    envelope_id: envelope_id.to_vec(),
-                    to_org: sender.org_id.clone(),
-                    kind: EnvelopeKind::Status as i32,
-                    grant_id: None,
-                    envelope: envelope.encode_to_vec(),
-                    created_at: self.now(),
-                })
-            }
-            _ => None,
-        };
-        self.store.record(&processed, reply.as_ref()).await?;
-        if reply.is_some() {
-            self.outbox_wake.notify_one();
+        if dir.member(&header.from_org).is_ok() && header.kind() != EnvelopeKind::Status {
+            self.seal_in(
+                tx,
+                &header.from_org,
+                EnvelopeKind::Status,
+                None,
+                Payload {
+                    content: Some(Content::Refusal(Refusal {
+                        refused_envelope_id: header.envelope_id.clone(),
+                        grant_id: grant_id.unwrap_or_default(),
+                        reason: reason.clone(),
+                    })),
+                    ..Default::default()
+                },
+                None,
+            )
+            .await?;
         }
         Ok(Outcome::Refused(reason))
-    }
-
-    /// Signs as this node; used for receipts the node issues.
-    pub fn signing_key(&self) -> &SigningKey {
-        &self.signing_key
     }
 
     /// Whether a receipt handed back by the hub is signed by the directory's hub and is for
@@ -652,8 +1621,7 @@ impl NodeCore {
             .hub()
             .ok_or_else(|| NodeError::Invalid("the directory lists no hub".into()))?;
         let key = verifying_key(&hub.signing_key, "hub key")?;
-        let r: overstap_proto::pb::Receipt =
-            overstap_proto::sign::open_signed(Domain::Receipt, receipt, &key)?;
+        let r: Receipt = open_signed(Domain::Receipt, receipt, &key)?;
         if r.envelope_id != envelope_id {
             return Err(NodeError::Invalid(
                 "the hub's receipt is for another envelope".into(),
@@ -665,4 +1633,8 @@ impl NodeCore {
     pub fn mark_connected(&self, up: bool) {
         self.hub_connected.store(up, Ordering::Relaxed);
     }
+}
+
+fn grant_time_of(g: &GrantRow, now: UnixTime) -> GrantTime {
+    window_time(g.not_before, g.not_after, now)
 }

@@ -77,6 +77,7 @@ pub async fn run_with_clock(
             config.org_id.clone(),
             config.signing_key.clone(),
             config.encryption_keys.clone(),
+            config.key_files.clone(),
             config.authority,
             store,
             config.max_envelope_bytes,
@@ -99,12 +100,11 @@ pub async fn run_with_clock(
     }
     tracing::info!(org = %config.org_id, %addr, hub = %config.hub_url, "node running");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let engine = tokio::spawn(sync::run(
-        core.clone(),
-        channel,
-        config.directory_interval,
-        stop_rx,
-    ));
+    let intervals = sync::Intervals {
+        directory: config.directory_interval,
+        reaper: config.reaper_interval,
+    };
+    let engine = tokio::spawn(sync::run(core.clone(), channel, intervals, stop_rx));
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<NodeServer<api::NodeApi>>().await;
     let api = tonic::service::interceptor::InterceptedService::new(

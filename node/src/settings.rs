@@ -10,6 +10,8 @@ use overstap_proto::config::{FieldKind, overlay_env, parse_key_hex, rebase_sqlit
 use overstap_proto::envelope::EncryptionKeyPair;
 use serde::{Deserialize, Serialize};
 
+use crate::core::KeyFiles;
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
@@ -45,6 +47,9 @@ pub struct Settings {
     pub api_url_file: PathBuf,
     #[serde(default = "d_dir_interval")]
     pub directory_interval_secs: u64,
+    /// How often expired passports are looked for and erased (at least every minute).
+    #[serde(default = "d_reaper_interval")]
+    pub reaper_interval_secs: u64,
     #[serde(default = "d_max")]
     pub max_envelope_bytes: usize,
 }
@@ -63,6 +68,7 @@ pub const FIELDS: &[(&str, FieldKind)] = &[
     ("hub_url", FieldKind::Text),
     ("max_envelope_bytes", FieldKind::Integer),
     ("org_id", FieldKind::Text),
+    ("reaper_interval_secs", FieldKind::Integer),
     ("signing_key", FieldKind::Text),
     ("tls_cert", FieldKind::Text),
     ("tls_key", FieldKind::Text),
@@ -107,6 +113,9 @@ fn d_url() -> PathBuf {
 fn d_dir_interval() -> u64 {
     30
 }
+fn d_reaper_interval() -> u64 {
+    60
+}
 fn d_max() -> usize {
     overstap_proto::DEFAULT_MAX_ENVELOPE_BYTES
 }
@@ -136,6 +145,13 @@ impl Settings {
         }
         s.database_url = rebase_sqlite_url(&s.database_url, &base);
         Ok(s)
+    }
+
+    pub fn key_files(&self) -> KeyFiles {
+        KeyFiles {
+            signing: self.signing_key.clone(),
+            encryption: self.encryption_key.clone(),
+        }
     }
 
     /// Reads every file the settings name (and makes the API token if there is none).
@@ -175,7 +191,19 @@ impl Settings {
                 &text(&self.signing_key, "signing key")?,
                 "signing key",
             )?),
-            encryption_keys: vec![EncryptionKeyPair::from_secret(&enc)?],
+            encryption_keys: {
+                let mut keys = vec![EncryptionKeyPair::from_secret(&enc)?];
+                let files = self.key_files();
+                if let Ok(prev) = std::fs::read_to_string(files.previous_encryption()) {
+                    keys.push(EncryptionKeyPair::from_secret(&parse_key_hex(
+                        &prev,
+                        "previous encryption key",
+                    )?)?);
+                }
+                keys
+            },
+            key_files: Some(self.key_files()),
+            reaper_interval: std::time::Duration::from_secs(self.reaper_interval_secs.clamp(1, 60)),
             authority,
             api_token,
             api_url_file: Some(self.api_url_file.clone()),
@@ -202,7 +230,10 @@ pub struct NodeConfig {
     pub api_token: String,
     pub api_url_file: Option<PathBuf>,
     pub directory_interval: std::time::Duration,
+    pub reaper_interval: std::time::Duration,
     pub max_envelope_bytes: usize,
+    /// Where the node's own keys are, to follow a rotation without a restart.
+    pub key_files: Option<KeyFiles>,
 }
 
 impl std::fmt::Debug for NodeConfig {

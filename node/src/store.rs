@@ -1,10 +1,13 @@
 //! The node's SQLite store. Row types stay here; the rest of the node sees plain structs.
-//! Every multi-row change is one transaction, so a crash leaves either all of it or none.
+//!
+//! Reads go through [`NodeStore`]; every change goes through a [`Tx`] (one `BEGIN IMMEDIATE`
+//! transaction), so an operation that touches several tables (erase a grant, sign a receipt,
+//! queue it, advance the peer's sequence number) commits all of it or none of it.
 
 use std::str::FromStr;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::{Row, Sqlite, SqlitePool, Transaction};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -20,6 +23,9 @@ pub enum StoreError {
 pub struct NodeStore {
     pool: SqlitePool,
 }
+
+/// One write transaction.
+pub struct Tx(Transaction<'static, Sqlite>);
 
 #[derive(Debug, Clone)]
 pub struct StoredVersion {
@@ -39,17 +45,29 @@ pub struct GrantRow {
     pub not_before: i64,
     pub not_after: i64,
     pub live: bool,
+    pub passport_version: u32,
     pub signed: Vec<u8>,
     pub state: String,
+    pub sent_version: Option<u32>,
+    pub sent_at: Option<i64>,
+    pub status: String,
+    pub status_at: Option<i64>,
+    pub views: u32,
 }
 
+/// A new outbox row. `envelope` is `None` while the row waits for its grant's start.
 #[derive(Debug, Clone)]
 pub struct OutboxRow {
-    pub envelope_id: Vec<u8>,
+    pub envelope_id: Option<Vec<u8>>,
     pub to_org: String,
     pub kind: i32,
     pub grant_id: Option<String>,
-    pub envelope: Vec<u8>,
+    pub payload: Option<Vec<u8>>,
+    pub envelope: Option<Vec<u8>>,
+    pub peer_seq: Option<u64>,
+    pub not_before: i64,
+    pub version: Option<u32>,
+    pub state: &'static str,
     pub created_at: i64,
 }
 
@@ -60,7 +78,11 @@ pub struct OutboxEntry {
     pub to_org: String,
     pub kind: i32,
     pub grant_id: Option<String>,
+    pub payload: Vec<u8>,
     pub envelope: Vec<u8>,
+    pub peer_seq: Option<u64>,
+    pub not_before: i64,
+    pub version: Option<u32>,
     pub state: String,
     pub attempts: i64,
     pub detail: String,
@@ -102,6 +124,46 @@ pub struct Received {
     pub disclosures: Vec<(String, Vec<u8>)>,
 }
 
+/// What this node erased, and the receipt it signed for it.
+#[derive(Debug, Clone)]
+pub struct Erased {
+    pub grant_id: String,
+    pub from_org: String,
+    pub reason: String,
+    pub erased_at: i64,
+    pub receipt: Vec<u8>,
+}
+
+/// An envelope that came early and waits for a gap to be filled.
+#[derive(Debug, Clone)]
+pub struct Held {
+    pub from_org: String,
+    pub seq: u64,
+    pub envelope: Vec<u8>,
+    pub receipt: Option<Vec<u8>>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Peer {
+    pub sent_seq: u64,
+    pub received_seq: u64,
+    pub requested_seq: u64,
+}
+
+/// One event of a student's trail.
+#[derive(Debug, Clone, Default)]
+pub struct TrailRow {
+    pub pseudonym: String,
+    pub grant_id: String,
+    pub org: String,
+    pub event: String,
+    pub at: i64,
+    pub detail: String,
+    pub envelope_id: Option<Vec<u8>>,
+    pub hub_receipt: Option<Vec<u8>>,
+    pub evidence: Option<Vec<u8>>,
+}
+
 fn sections_text(s: &[String]) -> String {
     s.join(",")
 }
@@ -112,6 +174,62 @@ fn sections_list(s: &str) -> Vec<String> {
         .map(str::to_string)
         .collect()
 }
+
+fn conflict(e: sqlx::Error, what: String) -> StoreError {
+    match &e {
+        sqlx::Error::Database(d) if d.is_unique_violation() => StoreError::Conflict(what),
+        _ => StoreError::Database(e),
+    }
+}
+
+const GRANT_COLUMNS: &str = "grant_id, pseudonym, recipient_org, purpose, sections, not_before, not_after, live, \
+     passport_version, signed, state, sent_version, sent_at, status, status_at, views";
+
+fn grant_row(r: &sqlx::sqlite::SqliteRow) -> GrantRow {
+    GrantRow {
+        grant_id: r.get(0),
+        pseudonym: r.get(1),
+        recipient_org: r.get(2),
+        purpose: r.get(3),
+        sections: sections_list(&r.get::<String, _>(4)),
+        not_before: r.get(5),
+        not_after: r.get(6),
+        live: r.get(7),
+        passport_version: r.get::<i64, _>(8) as u32,
+        signed: r.get(9),
+        state: r.get(10),
+        sent_version: r.get::<Option<i64>, _>(11).map(|v| v as u32),
+        sent_at: r.get(12),
+        status: r.get(13),
+        status_at: r.get(14),
+        views: r.get::<i64, _>(15) as u32,
+    }
+}
+
+const OUTBOX_COLUMNS: &str = "seq, envelope_id, to_org, kind, grant_id, payload, envelope, peer_seq, not_before, version, \
+     state, attempts, detail, created_at";
+
+fn outbox_entry(r: &sqlx::sqlite::SqliteRow) -> OutboxEntry {
+    OutboxEntry {
+        seq: r.get(0),
+        envelope_id: r.get::<Option<Vec<u8>>, _>(1).unwrap_or_default(),
+        to_org: r.get(2),
+        kind: r.get(3),
+        grant_id: r.get(4),
+        payload: r.get::<Option<Vec<u8>>, _>(5).unwrap_or_default(),
+        envelope: r.get::<Option<Vec<u8>>, _>(6).unwrap_or_default(),
+        peer_seq: r.get::<Option<i64>, _>(7).map(|v| v as u64),
+        not_before: r.get(8),
+        version: r.get::<Option<i64>, _>(9).map(|v| v as u32),
+        state: r.get(10),
+        attempts: r.get(11),
+        detail: r.get(12),
+        created_at: r.get(13),
+    }
+}
+
+const RECEIVED_COLUMNS: &str = "grant_id, pseudonym, from_org, purpose, sections, not_before, not_after, live, version, \
+     question_set, card, manifest, grant_signed, envelope_id, received_at, status";
 
 impl NodeStore {
     /// Opens (creating if needed) the database and runs `migrations/node/sqlite`.
@@ -134,6 +252,12 @@ impl NodeStore {
         Ok(NodeStore { pool })
     }
 
+    /// Starts a write transaction (`BEGIN IMMEDIATE`: the write lock is taken up front, so two
+    /// writers queue instead of failing on upgrade).
+    pub async fn begin(&self) -> Result<Tx, StoreError> {
+        Ok(Tx(self.pool.begin_with("BEGIN IMMEDIATE").await?))
+    }
+
     pub async fn directory(&self) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(
             sqlx::query("SELECT signed FROM directory ORDER BY version DESC LIMIT 1")
@@ -152,28 +276,6 @@ impl NodeStore {
         Ok(())
     }
 
-    // ---- home side: students, passports, grants -------------------------------------------
-
-    pub async fn insert_student(
-        &self,
-        pseudonym: &str,
-        card: &[u8],
-        staff: &str,
-        at: i64,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO students (pseudonym, card, registered_by, created_at) VALUES (?, ?, ?, ?)",
-        )
-        .bind(pseudonym)
-        .bind(card)
-        .bind(staff)
-        .bind(at)
-        .execute(&self.pool)
-        .await
-        .map_err(|e| conflict(e, format!("student {pseudonym}")))?;
-        Ok(())
-    }
-
     pub async fn student_card(&self, pseudonym: &str) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(sqlx::query("SELECT card FROM students WHERE pseudonym = ?")
             .bind(pseudonym)
@@ -186,24 +288,51 @@ impl NodeStore {
         &self,
         pseudonym: &str,
     ) -> Result<Option<StoredVersion>, StoreError> {
-        let Some(row) = sqlx::query(
-            "SELECT version, question_set, manifest FROM passport_versions WHERE pseudonym = ? ORDER BY version DESC LIMIT 1",
+        self.version_where(pseudonym, None).await
+    }
+
+    pub async fn version(
+        &self,
+        pseudonym: &str,
+        version: u32,
+    ) -> Result<Option<StoredVersion>, StoreError> {
+        self.version_where(pseudonym, Some(version)).await
+    }
+
+    async fn version_where(
+        &self,
+        pseudonym: &str,
+        version: Option<u32>,
+    ) -> Result<Option<StoredVersion>, StoreError> {
+        let row = match version {
+            Some(v) => {
+                sqlx::query("SELECT version, question_set, manifest FROM passport_versions WHERE pseudonym = ? AND version = ?")
+                    .bind(pseudonym)
+                    .bind(v as i64)
+                    .fetch_optional(&self.pool)
+                    .await?
+            }
+            None => {
+                sqlx::query(
+                    "SELECT version, question_set, manifest FROM passport_versions WHERE pseudonym = ? ORDER BY version DESC LIMIT 1",
+                )
+                .bind(pseudonym)
+                .fetch_optional(&self.pool)
+                .await?
+            }
+        };
+        let Some(row) = row else { return Ok(None) };
+        let version: i64 = row.get(0);
+        let disclosures = sqlx::query(
+            "SELECT disclosure FROM passport_sections WHERE pseudonym = ? AND version = ? ORDER BY section_id",
         )
         .bind(pseudonym)
-        .fetch_optional(&self.pool)
+        .bind(version)
+        .fetch_all(&self.pool)
         .await?
-        else {
-            return Ok(None);
-        };
-        let version: i64 = row.get(0);
-        let disclosures = sqlx::query("SELECT disclosure FROM passport_sections WHERE pseudonym = ? AND version = ? ORDER BY section_id")
-            .bind(pseudonym)
-            .bind(version)
-            .fetch_all(&self.pool)
-            .await?
-            .into_iter()
-            .map(|r| r.get(0))
-            .collect();
+        .into_iter()
+        .map(|r| r.get(0))
+        .collect();
         Ok(Some(StoredVersion {
             version: version as u32,
             question_set: row.get(1),
@@ -212,88 +341,45 @@ impl NodeStore {
         }))
     }
 
-    pub async fn insert_version(
-        &self,
-        pseudonym: &str,
-        version: u32,
-        question_set: &str,
-        manifest: &[u8],
-        sections: &[(String, Vec<u8>)],
-        at: i64,
-    ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("INSERT INTO passport_versions (pseudonym, version, question_set, manifest, created_at) VALUES (?, ?, ?, ?, ?)")
-            .bind(pseudonym)
-            .bind(version as i64)
-            .bind(question_set)
-            .bind(manifest)
-            .bind(at)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| conflict(e, format!("passport version {version} of {pseudonym}")))?;
-        for (id, disclosure) in sections {
-            sqlx::query("INSERT INTO passport_sections (pseudonym, version, section_id, disclosure) VALUES (?, ?, ?, ?)")
-                .bind(pseudonym)
-                .bind(version as i64)
-                .bind(id)
-                .bind(disclosure)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(())
-    }
-
-    pub async fn insert_grant(&self, g: &GrantRow, at: i64) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO grants (grant_id, pseudonym, recipient_org, purpose, sections, not_before, not_after, live, signed, state, created_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&g.grant_id)
-        .bind(&g.pseudonym)
-        .bind(&g.recipient_org)
-        .bind(&g.purpose)
-        .bind(sections_text(&g.sections))
-        .bind(g.not_before)
-        .bind(g.not_after)
-        .bind(g.live)
-        .bind(&g.signed)
-        .bind(&g.state)
-        .bind(at)
-        .execute(&self.pool)
-        .await
-        .map_err(|e| conflict(e, format!("grant {}", g.grant_id)))?;
-        Ok(())
-    }
-
     pub async fn grant(&self, grant_id: &str) -> Result<Option<GrantRow>, StoreError> {
-        Ok(sqlx::query(
-            "SELECT grant_id, pseudonym, recipient_org, purpose, sections, not_before, not_after, live, signed, state FROM grants WHERE grant_id = ?",
-        )
+        Ok(sqlx::query(&format!(
+            "SELECT {GRANT_COLUMNS} FROM grants WHERE grant_id = ?"
+        ))
         .bind(grant_id)
         .fetch_optional(&self.pool)
         .await?
-        .map(|r| GrantRow {
-            grant_id: r.get(0),
-            pseudonym: r.get(1),
-            recipient_org: r.get(2),
-            purpose: r.get(3),
-            sections: sections_list(&r.get::<String, _>(4)),
-            not_before: r.get(5),
-            not_after: r.get(6),
-            live: r.get(7),
-            signed: r.get(8),
-            state: r.get(9),
-        }))
+        .map(|r| grant_row(&r)))
     }
 
-    // ---- outbox -----------------------------------------------------------------------------
+    /// Every grant, or one student's, oldest first.
+    pub async fn grants(&self, pseudonym: Option<&str>) -> Result<Vec<GrantRow>, StoreError> {
+        let rows = match pseudonym {
+            Some(p) => {
+                sqlx::query(&format!("SELECT {GRANT_COLUMNS} FROM grants WHERE pseudonym = ? ORDER BY created_at, grant_id"))
+                    .bind(p)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+            None => {
+                sqlx::query(&format!("SELECT {GRANT_COLUMNS} FROM grants ORDER BY created_at, grant_id"))
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+        };
+        Ok(rows.iter().map(grant_row).collect())
+    }
 
-    pub async fn enqueue(&self, row: &OutboxRow) -> Result<i64, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let seq = enqueue_in(&mut tx, row).await?;
-        tx.commit().await?;
-        Ok(seq)
+    /// Active grants whose time is up.
+    pub async fn grants_expired(&self, now: i64) -> Result<Vec<GrantRow>, StoreError> {
+        Ok(sqlx::query(&format!(
+            "SELECT {GRANT_COLUMNS} FROM grants WHERE state = 'active' AND not_after <= ?"
+        ))
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(grant_row)
+        .collect())
     }
 
     /// Pending envelopes, oldest first.
@@ -301,74 +387,43 @@ impl NodeStore {
         self.outbox_where("state = 'pending'", limit).await
     }
 
+    /// Rows waiting for their grant to start whose time has come.
+    pub async fn due(&self, now: i64) -> Result<Vec<OutboxEntry>, StoreError> {
+        Ok(sqlx::query(&format!(
+            "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE state = 'waiting' AND not_before <= ? ORDER BY seq"
+        ))
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(outbox_entry)
+        .collect())
+    }
+
     pub async fn outbox(&self, limit: u32) -> Result<Vec<OutboxEntry>, StoreError> {
         self.outbox_where("1 = 1", limit).await
     }
 
     async fn outbox_where(&self, filter: &str, limit: u32) -> Result<Vec<OutboxEntry>, StoreError> {
-        let sql = format!(
-            "SELECT seq, envelope_id, to_org, kind, grant_id, envelope, state, attempts, detail, created_at
-             FROM outbox WHERE {filter} ORDER BY seq LIMIT ?"
-        );
-        Ok(sqlx::query(&sql)
-            .bind(limit as i64)
-            .fetch_all(&self.pool)
-            .await?
-            .into_iter()
-            .map(|r| OutboxEntry {
-                seq: r.get(0),
-                envelope_id: r.get(1),
-                to_org: r.get(2),
-                kind: r.get(3),
-                grant_id: r.get(4),
-                envelope: r.get(5),
-                state: r.get(6),
-                attempts: r.get(7),
-                detail: r.get(8),
-                created_at: r.get(9),
-            })
-            .collect())
-    }
-
-    pub async fn mark_sent(&self, seq: i64, receipt: &[u8], at: i64) -> Result<(), StoreError> {
-        sqlx::query("UPDATE outbox SET state = 'sent', receipt = ?, sent_at = ?, attempts = attempts + 1, detail = '' WHERE seq = ?")
-            .bind(receipt)
-            .bind(at)
-            .bind(seq)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    /// Records a failed attempt; `give_up` marks it failed for good (the hub refused it).
-    pub async fn mark_attempt(
-        &self,
-        seq: i64,
-        detail: &str,
-        give_up: bool,
-    ) -> Result<(), StoreError> {
-        let state = if give_up { "failed" } else { "pending" };
-        sqlx::query(
-            "UPDATE outbox SET state = ?, attempts = attempts + 1, detail = ? WHERE seq = ?",
-        )
-        .bind(state)
-        .bind(detail)
-        .bind(seq)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        Ok(sqlx::query(&format!(
+            "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE {filter} ORDER BY seq LIMIT ?"
+        ))
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(outbox_entry)
+        .collect())
     }
 
     pub async fn pending_count(&self) -> Result<u64, StoreError> {
         Ok(
-            sqlx::query("SELECT COUNT(*) FROM outbox WHERE state = 'pending'")
+            sqlx::query("SELECT COUNT(*) FROM outbox WHERE state IN ('pending', 'waiting')")
                 .fetch_one(&self.pool)
                 .await?
                 .get::<i64, _>(0) as u64,
         )
     }
-
-    // ---- recipient side ---------------------------------------------------------------------
 
     pub async fn is_processed(&self, envelope_id: &[u8]) -> Result<bool, StoreError> {
         Ok(sqlx::query("SELECT 1 FROM processed WHERE envelope_id = ?")
@@ -378,97 +433,48 @@ impl NodeStore {
             .is_some())
     }
 
-    /// Records an envelope's outcome, and optionally an envelope to send back, in one transaction.
-    pub async fn record(&self, p: &Processed, reply: Option<&OutboxRow>) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        if !insert_processed(&mut tx, p).await? {
-            return Ok(());
-        }
-        if let Some(r) = reply {
-            enqueue_in(&mut tx, r).await?;
-        }
-        tx.commit().await?;
-        Ok(())
+    pub async fn peer(&self, org: &str) -> Result<Peer, StoreError> {
+        Ok(
+            sqlx::query("SELECT sent_seq, received_seq, requested_seq FROM peers WHERE org = ?")
+                .bind(org)
+                .fetch_optional(&self.pool)
+                .await?
+                .map(|r| Peer {
+                    sent_seq: r.get::<i64, _>(0) as u64,
+                    received_seq: r.get::<i64, _>(1) as u64,
+                    requested_seq: r.get::<i64, _>(2) as u64,
+                })
+                .unwrap_or_default(),
+        )
     }
 
-    /// Stores a received passport (replacing what the same grant brought before) and marks the
-    /// envelope processed, in one transaction. Returns false if it was processed already.
-    pub async fn store_received(&self, p: &Processed, r: &Received) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        if !insert_processed(&mut tx, p).await? {
-            return Ok(false);
-        }
-        sqlx::query("DELETE FROM received WHERE grant_id = ?")
-            .bind(&r.grant_id)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(
-            "INSERT INTO received (grant_id, pseudonym, from_org, purpose, sections, not_before, not_after, live, version,
-                                   question_set, card, manifest, grant_signed, envelope_id, received_at, status)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    pub async fn held(&self, from_org: &str, seq: u64) -> Result<Option<Held>, StoreError> {
+        Ok(sqlx::query(
+            "SELECT from_org, seq, envelope, receipt FROM held WHERE from_org = ? AND seq = ?",
         )
-        .bind(&r.grant_id)
-        .bind(&r.pseudonym)
-        .bind(&r.from_org)
-        .bind(&r.purpose)
-        .bind(sections_text(&r.sections))
-        .bind(r.not_before)
-        .bind(r.not_after)
-        .bind(r.live)
-        .bind(r.version as i64)
-        .bind(&r.question_set)
-        .bind(&r.card)
-        .bind(&r.manifest)
-        .bind(&r.grant_signed)
-        .bind(&r.envelope_id)
-        .bind(r.received_at)
-        .bind(&r.status)
-        .execute(&mut *tx)
-        .await?;
-        for (id, d) in &r.disclosures {
-            sqlx::query(
-                "INSERT INTO received_sections (grant_id, section_id, disclosure) VALUES (?, ?, ?)",
-            )
-            .bind(&r.grant_id)
-            .bind(id)
-            .bind(d)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(true)
-    }
-
-    /// A refusal came back for an envelope this node sent.
-    pub async fn mark_refused(
-        &self,
-        p: &Processed,
-        refused_envelope_id: &[u8],
-        reason: &str,
-    ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        if !insert_processed(&mut tx, p).await? {
-            return Ok(());
-        }
-        sqlx::query(
-            "UPDATE outbox SET state = 'refused', detail = ? WHERE envelope_id = ? AND to_org = ?",
-        )
-        .bind(reason)
-        .bind(refused_envelope_id)
-        .bind(&p.from_org)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        .bind(from_org)
+        .bind(seq as i64)
+        .fetch_optional(&self.pool)
+        .await?
+        .map(|r| Held {
+            from_org: r.get(0),
+            seq: r.get::<i64, _>(1) as u64,
+            envelope: r.get(2),
+            receipt: r.get(3),
+        }))
     }
 
     pub async fn inbox(&self) -> Result<Vec<Received>, StoreError> {
-        let rows = sqlx::query("SELECT grant_id FROM received ORDER BY received_at, grant_id")
-            .fetch_all(&self.pool)
-            .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for r in rows {
-            if let Some(x) = self.received(&r.get::<String, _>(0)).await? {
+        let ids: Vec<String> =
+            sqlx::query("SELECT grant_id FROM received ORDER BY received_at, grant_id")
+                .fetch_all(&self.pool)
+                .await?
+                .into_iter()
+                .map(|r| r.get(0))
+                .collect();
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(x) = self.received(&id).await? {
                 out.push(x);
             }
         }
@@ -476,23 +482,24 @@ impl NodeStore {
     }
 
     pub async fn received(&self, grant_id: &str) -> Result<Option<Received>, StoreError> {
-        let Some(r) = sqlx::query(
-            "SELECT grant_id, pseudonym, from_org, purpose, sections, not_before, not_after, live, version, question_set,
-                    card, manifest, grant_signed, envelope_id, received_at, status FROM received WHERE grant_id = ?",
-        )
+        let Some(r) = sqlx::query(&format!(
+            "SELECT {RECEIVED_COLUMNS} FROM received WHERE grant_id = ?"
+        ))
         .bind(grant_id)
         .fetch_optional(&self.pool)
         .await?
         else {
             return Ok(None);
         };
-        let disclosures = sqlx::query("SELECT section_id, disclosure FROM received_sections WHERE grant_id = ? ORDER BY section_id")
-            .bind(grant_id)
-            .fetch_all(&self.pool)
-            .await?
-            .into_iter()
-            .map(|s| (s.get(0), s.get(1)))
-            .collect();
+        let disclosures = sqlx::query(
+            "SELECT section_id, disclosure FROM received_sections WHERE grant_id = ? ORDER BY section_id",
+        )
+        .bind(grant_id)
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(|s| (s.get(0), s.get(1)))
+        .collect();
         Ok(Some(Received {
             grant_id: r.get(0),
             pseudonym: r.get(1),
@@ -514,28 +521,33 @@ impl NodeStore {
         }))
     }
 
-    /// Logs a view by a staff member; the first view moves the status from ontvangen to gelezen.
-    pub async fn record_view(
-        &self,
-        grant_id: &str,
-        staff_user: &str,
-        at: i64,
-    ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("INSERT INTO access_log (grant_id, staff_user, viewed_at) VALUES (?, ?, ?)")
-            .bind(grant_id)
-            .bind(staff_user)
-            .bind(at)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(
-            "UPDATE received SET status = 'gelezen' WHERE grant_id = ? AND status = 'ontvangen'",
+    /// Received grants whose time is up.
+    pub async fn received_expired(&self, now: i64) -> Result<Vec<(String, String)>, StoreError> {
+        Ok(sqlx::query(
+            "SELECT grant_id, from_org FROM received WHERE not_after <= ? ORDER BY not_after",
+        )
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect())
+    }
+
+    pub async fn erased(&self, grant_id: &str) -> Result<Option<Erased>, StoreError> {
+        Ok(sqlx::query(
+            "SELECT grant_id, from_org, reason, erased_at, receipt FROM erased WHERE grant_id = ?",
         )
         .bind(grant_id)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        .fetch_optional(&self.pool)
+        .await?
+        .map(|r| Erased {
+            grant_id: r.get(0),
+            from_org: r.get(1),
+            reason: r.get(2),
+            erased_at: r.get(3),
+            receipt: r.get(4),
+        }))
     }
 
     pub async fn views(&self, grant_id: &str) -> Result<Vec<(String, i64)>, StoreError> {
@@ -556,46 +568,544 @@ impl NodeStore {
             .await?
             .get::<i64, _>(0) as u64)
     }
+
+    pub async fn trail(&self, pseudonym: &str) -> Result<Vec<TrailRow>, StoreError> {
+        Ok(sqlx::query(
+            "SELECT pseudonym, grant_id, org, event, at, detail, envelope_id, hub_receipt, evidence
+             FROM trail WHERE pseudonym = ? ORDER BY at, id",
+        )
+        .bind(pseudonym)
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(|r| TrailRow {
+            pseudonym: r.get(0),
+            grant_id: r.get(1),
+            org: r.get(2),
+            event: r.get(3),
+            at: r.get(4),
+            detail: r.get(5),
+            envelope_id: r.get(6),
+            hub_receipt: r.get(7),
+            evidence: r.get(8),
+        })
+        .collect())
+    }
 }
 
-async fn insert_processed(
-    tx: &mut sqlx::SqliteConnection,
-    p: &Processed,
-) -> Result<bool, StoreError> {
-    let done = sqlx::query(
-        "INSERT OR IGNORE INTO processed (envelope_id, from_org, kind, outcome, detail, receipt, processed_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(&p.envelope_id)
-    .bind(&p.from_org)
-    .bind(p.kind)
-    .bind(&p.outcome)
-    .bind(&p.detail)
-    .bind(&p.receipt)
-    .bind(p.at)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    Ok(done == 1)
-}
+impl Tx {
+    pub async fn commit(self) -> Result<(), StoreError> {
+        Ok(self.0.commit().await?)
+    }
 
-async fn enqueue_in(tx: &mut sqlx::SqliteConnection, row: &OutboxRow) -> Result<i64, StoreError> {
-    Ok(sqlx::query(
-        "INSERT INTO outbox (envelope_id, to_org, kind, grant_id, envelope, created_at) VALUES (?, ?, ?, ?, ?, ?) RETURNING seq",
-    )
-    .bind(&row.envelope_id)
-    .bind(&row.to_org)
-    .bind(row.kind)
-    .bind(&row.grant_id)
-    .bind(&row.envelope)
-    .bind(row.created_at)
-    .fetch_one(&mut *tx)
-    .await?
-    .get(0))
-}
+    pub async fn insert_student(
+        &mut self,
+        pseudonym: &str,
+        card: &[u8],
+        staff: &str,
+        at: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO students (pseudonym, card, registered_by, created_at) VALUES (?, ?, ?, ?)",
+        )
+        .bind(pseudonym)
+        .bind(card)
+        .bind(staff)
+        .bind(at)
+        .execute(&mut *self.0)
+        .await
+        .map_err(|e| conflict(e, format!("student {pseudonym}")))?;
+        Ok(())
+    }
 
-fn conflict(e: sqlx::Error, what: String) -> StoreError {
-    match &e {
-        sqlx::Error::Database(d) if d.is_unique_violation() => StoreError::Conflict(what),
-        _ => StoreError::Database(e),
+    pub async fn insert_version(
+        &mut self,
+        pseudonym: &str,
+        version: u32,
+        question_set: &str,
+        manifest: &[u8],
+        sections: &[(String, Vec<u8>)],
+        at: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO passport_versions (pseudonym, version, question_set, manifest, created_at) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(pseudonym)
+        .bind(version as i64)
+        .bind(question_set)
+        .bind(manifest)
+        .bind(at)
+        .execute(&mut *self.0)
+        .await
+        .map_err(|e| conflict(e, format!("passport version {version} of {pseudonym}")))?;
+        for (id, disclosure) in sections {
+            sqlx::query("INSERT INTO passport_sections (pseudonym, version, section_id, disclosure) VALUES (?, ?, ?, ?)")
+                .bind(pseudonym)
+                .bind(version as i64)
+                .bind(id)
+                .bind(disclosure)
+                .execute(&mut *self.0)
+                .await?;
+        }
+        Ok(())
+    }
+
+    pub async fn insert_grant(&mut self, g: &GrantRow, at: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO grants (grant_id, pseudonym, recipient_org, purpose, sections, not_before, not_after, live,
+                                 passport_version, signed, state, created_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&g.grant_id)
+        .bind(&g.pseudonym)
+        .bind(&g.recipient_org)
+        .bind(&g.purpose)
+        .bind(sections_text(&g.sections))
+        .bind(g.not_before)
+        .bind(g.not_after)
+        .bind(g.live)
+        .bind(g.passport_version as i64)
+        .bind(&g.signed)
+        .bind(&g.state)
+        .bind(at)
+        .execute(&mut *self.0)
+        .await
+        .map_err(|e| conflict(e, format!("grant {}", g.grant_id)))?;
+        Ok(())
+    }
+
+    pub async fn set_grant_state(&mut self, grant_id: &str, state: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE grants SET state = ? WHERE grant_id = ?")
+            .bind(state)
+            .bind(grant_id)
+            .execute(&mut *self.0)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn revoke_grant(&mut self, grant_id: &str, at: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE grants SET state = 'revoked', revoked_at = ? WHERE grant_id = ?")
+            .bind(at)
+            .bind(grant_id)
+            .execute(&mut *self.0)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn set_deletion_receipt(
+        &mut self,
+        grant_id: &str,
+        receipt: &[u8],
+        at: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE grants SET state = 'erased', erased_at = ?, deletion_receipt = ? WHERE grant_id = ?")
+            .bind(at)
+            .bind(receipt)
+            .bind(grant_id)
+            .execute(&mut *self.0)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn set_grant_sent(&mut self, grant_id: &str, version: u32) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE grants SET sent_version = MAX(COALESCE(sent_version, 0), ?) WHERE grant_id = ?",
+        )
+        .bind(version as i64)
+        .bind(grant_id)
+        .execute(&mut *self.0)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn set_grant_status(
+        &mut self,
+        grant_id: &str,
+        status: &str,
+        at: i64,
+        views: u32,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE grants SET status = CASE WHEN ? = '' THEN status ELSE ? END, status_at = ?, views = views + ? WHERE grant_id = ?",
+        )
+        .bind(status)
+        .bind(status)
+        .bind(at)
+        .bind(views as i64)
+        .bind(grant_id)
+        .execute(&mut *self.0)
+        .await?;
+        Ok(())
+    }
+
+    /// Reserves the next sequence number for envelopes to `org`.
+    pub async fn next_sent_seq(&mut self, org: &str) -> Result<u64, StoreError> {
+        let seq: i64 = sqlx::query(
+            "INSERT INTO peers (org, sent_seq) VALUES (?, 1)
+             ON CONFLICT (org) DO UPDATE SET sent_seq = sent_seq + 1 RETURNING sent_seq",
+        )
+        .bind(org)
+        .fetch_one(&mut *self.0)
+        .await?
+        .get(0);
+        Ok(seq as u64)
+    }
+
+    pub async fn set_received_seq(&mut self, org: &str, seq: u64) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO peers (org, received_seq) VALUES (?, ?)
+             ON CONFLICT (org) DO UPDATE SET received_seq = MAX(received_seq, excluded.received_seq)",
+        )
+        .bind(org)
+        .bind(seq as i64)
+        .execute(&mut *self.0)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn set_requested_seq(&mut self, org: &str, seq: u64) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO peers (org, requested_seq) VALUES (?, ?)
+             ON CONFLICT (org) DO UPDATE SET requested_seq = MAX(requested_seq, excluded.requested_seq)",
+        )
+        .bind(org)
+        .bind(seq as i64)
+        .execute(&mut *self.0)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn enqueue(&mut self, row: &OutboxRow) -> Result<i64, StoreError> {
+        Ok(sqlx::query(
+            "INSERT INTO outbox (envelope_id, to_org, kind, grant_id, payload, envelope, peer_seq, not_before, version, state, created_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING seq",
+        )
+        .bind(&row.envelope_id)
+        .bind(&row.to_org)
+        .bind(row.kind)
+        .bind(&row.grant_id)
+        .bind(&row.payload)
+        .bind(&row.envelope)
+        .bind(row.peer_seq.map(|s| s as i64))
+        .bind(row.not_before)
+        .bind(row.version.map(|v| v as i64))
+        .bind(row.state)
+        .bind(row.created_at)
+        .fetch_one(&mut *self.0)
+        .await?
+        .get(0))
+    }
+
+    /// Replaces a row's envelope (sealed again under a new id), and makes it pending.
+    pub async fn reseal(
+        &mut self,
+        seq: i64,
+        envelope_id: &[u8],
+        payload: &[u8],
+        envelope: &[u8],
+        kind: i32,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE outbox SET envelope_id = ?, payload = ?, envelope = ?, kind = ?, state = 'pending', detail = '', receipt = NULL
+             WHERE seq = ?",
+        )
+        .bind(envelope_id)
+        .bind(payload)
+        .bind(envelope)
+        .bind(kind)
+        .bind(seq)
+        .execute(&mut *self.0)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn delete_outbox(&mut self, seq: i64) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM outbox WHERE seq = ?")
+            .bind(seq)
+            .execute(&mut *self.0)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn set_outbox_state(
+        &mut self,
+        seq: i64,
+        state: &str,
+        detail: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE outbox SET state = ?, detail = ? WHERE seq = ?")
+            .bind(state)
+            .bind(detail)
+            .bind(seq)
+            .execute(&mut *self.0)
+            .await?;
+        Ok(())
+    }
+
+    /// Outbox rows of a grant in the given states.
+    pub async fn outbox_of_grant(
+        &mut self,
+        grant_id: &str,
+        states: &[&str],
+    ) -> Result<Vec<OutboxEntry>, StoreError> {
+        let list = states
+            .iter()
+            .map(|s| format!("'{s}'"))
+            .collect::<Vec<_>>()
+            .join(",");
+        Ok(sqlx::query(&format!(
+            "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE grant_id = ? AND state IN ({list}) ORDER BY seq"
+        ))
+        .bind(grant_id)
+        .fetch_all(&mut *self.0)
+        .await?
+        .iter()
+        .map(outbox_entry)
+        .collect())
+    }
+
+    /// Sealed rows to `org` with a peer sequence number in `from..=to`.
+    pub async fn outbox_by_peer_seq(
+        &mut self,
+        org: &str,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<OutboxEntry>, StoreError> {
+        Ok(sqlx::query(&format!(
+            "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE to_org = ? AND peer_seq BETWEEN ? AND ? ORDER BY peer_seq"
+        ))
+        .bind(org)
+        .bind(from as i64)
+        .bind(to as i64)
+        .fetch_all(&mut *self.0)
+        .await?
+        .iter()
+        .map(outbox_entry)
+        .collect())
+    }
+
+    pub async fn mark_sent(&mut self, seq: i64, receipt: &[u8], at: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE outbox SET state = 'sent', receipt = ?, sent_at = ?, attempts = attempts + 1, detail = '' WHERE seq = ?")
+            .bind(receipt)
+            .bind(at)
+            .bind(seq)
+            .execute(&mut *self.0)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn set_grant_sent_at(&mut self, grant_id: &str, at: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE grants SET sent_at = COALESCE(sent_at, ?) WHERE grant_id = ?")
+            .bind(at)
+            .bind(grant_id)
+            .execute(&mut *self.0)
+            .await?;
+        Ok(())
+    }
+
+    /// Records a failed attempt; `give_up` marks it failed for good (the hub refused it).
+    pub async fn mark_attempt(
+        &mut self,
+        seq: i64,
+        detail: &str,
+        give_up: bool,
+    ) -> Result<(), StoreError> {
+        let state = if give_up { "failed" } else { "pending" };
+        sqlx::query(
+            "UPDATE outbox SET state = ?, attempts = attempts + 1, detail = ? WHERE seq = ?",
+        )
+        .bind(state)
+        .bind(detail)
+        .bind(seq)
+        .execute(&mut *self.0)
+        .await?;
+        Ok(())
+    }
+
+    /// A refusal came back for an envelope this node sent. Returns the refused row's grant id.
+    pub async fn mark_refused(
+        &mut self,
+        to_org: &str,
+        envelope_id: &[u8],
+        reason: &str,
+    ) -> Result<Option<String>, StoreError> {
+        Ok(sqlx::query("UPDATE outbox SET state = 'refused', detail = ? WHERE envelope_id = ? AND to_org = ? RETURNING grant_id")
+            .bind(reason)
+            .bind(envelope_id)
+            .bind(to_org)
+            .fetch_optional(&mut *self.0)
+            .await?
+            .and_then(|r| r.get(0)))
+    }
+
+    /// Marks an envelope processed; false if it already was (then nothing else may change).
+    pub async fn insert_processed(&mut self, p: &Processed) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "INSERT OR IGNORE INTO processed (envelope_id, from_org, kind, outcome, detail, receipt, processed_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&p.envelope_id)
+        .bind(&p.from_org)
+        .bind(p.kind)
+        .bind(&p.outcome)
+        .bind(&p.detail)
+        .bind(&p.receipt)
+        .bind(p.at)
+        .execute(&mut *self.0)
+        .await?
+        .rows_affected();
+        Ok(done == 1)
+    }
+
+    pub async fn hold(&mut self, h: &Held, envelope_id: &[u8]) -> Result<(), StoreError> {
+        sqlx::query("INSERT OR IGNORE INTO held (from_org, seq, envelope_id, envelope, receipt) VALUES (?, ?, ?, ?, ?)")
+            .bind(&h.from_org)
+            .bind(h.seq as i64)
+            .bind(envelope_id)
+            .bind(&h.envelope)
+            .bind(&h.receipt)
+            .execute(&mut *self.0)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn unhold(&mut self, from_org: &str, seq: u64) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM held WHERE from_org = ? AND seq = ?")
+            .bind(from_org)
+            .bind(seq as i64)
+            .execute(&mut *self.0)
+            .await?;
+        Ok(())
+    }
+
+    /// Stores a received passport, replacing what the same grant brought before.
+    pub async fn store_received(&mut self, r: &Received) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM received WHERE grant_id = ?")
+            .bind(&r.grant_id)
+            .execute(&mut *self.0)
+            .await?;
+        sqlx::query(&format!(
+            "INSERT INTO received ({RECEIVED_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        ))
+        .bind(&r.grant_id)
+        .bind(&r.pseudonym)
+        .bind(&r.from_org)
+        .bind(&r.purpose)
+        .bind(sections_text(&r.sections))
+        .bind(r.not_before)
+        .bind(r.not_after)
+        .bind(r.live)
+        .bind(r.version as i64)
+        .bind(&r.question_set)
+        .bind(&r.card)
+        .bind(&r.manifest)
+        .bind(&r.grant_signed)
+        .bind(&r.envelope_id)
+        .bind(r.received_at)
+        .bind(&r.status)
+        .execute(&mut *self.0)
+        .await?;
+        for (id, d) in &r.disclosures {
+            sqlx::query(
+                "INSERT INTO received_sections (grant_id, section_id, disclosure) VALUES (?, ?, ?)",
+            )
+            .bind(&r.grant_id)
+            .bind(id)
+            .bind(d)
+            .execute(&mut *self.0)
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Erases everything a grant brought (the passport and its sections) and records the
+    /// erasure with the receipt this node signed.
+    pub async fn erase_received(&mut self, e: &Erased) -> Result<bool, StoreError> {
+        let removed = sqlx::query("DELETE FROM received WHERE grant_id = ?")
+            .bind(&e.grant_id)
+            .execute(&mut *self.0)
+            .await?
+            .rows_affected();
+        sqlx::query(
+            "INSERT OR IGNORE INTO erased (grant_id, from_org, reason, erased_at, receipt) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(&e.grant_id)
+        .bind(&e.from_org)
+        .bind(&e.reason)
+        .bind(e.erased_at)
+        .bind(&e.receipt)
+        .execute(&mut *self.0)
+        .await?;
+        Ok(removed > 0)
+    }
+
+    pub async fn set_received_status(
+        &mut self,
+        grant_id: &str,
+        status: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE received SET status = ? WHERE grant_id = ?")
+            .bind(status)
+            .bind(grant_id)
+            .execute(&mut *self.0)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn log_view(
+        &mut self,
+        grant_id: &str,
+        staff_user: &str,
+        at: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO access_log (grant_id, staff_user, viewed_at) VALUES (?, ?, ?)")
+            .bind(grant_id)
+            .bind(staff_user)
+            .bind(at)
+            .execute(&mut *self.0)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn add_trail(&mut self, t: &TrailRow) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO trail (pseudonym, grant_id, org, event, at, detail, envelope_id, hub_receipt, evidence)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&t.pseudonym)
+        .bind(&t.grant_id)
+        .bind(&t.org)
+        .bind(&t.event)
+        .bind(t.at)
+        .bind(&t.detail)
+        .bind(&t.envelope_id)
+        .bind(&t.hub_receipt)
+        .bind(&t.evidence)
+        .execute(&mut *self.0)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn grant(&mut self, grant_id: &str) -> Result<Option<GrantRow>, StoreError> {
+        Ok(sqlx::query(&format!(
+            "SELECT {GRANT_COLUMNS} FROM grants WHERE grant_id = ?"
+        ))
+        .bind(grant_id)
+        .fetch_optional(&mut *self.0)
+        .await?
+        .map(|r| grant_row(&r)))
+    }
+
+    pub async fn received_status(
+        &mut self,
+        grant_id: &str,
+    ) -> Result<Option<(String, String, String, u32)>, StoreError> {
+        Ok(sqlx::query(
+            "SELECT status, from_org, pseudonym, version FROM received WHERE grant_id = ?",
+        )
+        .bind(grant_id)
+        .fetch_optional(&mut *self.0)
+        .await?
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get::<i64, _>(3) as u32)))
     }
 }

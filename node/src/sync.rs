@@ -1,16 +1,17 @@
-//! The sync engine: one TLS channel to the hub, and three loops over it.
+//! The sync engine: one TLS channel to the hub, and four loops.
 //! - directory: fetch the authority-signed directory now and then; install newer versions.
 //! - outbox: push pending envelopes in order; retry with back-off while the hub is away; a
 //!   refusal by the hub is final and recorded with its reason.
 //! - inbox: subscribe to this node's mailbox; ingest each envelope (verify, open, check,
 //!   commit) and only then acknowledge it.
+//! - reaper: erase received passports whose grant ran out, with a deletion receipt.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use overstap_proto::pb::hub_client::HubClient;
 use overstap_proto::pb::{AckRequest, Envelope, GetDirectoryRequest, SubscribeRequest};
-use prost::Message;
+
 use tokio::sync::watch;
 use tonic::Code;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
@@ -46,10 +47,18 @@ impl HubLink {
 }
 
 /// Runs the three loops until `shutdown` turns true.
+/// How often the engine's timed loops run.
+#[derive(Debug, Clone, Copy)]
+pub struct Intervals {
+    pub directory: Duration,
+    pub reaper: Duration,
+}
+
+/// Runs the loops until `shutdown` turns true.
 pub async fn run(
     core: Arc<NodeCore>,
     channel: Channel,
-    interval: Duration,
+    intervals: Intervals,
     shutdown: watch::Receiver<bool>,
 ) {
     let limit = core.max_body * 4;
@@ -59,12 +68,17 @@ pub async fn run(
     let d = tokio::spawn(directory_loop(
         core.clone(),
         client.clone(),
-        interval,
+        intervals.directory,
         shutdown.clone(),
     ));
     let o = tokio::spawn(outbox_loop(core.clone(), client.clone(), shutdown.clone()));
+    let r = tokio::spawn(reaper_loop(
+        core.clone(),
+        intervals.reaper,
+        shutdown.clone(),
+    ));
     let i = tokio::spawn(inbox_loop(core, client, shutdown));
-    let _ = tokio::join!(d, o, i);
+    let _ = tokio::join!(d, o, r, i);
 }
 
 async fn sleep_or_stop(d: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
@@ -149,6 +163,9 @@ async fn outbox_loop(
 ) {
     let mut attempt: u32 = 0;
     loop {
+        if let Err(e) = core.seal_due().await {
+            tracing::error!(error = %e, "sealing waiting packages failed");
+        }
         let pending = match core.store.pending(64).await {
             Ok(p) => p,
             Err(e) => {
@@ -158,46 +175,34 @@ async fn outbox_loop(
         };
         let mut stalled = false;
         for entry in &pending {
-            let envelope = match Envelope::decode(entry.envelope.as_slice()) {
+            let envelope = match core.envelope_to_push(entry).await {
                 Ok(e) => e,
                 Err(e) => {
-                    let _ = core
-                        .store
-                        .mark_attempt(
-                            entry.seq,
-                            &format!("stored envelope does not decode: {e}"),
-                            true,
-                        )
-                        .await;
-                    continue;
+                    tracing::error!(error = %e, "preparing an envelope failed");
+                    stalled = true;
+                    break;
                 }
             };
+            let id = envelope_id(&envelope);
             match client.send(envelope).await {
                 Ok(resp) => {
                     let receipt = resp.into_inner();
-                    match core.check_receipt(&receipt, &entry.envelope_id) {
-                        Ok(()) => {
-                            attempt = 0;
-                            core.mark_connected(true);
-                            if let Err(e) = core
-                                .store
-                                .mark_sent(entry.seq, &receipt.encode_to_vec(), core.now())
-                                .await
-                            {
-                                tracing::error!(error = %e, "recording a receipt failed");
-                                stalled = true;
-                                break;
-                            }
-                        }
-                        Err(e) => {
-                            tracing::error!(error = %e, "the hub's receipt does not verify");
-                            let _ = core
-                                .store
-                                .mark_attempt(entry.seq, &format!("receipt refused: {e}"), false)
-                                .await;
-                            stalled = true;
-                            break;
-                        }
+                    if let Err(e) = core.check_receipt(&receipt, &id) {
+                        tracing::error!(error = %e, "the hub's receipt does not verify");
+                        let _ = core
+                            .push_failed(entry, &format!("receipt refused: {e}"), false)
+                            .await;
+                        stalled = true;
+                        break;
+                    }
+                    attempt = 0;
+                    core.mark_connected(true);
+                    let mut sent = entry.clone();
+                    sent.envelope_id = id;
+                    if let Err(e) = core.after_sent(&sent, &receipt).await {
+                        tracing::error!(error = %e, "recording a receipt failed");
+                        stalled = true;
+                        break;
                     }
                 }
                 Err(status) if is_final(status.code()) => {
@@ -207,18 +212,13 @@ async fn outbox_loop(
                         status.code(),
                         status.message()
                     );
-                    let _ = core.store.mark_attempt(entry.seq, &detail, true).await;
+                    let _ = core.push_failed(entry, &detail, true).await;
                 }
                 Err(status) => {
                     // Keep the order: nothing behind this envelope goes before it.
                     core.mark_connected(false);
                     let _ = core
-                        .store
-                        .mark_attempt(
-                            entry.seq,
-                            &format!("will retry: {}", status.message()),
-                            false,
-                        )
+                        .push_failed(entry, &format!("will retry: {}", status.message()), false)
                         .await;
                     stalled = true;
                     break;
@@ -231,12 +231,28 @@ async fn outbox_loop(
         } else if pending.len() == 64 {
             continue;
         } else {
-            Duration::from_secs(5)
+            Duration::from_secs(1)
         };
         tokio::select! {
             _ = core.outbox_wake.notified(), if !stalled => {},
             _ = tokio::time::sleep(wait) => {},
             _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Erases what ran out, on this node's own clock, every `interval`.
+async fn reaper_loop(core: Arc<NodeCore>, interval: Duration, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        match core.reap().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(org = %core.org_id, erased = n, "expired passports erased"),
+            Err(e) => {
+                tracing::error!(org = %core.org_id, error = %e, "the reaper failed; it tries again")
+            }
+        }
+        if sleep_or_stop(interval, &mut shutdown).await {
+            return;
         }
     }
 }

@@ -69,9 +69,14 @@ pub enum GrantTime {
 }
 
 pub fn grant_time(grant: &ConsentGrant, now: UnixTime) -> GrantTime {
-    if now < grant.not_before {
+    window_time(grant.not_before, grant.not_after, now)
+}
+
+/// Where `now` falls in the window `[not_before, not_after)`.
+pub fn window_time(not_before: UnixTime, not_after: UnixTime, now: UnixTime) -> GrantTime {
+    if now < not_before {
         GrantTime::NotYetValid
-    } else if now >= grant.not_after {
+    } else if now >= not_after {
         GrantTime::Expired
     } else {
         GrantTime::InForce

@@ -359,6 +359,7 @@ mod tests {
                 pseudonym: "p".into(),
                 status: text.into(),
                 at: 0,
+                ..Default::default()
             })),
             ..Default::default()
         }

@@ -91,6 +91,22 @@ pub async fn hub_count(region: &Region, table: &str) -> i64 {
     count(&region.hub_db(), table).await
 }
 
+/// Counts the envelopes the hub accepted from one member.
+pub async fn hub_envelopes_from(region: &Region, org: &str) -> i64 {
+    let db = region.hub_db();
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}?mode=ro", db.display()))
+        .await
+        .expect("open db");
+    let n: i64 = sqlx::query("SELECT COUNT(*) FROM envelopes WHERE from_org = ?")
+        .bind(org)
+        .fetch_one(&pool)
+        .await
+        .expect("count")
+        .get(0);
+    pool.close().await;
+    n
+}
+
 /// Counts rows in one of a node's tables.
 pub async fn node_count(region: &Region, org: &str, table: &str) -> i64 {
     count(&region.node_dir(org).join("node.db"), table).await

@@ -151,9 +151,9 @@ async fn handovers_continue_across_a_hub_restart() {
     let s = mbo.status(NodeStatusRequest {}).await.unwrap().into_inner();
     assert!(s.hub_connected);
     assert_eq!(
-        hub_count(&region, "envelopes").await,
+        hub_envelopes_from(&region, SCHOOL).await,
         2,
-        "each envelope stored once"
+        "each package stored once"
     );
     region.shutdown().await.unwrap();
 }
