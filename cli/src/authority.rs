@@ -263,6 +263,53 @@ impl Authority {
         }
         Ok(signed)
     }
+
+    /// Removes a member (left the region, or compromised) and signs a new directory version.
+    /// The hub refuses envelopes to and from it as soon as it holds that version.
+    pub fn remove(&self, org_id: &str) -> anyhow::Result<Signed> {
+        let mut next = self.directory()?.directory;
+        let before = next.members.len();
+        next.members.retain(|m| m.org_id != org_id);
+        if next.members.len() == before {
+            bail!("{org_id} is not a member of the region");
+        }
+        next.version += 1;
+        next.issued_at = now();
+        self.write_directory(&next)
+    }
+
+    /// Gives a member new signing and encryption keys (written into its credentials folder
+    /// `member_dir`, the previous encryption key kept as `keys/encryption.key.previous` for
+    /// envelopes already on their way) and signs a new directory version listing them.
+    pub fn rotate(&self, org_id: &str, member_dir: &Path) -> anyhow::Result<Signed> {
+        let mut next = self.directory()?.directory;
+        let member = next
+            .members
+            .iter_mut()
+            .find(|m| m.org_id == org_id)
+            .with_context(|| format!("{org_id} is not a member of the region"))?;
+        if member.kind() == MemberKind::Hub {
+            bail!("the hub's key is rotated by admitting a new hub");
+        }
+        let enc_path = member_dir.join("keys/encryption.key");
+        let previous =
+            std::fs::read(&enc_path).with_context(|| format!("reading {}", enc_path.display()))?;
+        write_secret(&member_dir.join("keys/encryption.key.previous"), &previous)?;
+        let enc = EncryptionKeyPair::generate();
+        let signing = generate_signing_key();
+        // The new key files are in place before the directory names them.
+        write_secret(&enc_path, hex::encode(enc.secret).as_bytes())?;
+        write_secret(
+            &member_dir.join("keys/signing.key"),
+            hex::encode(signing.to_bytes()).as_bytes(),
+        )?;
+        member.encryption_key = enc.public.to_vec();
+        member.encryption_key_id = enc.key_id();
+        member.signing_key = signing.verifying_key().to_bytes().to_vec();
+        next.version += 1;
+        next.issued_at = now();
+        self.write_directory(&next)
+    }
 }
 
 #[cfg(test)]

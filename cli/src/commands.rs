@@ -7,16 +7,17 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use overstap_proto::directory::{kind_name, parse_kind};
 use overstap_proto::pb::{
-    GetStudentRequest, InboxRequest, Manifest, NodeStatusRequest, OutboxRequest,
-    RegisterStudentRequest, SendPassportRequest, ShowPassportRequest,
+    GetStudentRequest, HandoversRequest, InboxRequest, Manifest, NodeStatusRequest, OutboxRequest,
+    RegisterStudentRequest, SendPassportRequest, SetStatusRequest, ShowPassportRequest,
+    TrailRequest,
 };
 use overstap_proto::sign::{Domain, decode_body};
 
 use crate::authority::{Admission, Authority};
 use crate::client::{Api, connect, connect_dir, explain};
 use crate::passport::{
-    GrantRequest, draft_from_answers, fill_interactive, make_grant, parse_date, sign_passport,
-    upload_grant,
+    GrantRequest, draft_from_answers, fill_interactive, make_grant, make_revocation, parse_date,
+    revoke, sign_passport, upload_grant,
 };
 use crate::wallet::{Wallet, load_key, new_guardian_key};
 use crate::{demo, render};
@@ -100,6 +101,25 @@ pub enum Command {
         #[command(flatten)]
         node: NodeOpts,
     },
+    /// The school's handovers: to whom, consent state, the recipient's status, age, views.
+    Handovers {
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+        #[command(flatten)]
+        node: NodeOpts,
+    },
+    /// Set the status of a received passport (reported back to the school).
+    Status {
+        #[arg(long)]
+        grant: String,
+        /// ontvangen, gelezen, "intake gepland", gestart or "niet gestart"
+        #[arg(long)]
+        set: String,
+        #[arg(long, env = "OVERSTAP_STAFF")]
+        staff: String,
+        #[command(flatten)]
+        node: NodeOpts,
+    },
     /// What this node sent, and what became of it.
     Outbox {
         #[arg(long, value_enum, default_value_t = Format::Table)]
@@ -176,6 +196,23 @@ pub enum AuthorityCmd {
         #[arg(long, default_value = "localhost")]
         hub_name: String,
     },
+    /// Remove a member (it left the region, or its keys were stolen).
+    Remove {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        org: String,
+    },
+    /// Give a member new keys; writes them into its credentials folder.
+    Rotate {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        org: String,
+        /// The member's credentials folder (the one `admit --out` wrote).
+        #[arg(long)]
+        member_dir: PathBuf,
+    },
     /// Show the directory.
     Show {
         #[arg(long)]
@@ -210,6 +247,15 @@ pub enum StudentCmd {
         /// The mentor who checked the student in person.
         #[arg(long, env = "OVERSTAP_STAFF")]
         staff: String,
+        #[command(flatten)]
+        node: NodeOpts,
+    },
+    /// Where the passport went and who looked at it, each event with the hub's signed receipt.
+    Trail {
+        #[arg(long)]
+        wallet: PathBuf,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
         #[command(flatten)]
         node: NodeOpts,
     },
@@ -264,6 +310,18 @@ pub enum ConsentCmd {
         /// Later passport versions follow this grant.
         #[arg(long)]
         live: bool,
+        #[arg(long)]
+        guardian_key: Option<PathBuf>,
+        #[command(flatten)]
+        node: NodeOpts,
+    },
+    /// Withdraw a consent: the recipient erases what it brought and sends a signed receipt.
+    Revoke {
+        #[arg(long)]
+        wallet: PathBuf,
+        #[arg(long)]
+        grant: String,
+        /// The guardian's key file; needed when the student is under 16.
         #[arg(long)]
         guardian_key: Option<PathBuf>,
         #[command(flatten)]
@@ -446,6 +504,93 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("The school sends it with: overstap send --grant {id}");
             Ok(())
         }
+        Command::Consent(ConsentCmd::Revoke {
+            wallet,
+            grant,
+            guardian_key,
+            node,
+        }) => {
+            let w = Wallet::load(&wallet)?;
+            let guardian = guardian_key
+                .map(|p| load_key(&p, "guardian key"))
+                .transpose()?;
+            let signed = make_revocation(&w, &grant, guardian.as_ref(), now())?;
+            let mut api = node.api().await?;
+            let id = revoke(&mut api, signed).await?;
+            println!(
+                "Consent {id} is withdrawn. The recipient is asked to erase what it received and to send a signed receipt."
+            );
+            println!(
+                "Follow it with: overstap student trail --wallet {}",
+                wallet.display()
+            );
+            Ok(())
+        }
+        Command::Student(StudentCmd::Trail {
+            wallet,
+            format,
+            node,
+        }) => {
+            let w = Wallet::load(&wallet)?;
+            let events = node
+                .api()
+                .await?
+                .trail(TrailRequest {
+                    pseudonym: w.pseudonym.clone(),
+                })
+                .await
+                .map_err(explain)?
+                .into_inner()
+                .events;
+            match format {
+                Format::Table => print!("{}", render::trail(&w.pseudonym, &events)),
+                Format::Json => json(
+                    &events
+                        .iter()
+                        .map(crate::render_json::trail_event)
+                        .collect::<Vec<_>>(),
+                )?,
+            }
+            Ok(())
+        }
+        Command::Handovers { format, node } => {
+            let items = node
+                .api()
+                .await?
+                .handovers(HandoversRequest {})
+                .await
+                .map_err(explain)?
+                .into_inner()
+                .handovers;
+            match format {
+                Format::Table => print!("{}", render::handovers(&items, now())),
+                Format::Json => json(
+                    &items
+                        .iter()
+                        .map(crate::render_json::handover)
+                        .collect::<Vec<_>>(),
+                )?,
+            }
+            Ok(())
+        }
+        Command::Status {
+            grant,
+            set,
+            staff,
+            node,
+        } => {
+            node.api()
+                .await?
+                .set_status(SetStatusRequest {
+                    grant_id: grant.clone(),
+                    status: set.clone(),
+                    staff_user: staff,
+                })
+                .await
+                .map_err(explain)?;
+            println!("Status of {grant} is now \"{set}\"; the school will hear of it.");
+            Ok(())
+        }
         Command::Send { grant, node } => {
             let mut api = node.api().await?;
             let r = api
@@ -453,11 +598,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .map_err(explain)?
                 .into_inner();
-            println!(
-                "Sealed for {} and queued (envelope {}); the node pushes it to the hub. See `overstap outbox`.",
-                r.to_org,
-                hex::encode(&r.envelope_id)
-            );
+            if r.waits_until > 0 {
+                println!(
+                    "The consent starts on {}; the package for {} waits in the outbox until then.",
+                    overstap_proto::format_time(r.waits_until),
+                    r.to_org
+                );
+            } else {
+                println!(
+                    "Sealed for {} and queued (envelope {}); the node pushes it to the hub. See `overstap outbox`.",
+                    r.to_org,
+                    hex::encode(&r.envelope_id)
+                );
+            }
             Ok(())
         }
         Command::Inbox {
@@ -652,6 +805,29 @@ async fn authority(cmd: AuthorityCmd) -> anyhow::Result<()> {
                 .into_inner()
                 .version;
             println!("The hub now serves directory version {v}.");
+            Ok(())
+        }
+        AuthorityCmd::Remove { dir, org } => {
+            let a = Authority::open(&dir)?;
+            a.remove(&org)?;
+            println!(
+                "{org} is removed; directory version {}. Hand it to the hub with `overstap authority publish`.",
+                a.directory()?.version()
+            );
+            Ok(())
+        }
+        AuthorityCmd::Rotate {
+            dir,
+            org,
+            member_dir,
+        } => {
+            let a = Authority::open(&dir)?;
+            a.rotate(&org, &member_dir)?;
+            println!(
+                "{org} has new keys in {}; directory version {}. Publish it; the node follows without a restart.",
+                member_dir.display(),
+                a.directory()?.version()
+            );
             Ok(())
         }
         AuthorityCmd::Show { dir, format } => {

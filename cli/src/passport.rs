@@ -10,8 +10,8 @@ use ed25519_dalek::SigningKey;
 use overstap_proto::consent::{PURPOSES, verify_grant};
 use overstap_proto::passport::{build_version, under_16};
 use overstap_proto::pb::{
-    AddGrantRequest, Answer, ConsentGrant, GetStudentRequest, Manifest, Section, Signed,
-    StorePassportRequest,
+    AddGrantRequest, Answer, ConsentGrant, GetStudentRequest, Manifest, Revocation,
+    RevokeGrantRequest, Section, Signed, StorePassportRequest,
 };
 use overstap_proto::questions::{QuestionSet, SMILEYS, question_set};
 use overstap_proto::sign::{Domain, decode_body, sign_message};
@@ -357,6 +357,40 @@ pub fn make_grant(
     verify_grant(&signed, &wallet.card()?, now)
         .context("the grant does not verify against the student card")?;
     Ok(signed)
+}
+
+/// Signs the withdrawal of a grant (with the guardian under 16). Revoking is as easy as
+/// granting: one signature, one command.
+pub fn make_revocation(
+    wallet: &Wallet,
+    grant_id: &str,
+    guardian: Option<&SigningKey>,
+    now: UnixTime,
+) -> anyhow::Result<Signed> {
+    if under_16(&wallet.birth_month, now)? && guardian.is_none() {
+        return Err(guardian_needed(wallet, "the withdrawal", now));
+    }
+    let rev = Revocation {
+        grant_id: grant_id.to_string(),
+        pseudonym: wallet.pseudonym.clone(),
+        revoked_at: now,
+    };
+    let mut keys = vec![&wallet.key];
+    keys.extend(guardian);
+    Ok(sign_message(Domain::Revocation, &rev, &keys))
+}
+
+/// Hands a signed revocation to the home node, which withdraws what has not left and tells the
+/// recipient to erase.
+pub async fn revoke(api: &mut Api, signed: Signed) -> anyhow::Result<String> {
+    Ok(api
+        .revoke_grant(RevokeGrantRequest {
+            revocation: Some(signed),
+        })
+        .await
+        .map_err(explain)?
+        .into_inner()
+        .grant_id)
 }
 
 /// Hands a signed grant to the home node.

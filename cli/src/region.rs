@@ -73,11 +73,21 @@ pub struct Region {
     hub: Option<Running>,
     nodes: BTreeMap<String, Running>,
     pub orgs: Vec<Org>,
+    clock: overstap_node::Clock,
 }
 
 impl Region {
     /// Sets up the authority, admits a hub and `orgs`, and starts them all.
     pub async fn start(dir: &Path, orgs: &[Org]) -> anyhow::Result<Self> {
+        Self::start_with_clock(dir, orgs, overstap_node::system_clock()).await
+    }
+
+    /// Like [`Region::start`], with every node on the given clock (tests move time forward).
+    pub async fn start_with_clock(
+        dir: &Path,
+        orgs: &[Org],
+        clock: overstap_node::Clock,
+    ) -> anyhow::Result<Self> {
         let authority = Authority::init(&dir.join("authority"), "demo")?;
         // Bind first, so the nodes' settings can name the hub's real address.
         let listener = TcpListener::bind("127.0.0.1:0").await?;
@@ -113,6 +123,7 @@ impl Region {
             hub: None,
             nodes: BTreeMap::new(),
             orgs: orgs.to_vec(),
+            clock,
         };
         region.start_hub_on(listener).await?;
         for org in orgs {
@@ -155,12 +166,16 @@ impl Region {
         }
         let settings = overstap_node::Settings::load(&self.node_dir(org).join("node.toml"))?;
         let mut config = settings.resolve()?;
-        config.directory_interval = Duration::from_secs(2);
+        config.directory_interval = Duration::from_millis(500);
+        config.reaper_interval = Duration::from_millis(200);
+        let clock = self.clock.clone();
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let _ = std::fs::remove_file(self.node_dir(org).join("api.url"));
         self.nodes.insert(
             org.to_string(),
-            Running::spawn(move |stop| overstap_node::run(config, listener, stop)),
+            Running::spawn(move |stop| {
+                overstap_node::run_with_clock(config, listener, stop, clock)
+            }),
         );
         self.wait_ready(org).await
     }
@@ -216,6 +231,44 @@ impl Region {
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
+    }
+
+    /// Hands the authority's newest signed directory to the running hub (as
+    /// `overstap authority publish` does); nodes fetch it from there by themselves.
+    pub async fn publish_directory(&self) -> anyhow::Result<u64> {
+        let dir = self.dir.join("hub").join("tls");
+        let read =
+            |f: &str| std::fs::read(dir.join(f)).with_context(|| format!("reading hub tls/{f}"));
+        let link = overstap_node::sync::HubLink {
+            url: self.hub_url.clone(),
+            server_name: "localhost".into(),
+            ca_pem: read("ca.pem")?,
+            cert_pem: read("cert.pem")?,
+            key_pem: read("key.pem")?,
+        };
+        let mut hub = overstap_proto::pb::hub_client::HubClient::new(link.channel()?);
+        Ok(hub
+            .publish_directory(self.authority.signed_directory()?)
+            .await?
+            .into_inner()
+            .version)
+    }
+
+    /// Admits a new member while the region runs, publishes the directory, starts its node.
+    pub async fn admit_and_start(&mut self, org: Org) -> anyhow::Result<()> {
+        self.authority.admit(&Admission {
+            org_id: org.id.clone(),
+            kind: org.kind,
+            name: org.name.clone(),
+            hosts: vec![],
+            hub_url: self.hub_url.clone(),
+            hub_name: "localhost".into(),
+            listen: String::new(),
+            out: self.dir.join(&org.id),
+        })?;
+        self.publish_directory().await?;
+        self.orgs.push(org.clone());
+        self.start_node(&org.id).await
     }
 
     /// Stops every node and the hub.

@@ -1,6 +1,6 @@
 //! Output for people: received passports with headings, questions, answers and smileys; lists.
 
-use overstap_proto::pb::{InboxItem, OutboxItem, ShowPassportResponse};
+use overstap_proto::pb::{Handover, InboxItem, OutboxItem, ShowPassportResponse, TrailEvent};
 use overstap_proto::questions::smiley_face;
 use overstap_proto::{format_date, format_time};
 
@@ -89,6 +89,74 @@ pub fn outbox(items: &[OutboxItem]) -> String {
             kind,
             i.state,
             i.detail
+        ));
+    }
+    out
+}
+
+/// How long ago, in words.
+pub fn age(now: i64, then: i64) -> String {
+    if then == 0 {
+        return "-".into();
+    }
+    let s = (now - then).max(0);
+    match s {
+        0..=119 => format!("{s} s"),
+        120..=7_199 => format!("{} min", s / 60),
+        7_200..=172_799 => format!("{} h", s / 3600),
+        _ => format!("{} days", s / 86_400),
+    }
+}
+
+/// The school's view of its students' handovers.
+pub fn handovers(items: &[Handover], now: i64) -> String {
+    if items.is_empty() {
+        return "No handovers yet.\n".into();
+    }
+    let mut out = format!(
+        "{:<20} {:<20} {:<7} {:<12} {:<8} {:<15} {:>9} {:>6}\n",
+        "GRANT", "STUDENT", "TO", "PURPOSE", "CONSENT", "STATUS", "SENT", "VIEWS"
+    );
+    for h in items {
+        let status = if h.status.is_empty() { "-" } else { &h.status };
+        let sent = if h.sent_at == 0 {
+            "not yet".to_string()
+        } else {
+            format!("{} ago", age(now, h.sent_at))
+        };
+        out.push_str(&format!(
+            "{:<20} {:<20} {:<7} {:<12} {:<8} {:<15} {:>9} {:>6}\n",
+            h.grant_id, h.pseudonym, h.to_org, h.purpose, h.grant_state, status, sent, h.views
+        ));
+    }
+    out
+}
+
+/// The student's trail: where the passport went and who looked at it.
+pub fn trail(pseudonym: &str, events: &[TrailEvent]) -> String {
+    if events.is_empty() {
+        return format!("Nothing has happened with the passport of {pseudonym} yet.\n");
+    }
+    let mut out = format!("Where the passport of {pseudonym} went, and who looked at it:\n");
+    for e in events {
+        let proof = if e.hub_receipt.is_some() {
+            if e.receipt_verified {
+                format!(
+                    "  [hub receipt, log entry {}, signature checked]",
+                    e.log_index
+                )
+            } else {
+                "  [hub receipt DOES NOT CHECK OUT]".to_string()
+            }
+        } else {
+            String::new()
+        };
+        out.push_str(&format!(
+            "  {}  {:<16} {}{}\n",
+            format_time(e.at),
+            e.event,
+            e.detail,
+            proof
         ));
     }
     out

@@ -1,6 +1,6 @@
 //! Output for programs: JSON shapes of the node's answers.
 
-use overstap_proto::pb::{InboxItem, OutboxItem, ShowPassportResponse};
+use overstap_proto::pb::{Handover, InboxItem, OutboxItem, ShowPassportResponse, TrailEvent};
 use serde_json::{Value, json};
 
 pub fn inbox_item(i: &InboxItem) -> Value {
@@ -28,5 +28,20 @@ pub fn passport(p: &ShowPassportResponse) -> Value {
                 "question_id": a.question_id, "question": a.question, "answer": a.answer, "smiley": a.smiley,
             })).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
+    })
+}
+
+pub fn handover(h: &Handover) -> Value {
+    json!({
+        "grant_id": h.grant_id, "pseudonym": h.pseudonym, "to_org": h.to_org, "purpose": h.purpose,
+        "sections": h.sections, "consent": h.grant_state, "status": h.status, "status_at": h.status_at,
+        "sent_at": h.sent_at, "not_after": h.not_after, "views": h.views,
+    })
+}
+
+pub fn trail_event(e: &TrailEvent) -> Value {
+    json!({
+        "at": e.at, "event": e.event, "org": e.org, "grant_id": e.grant_id, "detail": e.detail,
+        "hub_receipt": e.hub_receipt.is_some(), "receipt_verified": e.receipt_verified, "log_index": e.log_index,
     })
 }

@@ -1160,8 +1160,13 @@ impl NodeCore {
         // Checks anyone can make. A sender the directory does not know yet may be a new member:
         // fetch the directory again before refusing.
         if let Err(e) = verify_header(envelope, &dir, self.max_body) {
+            // An unknown sender may be a new member, and a signature that does not verify may be
+            // a rotated key: both mean "fetch the directory and try once more" first.
             if let ProtocolError::UnknownMember(org) = &e {
                 return Err(NodeError::StaleDirectory(org.clone()));
+            }
+            if matches!(e, ProtocolError::BadSignature { .. }) && !from_held {
+                return Err(NodeError::StaleDirectory(claimed.from_org.clone()));
             }
             let reason = e.to_string();
             let mut tx = self.store.begin().await?;

@@ -358,9 +358,12 @@ async fn ingest_with_refresh(
         Err(NodeError::StaleDirectory(_) | NodeError::NoDirectory) => {
             let _ = refresh_directory(core, client).await;
             match core.ingest(envelope, receipt).await {
-                // Still unknown with the hub's newest directory: the sender is not a member.
+                // Still unknown (or still not verifying) with the hub's newest directory.
                 Err(NodeError::StaleDirectory(org)) => {
-                    Ok(Outcome::Dropped(format!("unknown sender {org}")))
+                    tracing::warn!(org = %core.org_id, sender = %org, "envelope dropped: its sender does not check out");
+                    Ok(Outcome::Dropped(format!(
+                        "sender {org} does not check out against the directory"
+                    )))
                 }
                 other => other,
             }

@@ -290,3 +290,72 @@ pub async fn grant(
     let signed = make_grant(w, "pvs-mbo-v1", req, guardian, now()).expect("grant");
     upload_grant(&mut api, signed).await.expect("upload")
 }
+
+/// A clock the test moves forward: real time plus an offset.
+#[derive(Clone, Default)]
+pub struct TestClock {
+    offset: std::sync::Arc<std::sync::atomic::AtomicI64>,
+}
+
+impl TestClock {
+    pub fn now(&self) -> i64 {
+        now() + self.offset.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn advance(&self, secs: i64) {
+        self.offset
+            .fetch_add(secs, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn as_clock(&self) -> overstap_node::Clock {
+        let c = self.clone();
+        std::sync::Arc::new(move || c.now())
+    }
+}
+
+/// A region whose nodes run on a clock the test moves.
+pub async fn region_with_clock() -> (tempfile::TempDir, Region, TestClock) {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let clock = TestClock::default();
+    let region = Region::start_with_clock(tmp.path(), &demo_orgs(), clock.as_clock())
+        .await
+        .expect("region starts");
+    (tmp, region, clock)
+}
+
+/// The school's view of one grant.
+pub async fn handover(region: &Region, grant_id: &str) -> Option<overstap_proto::pb::Handover> {
+    let mut api = region.api(SCHOOL).await.expect("api");
+    api.handovers(overstap_proto::pb::HandoversRequest {})
+        .await
+        .expect("handovers")
+        .into_inner()
+        .handovers
+        .into_iter()
+        .find(|h| h.grant_id == grant_id)
+}
+
+/// The section ids a recipient holds under a grant (empty if it holds nothing).
+pub async fn held_sections(region: &Region, org: &str, grant_id: &str) -> Vec<String> {
+    let mut api = region.api(org).await.expect("api");
+    api.inbox(overstap_proto::pb::InboxRequest {})
+        .await
+        .expect("inbox")
+        .into_inner()
+        .items
+        .into_iter()
+        .find(|i| i.grant_id == grant_id)
+        .map(|i| i.sections)
+        .unwrap_or_default()
+}
+
+/// Sends a grant's package from the school.
+pub async fn send(region: &Region, grant_id: &str) -> overstap_proto::pb::SendPassportResponse {
+    let mut api = region.api(SCHOOL).await.expect("api");
+    api.send_passport(overstap_proto::pb::SendPassportRequest {
+        grant_id: grant_id.into(),
+    })
+    .await
+    .expect("send")
+    .into_inner()
+}

@@ -1,0 +1,717 @@
+//! The consent lifecycle across the region: revoke, expire, wait, follow new versions, report
+//! status and views back, the student's trail, gaps filled, and directory changes picked up
+//! without a restart.
+
+use std::time::{Duration, Instant};
+
+use overstap_cli::passport::{GrantRequest, make_revocation, revoke};
+use overstap_proto::pb::{
+    DeletionReceipt, MemberKind, SendPassportRequest, SetStatusRequest, ShowPassportRequest,
+    TrailRequest,
+};
+use overstap_proto::sign::{Domain, open_signed, verifying_key};
+use overstap_tests::demo::{GEMEENTE, MBO, SCHOOL, birth_month};
+use overstap_tests::*;
+
+fn request(
+    to: &str,
+    sections: &[&str],
+    purpose: &str,
+    from: i64,
+    until: i64,
+    live: bool,
+) -> GrantRequest {
+    GrantRequest {
+        to: to.into(),
+        sections: sections.iter().map(|s| s.to_string()).collect(),
+        purpose: purpose.into(),
+        not_before: from,
+        not_after: until,
+        live,
+    }
+}
+
+async fn trail_events(
+    region: &overstap_cli::region::Region,
+    pseudonym: &str,
+) -> Vec<overstap_proto::pb::TrailEvent> {
+    let mut api = region.api(SCHOOL).await.unwrap();
+    api.trail(TrailRequest {
+        pseudonym: pseudonym.into(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .events
+}
+
+#[tokio::test]
+async fn a_revocation_erases_at_the_recipient_and_a_signed_receipt_comes_back() {
+    let (_tmp, region) = region().await;
+    let sam = student(&region, &birth_month(17), None).await;
+    let id = grant(
+        &region,
+        &sam.wallet,
+        &grant_request(
+            GEMEENTE,
+            &["wat-heb-ik-nodig", "ondersteuning-vo"],
+            "begeleiding",
+            60,
+        ),
+        None,
+    )
+    .await;
+    send(&region, &id).await;
+    eventually("the municipality holds it", || async {
+        held_sections(&region, GEMEENTE, &id).await.len() == 2
+    })
+    .await;
+    assert_eq!(node_count(&region, GEMEENTE, "received_sections").await, 2);
+
+    let started = Instant::now();
+    let mut school = region.api(SCHOOL).await.unwrap();
+    revoke(
+        &mut school,
+        make_revocation(&sam.wallet, &id, None, now()).unwrap(),
+    )
+    .await
+    .unwrap();
+    eventually("the receipt is back at the school", || async {
+        handover(&region, &id)
+            .await
+            .is_some_and(|h| h.grant_state == "erased")
+    })
+    .await;
+    println!(
+        "erasure delay, revoke to receipt at the school: {} ms",
+        started.elapsed().as_millis()
+    );
+
+    // Gone at the municipality, every row of it.
+    assert!(held_sections(&region, GEMEENTE, &id).await.is_empty());
+    assert_eq!(node_count(&region, GEMEENTE, "received").await, 0);
+    assert_eq!(node_count(&region, GEMEENTE, "received_sections").await, 0);
+    let node_db = demo::hub_bytes(&region.node_dir(GEMEENTE).join("node.db"));
+    let _ = node_db; // The bytes may linger in free pages until SQLite reuses them; rows are what count.
+
+    // The trail shows it, with the recipient's signed receipt and the hub's receipts checked.
+    let events = trail_events(&region, &sam.wallet.pseudonym).await;
+    let names: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
+    for needed in [
+        "consent",
+        "sent",
+        "delivered",
+        "revoked",
+        "revocation sent",
+        "erased",
+    ] {
+        assert!(names.contains(&needed), "no {needed} in {names:?}");
+    }
+    let erased = events.iter().find(|e| e.event == "erased").unwrap();
+    assert!(
+        erased.receipt_verified,
+        "the hub's receipt for the deletion receipt checks out"
+    );
+    let receipt = erased
+        .evidence
+        .as_ref()
+        .expect("the signed deletion receipt is kept");
+    let key = verifying_key(&member(&region, GEMEENTE).signing_key, "key").unwrap();
+    let r: DeletionReceipt =
+        open_signed(Domain::DeletionReceipt, receipt, &key).expect("signed by the municipality");
+    assert_eq!(
+        (
+            r.grant_id.as_str(),
+            r.reason.as_str(),
+            r.recipient_org.as_str()
+        ),
+        (id.as_str(), "revoked", GEMEENTE)
+    );
+    for e in events.iter().filter(|e| e.hub_receipt.is_some()) {
+        assert!(
+            e.receipt_verified,
+            "{} has a receipt that does not check out",
+            e.event
+        );
+    }
+
+    // The same package sent again under the revoked grant is refused, and nothing is stored.
+    let err = school
+        .send_passport(SendPassportRequest {
+            grant_id: id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        err.message().contains("is erased") || err.message().contains("is revoked"),
+        "{}",
+        err.message()
+    );
+    let replay = package_envelope(
+        &region,
+        &creds(&region, SCHOOL),
+        GEMEENTE,
+        &sam,
+        &stored_grant(&region, &id).await,
+        &["wat-heb-ik-nodig"],
+        "begeleiding",
+    );
+    hub_client(&creds(&region, SCHOOL))
+        .send(replay)
+        .await
+        .unwrap();
+    eventually("the municipality refuses the replay", || async {
+        node_processed(&region, GEMEENTE)
+            .await
+            .iter()
+            .any(|(o, d)| o == "refused" && d.contains("was erased here"))
+    })
+    .await;
+    assert_eq!(node_count(&region, GEMEENTE, "received").await, 0);
+    region.shutdown().await.unwrap();
+}
+
+/// The grant as the school stored it.
+async fn stored_grant(
+    region: &overstap_cli::region::Region,
+    id: &str,
+) -> overstap_proto::pb::Signed {
+    let db = region.node_dir(SCHOOL).join("node.db");
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}?mode=ro", db.display()))
+        .await
+        .unwrap();
+    let bytes: Vec<u8> = sqlx::Row::get(
+        &sqlx::query("SELECT signed FROM grants WHERE grant_id = ?")
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap(),
+        0,
+    );
+    pool.close().await;
+    prost::Message::decode(bytes.as_slice()).unwrap()
+}
+
+#[tokio::test]
+async fn a_revocation_while_the_recipient_is_away_is_carried_out_when_it_returns() {
+    let (_tmp, mut region) = region().await;
+    let sam = student(&region, &birth_month(17), None).await;
+    let id = grant(
+        &region,
+        &sam.wallet,
+        &grant_request(MBO, &["wie-ben-ik"], "intake", 60),
+        None,
+    )
+    .await;
+    send(&region, &id).await;
+    eventually("the mbo holds it", || async {
+        !held_sections(&region, MBO, &id).await.is_empty()
+    })
+    .await;
+    region.stop_node(MBO).await.unwrap();
+    let mut school = region.api(SCHOOL).await.unwrap();
+    revoke(
+        &mut school,
+        make_revocation(&sam.wallet, &id, None, now()).unwrap(),
+    )
+    .await
+    .unwrap();
+    region
+        .wait_for(
+            SCHOOL,
+            Duration::from_secs(20),
+            "the revocation leaving",
+            |s| s.outbox_pending == 0,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        node_count(&region, MBO, "received").await,
+        1,
+        "still there while the mbo is away"
+    );
+    assert_eq!(handover(&region, &id).await.unwrap().grant_state, "revoked");
+
+    region.start_node(MBO).await.unwrap();
+    eventually(
+        "erased and the receipt back, within one sync round",
+        || async {
+            handover(&region, &id)
+                .await
+                .is_some_and(|h| h.grant_state == "erased")
+        },
+    )
+    .await;
+    assert_eq!(node_count(&region, MBO, "received").await, 0);
+    assert_eq!(node_count(&region, MBO, "erased").await, 1);
+    region.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn expiry_erases_with_a_receipt_and_the_school_sees_it_end() {
+    let (_tmp, region, clock) = region_with_clock().await;
+    let sam = student(&region, &birth_month(17), None).await;
+    let t = clock.now();
+    let id = grant(
+        &region,
+        &sam.wallet,
+        &request(MBO, &["wie-ben-ik"], "intake", t - 60, t + 3600, false),
+        None,
+    )
+    .await;
+    send(&region, &id).await;
+    eventually("the mbo holds it", || async {
+        !held_sections(&region, MBO, &id).await.is_empty()
+    })
+    .await;
+    clock.advance(3601);
+    eventually("the reaper erased it and the receipt is back", || async {
+        handover(&region, &id)
+            .await
+            .is_some_and(|h| h.grant_state == "erased")
+    })
+    .await;
+    assert_eq!(node_count(&region, MBO, "received").await, 0);
+    let events = trail_events(&region, &sam.wallet.pseudonym).await;
+    let erased = events
+        .iter()
+        .find(|e| e.event == "erased")
+        .expect("erased in the trail");
+    assert!(erased.detail.contains("expired"), "{}", erased.detail);
+    // Nothing can be sent under it any more.
+    let mut school = region.api(SCHOOL).await.unwrap();
+    assert!(
+        school
+            .send_passport(SendPassportRequest { grant_id: id })
+            .await
+            .is_err()
+    );
+    region.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_grant_that_is_not_yet_valid_waits_in_the_outbox_until_it_starts() {
+    let (_tmp, region, clock) = region_with_clock().await;
+    let sam = student(&region, &birth_month(17), None).await;
+    let t = clock.now();
+    let id = grant(
+        &region,
+        &sam.wallet,
+        &request(
+            MBO,
+            &["wat-wil-ik"],
+            "intake",
+            t + 86_400,
+            t + 30 * 86_400,
+            false,
+        ),
+        None,
+    )
+    .await;
+    let r = send(&region, &id).await;
+    assert!(r.envelope_id.is_empty());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        hub_envelopes_from(&region, SCHOOL).await,
+        0,
+        "nothing leaves before the start"
+    );
+    clock.advance(86_401);
+    eventually("it leaves once the grant starts, and arrives", || async {
+        held_sections(&region, MBO, &id).await == ["wat-wil-ik"]
+    })
+    .await;
+    region.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_live_grant_follows_new_versions_and_the_old_version_is_erased_there() {
+    let (_tmp, region) = region().await;
+    let sam = student(&region, &birth_month(17), None).await;
+    let live = grant(
+        &region,
+        &sam.wallet,
+        &request(
+            MBO,
+            &["wat-wil-ik"],
+            "intake",
+            now() - 60,
+            now() + 86_400,
+            true,
+        ),
+        None,
+    )
+    .await;
+    let fixed = grant(
+        &region,
+        &sam.wallet,
+        &request(
+            GEMEENTE,
+            &["wat-wil-ik"],
+            "begeleiding",
+            now() - 60,
+            now() + 86_400,
+            false,
+        ),
+        None,
+    )
+    .await;
+    send(&region, &live).await;
+    send(&region, &fixed).await;
+    eventually("both hold version 1", || async {
+        !held_sections(&region, MBO, &live).await.is_empty()
+            && !held_sections(&region, GEMEENTE, &fixed).await.is_empty()
+    })
+    .await;
+    // Sam changes his mind about what he wants, and signs version 2.
+    let mut answers: overstap_cli::passport::Answers =
+        serde_json::from_str(demo::SAM_ANSWERS).unwrap();
+    answers.get_mut("wat-wil-ik").unwrap().insert(
+        "opleiding".into(),
+        overstap_cli::passport::AnswerInput::Text(
+            "Toch liever de opleiding tot fietstechnicus.".into(),
+        ),
+    );
+    let draft = overstap_cli::passport::draft_from_answers("pvs-mbo-v1", &answers).unwrap();
+    let mut school = region.api(SCHOOL).await.unwrap();
+    let v = overstap_cli::passport::sign_passport(&mut school, &sam.wallet, &draft, None, now())
+        .await
+        .unwrap();
+    assert_eq!(v, 2);
+    let shown = |org: &'static str, grant: String| {
+        let region = &region;
+        async move {
+            let mut api = region.api(org).await.unwrap();
+            api.show_passport(ShowPassportRequest {
+                grant_id: grant,
+                staff_user: "test".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+        }
+    };
+    eventually("the live grant's holder gets version 2", || async {
+        let mut api = region.api(MBO).await.unwrap();
+        api.inbox(overstap_proto::pb::InboxRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .items
+            .iter()
+            .any(|i| i.grant_id == live && i.status == "ontvangen" && { true })
+            && node_count(&region, MBO, "received").await == 1
+            && {
+                let db = region.node_dir(MBO).join("node.db");
+                let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}?mode=ro", db.display()))
+                    .await
+                    .unwrap();
+                let v: i64 = sqlx::Row::get(
+                    &sqlx::query("SELECT version FROM received")
+                        .fetch_one(&pool)
+                        .await
+                        .unwrap(),
+                    0,
+                );
+                pool.close().await;
+                v == 2
+            }
+    })
+    .await;
+    let at_mbo = shown(MBO, live.clone()).await;
+    assert_eq!(at_mbo.version, 2);
+    let text: Vec<String> = at_mbo
+        .sections
+        .iter()
+        .flat_map(|s| s.answers.iter().map(|a| a.answer.clone()))
+        .collect();
+    assert!(text.iter().any(|t| t.contains("fietstechnicus")));
+    assert!(
+        !text.iter().any(|t| t.contains("Monteur mobiliteit")),
+        "the superseded answer is gone"
+    );
+    assert_eq!(
+        node_count(&region, MBO, "received_sections").await,
+        1,
+        "exactly the consented section"
+    );
+    // The grant that does not follow keeps version 1.
+    let at_gm = shown(GEMEENTE, fixed.clone()).await;
+    assert_eq!(at_gm.version, 1);
+    let events = trail_events(&region, &sam.wallet.pseudonym).await;
+    assert!(
+        events.iter().any(|e| e.event == "replaced" && e.org == MBO),
+        "the mbo's erasure of version 1 is in the trail"
+    );
+    region.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn status_and_views_travel_back_to_the_school() {
+    let (_tmp, region) = region().await;
+    let sam = student(&region, &birth_month(17), None).await;
+    let id = grant(
+        &region,
+        &sam.wallet,
+        &grant_request(MBO, &["wie-ben-ik"], "intake", 60),
+        None,
+    )
+    .await;
+    send(&region, &id).await;
+    eventually("ontvangen reaches the school", || async {
+        handover(&region, &id)
+            .await
+            .is_some_and(|h| h.status == "ontvangen")
+    })
+    .await;
+    let mut mbo = region.api(MBO).await.unwrap();
+    mbo.show_passport(ShowPassportRequest {
+        grant_id: id.clone(),
+        staff_user: "intake.jansen".into(),
+    })
+    .await
+    .unwrap();
+    mbo.show_passport(ShowPassportRequest {
+        grant_id: id.clone(),
+        staff_user: "coach.de.vries".into(),
+    })
+    .await
+    .unwrap();
+    eventually("gelezen and two views reach the school", || async {
+        handover(&region, &id)
+            .await
+            .is_some_and(|h| h.status == "gelezen" && h.views == 2)
+    })
+    .await;
+    mbo.set_status(SetStatusRequest {
+        grant_id: id.clone(),
+        status: "intake gepland".into(),
+        staff_user: "intake.jansen".into(),
+    })
+    .await
+    .unwrap();
+    eventually("intake gepland reaches the school", || async {
+        handover(&region, &id)
+            .await
+            .is_some_and(|h| h.status == "intake gepland")
+    })
+    .await;
+    let err = mbo
+        .set_status(SetStatusRequest {
+            grant_id: id.clone(),
+            status: "geweldig".into(),
+            staff_user: "x".into(),
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        err.message()
+            .contains("is not one of ontvangen, gelezen, intake gepland, gestart, niet gestart"),
+        "{}",
+        err.message()
+    );
+    // The access log at the mbo names the staff; the school learns when, and by which org.
+    assert_eq!(node_count(&region, MBO, "access_log").await, 2);
+    let events = trail_events(&region, &sam.wallet.pseudonym).await;
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.event == "viewed" && e.org == MBO)
+            .count(),
+        2
+    );
+    assert!(
+        events.iter().all(|e| !e.detail.contains("intake.jansen")),
+        "staff names stay at the recipient"
+    );
+    region.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_gap_left_by_a_dishonest_hub_is_filled_by_a_resend() {
+    let (_tmp, mut region) = region().await;
+    let sam = student(&region, &birth_month(17), None).await;
+    region.stop_node(MBO).await.unwrap();
+    let first = grant(
+        &region,
+        &sam.wallet,
+        &grant_request(MBO, &["wie-ben-ik"], "intake", 60),
+        None,
+    )
+    .await;
+    let second = grant(
+        &region,
+        &sam.wallet,
+        &grant_request(MBO, &["wat-kan-ik"], "intake", 60),
+        None,
+    )
+    .await;
+    send(&region, &first).await;
+    send(&region, &second).await;
+    region
+        .wait_for(SCHOOL, Duration::from_secs(20), "both pushed", |s| {
+            s.outbox_pending == 0
+        })
+        .await
+        .unwrap();
+    // The hub drops the first one from the mailbox: the receipt was given, the envelope is gone.
+    let db = region.hub_db();
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    let dropped = sqlx::query(
+        "DELETE FROM mailbox WHERE seq = (SELECT MIN(seq) FROM mailbox WHERE to_org = ?)",
+    )
+    .bind(MBO)
+    .execute(&pool)
+    .await
+    .unwrap()
+    .rows_affected();
+    pool.close().await;
+    assert_eq!(dropped, 1);
+    region.start_node(MBO).await.unwrap();
+    eventually(
+        "the mbo notices the gap, asks again, and gets both",
+        || async {
+            !held_sections(&region, MBO, &first).await.is_empty()
+                && !held_sections(&region, MBO, &second).await.is_empty()
+        },
+    )
+    .await;
+    assert_eq!(
+        node_count(&region, MBO, "held").await,
+        0,
+        "nothing left waiting"
+    );
+    assert_eq!(
+        hub_envelopes_from(&region, SCHOOL).await,
+        3,
+        "the first was sealed again under a new envelope id"
+    );
+    region.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn directory_changes_reach_every_node_without_a_restart() {
+    let (_tmp, mut region) = region().await;
+    let sam = student(&region, &birth_month(17), None).await;
+    // A new member joins while everything runs.
+    region
+        .admit_and_start(overstap_cli::region::Org::new(
+            "26AB",
+            MemberKind::Mbo,
+            "Groene College",
+        ))
+        .await
+        .unwrap();
+    let v = region.authority.directory().unwrap().version();
+    region
+        .wait_for(
+            SCHOOL,
+            Duration::from_secs(20),
+            "the school fetching the new directory",
+            |s| s.directory_version == v,
+        )
+        .await
+        .unwrap();
+    let id = grant(
+        &region,
+        &sam.wallet,
+        &grant_request("26AB", &["wie-ben-ik"], "intake", 60),
+        None,
+    )
+    .await;
+    send(&region, &id).await;
+    eventually("the new member receives", || async {
+        !held_sections(&region, "26AB", &id).await.is_empty()
+    })
+    .await;
+
+    // The mbo's keys are rotated; it follows without a restart and keeps receiving.
+    region.authority.rotate(MBO, &region.node_dir(MBO)).unwrap();
+    let v = region.publish_directory().await.unwrap();
+    region
+        .wait_for(
+            SCHOOL,
+            Duration::from_secs(20),
+            "the school fetching the new directory",
+            |s| s.directory_version == v,
+        )
+        .await
+        .unwrap();
+    region
+        .wait_for(
+            MBO,
+            Duration::from_secs(20),
+            "the mbo fetching the new directory",
+            |s| s.directory_version == v,
+        )
+        .await
+        .unwrap();
+    let after = grant(
+        &region,
+        &sam.wallet,
+        &grant_request(MBO, &["wat-kan-ik"], "intake", 60),
+        None,
+    )
+    .await;
+    send(&region, &after).await;
+    eventually("sealed to the new key, opened with it", || async {
+        !held_sections(&region, MBO, &after).await.is_empty()
+    })
+    .await;
+
+    // A member is removed: the school can no longer send to it, and says why.
+    let to_removed = grant(
+        &region,
+        &sam.wallet,
+        &grant_request(GEMEENTE, &["wie-ben-ik"], "begeleiding", 60),
+        None,
+    )
+    .await;
+    let old_gm = member(&region, GEMEENTE);
+    region.authority.remove(GEMEENTE).unwrap();
+    let v = region.publish_directory().await.unwrap();
+    region
+        .wait_for(
+            SCHOOL,
+            Duration::from_secs(20),
+            "the school fetching the new directory",
+            |s| s.directory_version == v,
+        )
+        .await
+        .unwrap();
+    let mut school = region.api(SCHOOL).await.unwrap();
+    let err = school
+        .send_passport(SendPassportRequest {
+            grant_id: to_removed,
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        err.message().contains("unknown member GM0193"),
+        "{}",
+        err.message()
+    );
+    // And the hub refuses an envelope to it outright, sealed with what the school knew before.
+    let school_creds = creds(&region, SCHOOL);
+    let env = overstap_proto::envelope::seal(
+        overstap_proto::envelope::Outgoing {
+            envelope_id: [7; 16],
+            from_org: SCHOOL,
+            kind: overstap_proto::pb::EnvelopeKind::Status,
+            created_at: now(),
+            payload: overstap_proto::pb::Payload::default(),
+        },
+        &school_creds.signing,
+        &old_gm,
+    )
+    .unwrap();
+    let err = hub_client(&school_creds).send(env).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    assert_eq!(
+        err.message(),
+        "unknown member GM0193: not in the signed directory"
+    );
+    region.shutdown().await.unwrap();
+}
