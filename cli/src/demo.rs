@@ -179,6 +179,29 @@ async fn register(
     Wallet::new(key, card)
 }
 
+/// Polls `check` every 25 ms until it holds or `timeout` passes.
+async fn wait_until<F, Fut>(timeout: Duration, check: F) -> bool
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    false
+}
+
+async fn handovers(api: &mut Api) -> Vec<overstap_proto::pb::Handover> {
+    api.handovers(overstap_proto::pb::HandoversRequest {})
+        .await
+        .map(|r| r.into_inner().handovers)
+        .unwrap_or_default()
+}
+
 /// Reads every file of the hub's database (main file and write-ahead log).
 pub fn hub_bytes(db: &Path) -> Vec<u8> {
     let mut all = Vec::new();
@@ -498,7 +521,101 @@ pub async fn run(dir: &Path, out: &mut dyn Write, serve: bool) -> anyhow::Result
         "Noor's whole passport reached the mbo, with her guardian's consent",
     );
 
-    story.step(9, "The hub routed everything, and could read none of it.");
+    story.step(
+        9,
+        "The mbo plans Sam's intake; the school sees how its handovers go.",
+    );
+    mbo.set_status(overstap_proto::pb::SetStatusRequest {
+        grant_id: g_sam_mbo.clone(),
+        status: "intake gepland".into(),
+        staff_user: "intake.jansen".into(),
+    })
+    .await
+    .map_err(explain)?;
+    let seen = wait_until(Duration::from_secs(20), || async {
+        handovers(&mut school.clone())
+            .await
+            .iter()
+            .any(|h| h.grant_id == g_sam_mbo && h.status == "intake gepland")
+    })
+    .await;
+    let list = handovers(&mut school).await;
+    for line in render::handovers(&list, now()).lines() {
+        story.say(&format!("   | {line}"));
+    }
+    story.check(
+        seen,
+        "the mbo's status travelled back to the school, with the views",
+    );
+
+    story.step(
+        10,
+        &format!("Sam withdraws the consent he gave {GEMEENTE}."),
+    );
+    let revoked_at = Instant::now();
+    crate::passport::revoke(
+        &mut school,
+        crate::passport::make_revocation(&sam, &g_sam_gm, None, now())?,
+    )
+    .await?;
+    let erased = wait_until(Duration::from_secs(30), || async {
+        handovers(&mut school.clone())
+            .await
+            .iter()
+            .any(|h| h.grant_id == g_sam_gm && h.grant_state == "erased")
+    })
+    .await;
+    let delay = revoked_at.elapsed();
+    story.check(
+        erased,
+        &format!(
+            "{GEMEENTE} erased it and its signed deletion receipt was back in {} ms",
+            delay.as_millis()
+        ),
+    );
+    let gm_left = gm.inbox(InboxRequest {}).await?.into_inner().items;
+    story.check(
+        gm_left.is_empty(),
+        &format!("{GEMEENTE} holds nothing of Sam any more"),
+    );
+
+    story.step(11, "Sam asks where his passport went and who looked at it.");
+    let events = school
+        .trail(overstap_proto::pb::TrailRequest {
+            pseudonym: sam.pseudonym.clone(),
+        })
+        .await
+        .map_err(explain)?
+        .into_inner()
+        .events;
+    for line in render::trail(&sam.pseudonym, &events).lines() {
+        story.say(&format!("   | {line}"));
+    }
+    let with_receipt: Vec<_> = events.iter().filter(|e| e.hub_receipt.is_some()).collect();
+    story.check(
+        !with_receipt.is_empty() && with_receipt.iter().all(|e| e.receipt_verified),
+        &format!(
+            "all {} events carried by the hub check out against its signed receipts",
+            with_receipt.len()
+        ),
+    );
+    let names: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
+    story.check(
+        [
+            "consent",
+            "sent",
+            "delivered",
+            "viewed",
+            "status",
+            "revoked",
+            "erased",
+        ]
+        .iter()
+        .all(|n| names.contains(n)),
+        "the trail shows consent, sending, delivery, views, status, revocation and erasure",
+    );
+
+    story.step(12, "The hub routed everything, and could read none of it.");
     let hub = hub_bytes(&region.hub_db());
     let mut leaked: Vec<String> = answer_texts(SAM_ANSWERS)
         .into_iter()

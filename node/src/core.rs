@@ -738,10 +738,7 @@ impl NodeCore {
             org: g.recipient_org.clone(),
             event: "revoked".into(),
             at: self.now(),
-            detail: format!(
-                "consent for {} withdrawn; {} is asked to erase",
-                g.recipient_org, g.recipient_org
-            ),
+            detail: format!("the student withdrew the consent for {}", g.recipient_org),
             evidence: Some(signed.encode_to_vec()),
             ..Default::default()
         })
