@@ -18,6 +18,9 @@ struct Args {
     /// Address to listen on, overriding the settings.
     #[arg(long)]
     listen: Option<std::net::SocketAddr>,
+    /// Write the address the hub listens on to this file once bound (useful with port 0).
+    #[arg(long)]
+    addr_file: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -36,6 +39,10 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("binding {}", settings.listen))?;
+    if let Some(path) = &args.addr_file {
+        std::fs::write(path, format!("{}\n", listener.local_addr()?))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
     overstap_hub::serve(config, listener, shutdown_signal()).await
 }
 

@@ -5,3 +5,4 @@
 mod bad_input;
 mod handover;
 mod lifecycle;
+mod processes;

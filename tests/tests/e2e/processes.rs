@@ -1,0 +1,288 @@
+//! Real processes: the hub and two nodes run as their own binaries, and are killed with SIGKILL
+//! in the middle of a transfer of 1,000 packages. Every package must arrive exactly once.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use overstap_cli::authority::{Admission, Authority};
+use overstap_cli::client::connect_dir;
+use overstap_proto::pb::{MemberKind, NodeStatusRequest, SendPassportRequest};
+use overstap_tests::demo::{MBO, SCHOOL, birth_month};
+use overstap_tests::*;
+use sqlx::Row;
+use tokio::process::{Child, Command};
+
+const PACKAGES: usize = 1000;
+
+struct Region {
+    dir: PathBuf,
+    hub_addr: String,
+    hub: Option<Child>,
+    nodes: Vec<(String, Child)>,
+}
+
+fn admit(auth: &Authority, dir: &Path, org: &str, kind: MemberKind) {
+    auth.admit(&Admission {
+        org_id: org.into(),
+        kind,
+        name: org.into(),
+        hosts: vec!["localhost".into(), "127.0.0.1".into()],
+        hub_url: "https://127.0.0.1:1".into(),
+        hub_name: "localhost".into(),
+        listen: "127.0.0.1:0".into(),
+        out: dir.join(org),
+    })
+    .unwrap();
+}
+
+impl Region {
+    async fn start(dir: &Path) -> Region {
+        let auth = Authority::init(&dir.join("authority"), "proc").unwrap();
+        admit(&auth, dir, "HUB", MemberKind::Hub);
+        admit(&auth, dir, SCHOOL, MemberKind::School);
+        admit(&auth, dir, MBO, MemberKind::Mbo);
+        std::fs::copy(
+            dir.join("authority/directory.signed"),
+            dir.join("HUB/directory.signed"),
+        )
+        .unwrap();
+        let mut r = Region {
+            dir: dir.to_path_buf(),
+            hub_addr: String::new(),
+            hub: None,
+            nodes: Vec::new(),
+        };
+        r.start_hub("127.0.0.1:0").await;
+        for org in [SCHOOL, MBO] {
+            r.start_node(org).await;
+        }
+        r
+    }
+
+    async fn start_hub(&mut self, listen: &str) {
+        let addr_file = self.dir.join("HUB/addr");
+        let _ = std::fs::remove_file(&addr_file);
+        let child = Command::new(env!("CARGO_BIN_EXE_hub-under-test"))
+            .arg("--config")
+            .arg(self.dir.join("HUB/hub.toml"))
+            .arg("--listen")
+            .arg(listen)
+            .arg("--addr-file")
+            .arg(&addr_file)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the hub starts");
+        self.hub = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(a) = std::fs::read_to_string(&addr_file)
+                && !a.trim().is_empty()
+            {
+                self.hub_addr = a.trim().to_string();
+                return;
+            }
+            assert!(Instant::now() < deadline, "the hub did not come up");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn start_node(&mut self, org: &str) {
+        let _ = std::fs::remove_file(self.dir.join(org).join("api.url"));
+        let child = Command::new(env!("CARGO_BIN_EXE_node-under-test"))
+            .arg("--config")
+            .arg(self.dir.join(org).join("node.toml"))
+            .env("OVERSTAP_HUB_URL", format!("https://{}", self.hub_addr))
+            .env("OVERSTAP_DIRECTORY_INTERVAL_SECS", "1")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the node starts");
+        self.nodes.push((org.to_string(), child));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(mut api) = connect_dir(&self.dir.join(org)).await
+                && let Ok(s) = api.status(NodeStatusRequest {}).await
+                && s.into_inner().directory_version > 0
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "node {org} did not come up");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// SIGKILL: no shutdown, no flush, nothing.
+    async fn kill_node(&mut self, org: &str) {
+        let i = self.nodes.iter().position(|(o, _)| o == org).unwrap();
+        let (_, mut child) = self.nodes.remove(i);
+        child.kill().await.unwrap();
+    }
+
+    async fn kill_hub(&mut self) {
+        self.hub.take().unwrap().kill().await.unwrap();
+    }
+
+    async fn inbox_count(&self, org: &str) -> u64 {
+        match connect_dir(&self.dir.join(org)).await {
+            Ok(mut api) => api
+                .status(NodeStatusRequest {})
+                .await
+                .map(|s| s.into_inner().inbox_count)
+                .unwrap_or(0),
+            Err(_) => 0,
+        }
+    }
+
+    async fn wait_inbox(&self, org: &str, at_least: u64, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let n = self.inbox_count(org).await;
+            if n >= at_least {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{org} holds {n} of {at_least} after {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn db(&self, path: &str) -> sqlx::SqlitePool {
+        sqlx::SqlitePool::connect(&format!(
+            "sqlite://{}?mode=ro",
+            self.dir.join(path).display()
+        ))
+        .await
+        .unwrap()
+    }
+}
+
+/// Registers a student and queues one package per grant, `n` grants.
+async fn queue_packages(dir: &Path, n: usize) -> Vec<String> {
+    let mut api = connect_dir(&dir.join(SCHOOL)).await.unwrap();
+    let key = overstap_proto::sign::generate_signing_key();
+    let card = api
+        .register_student(overstap_proto::pb::RegisterStudentRequest {
+            student_key: key.verifying_key().to_bytes().to_vec(),
+            birth_month: birth_month(17),
+            guardian_keys: vec![],
+            staff_user: "mentor".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .card
+        .unwrap();
+    let wallet = overstap_cli::wallet::Wallet::new(key, card).unwrap();
+    let answers: overstap_cli::passport::Answers = serde_json::from_str(demo::SAM_ANSWERS).unwrap();
+    let draft = overstap_cli::passport::draft_from_answers("pvs-mbo-v1", &answers).unwrap();
+    overstap_cli::passport::sign_passport(&mut api, &wallet, &draft, None, now())
+        .await
+        .unwrap();
+    let mut ids = Vec::with_capacity(n);
+    for _ in 0..n {
+        let signed = overstap_cli::passport::make_grant(
+            &wallet,
+            "pvs-mbo-v1",
+            &grant_request(MBO, &["wie-ben-ik", "wat-heb-ik-nodig"], "intake", 30),
+            None,
+            now(),
+        )
+        .unwrap();
+        let id = overstap_cli::passport::upload_grant(&mut api, signed)
+            .await
+            .unwrap();
+        api.send_passport(SendPassportRequest {
+            grant_id: id.clone(),
+        })
+        .await
+        .unwrap();
+        ids.push(id);
+    }
+    ids
+}
+
+/// Every package arrived, exactly once, and nothing is left in flight.
+async fn check_exactly_once(r: &Region, ids: &[String]) {
+    let mbo = r.db(&format!("{MBO}/node.db")).await;
+    let stored: Vec<String> = sqlx::query("SELECT detail FROM processed WHERE outcome = 'stored'")
+        .fetch_all(&mbo)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(stored.len(), ids.len(), "each package imported once");
+    let mut sorted = stored.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), ids.len(), "no grant imported twice");
+    let received: i64 = sqlx::query("SELECT COUNT(*) FROM received")
+        .fetch_one(&mbo)
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(received as usize, ids.len());
+    for id in ids {
+        assert!(sorted.binary_search(id).is_ok(), "grant {id} never arrived");
+    }
+    mbo.close().await;
+    let hub = r.db("HUB/hub.db").await;
+    let accepted: i64 =
+        sqlx::query("SELECT COUNT(*) FROM envelopes WHERE from_org = ? AND kind = 1")
+            .bind(SCHOOL)
+            .fetch_one(&hub)
+            .await
+            .unwrap()
+            .get(0);
+    assert_eq!(
+        accepted as usize,
+        ids.len(),
+        "the hub stored each package once"
+    );
+    hub.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_mid_ingest_loses_nothing_and_imports_nothing_twice() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut r = Region::start(tmp.path()).await;
+    let started = Instant::now();
+    let ids = queue_packages(tmp.path(), PACKAGES).await;
+    r.wait_inbox(MBO, 200, Duration::from_secs(120)).await;
+    r.kill_node(MBO).await;
+    let at_kill = r.inbox_count(MBO).await;
+    r.start_node(MBO).await;
+    r.wait_inbox(MBO, PACKAGES as u64, Duration::from_secs(300))
+        .await;
+    println!(
+        "{PACKAGES} packages, recipient killed once, all in after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let _ = at_kill;
+    check_exactly_once(&r, &ids).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_killed_mid_transfer_loses_nothing_and_resumes_where_it_was() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut r = Region::start(tmp.path()).await;
+    let started = Instant::now();
+    let ids = queue_packages(tmp.path(), PACKAGES).await;
+    r.wait_inbox(MBO, 200, Duration::from_secs(120)).await;
+    r.kill_hub().await;
+    let addr = r.hub_addr.clone();
+    r.start_hub(&addr).await;
+    r.wait_inbox(MBO, PACKAGES as u64, Duration::from_secs(300))
+        .await;
+    println!(
+        "{PACKAGES} packages, hub killed once, all in after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    check_exactly_once(&r, &ids).await;
+}
