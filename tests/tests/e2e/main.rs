@@ -5,4 +5,5 @@
 mod bad_input;
 mod handover;
 mod lifecycle;
+mod model;
 mod processes;
