@@ -698,10 +698,17 @@ impl NodeCore {
                     rev.grant_id, rev.pseudonym
                 ))
             })?;
-        if matches!(g.state.as_str(), "revoked" | "erased") {
+        if g.state != "active" {
             return Err(NodeError::Precondition(format!(
-                "grant {} is already {}",
+                "grant {} has already ended: it is {}",
                 g.grant_id, g.state
+            )));
+        }
+        if grant_time_of(&g, self.now()) == GrantTime::Expired {
+            return Err(NodeError::Precondition(format!(
+                "grant {} has already ended: it expired on {}",
+                g.grant_id,
+                format_date(g.not_after)
             )));
         }
         let mut tx = self.store.begin().await?;

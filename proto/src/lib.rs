@@ -19,6 +19,7 @@ pub mod consent;
 pub mod directory;
 pub mod envelope;
 pub mod error;
+pub mod log;
 pub mod passport;
 pub mod questions;
 pub mod sign;
