@@ -153,9 +153,19 @@ impl Region {
 
     /// Stops the hub (gracefully) and starts it again on the same address.
     pub async fn restart_hub(&mut self) -> anyhow::Result<()> {
-        if let Some(h) = self.hub.take() {
-            h.stop().await?;
+        self.stop_hub().await?;
+        self.start_hub().await
+    }
+
+    pub async fn stop_hub(&mut self) -> anyhow::Result<()> {
+        match self.hub.take() {
+            Some(h) => h.stop().await,
+            None => bail!("the hub is not running"),
         }
+    }
+
+    /// Starts the hub again on its address.
+    pub async fn start_hub(&mut self) -> anyhow::Result<()> {
         let listener = TcpListener::bind(self.hub_addr).await?;
         self.start_hub_on(listener).await
     }
@@ -168,6 +178,7 @@ impl Region {
         let mut config = settings.resolve()?;
         config.directory_interval = Duration::from_millis(500);
         config.reaper_interval = Duration::from_millis(200);
+        config.log_interval = Duration::from_millis(300);
         let clock = self.clock.clone();
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let _ = std::fs::remove_file(self.node_dir(org).join("api.url"));

@@ -57,7 +57,7 @@ pub async fn serve_with_store<S: HubStore>(
         config.signing_key.clone(),
         config.authority,
         config.max_envelope_bytes,
-        stop_rx,
+        stop_rx.clone(),
     )
     .await?;
     if let Some(signed) = &config.directory {
@@ -66,6 +66,7 @@ pub async fn serve_with_store<S: HubStore>(
             Err(e) => tracing::info!(reason = %e, "directory file not installed"),
         }
     }
+    let sequencer = tokio::spawn(sequence(service.clone(), stop_rx));
     let tls = tls::server_config(&config.tls)?;
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<HubServer<HubService<S>>>().await;
@@ -90,5 +91,29 @@ pub async fn serve_with_store<S: HubStore>(
         .serve_with_incoming_shutdown(tls::incoming(listener, tls), shutdown)
         .await
         .context("hub server failed")?;
+    let _ = sequencer.await;
     Ok(())
+}
+
+/// How often new events are integrated into the log and a checkpoint signed: every entry is in
+/// a signed checkpoint well within a second of its `Send`.
+const INTEGRATE_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// The log's sequencer: integrates events in batches, one signature per checkpoint.
+async fn sequence<S: HubStore>(
+    service: HubService<S>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        if let Err(e) = service.integrate().await {
+            tracing::error!(error = %e, "integrating the log failed; trying again");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(INTEGRATE_EVERY) => {}
+            _ = stop.changed() => {
+                let _ = service.integrate().await;
+                return;
+            }
+        }
+    }
 }

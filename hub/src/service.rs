@@ -22,7 +22,16 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use crate::store::{Accepted, HubStore, NewEnvelope, StoreError};
+use crate::store::{
+    Accepted, Checkpoint as StoredCheckpoint, Event, HubStore, NewEnvelope, StoreError,
+};
+use overstap_proto::log::{
+    Hash, LogEntry, MemoryTree, leaf_hash, sign_checkpoint, stored_hash_count,
+};
+use overstap_proto::pb::{
+    CheckpointResponse, ConsistencyRequest, GetCheckpointRequest, InclusionRequest,
+    LogEntriesRequest, LogEntriesResponse, ProofResponse,
+};
 
 /// Why the hub refused a call. Exactly one conversion to `tonic::Status` below.
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +92,8 @@ pub struct HubState<S> {
     directory: RwLock<Option<Arc<VerifiedDirectory>>>,
     /// Per recipient, the newest mailbox sequence number; subscribers wait on it.
     mailboxes: Mutex<HashMap<String, watch::Sender<u64>>>,
+    /// The log's tree, integrated up to the newest checkpoint.
+    log: tokio::sync::Mutex<MemoryTree>,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -116,6 +127,13 @@ impl<S: HubStore> HubService<S> {
         max_body: usize,
         shutdown: watch::Receiver<bool>,
     ) -> Result<Self, HubError> {
+        let hashes = store.log_hashes().await?;
+        let size = store
+            .latest_checkpoint()
+            .await?
+            .map(|c| c.size)
+            .unwrap_or(0);
+        let log = MemoryTree::from_stored(hashes.into_iter().map(Hash).collect(), size);
         let directory = match store.directory().await? {
             Some(bytes) => {
                 let signed = Signed::decode(bytes.as_slice())
@@ -133,6 +151,7 @@ impl<S: HubStore> HubService<S> {
                 max_body,
                 directory: RwLock::new(directory),
                 mailboxes: Mutex::new(HashMap::new()),
+                log: tokio::sync::Mutex::new(log),
                 shutdown,
             }),
         })
@@ -181,6 +200,43 @@ impl<S: HubStore> HubService<S> {
             .member_by_cert(&fingerprint)
             .cloned()
             .ok_or(HubError::NotAMember)
+    }
+
+    /// Integrates new events into the log and signs a checkpoint for them, in one transaction
+    /// with their stored hashes. Returns the new size (unchanged when nothing was new).
+    pub async fn integrate(&self) -> Result<u64, HubError> {
+        let mut tree = self.state.log.lock().await;
+        let start = tree.size();
+        let events = self.state.store.events(start, 10_000).await?;
+        if events.is_empty() {
+            return Ok(start);
+        }
+        let region = self.directory()?.directory.region.clone();
+        let first_hash = stored_hash_count(start);
+        let mut work = tree.clone();
+        let mut added = Vec::new();
+        for e in &events {
+            for h in work.append(leaf_hash(&entry_of(e)))? {
+                added.push(h.0);
+            }
+        }
+        let root = work.root()?;
+        let note = sign_checkpoint(
+            &region,
+            work.size(),
+            root,
+            &self.state.key,
+            &self.state.hub_id,
+        )?;
+        let cp = StoredCheckpoint {
+            size: work.size(),
+            root: root.0,
+            note,
+            at: now(),
+        };
+        self.state.store.integrate(first_hash, &added, &cp).await?;
+        *tree = work;
+        Ok(cp.size)
     }
 
     fn mailbox_signal(&self, org: &str) -> watch::Sender<u64> {
@@ -268,6 +324,25 @@ impl<S: HubStore> HubService<S> {
 }
 
 type DeliveryStream = Pin<Box<dyn Stream<Item = Result<Delivery, Status>> + Send>>;
+
+/// The log leaf of a stored event.
+pub fn entry_of(e: &Event) -> LogEntry {
+    LogEntry {
+        event: e.event.clone(),
+        envelope_kind: e.envelope_kind,
+        from_org: e.from_org.clone(),
+        to_org: e.to_org.clone(),
+        envelope_id: e.envelope_id.clone(),
+        body_sha256: e.body_sha256.clone(),
+        at: e.at,
+    }
+}
+
+fn proof_response(hashes: Vec<Hash>) -> ProofResponse {
+    ProofResponse {
+        hashes: hashes.into_iter().map(|h| h.0.to_vec()).collect(),
+    }
+}
 
 #[tonic::async_trait]
 impl<S: HubStore> Hub for HubService<S> {
@@ -376,5 +451,96 @@ impl<S: HubStore> Hub for HubService<S> {
         }
         let version = self.publish_directory(request.get_ref()).await?;
         Ok(Response::new(PublishDirectoryResponse { version }))
+    }
+
+    async fn get_checkpoint(
+        &self,
+        request: Request<GetCheckpointRequest>,
+    ) -> Result<Response<CheckpointResponse>, Status> {
+        self.caller(&request)?;
+        let cp = self
+            .state
+            .store
+            .latest_checkpoint()
+            .await
+            .map_err(HubError::from)?;
+        let cp = cp.ok_or_else(|| Status::not_found("the log is empty: no checkpoint yet"))?;
+        Ok(Response::new(CheckpointResponse { note: cp.note }))
+    }
+
+    async fn get_inclusion_proof(
+        &self,
+        request: Request<InclusionRequest>,
+    ) -> Result<Response<ProofResponse>, Status> {
+        self.caller(&request)?;
+        let r = request.into_inner();
+        let tree = self.state.log.lock().await;
+        if r.tree_size == 0 || r.tree_size > tree.size() || r.log_index >= r.tree_size {
+            return Err(Status::out_of_range(format!(
+                "no entry {} in a tree of {} (the log holds {})",
+                r.log_index,
+                r.tree_size,
+                tree.size()
+            )));
+        }
+        Ok(Response::new(proof_response(
+            tree.inclusion(r.log_index, r.tree_size)
+                .map_err(HubError::from)?,
+        )))
+    }
+
+    async fn get_consistency_proof(
+        &self,
+        request: Request<ConsistencyRequest>,
+    ) -> Result<Response<ProofResponse>, Status> {
+        self.caller(&request)?;
+        let r = request.into_inner();
+        let tree = self.state.log.lock().await;
+        if r.old_size == 0 || r.old_size > r.new_size || r.new_size > tree.size() {
+            return Err(Status::out_of_range(format!(
+                "no consistency proof from {} to {} (the log holds {})",
+                r.old_size,
+                r.new_size,
+                tree.size()
+            )));
+        }
+        Ok(Response::new(proof_response(
+            tree.consistency(r.old_size, r.new_size)
+                .map_err(HubError::from)?,
+        )))
+    }
+
+    async fn get_log_entries(
+        &self,
+        request: Request<LogEntriesRequest>,
+    ) -> Result<Response<LogEntriesResponse>, Status> {
+        self.caller(&request)?;
+        let r = request.into_inner();
+        let size = self.state.log.lock().await.size();
+        let limit = r.limit.clamp(1, 10_000);
+        let events = self
+            .state
+            .store
+            .events(r.start, limit)
+            .await
+            .map_err(HubError::from)?;
+        Ok(Response::new(LogEntriesResponse {
+            entries: events
+                .iter()
+                .filter(|e| e.log_index < size)
+                .map(|e| {
+                    let l = entry_of(e);
+                    overstap_proto::pb::LogEntry {
+                        event: l.event,
+                        envelope_kind: l.envelope_kind,
+                        from_org: l.from_org,
+                        to_org: l.to_org,
+                        envelope_id: l.envelope_id,
+                        body_sha256: l.body_sha256,
+                        at: l.at,
+                    }
+                })
+                .collect(),
+        }))
     }
 }

@@ -8,12 +8,12 @@ use overstap_proto::ProtocolError;
 use overstap_proto::pb::node_server::Node;
 use overstap_proto::pb::{
     AddGrantRequest, AddGrantResponse, GetStudentRequest, GetStudentResponse, Handover,
-    HandoversRequest, HandoversResponse, InboxItem, InboxRequest, InboxResponse, NodeStatusRequest,
-    NodeStatusResponse, OutboxItem, OutboxRequest, OutboxResponse, RegisterStudentRequest,
-    RegisterStudentResponse, RevokeGrantRequest, RevokeGrantResponse, SendPassportRequest,
-    SendPassportResponse, SetStatusRequest, SetStatusResponse, ShowPassportRequest,
-    ShowPassportResponse, Signed, StorePassportRequest, StorePassportResponse, TrailEvent,
-    TrailRequest, TrailResponse,
+    HandoversRequest, HandoversResponse, InboxItem, InboxRequest, InboxResponse, LogStatusRequest,
+    LogStatusResponse, NodeStatusRequest, NodeStatusResponse, OutboxItem, OutboxRequest,
+    OutboxResponse, RegisterStudentRequest, RegisterStudentResponse, RevokeGrantRequest,
+    RevokeGrantResponse, SendPassportRequest, SendPassportResponse, SetStatusRequest,
+    SetStatusResponse, ShowPassportRequest, ShowPassportResponse, Signed, StorePassportRequest,
+    StorePassportResponse, TrailEvent, TrailRequest, TrailResponse,
 };
 use prost::Message;
 use rand_core::RngCore;
@@ -264,6 +264,31 @@ impl Node for NodeApi {
                     views: g.views,
                 })
                 .collect(),
+        }))
+    }
+
+    async fn log_status(
+        &self,
+        _request: Request<LogStatusRequest>,
+    ) -> Result<Response<LogStatusResponse>, Status> {
+        let state = self.core.store.log_state().await.map_err(NodeError::from)?;
+        let (proven, unproven) = self
+            .core
+            .store
+            .proof_counts()
+            .await
+            .map_err(NodeError::from)?;
+        let (checkpoint, size, alarm) = match state {
+            Some(s) => (s.note, s.size, s.alarm),
+            None => (Vec::new(), 0, None),
+        };
+        Ok(Response::new(LogStatusResponse {
+            checkpoint,
+            size,
+            proven,
+            unproven,
+            alarm: alarm.is_some(),
+            alarm_reason: alarm.unwrap_or_default(),
         }))
     }
 

@@ -773,12 +773,20 @@ impl NodeCore {
                 .send_package_in(&mut tx, &g, entry.version.unwrap_or(g.passport_version))
                 .await
             {
-                Ok(_) => n += 1,
+                Ok(_) => {
+                    tx.commit().await?;
+                    n += 1;
+                }
                 Err(e) => {
-                    tracing::info!(grant = %grant_id, reason = %e, "a waiting package will not leave")
+                    // Nothing of the failed attempt is kept (no sequence number is used up).
+                    drop(tx);
+                    tracing::info!(grant = %grant_id, reason = %e, "a waiting package will not leave");
+                    let mut tx = self.store.begin().await?;
+                    tx.set_outbox_state(entry.seq, "cancelled", &e.to_string())
+                        .await?;
+                    tx.commit().await?;
                 }
             }
-            tx.commit().await?;
         }
         if n > 0 {
             self.outbox_wake.notify_one();
@@ -859,6 +867,37 @@ impl NodeCore {
     ) -> Result<(), NodeError> {
         let mut tx = self.store.begin().await?;
         tx.mark_attempt(entry.seq, detail, give_up).await?;
+        // A refused envelope still holds a sequence number, so a skip under that number goes in
+        // its place: the recipient sees no gap that nothing could ever fill.
+        if give_up && let Some(seq) = entry.peer_seq {
+            let payload = Payload {
+                seq,
+                content: Some(Content::Skip(Skip {
+                    reason: format!("the hub refused what was sealed here: {detail}"),
+                })),
+                ..Default::default()
+            };
+            let dir = self.directory()?;
+            if let Ok(recipient) = dir.member(&entry.to_org) {
+                let envelope_id = random_bytes::<16>();
+                let envelope =
+                    self.seal_payload(recipient, EnvelopeKind::Status, envelope_id, &payload)?;
+                tx.enqueue(&OutboxRow {
+                    envelope_id: Some(envelope_id.to_vec()),
+                    to_org: entry.to_org.clone(),
+                    kind: EnvelopeKind::Status as i32,
+                    grant_id: None,
+                    payload: Some(payload.encode_to_vec()),
+                    envelope: Some(envelope.encode_to_vec()),
+                    peer_seq: Some(seq),
+                    not_before: 0,
+                    version: None,
+                    state: "pending",
+                    created_at: self.now(),
+                })
+                .await?;
+            }
+        }
         tx.commit().await?;
         Ok(())
     }
@@ -913,9 +952,16 @@ impl NodeCore {
                 "name the staff member who views the passport (it is logged)".into(),
             ));
         }
-        let mut received = self.store.received(grant_id).await?.ok_or_else(|| {
-            NodeError::NotFound(format!("no passport under grant {grant_id} at this node"))
-        })?;
+        // After its consent ended a passport is not shown, even before the reaper erased it.
+        let now = self.now();
+        let mut received = self
+            .store
+            .received(grant_id)
+            .await?
+            .filter(|r| now < r.not_after)
+            .ok_or_else(|| {
+                NodeError::NotFound(format!("no passport under grant {grant_id} at this node"))
+            })?;
         let manifest: Manifest = decode_body(
             Domain::Manifest,
             &stored::<Signed>(&received.manifest, "manifest")?,
@@ -1129,6 +1175,15 @@ impl NodeCore {
                 .map(|r| stored::<Signed>(r, "receipt"))
                 .transpose()?;
             self.ingest_one(&envelope, receipt.as_ref(), true).await?;
+            // A held envelope that can no longer be taken in (its sender's key changed while it
+            // waited, say) must not block its sender for ever: pass its number, and say so.
+            if self.store.peer(from).await?.received_seq < next {
+                tracing::warn!(org = %self.org_id, %from, seq = next, "a held envelope could not be taken in; moving on");
+                let mut tx = self.store.begin().await?;
+                tx.unhold(from, next).await?;
+                tx.set_received_seq(from, next).await?;
+                tx.commit().await?;
+            }
         }
     }
 
@@ -1159,6 +1214,7 @@ impl NodeCore {
             outcome: outcome.to_string(),
             detail,
             receipt: receipt.map(|r| r.encode_to_vec()),
+            body_sha256: Some(claimed.body_sha256.clone()),
             at: self.now(),
         };
         // Checks anyone can make. A sender the directory does not know yet may be a new member:
@@ -1637,6 +1693,30 @@ impl NodeCore {
             ));
         }
         Ok(())
+    }
+
+    /// Checks a checkpoint note against the hub key and region in the signed directory.
+    pub fn verify_checkpoint(
+        &self,
+        note: &[u8],
+    ) -> Result<overstap_proto::log::VerifiedCheckpoint, NodeError> {
+        let dir = self.directory()?;
+        let hub = dir
+            .hub()
+            .ok_or_else(|| NodeError::Invalid("the directory lists no hub".into()))?;
+        let key = verifying_key(&hub.signing_key, "hub key")?;
+        Ok(overstap_proto::log::verify_checkpoint(
+            note,
+            &dir.directory.region,
+            &key,
+            &hub.org_id,
+        )?)
+    }
+
+    /// Whether this node has caught the hub showing a log that does not add up. While it has,
+    /// it sends nothing.
+    pub async fn log_alarm(&self) -> Result<Option<String>, NodeError> {
+        Ok(self.store.log_state().await?.and_then(|s| s.alarm))
     }
 
     pub fn mark_connected(&self, up: bool) {

@@ -103,6 +103,7 @@ pub async fn run_with_clock(
     let intervals = sync::Intervals {
         directory: config.directory_interval,
         reaper: config.reaper_interval,
+        log: config.log_interval,
     };
     let engine = tokio::spawn(sync::run(core.clone(), channel, intervals, stop_rx));
     let (health, health_service) = tonic_health::server::health_reporter();

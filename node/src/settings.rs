@@ -204,6 +204,7 @@ impl Settings {
             },
             key_files: Some(self.key_files()),
             reaper_interval: std::time::Duration::from_secs(self.reaper_interval_secs.clamp(1, 60)),
+            log_interval: std::time::Duration::from_secs(2),
             authority,
             api_token,
             api_url_file: Some(self.api_url_file.clone()),
@@ -231,6 +232,8 @@ pub struct NodeConfig {
     pub api_url_file: Option<PathBuf>,
     pub directory_interval: std::time::Duration,
     pub reaper_interval: std::time::Duration,
+    /// How often the hub's log is checked (its newest checkpoint and the inclusion proofs).
+    pub log_interval: std::time::Duration,
     pub max_envelope_bytes: usize,
     /// Where the node's own keys are, to follow a rotation without a restart.
     pub key_files: Option<KeyFiles>,

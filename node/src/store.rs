@@ -98,6 +98,7 @@ pub struct Processed {
     pub outcome: String,
     pub detail: String,
     pub receipt: Option<Vec<u8>>,
+    pub body_sha256: Option<Vec<u8>>,
     pub at: i64,
 }
 
@@ -593,6 +594,205 @@ impl NodeStore {
     }
 }
 
+/// The newest checkpoint a node verified.
+#[derive(Debug, Clone)]
+pub struct LogState {
+    pub size: u64,
+    pub root: [u8; 32],
+    pub note: Vec<u8>,
+    pub alarm: Option<String>,
+}
+
+/// An envelope whose place in the log is still to be proven: the leaf it should be, and the
+/// index the hub's receipt promised.
+#[derive(Debug, Clone)]
+pub struct Unproven {
+    pub envelope_id: Vec<u8>,
+    pub log_index: u64,
+    pub entry: overstap_proto::log::LogEntry,
+}
+
+impl NodeStore {
+    pub async fn log_state(&self) -> Result<Option<LogState>, StoreError> {
+        Ok(
+            sqlx::query("SELECT size, root, note, alarm FROM log_state WHERE id = 1")
+                .fetch_optional(&self.pool)
+                .await?
+                .map(|r| LogState {
+                    size: r.get::<i64, _>(0) as u64,
+                    root: r.get::<Vec<u8>, _>(1).try_into().unwrap_or([0; 32]),
+                    note: r.get(2),
+                    alarm: r.get(3),
+                }),
+        )
+    }
+
+    pub async fn save_log_state(
+        &self,
+        size: u64,
+        root: [u8; 32],
+        note: &[u8],
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO log_state (id, size, root, note) VALUES (1, ?, ?, ?)
+             ON CONFLICT (id) DO UPDATE SET size = excluded.size, root = excluded.root, note = excluded.note",
+        )
+        .bind(size as i64)
+        .bind(root.as_slice())
+        .bind(note)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Raises the alarm and keeps the evidence, in one transaction.
+    pub async fn raise_log_alarm(
+        &self,
+        reason: &str,
+        held: &[u8],
+        shown: &[u8],
+        at: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query(
+            "INSERT INTO log_state (id, size, root, note, alarm) VALUES (1, 0, x'', x'', ?)
+             ON CONFLICT (id) DO UPDATE SET alarm = COALESCE(alarm, excluded.alarm)",
+        )
+        .bind(reason)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO log_evidence (reason, held_note, shown_note, at) VALUES (?, ?, ?, ?)",
+        )
+        .bind(reason)
+        .bind(held)
+        .bind(shown)
+        .bind(at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn mark_proven(
+        &self,
+        envelope_id: &[u8],
+        log_index: u64,
+        tree_size: u64,
+        at: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query("INSERT OR IGNORE INTO log_proofs (envelope_id, log_index, tree_size, proven_at) VALUES (?, ?, ?, ?)")
+            .bind(envelope_id)
+            .bind(log_index as i64)
+            .bind(tree_size as i64)
+            .bind(at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn is_proven(&self, envelope_id: &[u8]) -> Result<bool, StoreError> {
+        Ok(
+            sqlx::query("SELECT 1 FROM log_proofs WHERE envelope_id = ?")
+                .bind(envelope_id)
+                .fetch_optional(&self.pool)
+                .await?
+                .is_some(),
+        )
+    }
+
+    /// (proven, unproven) envelopes with a hub receipt.
+    pub async fn proof_counts(&self) -> Result<(u64, u64), StoreError> {
+        let proven: i64 = sqlx::query("SELECT COUNT(*) FROM log_proofs")
+            .fetch_one(&self.pool)
+            .await?
+            .get(0);
+        let with_receipt: i64 = sqlx::query(
+            "SELECT (SELECT COUNT(*) FROM outbox WHERE receipt IS NOT NULL)
+                  + (SELECT COUNT(*) FROM processed WHERE receipt IS NOT NULL AND body_sha256 IS NOT NULL)",
+        )
+        .fetch_one(&self.pool)
+        .await?
+        .get(0);
+        Ok((proven as u64, (with_receipt - proven).max(0) as u64))
+    }
+
+    /// Sent and received envelopes with a receipt but no inclusion proof yet.
+    pub async fn unproven(&self, me: &str, limit: u32) -> Result<Vec<Unproven>, StoreError> {
+        use overstap_proto::pb::{Envelope, EnvelopeHeader, Receipt, Signed};
+        use overstap_proto::sign::{Domain, decode_body};
+        use prost::Message;
+        let mut out = Vec::new();
+        let sent = sqlx::query(
+            "SELECT envelope, receipt FROM outbox WHERE receipt IS NOT NULL
+             AND envelope_id NOT IN (SELECT envelope_id FROM log_proofs) ORDER BY seq LIMIT ?",
+        )
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        for r in sent {
+            let (Ok(env), Ok(receipt)) = (
+                Envelope::decode(r.get::<Vec<u8>, _>(0).as_slice()),
+                Signed::decode(r.get::<Vec<u8>, _>(1).as_slice()),
+            ) else {
+                continue;
+            };
+            let (Some(Ok(h)), Ok(rc)) = (
+                env.header
+                    .as_ref()
+                    .map(|h| decode_body::<EnvelopeHeader>(Domain::EnvelopeHeader, h)),
+                decode_body::<Receipt>(Domain::Receipt, &receipt),
+            ) else {
+                continue;
+            };
+            out.push(Unproven {
+                envelope_id: h.envelope_id.clone(),
+                log_index: rc.log_index,
+                entry: overstap_proto::log::LogEntry {
+                    event: "send".into(),
+                    envelope_kind: h.kind,
+                    from_org: h.from_org,
+                    to_org: h.to_org,
+                    envelope_id: h.envelope_id,
+                    body_sha256: h.body_sha256,
+                    at: rc.received_at,
+                },
+            });
+        }
+        let received = sqlx::query(
+            "SELECT envelope_id, from_org, kind, body_sha256, receipt FROM processed
+             WHERE receipt IS NOT NULL AND body_sha256 IS NOT NULL
+             AND envelope_id NOT IN (SELECT envelope_id FROM log_proofs) ORDER BY processed_at LIMIT ?",
+        )
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        for r in received {
+            let Ok(receipt) = Signed::decode(r.get::<Vec<u8>, _>(4).as_slice()) else {
+                continue;
+            };
+            let Ok(rc) = decode_body::<Receipt>(Domain::Receipt, &receipt) else {
+                continue;
+            };
+            let envelope_id: Vec<u8> = r.get(0);
+            out.push(Unproven {
+                envelope_id: envelope_id.clone(),
+                log_index: rc.log_index,
+                entry: overstap_proto::log::LogEntry {
+                    event: "send".into(),
+                    envelope_kind: r.get(2),
+                    from_org: r.get(1),
+                    to_org: me.to_string(),
+                    envelope_id,
+                    body_sha256: r.get(3),
+                    at: rc.received_at,
+                },
+            });
+        }
+        Ok(out)
+    }
+}
+
 impl Tx {
     pub async fn commit(self) -> Result<(), StoreError> {
         Ok(self.0.commit().await?)
@@ -872,7 +1072,7 @@ impl Tx {
         to: u64,
     ) -> Result<Vec<OutboxEntry>, StoreError> {
         Ok(sqlx::query(&format!(
-            "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE to_org = ? AND peer_seq BETWEEN ? AND ? ORDER BY peer_seq"
+            "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE to_org = ? AND peer_seq BETWEEN ? AND ? AND state != 'failed' ORDER BY peer_seq"
         ))
         .bind(org)
         .bind(from as i64)
@@ -941,8 +1141,8 @@ impl Tx {
     /// Marks an envelope processed; false if it already was (then nothing else may change).
     pub async fn insert_processed(&mut self, p: &Processed) -> Result<bool, StoreError> {
         let done = sqlx::query(
-            "INSERT OR IGNORE INTO processed (envelope_id, from_org, kind, outcome, detail, receipt, processed_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        "INSERT OR IGNORE INTO processed (envelope_id, from_org, kind, outcome, detail, receipt, body_sha256, processed_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&p.envelope_id)
         .bind(&p.from_org)
@@ -950,6 +1150,7 @@ impl Tx {
         .bind(&p.outcome)
         .bind(&p.detail)
         .bind(&p.receipt)
+        .bind(&p.body_sha256)
         .bind(p.at)
         .execute(&mut *self.0)
         .await?

@@ -46,12 +46,14 @@ impl HubLink {
     }
 }
 
-/// Runs the three loops until `shutdown` turns true.
+/// Runs the loops until `shutdown` turns true.
 /// How often the engine's timed loops run.
 #[derive(Debug, Clone, Copy)]
 pub struct Intervals {
     pub directory: Duration,
     pub reaper: Duration,
+    /// How often the hub's newest checkpoint is fetched and checked.
+    pub log: Duration,
 }
 
 /// Runs the loops until `shutdown` turns true.
@@ -77,8 +79,14 @@ pub async fn run(
         intervals.reaper,
         shutdown.clone(),
     ));
+    let l = tokio::spawn(log_loop(
+        core.clone(),
+        client.clone(),
+        intervals.log,
+        shutdown.clone(),
+    ));
     let i = tokio::spawn(inbox_loop(core, client, shutdown));
-    let _ = tokio::join!(d, o, r, i);
+    let _ = tokio::join!(d, o, r, l, i);
 }
 
 async fn sleep_or_stop(d: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
@@ -166,6 +174,17 @@ async fn outbox_loop(
         if let Err(e) = core.seal_due().await {
             tracing::error!(error = %e, "sealing waiting packages failed");
         }
+        match core.log_alarm().await {
+            Ok(Some(reason)) => {
+                tracing::error!(org = %core.org_id, %reason, "not sending: the hub's log does not add up");
+                if sleep_or_stop(Duration::from_secs(5), &mut shutdown).await {
+                    return;
+                }
+                continue;
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, "reading the log state failed"),
+        }
         let pending = match core.store.pending(64).await {
             Ok(p) => p,
             Err(e) => {
@@ -239,6 +258,122 @@ async fn outbox_loop(
             _ = shutdown.changed() => return,
         }
     }
+}
+
+/// Watches the hub's log: every `interval`, fetch the newest checkpoint, check its signature
+/// and that it extends the last one this node verified (consistency proof), then prove the
+/// inclusion of every envelope this node sent or received. A hub that shows a log that does not
+/// add up raises the alarm: the evidence is kept and the node stops sending.
+async fn log_loop(
+    core: Arc<NodeCore>,
+    mut client: HubClient<Channel>,
+    interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        if let Err(e) = check_log(&core, &mut client).await {
+            tracing::debug!(org = %core.org_id, error = %e, "log check did not complete");
+        }
+        if sleep_or_stop(interval, &mut shutdown).await {
+            return;
+        }
+    }
+}
+
+async fn alarm(core: &NodeCore, reason: String, held: &[u8], shown: &[u8]) -> anyhow::Result<()> {
+    tracing::error!(org = %core.org_id, %reason, "LOG ALARM: the hub's log does not add up; sending stops");
+    core.store
+        .raise_log_alarm(&reason, held, shown, core.now())
+        .await?;
+    Ok(())
+}
+
+/// One round of log checking.
+pub async fn check_log(core: &NodeCore, client: &mut HubClient<Channel>) -> anyhow::Result<()> {
+    use overstap_proto::log::{check_consistency, check_inclusion, hashes_from_bytes, leaf_hash};
+    use overstap_proto::pb::{ConsistencyRequest, GetCheckpointRequest, InclusionRequest};
+    let note = match client.get_checkpoint(GetCheckpointRequest {}).await {
+        Ok(r) => r.into_inner().note,
+        Err(s) if s.code() == Code::NotFound => return Ok(()),
+        Err(s) => return Err(s.into()),
+    };
+    let shown = core.verify_checkpoint(&note)?;
+    let held = core.store.log_state().await?;
+    if let Some(h) = held.as_ref().filter(|h| h.size > 0) {
+        let held_root = overstap_proto::log::Hash(h.root);
+        if shown.size < h.size {
+            let reason = format!(
+                "the hub's log shrank from {} to {} entries",
+                h.size, shown.size
+            );
+            return alarm(core, reason, &h.note, &note).await;
+        }
+        if shown.size == h.size && shown.root != held_root {
+            let reason = format!("the hub signed two different logs of {} entries", h.size);
+            return alarm(core, reason, &h.note, &note).await;
+        }
+        if shown.size > h.size {
+            let proof = client
+                .get_consistency_proof(ConsistencyRequest {
+                    old_size: h.size,
+                    new_size: shown.size,
+                })
+                .await?
+                .into_inner();
+            if let Err(e) = check_consistency(
+                &hashes_from_bytes(&proof.hashes)?,
+                shown.size,
+                shown.root,
+                h.size,
+                held_root,
+            ) {
+                return alarm(core, e.to_string(), &h.note, &note).await;
+            }
+        }
+    }
+    if held.as_ref().is_some_and(|h| h.alarm.is_some()) {
+        return Ok(());
+    }
+    if held.as_ref().is_none_or(|h| h.size != shown.size) {
+        core.store
+            .save_log_state(shown.size, shown.root.0, &note)
+            .await?;
+    }
+    for item in core.store.unproven(&core.org_id, 256).await? {
+        if item.log_index >= shown.size {
+            continue;
+        }
+        let proof = client
+            .get_inclusion_proof(InclusionRequest {
+                log_index: item.log_index,
+                tree_size: shown.size,
+            })
+            .await?
+            .into_inner();
+        let hashes = hashes_from_bytes(&proof.hashes)?;
+        match check_inclusion(
+            &hashes,
+            shown.size,
+            shown.root,
+            item.log_index,
+            leaf_hash(&item.entry),
+        ) {
+            Ok(()) => {
+                core.store
+                    .mark_proven(&item.envelope_id, item.log_index, shown.size, core.now())
+                    .await?
+            }
+            Err(e) => {
+                let reason = format!(
+                    "envelope {} is not at log entry {} as the hub's receipt promised: {e}",
+                    hex::encode(&item.envelope_id),
+                    item.log_index
+                );
+                return alarm(core, reason, &note, &note).await;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Erases what ran out, on this node's own clock, every `interval`.

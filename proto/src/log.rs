@@ -12,7 +12,7 @@ use base64::Engine;
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use signed_note::{Note, StandardSigner, StandardVerifier, VerifierList};
 use tlog_tiles::{Checkpoint, record_hash};
-pub use tlog_tiles::{Hash, HashReader, RecordProof, TreeProof};
+pub use tlog_tiles::{Hash, HashReader, RecordProof, TreeProof, stored_hash_count};
 
 use crate::ProtocolError;
 

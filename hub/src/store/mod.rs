@@ -50,6 +50,15 @@ pub struct Event {
     pub at: i64,
 }
 
+/// A signed checkpoint as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub size: u64,
+    pub root: [u8; 32],
+    pub note: Vec<u8>,
+    pub at: i64,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The envelope id was already used for a different envelope.
@@ -93,4 +102,18 @@ pub trait HubStore: Send + Sync + 'static {
 
     /// Events from `start`, at most `limit`.
     async fn events(&self, start: u64, limit: u32) -> Result<Vec<Event>, StoreError>;
+
+    /// Every stored hash of the log's tree, in index order.
+    async fn log_hashes(&self) -> Result<Vec<[u8; 32]>, StoreError>;
+
+    /// Appends stored hashes (from index `first`) and a signed checkpoint, in one transaction.
+    async fn integrate(
+        &self,
+        first: u64,
+        hashes: &[[u8; 32]],
+        checkpoint: &Checkpoint,
+    ) -> Result<(), StoreError>;
+
+    /// The newest checkpoint, if any.
+    async fn latest_checkpoint(&self) -> Result<Option<Checkpoint>, StoreError>;
 }

@@ -5,7 +5,9 @@ use std::str::FromStr;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 
-use super::{Accepted, Event, HubStore, MailboxEntry, NewEnvelope, ReceiptSigner, StoreError};
+use super::{
+    Accepted, Checkpoint, Event, HubStore, MailboxEntry, NewEnvelope, ReceiptSigner, StoreError,
+};
 
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
@@ -218,6 +220,60 @@ impl HubStore for SqliteStore {
                 at: r.get(7),
             })
             .collect())
+    }
+
+    async fn log_hashes(&self) -> Result<Vec<[u8; 32]>, StoreError> {
+        let rows = sqlx::query("SELECT hash FROM log_hashes ORDER BY idx")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter()
+            .map(|r| {
+                let b: Vec<u8> = r.get(0);
+                b.try_into().map_err(|_| {
+                    StoreError::Database(sqlx::Error::Protocol(
+                        "a stored log hash is not 32 bytes".into(),
+                    ))
+                })
+            })
+            .collect()
+    }
+
+    async fn integrate(
+        &self,
+        first: u64,
+        hashes: &[[u8; 32]],
+        checkpoint: &Checkpoint,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        for (i, h) in hashes.iter().enumerate() {
+            sqlx::query("INSERT INTO log_hashes (idx, hash) VALUES (?, ?)")
+                .bind((first + i as u64) as i64)
+                .bind(h.as_slice())
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query("INSERT INTO checkpoints (size, root, note, at) VALUES (?, ?, ?, ?)")
+            .bind(checkpoint.size as i64)
+            .bind(checkpoint.root.as_slice())
+            .bind(&checkpoint.note)
+            .bind(checkpoint.at)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn latest_checkpoint(&self) -> Result<Option<Checkpoint>, StoreError> {
+        let row =
+            sqlx::query("SELECT size, root, note, at FROM checkpoints ORDER BY size DESC LIMIT 1")
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.map(|r| Checkpoint {
+            size: r.get::<i64, _>(0) as u64,
+            root: r.get::<Vec<u8>, _>(1).try_into().unwrap_or([0; 32]),
+            note: r.get(2),
+            at: r.get(3),
+        }))
     }
 }
 

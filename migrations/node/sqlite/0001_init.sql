@@ -110,7 +110,8 @@ CREATE TABLE processed (
     kind         INTEGER NOT NULL,
     outcome      TEXT    NOT NULL,
     detail       TEXT    NOT NULL,
-    receipt      BLOB,
+        receipt      BLOB,
+    body_sha256  BLOB,
     processed_at INTEGER NOT NULL
 );
 

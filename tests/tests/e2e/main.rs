@@ -5,5 +5,6 @@
 mod bad_input;
 mod handover;
 mod lifecycle;
+mod log;
 mod model;
 mod processes;

@@ -1,0 +1,159 @@
+//! The verifiable log: every envelope a node sent or received is proven to be in the hub's
+//! log, and a hub whose log does not add up (rewritten or truncated history) is caught by the
+//! next consistency check: the node raises the alarm, keeps the evidence and stops sending.
+
+use std::time::Duration;
+
+use overstap_proto::pb::{LogStatusRequest, LogStatusResponse};
+use overstap_tests::demo::{MBO, SCHOOL, birth_month};
+use overstap_tests::*;
+
+async fn log_status(region: &overstap_cli::region::Region, org: &str) -> LogStatusResponse {
+    region
+        .api(org)
+        .await
+        .unwrap()
+        .log_status(LogStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// A dishonest operator edits the hub's database while it is down, then starts it again.
+async fn tamper(region: &mut overstap_cli::region::Region, sql: &[&str]) {
+    region.stop_hub().await.unwrap();
+    let db = region.hub_db();
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    for statement in [
+        "DROP TRIGGER events_no_update",
+        "DROP TRIGGER events_no_delete",
+        "DELETE FROM checkpoints",
+        "DELETE FROM log_hashes",
+    ]
+    .iter()
+    .chain(sql)
+    {
+        sqlx::query(statement).execute(&pool).await.unwrap();
+    }
+    pool.close().await;
+    region.start_hub().await.unwrap();
+}
+
+async fn handed_over(region: &overstap_cli::region::Region) -> String {
+    let sam = student(region, &birth_month(17), None).await;
+    let id = grant(
+        region,
+        &sam.wallet,
+        &grant_request(MBO, &["wie-ben-ik"], "intake", 30),
+        None,
+    )
+    .await;
+    send(region, &id).await;
+    eventually("the mbo holds it", || async {
+        !held_sections(region, MBO, &id).await.is_empty()
+    })
+    .await;
+    eventually(
+        "both nodes have proven every envelope they sent and received",
+        || async {
+            let (s, m) = (
+                log_status(region, SCHOOL).await,
+                log_status(region, MBO).await,
+            );
+            s.proven >= 1
+                && s.unproven == 0
+                && m.proven >= 1
+                && m.unproven == 0
+                && !s.alarm
+                && !m.alarm
+        },
+    )
+    .await;
+    id
+}
+
+#[tokio::test]
+async fn every_envelope_is_proven_in_the_signed_log() {
+    let (_tmp, region) = region().await;
+    handed_over(&region).await;
+    let s = log_status(&region, SCHOOL).await;
+    let note = String::from_utf8(s.checkpoint.clone()).unwrap();
+    assert!(note.starts_with("overstap/demo\n"), "{note}");
+    assert!(
+        note.contains("\u{2014} overstap-hub-HUB "),
+        "signed by the hub's key: {note}"
+    );
+    assert!(s.size >= 2, "the send and its delivery are logged");
+    // The log holds metadata only: no pseudonym, no answer.
+    let hub = demo::hub_bytes(&region.hub_db());
+    assert!(
+        !hub.windows(4).any(|w| w == b"pvs-"),
+        "a pseudonym in the hub's database"
+    );
+    region.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_hub_that_rewrites_its_log_is_caught_and_the_node_stops_sending() {
+    let (_tmp, mut region) = region().await;
+    handed_over(&region).await;
+    let before = log_status(&region, SCHOOL).await;
+    // Rewrite history: the first send went somewhere else.
+    tamper(
+        &mut region,
+        &["UPDATE events SET to_org = '27XK' WHERE log_index = 0"],
+    )
+    .await;
+    eventually("the school notices", || async {
+        log_status(&region, SCHOOL).await.alarm
+    })
+    .await;
+    let after = log_status(&region, SCHOOL).await;
+    assert!(
+        after.alarm_reason.contains("signed two different logs")
+            || after.alarm_reason.contains("is not an extension"),
+        "{}",
+        after.alarm_reason
+    );
+    assert_eq!(
+        after.checkpoint, before.checkpoint,
+        "the node keeps the checkpoint it verified"
+    );
+    assert_eq!(
+        node_count(&region, SCHOOL, "log_evidence").await,
+        1,
+        "the conflicting checkpoint is kept as evidence"
+    );
+    // Sending stops: a new handover stays in the outbox.
+    let sam = student(&region, &birth_month(17), None).await;
+    let id = grant(
+        &region,
+        &sam.wallet,
+        &grant_request(MBO, &["wat-kan-ik"], "intake", 30),
+        None,
+    )
+    .await;
+    send(&region, &id).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        held_sections(&region, MBO, &id).await.is_empty(),
+        "nothing left the school after the alarm"
+    );
+    region.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_hub_that_truncates_its_log_after_a_restart_is_caught() {
+    let (_tmp, mut region) = region().await;
+    handed_over(&region).await;
+    tamper(&mut region, &["DELETE FROM events WHERE log_index >= 1"]).await;
+    eventually("the mbo notices", || async {
+        log_status(&region, MBO).await.alarm
+    })
+    .await;
+    let reason = log_status(&region, MBO).await.alarm_reason;
+    assert!(reason.contains("shrank"), "{reason}");
+    region.shutdown().await.unwrap();
+}
