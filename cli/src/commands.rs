@@ -7,9 +7,9 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use overstap_proto::directory::{kind_name, parse_kind};
 use overstap_proto::pb::{
-    GetStudentRequest, HandoversRequest, InboxRequest, Manifest, NodeStatusRequest, OutboxRequest,
-    RegisterStudentRequest, SendPassportRequest, SetStatusRequest, ShowPassportRequest,
-    TrailRequest,
+    GetStudentRequest, HandoversRequest, InboxRequest, LogStatusRequest, Manifest,
+    NodeStatusRequest, OutboxRequest, RegisterStudentRequest, SendPassportRequest,
+    SetStatusRequest, ShowPassportRequest, TrailRequest,
 };
 use overstap_proto::sign::{Domain, decode_body};
 
@@ -130,6 +130,9 @@ pub enum Command {
     /// The node's state: directory version, outbox, inbox, hub connection.
     #[command(subcommand)]
     Node(NodeCmd),
+    /// The hub's verifiable log, as this node checks it.
+    #[command(subcommand)]
+    Log(LogCmd),
     /// Run a whole region on this machine and tell the story of a warm handover.
     Demo {
         /// Keep the region's files here (default: a fresh temporary folder).
@@ -326,6 +329,26 @@ pub enum ConsentCmd {
         guardian_key: Option<PathBuf>,
         #[command(flatten)]
         node: NodeOpts,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum LogCmd {
+    /// The newest checkpoint this node verified, its proofs, and any alarm.
+    Checkpoint {
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+        #[command(flatten)]
+        node: NodeOpts,
+    },
+    /// Fetch every log entry from the hub, rebuild the tree, and check it against the
+    /// checkpoint this node verified and the hub's newest one.
+    Audit {
+        /// The node's folder: its API, its settings and its TLS identity.
+        #[arg(long, env = "OVERSTAP_NODE_DIR")]
+        node_dir: PathBuf,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
     },
 }
 
@@ -550,6 +573,70 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                         .map(crate::render_json::trail_event)
                         .collect::<Vec<_>>(),
                 )?,
+            }
+            Ok(())
+        }
+        Command::Log(LogCmd::Checkpoint { format, node }) => {
+            let s = node
+                .api()
+                .await?
+                .log_status(LogStatusRequest {})
+                .await
+                .map_err(explain)?
+                .into_inner();
+            match format {
+                Format::Json => json(&serde_json::json!({
+                    "checkpoint": String::from_utf8_lossy(&s.checkpoint), "size": s.size, "proven": s.proven,
+                    "unproven": s.unproven, "alarm": s.alarm, "alarm_reason": s.alarm_reason,
+                }))?,
+                Format::Table => {
+                    if s.checkpoint.is_empty() {
+                        println!("This node has not verified a checkpoint of the hub's log yet.");
+                    } else {
+                        print!("{}", String::from_utf8_lossy(&s.checkpoint));
+                        println!(
+                            "Verified: {} entries. Envelopes of this node proven in the log: {}, not yet: {}.",
+                            s.size, s.proven, s.unproven
+                        );
+                    }
+                    if s.alarm {
+                        println!(
+                            "ALARM: {}. This node has stopped sending; the evidence is kept.",
+                            s.alarm_reason
+                        );
+                    }
+                }
+            }
+            Ok(())
+        }
+        Command::Log(LogCmd::Audit { node_dir, format }) => {
+            let a = crate::audit::audit(&node_dir).await?;
+            match format {
+                Format::Json => json(&a)?,
+                Format::Table => println!(
+                    "{} entries fetched and hashed. The checkpoint this node verified ({} entries): {}. The hub's newest checkpoint ({} entries): {}.{}",
+                    a.entries,
+                    a.node_checkpoint,
+                    if a.node_checkpoint_matches {
+                        "matches"
+                    } else {
+                        "DOES NOT MATCH"
+                    },
+                    a.hub_checkpoint,
+                    if a.hub_checkpoint_matches {
+                        "matches"
+                    } else {
+                        "DOES NOT MATCH"
+                    },
+                    if a.malformed_entries > 0 {
+                        format!(" {} entries are malformed.", a.malformed_entries)
+                    } else {
+                        String::new()
+                    }
+                ),
+            }
+            if !a.ok() {
+                bail!("the log audit failed: the hub's entries do not make its checkpoints");
             }
             Ok(())
         }

@@ -640,6 +640,43 @@ pub async fn run(dir: &Path, out: &mut dyn Write, serve: bool) -> anyhow::Result
         ),
     );
 
+    story.step(
+        13,
+        "Every school and college can check the hub's log for itself.",
+    );
+    for org in [SCHOOL, MBO] {
+        let mut api = region.api(org).await?;
+        let proven = wait_until(Duration::from_secs(20), || {
+            let mut api = api.clone();
+            async move {
+                api.log_status(overstap_proto::pb::LogStatusRequest {})
+                    .await
+                    .map(|s| s.into_inner())
+                    .is_ok_and(|s| s.unproven == 0 && s.proven > 0 && !s.alarm)
+            }
+        })
+        .await;
+        let s = api
+            .log_status(overstap_proto::pb::LogStatusRequest {})
+            .await?
+            .into_inner();
+        story.check(
+            proven,
+            &format!(
+                "{org} proved all {} of its envelopes are in the hub's signed log",
+                s.proven
+            ),
+        );
+        let audit = crate::audit::audit(&region.node_dir(org)).await?;
+        story.check(
+            audit.ok(),
+            &format!(
+                "{org}'s audit rebuilt the tree from all {} entries; it makes both the checkpoint {org} verified and the hub's newest",
+                audit.entries
+            ),
+        );
+    }
+
     let passed = story.passed;
     let failed = story.failed.clone();
     story.say(&format!(

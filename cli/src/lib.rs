@@ -9,9 +9,11 @@
 //! - [`render`], [`render_json`]: output for people and for programs.
 //! - [`region`]: a whole region in one process (the demo and the tests use it).
 //! - [`demo`]: the story of a warm handover, checked step by step.
+//! - [`audit`]: rebuilding the hub's log from its entries and checking it.
 //! - [`commands`]: argument parsing and dispatch.
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod authority;
 pub mod client;
 pub mod commands;

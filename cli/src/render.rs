@@ -140,7 +140,12 @@ pub fn trail(pseudonym: &str, events: &[TrailEvent]) -> String {
     let mut out = format!("Where the passport of {pseudonym} went, and who looked at it:\n");
     for e in events {
         let proof = if e.hub_receipt.is_some() {
-            if e.receipt_verified {
+            if e.receipt_verified && e.proven {
+                format!(
+                    "  [hub receipt, log entry {}, signature checked, proven in the log]",
+                    e.log_index
+                )
+            } else if e.receipt_verified {
                 format!(
                     "  [hub receipt, log entry {}, signature checked]",
                     e.log_index

@@ -42,6 +42,6 @@ pub fn handover(h: &Handover) -> Value {
 pub fn trail_event(e: &TrailEvent) -> Value {
     json!({
         "at": e.at, "event": e.event, "org": e.org, "grant_id": e.grant_id, "detail": e.detail,
-        "hub_receipt": e.hub_receipt.is_some(), "receipt_verified": e.receipt_verified, "log_index": e.log_index,
+        "hub_receipt": e.hub_receipt.is_some(), "receipt_verified": e.receipt_verified, "log_index": e.log_index, "proven": e.proven,
     })
 }

@@ -299,7 +299,7 @@ impl Node for NodeApi {
         let pseudonym = request.into_inner().pseudonym;
         let events = self.core.trail(&pseudonym).await?;
         let mut out = Vec::with_capacity(events.len());
-        for (row, receipt, verified) in events {
+        for (row, receipt, verified, proven) in events {
             out.push(TrailEvent {
                 at: row.at,
                 event: row.event,
@@ -318,6 +318,7 @@ impl Node for NodeApi {
                     .as_deref()
                     .map(|b| stored::<Signed>(b, "evidence"))
                     .transpose()?,
+                proven,
             });
         }
         Ok(Response::new(TrailResponse { events: out }))

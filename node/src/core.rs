@@ -911,7 +911,7 @@ impl NodeCore {
     pub async fn trail(
         &self,
         pseudonym: &str,
-    ) -> Result<Vec<(TrailRow, Option<Receipt>, bool)>, NodeError> {
+    ) -> Result<Vec<(TrailRow, Option<Receipt>, bool, bool)>, NodeError> {
         self.card(pseudonym).await?;
         let dir = self.directory()?;
         let hub_key = dir
@@ -932,7 +932,11 @@ impl NodeCore {
                 }
                 _ => (None, false),
             };
-            out.push((row, receipt, ok));
+            let proven = match &row.envelope_id {
+                Some(id) => self.store.is_proven(id).await?,
+                None => false,
+            };
+            out.push((row, receipt, ok, proven));
         }
         Ok(out)
     }

@@ -78,6 +78,10 @@ async fn handed_over(region: &overstap_cli::region::Region) -> String {
 async fn every_envelope_is_proven_in_the_signed_log() {
     let (_tmp, region) = region().await;
     handed_over(&region).await;
+    let audit = overstap_cli::audit::audit(&region.node_dir(SCHOOL))
+        .await
+        .unwrap();
+    assert!(audit.ok() && audit.entries >= 2, "{audit:?}");
     let s = log_status(&region, SCHOOL).await;
     let note = String::from_utf8(s.checkpoint.clone()).unwrap();
     assert!(note.starts_with("overstap/demo\n"), "{note}");
@@ -126,6 +130,11 @@ async fn a_hub_that_rewrites_its_log_is_caught_and_the_node_stops_sending() {
         1,
         "the conflicting checkpoint is kept as evidence"
     );
+    // An audit from the entries the hub now serves does not make the checkpoint the school holds.
+    let audit = overstap_cli::audit::audit(&region.node_dir(SCHOOL))
+        .await
+        .unwrap();
+    assert!(!audit.node_checkpoint_matches && !audit.ok(), "{audit:?}");
     // Sending stops: a new handover stays in the outbox.
     let sam = student(&region, &birth_month(17), None).await;
     let id = grant(
