@@ -283,6 +283,11 @@ impl NodeCore {
         let dir = self.directory()?;
         let recipient = dir.member(to_org)?.clone();
         payload.seq = tx.next_sent_seq(to_org).await?;
+        if let Some(state) = self.store.log_state().await?
+            && state.alarm.is_none()
+        {
+            payload.checkpoint = state.note;
+        }
         let envelope_id = random_bytes::<16>();
         let envelope = self.seal_payload(&recipient, kind, envelope_id, &payload)?;
         tx.enqueue(&OutboxRow {
@@ -1312,6 +1317,10 @@ impl NodeCore {
             return Ok((Outcome::Held { seq }, None));
         }
         let mut tx = self.store.begin().await?;
+        if !opened.payload.checkpoint.is_empty() {
+            tx.add_peer_checkpoint(&from, &opened.payload.checkpoint, self.now())
+                .await?;
+        }
         if seq != 0 {
             tx.set_received_seq(&from, seq).await?;
         }

@@ -674,6 +674,24 @@ impl NodeStore {
         Ok(())
     }
 
+    /// Checkpoints other members sent us that are not compared yet: (id, from, note).
+    pub async fn peer_checkpoints(&self) -> Result<Vec<(i64, String, Vec<u8>)>, StoreError> {
+        Ok(sqlx::query("SELECT id, from_org, note FROM peer_checkpoints WHERE checked = 0 ORDER BY id LIMIT 64")
+            .fetch_all(&self.pool)
+            .await?
+            .into_iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect())
+    }
+
+    pub async fn peer_checkpoint_checked(&self, id: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE peer_checkpoints SET checked = 1 WHERE id = ?")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     pub async fn mark_proven(
         &self,
         envelope_id: &[u8],
@@ -1156,6 +1174,27 @@ impl Tx {
         .await?
         .rows_affected();
         Ok(done == 1)
+    }
+
+    /// Keeps a checkpoint another member sent, to compare with ours (only a changed one).
+    pub async fn add_peer_checkpoint(
+        &mut self,
+        from_org: &str,
+        note: &[u8],
+        at: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO peer_checkpoints (from_org, note, at)
+             SELECT ?, ?, ? WHERE NOT EXISTS (SELECT 1 FROM peer_checkpoints WHERE from_org = ? AND note = ?)",
+        )
+        .bind(from_org)
+        .bind(note)
+        .bind(at)
+        .bind(from_org)
+        .bind(note)
+        .execute(&mut *self.0)
+        .await?;
+        Ok(())
     }
 
     pub async fn hold(&mut self, h: &Held, envelope_id: &[u8]) -> Result<(), StoreError> {

@@ -339,6 +339,60 @@ pub async fn check_log(core: &NodeCore, client: &mut HubClient<Channel>) -> anyh
             .save_log_state(shown.size, shown.root.0, &note)
             .await?;
     }
+    // Compare with what the hub showed other members: a hub that shows two members two
+    // different histories cannot prove both consistent with one log.
+    for (id, from, peer_note) in core.store.peer_checkpoints().await? {
+        let peer = match core.verify_checkpoint(&peer_note) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(org = %core.org_id, %from, error = %e, "a member passed on a checkpoint that does not verify");
+                core.store.peer_checkpoint_checked(id).await?;
+                continue;
+            }
+        };
+        let split = if peer.size == shown.size {
+            (peer.root != shown.root).then(|| {
+                format!(
+                    "the hub showed {from} a different log of {} entries than it showed us",
+                    peer.size
+                )
+            })
+        } else {
+            let (small, large) = if peer.size < shown.size {
+                (&peer, &shown)
+            } else {
+                (&shown, &peer)
+            };
+            let proof = client
+                .get_consistency_proof(ConsistencyRequest {
+                    old_size: small.size,
+                    new_size: large.size,
+                })
+                .await;
+            match proof {
+                Ok(p) => check_consistency(
+                    &hashes_from_bytes(&p.into_inner().hashes)?,
+                    large.size,
+                    large.root,
+                    small.size,
+                    small.root,
+                )
+                .err()
+                .map(|e| format!("the logs the hub showed {from} and us do not fit together: {e}")),
+                // The hub cannot prove a larger tree than it holds: it showed that member more.
+                Err(s) if s.code() == Code::OutOfRange => Some(format!(
+                    "the hub showed {from} a log of {} entries but cannot prove it to us ({})",
+                    peer.size,
+                    s.message()
+                )),
+                Err(s) => return Err(s.into()),
+            }
+        };
+        if let Some(reason) = split {
+            return alarm(core, reason, &note, &peer_note).await;
+        }
+        core.store.peer_checkpoint_checked(id).await?;
+    }
     for item in core.store.unproven(&core.org_id, 256).await? {
         if item.log_index >= shown.size {
             continue;

@@ -24,3 +24,12 @@ CREATE TABLE log_evidence (
     shown_note BLOB   NOT NULL,
     at        INTEGER NOT NULL
 );
+
+-- Checkpoints other members saw, carried in their envelopes, waiting to be compared with ours.
+CREATE TABLE peer_checkpoints (
+    id       INTEGER PRIMARY KEY AUTOINCREMENT,
+    from_org TEXT    NOT NULL,
+    note     BLOB    NOT NULL,
+    at       INTEGER NOT NULL,
+    checked  INTEGER NOT NULL DEFAULT 0
+);

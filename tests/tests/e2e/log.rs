@@ -166,3 +166,60 @@ async fn a_hub_that_truncates_its_log_after_a_restart_is_caught() {
     assert!(reason.contains("shrank"), "{reason}");
     region.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_hub_that_shows_two_members_two_histories_is_caught_by_comparing_checkpoints() {
+    let (_tmp, region) = region().await;
+    handed_over(&region).await;
+    let seen = log_status(&region, MBO).await;
+    // What a forking hub would have shown the school: a checkpoint of the same size with another
+    // root, signed with the hub's own key. The school passes it on in an envelope, as every
+    // envelope carries the sender's newest checkpoint.
+    let key_text = std::fs::read_to_string(region.dir.join("hub/keys/signing.key")).unwrap();
+    let hub_key = ed25519_dalek::SigningKey::from_bytes(
+        &overstap_proto::config::parse_key_hex(&key_text, "key").unwrap(),
+    );
+    let forked = overstap_proto::log::sign_checkpoint(
+        "demo",
+        seen.size,
+        overstap_proto::log::Hash([7; 32]),
+        &hub_key,
+        "HUB",
+    )
+    .unwrap();
+    let school = creds(&region, SCHOOL);
+    let envelope = overstap_proto::envelope::seal(
+        overstap_proto::envelope::Outgoing {
+            envelope_id: [3; 16],
+            from_org: SCHOOL,
+            kind: overstap_proto::pb::EnvelopeKind::Status,
+            created_at: now(),
+            payload: overstap_proto::pb::Payload {
+                checkpoint: forked,
+                content: Some(overstap_proto::pb::payload::Content::Skip(
+                    overstap_proto::pb::Skip {
+                        reason: "gossip".into(),
+                    },
+                )),
+                ..Default::default()
+            },
+        },
+        &school.signing,
+        &member(&region, MBO),
+    )
+    .unwrap();
+    hub_client(&school).send(envelope).await.unwrap();
+    eventually("the mbo notices the split view", || async {
+        log_status(&region, MBO).await.alarm
+    })
+    .await;
+    let reason = log_status(&region, MBO).await.alarm_reason;
+    // Either the same size with another root, or two sizes no consistency proof can join.
+    assert!(
+        reason.contains("the hub showed 25LP a different log")
+            || reason.contains("the logs the hub showed 25LP and us do not fit together"),
+        "{reason}"
+    );
+    assert_eq!(node_count(&region, MBO, "log_evidence").await, 1);
+    region.shutdown().await.unwrap();
+}
