@@ -133,6 +133,9 @@ pub enum Command {
     /// The hub's verifiable log, as this node checks it.
     #[command(subcommand)]
     Log(LogCmd),
+    /// Measure what the verifiable log costs (proofs at scale, routing with the log on ÷ off).
+    #[command(subcommand)]
+    Bench(BenchCmd),
     /// Run a whole region on this machine and tell the story of a warm handover.
     Demo {
         /// Keep the region's files here (default: a fresh temporary folder).
@@ -329,6 +332,20 @@ pub enum ConsentCmd {
         guardian_key: Option<PathBuf>,
         #[command(flatten)]
         node: NodeOpts,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum BenchCmd {
+    Log {
+        /// Entries in the in-memory log the proofs are measured on.
+        #[arg(long, default_value_t = 1_000_000)]
+        entries: u64,
+        /// Envelopes routed per run (four runs: log on, off, on, off).
+        #[arg(long, default_value_t = 2_000)]
+        envelopes: usize,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
     },
 }
 
@@ -637,6 +654,33 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             if !a.ok() {
                 bail!("the log audit failed: the hub's entries do not make its checkpoints");
+            }
+            Ok(())
+        }
+        Command::Bench(BenchCmd::Log {
+            entries,
+            envelopes,
+            format,
+        }) => {
+            let b =
+                crate::bench::log_bench(entries.max(2), envelopes.max(16), &mut std::io::stderr())
+                    .await?;
+            match format {
+                Format::Json => json(&b)?,
+                Format::Table => println!(
+                    "log of {} entries: inclusion proof {} bytes (made {:.1} µs, checked {:.1} µs), consistency proof {} bytes (checked {:.1} µs)\n\
+                     routing {} envelopes of 4 KiB: {:.0}/s with the log, {:.0}/s without; ratio {:.2}",
+                    b.entries,
+                    b.inclusion_proof_bytes,
+                    b.prove_inclusion_us,
+                    b.check_inclusion_us,
+                    b.consistency_proof_bytes,
+                    b.check_consistency_us,
+                    b.envelopes,
+                    b.routed_per_s_log_on,
+                    b.routed_per_s_log_off,
+                    b.ratio_on_over_off
+                ),
             }
             Ok(())
         }

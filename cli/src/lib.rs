@@ -15,6 +15,7 @@
 
 pub mod audit;
 pub mod authority;
+pub mod bench;
 pub mod client;
 pub mod commands;
 pub mod demo;

@@ -74,6 +74,7 @@ pub struct Region {
     nodes: BTreeMap<String, Running>,
     pub orgs: Vec<Org>,
     clock: overstap_node::Clock,
+    hub_log: bool,
 }
 
 impl Region {
@@ -87,6 +88,25 @@ impl Region {
         dir: &Path,
         orgs: &[Org],
         clock: overstap_node::Clock,
+    ) -> anyhow::Result<Self> {
+        let region = Self::start_hub_only(dir, orgs, clock, true).await?;
+        region.start_nodes().await
+    }
+
+    async fn start_nodes(mut self) -> anyhow::Result<Self> {
+        for org in self.orgs.clone() {
+            self.start_node(&org.id).await?;
+        }
+        Ok(self)
+    }
+
+    /// The authority and the hub, with `orgs` admitted but no node started (for load runs that
+    /// act as the members themselves). `log` switches the hub's log integration.
+    pub async fn start_hub_only(
+        dir: &Path,
+        orgs: &[Org],
+        clock: overstap_node::Clock,
+        log: bool,
     ) -> anyhow::Result<Self> {
         let authority = Authority::init(&dir.join("authority"), "demo")?;
         // Bind first, so the nodes' settings can name the hub's real address.
@@ -124,11 +144,10 @@ impl Region {
             nodes: BTreeMap::new(),
             orgs: orgs.to_vec(),
             clock,
+            hub_log: true,
         };
+        region.hub_log = log;
         region.start_hub_on(listener).await?;
-        for org in orgs {
-            region.start_node(&org.id).await?;
-        }
         Ok(region)
     }
 
@@ -145,6 +164,7 @@ impl Region {
         let settings = overstap_hub::Settings::load(Some(&self.dir.join("hub").join("hub.toml")))?;
         let mut config = settings.resolve()?;
         config.directory = Some(self.authority.signed_directory()?);
+        config.integrate_log = self.hub_log;
         self.hub = Some(Running::spawn(move |stop| {
             overstap_hub::serve(config, listener, stop)
         }));
@@ -244,19 +264,37 @@ impl Region {
         }
     }
 
-    /// Hands the authority's newest signed directory to the running hub (as
-    /// `overstap authority publish` does); nodes fetch it from there by themselves.
-    pub async fn publish_directory(&self) -> anyhow::Result<u64> {
-        let dir = self.dir.join("hub").join("tls");
-        let read =
-            |f: &str| std::fs::read(dir.join(f)).with_context(|| format!("reading hub tls/{f}"));
-        let link = overstap_node::sync::HubLink {
+    /// A member's TLS link to the hub, from its credentials folder (to act as that member).
+    pub fn hub_link(&self, org: &str) -> anyhow::Result<overstap_node::sync::HubLink> {
+        let dir = if org == "HUB" {
+            self.dir.join("hub")
+        } else {
+            self.node_dir(org)
+        };
+        let read = |f: &str| {
+            std::fs::read(dir.join("tls").join(f)).with_context(|| format!("reading {org} tls/{f}"))
+        };
+        Ok(overstap_node::sync::HubLink {
             url: self.hub_url.clone(),
             server_name: "localhost".into(),
             ca_pem: read("ca.pem")?,
             cert_pem: read("cert.pem")?,
             key_pem: read("key.pem")?,
-        };
+        })
+    }
+
+    /// A member's signing key, from its credentials folder.
+    pub fn signing_key(&self, org: &str) -> anyhow::Result<ed25519_dalek::SigningKey> {
+        let text = std::fs::read_to_string(self.node_dir(org).join("keys/signing.key"))?;
+        Ok(ed25519_dalek::SigningKey::from_bytes(
+            &overstap_proto::config::parse_key_hex(&text, "signing key")?,
+        ))
+    }
+
+    /// Hands the authority's newest signed directory to the running hub (as
+    /// `overstap authority publish` does); nodes fetch it from there by themselves.
+    pub async fn publish_directory(&self) -> anyhow::Result<u64> {
+        let link = self.hub_link("HUB")?;
         let mut hub = overstap_proto::pb::hub_client::HubClient::new(link.channel()?);
         Ok(hub
             .publish_directory(self.authority.signed_directory()?)

@@ -66,7 +66,11 @@ pub async fn serve_with_store<S: HubStore>(
             Err(e) => tracing::info!(reason = %e, "directory file not installed"),
         }
     }
-    let sequencer = tokio::spawn(sequence(service.clone(), stop_rx));
+    let sequencer = if config.integrate_log {
+        tokio::spawn(sequence(service.clone(), stop_rx))
+    } else {
+        tokio::spawn(async {})
+    };
     let tls = tls::server_config(&config.tls)?;
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<HubServer<HubService<S>>>().await;

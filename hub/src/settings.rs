@@ -154,6 +154,7 @@ impl Settings {
             },
             max_envelope_bytes: self.max_envelope_bytes,
             directory,
+            integrate_log: true,
         })
     }
 }
@@ -168,6 +169,9 @@ pub struct HubConfig {
     pub tls: ServerTls,
     pub max_envelope_bytes: usize,
     pub directory: Option<Signed>,
+    /// Whether the sequencer integrates the log. Always on in service; off only to measure
+    /// what the log costs (`overstap bench log`).
+    pub integrate_log: bool,
 }
 
 #[cfg(test)]

@@ -223,3 +223,25 @@ async fn a_hub_that_shows_two_members_two_histories_is_caught_by_comparing_check
     assert_eq!(node_count(&region, MBO, "log_evidence").await, 1);
     region.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn the_log_benchmark_runs_and_reports_what_it_measured() {
+    let mut out = Vec::new();
+    let b = overstap_cli::bench::log_bench(1000, 32, &mut out)
+        .await
+        .unwrap();
+    assert_eq!(b.entries, 1000);
+    assert_eq!(b.inclusion_proof_bytes % 32, 0);
+    assert!(
+        (9 * 32..=10 * 32).contains(&b.inclusion_proof_bytes),
+        "{b:?}"
+    );
+    assert!(
+        b.routed_per_s_log_on > 0.0 && b.routed_per_s_log_off > 0.0 && b.ratio_on_over_off > 0.0
+    );
+    let text = String::from_utf8(out).unwrap();
+    assert!(
+        text.contains("routing with the log on") && text.contains("routing with the log off"),
+        "{text}"
+    );
+}

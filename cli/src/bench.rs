@@ -1,0 +1,175 @@
+//! `overstap bench log`: what the verifiable log costs, measured in one run on this machine.
+//! - Proofs at scale: a tree of `entries` leaves (default 1,000,000) is built in memory; the
+//!   inclusion and consistency proofs' size, and the time to make and check one, averaged.
+//! - Routing with the log on ÷ off: a hub on 127.0.0.1 with SQLite, TLS 1.3 and client
+//!   certificates, fed the same pre-sealed envelopes by 16 concurrent senders, once with its
+//!   sequencer integrating the log and once without, alternating, best of two each.
+
+use std::io::Write;
+use std::time::Instant;
+
+use overstap_proto::envelope::{Outgoing, seal};
+use overstap_proto::log::{LogEntry, MemoryTree, check_consistency, check_inclusion, leaf_hash};
+use overstap_proto::pb::hub_client::HubClient;
+use overstap_proto::pb::payload::Content;
+use overstap_proto::pb::{EnvelopeKind, MemberKind, Payload, Skip};
+use rand_core::RngCore;
+use serde::Serialize;
+
+use crate::region::{Org, Region};
+
+#[derive(Debug, Serialize)]
+pub struct LogBench {
+    pub entries: u64,
+    pub inclusion_proof_bytes: usize,
+    pub consistency_proof_bytes: usize,
+    pub prove_inclusion_us: f64,
+    pub check_inclusion_us: f64,
+    pub check_consistency_us: f64,
+    pub envelopes: usize,
+    pub routed_per_s_log_on: f64,
+    pub routed_per_s_log_off: f64,
+    pub ratio_on_over_off: f64,
+}
+
+fn entry(i: u64) -> LogEntry {
+    LogEntry {
+        event: "send".into(),
+        envelope_kind: 1,
+        from_org: "25LP".into(),
+        to_org: "30RT".into(),
+        envelope_id: i.to_be_bytes().repeat(2),
+        body_sha256: vec![(i % 251) as u8; 32],
+        at: 1_795_000_000 + i as i64,
+    }
+}
+
+/// Runs both parts, telling `out` how it goes; returns the figures.
+pub async fn log_bench(
+    entries: u64,
+    envelopes: usize,
+    out: &mut dyn Write,
+) -> anyhow::Result<LogBench> {
+    writeln!(out, "Building a log of {entries} entries in memory...")?;
+    let mut tree = MemoryTree::default();
+    for i in 0..entries {
+        tree.append(leaf_hash(&entry(i)))?;
+        if (i + 1) % 250_000 == 0 {
+            writeln!(out, "  {} entries", i + 1)?;
+        }
+    }
+    let root = tree.root()?;
+    let samples = 1000u64;
+    let mut rng = rand_core::OsRng;
+    let indexes: Vec<u64> = (0..samples).map(|_| rng.next_u64() % entries).collect();
+    let t = Instant::now();
+    let proofs: Vec<_> = indexes
+        .iter()
+        .map(|&i| tree.inclusion(i, entries))
+        .collect::<Result<_, _>>()?;
+    let prove_us = t.elapsed().as_secs_f64() * 1e6 / samples as f64;
+    let leaves: Vec<_> = indexes.iter().map(|&i| leaf_hash(&entry(i))).collect();
+    let t = Instant::now();
+    for ((p, &i), leaf) in proofs.iter().zip(&indexes).zip(&leaves) {
+        check_inclusion(p, entries, root, i, *leaf)?;
+    }
+    let check_us = t.elapsed().as_secs_f64() * 1e6 / samples as f64;
+    let old = entries / 2 + 1;
+    let cproof = tree.consistency(old, entries)?;
+    let old_root = tree.root_at(old)?;
+    let t = Instant::now();
+    for _ in 0..samples {
+        check_consistency(&cproof, entries, root, old, old_root)?;
+    }
+    let cons_us = t.elapsed().as_secs_f64() * 1e6 / samples as f64;
+    writeln!(
+        out,
+        "  inclusion proof {} bytes, made in {prove_us:.1} µs, checked in {check_us:.1} µs",
+        proofs[0].len() * 32
+    )?;
+
+    let mut on = Vec::new();
+    let mut off = Vec::new();
+    for round in 0..4 {
+        let log = round % 2 == 0;
+        let rate = route(envelopes, log).await?;
+        writeln!(
+            out,
+            "  routing with the log {}: {rate:.0} envelopes/s",
+            if log { "on" } else { "off" }
+        )?;
+        if log { on.push(rate) } else { off.push(rate) }
+    }
+    let best = |v: &[f64]| v.iter().cloned().fold(0.0, f64::max);
+    let (on, off) = (best(&on), best(&off));
+    Ok(LogBench {
+        entries,
+        inclusion_proof_bytes: proofs[0].len() * 32,
+        consistency_proof_bytes: cproof.len() * 32,
+        prove_inclusion_us: prove_us,
+        check_inclusion_us: check_us,
+        check_consistency_us: cons_us,
+        envelopes,
+        routed_per_s_log_on: on,
+        routed_per_s_log_off: off,
+        ratio_on_over_off: on / off,
+    })
+}
+
+/// Envelopes per second a fresh hub accepts (durably, with a signed receipt each).
+async fn route(envelopes: usize, log: bool) -> anyhow::Result<f64> {
+    let tmp = tempfile::tempdir()?;
+    let orgs = [
+        Org::new("25LP", MemberKind::School, "School"),
+        Org::new("30RT", MemberKind::Mbo, "Mbo"),
+    ];
+    let region =
+        Region::start_hub_only(tmp.path(), &orgs, overstap_node::system_clock(), log).await?;
+    let key = region.signing_key("25LP")?;
+    let to = region.authority.directory()?.member("30RT")?.clone();
+    let sealed: Vec<_> = (0..envelopes)
+        .map(|i| {
+            let mut id = [0u8; 16];
+            id[..8].copy_from_slice(&(i as u64).to_be_bytes());
+            seal(
+                Outgoing {
+                    envelope_id: id,
+                    from_org: "25LP",
+                    kind: EnvelopeKind::Status,
+                    created_at: 0,
+                    payload: Payload {
+                        content: Some(Content::Skip(Skip {
+                            reason: "x".repeat(4000),
+                        })),
+                        ..Default::default()
+                    },
+                },
+                &key,
+                &to,
+            )
+        })
+        .collect::<Result<_, _>>()?;
+    let channel = region.hub_link("25LP")?.channel()?;
+    let senders = 16;
+    let chunks: Vec<Vec<_>> = sealed
+        .chunks(envelopes.div_ceil(senders))
+        .map(|c| c.to_vec())
+        .collect();
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for chunk in chunks {
+        let mut client = HubClient::new(channel.clone());
+        tasks.push(tokio::spawn(async move {
+            for env in chunk {
+                client.send(env).await?;
+            }
+            Ok::<_, tonic::Status>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let rate = envelopes as f64 / started.elapsed().as_secs_f64();
+    region.shutdown().await?;
+    Ok(rate)
+}
