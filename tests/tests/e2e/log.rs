@@ -245,3 +245,15 @@ async fn the_log_benchmark_runs_and_reports_what_it_measured() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn a_hub_that_drops_an_entry_is_caught() {
+    let (_tmp, mut region) = region().await;
+    handed_over(&region).await;
+    tamper(&mut region, &["DELETE FROM events WHERE log_index = 1"]).await;
+    eventually("the school notices", || async {
+        log_status(&region, SCHOOL).await.alarm
+    })
+    .await;
+    region.shutdown().await.unwrap();
+}
