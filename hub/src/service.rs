@@ -211,7 +211,13 @@ impl<S: HubStore> HubService<S> {
         if events.is_empty() {
             return Ok(start);
         }
-        let region = self.directory()?.directory.region.clone();
+        let directory = self.directory()?;
+        let region = directory.directory.region.clone();
+        // Checkpoints are signed under the hub's id in the directory: that is what nodes check.
+        let hub_id = directory
+            .hub()
+            .map(|h| h.org_id.clone())
+            .unwrap_or_else(|| self.state.hub_id.clone());
         let first_hash = stored_hash_count(start);
         let mut work = tree.clone();
         let mut added = Vec::new();
@@ -221,20 +227,26 @@ impl<S: HubStore> HubService<S> {
             }
         }
         let root = work.root()?;
-        let note = sign_checkpoint(
-            &region,
-            work.size(),
-            root,
-            &self.state.key,
-            &self.state.hub_id,
-        )?;
+        let note = sign_checkpoint(&region, work.size(), root, &self.state.key, &hub_id)?;
         let cp = StoredCheckpoint {
             size: work.size(),
             root: root.0,
             note,
             at: now(),
         };
-        self.state.store.integrate(first_hash, &added, &cp).await?;
+        if let Err(e) = self.state.store.integrate(first_hash, &added, &cp).await {
+            // The commit may have happened anyway: start again from what the store holds.
+            let hashes = self.state.store.log_hashes().await?;
+            let size = self
+                .state
+                .store
+                .latest_checkpoint()
+                .await?
+                .map(|c| c.size)
+                .unwrap_or(0);
+            *tree = MemoryTree::from_stored(hashes.into_iter().map(Hash).collect(), size);
+            return Err(e.into());
+        }
         *tree = work;
         Ok(cp.size)
     }

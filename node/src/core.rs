@@ -283,10 +283,8 @@ impl NodeCore {
         let dir = self.directory()?;
         let recipient = dir.member(to_org)?.clone();
         payload.seq = tx.next_sent_seq(to_org).await?;
-        if let Some(state) = self.store.log_state().await?
-            && state.alarm.is_none()
-        {
-            payload.checkpoint = state.note;
+        if let Some((note, None)) = tx.log_note().await? {
+            payload.checkpoint = note;
         }
         let envelope_id = random_bytes::<16>();
         let envelope = self.seal_payload(&recipient, kind, envelope_id, &payload)?;
@@ -372,6 +370,16 @@ impl NodeCore {
             })),
             ..Default::default()
         };
+        if self.directory()?.member(&entry.to_org).is_err() {
+            // The recipient left the region: nothing can go to it any more.
+            tx.set_outbox_state(
+                entry.seq,
+                "cancelled",
+                &format!("{reason}; {} is no longer a member", entry.to_org),
+            )
+            .await?;
+            return Ok(None);
+        }
         Ok(Some(
             self.reseal_in(tx, entry, payload, EnvelopeKind::Status)
                 .await?,
@@ -801,7 +809,10 @@ impl NodeCore {
 
     /// The envelope to push for an outbox row. A package whose grant ended while it waited to
     /// leave is replaced by a skip first: nothing leaves without a valid grant.
-    pub async fn envelope_to_push(&self, entry: &OutboxEntry) -> Result<Envelope, NodeError> {
+    pub async fn envelope_to_push(
+        &self,
+        entry: &OutboxEntry,
+    ) -> Result<Option<Envelope>, NodeError> {
         if entry.kind == EnvelopeKind::Package as i32
             && let Some(grant_id) = &entry.grant_id
             && let Some(g) = self.store.grant(grant_id).await?
@@ -810,18 +821,27 @@ impl NodeCore {
             let mut tx = self.store.begin().await?;
             let skip = self.withdraw_in(&mut tx, entry, &e.to_string()).await?;
             tx.commit().await?;
-            return skip.ok_or_else(|| {
-                NodeError::Corrupt("a sealed outbox row without a sequence".into())
-            });
+            return Ok(skip);
         }
-        stored::<Envelope>(&entry.envelope, "envelope")
+        stored::<Envelope>(&entry.envelope, "envelope").map(Some)
     }
 
     /// Records the hub's receipt for a pushed envelope, and the trail event it makes.
     pub async fn after_sent(&self, entry: &OutboxEntry, receipt: &Signed) -> Result<(), NodeError> {
         let mut tx = self.store.begin().await?;
-        tx.mark_sent(entry.seq, &receipt.encode_to_vec(), self.now())
-            .await?;
+        if !tx
+            .mark_sent(
+                entry.seq,
+                &entry.envelope_id,
+                &receipt.encode_to_vec(),
+                self.now(),
+            )
+            .await?
+        {
+            // Sealed again while this one was on its way (a skip, or a resend): the new envelope
+            // goes out under the same sequence number and the recipient takes only one.
+            return Ok(());
+        }
         if let Some(grant_id) = &entry.grant_id
             && let Some(g) = tx.grant(grant_id).await?
         {
@@ -874,7 +894,15 @@ impl NodeCore {
         tx.mark_attempt(entry.seq, detail, give_up).await?;
         // A refused envelope still holds a sequence number, so a skip under that number goes in
         // its place: the recipient sees no gap that nothing could ever fill.
-        if give_up && let Some(seq) = entry.peer_seq {
+        // A refused skip is not replaced by another one (that would go round for ever).
+        let is_skip = matches!(
+            Payload::decode(entry.payload.as_slice()).map(|p| p.content),
+            Ok(Some(Content::Skip(_)))
+        );
+        if give_up
+            && !is_skip
+            && let Some(seq) = entry.peer_seq
+        {
             let payload = Payload {
                 seq,
                 content: Some(Content::Skip(Skip {
@@ -1088,18 +1116,22 @@ impl NodeCore {
             })
             .await?;
         }
-        self.seal_in(
-            tx,
-            home,
-            EnvelopeKind::DeletionReceipt,
-            Some(grant_id),
-            Payload {
-                content: Some(Content::DeletionReceipt(signed)),
-                ..Default::default()
-            },
-            None,
-        )
-        .await?;
+        if self.directory()?.member(home).is_ok() {
+            self.seal_in(
+                tx,
+                home,
+                EnvelopeKind::DeletionReceipt,
+                Some(grant_id),
+                Payload {
+                    content: Some(Content::DeletionReceipt(signed)),
+                    ..Default::default()
+                },
+                None,
+            )
+            .await?;
+        } else {
+            tracing::warn!(org = %self.org_id, %home, "erased, but the home school left the region: the receipt is kept here");
+        }
         tracing::info!(org = %self.org_id, grant = %grant_id, %reason, "erased; deletion receipt queued");
         Ok(())
     }
@@ -1113,11 +1145,20 @@ impl NodeCore {
             let Some(r) = self.store.received(&grant_id).await? else {
                 continue;
             };
+            // One item's trouble must not keep the others from being erased.
             let mut tx = self.store.begin().await?;
-            self.erase_in(&mut tx, &grant_id, &from, &r.pseudonym, "expired")
-                .await?;
-            tx.commit().await?;
-            erased += 1;
+            match self
+                .erase_in(&mut tx, &grant_id, &from, &r.pseudonym, "expired")
+                .await
+            {
+                Ok(()) => {
+                    tx.commit().await?;
+                    erased += 1;
+                }
+                Err(e) => {
+                    tracing::error!(org = %self.org_id, grant = %grant_id, error = %e, "erasing an expired passport failed; it is tried again")
+                }
+            }
         }
         for g in self.store.grants_expired(now).await? {
             let mut tx = self.store.begin().await?;
@@ -1125,9 +1166,12 @@ impl NodeCore {
                 .outbox_of_grant(&g.grant_id, &["pending", "waiting"])
                 .await?
             {
-                if entry.kind == EnvelopeKind::Package as i32 {
-                    self.withdraw_in(&mut tx, &entry, "consent expired before it left")
-                        .await?;
+                if entry.kind == EnvelopeKind::Package as i32
+                    && let Err(e) = self
+                        .withdraw_in(&mut tx, &entry, "consent expired before it left")
+                        .await
+                {
+                    tracing::error!(org = %self.org_id, grant = %g.grant_id, error = %e, "withdrawing a package failed");
                 }
             }
             tx.set_grant_state(&g.grant_id, "expired").await?;
@@ -1168,6 +1212,17 @@ impl NodeCore {
             self.outbox_wake.notify_one();
         }
         Ok(outcome)
+    }
+
+    /// Takes in, for every sender, what waited for a gap that has been filled since.
+    pub async fn drain_all_held(&self) -> Result<(), NodeError> {
+        let mut tx = self.store.begin().await?;
+        let senders = tx.held_senders().await?;
+        drop(tx);
+        for from in senders {
+            self.drain_held(&from).await?;
+        }
+        Ok(())
     }
 
     /// Takes in envelopes that waited for a gap, now that it is filled.
@@ -1213,7 +1268,8 @@ impl NodeCore {
             None => return Ok((Outcome::Dropped("envelope has no header".into()), None)),
         };
         if !from_held && self.store.is_processed(&claimed.envelope_id).await? {
-            return Ok((Outcome::Duplicate, None));
+            // Taken in before; what waited behind it may not have been (a failed drain).
+            return Ok((Outcome::Duplicate, Some(claimed.from_org.clone())));
         }
         let dir = self.directory()?;
         let processed = |outcome: &str, detail: String| Processed {

@@ -242,7 +242,7 @@ impl NodeStore {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(std::time::Duration::from_secs(10));
-        let connections = if url.contains(":memory:") { 1 } else { 4 };
+        let connections = if url.contains(":memory:") { 1 } else { 8 };
         let pool = SqlitePoolOptions::new()
             .max_connections(connections)
             .connect_with(options)
@@ -1102,14 +1102,47 @@ impl Tx {
         .collect())
     }
 
-    pub async fn mark_sent(&mut self, seq: i64, receipt: &[u8], at: i64) -> Result<(), StoreError> {
-        sqlx::query("UPDATE outbox SET state = 'sent', receipt = ?, sent_at = ?, attempts = attempts + 1, detail = '' WHERE seq = ?")
-            .bind(receipt)
-            .bind(at)
-            .bind(seq)
-            .execute(&mut *self.0)
-            .await?;
-        Ok(())
+    /// Marks a row sent with the hub's receipt, if it still holds the envelope that was pushed
+    /// (it may have been sealed again meanwhile); returns whether it did.
+    pub async fn mark_sent(
+        &mut self,
+        seq: i64,
+        envelope_id: &[u8],
+        receipt: &[u8],
+        at: i64,
+    ) -> Result<bool, StoreError> {
+        let n = sqlx::query(
+            "UPDATE outbox SET state = 'sent', receipt = ?, sent_at = ?, attempts = attempts + 1, detail = ''
+             WHERE seq = ? AND envelope_id = ?",
+        )
+        .bind(receipt)
+        .bind(at)
+        .bind(seq)
+        .bind(envelope_id)
+        .execute(&mut *self.0)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    /// The log state, read inside this transaction.
+    pub async fn log_note(&mut self) -> Result<Option<(Vec<u8>, Option<String>)>, StoreError> {
+        Ok(
+            sqlx::query("SELECT note, alarm FROM log_state WHERE id = 1")
+                .fetch_optional(&mut *self.0)
+                .await?
+                .map(|r| (r.get(0), r.get(1))),
+        )
+    }
+
+    /// Senders with envelopes waiting for a gap to be filled.
+    pub async fn held_senders(&mut self) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query("SELECT DISTINCT from_org FROM held")
+            .fetch_all(&mut *self.0)
+            .await?
+            .into_iter()
+            .map(|r| r.get(0))
+            .collect())
     }
 
     pub async fn set_grant_sent_at(&mut self, grant_id: &str, at: i64) -> Result<(), StoreError> {

@@ -149,6 +149,15 @@ async fn directory_loop(
     }
 }
 
+/// Answers that may only mean the hub and this node hold different directory versions for a
+/// moment; they are retried a few times before they count as final.
+fn maybe_directory_lag(code: Code) -> bool {
+    matches!(
+        code,
+        Code::NotFound | Code::PermissionDenied | Code::Unauthenticated
+    )
+}
+
 /// Whether a hub answer means "this envelope will never be accepted".
 fn is_final(code: Code) -> bool {
     matches!(
@@ -195,7 +204,8 @@ async fn outbox_loop(
         let mut stalled = false;
         for entry in &pending {
             let envelope = match core.envelope_to_push(entry).await {
-                Ok(e) => e,
+                Ok(Some(e)) => e,
+                Ok(None) => continue,
                 Err(e) => {
                     tracing::error!(error = %e, "preparing an envelope failed");
                     stalled = true;
@@ -224,7 +234,10 @@ async fn outbox_loop(
                         break;
                     }
                 }
-                Err(status) if is_final(status.code()) => {
+                Err(status)
+                    if is_final(status.code())
+                        && !(maybe_directory_lag(status.code()) && entry.attempts < 5) =>
+                {
                     tracing::warn!(to = %entry.to_org, reason = %status.message(), "the hub refused an envelope");
                     let detail = format!(
                         "refused by the hub ({:?}): {}",
@@ -272,7 +285,7 @@ async fn log_loop(
 ) {
     loop {
         if let Err(e) = check_log(&core, &mut client).await {
-            tracing::debug!(org = %core.org_id, error = %e, "log check did not complete");
+            tracing::warn!(org = %core.org_id, error = %e, "the log check did not complete; it runs again");
         }
         if sleep_or_stop(interval, &mut shutdown).await {
             return;
@@ -299,6 +312,10 @@ pub async fn check_log(core: &NodeCore, client: &mut HubClient<Channel>) -> anyh
     };
     let shown = core.verify_checkpoint(&note)?;
     let held = core.store.log_state().await?;
+    // Once the alarm is raised it stays, with its evidence, until a person looks: no new rounds.
+    if held.as_ref().is_some_and(|h| h.alarm.is_some()) {
+        return Ok(());
+    }
     if let Some(h) = held.as_ref().filter(|h| h.size > 0) {
         let held_root = overstap_proto::log::Hash(h.root);
         if shown.size < h.size {
@@ -330,9 +347,6 @@ pub async fn check_log(core: &NodeCore, client: &mut HubClient<Channel>) -> anyh
                 return alarm(core, e.to_string(), &h.note, &note).await;
             }
         }
-    }
-    if held.as_ref().is_some_and(|h| h.alarm.is_some()) {
-        return Ok(());
     }
     if held.as_ref().is_none_or(|h| h.size != shown.size) {
         core.store
@@ -433,6 +447,9 @@ pub async fn check_log(core: &NodeCore, client: &mut HubClient<Channel>) -> anyh
 /// Erases what ran out, on this node's own clock, every `interval`.
 async fn reaper_loop(core: Arc<NodeCore>, interval: Duration, mut shutdown: watch::Receiver<bool>) {
     loop {
+        if let Err(e) = core.drain_all_held().await {
+            tracing::warn!(org = %core.org_id, error = %e, "taking in held envelopes failed; it runs again");
+        }
         match core.reap().await {
             Ok(0) => {}
             Ok(n) => tracing::info!(org = %core.org_id, erased = n, "expired passports erased"),

@@ -29,6 +29,8 @@ async fn tamper(region: &mut overstap_cli::region::Region, sql: &[&str]) {
     for statement in [
         "DROP TRIGGER events_no_update",
         "DROP TRIGGER events_no_delete",
+        "DROP TRIGGER checkpoints_no_delete",
+        "DROP TRIGGER log_hashes_no_delete",
         "DELETE FROM checkpoints",
         "DELETE FROM log_hashes",
     ]
