@@ -207,7 +207,8 @@ pub fn fill_interactive(
     })
 }
 
-fn to_sections(d: &Draft) -> Vec<Section> {
+/// The draft as the protocol's sections, in the order of the question set.
+pub fn to_sections(d: &Draft) -> Vec<Section> {
     d.sections
         .iter()
         .map(|s| Section {

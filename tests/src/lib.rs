@@ -18,8 +18,8 @@ use overstap_proto::passport::{build_version, select_disclosures};
 use overstap_proto::pb::hub_client::HubClient;
 use overstap_proto::pb::payload::Content;
 use overstap_proto::pb::{
-    Answer, Disclosure, Envelope, EnvelopeKind, Member, Package, Payload, RegisterStudentRequest,
-    Section, Signed, StorePassportRequest,
+    Disclosure, Envelope, EnvelopeKind, Member, Package, Payload, RegisterStudentRequest, Signed,
+    StorePassportRequest,
 };
 use overstap_proto::sign::{Domain, sign_message};
 use sqlx::Row;
@@ -177,24 +177,7 @@ pub async fn student(region: &Region, birth_month: &str, guardian: Option<&Signi
     let wallet = Wallet::new(key, card).expect("wallet");
     let answers: Answers = serde_json::from_str(demo::SAM_ANSWERS).expect("answers");
     let draft = draft_from_answers("pvs-mbo-v1", &answers).expect("draft");
-    let sections: Vec<Section> = draft
-        .sections
-        .iter()
-        .map(|s| Section {
-            section_id: s.id.clone(),
-            title: s.title.clone(),
-            answers: s
-                .answers
-                .iter()
-                .map(|a| Answer {
-                    question_id: a.question_id.clone(),
-                    question: a.question.clone(),
-                    answer: a.answer.clone(),
-                    smiley: a.smiley.clone().unwrap_or_default(),
-                })
-                .collect(),
-        })
-        .collect();
+    let sections = overstap_cli::passport::to_sections(&draft);
     let version =
         build_version(&wallet.pseudonym, 1, "pvs-mbo-v1", now(), &sections).expect("version");
     let mut keys = vec![&wallet.key];
