@@ -358,6 +358,15 @@ pub enum LogCmd {
         #[command(flatten)]
         node: NodeOpts,
     },
+    /// Prove that an envelope this node sent or received is in the hub's log (hex id, as
+    /// `overstap outbox` shows it).
+    Prove {
+        envelope: String,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+        #[command(flatten)]
+        node: NodeOpts,
+    },
     /// Fetch every log entry from the hub, rebuild the tree, and check it against the
     /// checkpoint this node verified and the hub's newest one.
     Audit {
@@ -623,6 +632,43 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                         );
                     }
                 }
+            }
+            Ok(())
+        }
+        Command::Log(LogCmd::Prove {
+            envelope,
+            format,
+            node,
+        }) => {
+            let id = hex::decode(envelope.trim())
+                .with_context(|| format!("{envelope:?} is not an envelope id in hex"))?;
+            let p = node
+                .api()
+                .await?
+                .prove_envelope(overstap_proto::pb::ProveEnvelopeRequest { envelope_id: id })
+                .await
+                .map_err(explain)?
+                .into_inner();
+            let e = p.entry.unwrap_or_default();
+            match format {
+                Format::Json => json(&serde_json::json!({
+                    "log_index": p.log_index, "tree_size": p.tree_size,
+                    "proof": p.proof.iter().map(hex::encode).collect::<Vec<_>>(),
+                    "entry": { "event": e.event, "from_org": e.from_org, "to_org": e.to_org,
+                               "envelope_id": hex::encode(&e.envelope_id), "at": e.at },
+                    "checkpoint": String::from_utf8_lossy(&p.checkpoint),
+                }))?,
+                Format::Table => println!(
+                    "Envelope {} ({} from {} to {}, {}) is entry {} of the hub's log of {} entries: proven with {} hashes against the checkpoint this node verified.",
+                    hex::encode(&e.envelope_id),
+                    e.event,
+                    e.from_org,
+                    e.to_org,
+                    overstap_proto::format_time(e.at),
+                    p.log_index,
+                    p.tree_size,
+                    p.proof.len()
+                ),
             }
             Ok(())
         }

@@ -15,6 +15,7 @@ use overstap_proto::pb::{
     SetStatusResponse, ShowPassportRequest, ShowPassportResponse, Signed, StorePassportRequest,
     StorePassportResponse, TrailEvent, TrailRequest, TrailResponse,
 };
+use overstap_proto::pb::{ProveEnvelopeRequest, ProveEnvelopeResponse};
 use prost::Message;
 use rand_core::RngCore;
 use tonic::{Request, Response, Status};
@@ -98,11 +99,13 @@ impl tonic::service::Interceptor for TokenCheck {
 
 pub struct NodeApi {
     core: Arc<NodeCore>,
+    /// The channel to the hub, for proofs asked for on the spot.
+    hub: tonic::transport::Channel,
 }
 
 impl NodeApi {
-    pub fn new(core: Arc<NodeCore>) -> Self {
-        NodeApi { core }
+    pub fn new(core: Arc<NodeCore>, hub: tonic::transport::Channel) -> Self {
+        NodeApi { core, hub }
     }
 }
 
@@ -289,6 +292,68 @@ impl Node for NodeApi {
             unproven,
             alarm: alarm.is_some(),
             alarm_reason: alarm.unwrap_or_default(),
+        }))
+    }
+
+    async fn prove_envelope(
+        &self,
+        request: Request<ProveEnvelopeRequest>,
+    ) -> Result<Response<ProveEnvelopeResponse>, Status> {
+        use overstap_proto::log::{check_inclusion, hashes_from_bytes, leaf_hash};
+        let id = request.into_inner().envelope_id;
+        let item = self
+            .core
+            .store
+            .log_item(&self.core.org_id, &id)
+            .await
+            .map_err(NodeError::from)?
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "this node sent or received no envelope {} with a hub receipt",
+                    hex::encode(&id)
+                ))
+            })?;
+        let state = self.core.store.log_state().await.map_err(NodeError::from)?;
+        let state = state
+            .filter(|s| s.size > item.log_index)
+            .ok_or_else(|| Status::failed_precondition("the newest checkpoint this node verified does not cover this envelope yet; try again in a moment"))?;
+        let mut hub = overstap_proto::pb::hub_client::HubClient::new(self.hub.clone());
+        let proof = hub
+            .get_inclusion_proof(overstap_proto::pb::InclusionRequest {
+                log_index: item.log_index,
+                tree_size: state.size,
+            })
+            .await?
+            .into_inner();
+        let hashes = hashes_from_bytes(&proof.hashes).map_err(NodeError::from)?;
+        check_inclusion(
+            &hashes,
+            state.size,
+            overstap_proto::log::Hash(state.root),
+            item.log_index,
+            leaf_hash(&item.entry),
+        )
+        .map_err(|e| Status::data_loss(format!("the hub's proof does not check out: {e}")))?;
+        self.core
+            .store
+            .mark_proven(&id, item.log_index, state.size, self.core.now())
+            .await
+            .map_err(NodeError::from)?;
+        let e = item.entry;
+        Ok(Response::new(ProveEnvelopeResponse {
+            log_index: item.log_index,
+            tree_size: state.size,
+            proof: proof.hashes,
+            checkpoint: state.note,
+            entry: Some(overstap_proto::pb::LogEntry {
+                event: e.event,
+                envelope_kind: e.envelope_kind,
+                from_org: e.from_org,
+                to_org: e.to_org,
+                envelope_id: e.envelope_id,
+                body_sha256: e.body_sha256,
+                at: e.at,
+            }),
         }))
     }
 

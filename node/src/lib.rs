@@ -93,6 +93,7 @@ pub async fn run_with_clock(
         key_pem: config.key_pem.clone(),
     };
     let channel = link.channel()?;
+    let hub_channel = channel.clone();
     let addr = api_listener.local_addr()?;
     if let Some(path) = &config.api_url_file {
         std::fs::write(path, format!("http://{addr}\n"))
@@ -109,7 +110,7 @@ pub async fn run_with_clock(
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<NodeServer<api::NodeApi>>().await;
     let api = tonic::service::interceptor::InterceptedService::new(
-        NodeServer::new(api::NodeApi::new(core))
+        NodeServer::new(api::NodeApi::new(core, hub_channel))
             .max_decoding_message_size(config.max_envelope_bytes * 4),
         api::TokenCheck::new(config.api_token.clone()),
     );

@@ -737,14 +737,42 @@ impl NodeStore {
 
     /// Sent and received envelopes with a receipt but no inclusion proof yet.
     pub async fn unproven(&self, me: &str, limit: u32) -> Result<Vec<Unproven>, StoreError> {
+        self.log_items(me, None, limit).await
+    }
+
+    /// The log leaf of one envelope this node sent or received (proven or not).
+    pub async fn log_item(
+        &self,
+        me: &str,
+        envelope_id: &[u8],
+    ) -> Result<Option<Unproven>, StoreError> {
+        Ok(self
+            .log_items(me, Some(envelope_id), 1)
+            .await?
+            .into_iter()
+            .next())
+    }
+
+    async fn log_items(
+        &self,
+        me: &str,
+        only: Option<&[u8]>,
+        limit: u32,
+    ) -> Result<Vec<Unproven>, StoreError> {
         use overstap_proto::pb::{Envelope, EnvelopeHeader, Receipt, Signed};
         use overstap_proto::sign::{Domain, decode_body};
         use prost::Message;
         let mut out = Vec::new();
-        let sent = sqlx::query(
-            "SELECT envelope, receipt FROM outbox WHERE receipt IS NOT NULL
-             AND envelope_id NOT IN (SELECT envelope_id FROM log_proofs) ORDER BY seq LIMIT ?",
-        )
+        // One envelope, proven or not; or every envelope not proven yet.
+        let filter = if only.is_some() {
+            "envelope_id = ?"
+        } else {
+            "envelope_id NOT IN (SELECT envelope_id FROM log_proofs) AND ? IS NULL"
+        };
+        let sent = sqlx::query(&format!(
+            "SELECT envelope, receipt FROM outbox WHERE receipt IS NOT NULL AND {filter} ORDER BY seq LIMIT ?"
+        ))
+        .bind(only)
         .bind(limit as i64)
         .fetch_all(&self.pool)
         .await?;
@@ -777,11 +805,11 @@ impl NodeStore {
                 },
             });
         }
-        let received = sqlx::query(
+        let received = sqlx::query(&format!(
             "SELECT envelope_id, from_org, kind, body_sha256, receipt FROM processed
-             WHERE receipt IS NOT NULL AND body_sha256 IS NOT NULL
-             AND envelope_id NOT IN (SELECT envelope_id FROM log_proofs) ORDER BY processed_at LIMIT ?",
-        )
+             WHERE receipt IS NOT NULL AND body_sha256 IS NOT NULL AND {filter} ORDER BY processed_at LIMIT ?"
+        ))
+        .bind(only)
         .bind(limit as i64)
         .fetch_all(&self.pool)
         .await?;

@@ -84,6 +84,34 @@ async fn every_envelope_is_proven_in_the_signed_log() {
         .await
         .unwrap();
     assert!(audit.ok() && audit.entries >= 2, "{audit:?}");
+    // A proof asked for on the spot, for the package the school sent.
+    let mut school = region.api(SCHOOL).await.unwrap();
+    let sent = school
+        .outbox(overstap_proto::pb::OutboxRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    let package = sent
+        .iter()
+        .find(|i| i.kind == overstap_proto::pb::EnvelopeKind::Package as i32)
+        .unwrap();
+    let proof = school
+        .prove_envelope(overstap_proto::pb::ProveEnvelopeRequest {
+            envelope_id: package.envelope_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(proof.entry.as_ref().unwrap().to_org, MBO);
+    assert!(proof.log_index < proof.tree_size && !proof.proof.is_empty());
+    let err = school
+        .prove_envelope(overstap_proto::pb::ProveEnvelopeRequest {
+            envelope_id: vec![0; 16],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
     let s = log_status(&region, SCHOOL).await;
     let note = String::from_utf8(s.checkpoint.clone()).unwrap();
     assert!(note.starts_with("overstap/demo\n"), "{note}");
