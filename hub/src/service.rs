@@ -29,8 +29,8 @@ use overstap_proto::log::{
     Hash, LogEntry, MemoryTree, leaf_hash, sign_checkpoint, stored_hash_count,
 };
 use overstap_proto::pb::{
-    CheckpointResponse, ConsistencyRequest, GetCheckpointRequest, InclusionRequest,
-    LogEntriesRequest, LogEntriesResponse, ProofResponse,
+    AddCosignatureResponse, CheckpointResponse, ConsistencyRequest, GetCheckpointRequest,
+    InclusionRequest, LogEntriesRequest, LogEntriesResponse, ProofResponse,
 };
 
 /// Why the hub refused a call. Exactly one conversion to `tonic::Status` below.
@@ -477,7 +477,66 @@ impl<S: HubStore> Hub for HubService<S> {
             .await
             .map_err(HubError::from)?;
         let cp = cp.ok_or_else(|| Status::not_found("the log is empty: no checkpoint yet"))?;
-        Ok(Response::new(CheckpointResponse { note: cp.note }))
+        let lines = self
+            .state
+            .store
+            .cosignatures(cp.size)
+            .await
+            .map_err(HubError::from)?;
+        let note =
+            overstap_proto::log::with_cosignatures(&cp.note, &lines).map_err(HubError::from)?;
+        Ok(Response::new(CheckpointResponse { note }))
+    }
+
+    async fn add_cosignature(
+        &self,
+        request: Request<CheckpointResponse>,
+    ) -> Result<Response<AddCosignatureResponse>, Status> {
+        let caller = self.caller(&request)?;
+        if caller.kind() != MemberKind::Coordinator {
+            return Err(Status::permission_denied(format!(
+                "{} is not a coordinator; only coordinators witness the log",
+                caller.org_id
+            )));
+        }
+        let directory = self.directory()?;
+        let hub_id = directory
+            .hub()
+            .map(|h| h.org_id.clone())
+            .unwrap_or_else(|| self.state.hub_id.clone());
+        let witness_key = overstap_proto::sign::verifying_key(&caller.signing_key, "witness key")
+            .map_err(HubError::from)?;
+        let (text, line) = overstap_proto::log::verify_cosignature(
+            &request.get_ref().note,
+            &self.state.key.verifying_key(),
+            &hub_id,
+            &witness_key,
+            &caller.org_id,
+        )
+        .map_err(HubError::from)?;
+        let size: u64 = std::str::from_utf8(&text)
+            .ok()
+            .and_then(|t| t.lines().nth(1))
+            .and_then(|l| l.parse().ok())
+            .ok_or_else(|| Status::invalid_argument("the cosigned note is not a checkpoint"))?;
+        let ours = self
+            .state
+            .store
+            .checkpoint(size)
+            .await
+            .map_err(HubError::from)?;
+        if !ours.is_some_and(|c| c.note.starts_with(&text)) {
+            return Err(Status::invalid_argument(format!(
+                "the hub signed no such checkpoint of {size} entries"
+            )));
+        }
+        self.state
+            .store
+            .add_cosignature(size, &caller.org_id, &line, now())
+            .await
+            .map_err(HubError::from)?;
+        tracing::info!(witness = %caller.org_id, size, "checkpoint cosigned");
+        Ok(Response::new(AddCosignatureResponse { size }))
     }
 
     async fn get_inclusion_proof(

@@ -1782,6 +1782,23 @@ impl NodeCore {
         )?)
     }
 
+    /// Whether this node is a coordinator's, which witnesses the hub's log.
+    pub fn is_coordinator(&self) -> bool {
+        self.directory()
+            .ok()
+            .and_then(|d| {
+                d.member(&self.org_id)
+                    .ok()
+                    .map(|m| m.kind() == MemberKind::Coordinator)
+            })
+            .unwrap_or(false)
+    }
+
+    /// The key a witness cosigns with: the node's own signing key from the directory.
+    pub fn witness_key(&self) -> SigningKey {
+        self.key()
+    }
+
     /// Whether this node has caught the hub showing a log that does not add up. While it has,
     /// it sends nothing.
     pub async fn log_alarm(&self) -> Result<Option<String>, NodeError> {

@@ -352,6 +352,14 @@ pub async fn check_log(core: &NodeCore, client: &mut HubClient<Channel>) -> anyh
         core.store
             .save_log_state(shown.size, shown.root.0, &note)
             .await?;
+        // A coordinator witnesses the log: it cosigns each checkpoint it has just checked to be
+        // consistent with the last one it accepted (and so with the last one it cosigned).
+        if core.is_coordinator() {
+            let cosigned = overstap_proto::log::cosign(&note, &core.witness_key(), &core.org_id)?;
+            client
+                .add_cosignature(overstap_proto::pb::CheckpointResponse { note: cosigned })
+                .await?;
+        }
     }
     // Compare with what the hub showed other members: a hub that shows two members two
     // different histories cannot prove both consistent with one log.

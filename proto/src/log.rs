@@ -77,6 +77,80 @@ fn signer(key: &SigningKey, name: &str) -> Result<StandardSigner, ProtocolError>
     StandardSigner::new(&skey).map_err(|e| ProtocolError::malformed("log key", format!("{e:?}")))
 }
 
+/// The signed-note key name of a witness (a coordinator member).
+pub fn witness_key_name(org_id: &str) -> String {
+    format!("overstap-witness-{org_id}")
+}
+
+/// A witness's cosignature: the checkpoint note with the witness's signature line added. A
+/// witness cosigns only a checkpoint it has checked is consistent with the last one it cosigned.
+pub fn cosign(note: &[u8], witness: &SigningKey, org_id: &str) -> Result<Vec<u8>, ProtocolError> {
+    let mut parsed = Note::from_bytes(note)
+        .map_err(|e| ProtocolError::malformed("checkpoint", format!("{e:?}")))?;
+    let s = signer(witness, &witness_key_name(org_id))?;
+    parsed
+        .add_sigs(&[&s])
+        .map_err(|e| ProtocolError::malformed("checkpoint", format!("{e:?}")))?;
+    Ok(parsed.to_bytes())
+}
+
+/// Checks a cosigned checkpoint: the hub's signature and the witness's both verify. Returns the
+/// checkpoint text and the witness's signature line.
+pub fn verify_cosignature(
+    note: &[u8],
+    hub_key: &VerifyingKey,
+    hub_id: &str,
+    witness_key: &VerifyingKey,
+    witness_org: &str,
+) -> Result<(Vec<u8>, Vec<u8>), ProtocolError> {
+    let bad = |detail: String| ProtocolError::BadSignature {
+        what: "cosigned checkpoint",
+        detail,
+    };
+    let parsed = Note::from_bytes(note)
+        .map_err(|e| ProtocolError::malformed("checkpoint", format!("{e:?}")))?;
+    let hub = StandardVerifier::new(&signed_note::new_ed25519_verifier_key(
+        &key_name(hub_id),
+        hub_key,
+    ))
+    .map_err(|e| bad(format!("{e:?}")))?;
+    let wit_name = witness_key_name(witness_org);
+    let wit = StandardVerifier::new(&signed_note::new_ed25519_verifier_key(
+        &wit_name,
+        witness_key,
+    ))
+    .map_err(|e| bad(format!("{e:?}")))?;
+    let (verified, _) = parsed
+        .verify(&VerifierList::new(vec![Box::new(hub), Box::new(wit)]))
+        .map_err(|e| bad(format!("{e:?}")))?;
+    let hub_name = key_name(hub_id);
+    if !verified.iter().any(|s| s.name() == hub_name) {
+        return Err(bad("the hub's signature is missing".into()));
+    }
+    let line = verified
+        .iter()
+        .find(|s| s.name() == wit_name)
+        .ok_or_else(|| bad(format!("no signature by witness {witness_org}")))?
+        .to_bytes();
+    Ok((parsed.text().to_vec(), line))
+}
+
+/// Adds stored witness signature lines to a checkpoint note.
+pub fn with_cosignatures(note: &[u8], lines: &[Vec<u8>]) -> Result<Vec<u8>, ProtocolError> {
+    let parsed = Note::from_bytes(note)
+        .map_err(|e| ProtocolError::malformed("checkpoint", format!("{e:?}")))?;
+    let mut text = parsed.to_bytes();
+    for line in lines {
+        // Each stored line is a whole signature line ("— name base64\n"), as the note prints it.
+        if !text.windows(line.len()).any(|w| w == line.as_slice()) {
+            text.extend_from_slice(line);
+        }
+    }
+    Note::from_bytes(&text)
+        .map_err(|e| ProtocolError::malformed("checkpoint", format!("{e:?}")))?;
+    Ok(text)
+}
+
 /// A checkpoint whose signature has been checked.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VerifiedCheckpoint {
@@ -354,6 +428,54 @@ mod tests {
         assert!(verify_checkpoint(&note, "elders", &key.verifying_key(), "HUB").is_err());
         let forged = text.replacen("\n5\n", "\n6\n", 1).into_bytes();
         assert!(verify_checkpoint(&forged, "ijssel-vecht", &key.verifying_key(), "HUB").is_err());
+    }
+
+    #[test]
+    fn a_witness_cosignature_is_added_checked_and_merged() {
+        let hub = generate_signing_key();
+        let witness = generate_signing_key();
+        let t = rfc_tree(3);
+        let note = sign_checkpoint("r", 3, t.root().unwrap(), &hub, "HUB").unwrap();
+        let cosigned = cosign(&note, &witness, "RMC1").unwrap();
+        let (text, line) = verify_cosignature(
+            &cosigned,
+            &hub.verifying_key(),
+            "HUB",
+            &witness.verifying_key(),
+            "RMC1",
+        )
+        .unwrap();
+        assert!(
+            String::from_utf8(line.clone())
+                .unwrap()
+                .starts_with("\u{2014} overstap-witness-RMC1 ")
+        );
+        assert!(note.starts_with(&text));
+        let merged = with_cosignatures(&note, std::slice::from_ref(&line)).unwrap();
+        assert_eq!(merged, cosigned);
+        assert_eq!(
+            with_cosignatures(&merged, &[line]).unwrap(),
+            merged,
+            "no line twice"
+        );
+        // Still a valid checkpoint for anyone who only knows the hub's key.
+        assert_eq!(
+            verify_checkpoint(&merged, "r", &hub.verifying_key(), "HUB")
+                .unwrap()
+                .size,
+            3
+        );
+        let stranger = generate_signing_key();
+        assert!(
+            verify_cosignature(
+                &cosigned,
+                &hub.verifying_key(),
+                "HUB",
+                &stranger.verifying_key(),
+                "RMC1"
+            )
+            .is_err()
+        );
     }
 
     #[test]

@@ -116,4 +116,19 @@ pub trait HubStore: Send + Sync + 'static {
 
     /// The newest checkpoint, if any.
     async fn latest_checkpoint(&self) -> Result<Option<Checkpoint>, StoreError>;
+
+    /// The checkpoint of a given size, if the hub signed one.
+    async fn checkpoint(&self, size: u64) -> Result<Option<Checkpoint>, StoreError>;
+
+    /// Keeps a witness's signature line on the checkpoint of `size` (once per witness).
+    async fn add_cosignature(
+        &self,
+        size: u64,
+        witness: &str,
+        line: &[u8],
+        at: i64,
+    ) -> Result<(), StoreError>;
+
+    /// The witness signature lines on the checkpoint of `size`.
+    async fn cosignatures(&self, size: u64) -> Result<Vec<Vec<u8>>, StoreError>;
 }

@@ -263,6 +263,50 @@ impl HubStore for SqliteStore {
         Ok(())
     }
 
+    async fn checkpoint(&self, size: u64) -> Result<Option<Checkpoint>, StoreError> {
+        let row = sqlx::query("SELECT size, root, note, at FROM checkpoints WHERE size = ?")
+            .bind(size as i64)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| Checkpoint {
+            size: r.get::<i64, _>(0) as u64,
+            root: r.get::<Vec<u8>, _>(1).try_into().unwrap_or([0; 32]),
+            note: r.get(2),
+            at: r.get(3),
+        }))
+    }
+
+    async fn add_cosignature(
+        &self,
+        size: u64,
+        witness: &str,
+        line: &[u8],
+        at: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT OR IGNORE INTO cosignatures (size, witness, line, at) VALUES (?, ?, ?, ?)",
+        )
+        .bind(size as i64)
+        .bind(witness)
+        .bind(line)
+        .bind(at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn cosignatures(&self, size: u64) -> Result<Vec<Vec<u8>>, StoreError> {
+        Ok(
+            sqlx::query("SELECT line FROM cosignatures WHERE size = ? ORDER BY witness")
+                .bind(size as i64)
+                .fetch_all(&self.pool)
+                .await?
+                .into_iter()
+                .map(|r| r.get(0))
+                .collect(),
+        )
+    }
+
     async fn latest_checkpoint(&self) -> Result<Option<Checkpoint>, StoreError> {
         let row =
             sqlx::query("SELECT size, root, note, at FROM checkpoints ORDER BY size DESC LIMIT 1")

@@ -21,3 +21,13 @@ CREATE TRIGGER checkpoints_no_update BEFORE UPDATE ON checkpoints
 BEGIN SELECT RAISE(ABORT, 'the log is append-only'); END;
 CREATE TRIGGER checkpoints_no_delete BEFORE DELETE ON checkpoints
 BEGIN SELECT RAISE(ABORT, 'the log is append-only'); END;
+
+-- Witness cosignatures (C2SP tlog-witness style): a coordinator member's signature line on a
+-- checkpoint it checked to be consistent with the last one it cosigned.
+CREATE TABLE cosignatures (
+    size    INTEGER NOT NULL REFERENCES checkpoints (size),
+    witness TEXT    NOT NULL,
+    line    BLOB    NOT NULL,
+    at      INTEGER NOT NULL,
+    PRIMARY KEY (size, witness)
+);

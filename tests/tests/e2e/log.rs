@@ -287,3 +287,35 @@ async fn a_hub_that_drops_an_entry_is_caught() {
     .await;
     region.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_coordinator_witnesses_the_log_and_its_cosignature_reaches_every_node() {
+    let (_tmp, mut region) = region().await;
+    region
+        .admit_and_start(overstap_cli::region::Org::new(
+            "RMC01",
+            overstap_proto::pb::MemberKind::Coordinator,
+            "RMC Zwolle",
+        ))
+        .await
+        .unwrap();
+    handed_over(&region).await;
+    eventually(
+        "the school holds a checkpoint the coordinator cosigned",
+        || async {
+            String::from_utf8_lossy(&log_status(&region, SCHOOL).await.checkpoint)
+                .contains("\u{2014} overstap-witness-RMC01 ")
+        },
+    )
+    .await;
+    // A member that is not a coordinator cannot witness.
+    let school = creds(&region, SCHOOL);
+    let note = log_status(&region, SCHOOL).await.checkpoint;
+    let cosigned = overstap_proto::log::cosign(&note, &school.signing, SCHOOL).unwrap();
+    let err = hub_client(&school)
+        .add_cosignature(overstap_proto::pb::CheckpointResponse { note: cosigned })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    region.shutdown().await.unwrap();
+}
