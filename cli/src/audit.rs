@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use anyhow::Context;
-use overstap_proto::log::{LogEntry, MemoryTree, leaf_hash};
+use overstap_proto::log::{MemoryTree, leaf_hash};
 use overstap_proto::pb::hub_client::HubClient;
 use overstap_proto::pb::{GetCheckpointRequest, LogEntriesRequest, LogStatusRequest};
 use serde::Serialize;
@@ -75,15 +75,7 @@ pub async fn audit(node_dir: &Path) -> anyhow::Result<Audit> {
             if !matches!(e.event.as_str(), "send" | "delivery") || e.envelope_id.len() != 16 {
                 malformed += 1;
             }
-            tree.append(leaf_hash(&LogEntry {
-                event: e.event,
-                envelope_kind: e.envelope_kind,
-                from_org: e.from_org,
-                to_org: e.to_org,
-                envelope_id: e.envelope_id,
-                body_sha256: e.body_sha256,
-                at: e.at,
-            }))?;
+            tree.append(leaf_hash(&e))?;
         }
     }
     let matches = |size: u64, root: [u8; 32]| {

@@ -599,18 +599,7 @@ impl<S: HubStore> Hub for HubService<S> {
             entries: events
                 .iter()
                 .filter(|e| e.log_index < size)
-                .map(|e| {
-                    let l = entry_of(e);
-                    overstap_proto::pb::LogEntry {
-                        event: l.event,
-                        envelope_kind: l.envelope_kind,
-                        from_org: l.from_org,
-                        to_org: l.to_org,
-                        envelope_id: l.envelope_id,
-                        body_sha256: l.body_sha256,
-                        at: l.at,
-                    }
-                })
+                .map(entry_of)
                 .collect(),
         }))
     }

@@ -339,21 +339,12 @@ impl Node for NodeApi {
             .mark_proven(&id, item.log_index, state.size, self.core.now())
             .await
             .map_err(NodeError::from)?;
-        let e = item.entry;
         Ok(Response::new(ProveEnvelopeResponse {
             log_index: item.log_index,
             tree_size: state.size,
             proof: proof.hashes,
             checkpoint: state.note,
-            entry: Some(overstap_proto::pb::LogEntry {
-                event: e.event,
-                envelope_kind: e.envelope_kind,
-                from_org: e.from_org,
-                to_org: e.to_org,
-                envelope_id: e.envelope_id,
-                body_sha256: e.body_sha256,
-                at: e.at,
-            }),
+            entry: Some(item.entry),
         }))
     }
 

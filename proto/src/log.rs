@@ -16,19 +16,10 @@ pub use tlog_tiles::{Hash, HashReader, RecordProof, TreeProof, stored_hash_count
 
 use crate::ProtocolError;
 
-/// One routing event, as the hub logs it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LogEntry {
-    /// "send" or "delivery".
-    pub event: String,
-    pub envelope_kind: i32,
-    pub from_org: String,
-    pub to_org: String,
-    pub envelope_id: Vec<u8>,
-    /// SHA-256 of the sealed body (for a send; empty for a delivery).
-    pub body_sha256: Vec<u8>,
-    pub at: i64,
-}
+/// One routing event, as the hub logs it and serves it: event ("send" or "delivery"), envelope
+/// kind, org ids, envelope id, SHA-256 of the sealed body (empty for a delivery) and time. The
+/// generated type is the one type for it everywhere.
+pub use crate::pb::LogEntry;
 
 /// The exact bytes of a leaf: a domain tag and length-prefixed fields, so no party depends on
 /// how any other encoder orders things.
