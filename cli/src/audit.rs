@@ -55,7 +55,7 @@ pub async fn audit(node_dir: &Path) -> anyhow::Result<Audit> {
         .map_err(explain)?
         .into_inner()
         .note;
-    let hub_cp = parse_checkpoint(&hub_note)?;
+    let hub_cp = claims(&hub_note)?;
     let mut tree = MemoryTree::default();
     let mut malformed = 0;
     loop {
@@ -84,7 +84,7 @@ pub async fn audit(node_dir: &Path) -> anyhow::Result<Audit> {
     let node_cp = if status.checkpoint.is_empty() {
         (0, [0; 32])
     } else {
-        parse_checkpoint(&status.checkpoint)?
+        claims(&status.checkpoint)?
     };
     Ok(Audit {
         entries: tree.size(),
@@ -96,27 +96,9 @@ pub async fn audit(node_dir: &Path) -> anyhow::Result<Audit> {
     })
 }
 
-/// Size and root of a checkpoint note (its signature is the node's business; here only the
+/// Size and root a checkpoint claims (the node already checked its signature; here only the
 /// numbers are compared with the rebuilt tree).
-fn parse_checkpoint(note: &[u8]) -> anyhow::Result<(u64, [u8; 32])> {
-    let text = std::str::from_utf8(note).context("a checkpoint is text")?;
-    let mut lines = text.lines();
-    let _origin = lines.next().context("checkpoint without origin")?;
-    let size: u64 = lines
-        .next()
-        .context("checkpoint without size")?
-        .parse()
-        .context("checkpoint size")?;
-    let root = base64_decode(lines.next().context("checkpoint without root")?)?;
-    Ok((size, root))
-}
-
-fn base64_decode(s: &str) -> anyhow::Result<[u8; 32]> {
-    use base64::Engine;
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(s.trim())
-        .context("checkpoint root is not base64")?;
-    bytes
-        .try_into()
-        .map_err(|_| anyhow::anyhow!("checkpoint root is not 32 bytes"))
+fn claims(note: &[u8]) -> anyhow::Result<(u64, [u8; 32])> {
+    let (size, root) = overstap_proto::log::checkpoint_claims(note)?;
+    Ok((size, root.0))
 }

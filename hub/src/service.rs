@@ -202,6 +202,15 @@ impl<S: HubStore> HubService<S> {
             .ok_or(HubError::NotAMember)
     }
 
+    /// The id checkpoints are signed under: the hub's id in the directory, since that is what
+    /// nodes check against (the settings' id only if the directory lists no hub).
+    fn log_hub_id(&self, directory: &VerifiedDirectory) -> String {
+        directory
+            .hub()
+            .map(|h| h.org_id.clone())
+            .unwrap_or_else(|| self.state.hub_id.clone())
+    }
+
     /// Integrates new events into the log and signs a checkpoint for them, in one transaction
     /// with their stored hashes. Returns the new size (unchanged when nothing was new).
     pub async fn integrate(&self) -> Result<u64, HubError> {
@@ -213,11 +222,7 @@ impl<S: HubStore> HubService<S> {
         }
         let directory = self.directory()?;
         let region = directory.directory.region.clone();
-        // Checkpoints are signed under the hub's id in the directory: that is what nodes check.
-        let hub_id = directory
-            .hub()
-            .map(|h| h.org_id.clone())
-            .unwrap_or_else(|| self.state.hub_id.clone());
+        let hub_id = self.log_hub_id(&directory);
         let first_hash = stored_hash_count(start);
         let mut work = tree.clone();
         let mut added = Vec::new();
@@ -500,10 +505,7 @@ impl<S: HubStore> Hub for HubService<S> {
             )));
         }
         let directory = self.directory()?;
-        let hub_id = directory
-            .hub()
-            .map(|h| h.org_id.clone())
-            .unwrap_or_else(|| self.state.hub_id.clone());
+        let hub_id = self.log_hub_id(&directory);
         let witness_key = overstap_proto::sign::verifying_key(&caller.signing_key, "witness key")
             .map_err(HubError::from)?;
         let (text, line) = overstap_proto::log::verify_cosignature(
@@ -514,11 +516,8 @@ impl<S: HubStore> Hub for HubService<S> {
             &caller.org_id,
         )
         .map_err(HubError::from)?;
-        let size: u64 = std::str::from_utf8(&text)
-            .ok()
-            .and_then(|t| t.lines().nth(1))
-            .and_then(|l| l.parse().ok())
-            .ok_or_else(|| Status::invalid_argument("the cosigned note is not a checkpoint"))?;
+        let (size, _) = overstap_proto::log::checkpoint_claims(&request.get_ref().note)
+            .map_err(HubError::from)?;
         let ours = self
             .state
             .store

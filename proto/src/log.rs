@@ -169,6 +169,16 @@ pub fn sign_checkpoint(
     Ok(note.to_bytes())
 }
 
+/// The size and root a checkpoint note claims, read without checking any signature: for
+/// comparing numbers only. [`verify_checkpoint`] is what trusts a checkpoint.
+pub fn checkpoint_claims(note: &[u8]) -> Result<(u64, Hash), ProtocolError> {
+    let parsed = Note::from_bytes(note)
+        .map_err(|e| ProtocolError::malformed("checkpoint", format!("{e:?}")))?;
+    let cp = Checkpoint::from_bytes(parsed.text())
+        .map_err(|_| ProtocolError::malformed("checkpoint", "not a tlog checkpoint"))?;
+    Ok((cp.size(), *cp.hash()))
+}
+
 /// Verifies a checkpoint note: signed by the hub's key, for this region's log.
 pub fn verify_checkpoint(
     note: &[u8],
