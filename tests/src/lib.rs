@@ -47,27 +47,14 @@ pub struct Creds {
 }
 
 pub fn creds(region: &Region, org: &str) -> Creds {
-    let dir = region.node_dir(org);
-    let read = |p: &str| {
-        std::fs::read(dir.join(p)).unwrap_or_else(|e| panic!("reading {p} of {org}: {e}"))
-    };
-    let text = |p: &str| String::from_utf8(read(p)).expect("utf-8");
+    let secret = std::fs::read_to_string(region.node_dir(org).join("keys/encryption.key"))
+        .expect("encryption key");
     Creds {
         org: org.to_string(),
-        signing: SigningKey::from_bytes(
-            &parse_key_hex(&text("keys/signing.key"), "key").expect("key"),
-        ),
-        encryption: EncryptionKeyPair::from_secret(
-            &parse_key_hex(&text("keys/encryption.key"), "key").expect("key"),
-        )
-        .expect("enc key"),
-        link: HubLink {
-            url: region.hub_url.clone(),
-            server_name: "localhost".into(),
-            ca_pem: read("tls/ca.pem"),
-            cert_pem: read("tls/cert.pem"),
-            key_pem: read("tls/key.pem"),
-        },
+        signing: region.signing_key(org).expect("signing key"),
+        encryption: EncryptionKeyPair::from_secret(&parse_key_hex(&secret, "key").expect("key"))
+            .expect("enc key"),
+        link: region.hub_link(org).expect("tls identity"),
     }
 }
 
@@ -342,3 +329,7 @@ pub async fn send(region: &Region, grant_id: &str) -> overstap_proto::pb::SendPa
     .expect("send")
     .into_inner()
 }
+
+/// Held by the tests that load both cores for a long stretch (the 1,000-package process runs and
+/// the model's many regions), so they take turns instead of starving each other's timers.
+pub static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

@@ -268,12 +268,7 @@ impl HubStore for SqliteStore {
             .bind(size as i64)
             .fetch_optional(&self.pool)
             .await?;
-        Ok(row.map(|r| Checkpoint {
-            size: r.get::<i64, _>(0) as u64,
-            root: r.get::<Vec<u8>, _>(1).try_into().unwrap_or([0; 32]),
-            note: r.get(2),
-            at: r.get(3),
-        }))
+        Ok(row.as_ref().map(checkpoint_row))
     }
 
     async fn add_cosignature(
@@ -312,12 +307,17 @@ impl HubStore for SqliteStore {
             sqlx::query("SELECT size, root, note, at FROM checkpoints ORDER BY size DESC LIMIT 1")
                 .fetch_optional(&self.pool)
                 .await?;
-        Ok(row.map(|r| Checkpoint {
-            size: r.get::<i64, _>(0) as u64,
-            root: r.get::<Vec<u8>, _>(1).try_into().unwrap_or([0; 32]),
-            note: r.get(2),
-            at: r.get(3),
-        }))
+        Ok(row.as_ref().map(checkpoint_row))
+    }
+}
+
+/// A `checkpoints` row (size, root, note, at).
+fn checkpoint_row(r: &sqlx::sqlite::SqliteRow) -> Checkpoint {
+    Checkpoint {
+        size: r.get::<i64, _>(0) as u64,
+        root: r.get::<Vec<u8>, _>(1).try_into().unwrap_or([0; 32]),
+        note: r.get(2),
+        at: r.get(3),
     }
 }
 

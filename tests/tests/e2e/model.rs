@@ -318,6 +318,7 @@ proptest! {
 
     #[test]
     fn the_region_keeps_to_the_consent_model(ops in proptest::collection::vec(op(), 6..16)) {
+        let _turn = HEAVY.blocking_lock();
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let result = rt.block_on(run(ops));
         prop_assert!(result.is_ok(), "{}", result.unwrap_err());

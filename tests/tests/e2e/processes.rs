@@ -250,6 +250,7 @@ async fn check_exactly_once(r: &Region, ids: &[String]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_killed_mid_ingest_loses_nothing_and_imports_nothing_twice() {
+    let _turn = HEAVY.lock().await;
     let tmp = tempfile::tempdir().unwrap();
     let mut r = Region::start(tmp.path()).await;
     let started = Instant::now();
@@ -270,6 +271,7 @@ async fn a_node_killed_mid_ingest_loses_nothing_and_imports_nothing_twice() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hub_killed_mid_transfer_loses_nothing_and_resumes_where_it_was() {
+    let _turn = HEAVY.lock().await;
     let tmp = tempfile::tempdir().unwrap();
     let mut r = Region::start(tmp.path()).await;
     let started = Instant::now();
