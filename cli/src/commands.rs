@@ -676,27 +676,38 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let a = crate::audit::audit(&node_dir).await?;
             match format {
                 Format::Json => json(&a)?,
-                Format::Table => println!(
-                    "{} entries fetched and hashed. The checkpoint this node verified ({} entries): {}. The hub's newest checkpoint ({} entries): {}.{}",
-                    a.entries,
-                    a.node_checkpoint,
-                    if a.node_checkpoint_matches {
-                        "matches"
-                    } else {
-                        "DOES NOT MATCH"
-                    },
-                    a.hub_checkpoint,
-                    if a.hub_checkpoint_matches {
-                        "matches"
-                    } else {
-                        "DOES NOT MATCH"
-                    },
+                Format::Table => {
+                    let verdict = |ok: bool| if ok { "matches" } else { "DOES NOT MATCH" };
+                    println!(
+                        "{} entries fetched and hashed. The checkpoint this node verified ({} entries): {}. The hub's newest checkpoint ({} entries): {}.",
+                        a.entries,
+                        a.node_checkpoint,
+                        verdict(a.node_checkpoint_matches),
+                        a.hub_checkpoint,
+                        verdict(a.hub_checkpoint_matches),
+                    );
+                    println!(
+                        "{} of the {} checkpoints this node stored match; {} entries of this node's own envelopes were compared.",
+                        a.checkpoints_matching, a.checkpoints_checked, a.own_entries_checked
+                    );
                     if a.malformed_entries > 0 {
-                        format!(" {} entries are malformed.", a.malformed_entries)
-                    } else {
-                        String::new()
+                        println!("{} entries are malformed.", a.malformed_entries);
                     }
-                ),
+                    if let Some(d) = &a.first_divergence {
+                        println!(
+                            "First divergence{}: {}.",
+                            match d.entry {
+                                Some(e) => format!(" at entry {e}"),
+                                None => format!(
+                                    " between entries {} and {}",
+                                    d.last_matching_size,
+                                    d.first_failing_size.unwrap_or(a.entries)
+                                ),
+                            },
+                            d.detail
+                        );
+                    }
+                }
             }
             if !a.ok() {
                 bail!("the log audit failed: the hub's entries do not make its checkpoints");

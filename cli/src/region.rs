@@ -160,14 +160,40 @@ impl Region {
         self.dir.join(org)
     }
 
-    async fn start_hub_on(&mut self, listener: TcpListener) -> anyhow::Result<()> {
+    /// The hub's resolved settings, with the authority's current directory.
+    fn hub_config(&self) -> anyhow::Result<overstap_hub::HubConfig> {
         let settings = overstap_hub::Settings::load(Some(&self.dir.join("hub").join("hub.toml")))?;
         let mut config = settings.resolve()?;
         config.directory = Some(self.authority.signed_directory()?);
         config.integrate_log = self.hub_log;
+        Ok(config)
+    }
+
+    async fn start_hub_on(&mut self, listener: TcpListener) -> anyhow::Result<()> {
+        let config = self.hub_config()?;
         self.hub = Some(Running::spawn(move |stop| {
             overstap_hub::serve(config, listener, stop)
         }));
+        Ok(())
+    }
+
+    /// Stops the hub if it runs and starts `run` in its place, on the hub's address with the
+    /// hub's settings: the tests put a dishonest hub in the region this way.
+    pub async fn run_hub_with<F, Fut>(&mut self, run: F) -> anyhow::Result<()>
+    where
+        F: FnOnce(
+            overstap_hub::HubConfig,
+            TcpListener,
+            std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+        ) -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        if self.hub.is_some() {
+            self.stop_hub().await?;
+        }
+        let listener = TcpListener::bind(self.hub_addr).await?;
+        let config = self.hub_config()?;
+        self.hub = Some(Running::spawn(move |stop| run(config, listener, stop)));
         Ok(())
     }
 

@@ -20,7 +20,7 @@ pub mod tls;
 use std::future::Future;
 
 use anyhow::Context;
-use overstap_proto::pb::hub_server::HubServer;
+use overstap_proto::pb::hub_server::{Hub, HubServer};
 use tokio::net::TcpListener;
 
 pub use service::{HubError, HubService};
@@ -50,6 +50,19 @@ pub async fn serve_with_store<S: HubStore>(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    serve_wrapped(config, store, listener, shutdown, |honest| honest).await
+}
+
+/// Like [`serve_with_store`], with the `Hub` service passed through `wrap` before it is served
+/// (TLS, limits, sequencer and health as always). The tests put a dishonest hub in front of the
+/// honest one this way.
+pub async fn serve_wrapped<S: HubStore, H: Hub>(
+    config: HubConfig,
+    store: S,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    wrap: impl FnOnce(HubService<S>) -> H,
+) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let service = HubService::new(
         store,
@@ -73,7 +86,7 @@ pub async fn serve_with_store<S: HubStore>(
     };
     let tls = tls::server_config(&config.tls)?;
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<HubServer<HubService<S>>>().await;
+    health.set_serving::<HubServer<H>>().await;
     let limit = config
         .max_envelope_bytes
         .saturating_mul(TRANSPORT_LIMIT_FACTOR);
@@ -88,7 +101,7 @@ pub async fn serve_with_store<S: HubStore>(
     tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(
-            HubServer::new(service)
+            HubServer::new(wrap(service))
                 .max_decoding_message_size(limit)
                 .max_encoding_message_size(limit),
         )

@@ -8,12 +8,13 @@ use overstap_proto::ProtocolError;
 use overstap_proto::pb::node_server::Node;
 use overstap_proto::pb::{
     AddGrantRequest, AddGrantResponse, GetStudentRequest, GetStudentResponse, Handover,
-    HandoversRequest, HandoversResponse, InboxItem, InboxRequest, InboxResponse, LogStatusRequest,
-    LogStatusResponse, NodeStatusRequest, NodeStatusResponse, OutboxItem, OutboxRequest,
-    OutboxResponse, RegisterStudentRequest, RegisterStudentResponse, RevokeGrantRequest,
-    RevokeGrantResponse, SendPassportRequest, SendPassportResponse, SetStatusRequest,
-    SetStatusResponse, ShowPassportRequest, ShowPassportResponse, Signed, StorePassportRequest,
-    StorePassportResponse, TrailEvent, TrailRequest, TrailResponse,
+    HandoversRequest, HandoversResponse, InboxItem, InboxRequest, InboxResponse, IndexedLogEntry,
+    LogHistoryRequest, LogHistoryResponse, LogStatusRequest, LogStatusResponse, NodeStatusRequest,
+    NodeStatusResponse, OutboxItem, OutboxRequest, OutboxResponse, RegisterStudentRequest,
+    RegisterStudentResponse, RevokeGrantRequest, RevokeGrantResponse, SendPassportRequest,
+    SendPassportResponse, SetStatusRequest, SetStatusResponse, ShowPassportRequest,
+    ShowPassportResponse, Signed, StorePassportRequest, StorePassportResponse, TrailEvent,
+    TrailRequest, TrailResponse,
 };
 use overstap_proto::pb::{ProveEnvelopeRequest, ProveEnvelopeResponse};
 use prost::Message;
@@ -292,6 +293,29 @@ impl Node for NodeApi {
             unproven,
             alarm: alarm.is_some(),
             alarm_reason: alarm.unwrap_or_default(),
+        }))
+    }
+
+    async fn log_history(
+        &self,
+        _request: Request<LogHistoryRequest>,
+    ) -> Result<Response<LogHistoryResponse>, Status> {
+        let store = &self.core.store;
+        let (checkpoints, evidence) = store.checkpoint_history().await.map_err(NodeError::from)?;
+        let own_entries = store
+            .own_log_entries(&self.core.org_id)
+            .await
+            .map_err(NodeError::from)?
+            .into_iter()
+            .map(|u| IndexedLogEntry {
+                log_index: u.log_index,
+                entry: Some(u.entry),
+            })
+            .collect();
+        Ok(Response::new(LogHistoryResponse {
+            checkpoints,
+            evidence,
+            own_entries,
         }))
     }
 

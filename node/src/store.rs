@@ -594,6 +594,9 @@ impl NodeStore {
     }
 }
 
+/// How many verified checkpoints a node keeps for audits (about 1.5 MB).
+pub const CHECKPOINT_HISTORY: i64 = 10_000;
+
 /// The newest checkpoint a node verified.
 #[derive(Debug, Clone)]
 pub struct LogState {
@@ -612,6 +615,13 @@ pub struct Unproven {
     pub entry: overstap_proto::log::LogEntry,
 }
 
+/// Which envelopes' log leaves to list.
+enum Which<'a> {
+    One(&'a [u8]),
+    Unproven,
+    All,
+}
+
 impl NodeStore {
     pub async fn log_state(&self) -> Result<Option<LogState>, StoreError> {
         Ok(
@@ -627,12 +637,16 @@ impl NodeStore {
         )
     }
 
+    /// Saves the newest verified checkpoint and adds it to the history the audit checks,
+    /// keeping the newest [`CHECKPOINT_HISTORY`] of them.
     pub async fn save_log_state(
         &self,
         size: u64,
         root: [u8; 32],
         note: &[u8],
+        at: i64,
     ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query(
             "INSERT INTO log_state (id, size, root, note) VALUES (1, ?, ?, ?)
              ON CONFLICT (id) DO UPDATE SET size = excluded.size, root = excluded.root, note = excluded.note",
@@ -640,9 +654,44 @@ impl NodeStore {
         .bind(size as i64)
         .bind(root.as_slice())
         .bind(note)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        sqlx::query(
+            "INSERT OR IGNORE INTO log_checkpoints (size, root, note, verified_at) VALUES (?, ?, ?, ?)",
+        )
+        .bind(size as i64)
+        .bind(root.as_slice())
+        .bind(note)
+        .bind(at)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "DELETE FROM log_checkpoints WHERE size < (SELECT size FROM log_checkpoints ORDER BY size DESC LIMIT 1 OFFSET ?)",
+        )
+        .bind(CHECKPOINT_HISTORY - 1)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
         Ok(())
+    }
+
+    /// The checkpoints this node verified, oldest first, and the notes kept as evidence.
+    pub async fn checkpoint_history(&self) -> Result<(Vec<Vec<u8>>, Vec<Vec<u8>>), StoreError> {
+        let verified = sqlx::query("SELECT note FROM log_checkpoints ORDER BY size")
+            .fetch_all(&self.pool)
+            .await?
+            .into_iter()
+            .map(|r| r.get(0))
+            .collect();
+        let mut evidence = Vec::new();
+        for r in sqlx::query("SELECT held_note, shown_note FROM log_evidence ORDER BY id")
+            .fetch_all(&self.pool)
+            .await?
+        {
+            evidence.push(r.get(0));
+            evidence.push(r.get(1));
+        }
+        Ok((verified, evidence))
     }
 
     /// Raises the alarm and keeps the evidence, in one transaction.
@@ -737,7 +786,7 @@ impl NodeStore {
 
     /// Sent and received envelopes with a receipt but no inclusion proof yet.
     pub async fn unproven(&self, me: &str, limit: u32) -> Result<Vec<Unproven>, StoreError> {
-        self.log_items(me, None, limit).await
+        self.log_items(me, Which::Unproven, limit).await
     }
 
     /// The log leaf of one envelope this node sent or received (proven or not).
@@ -747,27 +796,35 @@ impl NodeStore {
         envelope_id: &[u8],
     ) -> Result<Option<Unproven>, StoreError> {
         Ok(self
-            .log_items(me, Some(envelope_id), 1)
+            .log_items(me, Which::One(envelope_id), 1)
             .await?
             .into_iter()
             .next())
     }
 
+    /// Every envelope this node sent or received with a hub receipt, proven or not: its own
+    /// record of what the log should hold, for the audit.
+    pub async fn own_log_entries(&self, me: &str) -> Result<Vec<Unproven>, StoreError> {
+        self.log_items(me, Which::All, u32::MAX).await
+    }
+
     async fn log_items(
         &self,
         me: &str,
-        only: Option<&[u8]>,
+        which: Which<'_>,
         limit: u32,
     ) -> Result<Vec<Unproven>, StoreError> {
         use overstap_proto::pb::{Envelope, EnvelopeHeader, Receipt, Signed};
         use overstap_proto::sign::{Domain, decode_body};
         use prost::Message;
         let mut out = Vec::new();
-        // One envelope, proven or not; or every envelope not proven yet.
-        let filter = if only.is_some() {
-            "envelope_id = ?"
-        } else {
-            "envelope_id NOT IN (SELECT envelope_id FROM log_proofs) AND ? IS NULL"
+        let (filter, only) = match which {
+            Which::One(id) => ("envelope_id = ?", Some(id)),
+            Which::Unproven => (
+                "envelope_id NOT IN (SELECT envelope_id FROM log_proofs) AND ? IS NULL",
+                None,
+            ),
+            Which::All => ("? IS NULL", None),
         };
         let sent = sqlx::query(&format!(
             "SELECT envelope, receipt FROM outbox WHERE receipt IS NOT NULL AND {filter} ORDER BY seq LIMIT ?"

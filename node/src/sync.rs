@@ -350,12 +350,17 @@ pub async fn check_log(core: &NodeCore, client: &mut HubClient<Channel>) -> anyh
     }
     if held.as_ref().is_none_or(|h| h.size != shown.size) {
         core.store
-            .save_log_state(shown.size, shown.root.0, &note)
+            .save_log_state(shown.size, shown.root.0, &note, core.now())
             .await?;
         // A coordinator witnesses the log: it cosigns each checkpoint it has just checked to be
         // consistent with the last one it accepted (and so with the last one it cosigned).
         if core.is_coordinator() {
-            let cosigned = overstap_proto::log::cosign(&note, &core.witness_key(), &core.org_id)?;
+            let cosigned = overstap_proto::log::cosign(
+                &note,
+                &core.witness_key(),
+                &core.org_id,
+                core.now().max(0) as u64,
+            )?;
             client
                 .add_cosignature(overstap_proto::pb::CheckpointResponse { note: cosigned })
                 .await?;

@@ -73,27 +73,155 @@ pub fn witness_key_name(org_id: &str) -> String {
     format!("overstap-witness-{org_id}")
 }
 
-/// A witness's cosignature: the checkpoint note with the witness's signature line added. A
-/// witness cosigns only a checkpoint it has checked is consistent with the last one it cosigned.
-pub fn cosign(note: &[u8], witness: &SigningKey, org_id: &str) -> Result<Vec<u8>, ProtocolError> {
+/// C2SP tlog-cosignature v1 with Ed25519 (signature type 0x04): the witness signs
+/// `cosignature/v1\ntime T\n` followed by the checkpoint body, and the signature on the note
+/// line is T (u64, big-endian) followed by the 64-byte Ed25519 signature. The key id binds the
+/// name, the type byte and the key, so a witness key cannot pass for a hub key or the reverse.
+struct CosignatureV1 {
+    name: String,
+    key: VerifyingKey,
+    signing: Option<(SigningKey, u64)>,
+}
+
+const COSIGNATURE_V1: u8 = 0x04;
+
+impl CosignatureV1 {
+    fn message(time: u64, body: &[u8]) -> Vec<u8> {
+        let mut m = format!("cosignature/v1\ntime {time}\n").into_bytes();
+        m.extend_from_slice(body);
+        m
+    }
+}
+
+impl signed_note::Verifier for CosignatureV1 {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn key_id(&self) -> u32 {
+        let mut k = vec![COSIGNATURE_V1];
+        k.extend_from_slice(self.key.as_bytes());
+        signed_note::key_id(&self.name, &k)
+    }
+
+    fn verify(&self, msg: &[u8], sig: &[u8]) -> bool {
+        let Ok(parts) = <[u8; 72]>::try_from(sig) else {
+            return false;
+        };
+        let time = u64::from_be_bytes(parts[..8].try_into().unwrap_or_default());
+        let signature =
+            ed25519_dalek::Signature::from_bytes(&parts[8..].try_into().unwrap_or([0u8; 64]));
+        time < 1 << 63
+            && self
+                .key
+                .verify_strict(&Self::message(time, msg), &signature)
+                .is_ok()
+    }
+}
+
+impl signed_note::Signer for CosignatureV1 {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn key_id(&self) -> u32 {
+        signed_note::Verifier::key_id(self)
+    }
+
+    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, ed25519_dalek::SignatureError> {
+        use ed25519_dalek::Signer as _;
+        let (key, time) = self
+            .signing
+            .as_ref()
+            .ok_or_else(ed25519_dalek::SignatureError::new)?;
+        let mut out = time.to_be_bytes().to_vec();
+        out.extend_from_slice(&key.sign(&Self::message(*time, msg)).to_bytes());
+        Ok(out)
+    }
+}
+
+/// The time a cosignature/v1 line states (the first 8 bytes of its signature).
+fn cosignature_time(sig: &signed_note::Signature) -> u64 {
+    sig.signature()
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_be_bytes)
+        .unwrap_or(0)
+}
+
+/// A witness's cosignature (C2SP tlog-cosignature v1, made at `time`): the checkpoint note with
+/// the witness's signature line added. A witness cosigns only a checkpoint it has checked is
+/// consistent with the last one it cosigned.
+pub fn cosign(
+    note: &[u8],
+    witness: &SigningKey,
+    org_id: &str,
+    time: u64,
+) -> Result<Vec<u8>, ProtocolError> {
     let mut parsed = Note::from_bytes(note)
         .map_err(|e| ProtocolError::malformed("checkpoint", format!("{e:?}")))?;
-    let s = signer(witness, &witness_key_name(org_id))?;
+    let s = CosignatureV1 {
+        name: witness_key_name(org_id),
+        key: witness.verifying_key(),
+        signing: Some((witness.clone(), time)),
+    };
     parsed
         .add_sigs(&[&s])
         .map_err(|e| ProtocolError::malformed("checkpoint", format!("{e:?}")))?;
     Ok(parsed.to_bytes())
 }
 
-/// Checks a cosigned checkpoint: the hub's signature and the witness's both verify. Returns the
-/// checkpoint text and the witness's signature line.
+/// One witness's cosignature on a checkpoint, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cosignature {
+    pub witness: String,
+    /// When the witness says it cosigned (seconds since the epoch).
+    pub time: u64,
+    /// The signature line as the note prints it (`— name base64\n`).
+    pub line: Vec<u8>,
+}
+
+/// Checks a cosigned checkpoint: signed by the hub, and cosigned by the witness `witness_org`
+/// at a time no later than `not_after`. Returns the checkpoint body and the witness's line.
 pub fn verify_cosignature(
     note: &[u8],
     hub_key: &VerifyingKey,
     hub_id: &str,
     witness_key: &VerifyingKey,
     witness_org: &str,
-) -> Result<(Vec<u8>, Vec<u8>), ProtocolError> {
+    not_after: u64,
+) -> Result<(Vec<u8>, Cosignature), ProtocolError> {
+    let bad = |detail: String| ProtocolError::BadSignature {
+        what: "cosigned checkpoint",
+        detail,
+    };
+    let (text, found) = cosignatures(
+        note,
+        hub_key,
+        hub_id,
+        &[(witness_org.to_string(), *witness_key)],
+    )?;
+    let cosig = found
+        .into_iter()
+        .next()
+        .ok_or_else(|| bad(format!("no valid cosignature by witness {witness_org}")))?;
+    if cosig.time > not_after {
+        return Err(bad(format!(
+            "witness {witness_org} dated its cosignature {} s ahead of this clock",
+            cosig.time - not_after
+        )));
+    }
+    Ok((text, cosig))
+}
+
+/// The valid cosignatures on a checkpoint the hub signed, from the given witnesses (org id and
+/// key); lines by anybody else are ignored, as C2SP asks of clients.
+pub fn cosignatures(
+    note: &[u8],
+    hub_key: &VerifyingKey,
+    hub_id: &str,
+    witnesses: &[(String, VerifyingKey)],
+) -> Result<(Vec<u8>, Vec<Cosignature>), ProtocolError> {
     let bad = |detail: String| ProtocolError::BadSignature {
         what: "cosigned checkpoint",
         detail,
@@ -105,25 +233,36 @@ pub fn verify_cosignature(
         hub_key,
     ))
     .map_err(|e| bad(format!("{e:?}")))?;
-    let wit_name = witness_key_name(witness_org);
-    let wit = StandardVerifier::new(&signed_note::new_ed25519_verifier_key(
-        &wit_name,
-        witness_key,
-    ))
-    .map_err(|e| bad(format!("{e:?}")))?;
+    let mut list: Vec<Box<dyn signed_note::Verifier>> = vec![Box::new(hub)];
+    for (org, key) in witnesses {
+        list.push(Box::new(CosignatureV1 {
+            name: witness_key_name(org),
+            key: *key,
+            signing: None,
+        }));
+    }
     let (verified, _) = parsed
-        .verify(&VerifierList::new(vec![Box::new(hub), Box::new(wit)]))
+        .verify(&VerifierList::new(list))
         .map_err(|e| bad(format!("{e:?}")))?;
     let hub_name = key_name(hub_id);
     if !verified.iter().any(|s| s.name() == hub_name) {
         return Err(bad("the hub's signature is missing".into()));
     }
-    let line = verified
+    let found = witnesses
         .iter()
-        .find(|s| s.name() == wit_name)
-        .ok_or_else(|| bad(format!("no signature by witness {witness_org}")))?
-        .to_bytes();
-    Ok((parsed.text().to_vec(), line))
+        .filter_map(|(org, _)| {
+            let name = witness_key_name(org);
+            verified
+                .iter()
+                .find(|s| s.name() == name)
+                .map(|s| Cosignature {
+                    witness: org.clone(),
+                    time: cosignature_time(s),
+                    line: s.to_bytes(),
+                })
+        })
+        .collect();
+    Ok((parsed.text().to_vec(), found))
 }
 
 /// Adds stored witness signature lines to a checkpoint note.
@@ -437,25 +576,29 @@ mod tests {
         let witness = generate_signing_key();
         let t = rfc_tree(3);
         let note = sign_checkpoint("r", 3, t.root().unwrap(), &hub, "HUB").unwrap();
-        let cosigned = cosign(&note, &witness, "RMC1").unwrap();
-        let (text, line) = verify_cosignature(
-            &cosigned,
-            &hub.verifying_key(),
-            "HUB",
-            &witness.verifying_key(),
-            "RMC1",
-        )
-        .unwrap();
+        let cosigned = cosign(&note, &witness, "RMC1", 1_700_000_000).unwrap();
+        let check = |note: &[u8], key: &SigningKey, not_after: u64| {
+            verify_cosignature(
+                note,
+                &hub.verifying_key(),
+                "HUB",
+                &key.verifying_key(),
+                "RMC1",
+                not_after,
+            )
+        };
+        let (text, cosig) = check(&cosigned, &witness, 1_700_000_000).unwrap();
+        assert_eq!(cosig.time, 1_700_000_000);
         assert!(
-            String::from_utf8(line.clone())
+            String::from_utf8(cosig.line.clone())
                 .unwrap()
                 .starts_with("\u{2014} overstap-witness-RMC1 ")
         );
         assert!(note.starts_with(&text));
-        let merged = with_cosignatures(&note, std::slice::from_ref(&line)).unwrap();
+        let merged = with_cosignatures(&note, std::slice::from_ref(&cosig.line)).unwrap();
         assert_eq!(merged, cosigned);
         assert_eq!(
-            with_cosignatures(&merged, &[line]).unwrap(),
+            with_cosignatures(&merged, &[cosig.line]).unwrap(),
             merged,
             "no line twice"
         );
@@ -466,17 +609,50 @@ mod tests {
                 .size,
             3
         );
-        let stranger = generate_signing_key();
-        assert!(
-            verify_cosignature(
-                &cosigned,
-                &hub.verifying_key(),
-                "HUB",
-                &stranger.verifying_key(),
-                "RMC1"
-            )
-            .is_err()
-        );
+        assert!(check(&cosigned, &generate_signing_key(), 1_700_000_000).is_err());
+        let early = check(&cosigned, &witness, 1_699_999_000).unwrap_err();
+        assert!(early.to_string().contains("1000 s ahead"), "{early}");
+        // A plain note signature by the witness key is not a cosignature/v1.
+        let plain = {
+            let mut n = Note::from_bytes(&note).unwrap();
+            n.add_sigs(&[&signer(&witness, &witness_key_name("RMC1")).unwrap()])
+                .unwrap();
+            n.to_bytes()
+        };
+        assert!(check(&plain, &witness, u64::MAX).is_err());
+    }
+
+    /// The C2SP tlog-cosignature v1 wire format, byte for byte: key id over name, newline, 0x04
+    /// and the key; signature = timestamp (u64 BE) || Ed25519 over the header lines and body.
+    #[test]
+    fn cosignatures_follow_the_c2sp_cosignature_v1_format() {
+        use base64::Engine;
+        use ed25519_dalek::Verifier as _;
+        use sha2::{Digest, Sha256};
+        let hub = generate_signing_key();
+        let witness = generate_signing_key();
+        let note = sign_checkpoint("r", 3, rfc_tree(3).root().unwrap(), &hub, "HUB").unwrap();
+        let cosigned = cosign(&note, &witness, "RMC1", 1_679_315_147).unwrap();
+        let text = String::from_utf8(cosigned).unwrap();
+        let line = text
+            .lines()
+            .find_map(|l| l.strip_prefix("\u{2014} overstap-witness-RMC1 "))
+            .unwrap();
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(line)
+            .unwrap();
+        assert_eq!(raw.len(), 4 + 8 + 64);
+        let mut id_input = b"overstap-witness-RMC1\n\x04".to_vec();
+        id_input.extend_from_slice(witness.verifying_key().as_bytes());
+        assert_eq!(raw[..4], Sha256::digest(&id_input)[..4]);
+        assert_eq!(raw[4..12], 1_679_315_147u64.to_be_bytes());
+        let body = text.split("\n\n").next().unwrap();
+        let message = format!("cosignature/v1\ntime 1679315147\n{body}\n");
+        let sig = ed25519_dalek::Signature::from_bytes(&raw[12..].try_into().unwrap());
+        witness
+            .verifying_key()
+            .verify(message.as_bytes(), &sig)
+            .unwrap();
     }
 
     #[test]

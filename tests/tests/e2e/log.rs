@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use overstap_proto::pb::{LogStatusRequest, LogStatusResponse};
-use overstap_tests::demo::{MBO, SCHOOL, birth_month};
+use overstap_tests::demo::{MBO, OTHER_MBO, SCHOOL, birth_month};
 use overstap_tests::*;
 
 async fn log_status(region: &overstap_cli::region::Region, org: &str) -> LogStatusResponse {
@@ -165,6 +165,16 @@ async fn a_hub_that_rewrites_its_log_is_caught_and_the_node_stops_sending() {
         .await
         .unwrap();
     assert!(!audit.node_checkpoint_matches && !audit.ok(), "{audit:?}");
+    // The school's own record of its send pins the rewrite down to the entry and the field.
+    let d = audit.first_divergence.as_ref().expect("a divergence");
+    assert_eq!(d.entry, Some(0), "{d:?}");
+    assert!(
+        d.detail.contains(&format!(
+            "to reads \"27XK\" where this node's record says \"{MBO}\""
+        )),
+        "{d:?}"
+    );
+    assert!(audit.checkpoints_checked > audit.checkpoints_matching);
     // Sending stops: a new handover stays in the outbox.
     let sam = student(&region, &birth_month(17), None).await;
     let id = grant(
@@ -194,6 +204,14 @@ async fn a_hub_that_truncates_its_log_after_a_restart_is_caught() {
     .await;
     let reason = log_status(&region, MBO).await.alarm_reason;
     assert!(reason.contains("shrank"), "{reason}");
+    let audit = overstap_cli::audit::audit(&region.node_dir(MBO))
+        .await
+        .unwrap();
+    let d = audit.first_divergence.as_ref().expect("a divergence");
+    assert!(
+        !audit.ok() && d.first_failing_size.is_some_and(|f| f >= 2) && d.last_matching_size <= 1,
+        "{audit:?}"
+    );
     region.shutdown().await.unwrap();
 }
 
@@ -311,11 +329,269 @@ async fn a_coordinator_witnesses_the_log_and_its_cosignature_reaches_every_node(
     // A member that is not a coordinator cannot witness.
     let school = creds(&region, SCHOOL);
     let note = log_status(&region, SCHOOL).await.checkpoint;
-    let cosigned = overstap_proto::log::cosign(&note, &school.signing, SCHOOL).unwrap();
+    let cosigned =
+        overstap_proto::log::cosign(&note, &school.signing, SCHOOL, now() as u64).unwrap();
     let err = hub_client(&school)
         .add_cosignature(overstap_proto::pb::CheckpointResponse { note: cosigned })
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    region.shutdown().await.unwrap();
+}
+
+/// A dishonest hub, as a test double of the generated `Hub` trait: it routes honestly through
+/// the real hub service, but shows one member (the victim) a history in which entry 0 says
+/// something else. That history is signed with the hub's own key and holds together on its
+/// own: the victim's checkpoints, inclusion proofs and consistency proofs all check out.
+/// Only comparing checkpoints with another member can show the split.
+struct ForkingHub {
+    honest: overstap_hub::HubService<overstap_hub::SqliteStore>,
+    victim: Vec<u8>,
+    key: ed25519_dalek::SigningKey,
+}
+
+impl ForkingHub {
+    fn is_victim<T>(&self, request: &tonic::Request<T>) -> bool {
+        use sha2::Digest;
+        request
+            .peer_certs()
+            .and_then(|certs| {
+                certs
+                    .first()
+                    .map(|c| sha2::Sha256::digest(c.as_ref()).to_vec())
+            })
+            .is_some_and(|f| f == self.victim)
+    }
+
+    /// The victim's view: every integrated entry, with the first one rewritten.
+    async fn fork(
+        &self,
+    ) -> Result<
+        (
+            overstap_proto::log::MemoryTree,
+            Vec<overstap_proto::log::LogEntry>,
+        ),
+        tonic::Status,
+    > {
+        use overstap_hub::HubStore;
+        let store = &self.honest.state().store;
+        let failed = |e: overstap_hub::store::StoreError| tonic::Status::unavailable(e.to_string());
+        let size = store
+            .latest_checkpoint()
+            .await
+            .map_err(failed)?
+            .map_or(0, |c| c.size);
+        let mut entries: Vec<_> = store
+            .events(0, size as u32)
+            .await
+            .map_err(failed)?
+            .iter()
+            .map(overstap_hub::service::entry_of)
+            .collect();
+        if let Some(first) = entries.first_mut() {
+            first.to_org = "99ZZ".into();
+        }
+        let mut tree = overstap_proto::log::MemoryTree::default();
+        for e in &entries {
+            tree.append(overstap_proto::log::leaf_hash(e)).unwrap();
+        }
+        Ok((tree, entries))
+    }
+}
+
+fn hashes(list: Vec<overstap_proto::log::Hash>) -> overstap_proto::pb::ProofResponse {
+    overstap_proto::pb::ProofResponse {
+        hashes: list.into_iter().map(|h| h.0.to_vec()).collect(),
+    }
+}
+
+#[tonic::async_trait]
+impl overstap_proto::pb::hub_server::Hub for ForkingHub {
+    type SubscribeStream = <overstap_hub::HubService<overstap_hub::SqliteStore> as overstap_proto::pb::hub_server::Hub>::SubscribeStream;
+
+    async fn send(
+        &self,
+        r: tonic::Request<overstap_proto::pb::Envelope>,
+    ) -> Result<tonic::Response<overstap_proto::pb::Signed>, tonic::Status> {
+        self.honest.send(r).await
+    }
+
+    async fn subscribe(
+        &self,
+        r: tonic::Request<overstap_proto::pb::SubscribeRequest>,
+    ) -> Result<tonic::Response<Self::SubscribeStream>, tonic::Status> {
+        self.honest.subscribe(r).await
+    }
+
+    async fn ack(
+        &self,
+        r: tonic::Request<overstap_proto::pb::AckRequest>,
+    ) -> Result<tonic::Response<overstap_proto::pb::AckResponse>, tonic::Status> {
+        self.honest.ack(r).await
+    }
+
+    async fn get_directory(
+        &self,
+        r: tonic::Request<overstap_proto::pb::GetDirectoryRequest>,
+    ) -> Result<tonic::Response<overstap_proto::pb::GetDirectoryResponse>, tonic::Status> {
+        self.honest.get_directory(r).await
+    }
+
+    async fn publish_directory(
+        &self,
+        r: tonic::Request<overstap_proto::pb::Signed>,
+    ) -> Result<tonic::Response<overstap_proto::pb::PublishDirectoryResponse>, tonic::Status> {
+        overstap_proto::pb::hub_server::Hub::publish_directory(&self.honest, r).await
+    }
+
+    async fn get_checkpoint(
+        &self,
+        r: tonic::Request<overstap_proto::pb::GetCheckpointRequest>,
+    ) -> Result<tonic::Response<overstap_proto::pb::CheckpointResponse>, tonic::Status> {
+        if !self.is_victim(&r) {
+            return self.honest.get_checkpoint(r).await;
+        }
+        let (tree, _) = self.fork().await?;
+        if tree.size() == 0 {
+            return Err(tonic::Status::not_found(
+                "the log is empty: no checkpoint yet",
+            ));
+        }
+        let note = overstap_proto::log::sign_checkpoint(
+            "demo",
+            tree.size(),
+            tree.root().unwrap(),
+            &self.key,
+            "HUB",
+        )
+        .unwrap();
+        Ok(tonic::Response::new(
+            overstap_proto::pb::CheckpointResponse { note },
+        ))
+    }
+
+    async fn get_inclusion_proof(
+        &self,
+        r: tonic::Request<overstap_proto::pb::InclusionRequest>,
+    ) -> Result<tonic::Response<overstap_proto::pb::ProofResponse>, tonic::Status> {
+        if !self.is_victim(&r) {
+            return self.honest.get_inclusion_proof(r).await;
+        }
+        let (tree, _) = self.fork().await?;
+        let r = r.into_inner();
+        if r.log_index >= r.tree_size || r.tree_size > tree.size() {
+            return Err(tonic::Status::out_of_range("no such entry"));
+        }
+        Ok(tonic::Response::new(hashes(
+            tree.inclusion(r.log_index, r.tree_size).unwrap(),
+        )))
+    }
+
+    async fn get_consistency_proof(
+        &self,
+        r: tonic::Request<overstap_proto::pb::ConsistencyRequest>,
+    ) -> Result<tonic::Response<overstap_proto::pb::ProofResponse>, tonic::Status> {
+        if !self.is_victim(&r) {
+            return self.honest.get_consistency_proof(r).await;
+        }
+        let (tree, _) = self.fork().await?;
+        let r = r.into_inner();
+        if r.old_size == 0 || r.old_size > r.new_size || r.new_size > tree.size() {
+            return Err(tonic::Status::out_of_range("no such proof"));
+        }
+        Ok(tonic::Response::new(hashes(
+            tree.consistency(r.old_size, r.new_size).unwrap(),
+        )))
+    }
+
+    async fn get_log_entries(
+        &self,
+        r: tonic::Request<overstap_proto::pb::LogEntriesRequest>,
+    ) -> Result<tonic::Response<overstap_proto::pb::LogEntriesResponse>, tonic::Status> {
+        if !self.is_victim(&r) {
+            return self.honest.get_log_entries(r).await;
+        }
+        let (_, entries) = self.fork().await?;
+        let start = (r.get_ref().start as usize).min(entries.len());
+        Ok(tonic::Response::new(
+            overstap_proto::pb::LogEntriesResponse {
+                entries: entries[start..].to_vec(),
+            },
+        ))
+    }
+
+    async fn add_cosignature(
+        &self,
+        r: tonic::Request<overstap_proto::pb::CheckpointResponse>,
+    ) -> Result<tonic::Response<overstap_proto::pb::AddCosignatureResponse>, tonic::Status> {
+        self.honest.add_cosignature(r).await
+    }
+}
+
+#[tokio::test]
+async fn a_hub_that_shows_one_member_a_forked_history_is_caught_in_one_comparison_round() {
+    let (_tmp, mut region) = region().await;
+    let victim = member(&region, MBO).tls_cert_sha256;
+    let key = region.signing_key("hub").unwrap();
+    // Before any entry exists, the honest hub makes way for the forking one.
+    region
+        .run_hub_with(move |config, listener, stop| async move {
+            let store = overstap_hub::SqliteStore::open(&config.database_url).await?;
+            overstap_hub::serve_wrapped(config, store, listener, stop, move |honest| ForkingHub {
+                honest,
+                victim,
+                key,
+            })
+            .await
+        })
+        .await
+        .unwrap();
+    // Entry 0 (the one the fork rewrites) is a handover that does not concern the mbo.
+    let ana = student(&region, &birth_month(17), None).await;
+    let to_other = grant(
+        &region,
+        &ana.wallet,
+        &grant_request(OTHER_MBO, &["wie-ben-ik"], "intake", 30),
+        None,
+    )
+    .await;
+    send(&region, &to_other).await;
+    eventually("the other mbo holds it", || async {
+        !held_sections(&region, OTHER_MBO, &to_other)
+            .await
+            .is_empty()
+    })
+    .await;
+    eventually("the mbo has verified the forked history", || async {
+        log_status(&region, MBO).await.size >= 2
+    })
+    .await;
+    // On its own, the forked view holds together: no alarm.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let mbo = log_status(&region, MBO).await;
+    assert!(!mbo.alarm, "{}", mbo.alarm_reason);
+    assert!(!log_status(&region, SCHOOL).await.alarm);
+    // The school's package to the mbo carries the checkpoint the school verified: the mbo's
+    // next comparison round shows two histories that cannot both be the log.
+    let sam = student(&region, &birth_month(17), None).await;
+    let id = grant(
+        &region,
+        &sam.wallet,
+        &grant_request(MBO, &["wie-ben-ik"], "intake", 30),
+        None,
+    )
+    .await;
+    send(&region, &id).await;
+    eventually("the mbo notices the split view", || async {
+        log_status(&region, MBO).await.alarm
+    })
+    .await;
+    let reason = log_status(&region, MBO).await.alarm_reason;
+    assert!(
+        reason.contains("the hub showed 25LP a different log")
+            || reason.contains("the logs the hub showed 25LP and us do not fit together"),
+        "{reason}"
+    );
+    assert_eq!(node_count(&region, MBO, "log_evidence").await, 1);
     region.shutdown().await.unwrap();
 }
