@@ -880,19 +880,28 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 Format::Json => json(&serde_json::json!({
                     "org_id": s.org_id, "directory_version": s.directory_version, "outbox_pending": s.outbox_pending,
                     "inbox_count": s.inbox_count, "last_delivery_seq": s.last_delivery_seq, "hub_connected": s.hub_connected,
+                    "log_alarm": s.log_alarm,
                 }))?,
-                Format::Table => println!(
-                    "{}: directory version {}, {} waiting in the outbox, {} passports received, hub {}",
-                    s.org_id,
-                    s.directory_version,
-                    s.outbox_pending,
-                    s.inbox_count,
-                    if s.hub_connected {
-                        "connected"
-                    } else {
-                        "not connected"
+                Format::Table => {
+                    println!(
+                        "{}: directory version {}, {} waiting in the outbox, {} passports received, hub {}",
+                        s.org_id,
+                        s.directory_version,
+                        s.outbox_pending,
+                        s.inbox_count,
+                        if s.hub_connected {
+                            "connected"
+                        } else {
+                            "not connected"
+                        }
+                    );
+                    if !s.log_alarm.is_empty() {
+                        println!(
+                            "LOG ALARM: {}. Sending has stopped; the evidence is kept (see `overstap log checkpoint` and `overstap log audit`).",
+                            s.log_alarm
+                        );
                     }
-                ),
+                }
             }
             Ok(())
         }

@@ -702,6 +702,12 @@ pub async fn run(dir: &Path, out: &mut dyn Write, serve: bool) -> anyhow::Result
             "   OVERSTAP_NODE_DIR={} overstap outbox",
             region.node_dir(SCHOOL).display()
         ));
+        story.say("Prometheus metrics (plain HTTP, loopback only):");
+        for part in ["hub", SCHOOL, MBO] {
+            if let Ok(url) = region.metrics_url(part) {
+                story.say(&format!("   {part}: {url}"));
+            }
+        }
         story.say("Press Ctrl-C to stop.");
         let _ = tokio::signal::ctrl_c().await;
     }

@@ -156,6 +156,14 @@ impl Region {
         self.dir.join("hub").join("hub.db")
     }
 
+    /// Where the hub (`"hub"`) or a member's node serves its Prometheus metrics.
+    pub fn metrics_url(&self, part: &str) -> anyhow::Result<String> {
+        let file = self.dir.join(part).join("metrics.addr");
+        let addr = std::fs::read_to_string(&file)
+            .with_context(|| format!("{part} serves no metrics ({} is missing)", file.display()))?;
+        Ok(format!("http://{}/metrics", addr.trim()))
+    }
+
     pub fn node_dir(&self, org: &str) -> PathBuf {
         self.dir.join(org)
     }
@@ -166,6 +174,8 @@ impl Region {
         let mut config = settings.resolve()?;
         config.directory = Some(self.authority.signed_directory()?);
         config.integrate_log = self.hub_log;
+        config.metrics_listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+        config.metrics_addr_file = Some(self.dir.join("hub").join("metrics.addr"));
         Ok(config)
     }
 
@@ -225,6 +235,8 @@ impl Region {
         config.directory_interval = Duration::from_millis(500);
         config.reaper_interval = Duration::from_millis(200);
         config.log_interval = Duration::from_millis(300);
+        config.metrics_listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+        config.metrics_addr_file = Some(self.node_dir(org).join("metrics.addr"));
         let clock = self.clock.clone();
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let _ = std::fs::remove_file(self.node_dir(org).join("api.url"));

@@ -7,11 +7,14 @@
 //! - [`tls`]: TLS 1.3 with required client certificates from the region CA.
 //! - [`service`]: the `Hub` gRPC service; decodes, checks, calls the store, maps errors.
 //! - [`store`]: the storage trait and its SQLite implementation.
+//! - [`metrics`]: the Prometheus metrics, served on a plain-HTTP port of their own.
 //!
 //! [`serve`] takes a bound listener and a shutdown future, so tests and the demo run a hub
 //! in-process on `127.0.0.1:0`.
 #![forbid(unsafe_code)]
 
+pub mod metrics;
+pub mod metrics_http;
 pub mod service;
 pub mod settings;
 pub mod store;
@@ -79,6 +82,25 @@ pub async fn serve_wrapped<S: HubStore, H: Hub>(
             Err(e) => tracing::info!(reason = %e, "directory file not installed"),
         }
     }
+    let metrics = match config.metrics_listen {
+        Some(addr) => {
+            let svc = service.clone();
+            let mut stop = stop_rx.clone();
+            let render = move || {
+                let svc = svc.clone();
+                async move { svc.metrics_text().await.map_err(|e| e.to_string()) }
+            };
+            let stopped = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            Some(
+                metrics_http::start(addr, config.metrics_addr_file.as_deref(), render, stopped)
+                    .await
+                    .with_context(|| format!("serving metrics on {addr}"))?,
+            )
+        }
+        None => None,
+    };
     let sequencer = if config.integrate_log {
         tokio::spawn(sequence(service.clone(), stop_rx))
     } else {
@@ -109,6 +131,9 @@ pub async fn serve_wrapped<S: HubStore, H: Hub>(
         .await
         .context("hub server failed")?;
     let _ = sequencer.await;
+    if let Some(m) = metrics {
+        let _ = m.await;
+    }
     Ok(())
 }
 

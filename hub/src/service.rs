@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+use crate::metrics::HubMetrics;
 use crate::store::{
     Accepted, Checkpoint as StoredCheckpoint, Event, HubStore, NewEnvelope, StoreError,
 };
@@ -82,6 +83,31 @@ impl From<HubError> for Status {
     }
 }
 
+impl HubError {
+    /// A short, stable name for why: the `reason` label of the rejection metric.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            HubError::Protocol(p) => match p {
+                ProtocolError::TooLarge { .. } => "too_large",
+                ProtocolError::BadSignature { .. } | ProtocolError::MissingSignature { .. } => {
+                    "bad_signature"
+                }
+                ProtocolError::UnknownMember(_) => "unknown_member",
+                ProtocolError::StaleDirectory { .. } => "stale_directory",
+                _ => "malformed",
+            },
+            HubError::Store(StoreError::IdConflict) => "id_conflict",
+            HubError::Store(_) => "store_unavailable",
+            HubError::NotAMember => "not_a_member",
+            HubError::NoCertificate => "no_certificate",
+            HubError::WrongSender { .. } => "wrong_sender",
+            HubError::NoDirectory => "no_directory",
+            HubError::BadRecipient(_) => "bad_recipient",
+            HubError::Invalid(_) => "invalid",
+        }
+    }
+}
+
 /// Everything the service needs, shared by all connections.
 pub struct HubState<S> {
     pub store: S,
@@ -95,6 +121,7 @@ pub struct HubState<S> {
     /// The log's tree, integrated up to the newest checkpoint.
     log: tokio::sync::Mutex<MemoryTree>,
     shutdown: watch::Receiver<bool>,
+    pub metrics: HubMetrics,
 }
 
 /// The gRPC service; cheap to clone.
@@ -153,6 +180,7 @@ impl<S: HubStore> HubService<S> {
                 mailboxes: Mutex::new(HashMap::new()),
                 log: tokio::sync::Mutex::new(log),
                 shutdown,
+                metrics: HubMetrics::default(),
             }),
         })
     }
@@ -256,6 +284,43 @@ impl<S: HubStore> HubService<S> {
         Ok(cp.size)
     }
 
+    /// The metrics as OpenMetrics text, with the gauges read fresh from the store.
+    pub async fn metrics_text(&self) -> Result<String, HubError> {
+        let metrics = &self.state.metrics;
+        let depths: HashMap<String, u64> = self
+            .state
+            .store
+            .mailbox_depths()
+            .await?
+            .into_iter()
+            .collect();
+        // Every member that receives envelopes has a depth, zero included.
+        if let Ok(directory) = self.directory() {
+            for m in &directory.directory.members {
+                if !matches!(m.kind(), MemberKind::Hub | MemberKind::Coordinator) {
+                    metrics
+                        .mailbox_depth
+                        .get_or_create(&crate::metrics::Recipient {
+                            recipient: m.org_id.clone(),
+                        })
+                        .set(depths.get(&m.org_id).copied().unwrap_or(0) as i64);
+                }
+            }
+        }
+        for (org, depth) in &depths {
+            metrics
+                .mailbox_depth
+                .get_or_create(&crate::metrics::Recipient {
+                    recipient: org.clone(),
+                })
+                .set(*depth as i64);
+        }
+        metrics
+            .log_size
+            .set(self.state.log.lock().await.size() as i64);
+        Ok(metrics.encode())
+    }
+
     fn mailbox_signal(&self, org: &str) -> watch::Sender<u64> {
         let mut map = self
             .state
@@ -267,7 +332,20 @@ impl<S: HubStore> HubService<S> {
             .clone()
     }
 
-    async fn do_send(&self, caller: Member, env: Envelope) -> Result<Signed, HubError> {
+    /// Counts a refusal and turns it into the status the caller gets.
+    fn refuse(&self, e: HubError) -> Status {
+        self.state.metrics.rejected(e.reason());
+        e.into()
+    }
+
+    /// Accepts one envelope; `kind` is set as soon as the header says what it is, and the
+    /// outcome (`accepted` or `duplicate`) comes back with the receipt.
+    async fn do_send(
+        &self,
+        caller: Member,
+        env: Envelope,
+        kind: &mut &'static str,
+    ) -> Result<(Signed, &'static str), HubError> {
         let directory = self.directory()?;
         // Who the envelope claims to be from is checked against the certificate before the
         // body is looked at.
@@ -276,6 +354,7 @@ impl<S: HubStore> HubService<S> {
             .as_ref()
             .ok_or_else(|| HubError::Invalid("envelope has no header".into()))?;
         let claimed: EnvelopeHeader = decode_body(Domain::EnvelopeHeader, signed_header)?;
+        *kind = overstap_proto::envelope::kind_name(claimed.kind);
         if claimed.from_org != caller.org_id {
             return Err(HubError::WrongSender {
                 cert_org: caller.org_id,
@@ -321,22 +400,39 @@ impl<S: HubStore> HubService<S> {
             };
             sign_message(Domain::Receipt, &receipt, &[&key]).encode_to_vec()
         };
-        let receipt = match self.state.store.accept(new, &signer).await? {
+        let (receipt, outcome) = match self.state.store.accept(new, &signer).await? {
             Accepted::New { receipt, seq } => {
                 self.mailbox_signal(&header.to_org).send_replace(seq);
                 tracing::info!(
                     from = %header.from_org, to = %header.to_org, kind = header.kind,
                     bytes = header.body_len, "envelope accepted"
                 );
-                receipt
+                (receipt, "accepted")
             }
             Accepted::Duplicate { receipt } => {
                 tracing::info!(from = %header.from_org, "duplicate envelope; same receipt again");
-                receipt
+                (receipt, "duplicate")
             }
         };
-        Signed::decode(receipt.as_slice())
-            .map_err(|e| HubError::Invalid(format!("stored receipt: {e}")))
+        let receipt = Signed::decode(receipt.as_slice())
+            .map_err(|e| HubError::Invalid(format!("stored receipt: {e}")))?;
+        Ok((receipt, outcome))
+    }
+}
+
+/// Counts an open subscription for as long as it lives.
+struct Subscribed(prometheus_client::metrics::gauge::Gauge);
+
+impl Subscribed {
+    fn new(gauge: &prometheus_client::metrics::gauge::Gauge) -> Self {
+        gauge.inc();
+        Subscribed(gauge.clone())
+    }
+}
+
+impl Drop for Subscribed {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
@@ -364,9 +460,22 @@ fn proof_response(hashes: Vec<Hash>) -> ProofResponse {
 #[tonic::async_trait]
 impl<S: HubStore> Hub for HubService<S> {
     async fn send(&self, request: Request<Envelope>) -> Result<Response<Signed>, Status> {
-        let caller = self.caller(&request)?;
-        let receipt = self.do_send(caller, request.into_inner()).await?;
-        Ok(Response::new(receipt))
+        let mut kind = "unknown";
+        let sent = match self.caller(&request) {
+            Ok(caller) => self.do_send(caller, request.into_inner(), &mut kind).await,
+            Err(e) => Err(e),
+        };
+        let metrics = &self.state.metrics;
+        match sent {
+            Ok((receipt, outcome)) => {
+                metrics.routed(kind, outcome);
+                Ok(Response::new(receipt))
+            }
+            Err(e) => {
+                metrics.routed(kind, "refused");
+                Err(self.refuse(e))
+            }
+        }
     }
 
     type SubscribeStream = DeliveryStream;
@@ -375,7 +484,7 @@ impl<S: HubStore> Hub for HubService<S> {
         &self,
         request: Request<SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        let org = self.caller(&request)?.org_id;
+        let org = self.caller(&request).map_err(|e| self.refuse(e))?.org_id;
         let mut cursor = request.into_inner().after_seq;
         let svc = self.clone();
         let (tx, rx) = mpsc::channel::<Result<Delivery, Status>>(32);
@@ -384,6 +493,7 @@ impl<S: HubStore> Hub for HubService<S> {
             // the read and the wait is missed.
             let mut signal = svc.mailbox_signal(&org).subscribe();
             let mut shutdown = svc.state.shutdown.clone();
+            let _counted = Subscribed::new(&svc.state.metrics.subscribers);
             tracing::info!(%org, cursor, "subscriber connected");
             loop {
                 let batch = match svc.state.store.mailbox(&org, cursor, 64).await {
@@ -430,20 +540,29 @@ impl<S: HubStore> Hub for HubService<S> {
     }
 
     async fn ack(&self, request: Request<AckRequest>) -> Result<Response<AckResponse>, Status> {
-        let org = self.caller(&request)?.org_id;
+        let org = self.caller(&request).map_err(|e| self.refuse(e))?.org_id;
         let ids = request.into_inner().envelope_ids;
         if ids.len() > 10_000 {
             return Err(
                 HubError::Invalid(format!("at most 10000 ids per ack, got {}", ids.len())).into(),
             );
         }
-        let acked = self
+        let at = now();
+        let accepted_at = self
             .state
             .store
-            .ack(&org, &ids, now())
+            .ack(&org, &ids, at)
             .await
-            .map_err(HubError::from)?;
-        Ok(Response::new(AckResponse { acked }))
+            .map_err(|e| self.refuse(e.into()))?;
+        for received in &accepted_at {
+            self.state
+                .metrics
+                .send_to_ack
+                .observe((at - received).max(0) as f64);
+        }
+        Ok(Response::new(AckResponse {
+            acked: accepted_at.len() as u32,
+        }))
     }
 
     async fn get_directory(

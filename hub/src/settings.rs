@@ -40,6 +40,13 @@ pub struct Settings {
     pub directory_file: Option<PathBuf>,
     #[serde(default = "default_max_envelope")]
     pub max_envelope_bytes: usize,
+    /// Where to serve Prometheus `/metrics` over plain HTTP (off when unset). Bind it to an
+    /// address only the monitoring can reach.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
+    /// A file to write the metrics address to once bound (useful with port 0).
+    #[serde(default)]
+    pub metrics_addr_file: Option<PathBuf>,
 }
 
 /// Every field of [`Settings`] and its kind, for the `OVERSTAP_*` environment variables.
@@ -51,6 +58,8 @@ pub const FIELDS: &[(&str, FieldKind)] = &[
     ("hub_id", FieldKind::Text),
     ("listen", FieldKind::Text),
     ("max_envelope_bytes", FieldKind::Integer),
+    ("metrics_addr_file", FieldKind::Text),
+    ("metrics_listen", FieldKind::Text),
     ("signing_key", FieldKind::Text),
     ("tls_cert", FieldKind::Text),
     ("tls_key", FieldKind::Text),
@@ -118,10 +127,13 @@ impl Settings {
                 *p = base.join(&*p);
             }
         }
-        if let Some(p) = &mut self.directory_file
-            && p.is_relative()
+        for p in [&mut self.directory_file, &mut self.metrics_addr_file]
+            .into_iter()
+            .flatten()
         {
-            *p = base.join(&*p);
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
         }
         self.database_url = rebase_sqlite_url(&self.database_url, base);
     }
@@ -155,6 +167,8 @@ impl Settings {
             max_envelope_bytes: self.max_envelope_bytes,
             directory,
             integrate_log: true,
+            metrics_listen: self.metrics_listen,
+            metrics_addr_file: self.metrics_addr_file.clone(),
         })
     }
 }
@@ -172,6 +186,8 @@ pub struct HubConfig {
     /// Whether the sequencer integrates the log. Always on in service; off only to measure
     /// what the log costs (`overstap bench log`).
     pub integrate_log: bool,
+    pub metrics_listen: Option<SocketAddr>,
+    pub metrics_addr_file: Option<PathBuf>,
 }
 
 #[cfg(test)]
@@ -182,6 +198,8 @@ mod tests {
     fn the_environment_field_list_matches_the_struct() {
         let mut s: Settings = toml::Table::new().try_into().unwrap();
         s.directory_file = Some("d".into());
+        s.metrics_listen = Some(default_listen());
+        s.metrics_addr_file = Some("m".into());
         let table = toml::Table::try_from(&s).unwrap();
         let mut expected: Vec<(String, FieldKind)> =
             FIELDS.iter().map(|(k, t)| (k.to_string(), *t)).collect();

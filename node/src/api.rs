@@ -452,6 +452,7 @@ impl Node for NodeApi {
                 .map_err(NodeError::from)?,
             last_delivery_seq: self.core.last_seq.load(Ordering::Relaxed),
             hub_connected: self.core.hub_connected.load(Ordering::Relaxed),
+            log_alarm: self.core.log_alarm().await?.unwrap_or_default(),
         }))
     }
 }

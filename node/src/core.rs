@@ -144,6 +144,7 @@ pub struct NodeCore {
     pub last_seq: AtomicU64,
     pub max_body: usize,
     clock: Clock,
+    pub metrics: crate::metrics::NodeMetrics,
 }
 
 fn random_bytes<const N: usize>() -> [u8; N] {
@@ -193,6 +194,7 @@ impl NodeCore {
             last_seq: AtomicU64::new(0),
             max_body,
             clock,
+            metrics: Default::default(),
         })
     }
 
@@ -1807,6 +1809,30 @@ impl NodeCore {
 
     pub fn mark_connected(&self, up: bool) {
         self.hub_connected.store(up, Ordering::Relaxed);
+    }
+
+    /// The metrics as OpenMetrics text, with the gauges read fresh from the store.
+    pub async fn metrics_text(&self) -> Result<String, NodeError> {
+        let m = &self.metrics;
+        let now = self.now();
+        m.outbox_waiting
+            .set(self.store.pending_count().await? as i64);
+        m.sync_lag_seconds.set(
+            self.store
+                .oldest_due(now)
+                .await?
+                .map_or(0, |t| (now - t).max(0)),
+        );
+        m.hub_connected
+            .set(self.hub_connected.load(Ordering::Relaxed) as i64);
+        m.inbox_held.set(self.store.held_count().await? as i64);
+        let log = self.store.log_state().await?;
+        m.log_alarm
+            .set(log.as_ref().is_some_and(|l| l.alarm.is_some()) as i64);
+        m.log_entries.set(log.as_ref().map_or(0, |l| l.size) as i64);
+        m.log_unproven
+            .set(self.store.proof_counts().await?.1 as i64);
+        Ok(m.encode())
     }
 }
 

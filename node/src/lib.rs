@@ -8,6 +8,7 @@
 //! - [`core`]: the domain operations, built on the protocol rules of `overstap-proto`.
 //! - [`sync`]: the engine that talks to the hub (directory, outbox, mailbox).
 //! - [`api`]: the local gRPC API, behind a bearer token.
+//! - [`metrics`]: the Prometheus metrics, served on a plain-HTTP port of their own.
 //!
 //! [`run`] takes a bound API listener and a shutdown future, so tests and the demo run nodes
 //! in-process on `127.0.0.1:0`.
@@ -15,6 +16,10 @@
 
 pub mod api;
 pub mod core;
+pub mod metrics;
+/// The same `/metrics` endpoint as the hub's: one source file, compiled in both daemons.
+#[path = "../../hub/src/metrics_http.rs"]
+pub mod metrics_http;
 pub mod settings;
 pub mod store;
 pub mod sync;
@@ -106,6 +111,25 @@ pub async fn run_with_clock(
         reaper: config.reaper_interval,
         log: config.log_interval,
     };
+    let metrics = match config.metrics_listen {
+        Some(addr) => {
+            let core = core.clone();
+            let mut stop = stop_rx.clone();
+            let render = move || {
+                let core = core.clone();
+                async move { core.metrics_text().await.map_err(|e| e.to_string()) }
+            };
+            let stopped = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            Some(
+                metrics_http::start(addr, config.metrics_addr_file.as_deref(), render, stopped)
+                    .await
+                    .with_context(|| format!("serving metrics on {addr}"))?,
+            )
+        }
+        None => None,
+    };
     let engine = tokio::spawn(sync::run(core.clone(), channel, intervals, stop_rx));
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<NodeServer<api::NodeApi>>().await;
@@ -126,5 +150,8 @@ pub async fn run_with_clock(
         )
         .await;
     let _ = engine.await;
+    if let Some(m) = metrics {
+        let _ = m.await;
+    }
     result.context("node API server failed")
 }

@@ -52,6 +52,12 @@ pub struct Settings {
     pub reaper_interval_secs: u64,
     #[serde(default = "d_max")]
     pub max_envelope_bytes: usize,
+    /// Where to serve Prometheus `/metrics` over plain HTTP (off when unset).
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
+    /// A file to write the metrics address to once bound (useful with port 0).
+    #[serde(default)]
+    pub metrics_addr_file: Option<PathBuf>,
 }
 
 /// Every field of [`Settings`] and its kind, for the `OVERSTAP_*` environment variables.
@@ -67,6 +73,8 @@ pub const FIELDS: &[(&str, FieldKind)] = &[
     ("hub_name", FieldKind::Text),
     ("hub_url", FieldKind::Text),
     ("max_envelope_bytes", FieldKind::Integer),
+    ("metrics_addr_file", FieldKind::Text),
+    ("metrics_listen", FieldKind::Text),
     ("org_id", FieldKind::Text),
     ("reaper_interval_secs", FieldKind::Integer),
     ("signing_key", FieldKind::Text),
@@ -143,6 +151,11 @@ impl Settings {
                 *p = base.join(&*p);
             }
         }
+        if let Some(p) = &mut s.metrics_addr_file
+            && p.is_relative()
+        {
+            *p = base.join(&*p);
+        }
         s.database_url = rebase_sqlite_url(&s.database_url, &base);
         Ok(s)
     }
@@ -210,6 +223,8 @@ impl Settings {
             api_url_file: Some(self.api_url_file.clone()),
             directory_interval: std::time::Duration::from_secs(self.directory_interval_secs.max(1)),
             max_envelope_bytes: self.max_envelope_bytes,
+            metrics_listen: self.metrics_listen,
+            metrics_addr_file: self.metrics_addr_file.clone(),
         })
     }
 }
@@ -237,6 +252,8 @@ pub struct NodeConfig {
     pub max_envelope_bytes: usize,
     /// Where the node's own keys are, to follow a rotation without a restart.
     pub key_files: Option<KeyFiles>,
+    pub metrics_listen: Option<SocketAddr>,
+    pub metrics_addr_file: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for NodeConfig {
@@ -257,7 +274,9 @@ mod tests {
     #[test]
     fn the_environment_field_list_matches_the_struct() {
         let t: toml::Table = toml::from_str("org_id = \"25LP\"").unwrap();
-        let s: Settings = t.try_into().unwrap();
+        let mut s: Settings = t.try_into().unwrap();
+        s.metrics_listen = Some(d_api());
+        s.metrics_addr_file = Some("m".into());
         let table = toml::Table::try_from(&s).unwrap();
         let mut expected: Vec<(String, FieldKind)> =
             FIELDS.iter().map(|(k, t)| (k.to_string(), *t)).collect();

@@ -417,6 +417,26 @@ impl NodeStore {
         .collect())
     }
 
+    /// When the oldest envelope that is due (not waiting for its start) but not yet accepted
+    /// by the hub was put in the outbox.
+    pub async fn oldest_due(&self, now: i64) -> Result<Option<i64>, StoreError> {
+        Ok(sqlx::query(
+            "SELECT MIN(MAX(created_at, not_before)) FROM outbox WHERE state = 'pending' AND not_before <= ?",
+        )
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await?
+        .get(0))
+    }
+
+    /// Envelopes held until a gap in their sender's sequence fills.
+    pub async fn held_count(&self) -> Result<u64, StoreError> {
+        Ok(sqlx::query("SELECT COUNT(*) FROM held")
+            .fetch_one(&self.pool)
+            .await?
+            .get::<i64, _>(0) as u64)
+    }
+
     pub async fn pending_count(&self) -> Result<u64, StoreError> {
         Ok(
             sqlx::query("SELECT COUNT(*) FROM outbox WHERE state IN ('pending', 'waiting')")

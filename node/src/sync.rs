@@ -233,6 +233,7 @@ async fn outbox_loop(
                         stalled = true;
                         break;
                     }
+                    core.metrics.sent(entry.kind);
                 }
                 Err(status)
                     if is_final(status.code())
@@ -245,6 +246,7 @@ async fn outbox_loop(
                         status.message()
                     );
                     let _ = core.push_failed(entry, &detail, true).await;
+                    core.metrics.refused(entry.kind);
                 }
                 Err(status) => {
                     // Keep the order: nothing behind this envelope goes before it.
@@ -525,6 +527,9 @@ async fn inbox_loop(
             {
                 Ok(outcome) => {
                     tracing::debug!(org = %core.org_id, ?outcome, "ingested");
+                    if !matches!(outcome, crate::Outcome::Duplicate) {
+                        core.metrics.received(envelope_kind(envelope));
+                    }
                     core.last_seq
                         .store(delivery.seq, std::sync::atomic::Ordering::Relaxed);
                     if let Err(e) = client
@@ -552,19 +557,21 @@ async fn inbox_loop(
     }
 }
 
+/// The header an envelope claims (unverified: for ids and counting only).
+fn claimed_header(envelope: &Envelope) -> Option<overstap_proto::pb::EnvelopeHeader> {
+    envelope.header.as_ref().and_then(|h| {
+        overstap_proto::sign::decode_body(overstap_proto::sign::Domain::EnvelopeHeader, h).ok()
+    })
+}
+
 fn envelope_id(envelope: &Envelope) -> Vec<u8> {
-    envelope
-        .header
-        .as_ref()
-        .and_then(|h| {
-            overstap_proto::sign::decode_body::<overstap_proto::pb::EnvelopeHeader>(
-                overstap_proto::sign::Domain::EnvelopeHeader,
-                h,
-            )
-            .ok()
-        })
+    claimed_header(envelope)
         .map(|h| h.envelope_id)
         .unwrap_or_default()
+}
+
+fn envelope_kind(envelope: &Envelope) -> i32 {
+    claimed_header(envelope).map_or(0, |h| h.kind)
 }
 
 async fn ingest_with_refresh(

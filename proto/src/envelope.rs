@@ -303,6 +303,17 @@ pub fn header_hash(envelope: &Envelope) -> Vec<u8> {
         .unwrap_or_default()
 }
 
+/// The short name of an envelope kind, as metrics, statistics and CLI output show it.
+pub fn kind_name(kind: i32) -> &'static str {
+    match EnvelopeKind::try_from(kind) {
+        Ok(EnvelopeKind::Package) => "package",
+        Ok(EnvelopeKind::Revocation) => "revocation",
+        Ok(EnvelopeKind::DeletionReceipt) => "deletion_receipt",
+        Ok(EnvelopeKind::Status) => "status",
+        Ok(EnvelopeKind::Unspecified) | Err(_) => "unknown",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,8 +18,8 @@ use overstap_proto::passport::{build_version, select_disclosures};
 use overstap_proto::pb::hub_client::HubClient;
 use overstap_proto::pb::payload::Content;
 use overstap_proto::pb::{
-    Disclosure, Envelope, EnvelopeKind, Member, Package, Payload, RegisterStudentRequest, Signed,
-    StorePassportRequest,
+    Disclosure, Envelope, EnvelopeKind, HandoverStatus, Member, Package, Payload,
+    RegisterStudentRequest, Signed, StorePassportRequest,
 };
 use overstap_proto::sign::{Domain, sign_message};
 use sqlx::Row;
@@ -333,3 +333,138 @@ pub async fn send(region: &Region, grant_id: &str) -> overstap_proto::pb::SendPa
 /// Held by the tests that load both cores for a long stretch (the 1,000-package process runs and
 /// the model's many regions), so they take turns instead of starving each other's timers.
 pub static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A status envelope (about a made-up grant), sealed and signed by `from` to `to`.
+pub fn status_payload() -> Payload {
+    Payload {
+        purpose: "intake".into(),
+        content: Some(Content::Status(HandoverStatus {
+            grant_id: "g-test".into(),
+            pseudonym: "pvs-test".into(),
+            status: "ontvangen".into(),
+            at: 0,
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+pub fn status_envelope(from: &Creds, to: &overstap_proto::pb::Member) -> Envelope {
+    envelope_of_kind(from, to, EnvelopeKind::Status)
+}
+
+pub fn envelope_of_kind(
+    from: &Creds,
+    to: &overstap_proto::pb::Member,
+    kind: EnvelopeKind,
+) -> Envelope {
+    let mut id = [0u8; 16];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut id);
+    seal(
+        Outgoing {
+            envelope_id: id,
+            from_org: &from.org,
+            kind,
+            created_at: now(),
+            payload: status_payload(),
+        },
+        &from.signing,
+        to,
+    )
+    .expect("seal")
+}
+
+/// Fetches a Prometheus endpoint over plain HTTP and parses it with [`parse_metrics`]; panics
+/// with the reason when the answer is not OpenMetrics text.
+pub async fn scrape(url: &str) -> std::collections::BTreeMap<String, f64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").expect("an http:// url");
+    let (host, path) = rest.split_once('/').expect("a path");
+    let mut tcp = tokio::net::TcpStream::connect(host).await.expect("connect");
+    tcp.write_all(
+        format!("GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut answer = String::new();
+    tcp.read_to_string(&mut answer).await.unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/openmetrics-text"),
+        "{head}"
+    );
+    parse_metrics(body).unwrap_or_else(|e| panic!("{e}\n{body}"))
+}
+
+/// Parses Prometheus / OpenMetrics text strictly: every line is `# HELP`, `# TYPE`, `# UNIT`, a
+/// closing `# EOF`, or a sample `name{label="value",...} number` of a family declared by a
+/// `# TYPE` line. Returns the samples keyed by `name{labels}` exactly as written.
+pub fn parse_metrics(text: &str) -> Result<std::collections::BTreeMap<String, f64>, String> {
+    let valid_name = |n: &str| {
+        !n.is_empty()
+            && !n.starts_with(|c: char| c.is_ascii_digit())
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    if lines.last() != Some(&"# EOF") {
+        return Err("the text does not end with # EOF".into());
+    }
+    let mut families = std::collections::HashSet::new();
+    let mut samples = std::collections::BTreeMap::new();
+    for (n, line) in lines.iter().enumerate() {
+        let bad = |why: &str| Err(format!("line {}: {why}: {line:?}", n + 1));
+        if let Some(rest) = line.strip_prefix("# ") {
+            let mut parts = rest.splitn(3, ' ');
+            match (parts.next(), parts.next(), parts.next()) {
+                (Some("EOF"), None, None) if n + 1 == lines.len() => {}
+                (Some("HELP" | "UNIT"), Some(name), _) if valid_name(name) => {}
+                (
+                    Some("TYPE"),
+                    Some(name),
+                    Some("counter" | "gauge" | "histogram" | "summary" | "info" | "unknown"),
+                ) if valid_name(name) => {
+                    families.insert(name.to_string());
+                }
+                _ => return bad("not a HELP, TYPE, UNIT or final EOF line"),
+            }
+            continue;
+        }
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            return bad("no value");
+        };
+        let Ok(value) = value.parse::<f64>() else {
+            return bad("the value is not a number");
+        };
+        let (name, labels) = match series.split_once('{') {
+            Some((name, labels)) => match labels.strip_suffix('}') {
+                Some(l) => (name, l),
+                None => return bad("labels are not closed"),
+            },
+            None => (series, ""),
+        };
+        if !valid_name(name) {
+            return bad("not a metric name");
+        }
+        for pair in labels.split(',').filter(|p| !p.is_empty()) {
+            match pair.split_once('=') {
+                Some((k, v))
+                    if valid_name(k) && v.len() >= 2 && v.starts_with('"') && v.ends_with('"') => {}
+                _ => return bad("not a label=\"value\" pair"),
+            }
+        }
+        let family_known = families.iter().any(|f| {
+            name == f
+                || ["_total", "_bucket", "_count", "_sum", "_created"]
+                    .iter()
+                    .any(|s| name.strip_prefix(f.as_str()) == Some(s))
+        });
+        if !family_known {
+            return bad("a sample of no declared family");
+        }
+        samples.insert(series.to_string(), value);
+    }
+    Ok(samples)
+}

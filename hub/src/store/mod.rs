@@ -96,9 +96,17 @@ pub trait HubStore: Send + Sync + 'static {
     ) -> Result<Vec<MailboxEntry>, StoreError>;
 
     /// Deletes acknowledged envelopes from `to_org`'s mailbox and appends a `delivery` event for
-    /// each; ids that are not in that mailbox are ignored. Returns how many were removed.
-    async fn ack(&self, to_org: &str, envelope_ids: &[Vec<u8>], at: i64)
-    -> Result<u32, StoreError>;
+    /// each; ids that are not in that mailbox are ignored. Returns when the hub accepted each
+    /// envelope it removed.
+    async fn ack(
+        &self,
+        to_org: &str,
+        envelope_ids: &[Vec<u8>],
+        at: i64,
+    ) -> Result<Vec<i64>, StoreError>;
+
+    /// How many envelopes wait in each recipient's mailbox (recipients with none left out).
+    async fn mailbox_depths(&self) -> Result<Vec<(String, u64)>, StoreError>;
 
     /// Events from `start`, at most `limit`.
     async fn events(&self, start: u64, limit: u32) -> Result<Vec<Event>, StoreError>;

@@ -160,13 +160,13 @@ impl HubStore for SqliteStore {
         to_org: &str,
         envelope_ids: &[Vec<u8>],
         at: i64,
-    ) -> Result<u32, StoreError> {
+    ) -> Result<Vec<i64>, StoreError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let mut next: i64 = sqlx::query("SELECT COALESCE(MAX(log_index) + 1, 0) FROM events")
             .fetch_one(&mut *tx)
             .await?
             .get(0);
-        let mut acked = 0u32;
+        let mut accepted_at = Vec::new();
         for id in envelope_ids {
             let removed = sqlx::query("DELETE FROM mailbox WHERE to_org = ? AND envelope_id = ?")
                 .bind(to_org)
@@ -177,11 +177,14 @@ impl HubStore for SqliteStore {
             if removed == 0 {
                 continue;
             }
-            sqlx::query("UPDATE envelopes SET acked_at = ? WHERE envelope_id = ?")
-                .bind(at)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
+            let received: i64 = sqlx::query(
+                "UPDATE envelopes SET acked_at = ? WHERE envelope_id = ? RETURNING received_at",
+            )
+            .bind(at)
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?
+            .get(0);
             sqlx::query(
                 "INSERT INTO events (log_index, event, envelope_kind, from_org, to_org, envelope_id, body_sha256, at)
                  SELECT ?, 'delivery', kind, from_org, to_org, envelope_id, x'', ? FROM envelopes WHERE envelope_id = ?",
@@ -192,10 +195,21 @@ impl HubStore for SqliteStore {
             .execute(&mut *tx)
             .await?;
             next += 1;
-            acked += 1;
+            accepted_at.push(received);
         }
         tx.commit().await?;
-        Ok(acked)
+        Ok(accepted_at)
+    }
+
+    async fn mailbox_depths(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        Ok(
+            sqlx::query("SELECT to_org, COUNT(*) FROM mailbox GROUP BY to_org")
+                .fetch_all(&self.pool)
+                .await?
+                .into_iter()
+                .map(|r| (r.get(0), r.get::<i64, _>(1) as u64))
+                .collect(),
+        )
     }
 
     async fn events(&self, start: u64, limit: u32) -> Result<Vec<Event>, StoreError> {
@@ -367,10 +381,12 @@ mod tests {
         assert_eq!(s.mailbox("GM0193", 0, 10).await.unwrap().len(), 0);
         assert_eq!(
             s.ack("GM0193", &[vec![1; 16]], 200).await.unwrap(),
-            0,
+            Vec::<i64>::new(),
             "only the recipient can ack"
         );
-        assert_eq!(s.ack("MBO1", &[vec![1; 16]], 200).await.unwrap(), 1);
+        let accepted_at = s.ack("MBO1", &[vec![1; 16]], 200).await.unwrap();
+        assert_eq!(accepted_at.len(), 1);
+        assert_eq!(s.mailbox_depths().await.unwrap(), vec![]);
         assert!(s.mailbox("MBO1", 0, 10).await.unwrap().is_empty());
         let events = s.events(0, 10).await.unwrap();
         let kinds: Vec<_> = events.iter().map(|e| e.event.as_str()).collect();

@@ -4,52 +4,16 @@
 use overstap_cli::authority::{Admission, Authority};
 use overstap_cli::client::connect;
 use overstap_cli::passport::make_grant;
-use overstap_proto::envelope::{Outgoing, seal, seal_signed};
-use overstap_proto::pb::payload::Content;
+use overstap_proto::envelope::{Outgoing, seal_signed};
 use overstap_proto::pb::{
-    ConsentGrant, Envelope, EnvelopeHeader, EnvelopeKind, GetDirectoryRequest, HandoverStatus,
-    MemberKind, NodeStatusRequest, Payload, SendPassportRequest,
+    ConsentGrant, Envelope, EnvelopeHeader, EnvelopeKind, GetDirectoryRequest, MemberKind,
+    NodeStatusRequest, Payload, SendPassportRequest,
 };
 use overstap_proto::sign::{Domain, decode_body, sign_message};
 use overstap_tests::demo::{GEMEENTE, MBO, OTHER_MBO, SCHOOL, birth_month};
 use overstap_tests::*;
 use prost::Message;
 use tonic::Code;
-
-fn status_payload() -> Payload {
-    Payload {
-        purpose: "intake".into(),
-        content: Some(Content::Status(HandoverStatus {
-            grant_id: "g-test".into(),
-            pseudonym: "pvs-test".into(),
-            status: "ontvangen".into(),
-            at: 0,
-            ..Default::default()
-        })),
-        ..Default::default()
-    }
-}
-
-fn status_envelope(from: &Creds, to: &overstap_proto::pb::Member) -> Envelope {
-    envelope_of_kind(from, to, EnvelopeKind::Status)
-}
-
-fn envelope_of_kind(from: &Creds, to: &overstap_proto::pb::Member, kind: EnvelopeKind) -> Envelope {
-    let mut id = [0u8; 16];
-    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut id);
-    seal(
-        Outgoing {
-            envelope_id: id,
-            from_org: &from.org,
-            kind,
-            created_at: now(),
-            payload: status_payload(),
-        },
-        &from.signing,
-        to,
-    )
-    .expect("seal")
-}
 
 async fn nothing_stored_at_hub(region: &overstap_cli::region::Region) {
     assert_eq!(

@@ -160,6 +160,21 @@ async fn a_hub_that_rewrites_its_log_is_caught_and_the_node_stops_sending() {
         1,
         "the conflicting checkpoint is kept as evidence"
     );
+    // The alarm shows in the node's metrics, for the monitoring to page someone.
+    let metrics = scrape(&region.metrics_url(SCHOOL).unwrap()).await;
+    assert_eq!(metrics["overstap_node_log_alarm"], 1.0);
+    let status = region
+        .api(SCHOOL)
+        .await
+        .unwrap()
+        .status(overstap_proto::pb::NodeStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        status.log_alarm, after.alarm_reason,
+        "node status shows the alarm"
+    );
     // An audit from the entries the hub now serves does not make the checkpoint the school holds.
     let audit = overstap_cli::audit::audit(&region.node_dir(SCHOOL))
         .await

@@ -7,4 +7,5 @@ mod handover;
 mod lifecycle;
 mod log;
 mod model;
+mod monitoring;
 mod processes;
