@@ -82,25 +82,19 @@ pub async fn serve_wrapped<S: HubStore, H: Hub>(
             Err(e) => tracing::info!(reason = %e, "directory file not installed"),
         }
     }
-    let metrics = match config.metrics_listen {
-        Some(addr) => {
-            let svc = service.clone();
-            let mut stop = stop_rx.clone();
-            let render = move || {
-                let svc = svc.clone();
-                async move { svc.metrics_text().await.map_err(|e| e.to_string()) }
-            };
-            let stopped = async move {
-                let _ = stop.wait_for(|s| *s).await;
-            };
-            Some(
-                metrics_http::start(addr, config.metrics_addr_file.as_deref(), render, stopped)
-                    .await
-                    .with_context(|| format!("serving metrics on {addr}"))?,
-            )
-        }
-        None => None,
+    let svc = service.clone();
+    let render = move || {
+        let svc = svc.clone();
+        async move { svc.metrics_text().await.map_err(|e| e.to_string()) }
     };
+    let metrics = metrics_http::start(
+        config.metrics_listen,
+        config.metrics_addr_file.as_deref(),
+        render,
+        stop_rx.clone(),
+    )
+    .await
+    .context("serving metrics")?;
     let sequencer = if config.integrate_log {
         tokio::spawn(sequence(service.clone(), stop_rx))
     } else {

@@ -40,23 +40,29 @@ where
         .await
 }
 
-/// Binds `addr`, writes the bound address to `addr_file` (if given), and serves `/metrics` in
-/// the background until `shutdown`.
+/// When `addr` is set: binds it, writes the bound address to `addr_file` (if given), and serves
+/// `/metrics` in the background until `stop` turns true. Nothing when `addr` is unset.
 pub async fn start<F, Fut>(
-    addr: SocketAddr,
+    addr: Option<SocketAddr>,
     addr_file: Option<&Path>,
     render: F,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<tokio::task::JoinHandle<std::io::Result<()>>>
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<Option<tokio::task::JoinHandle<std::io::Result<()>>>>
 where
     F: Fn() -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<String, String>> + Send + 'static,
 {
+    let Some(addr) = addr else {
+        return Ok(None);
+    };
     let listener = TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     if let Some(path) = addr_file {
         std::fs::write(path, format!("{bound}\n"))?;
     }
     tracing::info!(addr = %bound, "metrics at http://{bound}/metrics");
-    Ok(tokio::spawn(serve(listener, render, shutdown)))
+    let stopped = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    Ok(Some(tokio::spawn(serve(listener, render, stopped))))
 }

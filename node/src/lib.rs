@@ -111,25 +111,19 @@ pub async fn run_with_clock(
         reaper: config.reaper_interval,
         log: config.log_interval,
     };
-    let metrics = match config.metrics_listen {
-        Some(addr) => {
-            let core = core.clone();
-            let mut stop = stop_rx.clone();
-            let render = move || {
-                let core = core.clone();
-                async move { core.metrics_text().await.map_err(|e| e.to_string()) }
-            };
-            let stopped = async move {
-                let _ = stop.wait_for(|s| *s).await;
-            };
-            Some(
-                metrics_http::start(addr, config.metrics_addr_file.as_deref(), render, stopped)
-                    .await
-                    .with_context(|| format!("serving metrics on {addr}"))?,
-            )
-        }
-        None => None,
+    let metrics_core = core.clone();
+    let render = move || {
+        let metrics_core = metrics_core.clone();
+        async move { metrics_core.metrics_text().await.map_err(|e| e.to_string()) }
     };
+    let metrics = metrics_http::start(
+        config.metrics_listen,
+        config.metrics_addr_file.as_deref(),
+        render,
+        stop_rx.clone(),
+    )
+    .await
+    .context("serving metrics")?;
     let engine = tokio::spawn(sync::run(core.clone(), channel, intervals, stop_rx));
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<NodeServer<api::NodeApi>>().await;
