@@ -6,7 +6,6 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use anyhow::Context;
 use overstap_proto::log::{LogEntry, MemoryTree, leaf_hash};
 use overstap_proto::pb::hub_client::HubClient;
 use overstap_proto::pb::{
@@ -14,7 +13,7 @@ use overstap_proto::pb::{
 };
 use serde::Serialize;
 
-use crate::client::{connect_dir, explain};
+use crate::client::{connect_dir, explain, hub_link_of as hub_link};
 
 #[derive(Debug, Serialize)]
 pub struct Audit {
@@ -75,15 +74,7 @@ pub async fn audit(node_dir: &Path) -> anyhow::Result<Audit> {
         .await
         .map_err(explain)?
         .into_inner();
-    let settings = overstap_node::Settings::load(&node_dir.join("node.toml"))?;
-    let read = |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
-    let link = overstap_node::sync::HubLink {
-        url: settings.hub_url.clone(),
-        server_name: settings.hub_name.clone(),
-        ca_pem: read(&settings.ca_cert)?,
-        cert_pem: read(&settings.tls_cert)?,
-        key_pem: read(&settings.tls_key)?,
-    };
+    let link = hub_link(node_dir)?;
     let mut hub = HubClient::new(link.channel()?).max_decoding_message_size(64 << 20);
     let hub_note = hub
         .get_checkpoint(GetCheckpointRequest {})

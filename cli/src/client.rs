@@ -50,3 +50,17 @@ pub async fn connect_dir(dir: &Path) -> anyhow::Result<Api> {
 pub fn explain(status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{}", status.message())
 }
+
+/// How the node in `dir` reaches the hub: the hub's address and the node's TLS identity, from
+/// its `node.toml`. Commands that ask the hub directly (the log audit, statistics) go this way.
+pub fn hub_link_of(dir: &Path) -> anyhow::Result<overstap_node::sync::HubLink> {
+    let settings = overstap_node::Settings::load(&dir.join("node.toml"))?;
+    let read = |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+    Ok(overstap_node::sync::HubLink {
+        url: settings.hub_url.clone(),
+        server_name: settings.hub_name.clone(),
+        ca_pem: read(&settings.ca_cert)?,
+        cert_pem: read(&settings.tls_cert)?,
+        key_pem: read(&settings.tls_key)?,
+    })
+}

@@ -133,6 +133,20 @@ pub enum Command {
     /// The hub's verifiable log, as this node checks it.
     #[command(subcommand)]
     Log(LogCmd),
+    /// The region's exchange in aggregate, for coordinators: per organisation pair, per kind
+    /// of member over time, and who has envelopes waiting. Counts under 5 read "<5".
+    Stats {
+        #[arg(long, value_enum, default_value_t = crate::stats::ReportFormat::Table)]
+        format: crate::stats::ReportFormat,
+        /// From this date (YYYY-MM-DD) or this many days back (30d); a year when not given.
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long, value_enum, default_value_t = crate::stats::By::Pair)]
+        by: crate::stats::By,
+        /// The coordinator's node folder: its TLS identity is what the hub lets in.
+        #[arg(long, env = "OVERSTAP_NODE_DIR")]
+        node_dir: PathBuf,
+    },
     /// Measure what the verifiable log costs (proofs at scale, routing with the log on ÷ off).
     #[command(subcommand)]
     Bench(BenchCmd),
@@ -712,6 +726,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             if !a.ok() {
                 bail!("the log audit failed: the hub's entries do not make its checkpoints");
             }
+            Ok(())
+        }
+        Command::Stats {
+            format,
+            since,
+            by,
+            node_dir,
+        } => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_secs() as i64;
+            let since = match since {
+                Some(s) => crate::stats::parse_since(&s, now)?,
+                None => 0,
+            };
+            let stats = crate::stats::fetch(&node_dir, since).await?;
+            print!("{}", crate::stats::render(&stats, by, format)?);
             Ok(())
         }
         Command::Bench(BenchCmd::Log {

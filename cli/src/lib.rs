@@ -23,4 +23,5 @@ pub mod passport;
 pub mod region;
 pub mod render;
 pub mod render_json;
+pub mod stats;
 pub mod wallet;

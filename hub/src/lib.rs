@@ -6,6 +6,7 @@
 //! - [`settings`]: the typed settings (file, environment, flags) and the resolved [`HubConfig`].
 //! - [`tls`]: TLS 1.3 with required client certificates from the region CA.
 //! - [`service`]: the `Hub` gRPC service; decodes, checks, calls the store, maps errors.
+//! - [`stats`]: the `Stats` service: aggregates for coordinators, small counts suppressed.
 //! - [`store`]: the storage trait and its SQLite implementation.
 //! - [`metrics`]: the Prometheus metrics, served on a plain-HTTP port of their own.
 //!
@@ -17,6 +18,7 @@ pub mod metrics;
 pub mod metrics_http;
 pub mod service;
 pub mod settings;
+pub mod stats;
 pub mod store;
 pub mod tls;
 
@@ -24,6 +26,7 @@ use std::future::Future;
 
 use anyhow::Context;
 use overstap_proto::pb::hub_server::{Hub, HubServer};
+use overstap_proto::pb::stats_server::StatsServer;
 use tokio::net::TcpListener;
 
 pub use service::{HubError, HubService};
@@ -100,6 +103,7 @@ pub async fn serve_wrapped<S: HubStore, H: Hub>(
     } else {
         tokio::spawn(async {})
     };
+    let stats = stats::StatsService::new(service.clone(), config.stats_threshold);
     let tls = tls::server_config(&config.tls)?;
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<HubServer<H>>().await;
@@ -116,6 +120,7 @@ pub async fn serve_wrapped<S: HubStore, H: Hub>(
     };
     tonic::transport::Server::builder()
         .add_service(health_service)
+        .add_service(StatsServer::new(stats))
         .add_service(
             HubServer::new(wrap(service))
                 .max_decoding_message_size(limit)

@@ -137,7 +137,7 @@ impl<S> Clone for HubService<S> {
     }
 }
 
-fn now() -> UnixTime {
+pub(crate) fn now() -> UnixTime {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
@@ -189,7 +189,7 @@ impl<S: HubStore> HubService<S> {
         &self.state
     }
 
-    fn directory(&self) -> Result<Arc<VerifiedDirectory>, HubError> {
+    pub(crate) fn directory(&self) -> Result<Arc<VerifiedDirectory>, HubError> {
         self.state
             .directory
             .read()
@@ -220,7 +220,7 @@ impl<S: HubStore> HubService<S> {
     }
 
     /// Maps the caller's TLS client certificate to a directory member.
-    fn caller<T>(&self, req: &Request<T>) -> Result<Member, HubError> {
+    pub(crate) fn caller<T>(&self, req: &Request<T>) -> Result<Member, HubError> {
         let certs = req.peer_certs().ok_or(HubError::NoCertificate)?;
         let leaf = certs.first().ok_or(HubError::NoCertificate)?;
         let fingerprint = Sha256::digest(leaf.as_ref());
@@ -386,6 +386,7 @@ impl<S: HubStore> HubService<S> {
             body_sha256: header.body_sha256.clone(),
             encoded: env.encode_to_vec(),
             received_at: now(),
+            erasure_reason: header.erasure_reason.clone(),
         };
         let hub_id = self.state.hub_id.clone();
         let key = self.state.key.clone();

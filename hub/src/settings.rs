@@ -47,6 +47,9 @@ pub struct Settings {
     /// A file to write the metrics address to once bound (useful with port 0).
     #[serde(default)]
     pub metrics_addr_file: Option<PathBuf>,
+    /// Counts below this are shown to coordinators as "<N>" (default 5).
+    #[serde(default = "default_threshold")]
+    pub stats_threshold: u32,
 }
 
 /// Every field of [`Settings`] and its kind, for the `OVERSTAP_*` environment variables.
@@ -61,6 +64,7 @@ pub const FIELDS: &[(&str, FieldKind)] = &[
     ("metrics_addr_file", FieldKind::Text),
     ("metrics_listen", FieldKind::Text),
     ("signing_key", FieldKind::Text),
+    ("stats_threshold", FieldKind::Integer),
     ("tls_cert", FieldKind::Text),
     ("tls_key", FieldKind::Text),
 ];
@@ -88,6 +92,9 @@ fn default_signing_key() -> PathBuf {
 }
 fn default_authority() -> PathBuf {
     "authority.pub".into()
+}
+fn default_threshold() -> u32 {
+    crate::stats::DEFAULT_THRESHOLD
 }
 fn default_max_envelope() -> usize {
     overstap_proto::DEFAULT_MAX_ENVELOPE_BYTES
@@ -169,6 +176,7 @@ impl Settings {
             integrate_log: true,
             metrics_listen: self.metrics_listen,
             metrics_addr_file: self.metrics_addr_file.clone(),
+            stats_threshold: self.stats_threshold,
         })
     }
 }
@@ -188,6 +196,7 @@ pub struct HubConfig {
     pub integrate_log: bool,
     pub metrics_listen: Option<SocketAddr>,
     pub metrics_addr_file: Option<PathBuf>,
+    pub stats_threshold: u32,
 }
 
 #[cfg(test)]

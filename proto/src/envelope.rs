@@ -117,7 +117,26 @@ pub fn seal(
     payload.recipient_org = recipient.org_id.clone();
     payload.envelope_id = out.envelope_id.to_vec();
     let signed_payload = sign_message(Domain::Payload, &payload, &[sender_key]);
-    seal_signed(&out, &signed_payload, sender_key, recipient)
+    seal_with_reason(
+        &out,
+        &signed_payload,
+        sender_key,
+        recipient,
+        erasure_reason(&payload),
+    )
+}
+
+/// What the header of an envelope with this payload says about an erasure: the reason of the
+/// deletion receipt it carries, or nothing.
+pub fn erasure_reason(payload: &Payload) -> String {
+    match &payload.content {
+        Some(crate::pb::payload::Content::DeletionReceipt(signed)) => {
+            crate::sign::decode_body::<crate::pb::DeletionReceipt>(Domain::DeletionReceipt, signed)
+                .map(|r| r.reason)
+                .unwrap_or_default()
+        }
+        _ => String::new(),
+    }
 }
 
 /// Seals an already signed payload as it is. [`seal`] is the way to send; this exists so tests
@@ -129,6 +148,16 @@ pub fn seal_signed(
     sender_key: &SigningKey,
     recipient: &Member,
 ) -> Result<Envelope, ProtocolError> {
+    seal_with_reason(out, signed_payload, sender_key, recipient, String::new())
+}
+
+fn seal_with_reason(
+    out: &Outgoing<'_>,
+    signed_payload: &Signed,
+    sender_key: &SigningKey,
+    recipient: &Member,
+    erasure_reason: String,
+) -> Result<Envelope, ProtocolError> {
     let mut header = EnvelopeHeader {
         envelope_id: out.envelope_id.to_vec(),
         from_org: out.from_org.to_string(),
@@ -138,6 +167,7 @@ pub fn seal_signed(
         created_at: out.created_at,
         body_len: 0,
         body_sha256: Vec::new(),
+        erasure_reason,
     };
     let pk = <KemT as Kem>::PublicKey::from_bytes(&recipient.encryption_key)
         .map_err(|e| ProtocolError::malformed("recipient encryption key", e))?;
@@ -185,6 +215,15 @@ pub fn verify_header(
     directory.member(&header.to_org)?;
     if header.kind() == EnvelopeKind::Unspecified {
         return Err(ProtocolError::Envelope("envelope kind is not set".into()));
+    }
+    let receipt = header.kind() == EnvelopeKind::DeletionReceipt;
+    if receipt != ERASURE_REASONS.contains(&header.erasure_reason.as_str()) {
+        return Err(ProtocolError::Envelope(format!(
+            "erasure reason {:?} on a {} envelope: a deletion receipt states one of {}, any other envelope none",
+            header.erasure_reason,
+            kind_name(header.kind),
+            ERASURE_REASONS.join(", ")
+        )));
     }
     if envelope.body.len() > max_body {
         return Err(ProtocolError::TooLarge {
@@ -276,6 +315,13 @@ pub fn open(
             payload.from_org, header.from_org
         )));
     }
+    if header.erasure_reason != erasure_reason(&payload) {
+        return Err(ProtocolError::Open(format!(
+            "the header says the erasure reason is {:?}, the receipt inside says {:?}",
+            header.erasure_reason,
+            erasure_reason(&payload)
+        )));
+    }
     if payload.recipient_org != my_org {
         return Err(ProtocolError::Open(format!(
             "payload is addressed to {}, not to {}: it was forwarded",
@@ -302,6 +348,9 @@ pub fn header_hash(envelope: &Envelope) -> Vec<u8> {
         .map(|h| Sha256::digest(&h.body).to_vec())
         .unwrap_or_default()
 }
+
+/// Why a recipient erases what it held: the reasons a deletion receipt may state.
+pub const ERASURE_REASONS: [&str; 3] = ["revoked", "expired", "superseded"];
 
 /// The short name of an envelope kind, as metrics, statistics and CLI output show it.
 pub fn kind_name(kind: i32) -> &'static str {
@@ -511,5 +560,65 @@ mod tests {
         assert_eq!(back.public, k.public);
         assert_eq!(back.key_id().len(), 16);
         assert!(!format!("{k:?}").contains(&hex::encode(k.secret)));
+    }
+
+    /// A deletion receipt states its erasure reason in the header, for the coordinators'
+    /// counts; no other envelope states one, and a header that disagrees is refused.
+    #[test]
+    fn a_deletion_receipt_states_its_reason_in_the_header_and_nothing_else_does() {
+        use crate::pb::DeletionReceipt;
+        let (a, b) = (org("25LP"), org("30RT"));
+        let dir = region(&[&a, &b]);
+        let receipt = |reason: &str| Payload {
+            content: Some(Content::DeletionReceipt(sign_message(
+                Domain::DeletionReceipt,
+                &DeletionReceipt {
+                    grant_id: "g".into(),
+                    reason: reason.into(),
+                    ..Default::default()
+                },
+                &[&b.sign],
+            ))),
+            ..Default::default()
+        };
+        let out = |kind, payload| Outgoing {
+            envelope_id: [4; 16],
+            from_org: b.id,
+            kind,
+            created_at: 5,
+            payload,
+        };
+        let env = seal(
+            out(EnvelopeKind::DeletionReceipt, receipt("expired")),
+            &b.sign,
+            &member(&a),
+        )
+        .unwrap();
+        assert_eq!(
+            verify_header(&env, &dir, 1 << 20).unwrap().erasure_reason,
+            "expired"
+        );
+        assert!(open(&env, &dir, "25LP", &[&a.enc], 1 << 20).is_ok());
+        // An unknown reason, a receipt sealed without its reason in the header, and a reason on
+        // a status envelope are all refused before anything is opened.
+        for (kind, payload, how) in [
+            (EnvelopeKind::DeletionReceipt, receipt("bored"), "seal"),
+            (
+                EnvelopeKind::DeletionReceipt,
+                receipt("revoked"),
+                "seal_signed",
+            ),
+            (EnvelopeKind::Status, receipt("revoked"), "seal"),
+        ] {
+            let o = out(kind, payload.clone());
+            let env = if how == "seal" {
+                seal(o, &b.sign, &member(&a)).unwrap()
+            } else {
+                let signed = sign_message(Domain::Payload, &payload, &[&b.sign]);
+                seal_signed(&o, &signed, &b.sign, &member(&a)).unwrap()
+            };
+            let err = verify_header(&env, &dir, 1 << 20).unwrap_err().to_string();
+            assert!(err.contains("erasure reason"), "{how}: {err}");
+        }
     }
 }

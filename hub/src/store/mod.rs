@@ -18,6 +18,19 @@ pub struct NewEnvelope {
     /// The whole envelope, encoded, as it will be delivered.
     pub encoded: Vec<u8>,
     pub received_at: i64,
+    /// Deletion receipts only: the erasure reason their header states.
+    pub erasure_reason: String,
+}
+
+/// What the statistics count of one envelope: who, what kind, when, and whether it was picked up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvelopeMeta {
+    pub from_org: String,
+    pub to_org: String,
+    pub kind: i32,
+    pub received_at: i64,
+    pub acked_at: Option<i64>,
+    pub erasure_reason: String,
 }
 
 /// The outcome of storing an envelope.
@@ -104,6 +117,16 @@ pub trait HubStore: Send + Sync + 'static {
         envelope_ids: &[Vec<u8>],
         at: i64,
     ) -> Result<Vec<i64>, StoreError>;
+
+    /// Every envelope the hub accepted in `since..until` (seconds).
+    async fn envelopes_between(
+        &self,
+        since: i64,
+        until: i64,
+    ) -> Result<Vec<EnvelopeMeta>, StoreError>;
+
+    /// Every envelope not yet acknowledged by its recipient, however old.
+    async fn unacked(&self) -> Result<Vec<EnvelopeMeta>, StoreError>;
 
     /// How many envelopes wait in each recipient's mailbox (recipients with none left out).
     async fn mailbox_depths(&self) -> Result<Vec<(String, u64)>, StoreError>;

@@ -6,7 +6,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Row, SqlitePool};
 
 use super::{
-    Accepted, Checkpoint, Event, HubStore, MailboxEntry, NewEnvelope, ReceiptSigner, StoreError,
+    Accepted, Checkpoint, EnvelopeMeta, Event, HubStore, MailboxEntry, NewEnvelope, ReceiptSigner,
+    StoreError,
 };
 
 #[derive(Debug, Clone)]
@@ -35,6 +36,19 @@ impl SqliteStore {
             .run(&pool)
             .await?;
         Ok(SqliteStore { pool })
+    }
+}
+
+const META_COLUMNS: &str = "from_org, to_org, kind, received_at, acked_at, erasure_reason";
+
+fn envelope_meta(r: &sqlx::sqlite::SqliteRow) -> EnvelopeMeta {
+    EnvelopeMeta {
+        from_org: r.get(0),
+        to_org: r.get(1),
+        kind: r.get(2),
+        received_at: r.get(3),
+        acked_at: r.get(4),
+        erasure_reason: r.get(5),
     }
 }
 
@@ -100,8 +114,8 @@ impl HubStore for SqliteStore {
         .execute(&mut *tx)
         .await?;
         sqlx::query(
-            "INSERT INTO envelopes (envelope_id, header_sha256, from_org, to_org, kind, body_len, received_at, log_index, receipt)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO envelopes (envelope_id, header_sha256, from_org, to_org, kind, body_len, received_at, log_index, receipt, erasure_reason)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&env.envelope_id)
         .bind(&env.header_sha256)
@@ -112,6 +126,7 @@ impl HubStore for SqliteStore {
         .bind(env.received_at)
         .bind(log_index)
         .bind(&receipt)
+        .bind(&env.erasure_reason)
         .execute(&mut *tx)
         .await?;
         let seq: i64 = sqlx::query(
@@ -199,6 +214,30 @@ impl HubStore for SqliteStore {
         }
         tx.commit().await?;
         Ok(accepted_at)
+    }
+
+    async fn envelopes_between(
+        &self,
+        since: i64,
+        until: i64,
+    ) -> Result<Vec<EnvelopeMeta>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {META_COLUMNS} FROM envelopes WHERE received_at >= ? AND received_at < ?"
+        ))
+        .bind(since)
+        .bind(until)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(envelope_meta).collect())
+    }
+
+    async fn unacked(&self) -> Result<Vec<EnvelopeMeta>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {META_COLUMNS} FROM envelopes WHERE acked_at IS NULL"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(envelope_meta).collect())
     }
 
     async fn mailbox_depths(&self) -> Result<Vec<(String, u64)>, StoreError> {
@@ -350,6 +389,7 @@ mod tests {
             body_sha256: vec![0; 32],
             encoded: vec![1, 2, 3],
             received_at: 100,
+            erasure_reason: String::new(),
         }
     }
 

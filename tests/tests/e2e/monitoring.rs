@@ -146,3 +146,145 @@ fn the_metrics_parser_refuses_what_prometheus_would_refuse() {
         assert!(parse_metrics(bad).is_err(), "{bad:?}");
     }
 }
+
+/// A coordinator sees the known mix the region routed, with small counts as "<5"; any other
+/// member is refused.
+#[tokio::test]
+async fn a_coordinator_sees_the_known_mix_and_small_counts_read_below_five() {
+    let (_tmp, mut region) = region().await;
+    region
+        .admit_and_start(overstap_cli::region::Org::new(
+            "RMC01",
+            overstap_proto::pb::MemberKind::Coordinator,
+            "RMC Zwolle",
+        ))
+        .await
+        .unwrap();
+    // Six packages to the mbo and two to the other mbo.
+    let mut to_mbo = Vec::new();
+    for _ in 0..6 {
+        to_mbo.push(hand_over(&region, MBO).await);
+    }
+    for _ in 0..2 {
+        hand_over(&region, OTHER_MBO).await;
+    }
+    for id in &to_mbo {
+        eventually("the mbo holds it", || async {
+            !held_sections(&region, MBO, id).await.is_empty()
+        })
+        .await;
+    }
+    // A student withdraws one consent: the mbo erases and its receipt states why in the header,
+    // which the hub keeps for the counts.
+    let sam = student(&region, &birth_month(17), None).await;
+    let withdrawn = grant(
+        &region,
+        &sam.wallet,
+        &grant_request(OTHER_MBO, &["wie-ben-ik"], "intake", 30),
+        None,
+    )
+    .await;
+    send(&region, &withdrawn).await;
+    eventually("the other mbo holds it", || async {
+        !held_sections(&region, OTHER_MBO, &withdrawn)
+            .await
+            .is_empty()
+    })
+    .await;
+    overstap_cli::passport::revoke(
+        &mut region.api(SCHOOL).await.unwrap(),
+        overstap_cli::passport::make_revocation(&sam.wallet, &withdrawn, None, now()).unwrap(),
+    )
+    .await
+    .unwrap();
+    eventually("the deletion receipt is back at the school", || async {
+        handover(&region, &withdrawn)
+            .await
+            .is_some_and(|h| h.grant_state == "erased")
+    })
+    .await;
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", region.hub_db().display()))
+        .await
+        .unwrap();
+    let reasons: Vec<String> =
+        sqlx::query_scalar("SELECT erasure_reason FROM envelopes WHERE kind = 3")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(reasons, ["revoked"]);
+    pool.close().await;
+    // The mbo is away: a seventh package waits in its mailbox.
+    region.stop_node(MBO).await.unwrap();
+    hand_over(&region, MBO).await;
+    eventually("the hub holds the waiting package", || async {
+        hub_count(&region, "mailbox").await >= 1
+    })
+    .await;
+
+    let stats = overstap_cli::stats::fetch(&region.node_dir("RMC01"), 0)
+        .await
+        .unwrap();
+    assert_eq!(stats.threshold, 5);
+    let pair = |to: &str| {
+        stats
+            .pairs
+            .iter()
+            .find(|p| p.from_org == SCHOOL && p.to_org == to)
+            .unwrap_or_else(|| panic!("no pair {SCHOOL} → {to}: {:?}", stats.pairs))
+    };
+    assert_eq!(pair(MBO).packages.unwrap().value, 7, "{stats:?}");
+    assert_eq!(pair(MBO).from_kind, "school");
+    assert_eq!(pair(MBO).to_kind, "mbo");
+    assert!(pair(OTHER_MBO).packages.unwrap().suppressed);
+    assert!(stats.erasures.unwrap().suppressed && stats.revocations.unwrap().suppressed);
+    let waiting = stats.waiting.iter().find(|w| w.org_id == MBO).unwrap();
+    assert!(waiting.under_1_day.unwrap().suppressed && !waiting.at_risk);
+    let week = stats
+        .volume
+        .iter()
+        .find(|v| v.granularity == "week" && v.from_kind == "school" && v.to_kind == "mbo")
+        .unwrap();
+    assert_eq!(week.packages.unwrap().value, 10);
+    // Every format shows the small counts as "<5".
+    let json = overstap_cli::stats::render(
+        &stats,
+        overstap_cli::stats::By::Pair,
+        overstap_cli::stats::ReportFormat::Json,
+    )
+    .unwrap();
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let other = json["pairs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["to_org"] == OTHER_MBO)
+        .unwrap();
+    assert_eq!(other["packages"], "<5");
+    let csv = overstap_cli::stats::render(
+        &stats,
+        overstap_cli::stats::By::Pair,
+        overstap_cli::stats::ReportFormat::Csv,
+    )
+    .unwrap();
+    assert!(
+        csv.lines().any(|l| l.starts_with(&format!("{SCHOOL},"))
+            && l.contains(&format!(",{OTHER_MBO},"))
+            && l.ends_with(",<5,<5")),
+        "{csv}"
+    );
+
+    // A school is not a coordinator.
+    let school = creds(&region, SCHOOL);
+    let err = overstap_proto::pb::stats_client::StatsClient::new(school.link.channel().unwrap())
+        .get_stats(overstap_proto::pb::StatsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    assert!(
+        err.message()
+            .contains("only coordinators see the region's statistics"),
+        "{}",
+        err.message()
+    );
+    region.shutdown().await.unwrap();
+}

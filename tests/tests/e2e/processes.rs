@@ -70,8 +70,9 @@ impl Region {
             .arg(listen)
             .arg("--addr-file")
             .arg(&addr_file)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "info")
             .stdout(Stdio::null())
+            .stderr(self.log_file("HUB"))
             .kill_on_drop(true)
             .spawn()
             .expect("the hub starts");
@@ -96,8 +97,9 @@ impl Region {
             .arg(self.dir.join(org).join("node.toml"))
             .env("OVERSTAP_HUB_URL", format!("https://{}", self.hub_addr))
             .env("OVERSTAP_DIRECTORY_INTERVAL_SECS", "1")
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "info,overstap_node=debug")
             .stdout(Stdio::null())
+            .stderr(self.log_file(org))
             .kill_on_drop(true)
             .spawn()
             .expect("the node starts");
@@ -137,6 +139,15 @@ impl Region {
         }
     }
 
+    /// Each process's log, appended to across restarts, for [`Region::report`].
+    fn log_file(&self, part: &str) -> std::fs::File {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("{part}.log")))
+            .expect("a log file")
+    }
+
     async fn wait_inbox(&self, org: &str, at_least: u64, within: Duration) {
         let deadline = Instant::now() + within;
         loop {
@@ -144,12 +155,51 @@ impl Region {
             if n >= at_least {
                 return;
             }
-            assert!(
-                Instant::now() < deadline,
-                "{org} holds {n} of {at_least} after {within:?}"
-            );
+            if Instant::now() >= deadline {
+                panic!(
+                    "{org} holds {n} of {at_least} after {within:?}\n{}",
+                    self.report().await
+                );
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// What each part holds and the end of each log: what a person needs when a wait fails.
+    async fn report(&self) -> String {
+        let mut out = String::new();
+        for (path, query) in [
+            (
+                "HUB/hub.db",
+                "SELECT 'hub: envelopes ' || (SELECT COUNT(*) FROM envelopes) || ', in mailboxes ' || (SELECT COUNT(*) FROM mailbox)",
+            ),
+            (
+                &format!("{SCHOOL}/node.db") as &str,
+                "SELECT 'school outbox by state: ' || COALESCE((SELECT GROUP_CONCAT(state || '=' || n) FROM (SELECT state, COUNT(*) AS n FROM outbox GROUP BY state)), '')",
+            ),
+            (
+                &format!("{MBO}/node.db") as &str,
+                "SELECT 'mbo: received ' || (SELECT COUNT(*) FROM received) || ', held ' || (SELECT COUNT(*) FROM held) || ', processed ' || (SELECT COUNT(*) FROM processed)",
+            ),
+        ] {
+            let pool = self.db(path).await;
+            match sqlx::query(query).fetch_one(&pool).await {
+                Ok(row) => out.push_str(&format!("{}\n", row.get::<String, _>(0))),
+                Err(e) => out.push_str(&format!("{path}: {e}\n")),
+            }
+            pool.close().await;
+        }
+        for part in ["HUB", SCHOOL, MBO] {
+            let log =
+                std::fs::read_to_string(self.dir.join(format!("{part}.log"))).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            out.push_str(&format!("--- last lines of the {part} log ---\n"));
+            for l in &lines[lines.len().saturating_sub(25)..] {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        out
     }
 
     async fn db(&self, path: &str) -> sqlx::SqlitePool {

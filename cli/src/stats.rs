@@ -1,0 +1,338 @@
+//! `overstap stats`: the region's exchange in aggregate, for a coordinator. It asks the hub's
+//! `Stats` service with the coordinator node's TLS identity and prints a table for people, or CSV
+//! or JSON for programs. Counts below the hub's threshold arrive suppressed and read "<5" in
+//! every format.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use clap::ValueEnum;
+use overstap_proto::UnixTime;
+use overstap_proto::pb::stats_client::StatsClient;
+use overstap_proto::pb::{Count, StatsRequest, StatsResponse};
+use serde_json::{Value, json};
+
+use crate::client::{explain, hub_link_of};
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum ReportFormat {
+    Table,
+    Csv,
+    Json,
+}
+
+/// Which view of the exchange: organisation pairs, member kinds over time, or who has
+/// envelopes waiting.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum By {
+    Pair,
+    Kind,
+    Waiting,
+}
+
+/// `--since`: a date (`2026-09-01`) or a number of days back (`30d`).
+pub fn parse_since(s: &str, now: UnixTime) -> anyhow::Result<UnixTime> {
+    match s.strip_suffix('d').map(str::parse::<i64>) {
+        Some(Ok(days)) if days > 0 => Ok(now - days * 86_400),
+        Some(_) => anyhow::bail!("{s:?} is not a number of days such as 30d"),
+        None => crate::passport::parse_date(s),
+    }
+}
+
+/// Asks the hub, as the coordinator whose node lives in `node_dir`.
+pub async fn fetch(node_dir: &Path, since: UnixTime) -> anyhow::Result<StatsResponse> {
+    let link = hub_link_of(node_dir)?;
+    let mut client = StatsClient::new(link.channel()?);
+    Ok(client
+        .get_stats(StatsRequest { since, until: 0 })
+        .await
+        .map_err(explain)?
+        .into_inner())
+}
+
+/// A count as every output shows it: the number, or "<5" below the threshold.
+pub fn shown(c: &Option<Count>, threshold: u32) -> String {
+    match c {
+        Some(c) if !c.suppressed => c.value.to_string(),
+        _ => format!("<{threshold}"),
+    }
+}
+
+fn json_count(c: &Option<Count>, threshold: u32) -> Value {
+    match c {
+        Some(c) if !c.suppressed => json!(c.value),
+        _ => json!(format!("<{threshold}")),
+    }
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+fn duration(secs: i64) -> String {
+    match secs {
+        s if s < 120 => format!("{s} s"),
+        s if s < 7_200 => format!("{} min", s / 60),
+        s if s < 172_800 => format!("{} h", s / 3_600),
+        s => format!("{} days", s / 86_400),
+    }
+}
+
+/// Renders the answer in the chosen view and format.
+pub fn render(s: &StatsResponse, by: By, format: ReportFormat) -> anyhow::Result<String> {
+    let t = s.threshold;
+    let c = |x: &Option<Count>| shown(x, t);
+    let mut out = String::new();
+    match format {
+        ReportFormat::Json => {
+            let latency = s.ack_latency.unwrap_or_default();
+            let acked_suppressed = latency.acked.as_ref().is_none_or(|a| a.suppressed);
+            let value = json!({
+                "since": s.since,
+                "until": s.until,
+                "threshold": t,
+                "pairs": s.pairs.iter().map(|p| json!({
+                    "from_org": p.from_org, "from_name": p.from_name, "from_kind": p.from_kind,
+                    "to_org": p.to_org, "to_name": p.to_name, "to_kind": p.to_kind,
+                    "packages": json_count(&p.packages, t), "envelopes": json_count(&p.envelopes, t),
+                })).collect::<Vec<_>>(),
+                "volume": s.volume.iter().map(|v| json!({
+                    "granularity": v.granularity, "period": v.period,
+                    "from_kind": v.from_kind, "to_kind": v.to_kind,
+                    "packages": json_count(&v.packages, t), "envelopes": json_count(&v.envelopes, t),
+                })).collect::<Vec<_>>(),
+                "kinds": s.kinds.iter().map(|k| json!({
+                    "kind": k.kind, "envelopes": json_count(&k.envelopes, t),
+                })).collect::<Vec<_>>(),
+                "ack_latency": {
+                    "acked": json_count(&latency.acked, t),
+                    "median_secs": (!acked_suppressed).then_some(latency.median_secs),
+                    "p90_secs": (!acked_suppressed).then_some(latency.p90_secs),
+                },
+                "waiting": s.waiting.iter().map(|w| json!({
+                    "org_id": w.org_id, "name": w.name, "kind": w.kind,
+                    "under_1_day": json_count(&w.under_1_day, t),
+                    "from_1_to_7_days": json_count(&w.from_1_to_7_days, t),
+                    "over_7_days": json_count(&w.over_7_days, t),
+                    "at_risk": w.at_risk,
+                })).collect::<Vec<_>>(),
+                "erasures": json_count(&s.erasures, t),
+                "expiries": json_count(&s.expiries, t),
+                "revocations": json_count(&s.revocations, t),
+            });
+            out = serde_json::to_string_pretty(&value)?;
+            out.push('\n');
+        }
+        ReportFormat::Csv => match by {
+            By::Pair => {
+                out.push_str(
+                    "from_org,from_name,from_kind,to_org,to_name,to_kind,packages,envelopes\n",
+                );
+                for p in &s.pairs {
+                    let fields = [
+                        &p.from_org,
+                        &p.from_name,
+                        &p.from_kind,
+                        &p.to_org,
+                        &p.to_name,
+                        &p.to_kind,
+                        &c(&p.packages),
+                        &c(&p.envelopes),
+                    ];
+                    let row: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
+                    writeln!(out, "{}", row.join(","))?;
+                }
+            }
+            By::Kind => {
+                out.push_str("granularity,period,from_kind,to_kind,packages,envelopes\n");
+                for v in &s.volume {
+                    writeln!(
+                        out,
+                        "{},{},{},{},{},{}",
+                        v.granularity,
+                        v.period,
+                        v.from_kind,
+                        v.to_kind,
+                        c(&v.packages),
+                        c(&v.envelopes)
+                    )?;
+                }
+            }
+            By::Waiting => {
+                out.push_str("org_id,name,kind,under_1_day,from_1_to_7_days,over_7_days,at_risk\n");
+                for w in &s.waiting {
+                    writeln!(
+                        out,
+                        "{},{},{},{},{},{},{}",
+                        csv_field(&w.org_id),
+                        csv_field(&w.name),
+                        w.kind,
+                        c(&w.under_1_day),
+                        c(&w.from_1_to_7_days),
+                        c(&w.over_7_days),
+                        w.at_risk
+                    )?;
+                }
+            }
+        },
+        ReportFormat::Table => {
+            writeln!(
+                out,
+                "The region's exchange from {} to {} (counts under {t} read \"<{t}\").",
+                overstap_proto::format_date(s.since),
+                overstap_proto::format_date(s.until)
+            )?;
+            match by {
+                By::Pair => {
+                    writeln!(
+                        out,
+                        "\nFrom → to                                     packages  envelopes"
+                    )?;
+                    for p in &s.pairs {
+                        let from = format!("{} {}", p.from_org, p.from_name);
+                        let to = format!("{} {}", p.to_org, p.to_name);
+                        writeln!(
+                            out,
+                            "{:<20} → {:<22} {:>8} {:>10}",
+                            from,
+                            to,
+                            c(&p.packages),
+                            c(&p.envelopes)
+                        )?;
+                    }
+                }
+                By::Kind => {
+                    writeln!(
+                        out,
+                        "\nWeek      From → to                  packages  envelopes"
+                    )?;
+                    for v in s.volume.iter().filter(|v| v.granularity == "week") {
+                        writeln!(
+                            out,
+                            "{:<9} {:<26} {:>8} {:>10}",
+                            v.period,
+                            format!("{} → {}", v.from_kind, v.to_kind),
+                            c(&v.packages),
+                            c(&v.envelopes)
+                        )?;
+                    }
+                    writeln!(out, "\nBy envelope kind:")?;
+                    for k in &s.kinds {
+                        writeln!(out, "  {:<18} {:>8}", k.kind, c(&k.envelopes))?;
+                    }
+                }
+                By::Waiting => {}
+            }
+            writeln!(
+                out,
+                "\nWaiting to be picked up (under a day / 1-7 days / over 7 days):"
+            )?;
+            if s.waiting.is_empty() {
+                writeln!(out, "  nothing is waiting")?;
+            }
+            for w in &s.waiting {
+                writeln!(
+                    out,
+                    "  {:<8} {:<24} {:>4} / {:>4} / {:>4}{}",
+                    w.org_id,
+                    w.name,
+                    c(&w.under_1_day),
+                    c(&w.from_1_to_7_days),
+                    c(&w.over_7_days),
+                    if w.at_risk {
+                        "  AT RISK: waiting over a week"
+                    } else {
+                        ""
+                    }
+                )?;
+            }
+            let latency = s.ack_latency.unwrap_or_default();
+            match &latency.acked {
+                Some(a) if !a.suppressed => writeln!(
+                    out,
+                    "\nPackages picked up: {}; from send to pick-up, median {}, 90% within {}.",
+                    a.value,
+                    duration(latency.median_secs),
+                    duration(latency.p90_secs)
+                )?,
+                _ => writeln!(out, "\nPackages picked up: <{t}; too few to show how fast.")?,
+            }
+            writeln!(
+                out,
+                "Erasures: {} (of which expiries: {}); consents withdrawn: {}.",
+                c(&s.erasures),
+                c(&s.expiries),
+                c(&s.revocations)
+            )?;
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use overstap_proto::pb::{PairRow, WaitingRow};
+
+    fn count(v: u64) -> Option<Count> {
+        Some(Count {
+            value: v,
+            suppressed: false,
+        })
+    }
+
+    fn hidden() -> Option<Count> {
+        Some(Count {
+            value: 0,
+            suppressed: true,
+        })
+    }
+
+    #[test]
+    fn suppressed_counts_read_below_threshold_in_every_format() {
+        let s = StatsResponse {
+            threshold: 5,
+            pairs: vec![PairRow {
+                from_org: "25LP".into(),
+                from_name: "Vmbo, \"De Brug\"".into(),
+                to_org: "30RT".into(),
+                packages: hidden(),
+                envelopes: count(12),
+                ..Default::default()
+            }],
+            waiting: vec![WaitingRow {
+                org_id: "30RT".into(),
+                over_7_days: hidden(),
+                at_risk: true,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let csv = render(&s, By::Pair, ReportFormat::Csv).unwrap();
+        assert_eq!(
+            csv.lines().nth(1).unwrap(),
+            "25LP,\"Vmbo, \"\"De Brug\"\"\",,30RT,,,<5,12"
+        );
+        let json: Value =
+            serde_json::from_str(&render(&s, By::Pair, ReportFormat::Json).unwrap()).unwrap();
+        assert_eq!(json["pairs"][0]["packages"], "<5");
+        assert_eq!(json["pairs"][0]["envelopes"], 12);
+        assert_eq!(json["waiting"][0]["over_7_days"], "<5");
+        assert_eq!(json["ack_latency"]["median_secs"], Value::Null);
+        let table = render(&s, By::Pair, ReportFormat::Table).unwrap();
+        assert!(table.contains("AT RISK"), "{table}");
+        assert!(table.contains("<5"), "{table}");
+    }
+
+    #[test]
+    fn since_takes_a_date_or_days_back() {
+        assert_eq!(parse_since("30d", 100 * 86_400).unwrap(), 70 * 86_400);
+        assert_eq!(parse_since("1970-01-02", 0).unwrap(), 86_400);
+        assert!(parse_since("soon", 0).is_err());
+        assert!(parse_since("-3d", 0).is_err());
+    }
+}

@@ -1,0 +1,345 @@
+//! The `Stats` gRPC service: the region's exchange in aggregate, for coordinators only. It
+//! counts envelope metadata the hub holds anyway (org ids, kinds, times, whether picked up);
+//! there is no student in it. Every count below the threshold is suppressed before it leaves
+//! [`aggregate`], so no output can show it.
+
+use std::collections::BTreeMap;
+
+use overstap_proto::directory::{VerifiedDirectory, kind_name};
+use overstap_proto::envelope::kind_name as envelope_kind;
+use overstap_proto::pb::stats_server::Stats;
+use overstap_proto::pb::{
+    AckLatency, Count, EnvelopeKind, EnvelopeKindRow, MemberKind, PairRow, StatsRequest,
+    StatsResponse, VolumeRow, WaitingRow,
+};
+use tonic::{Request, Response, Status};
+
+use crate::service::{HubError, HubService};
+use crate::store::{EnvelopeMeta, HubStore};
+
+/// Counts below this are shown as "<5" unless the settings say otherwise.
+pub const DEFAULT_THRESHOLD: u32 = 5;
+
+const DAY: i64 = 86_400;
+
+/// What one statistics answer is made from.
+#[derive(Debug)]
+pub struct Input<'a> {
+    /// Envelopes accepted in `since..until`.
+    pub accepted: &'a [EnvelopeMeta],
+    /// Envelopes not picked up yet, however old.
+    pub unacked: &'a [EnvelopeMeta],
+    pub directory: Option<&'a VerifiedDirectory>,
+    pub since: i64,
+    pub until: i64,
+    pub now: i64,
+    pub threshold: u32,
+}
+
+/// Aggregates, with every count below the threshold suppressed.
+pub fn aggregate(input: &Input<'_>) -> StatsResponse {
+    let count = |v: u64| {
+        if v < u64::from(input.threshold) {
+            Count {
+                value: 0,
+                suppressed: true,
+            }
+        } else {
+            Count {
+                value: v,
+                suppressed: false,
+            }
+        }
+    };
+    let member = |org: &str| -> (String, String) {
+        match input.directory.and_then(|d| d.member(org).ok()) {
+            Some(m) => (m.display_name.clone(), kind_name(m.kind()).to_string()),
+            None => (String::new(), "unknown".into()),
+        }
+    };
+    let is_package = |e: &EnvelopeMeta| e.kind == EnvelopeKind::Package as i32;
+
+    let mut volume: BTreeMap<(&str, String, String, String), (u64, u64)> = BTreeMap::new();
+    let mut pairs: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
+    let mut kinds: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut waits = Vec::new();
+    let (mut erasures, mut expiries, mut revocations) = (0, 0, 0);
+    for e in input.accepted {
+        let package = u64::from(is_package(e));
+        let (from_kind, to_kind) = (member(&e.from_org).1, member(&e.to_org).1);
+        for (granularity, period) in periods(e.received_at) {
+            let v = volume
+                .entry((granularity, period, from_kind.clone(), to_kind.clone()))
+                .or_default();
+            v.0 += 1;
+            v.1 += package;
+        }
+        let p = pairs
+            .entry((e.from_org.clone(), e.to_org.clone()))
+            .or_default();
+        p.0 += 1;
+        p.1 += package;
+        *kinds.entry(envelope_kind(e.kind)).or_default() += 1;
+        match EnvelopeKind::try_from(e.kind) {
+            Ok(EnvelopeKind::DeletionReceipt) => {
+                erasures += 1;
+                expiries += u64::from(e.erasure_reason == "expired");
+            }
+            Ok(EnvelopeKind::Revocation) => revocations += 1,
+            _ => {}
+        }
+        if package == 1
+            && let Some(acked) = e.acked_at
+        {
+            waits.push((acked - e.received_at).max(0));
+        }
+    }
+    waits.sort_unstable();
+    let rank = |q: f64| {
+        let n = waits.len();
+        waits[((q * n as f64).ceil() as usize).clamp(1, n) - 1]
+    };
+    let acked = count(waits.len() as u64);
+    let ack_latency = AckLatency {
+        median_secs: if acked.suppressed { 0 } else { rank(0.5) },
+        p90_secs: if acked.suppressed { 0 } else { rank(0.9) },
+        acked: Some(acked),
+    };
+
+    let mut waiting: BTreeMap<&str, [u64; 3]> = BTreeMap::new();
+    for e in input.unacked {
+        let age = input.now - e.received_at;
+        let bucket = if age < DAY {
+            0
+        } else if age <= 7 * DAY {
+            1
+        } else {
+            2
+        };
+        waiting.entry(&e.to_org).or_default()[bucket] += 1;
+    }
+
+    StatsResponse {
+        since: input.since,
+        until: input.until,
+        threshold: input.threshold,
+        volume: volume
+            .into_iter()
+            .map(
+                |((granularity, period, from_kind, to_kind), (e, p))| VolumeRow {
+                    granularity: granularity.into(),
+                    period,
+                    from_kind,
+                    to_kind,
+                    envelopes: Some(count(e)),
+                    packages: Some(count(p)),
+                },
+            )
+            .collect(),
+        pairs: pairs
+            .into_iter()
+            .map(|((from, to), (e, p))| {
+                let (from_name, from_kind) = member(&from);
+                let (to_name, to_kind) = member(&to);
+                PairRow {
+                    from_org: from,
+                    from_name,
+                    from_kind,
+                    to_org: to,
+                    to_name,
+                    to_kind,
+                    envelopes: Some(count(e)),
+                    packages: Some(count(p)),
+                }
+            })
+            .collect(),
+        kinds: kinds
+            .into_iter()
+            .map(|(kind, n)| EnvelopeKindRow {
+                kind: kind.into(),
+                envelopes: Some(count(n)),
+            })
+            .collect(),
+        ack_latency: Some(ack_latency),
+        waiting: waiting
+            .into_iter()
+            .map(|(org, [day, week, older])| {
+                let (name, kind) = member(org);
+                WaitingRow {
+                    org_id: org.into(),
+                    name,
+                    kind,
+                    under_1_day: Some(count(day)),
+                    from_1_to_7_days: Some(count(week)),
+                    over_7_days: Some(count(older)),
+                    at_risk: older > 0,
+                }
+            })
+            .collect(),
+        erasures: Some(count(erasures)),
+        expiries: Some(count(expiries)),
+        revocations: Some(count(revocations)),
+    }
+}
+
+/// The day ("2026-11-22"), ISO week ("2026-W47") and month ("2026-11") a time falls in, UTC.
+pub fn periods(t: i64) -> [(&'static str, String); 3] {
+    let dt =
+        time::OffsetDateTime::from_unix_timestamp(t).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let (iso_year, week, _) = dt.to_iso_week_date();
+    [
+        (
+            "day",
+            format!(
+                "{:04}-{:02}-{:02}",
+                dt.year(),
+                u8::from(dt.month()),
+                dt.day()
+            ),
+        ),
+        ("week", format!("{iso_year:04}-W{week:02}")),
+        (
+            "month",
+            format!("{:04}-{:02}", dt.year(), u8::from(dt.month())),
+        ),
+    ]
+}
+
+/// The gRPC service; it shares the hub's state.
+pub struct StatsService<S> {
+    hub: HubService<S>,
+    threshold: u32,
+}
+
+impl<S> StatsService<S> {
+    pub fn new(hub: HubService<S>, threshold: u32) -> Self {
+        StatsService { hub, threshold }
+    }
+}
+
+#[tonic::async_trait]
+impl<S: HubStore> Stats for StatsService<S> {
+    async fn get_stats(
+        &self,
+        request: Request<StatsRequest>,
+    ) -> Result<Response<StatsResponse>, Status> {
+        let caller = self.hub.caller(&request)?;
+        if caller.kind() != MemberKind::Coordinator {
+            return Err(Status::permission_denied(format!(
+                "{} is a {}; only coordinators see the region's statistics",
+                caller.org_id,
+                kind_name(caller.kind())
+            )));
+        }
+        let now = crate::service::now();
+        let r = request.into_inner();
+        // Up to and including this second.
+        let until = if r.until == 0 { now + 1 } else { r.until };
+        let since = if r.since == 0 {
+            until - 365 * DAY
+        } else {
+            r.since
+        };
+        if since >= until {
+            return Err(Status::invalid_argument(format!(
+                "since ({since}) must come before until ({until})"
+            )));
+        }
+        let store = &self.hub.state().store;
+        let accepted = store
+            .envelopes_between(since, until)
+            .await
+            .map_err(HubError::from)?;
+        let unacked = store.unacked().await.map_err(HubError::from)?;
+        let directory = self.hub.directory().ok();
+        tracing::info!(coordinator = %caller.org_id, since, until, "statistics read");
+        Ok(Response::new(aggregate(&Input {
+            accepted: &accepted,
+            unacked: &unacked,
+            directory: directory.as_deref(),
+            since,
+            until,
+            now,
+            threshold: self.threshold,
+        })))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(from: &str, to: &str, kind: EnvelopeKind, at: i64, acked: Option<i64>) -> EnvelopeMeta {
+        EnvelopeMeta {
+            from_org: from.into(),
+            to_org: to.into(),
+            kind: kind as i32,
+            received_at: at,
+            acked_at: acked,
+            erasure_reason: String::new(),
+        }
+    }
+
+    #[test]
+    fn counts_below_the_threshold_are_suppressed_everywhere() {
+        let t = 1_763_800_000; // 2025-11-22
+        let mut accepted: Vec<_> = (0..6)
+            .map(|i| {
+                meta(
+                    "25LP",
+                    "30RT",
+                    EnvelopeKind::Package,
+                    t + i,
+                    Some(t + i + 10 * i),
+                )
+            })
+            .collect();
+        accepted.push(meta("25LP", "27XK", EnvelopeKind::Package, t, None));
+        let mut erased = meta("30RT", "25LP", EnvelopeKind::DeletionReceipt, t, Some(t));
+        erased.erasure_reason = "expired".into();
+        accepted.push(erased);
+        let unacked = vec![meta(
+            "25LP",
+            "27XK",
+            EnvelopeKind::Package,
+            t - 8 * DAY,
+            None,
+        )];
+        let s = aggregate(&Input {
+            accepted: &accepted,
+            unacked: &unacked,
+            directory: None,
+            since: t - DAY,
+            until: t + DAY,
+            now: t,
+            threshold: 5,
+        });
+        let pair = |to: &str| s.pairs.iter().find(|p| p.to_org == to).unwrap();
+        assert_eq!(pair("30RT").packages.unwrap().value, 6);
+        assert!(pair("27XK").packages.unwrap().suppressed);
+        assert_eq!(pair("27XK").packages.unwrap().value, 0, "no value leaks");
+        let latency = s.ack_latency.unwrap();
+        // Waits of 0, 10, 20, 30, 40, 50 s: nearest-rank median 20, p90 50.
+        assert_eq!((latency.median_secs, latency.p90_secs), (20, 50));
+        assert!(s.expiries.unwrap().suppressed && s.erasures.unwrap().suppressed);
+        let w = &s.waiting[0];
+        assert!(w.at_risk && w.over_7_days.unwrap().suppressed);
+        let weeks: Vec<_> = s
+            .volume
+            .iter()
+            .filter(|v| v.granularity == "week")
+            .collect();
+        assert_eq!(weeks[0].period, "2025-W47");
+        assert_eq!(weeks[0].envelopes.unwrap().value, 8);
+    }
+
+    #[test]
+    fn periods_follow_iso_weeks_across_the_new_year() {
+        // 2027-01-01 is a Friday in ISO week 53 of 2026.
+        let t = 1_798_761_600;
+        let [day, week, month] = periods(t);
+        assert_eq!(day.1, "2027-01-01");
+        assert_eq!(week.1, "2026-W53");
+        assert_eq!(month.1, "2027-01");
+    }
+}
