@@ -144,6 +144,29 @@ impl Authority {
         )?)
     }
 
+    /// A dashboard session token for the coordinator `org_id`, valid for `hours`.
+    pub fn dashboard_token(&self, org_id: &str, hours: u32) -> anyhow::Result<String> {
+        let member = self
+            .directory()?
+            .member(org_id)
+            .map(|m| m.kind())
+            .with_context(|| format!("{org_id} is not in the directory"))?;
+        if member != MemberKind::Coordinator {
+            bail!(
+                "{org_id} is a {}; only coordinators get a dashboard session",
+                overstap_proto::directory::kind_name(member)
+            );
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs() as i64;
+        let mut nonce = [0u8; 16];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce);
+        Ok(overstap_proto::session::issue_token(
+            &self.key, org_id, now, hours, nonce,
+        )?)
+    }
+
     pub fn signed_directory(&self) -> anyhow::Result<Signed> {
         Ok(self.directory()?.signed)
     }

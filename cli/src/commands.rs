@@ -240,6 +240,17 @@ pub enum AuthorityCmd {
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
+    /// Issue a coordinator a session for the hub's web dashboard (prints the token).
+    DashboardToken {
+        #[arg(long)]
+        dir: PathBuf,
+        /// The coordinator's org id.
+        #[arg(long)]
+        org: String,
+        /// How long the session lasts (1 to 168 hours).
+        #[arg(long, default_value_t = 12)]
+        hours: u32,
+    },
 }
 
 #[derive(Subcommand)]
@@ -1056,6 +1067,14 @@ async fn authority(cmd: AuthorityCmd) -> anyhow::Result<()> {
                 member_dir.display(),
                 a.directory()?.version()
             );
+            Ok(())
+        }
+        AuthorityCmd::DashboardToken { dir, org, hours } => {
+            let token = Authority::open(&dir)?.dashboard_token(&org, hours)?;
+            eprintln!(
+                "A dashboard session for {org}, valid for {hours} hours. Open the hub's dashboard address with #token= and this token after it, or paste it on the sign-in page; keep it as secret as a password."
+            );
+            println!("{token}");
             Ok(())
         }
         AuthorityCmd::Show { dir, format } => {

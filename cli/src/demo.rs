@@ -25,6 +25,9 @@ pub const GEMEENTE: &str = "GM0193";
 pub const OTHER_MBO: &str = "27XK";
 
 /// The demo region's members.
+/// The regional coordinator `overstap demo --serve` admits, to open the dashboard with.
+pub const COORDINATOR: &str = "RMC01";
+
 pub fn demo_orgs() -> Vec<Org> {
     vec![
         Org::new(SCHOOL, MemberKind::School, "Vmbo De Brug"),
@@ -235,7 +238,7 @@ pub async fn run(dir: &Path, out: &mut dyn Write, serve: bool) -> anyhow::Result
         "The regional authority sets up the region: a key, a TLS CA, and a signed directory.",
     );
     let orgs = demo_orgs();
-    let region = Region::start(dir, &orgs).await?;
+    let mut region = Region::start(dir, &orgs).await?;
     let directory = region.authority.directory()?;
     story.say(&format!(
         "   Hub at {}; directory version {}:",
@@ -702,6 +705,18 @@ pub async fn run(dir: &Path, out: &mut dyn Write, serve: bool) -> anyhow::Result
             "   OVERSTAP_NODE_DIR={} overstap outbox",
             region.node_dir(SCHOOL).display()
         ));
+        region
+            .admit_and_start(Org::new(
+                COORDINATOR,
+                MemberKind::Coordinator,
+                "RMC Regio Zwolle",
+            ))
+            .await?;
+        let token = region.authority.dashboard_token(COORDINATOR, 12)?;
+        story.say(&format!(
+            "The coordinators' dashboard, signed in as {COORDINATOR} for 12 hours (your browser will warn that it does not know the region's own CA):"
+        ));
+        story.say(&format!("   {}#token={token}", region.dashboard_url()?));
         story.say("Prometheus metrics (plain HTTP, loopback only):");
         for part in ["hub", SCHOOL, MBO] {
             if let Ok(url) = region.metrics_url(part) {

@@ -164,6 +164,18 @@ impl Region {
         Ok(format!("http://{}/metrics", addr.trim()))
     }
 
+    /// Where the hub serves the coordinators' dashboard.
+    pub fn dashboard_url(&self) -> anyhow::Result<String> {
+        let file = self.dir.join("hub").join("dashboard.addr");
+        let addr = std::fs::read_to_string(&file).with_context(|| {
+            format!(
+                "the hub serves no dashboard ({} is missing)",
+                file.display()
+            )
+        })?;
+        Ok(format!("https://{}/", addr.trim()))
+    }
+
     pub fn node_dir(&self, org: &str) -> PathBuf {
         self.dir.join(org)
     }
@@ -176,6 +188,8 @@ impl Region {
         config.integrate_log = self.hub_log;
         config.metrics_listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
         config.metrics_addr_file = Some(self.dir.join("hub").join("metrics.addr"));
+        config.dashboard_listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+        config.dashboard_addr_file = Some(self.dir.join("hub").join("dashboard.addr"));
         Ok(config)
     }
 

@@ -10,7 +10,6 @@ use clap::ValueEnum;
 use overstap_proto::UnixTime;
 use overstap_proto::pb::stats_client::StatsClient;
 use overstap_proto::pb::{Count, StatsRequest, StatsResponse};
-use serde_json::{Value, json};
 
 use crate::client::{explain, hub_link_of};
 
@@ -58,13 +57,6 @@ pub fn shown(c: &Option<Count>, threshold: u32) -> String {
     }
 }
 
-fn json_count(c: &Option<Count>, threshold: u32) -> Value {
-    match c {
-        Some(c) if !c.suppressed => json!(c.value),
-        _ => json!(format!("<{threshold}")),
-    }
-}
-
 fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n']) {
         format!("\"{}\"", s.replace('"', "\"\""))
@@ -89,42 +81,7 @@ pub fn render(s: &StatsResponse, by: By, format: ReportFormat) -> anyhow::Result
     let mut out = String::new();
     match format {
         ReportFormat::Json => {
-            let latency = s.ack_latency.unwrap_or_default();
-            let acked_suppressed = latency.acked.as_ref().is_none_or(|a| a.suppressed);
-            let value = json!({
-                "since": s.since,
-                "until": s.until,
-                "threshold": t,
-                "pairs": s.pairs.iter().map(|p| json!({
-                    "from_org": p.from_org, "from_name": p.from_name, "from_kind": p.from_kind,
-                    "to_org": p.to_org, "to_name": p.to_name, "to_kind": p.to_kind,
-                    "packages": json_count(&p.packages, t), "envelopes": json_count(&p.envelopes, t),
-                })).collect::<Vec<_>>(),
-                "volume": s.volume.iter().map(|v| json!({
-                    "granularity": v.granularity, "period": v.period,
-                    "from_kind": v.from_kind, "to_kind": v.to_kind,
-                    "packages": json_count(&v.packages, t), "envelopes": json_count(&v.envelopes, t),
-                })).collect::<Vec<_>>(),
-                "kinds": s.kinds.iter().map(|k| json!({
-                    "kind": k.kind, "envelopes": json_count(&k.envelopes, t),
-                })).collect::<Vec<_>>(),
-                "ack_latency": {
-                    "acked": json_count(&latency.acked, t),
-                    "median_secs": (!acked_suppressed).then_some(latency.median_secs),
-                    "p90_secs": (!acked_suppressed).then_some(latency.p90_secs),
-                },
-                "waiting": s.waiting.iter().map(|w| json!({
-                    "org_id": w.org_id, "name": w.name, "kind": w.kind,
-                    "under_1_day": json_count(&w.under_1_day, t),
-                    "from_1_to_7_days": json_count(&w.from_1_to_7_days, t),
-                    "over_7_days": json_count(&w.over_7_days, t),
-                    "at_risk": w.at_risk,
-                })).collect::<Vec<_>>(),
-                "erasures": json_count(&s.erasures, t),
-                "expiries": json_count(&s.expiries, t),
-                "revocations": json_count(&s.revocations, t),
-            });
-            out = serde_json::to_string_pretty(&value)?;
+            out = serde_json::to_string_pretty(&overstap_hub::stats::to_json(s))?;
             out.push('\n');
         }
         ReportFormat::Csv => match by {
@@ -317,12 +274,12 @@ mod tests {
             csv.lines().nth(1).unwrap(),
             "25LP,\"Vmbo, \"\"De Brug\"\"\",,30RT,,,<5,12"
         );
-        let json: Value =
+        let json: serde_json::Value =
             serde_json::from_str(&render(&s, By::Pair, ReportFormat::Json).unwrap()).unwrap();
         assert_eq!(json["pairs"][0]["packages"], "<5");
         assert_eq!(json["pairs"][0]["envelopes"], 12);
         assert_eq!(json["waiting"][0]["over_7_days"], "<5");
-        assert_eq!(json["ack_latency"]["median_secs"], Value::Null);
+        assert_eq!(json["ack_latency"]["median_secs"], serde_json::Value::Null);
         let table = render(&s, By::Pair, ReportFormat::Table).unwrap();
         assert!(table.contains("AT RISK"), "{table}");
         assert!(table.contains("<5"), "{table}");

@@ -8,12 +8,14 @@
 //! - [`service`]: the `Hub` gRPC service; decodes, checks, calls the store, maps errors.
 //! - [`stats`]: the `Stats` service: aggregates for coordinators, small counts suppressed.
 //! - [`store`]: the storage trait and its SQLite implementation.
+//! - [`dashboard`]: the coordinators' web dashboard (HTTPS, assets in the binary).
 //! - [`metrics`]: the Prometheus metrics, served on a plain-HTTP port of their own.
 //!
 //! [`serve`] takes a bound listener and a shutdown future, so tests and the demo run a hub
 //! in-process on `127.0.0.1:0`.
 #![forbid(unsafe_code)]
 
+pub mod dashboard;
 pub mod metrics;
 pub mod metrics_http;
 pub mod service;
@@ -98,6 +100,16 @@ pub async fn serve_wrapped<S: HubStore, H: Hub>(
     )
     .await
     .context("serving metrics")?;
+    let dashboard = dashboard::start(
+        config.dashboard_listen,
+        config.dashboard_addr_file.as_deref(),
+        tls::web_config(&config.tls)?,
+        stats::StatsService::new(service.clone(), config.stats_threshold),
+        config.authority,
+        stop_rx.clone(),
+    )
+    .await
+    .context("serving the dashboard")?;
     let sequencer = if config.integrate_log {
         tokio::spawn(sequence(service.clone(), stop_rx))
     } else {
@@ -130,8 +142,8 @@ pub async fn serve_wrapped<S: HubStore, H: Hub>(
         .await
         .context("hub server failed")?;
     let _ = sequencer.await;
-    if let Some(m) = metrics {
-        let _ = m.await;
+    for task in [metrics, dashboard].into_iter().flatten() {
+        let _ = task.await;
     }
     Ok(())
 }

@@ -47,6 +47,13 @@ pub struct Settings {
     /// A file to write the metrics address to once bound (useful with port 0).
     #[serde(default)]
     pub metrics_addr_file: Option<PathBuf>,
+    /// Where to serve the coordinators' web dashboard over HTTPS, with the hub's certificate
+    /// (off when unset).
+    #[serde(default)]
+    pub dashboard_listen: Option<SocketAddr>,
+    /// A file to write the dashboard address to once bound (useful with port 0).
+    #[serde(default)]
+    pub dashboard_addr_file: Option<PathBuf>,
     /// Counts below this are shown to coordinators as "<N>" (default 5).
     #[serde(default = "default_threshold")]
     pub stats_threshold: u32,
@@ -56,6 +63,8 @@ pub struct Settings {
 pub const FIELDS: &[(&str, FieldKind)] = &[
     ("authority_key", FieldKind::Text),
     ("ca_cert", FieldKind::Text),
+    ("dashboard_addr_file", FieldKind::Text),
+    ("dashboard_listen", FieldKind::Text),
     ("database_url", FieldKind::Text),
     ("directory_file", FieldKind::Text),
     ("hub_id", FieldKind::Text),
@@ -134,9 +143,13 @@ impl Settings {
                 *p = base.join(&*p);
             }
         }
-        for p in [&mut self.directory_file, &mut self.metrics_addr_file]
-            .into_iter()
-            .flatten()
+        for p in [
+            &mut self.directory_file,
+            &mut self.metrics_addr_file,
+            &mut self.dashboard_addr_file,
+        ]
+        .into_iter()
+        .flatten()
         {
             if p.is_relative() {
                 *p = base.join(&*p);
@@ -177,6 +190,8 @@ impl Settings {
             metrics_listen: self.metrics_listen,
             metrics_addr_file: self.metrics_addr_file.clone(),
             stats_threshold: self.stats_threshold,
+            dashboard_listen: self.dashboard_listen,
+            dashboard_addr_file: self.dashboard_addr_file.clone(),
         })
     }
 }
@@ -197,6 +212,8 @@ pub struct HubConfig {
     pub metrics_listen: Option<SocketAddr>,
     pub metrics_addr_file: Option<PathBuf>,
     pub stats_threshold: u32,
+    pub dashboard_listen: Option<SocketAddr>,
+    pub dashboard_addr_file: Option<PathBuf>,
 }
 
 #[cfg(test)]
@@ -209,6 +226,8 @@ mod tests {
         s.directory_file = Some("d".into());
         s.metrics_listen = Some(default_listen());
         s.metrics_addr_file = Some("m".into());
+        s.dashboard_listen = Some(default_listen());
+        s.dashboard_addr_file = Some("d".into());
         let table = toml::Table::try_from(&s).unwrap();
         let mut expected: Vec<(String, FieldKind)> =
             FIELDS.iter().map(|(k, t)| (k.to_string(), *t)).collect();

@@ -36,10 +36,12 @@ pub struct Input<'a> {
     pub threshold: u32,
 }
 
-/// Aggregates, with every count below the threshold suppressed.
+/// Aggregates, with every count from one up to the threshold suppressed.
 pub fn aggregate(input: &Input<'_>) -> StatsResponse {
+    // Zero is shown: it identifies nobody, and "nobody waits" is what a coordinator needs to
+    // read. One up to the threshold is hidden.
     let count = |v: u64| {
-        if v < u64::from(input.threshold) {
+        if v > 0 && v < u64::from(input.threshold) {
             Count {
                 value: 0,
                 suppressed: true,
@@ -217,6 +219,47 @@ impl<S> StatsService<S> {
     }
 }
 
+impl<S: HubStore> StatsService<S> {
+    /// The statistics for `since..until` (0 for a year back, 0 for now), as `who` asked for them.
+    pub async fn compute(
+        &self,
+        who: &str,
+        since: i64,
+        until: i64,
+    ) -> Result<StatsResponse, Status> {
+        let now = crate::service::now();
+        // Up to and including this second.
+        let until = if until == 0 { now + 1 } else { until };
+        let since = if since == 0 { until - 365 * DAY } else { since };
+        if since >= until {
+            return Err(Status::invalid_argument(format!(
+                "since ({since}) must come before until ({until})"
+            )));
+        }
+        let store = &self.hub.state().store;
+        let accepted = store
+            .envelopes_between(since, until)
+            .await
+            .map_err(HubError::from)?;
+        let unacked = store.unacked().await.map_err(HubError::from)?;
+        let directory = self.hub.directory().ok();
+        tracing::info!(coordinator = %who, since, until, "statistics read");
+        Ok(aggregate(&Input {
+            accepted: &accepted,
+            unacked: &unacked,
+            directory: directory.as_deref(),
+            since,
+            until,
+            now,
+            threshold: self.threshold,
+        }))
+    }
+
+    pub fn hub(&self) -> &HubService<S> {
+        &self.hub
+    }
+}
+
 #[tonic::async_trait]
 impl<S: HubStore> Stats for StatsService<S> {
     async fn get_stats(
@@ -231,38 +274,61 @@ impl<S: HubStore> Stats for StatsService<S> {
                 kind_name(caller.kind())
             )));
         }
-        let now = crate::service::now();
         let r = request.into_inner();
-        // Up to and including this second.
-        let until = if r.until == 0 { now + 1 } else { r.until };
-        let since = if r.since == 0 {
-            until - 365 * DAY
-        } else {
-            r.since
-        };
-        if since >= until {
-            return Err(Status::invalid_argument(format!(
-                "since ({since}) must come before until ({until})"
-            )));
-        }
-        let store = &self.hub.state().store;
-        let accepted = store
-            .envelopes_between(since, until)
-            .await
-            .map_err(HubError::from)?;
-        let unacked = store.unacked().await.map_err(HubError::from)?;
-        let directory = self.hub.directory().ok();
-        tracing::info!(coordinator = %caller.org_id, since, until, "statistics read");
-        Ok(Response::new(aggregate(&Input {
-            accepted: &accepted,
-            unacked: &unacked,
-            directory: directory.as_deref(),
-            since,
-            until,
-            now,
-            threshold: self.threshold,
-        })))
+        Ok(Response::new(
+            self.compute(&caller.org_id, r.since, r.until).await?,
+        ))
     }
+}
+
+/// A count for JSON: the number, or the text "<5" below the threshold.
+fn json_count(c: &Option<Count>, threshold: u32) -> serde_json::Value {
+    match c {
+        Some(c) if !c.suppressed => serde_json::json!(c.value),
+        _ => serde_json::json!(format!("<{threshold}")),
+    }
+}
+
+/// The statistics as JSON, every suppressed count as "<5": what `overstap stats --format json`
+/// prints and what the dashboard reads.
+pub fn to_json(s: &StatsResponse) -> serde_json::Value {
+    use serde_json::json;
+    let t = s.threshold;
+    let latency = s.ack_latency.unwrap_or_default();
+    let acked_suppressed = latency.acked.as_ref().is_none_or(|a| a.suppressed);
+    json!({
+        "since": s.since,
+        "until": s.until,
+        "threshold": t,
+        "pairs": s.pairs.iter().map(|p| json!({
+            "from_org": p.from_org, "from_name": p.from_name, "from_kind": p.from_kind,
+            "to_org": p.to_org, "to_name": p.to_name, "to_kind": p.to_kind,
+            "packages": json_count(&p.packages, t), "envelopes": json_count(&p.envelopes, t),
+        })).collect::<Vec<_>>(),
+        "volume": s.volume.iter().map(|v| json!({
+            "granularity": v.granularity, "period": v.period,
+            "from_kind": v.from_kind, "to_kind": v.to_kind,
+            "packages": json_count(&v.packages, t), "envelopes": json_count(&v.envelopes, t),
+        })).collect::<Vec<_>>(),
+        "kinds": s.kinds.iter().map(|k| json!({
+            "kind": k.kind, "envelopes": json_count(&k.envelopes, t),
+        })).collect::<Vec<_>>(),
+        "ack_latency": {
+            "acked": json_count(&latency.acked, t),
+            "median_secs": (!acked_suppressed).then_some(latency.median_secs),
+            "p90_secs": (!acked_suppressed).then_some(latency.p90_secs),
+        },
+        "waiting": s.waiting.iter().map(|w| json!({
+            "org_id": w.org_id, "name": w.name, "kind": w.kind,
+            "under_1_day": json_count(&w.under_1_day, t),
+            "from_1_to_7_days": json_count(&w.from_1_to_7_days, t),
+            "over_7_days": json_count(&w.over_7_days, t),
+            "at_risk": w.at_risk,
+        })).collect::<Vec<_>>(),
+        "erasures": json_count(&s.erasures, t),
+        "expiries": json_count(&s.expiries, t),
+        "revocations": json_count(&s.revocations, t),
+    })
 }
 
 #[cfg(test)]

@@ -54,6 +54,23 @@ pub fn server_config(tls: &ServerTls) -> anyhow::Result<rustls::ServerConfig> {
     Ok(config)
 }
 
+/// The dashboard's TLS: the hub's own certificate, TLS 1.3 only, HTTP/1.1, no client
+/// certificate (a coordinator signs in with a session token from the authority).
+pub fn web_config(tls: &ServerTls) -> anyhow::Result<rustls::ServerConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let certs = CertificateDer::pem_slice_iter(&tls.cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .context("reading the hub certificate")?;
+    let key = PrivateKeyDer::from_pem_slice(&tls.key_pem).context("reading the hub TLS key")?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("the hub certificate does not match its key")?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
 /// Accepts TCP connections and completes TLS handshakes, yielding only finished TLS streams.
 pub fn incoming(
     listener: TcpListener,

@@ -22,6 +22,7 @@ pub mod error;
 pub mod log;
 pub mod passport;
 pub mod questions;
+pub mod session;
 pub mod sign;
 
 pub use error::ProtocolError;

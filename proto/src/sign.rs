@@ -23,6 +23,7 @@ pub enum Domain {
     EnvelopeHeader,
     Payload,
     Receipt,
+    DashboardToken,
 }
 
 impl Domain {
@@ -38,6 +39,7 @@ impl Domain {
             Domain::EnvelopeHeader => b"overstap.v1/envelope-header",
             Domain::Payload => b"overstap.v1/payload",
             Domain::Receipt => b"overstap.v1/receipt",
+            Domain::DashboardToken => b"overstap.v1/dashboard-token",
         }
     }
 
@@ -53,6 +55,7 @@ impl Domain {
             Domain::EnvelopeHeader => "envelope header",
             Domain::Payload => "payload",
             Domain::Receipt => "receipt",
+            Domain::DashboardToken => "dashboard token",
         }
     }
 }

@@ -3,6 +3,7 @@
 //! One test binary with modules compiles faster than many.
 
 mod bad_input;
+mod dashboard;
 mod handover;
 mod lifecycle;
 mod log;

@@ -1,0 +1,249 @@
+//! The coordinators' web dashboard, served by the hub over HTTPS on a port of its own. Its
+//! page, script and style are compiled into the binary (no CDN: a region may run offline). The
+//! page itself holds no data; every number comes from `/api/stats`, which answers only to a
+//! session token the authority issued to a coordinator (`overstap authority dashboard-token`),
+//! carried in an HttpOnly cookie or an `Authorization: Bearer` header. Nothing is anonymous.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use ed25519_dalek::VerifyingKey;
+use overstap_proto::pb::DashboardToken;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::server::TlsStream;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::stats::StatsService;
+use crate::store::HubStore;
+
+const INDEX: &str = include_str!("dashboard/index.html");
+const SCRIPT: &str = include_str!("dashboard/app.js");
+const STYLE: &str = include_str!("dashboard/app.css");
+
+/// The cookie that carries a session token.
+pub const COOKIE: &str = "overstap_session";
+
+struct Web<S> {
+    stats: StatsService<S>,
+    authority: VerifyingKey,
+}
+
+/// A refusal: a status and a plain reason, answered as JSON.
+struct Refusal(StatusCode, String);
+
+fn refuse(status: StatusCode, reason: impl std::fmt::Display) -> Refusal {
+    Refusal(status, reason.to_string())
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        (
+            self.0,
+            [(header::CACHE_CONTROL, "no-store")],
+            axum::Json(serde_json::json!({ "error": self.1 })),
+        )
+            .into_response()
+    }
+}
+
+impl<S: HubStore> Web<S> {
+    /// The session a request carries (cookie or bearer header), checked now.
+    fn session(&self, headers: &HeaderMap) -> Result<DashboardToken, Refusal> {
+        let bearer = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        let cookie = headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .find_map(|c| c.trim().strip_prefix(&format!("{COOKIE}=")));
+        let Some(token) = bearer.or(cookie) else {
+            return Err(refuse(
+                StatusCode::UNAUTHORIZED,
+                "sign in with the dashboard token the region's authority gave you",
+            ));
+        };
+        self.check(token)
+    }
+
+    fn check(&self, token: &str) -> Result<DashboardToken, Refusal> {
+        let directory = self
+            .stats
+            .hub()
+            .directory()
+            .map_err(|e| refuse(StatusCode::SERVICE_UNAVAILABLE, e))?;
+        overstap_proto::session::verify_token(
+            token,
+            &self.authority,
+            &directory,
+            crate::service::now(),
+        )
+        .map_err(|e| refuse(StatusCode::UNAUTHORIZED, e))
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct Period {
+    #[serde(default)]
+    since: i64,
+}
+
+async fn stats<S: HubStore>(
+    State(web): State<Arc<Web<S>>>,
+    Query(period): Query<Period>,
+    headers: HeaderMap,
+) -> Response {
+    let session = match web.session(&headers) {
+        Ok(s) => s,
+        Err(r) => return r.into_response(),
+    };
+    match web.stats.compute(&session.org_id, period.since, 0).await {
+        Ok(s) => {
+            let mut body = crate::stats::to_json(&s);
+            body["signed_in_as"] = session.org_id.into();
+            ([(header::CACHE_CONTROL, "no-store")], axum::Json(body)).into_response()
+        }
+        Err(status) => refuse(StatusCode::BAD_REQUEST, status.message()).into_response(),
+    }
+}
+
+/// Exchanges a token for a session cookie that lasts as long as the token.
+async fn sign_in<S: HubStore>(State(web): State<Arc<Web<S>>>, body: String) -> Response {
+    let token = body.trim();
+    match web.check(token) {
+        Ok(t) => {
+            let max_age = (t.expires_at - crate::service::now()).max(0);
+            let cookie = format!(
+                "{COOKIE}={token}; Max-Age={max_age}; Path=/; Secure; HttpOnly; SameSite=Strict"
+            );
+            tracing::info!(coordinator = %t.org_id, "dashboard session started");
+            (StatusCode::NO_CONTENT, [(header::SET_COOKIE, cookie)]).into_response()
+        }
+        Err(r) => r.into_response(),
+    }
+}
+
+async fn sign_out() -> Response {
+    (
+        StatusCode::NO_CONTENT,
+        [(
+            header::SET_COOKIE,
+            format!("{COOKIE}=; Max-Age=0; Path=/; Secure; HttpOnly; SameSite=Strict"),
+        )],
+    )
+        .into_response()
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
+}
+
+/// Headers every answer carries: only our own scripts, never in a frame, no referrer.
+async fn harden(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let mut response = next.run(request).await;
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'self'; img-src 'self' data:; style-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+        ),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    response
+}
+
+fn router<S: HubStore>(web: Arc<Web<S>>) -> axum::Router {
+    axum::Router::new()
+        .route(
+            "/",
+            get(|| async { asset("text/html; charset=utf-8", INDEX) }),
+        )
+        .route(
+            "/app.js",
+            get(|| async { asset("text/javascript; charset=utf-8", SCRIPT) }),
+        )
+        .route(
+            "/app.css",
+            get(|| async { asset("text/css; charset=utf-8", STYLE) }),
+        )
+        .route("/api/stats", get(stats::<S>))
+        .route("/api/session", post(sign_in::<S>).delete(sign_out))
+        .layer(axum::middleware::from_fn(harden))
+        .with_state(web)
+}
+
+/// TLS connections for axum, with handshakes completed concurrently (see [`crate::tls`]).
+struct TlsListener {
+    incoming: ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>>,
+    addr: SocketAddr,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            match self.incoming.next().await {
+                Some(Ok(stream)) => {
+                    let peer = stream.get_ref().0.peer_addr().unwrap_or(self.addr);
+                    return (stream, peer);
+                }
+                Some(Err(_)) => continue,
+                None => std::future::pending::<()>().await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.addr)
+    }
+}
+
+/// When `addr` is set: binds it, writes the bound address to `addr_file` (if given), and serves
+/// the dashboard over HTTPS until `stop` turns true.
+pub async fn start<S: HubStore>(
+    addr: Option<SocketAddr>,
+    addr_file: Option<&std::path::Path>,
+    tls: rustls::ServerConfig,
+    stats: StatsService<S>,
+    authority: VerifyingKey,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<Option<tokio::task::JoinHandle<std::io::Result<()>>>> {
+    let Some(addr) = addr else {
+        return Ok(None);
+    };
+    let listener = TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    if let Some(path) = addr_file {
+        std::fs::write(path, format!("{bound}\n"))?;
+    }
+    tracing::info!(addr = %bound, "dashboard at https://{bound}/");
+    let listener = TlsListener {
+        incoming: crate::tls::incoming(listener, tls),
+        addr: bound,
+    };
+    let app = router(Arc::new(Web { stats, authority }));
+    Ok(Some(tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await
+    })))
+}

@@ -1,0 +1,227 @@
+//! The coordinators' dashboard in a real headless browser (Debian's `chromium`): a region routes
+//! a known mix of envelopes, and the page must show that mix, with small counts as "<5". Without
+//! a coordinator's session nothing is shown, and the data endpoint refuses. Screenshots of the
+//! page at laptop and phone width are saved under the target folder's `tmp/`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use overstap_tests::demo::{MBO, OTHER_MBO, SCHOOL, birth_month};
+use overstap_tests::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Debian's chromium (installed by `.ci/run`), or the browser `OVERSTAP_CHROMIUM` names.
+fn chromium() -> PathBuf {
+    if let Ok(p) = std::env::var("OVERSTAP_CHROMIUM") {
+        return p.into();
+    }
+    for name in ["chromium", "chromium-browser", "google-chrome"] {
+        for dir in std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()) {
+            if dir.join(name).is_file() {
+                return dir.join(name);
+            }
+        }
+    }
+    panic!(
+        "no headless browser: install Debian's chromium package (.ci/run does), or set OVERSTAP_CHROMIUM"
+    );
+}
+
+/// Opens `url` in a fresh headless browser profile, lets its scripts run, and returns the DOM.
+/// With `screenshot`, also saves a picture of the page at that window size.
+async fn browse(url: &str, screenshot: Option<(&PathBuf, &str)>) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let mut cmd = tokio::process::Command::new(chromium());
+    cmd.args([
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--ignore-certificate-errors",
+        "--no-first-run",
+        "--virtual-time-budget=15000",
+    ])
+    .arg(format!("--user-data-dir={}", profile.path().display()));
+    match screenshot {
+        Some((path, size)) => cmd
+            .arg(format!("--screenshot={}", path.display()))
+            .arg(format!("--window-size={size}")),
+        None => cmd.arg("--dump-dom"),
+    };
+    let out = tokio::time::timeout(std::time::Duration::from_secs(90), cmd.arg(url).output())
+        .await
+        .expect("the browser finished within 90 s")
+        .expect("the browser runs");
+    assert!(
+        out.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The text of the element marked `data-testid="id"` in a dumped DOM.
+fn shown(dom: &str, id: &str) -> String {
+    let at = dom
+        .find(&format!("data-testid=\"{id}\""))
+        .unwrap_or_else(|| panic!("no element {id} on the page"));
+    let rest = &dom[at..];
+    let start = rest.find('>').unwrap() + 1;
+    let end = rest[start..].find('<').unwrap();
+    rest[start..start + end]
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&")
+}
+
+/// One HTTPS request to the dashboard, trusting the region's CA: (status, body).
+async fn https(region: &overstap_cli::region::Region, request: &str) -> (u16, String) {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_file_iter(region.dir.join("authority/ca.pem"))
+        .unwrap()
+    {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let url = region.dashboard_url().unwrap();
+    let host = url.trim_start_matches("https://").trim_end_matches('/');
+    let tcp = tokio::net::TcpStream::connect(host).await.unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .expect("the dashboard's certificate is the hub's, from the region CA");
+    tls.write_all(request.replace('\n', "\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tls.read_to_end(&mut answer).await;
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let status = answer[9..12].parse().unwrap();
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|x| x.1)
+        .unwrap_or("")
+        .to_string();
+    (status, body)
+}
+
+fn get_stats(cookie: Option<&str>) -> String {
+    let cookie = cookie
+        .map(|c| format!("Cookie: overstap_session={c}\n"))
+        .unwrap_or_default();
+    format!("GET /api/stats HTTP/1.1\nHost: localhost\n{cookie}Connection: close\n\n")
+}
+
+#[tokio::test]
+async fn the_dashboard_shows_the_known_mix_in_a_real_browser() {
+    let (_tmp, mut region) = region().await;
+    region
+        .admit_and_start(overstap_cli::region::Org::new(
+            "RMC01",
+            overstap_proto::pb::MemberKind::Coordinator,
+            "RMC Zwolle",
+        ))
+        .await
+        .unwrap();
+    // The known mix: six packages to the mbo, two to the other mbo, and one more to the mbo
+    // while its node is away.
+    let mut ids = Vec::new();
+    for to in [MBO, MBO, MBO, MBO, MBO, MBO, OTHER_MBO, OTHER_MBO] {
+        let s = student(&region, &birth_month(17), None).await;
+        let id = grant(
+            &region,
+            &s.wallet,
+            &grant_request(to, &["wie-ben-ik"], "intake", 30),
+            None,
+        )
+        .await;
+        send(&region, &id).await;
+        ids.push((to, id));
+    }
+    for (to, id) in &ids {
+        eventually("the package is held", || async {
+            !held_sections(&region, to, id).await.is_empty()
+        })
+        .await;
+    }
+    region.stop_node(MBO).await.unwrap();
+    let s = student(&region, &birth_month(17), None).await;
+    let id = grant(
+        &region,
+        &s.wallet,
+        &grant_request(MBO, &["wie-ben-ik"], "intake", 30),
+        None,
+    )
+    .await;
+    send(&region, &id).await;
+    eventually("the hub holds the waiting package", || async {
+        hub_count(&region, "mailbox").await >= 1
+    })
+    .await;
+
+    let url = region.dashboard_url().unwrap();
+    let token = region.authority.dashboard_token("RMC01", 1).unwrap();
+    let dom = browse(&format!("{url}#token={token}"), None).await;
+    assert!(shown(&dom, "signed-in-as").contains("RMC01"), "{dom}");
+    assert_eq!(shown(&dom, "total-packages"), "9");
+    assert_eq!(shown(&dom, &format!("flow-{SCHOOL}-{MBO}")), "7");
+    assert_eq!(shown(&dom, &format!("flow-{SCHOOL}-{OTHER_MBO}")), "<5");
+    assert_eq!(shown(&dom, &format!("waiting-{MBO}-day")), "<5");
+    assert_eq!(shown(&dom, "at-risk"), "0");
+    assert_eq!(shown(&dom, "erasures"), "0");
+    assert_eq!(shown(&dom, &format!("waiting-{MBO}-older")), "0");
+    let week = overstap_hub::stats::periods(now())[1].1.clone();
+    assert_eq!(shown(&dom, &format!("week-{week}-school-mbo")), "9");
+
+    // Pictures of the page, at laptop and at phone width, for people to look at.
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    for (name, size) in [
+        ("dashboard.png", "1280,1500"),
+        ("dashboard-phone.png", "390,1800"),
+    ] {
+        let path = dir.join(name);
+        let _ = std::fs::remove_file(&path);
+        browse(&format!("{url}#token={token}"), Some((&path, size))).await;
+        let png = std::fs::read(&path).expect("a screenshot was saved");
+        assert!(
+            png.starts_with(b"\x89PNG") && png.len() > 10_000,
+            "{name} is a real picture"
+        );
+        println!("dashboard screenshot: {}", path.display());
+    }
+
+    // Without a session the page shows the sign-in form and no number.
+    let anonymous = browse(&url, None).await;
+    assert!(
+        anonymous.contains("data-testid=\"signin\"")
+            && !anonymous.contains("id=\"signin\" data-testid=\"signin\" hidden")
+    );
+    assert_eq!(shown(&anonymous, "total-packages"), "");
+    // And the data endpoint refuses: no cookie, a school's token, an expired token.
+    let (status, body) = https(&region, &get_stats(None)).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("sign in with the dashboard token"), "{body}");
+    let key = region.authority.key.clone();
+    let school = overstap_proto::session::issue_token(&key, SCHOOL, now(), 1, [1; 16]).unwrap();
+    let (status, body) = https(&region, &get_stats(Some(&school))).await;
+    assert_eq!(status, 401);
+    assert!(
+        body.contains("only coordinators see the dashboard"),
+        "{body}"
+    );
+    let expired =
+        overstap_proto::session::issue_token(&key, "RMC01", now() - 7_200, 1, [2; 16]).unwrap();
+    let (status, body) = https(&region, &get_stats(Some(&expired))).await;
+    assert_eq!(status, 401);
+    assert!(body.contains("the session ended"), "{body}");
+    let (status, body) = https(&region, &get_stats(Some(&token))).await;
+    assert_eq!(status, 200, "{body}");
+    region.shutdown().await.unwrap();
+}
