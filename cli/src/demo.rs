@@ -717,6 +717,10 @@ pub async fn run(dir: &Path, out: &mut dyn Write, serve: bool) -> anyhow::Result
             "The coordinators' dashboard, signed in as {COORDINATOR} for 12 hours (your browser will warn that it does not know the region's own CA):"
         ));
         story.say(&format!("   {}#token={token}", region.dashboard_url()?));
+        story.say(&format!(
+            "The same numbers on the command line:\n   OVERSTAP_NODE_DIR={} overstap stats --by kind",
+            region.node_dir(COORDINATOR).display()
+        ));
         story.say("Prometheus metrics (plain HTTP, loopback only):");
         for part in ["hub", SCHOOL, MBO] {
             if let Ok(url) = region.metrics_url(part) {

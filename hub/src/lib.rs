@@ -117,6 +117,12 @@ pub async fn serve_wrapped<S: HubStore, H: Hub>(
     };
     let stats = stats::StatsService::new(service.clone(), config.stats_threshold);
     let tls = tls::server_config(&config.tls)?;
+    // Reflection, so an operator's grpcurl can list and describe the hub's services.
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(overstap_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building the reflection service")?;
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<HubServer<H>>().await;
     let limit = config
@@ -132,6 +138,7 @@ pub async fn serve_wrapped<S: HubStore, H: Hub>(
     };
     tonic::transport::Server::builder()
         .add_service(health_service)
+        .add_service(reflection)
         .add_service(StatsServer::new(stats))
         .add_service(
             HubServer::new(wrap(service))

@@ -33,6 +33,10 @@ pub mod pb {
     tonic::include_proto!("overstap.v1");
 }
 
+/// The encoded `FileDescriptorSet` of `overstap.v1`, for gRPC reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/overstap_descriptor.bin"));
+
 /// Largest envelope body the protocol accepts by default (1 MiB), before sealing overhead.
 pub const DEFAULT_MAX_ENVELOPE_BYTES: usize = 1024 * 1024;
 

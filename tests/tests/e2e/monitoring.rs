@@ -288,3 +288,37 @@ async fn a_coordinator_sees_the_known_mix_and_small_counts_read_below_five() {
     );
     region.shutdown().await.unwrap();
 }
+
+/// An operator's grpcurl can list the hub's services: reflection answers over mTLS.
+#[tokio::test]
+async fn the_hub_answers_grpc_reflection_over_mtls() {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    let (_tmp, region) = region().await;
+    let school = creds(&region, SCHOOL);
+    let mut client = ServerReflectionClient::new(school.link.channel().unwrap());
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut answers = client
+        .server_reflection_info(tokio_stream::iter(vec![request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let answer = answers.message().await.unwrap().expect("an answer");
+    let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
+        panic!("not a list of services: {answer:?}");
+    };
+    let names: Vec<&str> = list.service.iter().map(|s| s.name.as_str()).collect();
+    for service in [
+        "overstap.v1.Hub",
+        "overstap.v1.Stats",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(names.contains(&service), "{service} missing from {names:?}");
+    }
+    region.shutdown().await.unwrap();
+}
