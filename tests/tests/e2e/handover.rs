@@ -36,11 +36,60 @@ async fn the_demo_story_passes_and_the_hub_holds_no_plaintext() {
         ]
         .map(String::from),
     );
-    for n in needles {
+    for n in &needles {
         assert!(
             !hub.windows(n.len()).any(|w| w == n.as_bytes()),
             "the hub's database contains {n:?}"
         );
+    }
+    // The log entries themselves, byte for byte as the hub hashes them into its tree and serves
+    // them: no pseudonym of any student of the demo, and no answer.
+    let school = sqlx::SqlitePool::connect(&format!(
+        "sqlite://{}?mode=ro",
+        tmp.path().join(SCHOOL).join("node.db").display()
+    ))
+    .await
+    .unwrap();
+    let pseudonyms: Vec<String> = sqlx::query_scalar("SELECT pseudonym FROM students")
+        .fetch_all(&school)
+        .await
+        .unwrap();
+    school.close().await;
+    assert!(pseudonyms.len() >= 2);
+    let hub_pool = sqlx::SqlitePool::connect(&format!(
+        "sqlite://{}?mode=ro",
+        tmp.path().join("hub/hub.db").display()
+    ))
+    .await
+    .unwrap();
+    let entries: Vec<Vec<u8>> = sqlx::query_as::<_, (String, i32, String, String, Vec<u8>, Vec<u8>, i64)>(
+        "SELECT event, envelope_kind, from_org, to_org, envelope_id, body_sha256, at FROM events ORDER BY log_index",
+    )
+    .fetch_all(&hub_pool)
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|(event, envelope_kind, from_org, to_org, envelope_id, body_sha256, at)| {
+        overstap_proto::log::entry_bytes(&overstap_proto::log::LogEntry {
+            event,
+            envelope_kind,
+            from_org,
+            to_org,
+            envelope_id,
+            body_sha256,
+            at,
+        })
+    })
+    .collect();
+    hub_pool.close().await;
+    assert!(entries.len() >= 10, "a full demo logs its envelopes");
+    for n in pseudonyms.iter().chain(&needles) {
+        for e in &entries {
+            assert!(
+                !e.windows(n.len()).any(|w| w == n.as_bytes()),
+                "a log entry contains {n:?}"
+            );
+        }
     }
     // And the same texts did arrive at the mbo: the check above can find them where they are.
     let mbo = demo::hub_bytes(&tmp.path().join(MBO).join("node.db"));
