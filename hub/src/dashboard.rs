@@ -110,7 +110,10 @@ async fn stats<S: HubStore>(
             body["signed_in_as"] = session.org_id.into();
             ([(header::CACHE_CONTROL, "no-store")], axum::Json(body)).into_response()
         }
-        Err(status) => refuse(StatusCode::BAD_REQUEST, status.message()).into_response(),
+        Err(status) if status.code() == tonic::Code::InvalidArgument => {
+            refuse(StatusCode::BAD_REQUEST, status.message()).into_response()
+        }
+        Err(status) => refuse(StatusCode::SERVICE_UNAVAILABLE, status.message()).into_response(),
     }
 }
 

@@ -216,8 +216,12 @@ pub fn verify_header(
     if header.kind() == EnvelopeKind::Unspecified {
         return Err(ProtocolError::Envelope("envelope kind is not set".into()));
     }
-    let receipt = header.kind() == EnvelopeKind::DeletionReceipt;
-    if receipt != ERASURE_REASONS.contains(&header.erasure_reason.as_str()) {
+    let reason_fits = if header.kind() == EnvelopeKind::DeletionReceipt {
+        ERASURE_REASONS.contains(&header.erasure_reason.as_str())
+    } else {
+        header.erasure_reason.is_empty()
+    };
+    if !reason_fits {
         return Err(ProtocolError::Envelope(format!(
             "erasure reason {:?} on a {} envelope: a deletion receipt states one of {}, any other envelope none",
             header.erasure_reason,
@@ -609,6 +613,7 @@ mod tests {
                 "seal_signed",
             ),
             (EnvelopeKind::Status, receipt("revoked"), "seal"),
+            (EnvelopeKind::Status, receipt("bored"), "seal"),
         ] {
             let o = out(kind, payload.clone());
             let env = if how == "seal" {
