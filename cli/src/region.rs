@@ -75,6 +75,7 @@ pub struct Region {
     pub orgs: Vec<Org>,
     clock: overstap_node::Clock,
     hub_log: bool,
+    hub_limits: Option<overstap_hub::limits::Limits>,
 }
 
 impl Region {
@@ -145,6 +146,7 @@ impl Region {
             orgs: orgs.to_vec(),
             clock,
             hub_log: true,
+            hub_limits: None,
         };
         region.hub_log = log;
         region.start_hub_on(listener).await?;
@@ -186,6 +188,9 @@ impl Region {
         let mut config = settings.resolve()?;
         config.directory = Some(self.authority.signed_directory()?);
         config.integrate_log = self.hub_log;
+        if let Some(limits) = self.hub_limits {
+            config.limits = limits;
+        }
         config.metrics_listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
         config.metrics_addr_file = Some(self.dir.join("hub").join("metrics.addr"));
         config.dashboard_listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
@@ -219,6 +224,15 @@ impl Region {
         let config = self.hub_config()?;
         self.hub = Some(Running::spawn(move |stop| run(config, listener, stop)));
         Ok(())
+    }
+
+    /// Restarts the hub with other limits under abuse (tests make them small).
+    pub async fn set_hub_limits(
+        &mut self,
+        limits: overstap_hub::limits::Limits,
+    ) -> anyhow::Result<()> {
+        self.hub_limits = Some(limits);
+        self.restart_hub().await
     }
 
     /// Stops the hub (gracefully) and starts it again on the same address.

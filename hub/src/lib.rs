@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 pub mod dashboard;
+pub mod limits;
 pub mod metrics;
 pub mod metrics_http;
 pub mod service;
@@ -78,6 +79,7 @@ pub async fn serve_wrapped<S: HubStore, H: Hub>(
         config.signing_key.clone(),
         config.authority,
         config.max_envelope_bytes,
+        config.limits,
         stop_rx.clone(),
     )
     .await?;
@@ -136,7 +138,18 @@ pub async fn serve_wrapped<S: HubStore, H: Hub>(
         // Ends the subscription streams so the server can drain.
         let _ = stop_tx.send(true);
     };
+    let limits = config.limits;
     tonic::transport::Server::builder()
+        .max_concurrent_streams(limits.streams_per_connection)
+        .timeout(std::time::Duration::from_secs(
+            limits.request_timeout_secs.max(1),
+        ))
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(
+            (limits.idle_timeout_secs / 2).max(1),
+        )))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(
+            (limits.idle_timeout_secs / 2).max(1),
+        )))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(StatsServer::new(stats))

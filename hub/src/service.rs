@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+use crate::limits::{Counter, Limits, RateLimiter};
 use crate::metrics::HubMetrics;
 use crate::store::{
     Accepted, Checkpoint as StoredCheckpoint, Event, HubStore, NewEnvelope, StoreError,
@@ -53,6 +54,13 @@ pub enum HubError {
     BadRecipient(String),
     #[error("{0}")]
     Invalid(String),
+    /// A limit under abuse; `retry_after` (seconds) when waiting helps.
+    #[error("{detail}")]
+    Exhausted {
+        reason: &'static str,
+        detail: String,
+        retry_after: Option<u64>,
+    },
 }
 
 impl From<HubError> for Status {
@@ -79,6 +87,15 @@ impl From<HubError> for Status {
             HubError::NoDirectory => Status::unavailable(e.to_string()),
             HubError::BadRecipient(_) => Status::failed_precondition(e.to_string()),
             HubError::Invalid(_) => Status::invalid_argument(e.to_string()),
+            HubError::Exhausted { retry_after, .. } => {
+                let mut status = Status::resource_exhausted(e.to_string());
+                if let Some(secs) = retry_after
+                    && let Ok(v) = secs.to_string().parse()
+                {
+                    status.metadata_mut().insert(crate::limits::RETRY_AFTER, v);
+                }
+                status
+            }
         }
     }
 }
@@ -104,6 +121,7 @@ impl HubError {
             HubError::NoDirectory => "no_directory",
             HubError::BadRecipient(_) => "bad_recipient",
             HubError::Invalid(_) => "invalid",
+            HubError::Exhausted { reason, .. } => reason,
         }
     }
 }
@@ -122,6 +140,11 @@ pub struct HubState<S> {
     log: tokio::sync::Mutex<MemoryTree>,
     shutdown: watch::Receiver<bool>,
     pub metrics: HubMetrics,
+    pub limits: Limits,
+    rate: RateLimiter,
+    /// Open subscriptions per member, and envelopes waiting per recipient.
+    subscriptions: Counter,
+    waiting: Counter,
 }
 
 /// The gRPC service; cheap to clone.
@@ -152,8 +175,13 @@ impl<S: HubStore> HubService<S> {
         key: SigningKey,
         authority: VerifyingKey,
         max_body: usize,
+        limits: Limits,
         shutdown: watch::Receiver<bool>,
     ) -> Result<Self, HubError> {
+        let waiting = Counter::default();
+        for (org, depth) in store.mailbox_depths().await? {
+            waiting.set(&org, depth);
+        }
         let hashes = store.log_hashes().await?;
         let size = store
             .latest_checkpoint()
@@ -181,6 +209,10 @@ impl<S: HubStore> HubService<S> {
                 log: tokio::sync::Mutex::new(log),
                 shutdown,
                 metrics: HubMetrics::default(),
+                limits,
+                rate: RateLimiter::default(),
+                subscriptions: Counter::default(),
+                waiting,
             }),
         })
     }
@@ -224,10 +256,24 @@ impl<S: HubStore> HubService<S> {
         let certs = req.peer_certs().ok_or(HubError::NoCertificate)?;
         let leaf = certs.first().ok_or(HubError::NoCertificate)?;
         let fingerprint = Sha256::digest(leaf.as_ref());
-        self.directory()?
+        let member = self
+            .directory()?
             .member_by_cert(&fingerprint)
             .cloned()
-            .ok_or(HubError::NotAMember)
+            .ok_or(HubError::NotAMember)?;
+        // Every member has its own budget of calls, so one cannot starve the others.
+        let per_second = self.state.limits.requests_per_second;
+        if let Err(wait) = self.state.rate.take(&member.org_id, per_second) {
+            return Err(HubError::Exhausted {
+                reason: "rate_limited",
+                detail: format!(
+                    "{} made more than {per_second} calls per second; slow down and try again",
+                    member.org_id
+                ),
+                retry_after: Some(wait.ceil().max(1.0) as u64),
+            });
+        }
+        Ok(member)
     }
 
     /// The id checkpoints are signed under: the hub's id in the directory, since that is what
@@ -401,7 +447,27 @@ impl<S: HubStore> HubService<S> {
             };
             sign_message(Domain::Receipt, &receipt, &[&key]).encode_to_vec()
         };
-        let (receipt, outcome) = match self.state.store.accept(new, &signer).await? {
+        // A recipient that picks nothing up cannot make the hub hold without end: past the quota,
+        // senders are asked to wait.
+        let quota = self.state.limits.mailbox_quota;
+        if let Err(held) = self.state.waiting.try_add(&header.to_org, quota) {
+            return Err(HubError::Exhausted {
+                reason: "mailbox_full",
+                detail: format!(
+                    "the mailbox of {} holds {held} envelopes not yet picked up; try again later",
+                    header.to_org
+                ),
+                retry_after: Some(60),
+            });
+        }
+        let accepted = match self.state.store.accept(new, &signer).await {
+            Ok(a) => a,
+            Err(e) => {
+                self.state.waiting.sub(&header.to_org, 1);
+                return Err(e.into());
+            }
+        };
+        let (receipt, outcome) = match accepted {
             Accepted::New { receipt, seq } => {
                 self.mailbox_signal(&header.to_org).send_replace(seq);
                 tracing::info!(
@@ -411,6 +477,7 @@ impl<S: HubStore> HubService<S> {
                 (receipt, "accepted")
             }
             Accepted::Duplicate { receipt } => {
+                self.state.waiting.sub(&header.to_org, 1);
                 tracing::info!(from = %header.from_org, "duplicate envelope; same receipt again");
                 (receipt, "duplicate")
             }
@@ -418,6 +485,15 @@ impl<S: HubStore> HubService<S> {
         let receipt = Signed::decode(receipt.as_slice())
             .map_err(|e| HubError::Invalid(format!("stored receipt: {e}")))?;
         Ok((receipt, outcome))
+    }
+}
+
+/// One of a member's subscriptions, given back when the stream ends.
+struct Slot<S>(HubService<S>, String);
+
+impl<S> Drop for Slot<S> {
+    fn drop(&mut self) {
+        self.0.state.subscriptions.sub(&self.1, 1);
     }
 }
 
@@ -486,6 +562,16 @@ impl<S: HubStore> Hub for HubService<S> {
         request: Request<SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let org = self.caller(&request).map_err(|e| self.refuse(e))?.org_id;
+        let cap = u64::from(self.state.limits.subscriptions_per_member);
+        if let Err(open) = self.state.subscriptions.try_add(&org, cap) {
+            return Err(self.refuse(HubError::Exhausted {
+                reason: "too_many_subscriptions",
+                detail: format!(
+                    "{org} already has {open} subscriptions open; close one before opening another"
+                ),
+                retry_after: None,
+            }));
+        }
         let mut cursor = request.into_inner().after_seq;
         let svc = self.clone();
         let (tx, rx) = mpsc::channel::<Result<Delivery, Status>>(32);
@@ -495,6 +581,7 @@ impl<S: HubStore> Hub for HubService<S> {
             let mut signal = svc.mailbox_signal(&org).subscribe();
             let mut shutdown = svc.state.shutdown.clone();
             let _counted = Subscribed::new(&svc.state.metrics.subscribers);
+            let _slot = Slot(svc.clone(), org.clone());
             tracing::info!(%org, cursor, "subscriber connected");
             loop {
                 let batch = match svc.state.store.mailbox(&org, cursor, 64).await {
@@ -555,6 +642,7 @@ impl<S: HubStore> Hub for HubService<S> {
             .ack(&org, &ids, at)
             .await
             .map_err(|e| self.refuse(e.into()))?;
+        self.state.waiting.sub(&org, accepted_at.len() as u64);
         for received in &accepted_at {
             self.state
                 .metrics

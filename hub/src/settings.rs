@@ -54,6 +54,24 @@ pub struct Settings {
     /// A file to write the dashboard address to once bound (useful with port 0).
     #[serde(default)]
     pub dashboard_addr_file: Option<PathBuf>,
+    /// Calls per second one member may make on average (bursts of twice as many).
+    #[serde(default = "default_requests_per_second")]
+    pub requests_per_second: u32,
+    /// Open mailbox subscriptions per member.
+    #[serde(default = "default_subscriptions_per_member")]
+    pub subscriptions_per_member: u32,
+    /// Envelopes that may wait in one recipient's mailbox before senders are asked to wait.
+    #[serde(default = "default_mailbox_quota")]
+    pub mailbox_quota: u64,
+    /// Concurrent HTTP/2 streams on one connection.
+    #[serde(default = "default_streams_per_connection")]
+    pub streams_per_connection: u32,
+    /// Seconds before an unanswered call ends with DEADLINE_EXCEEDED.
+    #[serde(default = "default_request_timeout_secs")]
+    pub request_timeout_secs: u64,
+    /// Seconds without an answer to keep-alive pings before a connection is closed.
+    #[serde(default = "default_idle_timeout_secs")]
+    pub idle_timeout_secs: u64,
     /// Counts below this are shown to coordinators as "<N>" (default 5).
     #[serde(default = "default_threshold")]
     pub stats_threshold: u32,
@@ -68,12 +86,18 @@ pub const FIELDS: &[(&str, FieldKind)] = &[
     ("database_url", FieldKind::Text),
     ("directory_file", FieldKind::Text),
     ("hub_id", FieldKind::Text),
+    ("idle_timeout_secs", FieldKind::Integer),
     ("listen", FieldKind::Text),
+    ("mailbox_quota", FieldKind::Integer),
     ("max_envelope_bytes", FieldKind::Integer),
     ("metrics_addr_file", FieldKind::Text),
     ("metrics_listen", FieldKind::Text),
+    ("request_timeout_secs", FieldKind::Integer),
+    ("requests_per_second", FieldKind::Integer),
     ("signing_key", FieldKind::Text),
     ("stats_threshold", FieldKind::Integer),
+    ("streams_per_connection", FieldKind::Integer),
+    ("subscriptions_per_member", FieldKind::Integer),
     ("tls_cert", FieldKind::Text),
     ("tls_key", FieldKind::Text),
 ];
@@ -101,6 +125,24 @@ fn default_signing_key() -> PathBuf {
 }
 fn default_authority() -> PathBuf {
     "authority.pub".into()
+}
+fn default_requests_per_second() -> u32 {
+    crate::limits::Limits::default().requests_per_second
+}
+fn default_subscriptions_per_member() -> u32 {
+    crate::limits::Limits::default().subscriptions_per_member
+}
+fn default_mailbox_quota() -> u64 {
+    crate::limits::Limits::default().mailbox_quota
+}
+fn default_streams_per_connection() -> u32 {
+    crate::limits::Limits::default().streams_per_connection
+}
+fn default_request_timeout_secs() -> u64 {
+    crate::limits::Limits::default().request_timeout_secs
+}
+fn default_idle_timeout_secs() -> u64 {
+    crate::limits::Limits::default().idle_timeout_secs
 }
 fn default_threshold() -> u32 {
     crate::stats::DEFAULT_THRESHOLD
@@ -192,6 +234,14 @@ impl Settings {
             stats_threshold: self.stats_threshold,
             dashboard_listen: self.dashboard_listen,
             dashboard_addr_file: self.dashboard_addr_file.clone(),
+            limits: crate::limits::Limits {
+                requests_per_second: self.requests_per_second,
+                subscriptions_per_member: self.subscriptions_per_member,
+                mailbox_quota: self.mailbox_quota,
+                streams_per_connection: self.streams_per_connection,
+                request_timeout_secs: self.request_timeout_secs,
+                idle_timeout_secs: self.idle_timeout_secs,
+            },
         })
     }
 }
@@ -214,6 +264,7 @@ pub struct HubConfig {
     pub stats_threshold: u32,
     pub dashboard_listen: Option<SocketAddr>,
     pub dashboard_addr_file: Option<PathBuf>,
+    pub limits: crate::limits::Limits,
 }
 
 #[cfg(test)]

@@ -159,18 +159,22 @@ fn maybe_directory_lag(code: Code) -> bool {
 }
 
 /// Whether a hub answer means "this envelope will never be accepted".
-fn is_final(code: Code) -> bool {
-    matches!(
-        code,
-        Code::InvalidArgument
-            | Code::PermissionDenied
-            | Code::FailedPrecondition
-            | Code::NotFound
-            | Code::AlreadyExists
-            | Code::Unauthenticated
-            | Code::ResourceExhausted
-            | Code::OutOfRange
-    )
+fn is_final(status: &tonic::Status) -> bool {
+    match status.code() {
+        // The hub's limits under abuse: with `retry-after`, waiting helps (a busy mailbox, too
+        // many calls); without it, the envelope itself is too large.
+        Code::ResourceExhausted => status.metadata().get("retry-after").is_none(),
+        code => matches!(
+            code,
+            Code::InvalidArgument
+                | Code::PermissionDenied
+                | Code::FailedPrecondition
+                | Code::NotFound
+                | Code::AlreadyExists
+                | Code::Unauthenticated
+                | Code::OutOfRange
+        ),
+    }
 }
 
 async fn outbox_loop(
@@ -236,7 +240,7 @@ async fn outbox_loop(
                     core.metrics.sent(entry.kind);
                 }
                 Err(status)
-                    if is_final(status.code())
+                    if is_final(&status)
                         && !(maybe_directory_lag(status.code()) && entry.attempts < 5) =>
                 {
                     tracing::warn!(to = %entry.to_org, reason = %status.message(), "the hub refused an envelope");

@@ -272,7 +272,8 @@ pub fn with_cosignatures(note: &[u8], lines: &[Vec<u8>]) -> Result<Vec<u8>, Prot
     let mut text = parsed.to_bytes();
     for line in lines {
         // Each stored line is a whole signature line ("— name base64\n"), as the note prints it.
-        if !text.windows(line.len()).any(|w| w == line.as_slice()) {
+        // An empty line adds nothing (and `windows(0)` would panic: found by fuzzing).
+        if !line.is_empty() && !text.windows(line.len()).any(|w| w == line.as_slice()) {
             text.extend_from_slice(line);
         }
     }
@@ -701,5 +702,16 @@ mod tests {
                 prop_assert!(check_consistency(&cproof, size, root, old, record_hash(b"forged")).is_err());
             }
         }
+    }
+
+    /// Found by `fuzz/run` (target `checkpoint`): merging an empty cosignature line into a
+    /// note panicked. Kept here as the input the fuzzer found.
+    #[test]
+    fn merging_an_empty_cosignature_line_does_not_panic() {
+        let found = b"CC@g=0\n\n\xe2\x80\x94 ov /0kuS0vs\n";
+        let _ = with_cosignatures(found, &[Vec::new()]);
+        let hub = generate_signing_key();
+        let note = sign_checkpoint("r", 1, rfc_tree(1).root().unwrap(), &hub, "HUB").unwrap();
+        assert_eq!(with_cosignatures(&note, &[Vec::new()]).unwrap(), note);
     }
 }

@@ -2,6 +2,7 @@
 //! 127.0.0.1:0, with real TLS, real signatures and HPKE, and SQLite files in a temp folder.
 //! One test binary with modules compiles faster than many.
 
+mod abuse;
 mod bad_input;
 mod dashboard;
 mod handover;
@@ -10,3 +11,4 @@ mod log;
 mod model;
 mod monitoring;
 mod processes;
+mod threats;
