@@ -226,7 +226,23 @@ mod tests {
             Domain::EnvelopeHeader,
             Domain::Payload,
             Domain::Receipt,
+            Domain::DashboardToken,
         ];
+        // Every variant is listed: adding one without a tag of its own fails to compile here.
+        for d in all {
+            match d {
+                Domain::Directory
+                | Domain::StudentCard
+                | Domain::Manifest
+                | Domain::Grant
+                | Domain::Revocation
+                | Domain::DeletionReceipt
+                | Domain::EnvelopeHeader
+                | Domain::Payload
+                | Domain::Receipt
+                | Domain::DashboardToken => {}
+            }
+        }
         for (i, a) in all.iter().enumerate() {
             for b in &all[i + 1..] {
                 assert_ne!(a.tag(), b.tag());
