@@ -11,7 +11,12 @@ fuzz_target!(|data: &[u8]| {
     let hub = f.hub.verifying_key();
     let _ = checkpoint_claims(data);
     let _ = verify_checkpoint(data, "fuzz", &hub, "HUB");
-    let _ = cosignatures(data, &hub, "HUB", &[("RMC01".into(), f.school.verifying_key())]);
+    let _ = cosignatures(
+        data,
+        &hub,
+        "HUB",
+        &[("RMC01".into(), f.school.verifying_key())],
+    );
     if let Some(at) = data.iter().position(|b| *b == 0) {
         let (note, line) = data.split_at(at);
         let _ = with_cosignatures(note, &[line[1..].to_vec()]);

@@ -52,7 +52,12 @@ fuzz_target!(|data: &[u8]| {
                 created_at: NOW,
                 payload: Default::default(),
             };
-            match seal_signed(&out, &payload, &f.school, f.directory.member("30RT").unwrap()) {
+            match seal_signed(
+                &out,
+                &payload,
+                &f.school,
+                f.directory.member("30RT").unwrap(),
+            ) {
                 Ok(e) => e,
                 Err(_) => return,
             }

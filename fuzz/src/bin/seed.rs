@@ -14,6 +14,7 @@ fn main() -> std::io::Result<()> {
 }
 
 fn fnv(b: &[u8]) -> u64 {
-    b.iter()
-        .fold(0xcbf29ce484222325, |h, x| (h ^ u64::from(*x)).wrapping_mul(0x100000001b3))
+    b.iter().fold(0xcbf29ce484222325, |h, x| {
+        (h ^ u64::from(*x)).wrapping_mul(0x100000001b3)
+    })
 }
