@@ -128,9 +128,12 @@ pub async fn audit(node_dir: &Path) -> anyhow::Result<Audit> {
         .filter(|(size, root)| !matches(*size, *root))
         .map(|(size, _)| *size)
         .collect();
+    // Only entries some stored checkpoint covers: a receipt's entry may not be integrated yet.
+    let covered = stored.iter().map(|(size, _)| *size).max().unwrap_or(0);
     let own: Vec<(u64, LogEntry)> = history
         .own_entries
         .iter()
+        .filter(|i| i.log_index < covered)
         .filter_map(|i| i.entry.clone().map(|e| (i.log_index, e)))
         .collect();
     let first_divergence = divergence(&stored, &failing, &own, &served, &matches);

@@ -209,14 +209,18 @@ pub fn render(s: &StatsResponse, by: By, format: ReportFormat) -> anyhow::Result
             }
             let latency = s.ack_latency.unwrap_or_default();
             match &latency.acked {
-                Some(a) if !a.suppressed => writeln!(
+                Some(a) if !a.suppressed && a.value > 0 => writeln!(
                     out,
                     "\nPackages picked up: {}; from send to pick-up, median {}, 90% within {}.",
                     a.value,
                     duration(latency.median_secs),
                     duration(latency.p90_secs)
                 )?,
-                _ => writeln!(out, "\nPackages picked up: <{t}; too few to show how fast.")?,
+                _ => writeln!(
+                    out,
+                    "\nPackages picked up: {}; too few to show how fast.",
+                    c(&latency.acked)
+                )?,
             }
             writeln!(
                 out,

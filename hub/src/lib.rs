@@ -177,9 +177,17 @@ async fn sequence<S: HubStore>(
     service: HubService<S>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
+    let mut round: u64 = 0;
     loop {
         if let Err(e) = service.integrate().await {
             tracing::error!(error = %e, "integrating the log failed; trying again");
+        }
+        // About once a minute, the quota's mailbox counts are taken from the store again.
+        round += 1;
+        if round.is_multiple_of(240)
+            && let Err(e) = service.recount_mailboxes().await
+        {
+            tracing::warn!(error = %e, "recounting the mailboxes failed");
         }
         tokio::select! {
             _ = tokio::time::sleep(INTEGRATE_EVERY) => {}

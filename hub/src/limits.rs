@@ -13,6 +13,10 @@ use serde::{Deserialize, Serialize};
 /// The metadata key that marks a refusal as "try again later".
 pub const RETRY_AFTER: &str = "retry-after";
 
+/// The metadata key that names the limit a refusal comes from (`mailbox_full`,
+/// `rate_limited`, `too_many_subscriptions`), for programs.
+pub const LIMIT: &str = "overstap-limit";
+
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
 pub struct Limits {
     /// Calls per second one member may make, on average; a burst of twice as many is allowed.
@@ -85,6 +89,18 @@ impl Counter {
         Ok(*n - 1)
     }
 
+    /// Like [`Counter::try_add`], but the one added is taken back when the returned guard is
+    /// dropped, unless [`Reserved::keep`] was called: a call cancelled half-way (a client that
+    /// hangs up, a deadline) leaves the count as it was.
+    pub fn reserve(&self, org: &str, cap: u64) -> Result<Reserved<'_>, u64> {
+        self.try_add(org, cap)?;
+        Ok(Reserved {
+            counter: self,
+            org: org.to_string(),
+            kept: false,
+        })
+    }
+
     pub fn sub(&self, org: &str, by: u64) {
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(n) = counts.get_mut(org) {
@@ -92,11 +108,38 @@ impl Counter {
         }
     }
 
+    /// Replaces every count at once (members not named go to zero).
+    pub fn reset(&self, counts: HashMap<String, u64>) {
+        *self.counts.lock().unwrap_or_else(|p| p.into_inner()) = counts;
+    }
+
     pub fn set(&self, org: &str, to: u64) {
         self.counts
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(org.to_string(), to);
+    }
+}
+
+/// One counted unit that goes back unless kept.
+#[derive(Debug)]
+pub struct Reserved<'a> {
+    counter: &'a Counter,
+    org: String,
+    kept: bool,
+}
+
+impl Reserved<'_> {
+    pub fn keep(mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for Reserved<'_> {
+    fn drop(&mut self) {
+        if !self.kept {
+            self.counter.sub(&self.org, 1);
+        }
     }
 }
 
@@ -126,5 +169,11 @@ mod tests {
         assert_eq!(c.try_add("30RT", 2), Err(2));
         c.sub("30RT", 1);
         assert_eq!(c.try_add("30RT", 2), Ok(1));
+        // A reservation that is dropped (a cancelled call) gives its place back.
+        c.sub("30RT", 1);
+        drop(c.reserve("30RT", 2).unwrap());
+        assert_eq!(c.try_add("30RT", 2), Ok(1));
+        c.reserve("30RT", 3).unwrap().keep();
+        assert_eq!(c.try_add("30RT", 3), Err(3));
     }
 }

@@ -87,8 +87,15 @@ impl From<HubError> for Status {
             HubError::NoDirectory => Status::unavailable(e.to_string()),
             HubError::BadRecipient(_) => Status::failed_precondition(e.to_string()),
             HubError::Invalid(_) => Status::invalid_argument(e.to_string()),
-            HubError::Exhausted { retry_after, .. } => {
+            HubError::Exhausted {
+                retry_after,
+                reason,
+                ..
+            } => {
                 let mut status = Status::resource_exhausted(e.to_string());
+                if let Ok(v) = reason.parse() {
+                    status.metadata_mut().insert(crate::limits::LIMIT, v);
+                }
                 if let Some(secs) = retry_after
                     && let Ok(v) = secs.to_string().parse()
                 {
@@ -330,6 +337,20 @@ impl<S: HubStore> HubService<S> {
         Ok(cp.size)
     }
 
+    /// Sets the mailbox counts behind the quota from the store again, so an ack cancelled after
+    /// its commit cannot leave a recipient counted fuller than it is for long.
+    pub async fn recount_mailboxes(&self) -> Result<(), HubError> {
+        let depths: HashMap<String, u64> = self
+            .state
+            .store
+            .mailbox_depths()
+            .await?
+            .into_iter()
+            .collect();
+        self.state.waiting.reset(depths);
+        Ok(())
+    }
+
     /// The metrics as OpenMetrics text, with the gauges read fresh from the store.
     pub async fn metrics_text(&self) -> Result<String, HubError> {
         let metrics = &self.state.metrics;
@@ -450,25 +471,25 @@ impl<S: HubStore> HubService<S> {
         // A recipient that picks nothing up cannot make the hub hold without end: past the quota,
         // senders are asked to wait.
         let quota = self.state.limits.mailbox_quota;
-        if let Err(held) = self.state.waiting.try_add(&header.to_org, quota) {
-            return Err(HubError::Exhausted {
-                reason: "mailbox_full",
-                detail: format!(
-                    "the mailbox of {} holds {held} envelopes not yet picked up; try again later",
-                    header.to_org
-                ),
-                retry_after: Some(60),
-            });
-        }
-        let accepted = match self.state.store.accept(new, &signer).await {
-            Ok(a) => a,
-            Err(e) => {
-                self.state.waiting.sub(&header.to_org, 1);
-                return Err(e.into());
+        let place = match self.state.waiting.reserve(&header.to_org, quota) {
+            Ok(place) => place,
+            Err(held) => {
+                return Err(HubError::Exhausted {
+                    reason: "mailbox_full",
+                    detail: format!(
+                        "the mailbox of {} holds {held} envelopes not yet picked up; try again later",
+                        header.to_org
+                    ),
+                    retry_after: Some(60),
+                });
             }
         };
+        // Dropped (so given back) if the store fails, the call is cancelled, or it was a
+        // duplicate; kept only when a new envelope is in the mailbox.
+        let accepted = self.state.store.accept(new, &signer).await?;
         let (receipt, outcome) = match accepted {
             Accepted::New { receipt, seq } => {
+                place.keep();
                 self.mailbox_signal(&header.to_org).send_replace(seq);
                 tracing::info!(
                     from = %header.from_org, to = %header.to_org, kind = header.kind,
@@ -477,7 +498,6 @@ impl<S: HubStore> HubService<S> {
                 (receipt, "accepted")
             }
             Accepted::Duplicate { receipt } => {
-                self.state.waiting.sub(&header.to_org, 1);
                 tracing::info!(from = %header.from_org, "duplicate envelope; same receipt again");
                 (receipt, "duplicate")
             }

@@ -102,9 +102,11 @@ pub fn aggregate(input: &Input<'_>) -> StatsResponse {
         waits[((q * n as f64).ceil() as usize).clamp(1, n) - 1]
     };
     let acked = count(waits.len() as u64);
+    // Times only from enough picked-up packages (none at all, or too few to show, say nothing).
+    let timed = !acked.suppressed && !waits.is_empty();
     let ack_latency = AckLatency {
-        median_secs: if acked.suppressed { 0 } else { rank(0.5) },
-        p90_secs: if acked.suppressed { 0 } else { rank(0.9) },
+        median_secs: if timed { rank(0.5) } else { 0 },
+        p90_secs: if timed { rank(0.9) } else { 0 },
         acked: Some(acked),
     };
 
@@ -229,8 +231,17 @@ impl<S: HubStore> StatsService<S> {
     ) -> Result<StatsResponse, Status> {
         let now = crate::service::now();
         // Up to and including this second.
+        if since < 0 || until < 0 {
+            return Err(Status::invalid_argument(
+                "since and until are seconds since 1970 (or 0 for the defaults)",
+            ));
+        }
         let until = if until == 0 { now + 1 } else { until };
-        let since = if since == 0 { until - 365 * DAY } else { since };
+        let since = if since == 0 {
+            until.saturating_sub(365 * DAY)
+        } else {
+            since
+        };
         if since >= until {
             return Err(Status::invalid_argument(format!(
                 "since ({since}) must come before until ({until})"
@@ -295,7 +306,10 @@ pub fn to_json(s: &StatsResponse) -> serde_json::Value {
     use serde_json::json;
     let t = s.threshold;
     let latency = s.ack_latency.unwrap_or_default();
-    let acked_suppressed = latency.acked.as_ref().is_none_or(|a| a.suppressed);
+    let acked_suppressed = latency
+        .acked
+        .as_ref()
+        .is_none_or(|a| a.suppressed || a.value == 0);
     json!({
         "since": s.since,
         "until": s.until,
@@ -397,6 +411,32 @@ mod tests {
             .collect();
         assert_eq!(weeks[0].period, "2025-W47");
         assert_eq!(weeks[0].envelopes.unwrap().value, 8);
+    }
+
+    /// Found in review: with packages sent but none picked up, the median's rank panicked.
+    #[test]
+    fn a_period_with_nothing_picked_up_has_no_times() {
+        let t = 1_763_800_000;
+        let accepted: Vec<_> = (0..6)
+            .map(|i| meta("25LP", "30RT", EnvelopeKind::Package, t + i, None))
+            .collect();
+        let s = aggregate(&Input {
+            accepted: &accepted,
+            unacked: &accepted,
+            directory: None,
+            since: t - DAY,
+            until: t + DAY,
+            now: t,
+            threshold: 5,
+        });
+        let latency = s.ack_latency.unwrap();
+        assert_eq!(latency.acked.unwrap().value, 0);
+        assert_eq!((latency.median_secs, latency.p90_secs), (0, 0));
+        assert_eq!(
+            to_json(&s)["ack_latency"]["median_secs"],
+            serde_json::Value::Null
+        );
+        assert_eq!(s.waiting[0].under_1_day.unwrap().value, 6);
     }
 
     #[test]

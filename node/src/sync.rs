@@ -206,7 +206,14 @@ async fn outbox_loop(
             }
         };
         let mut stalled = false;
+        // Recipients whose mailbox is full this round: their envelopes wait (in order), the
+        // others go on.
+        let mut full: std::collections::HashSet<String> = Default::default();
+        let mut hub_wait: Option<Duration> = None;
         for entry in &pending {
+            if full.contains(&entry.to_org) {
+                continue;
+            }
             let envelope = match core.envelope_to_push(entry).await {
                 Ok(Some(e)) => e,
                 Ok(None) => continue,
@@ -252,6 +259,25 @@ async fn outbox_loop(
                     let _ = core.push_failed(entry, &detail, true).await;
                     core.metrics.refused(entry.kind);
                 }
+                Err(status) if status.code() == Code::ResourceExhausted => {
+                    // The hub asks us to wait: for this recipient only when its mailbox is full,
+                    // for everything when we called too often. It says for how long.
+                    let _ = core
+                        .push_failed(entry, &format!("waiting: {}", status.message()), false)
+                        .await;
+                    let limit = status.metadata().get("overstap-limit");
+                    if limit.is_some_and(|l| l == "mailbox_full") {
+                        full.insert(entry.to_org.clone());
+                        continue;
+                    }
+                    hub_wait = status
+                        .metadata()
+                        .get("retry-after")
+                        .and_then(|v| v.to_str().ok()?.parse().ok())
+                        .map(|s: u64| Duration::from_secs(s.min(300)));
+                    stalled = true;
+                    break;
+                }
                 Err(status) => {
                     // Keep the order: nothing behind this envelope goes before it.
                     core.mark_connected(false);
@@ -263,9 +289,13 @@ async fn outbox_loop(
                 }
             }
         }
-        let wait = if stalled {
+        let wait = if let Some(w) = hub_wait {
+            w
+        } else if stalled {
             attempt += 1;
             backoff(attempt)
+        } else if !full.is_empty() {
+            Duration::from_secs(1)
         } else if pending.len() == 64 {
             continue;
         } else {

@@ -126,7 +126,43 @@ async fn a_flooding_member_is_held_back_and_an_honest_handover_still_completes()
     assert_eq!(err.metadata().get("retry-after").unwrap(), "60");
     let stored = hub_count(&region, "mailbox").await;
     assert_eq!(stored, 3, "the refused envelope was not stored");
+    // The school's node meets the full mailbox too: a package to the mbo waits, and one queued
+    // after it for the other mbo still goes.
+    let waits = {
+        let s = student(&region, &birth_month(17), None).await;
+        let id = grant(
+            &region,
+            &s.wallet,
+            &grant_request(MBO, &["wie-ben-ik"], "intake", 30),
+            None,
+        )
+        .await;
+        send(&region, &id).await;
+        id
+    };
+    let goes = {
+        let s = student(&region, &birth_month(17), None).await;
+        let id = grant(
+            &region,
+            &s.wallet,
+            &grant_request(OTHER_MBO, &["wie-ben-ik"], "intake", 30),
+            None,
+        )
+        .await;
+        send(&region, &id).await;
+        id
+    };
+    eventually(
+        "the other mbo gets its package past the full mailbox",
+        || async { !held_sections(&region, OTHER_MBO, &goes).await.is_empty() },
+    )
+    .await;
     region.start_node(MBO).await.unwrap();
+    eventually(
+        "the waiting package follows once the mbo picks up",
+        || async { !held_sections(&region, MBO, &waits).await.is_empty() },
+    )
+    .await;
     eventually("the mbo empties its mailbox", || async {
         hub_count(&region, "mailbox").await == 0
     })

@@ -7,7 +7,9 @@ use overstap_tests::demo::{MBO, OTHER_MBO, SCHOOL, birth_month};
 use overstap_tests::*;
 
 fn get(samples: &BTreeMap<String, f64>, series: &str) -> f64 {
-    samples.get(series).copied().unwrap_or(0.0)
+    *samples
+        .get(series)
+        .unwrap_or_else(|| panic!("no series {series} in {samples:?}"))
 }
 
 async fn hand_over(region: &overstap_cli::region::Region, to: &str) -> String {
