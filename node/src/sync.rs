@@ -384,10 +384,15 @@ pub async fn check_log(core: &NodeCore, client: &mut HubClient<Channel>) -> anyh
             }
         }
     }
-    if held.as_ref().is_none_or(|h| h.size != shown.size) {
+    let grown = held.as_ref().is_none_or(|h| h.size != shown.size);
+    // The same checkpoint again may come with more cosignatures than the copy held: keep the
+    // fuller one, so `log checkpoint` shows who witnessed it.
+    if grown || held.as_ref().is_some_and(|h| h.note != note) {
         core.store
             .save_log_state(shown.size, shown.root.0, &note, core.now())
             .await?;
+    }
+    if grown {
         // A coordinator witnesses the log: it cosigns each checkpoint it has just checked to be
         // consistent with the last one it accepted (and so with the last one it cosigned).
         if core.is_coordinator() {

@@ -468,3 +468,30 @@ pub fn parse_metrics(text: &str) -> Result<std::collections::BTreeMap<String, f6
     }
     Ok(samples)
 }
+
+/// Admits the regional coordinator `RMC01` and starts its node (its witness and its statistics).
+pub async fn admit_coordinator(region: &mut Region) {
+    region
+        .admit_and_start(overstap_cli::region::Org::new(
+            overstap_cli::demo::COORDINATOR,
+            overstap_proto::pb::MemberKind::Coordinator,
+            "RMC Zwolle",
+        ))
+        .await
+        .expect("the coordinator is admitted and its node starts");
+}
+
+/// A 17-year-old consents to `to` seeing "wie-ben-ik" for an intake, and the school sends it.
+/// Returns the grant id.
+pub async fn hand_over(region: &Region, to: &str) -> String {
+    let s = student(region, &demo::birth_month(17), None).await;
+    let id = grant(
+        region,
+        &s.wallet,
+        &grant_request(to, &["wie-ben-ik"], "intake", 30),
+        None,
+    )
+    .await;
+    send(region, &id).await;
+    id
+}

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use overstap_hub::limits::Limits;
-use overstap_tests::demo::{GEMEENTE, MBO, OTHER_MBO, SCHOOL, birth_month};
+use overstap_tests::demo::{GEMEENTE, MBO, OTHER_MBO, SCHOOL};
 use overstap_tests::*;
 
 #[tokio::test]
@@ -46,15 +46,7 @@ async fn a_flooding_member_is_held_back_and_an_honest_handover_still_completes()
         idle.push(tokio::net::TcpStream::connect(&hub_addr).await.unwrap());
     }
     // Meanwhile, an honest handover.
-    let sam = student(&region, &birth_month(17), None).await;
-    let id = grant(
-        &region,
-        &sam.wallet,
-        &grant_request(MBO, &["wie-ben-ik"], "intake", 30),
-        None,
-    )
-    .await;
-    send(&region, &id).await;
+    let id = hand_over(&region, MBO).await;
     eventually("the honest handover arrives", || async {
         !held_sections(&region, MBO, &id).await.is_empty()
     })
@@ -128,30 +120,8 @@ async fn a_flooding_member_is_held_back_and_an_honest_handover_still_completes()
     assert_eq!(stored, 3, "the refused envelope was not stored");
     // The school's node meets the full mailbox too: a package to the mbo waits, and one queued
     // after it for the other mbo still goes.
-    let waits = {
-        let s = student(&region, &birth_month(17), None).await;
-        let id = grant(
-            &region,
-            &s.wallet,
-            &grant_request(MBO, &["wie-ben-ik"], "intake", 30),
-            None,
-        )
-        .await;
-        send(&region, &id).await;
-        id
-    };
-    let goes = {
-        let s = student(&region, &birth_month(17), None).await;
-        let id = grant(
-            &region,
-            &s.wallet,
-            &grant_request(OTHER_MBO, &["wie-ben-ik"], "intake", 30),
-            None,
-        )
-        .await;
-        send(&region, &id).await;
-        id
-    };
+    let waits = hand_over(&region, MBO).await;
+    let goes = hand_over(&region, OTHER_MBO).await;
     eventually(
         "the other mbo gets its package past the full mailbox",
         || async { !held_sections(&region, OTHER_MBO, &goes).await.is_empty() },

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use overstap_tests::demo::{MBO, OTHER_MBO, SCHOOL, birth_month};
+use overstap_tests::demo::{MBO, OTHER_MBO, SCHOOL};
 use overstap_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -122,28 +122,12 @@ fn get_stats(cookie: Option<&str>) -> String {
 #[tokio::test]
 async fn the_dashboard_shows_the_known_mix_in_a_real_browser() {
     let (_tmp, mut region) = region().await;
-    region
-        .admit_and_start(overstap_cli::region::Org::new(
-            "RMC01",
-            overstap_proto::pb::MemberKind::Coordinator,
-            "RMC Zwolle",
-        ))
-        .await
-        .unwrap();
+    admit_coordinator(&mut region).await;
     // The known mix: six packages to the mbo, two to the other mbo, and one more to the mbo
     // while its node is away.
     let mut ids = Vec::new();
     for to in [MBO, MBO, MBO, MBO, MBO, MBO, OTHER_MBO, OTHER_MBO] {
-        let s = student(&region, &birth_month(17), None).await;
-        let id = grant(
-            &region,
-            &s.wallet,
-            &grant_request(to, &["wie-ben-ik"], "intake", 30),
-            None,
-        )
-        .await;
-        send(&region, &id).await;
-        ids.push((to, id));
+        ids.push((to, hand_over(&region, to).await));
     }
     for (to, id) in &ids {
         eventually("the package is held", || async {
@@ -152,15 +136,7 @@ async fn the_dashboard_shows_the_known_mix_in_a_real_browser() {
         .await;
     }
     region.stop_node(MBO).await.unwrap();
-    let s = student(&region, &birth_month(17), None).await;
-    let id = grant(
-        &region,
-        &s.wallet,
-        &grant_request(MBO, &["wie-ben-ik"], "intake", 30),
-        None,
-    )
-    .await;
-    send(&region, &id).await;
+    hand_over(&region, MBO).await;
     eventually("the hub holds the waiting package", || async {
         hub_count(&region, "mailbox").await >= 1
     })

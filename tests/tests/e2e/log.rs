@@ -324,14 +324,7 @@ async fn a_hub_that_drops_an_entry_is_caught() {
 #[tokio::test]
 async fn a_coordinator_witnesses_the_log_and_its_cosignature_reaches_every_node() {
     let (_tmp, mut region) = region().await;
-    region
-        .admit_and_start(overstap_cli::region::Org::new(
-            "RMC01",
-            overstap_proto::pb::MemberKind::Coordinator,
-            "RMC Zwolle",
-        ))
-        .await
-        .unwrap();
+    admit_coordinator(&mut region).await;
     handed_over(&region).await;
     eventually(
         "the school holds a checkpoint the coordinator cosigned",

@@ -12,19 +12,6 @@ fn get(samples: &BTreeMap<String, f64>, series: &str) -> f64 {
         .unwrap_or_else(|| panic!("no series {series} in {samples:?}"))
 }
 
-async fn hand_over(region: &overstap_cli::region::Region, to: &str) -> String {
-    let s = student(region, &birth_month(17), None).await;
-    let id = grant(
-        region,
-        &s.wallet,
-        &grant_request(to, &["wie-ben-ik"], "intake", 30),
-        None,
-    )
-    .await;
-    send(region, &id).await;
-    id
-}
-
 #[tokio::test]
 async fn metrics_parse_and_their_counters_match_the_envelopes_sent() {
     let (_tmp, mut region) = region().await;
@@ -154,14 +141,7 @@ fn the_metrics_parser_refuses_what_prometheus_would_refuse() {
 #[tokio::test]
 async fn a_coordinator_sees_the_known_mix_and_small_counts_read_below_five() {
     let (_tmp, mut region) = region().await;
-    region
-        .admit_and_start(overstap_cli::region::Org::new(
-            "RMC01",
-            overstap_proto::pb::MemberKind::Coordinator,
-            "RMC Zwolle",
-        ))
-        .await
-        .unwrap();
+    admit_coordinator(&mut region).await;
     // Six packages to the mbo and two to the other mbo.
     let mut to_mbo = Vec::new();
     for _ in 0..6 {
