@@ -63,7 +63,10 @@ impl Audit {
 /// Audits the log as seen by the node in `node_dir` (its API for the checkpoints and its own
 /// records, its TLS identity to reach the hub).
 pub async fn audit(node_dir: &Path) -> anyhow::Result<Audit> {
-    let mut api = connect_dir(node_dir).await?;
+    // The history can run to megabytes (10,000 checkpoints and every own envelope).
+    let mut api = connect_dir(node_dir)
+        .await?
+        .max_decoding_message_size(64 << 20);
     let status = api
         .log_status(LogStatusRequest {})
         .await
