@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use ed25519_dalek::VerifyingKey;
 use overstap_proto::pb::DashboardToken;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
@@ -231,11 +231,7 @@ pub async fn start<S: HubStore>(
     let Some(addr) = addr else {
         return Ok(None);
     };
-    let listener = TcpListener::bind(addr).await?;
-    let bound = listener.local_addr()?;
-    if let Some(path) = addr_file {
-        std::fs::write(path, format!("{bound}\n"))?;
-    }
+    let (listener, bound) = crate::metrics_http::bind_announced(addr, addr_file).await?;
     tracing::info!(addr = %bound, "dashboard at https://{bound}/");
     let listener = TlsListener {
         incoming: crate::tls::incoming(listener, tls),

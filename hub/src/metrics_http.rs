@@ -40,6 +40,20 @@ where
         .await
 }
 
+/// Binds `addr` and writes the address it got to `addr_file` (if given), for whoever started us
+/// with port 0: the hub's and the node's side ports (metrics, dashboard) announce themselves so.
+pub async fn bind_announced(
+    addr: SocketAddr,
+    addr_file: Option<&Path>,
+) -> std::io::Result<(TcpListener, SocketAddr)> {
+    let listener = TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    if let Some(path) = addr_file {
+        std::fs::write(path, format!("{bound}\n"))?;
+    }
+    Ok((listener, bound))
+}
+
 /// When `addr` is set: binds it, writes the bound address to `addr_file` (if given), and serves
 /// `/metrics` in the background until `stop` turns true. Nothing when `addr` is unset.
 pub async fn start<F, Fut>(
@@ -55,11 +69,7 @@ where
     let Some(addr) = addr else {
         return Ok(None);
     };
-    let listener = TcpListener::bind(addr).await?;
-    let bound = listener.local_addr()?;
-    if let Some(path) = addr_file {
-        std::fs::write(path, format!("{bound}\n"))?;
-    }
+    let (listener, bound) = bind_announced(addr, addr_file).await?;
     tracing::info!(addr = %bound, "metrics at http://{bound}/metrics");
     let stopped = async move {
         let _ = stop.wait_for(|s| *s).await;

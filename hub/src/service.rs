@@ -354,33 +354,22 @@ impl<S: HubStore> HubService<S> {
     /// The metrics as OpenMetrics text, with the gauges read fresh from the store.
     pub async fn metrics_text(&self) -> Result<String, HubError> {
         let metrics = &self.state.metrics;
-        let depths: HashMap<String, u64> = self
-            .state
-            .store
-            .mailbox_depths()
-            .await?
-            .into_iter()
-            .collect();
-        // Every member that receives envelopes has a depth, zero included.
+        // Every member that receives envelopes has a depth, zero included; so does any
+        // recipient with envelopes waiting.
+        let mut depths: HashMap<String, u64> = HashMap::new();
         if let Ok(directory) = self.directory() {
             for m in &directory.directory.members {
                 if !matches!(m.kind(), MemberKind::Hub | MemberKind::Coordinator) {
-                    metrics
-                        .mailbox_depth
-                        .get_or_create(&crate::metrics::Recipient {
-                            recipient: m.org_id.clone(),
-                        })
-                        .set(depths.get(&m.org_id).copied().unwrap_or(0) as i64);
+                    depths.insert(m.org_id.clone(), 0);
                 }
             }
         }
-        for (org, depth) in &depths {
+        depths.extend(self.state.store.mailbox_depths().await?);
+        for (recipient, depth) in depths {
             metrics
                 .mailbox_depth
-                .get_or_create(&crate::metrics::Recipient {
-                    recipient: org.clone(),
-                })
-                .set(*depth as i64);
+                .get_or_create(&crate::metrics::Recipient { recipient })
+                .set(depth as i64);
         }
         metrics
             .log_size

@@ -41,10 +41,7 @@ pub fn server_config(tls: &ServerTls) -> anyhow::Result<rustls::ServerConfig> {
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .build()
         .context("building the client certificate verifier")?;
-    let certs = CertificateDer::pem_slice_iter(&tls.cert_pem)
-        .collect::<Result<Vec<_>, _>>()
-        .context("reading the hub certificate")?;
-    let key = PrivateKeyDer::from_pem_slice(&tls.key_pem).context("reading the hub TLS key")?;
+    let (certs, key) = identity(tls)?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
@@ -54,14 +51,22 @@ pub fn server_config(tls: &ServerTls) -> anyhow::Result<rustls::ServerConfig> {
     Ok(config)
 }
 
-/// The dashboard's TLS: the hub's own certificate, TLS 1.3 only, HTTP/1.1, no client
-/// certificate (a coordinator signs in with a session token from the authority).
-pub fn web_config(tls: &ServerTls) -> anyhow::Result<rustls::ServerConfig> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+/// The hub's certificate chain and key, which both of its ports present.
+fn identity(
+    tls: &ServerTls,
+) -> anyhow::Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
     let certs = CertificateDer::pem_slice_iter(&tls.cert_pem)
         .collect::<Result<Vec<_>, _>>()
         .context("reading the hub certificate")?;
     let key = PrivateKeyDer::from_pem_slice(&tls.key_pem).context("reading the hub TLS key")?;
+    Ok((certs, key))
+}
+
+/// The dashboard's TLS: the hub's own certificate, TLS 1.3 only, HTTP/1.1, no client
+/// certificate (a coordinator signs in with a session token from the authority).
+pub fn web_config(tls: &ServerTls) -> anyhow::Result<rustls::ServerConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let (certs, key) = identity(tls)?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth()
