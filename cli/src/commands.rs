@@ -8,8 +8,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use overstap_proto::directory::{kind_name, parse_kind};
 use overstap_proto::pb::{
     GetStudentRequest, HandoversRequest, InboxRequest, LogStatusRequest, Manifest,
-    NodeStatusRequest, OutboxRequest, RegisterStudentRequest, SendPassportRequest,
-    SetStatusRequest, ShowPassportRequest, TrailRequest,
+    NodeStatusRequest, OutboxRequest, RegisterStudentRequest, ReplaceStudentKeyRequest,
+    SendPassportRequest, SetStatusRequest, ShowPassportRequest, TrailRequest,
 };
 use overstap_proto::sign::{Domain, decode_body};
 
@@ -281,6 +281,25 @@ pub enum StudentCmd {
         #[command(flatten)]
         node: NodeOpts,
     },
+    /// The student lost their key (a phone gone, say). After checking the student in person
+    /// again, the mentor has the home node issue a new card for the same pseudonym: a new key is
+    /// made here, the lost one is retired, and consents given before stay in force.
+    LostKey {
+        /// The student's pseudonym, as on the old card (the school can look it up).
+        #[arg(long)]
+        pseudonym: String,
+        /// Where to keep the new wallet (on the student's new device).
+        #[arg(long)]
+        wallet: PathBuf,
+        /// When a guardian lost their key too: the whole new list of guardian keys (hex).
+        #[arg(long = "guardian-pub")]
+        guardian_pubs: Vec<String>,
+        /// The mentor who checked the student in person.
+        #[arg(long, env = "OVERSTAP_STAFF")]
+        staff: String,
+        #[command(flatten)]
+        node: NodeOpts,
+    },
     /// Where the passport went and who looked at it, each event with the hub's signed receipt.
     Trail {
         #[arg(long)]
@@ -420,6 +439,14 @@ fn now() -> i64 {
         .unwrap_or(0)
 }
 
+/// Guardian public keys given in hex on the command line.
+fn hex_keys(hexes: &[String]) -> anyhow::Result<Vec<Vec<u8>>> {
+    hexes
+        .iter()
+        .map(|h| hex::decode(h.trim()).with_context(|| format!("guardian key {h:?} is not hex")))
+        .collect()
+}
+
 fn json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
@@ -453,12 +480,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     wallet.display()
                 );
             }
-            let guardians = guardian_pubs
-                .iter()
-                .map(|h| {
-                    hex::decode(h.trim()).with_context(|| format!("guardian key {h:?} is not hex"))
-                })
-                .collect::<anyhow::Result<Vec<_>>>()?;
+            let guardians = hex_keys(&guardian_pubs)?;
             let key = overstap_proto::sign::generate_signing_key();
             let mut api = node.api().await?;
             let card = api
@@ -597,6 +619,50 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!(
                 "Follow it with: overstap student trail --wallet {}",
                 wallet.display()
+            );
+            Ok(())
+        }
+        Command::Student(StudentCmd::LostKey {
+            pseudonym,
+            wallet,
+            guardian_pubs,
+            staff,
+            node,
+        }) => {
+            if wallet.exists() {
+                bail!(
+                    "{} already exists; choose another path for the new wallet",
+                    wallet.display()
+                );
+            }
+            let guardians = hex_keys(&guardian_pubs)?;
+            let key = overstap_proto::sign::generate_signing_key();
+            let mut api = node.api().await?;
+            let reply = api
+                .replace_student_key(ReplaceStudentKeyRequest {
+                    pseudonym,
+                    new_student_key: key.verifying_key().to_bytes().to_vec(),
+                    replace_guardians: !guardians.is_empty(),
+                    guardian_keys: guardians,
+                    staff_user: staff,
+                })
+                .await
+                .map_err(explain)?
+                .into_inner();
+            let card = reply.card.context("the node issued no card")?;
+            let w = Wallet::new(key, card)?;
+            let issued = w.card()?.issued_at;
+            w.save(&wallet)?;
+            println!(
+                "Done. Your new key is in {}. The lost key no longer counts for anything signed \
+                 after {}.",
+                wallet.display(),
+                overstap_proto::format_time(issued)
+            );
+            println!(
+                "The {} consent(s) you gave before stay in force; you can withdraw them with the \
+                 new key.",
+                reply.grants_kept
             );
             Ok(())
         }

@@ -71,6 +71,7 @@ pub fn fixture() -> &'static Fixture {
             birth_month: "2009-01".into(),
             guardian_keys: vec![],
             issued_at: NOW - 1_000,
+            retired_keys: Vec::new(),
         };
         Fixture {
             authority,

@@ -11,10 +11,10 @@ use overstap_proto::pb::{
     HandoversRequest, HandoversResponse, InboxItem, InboxRequest, InboxResponse, IndexedLogEntry,
     LogHistoryRequest, LogHistoryResponse, LogStatusRequest, LogStatusResponse, NodeStatusRequest,
     NodeStatusResponse, OutboxItem, OutboxRequest, OutboxResponse, RegisterStudentRequest,
-    RegisterStudentResponse, RevokeGrantRequest, RevokeGrantResponse, SendPassportRequest,
-    SendPassportResponse, SetStatusRequest, SetStatusResponse, ShowPassportRequest,
-    ShowPassportResponse, Signed, StorePassportRequest, StorePassportResponse, TrailEvent,
-    TrailRequest, TrailResponse,
+    RegisterStudentResponse, ReplaceStudentKeyRequest, ReplaceStudentKeyResponse,
+    RevokeGrantRequest, RevokeGrantResponse, SendPassportRequest, SendPassportResponse,
+    SetStatusRequest, SetStatusResponse, ShowPassportRequest, ShowPassportResponse, Signed,
+    StorePassportRequest, StorePassportResponse, TrailEvent, TrailRequest, TrailResponse,
 };
 use overstap_proto::pb::{ProveEnvelopeRequest, ProveEnvelopeResponse};
 use prost::Message;
@@ -144,6 +144,26 @@ impl Node for NodeApi {
             )
             .await?;
         Ok(Response::new(RegisterStudentResponse { card: Some(card) }))
+    }
+
+    async fn replace_student_key(
+        &self,
+        request: Request<ReplaceStudentKeyRequest>,
+    ) -> Result<Response<ReplaceStudentKeyResponse>, Status> {
+        let r = request.into_inner();
+        let (card, grants_kept) = self
+            .core
+            .replace_student_key(
+                &r.pseudonym,
+                (!r.new_student_key.is_empty()).then_some(r.new_student_key.as_slice()),
+                r.replace_guardians.then_some(r.guardian_keys.as_slice()),
+                &r.staff_user,
+            )
+            .await?;
+        Ok(Response::new(ReplaceStudentKeyResponse {
+            card: Some(card),
+            grants_kept,
+        }))
     }
 
     async fn get_student(

@@ -20,7 +20,8 @@ use overstap_proto::consent::{
 use overstap_proto::directory::VerifiedDirectory;
 use overstap_proto::envelope::{EncryptionKeyPair, Opened, Outgoing, open, seal, verify_header};
 use overstap_proto::passport::{
-    parse_birth_month, select_disclosures, verify_card, verify_disclosures, verify_manifest,
+    ROLE_GUARDIAN, ROLE_STUDENT, check_card_follows, parse_birth_month, refuse_retired_keys,
+    select_disclosures, verify_card, verify_disclosures, verify_manifest,
 };
 use overstap_proto::pb::payload::Content;
 use overstap_proto::pb::{
@@ -426,6 +427,7 @@ impl NodeCore {
             birth_month: birth_month.to_string(),
             guardian_keys: guardian_keys.to_vec(),
             issued_at: now,
+            retired_keys: Vec::new(),
         };
         let signed = sign_message(Domain::StudentCard, &card, &[&self.key()]);
         let mut tx = self.store.begin().await?;
@@ -434,6 +436,129 @@ impl NodeCore {
         tx.commit().await?;
         tracing::info!(org = %self.org_id, "student card issued");
         Ok(signed)
+    }
+
+    /// A student (or a guardian) lost a key. The mentor has checked the student in person
+    /// again; this node issues a new card for the same pseudonym that names the new key and
+    /// retires the lost one from this moment. What the lost key signed before stays valid (the
+    /// grants already given, the passport versions already stored); from now on this node takes
+    /// nothing signed with it, and a recipient takes nothing signed with it dated after now.
+    /// Returns the new card and how many grants stay in force.
+    pub async fn replace_student_key(
+        &self,
+        pseudonym: &str,
+        new_student_key: Option<&[u8]>,
+        new_guardians: Option<&[Vec<u8>]>,
+        staff_user: &str,
+    ) -> Result<(Signed, u32), NodeError> {
+        if staff_user.trim().is_empty() {
+            return Err(NodeError::Invalid(
+                "name the staff member who checked the student in person".into(),
+            ));
+        }
+        if new_student_key.is_none() && new_guardians.is_none() {
+            return Err(NodeError::Invalid(
+                "name a new student key or a new list of guardian keys".into(),
+            ));
+        }
+        let (_, old) = self.card(pseudonym).await?;
+        // The lost key counts for what it signed up to this second, and for nothing after. The
+        // new card is dated after the card it replaces, so cards are strictly ordered.
+        let now = self.now() + 1;
+        let mut card = old.clone();
+        card.issued_at = now.max(old.issued_at + 1);
+        let retire = |card: &mut StudentCard, key: &[u8], role: &str| {
+            card.retired_keys.push(overstap_proto::pb::RetiredKey {
+                key: key.to_vec(),
+                role: role.into(),
+                retired_at: now,
+            });
+        };
+        let known = |k: &[u8]| {
+            old.student_key == k
+                || old.guardian_keys.iter().any(|g| g == k)
+                || old.retired_keys.iter().any(|r| r.key == k)
+        };
+        if let Some(key) = new_student_key {
+            verifying_key(key, "student key")?;
+            if known(key) {
+                return Err(NodeError::Invalid(
+                    "the new student key must be a new key, made on the student's new device"
+                        .into(),
+                ));
+            }
+            retire(&mut card, &old.student_key, ROLE_STUDENT);
+            card.student_key = key.to_vec();
+        }
+        if let Some(guardians) = new_guardians {
+            for g in guardians {
+                verifying_key(g, "guardian key")?;
+                if g.as_slice() == card.student_key.as_slice() {
+                    return Err(NodeError::Invalid(
+                        "a guardian key must differ from the student's key".into(),
+                    ));
+                }
+                if card.retired_keys.iter().any(|r| &r.key == g) {
+                    return Err(NodeError::Invalid(
+                        "that guardian key was reported lost; make a new one".into(),
+                    ));
+                }
+            }
+            for g in &old.guardian_keys {
+                if !guardians.contains(g) {
+                    retire(&mut card, g, ROLE_GUARDIAN);
+                }
+            }
+            card.guardian_keys = guardians.to_vec();
+        }
+        if overstap_proto::passport::under_16(&card.birth_month, now)?
+            && card.guardian_keys.is_empty()
+        {
+            return Err(NodeError::Invalid(format!(
+                "a student born in {} is under 16: the new card needs at least one guardian key",
+                card.birth_month
+            )));
+        }
+        if card.retired_keys.len() > overstap_proto::passport::MAX_RETIRED_KEYS {
+            return Err(NodeError::Invalid(format!(
+                "student {pseudonym} has reported {} keys lost; register the student afresh",
+                old.retired_keys.len()
+            )));
+        }
+        let signed = sign_message(Domain::StudentCard, &card, &[&self.key()]);
+        let kept = self
+            .store
+            .grants(Some(pseudonym))
+            .await?
+            .iter()
+            .filter(|g| g.state == "active")
+            .count() as u32;
+        let lost: Vec<&str> = card
+            .retired_keys
+            .iter()
+            .filter(|r| r.retired_at == now)
+            .map(|r| r.role.as_str())
+            .collect();
+        let mut tx = self.store.begin().await?;
+        tx.replace_card(pseudonym, &signed.encode_to_vec()).await?;
+        tx.add_trail(&TrailRow {
+            pseudonym: pseudonym.to_string(),
+            org: self.org_id.clone(),
+            event: "new key".into(),
+            at: now,
+            detail: format!(
+                "{} reported a lost {} key and checked the student in person; what the old key \
+                 signed before now stays valid ({kept} grants), nothing signed with it from now on",
+                staff_user.trim(),
+                lost.join(" and ")
+            ),
+            evidence: Some(signed.encode_to_vec()),
+            ..Default::default()
+        })
+        .await?;
+        tx.commit().await?;
+        tracing::info!(org = %self.org_id, "student card re-issued after a lost key");
+        Ok((signed, kept))
     }
 
     /// The student's card as issued by this node.
@@ -455,6 +580,7 @@ impl NodeCore {
     ) -> Result<u32, NodeError> {
         let probe: Manifest = decode_body(Domain::Manifest, manifest)?;
         let (_, card) = self.card(&probe.pseudonym).await?;
+        refuse_retired_keys(Domain::Manifest, manifest, &card)?;
         let m = verify_manifest(manifest, &card, self.now())?;
         let sections = verify_disclosures(&m, disclosures)?;
         if sections.len() != m.digests.len() {
@@ -508,6 +634,7 @@ impl NodeCore {
     pub async fn add_grant(&self, signed: &Signed) -> Result<String, NodeError> {
         let probe: ConsentGrant = decode_body(Domain::Grant, signed)?;
         let (_, card) = self.card(&probe.pseudonym).await?;
+        refuse_retired_keys(Domain::Grant, signed, &card)?;
         let grant = verify_grant(signed, &card, self.now())?;
         if grant.recipient_org == self.org_id {
             return Err(NodeError::Invalid(
@@ -701,6 +828,7 @@ impl NodeCore {
     pub async fn revoke(&self, signed: &Signed) -> Result<(String, Vec<u8>), NodeError> {
         let probe: Revocation = decode_body(Domain::Revocation, signed)?;
         let (card_signed, card) = self.card(&probe.pseudonym).await?;
+        refuse_retired_keys(Domain::Revocation, signed, &card)?;
         let rev = verify_revocation(signed, &card, self.now())?;
         let g = self
             .store
@@ -1099,6 +1227,7 @@ impl NodeCore {
         home: &str,
         pseudonym: &str,
         reason: &str,
+        erase: Erase,
     ) -> Result<(), NodeError> {
         let receipt = DeletionReceipt {
             grant_id: grant_id.to_string(),
@@ -1108,7 +1237,7 @@ impl NodeCore {
             reason: reason.to_string(),
         };
         let signed = sign_message(Domain::DeletionReceipt, &receipt, &[&self.key()]);
-        if reason != "superseded" {
+        if reason != "superseded" && erase == Erase::Yes {
             tx.erase_received(&Erased {
                 grant_id: grant_id.to_string(),
                 from_org: home.to_string(),
@@ -1150,7 +1279,14 @@ impl NodeCore {
             // One item's trouble must not keep the others from being erased.
             let mut tx = self.store.begin().await?;
             match self
-                .erase_in(&mut tx, &grant_id, &from, &r.pseudonym, "expired")
+                .erase_in(
+                    &mut tx,
+                    &grant_id,
+                    &from,
+                    &r.pseudonym,
+                    "expired",
+                    Erase::Yes,
+                )
                 .await
             {
                 Ok(()) => {
@@ -1423,8 +1559,15 @@ impl NodeCore {
                     let grant_id = received.grant_id.clone();
                     tx.store_received(&received).await?;
                     if superseded {
-                        self.erase_in(tx, &grant_id, from, &received.pseudonym, "superseded")
-                            .await?;
+                        self.erase_in(
+                            tx,
+                            &grant_id,
+                            from,
+                            &received.pseudonym,
+                            "superseded",
+                            Erase::Yes,
+                        )
+                        .await?;
                     }
                     self.report_status_in(tx, &received, "ontvangen", vec![])
                         .await?;
@@ -1443,9 +1586,19 @@ impl NodeCore {
             },
             Some(Content::Revocation(notice)) => {
                 match self.check_revocation(dir, from, notice).await? {
-                    Ok(rev) => {
-                        self.erase_in(tx, &rev.grant_id, from, &rev.pseudonym, "revoked")
+                    Ok((rev, held_elsewhere)) => {
+                        let erase = if held_elsewhere {
+                            Erase::AnswerOnly
+                        } else {
+                            Erase::Yes
+                        };
+                        self.erase_in(tx, &rev.grant_id, from, &rev.pseudonym, "revoked", erase)
                             .await?;
+                        if held_elsewhere {
+                            return Ok(Outcome::Noted(
+                                "revocation of a grant held for another school: answered as not held",
+                            ));
+                        }
                         Ok(Outcome::Erased {
                             grant_id: rev.grant_id,
                         })
@@ -1594,11 +1747,25 @@ impl NodeCore {
         opened: &Opened,
         p: &Package,
     ) -> Result<Result<(Received, bool), ProtocolError>, NodeError> {
-        let received = match self.check_package_rules(opened, p) {
+        let held = self
+            .held_card(&opened.header.from_org, p.card.as_ref())
+            .await?;
+        let received = match self.check_package_rules(opened, p, held) {
             Ok(r) => r,
             Err(e) => return Ok(Err(e)),
         };
+        // A grant id this node knows from another school gets one answer, whatever it knows of
+        // it, so the sender learns nothing of what is held (or was) for others.
+        let taken = || {
+            ProtocolError::Consent(format!(
+                "grant {} cannot be taken in from {}: its id is in use",
+                received.grant_id, received.from_org
+            ))
+        };
         if let Some(e) = self.store.erased(&received.grant_id).await? {
+            if e.from_org != received.from_org {
+                return Ok(Err(taken()));
+            }
             return Ok(Err(ProtocolError::Consent(format!(
                 "grant {} was erased here on {} ({}); it is not taken in again",
                 e.grant_id,
@@ -1608,11 +1775,8 @@ impl NodeCore {
         }
         let mut superseded = false;
         if let Some(held) = self.store.received(&received.grant_id).await? {
-            if held.from_org != received.from_org {
-                return Ok(Err(ProtocolError::Consent(format!(
-                    "grant {} is already held here from {}, not from {}",
-                    received.grant_id, held.from_org, received.from_org
-                ))));
+            if held.from_org != received.from_org || held.pseudonym != received.pseudonym {
+                return Ok(Err(taken()));
             }
             if held.version > received.version {
                 return Ok(Err(ProtocolError::Consent(format!(
@@ -1625,7 +1789,32 @@ impl NodeCore {
         Ok(Ok((received, superseded)))
     }
 
-    fn check_package_rules(&self, opened: &Opened, p: &Package) -> Result<Received, ProtocolError> {
+    /// The newest card this node holds for the student an incoming card names, if any.
+    async fn held_card(
+        &self,
+        home: &str,
+        incoming: Option<&Signed>,
+    ) -> Result<Option<StudentCard>, NodeError> {
+        let Some(Ok(probe)) = incoming.map(|c| decode_body::<StudentCard>(Domain::StudentCard, c))
+        else {
+            return Ok(None);
+        };
+        Ok(self
+            .store
+            .held_cards(home, &probe.pseudonym)
+            .await?
+            .iter()
+            .filter_map(|bytes| Signed::decode(bytes.as_slice()).ok())
+            .filter_map(|s| decode_body::<StudentCard>(Domain::StudentCard, &s).ok())
+            .max_by_key(|c| c.issued_at))
+    }
+
+    fn check_package_rules(
+        &self,
+        opened: &Opened,
+        p: &Package,
+        held: Option<StudentCard>,
+    ) -> Result<Received, ProtocolError> {
         let dir = self
             .directory()
             .map_err(|e| ProtocolError::Envelope(e.to_string()))?;
@@ -1644,6 +1833,7 @@ impl NodeCore {
                 card.home_org
             )));
         }
+        let card = pinned_card(held, card)?;
         let manifest = verify_manifest(manifest_signed, &card, self.now())?;
         let grant = verify_grant(grant_signed, &card, self.now())?;
         check_in_force(&grant, self.now())?;
@@ -1683,7 +1873,8 @@ impl NodeCore {
         dir: &VerifiedDirectory,
         home: &str,
         notice: &RevocationNotice,
-    ) -> Result<Result<Revocation, ProtocolError>, NodeError> {
+    ) -> Result<Result<(Revocation, bool), ProtocolError>, NodeError> {
+        let held = self.held_card(home, notice.card.as_ref()).await?;
         let check = || -> Result<Revocation, ProtocolError> {
             let card_signed = notice.card.as_ref().ok_or(ProtocolError::Malformed {
                 what: "revocation",
@@ -1700,7 +1891,7 @@ impl NodeCore {
                     card.home_org
                 )));
             }
-            verify_revocation(rev_signed, &card, self.now())
+            verify_revocation(rev_signed, &pinned_card(held, card)?, self.now())
         };
         let rev = match check() {
             Ok(r) => r,
@@ -1709,12 +1900,12 @@ impl NodeCore {
         if let Some(held) = self.store.received(&rev.grant_id).await?
             && (held.from_org != home || held.pseudonym != rev.pseudonym)
         {
-            return Ok(Err(ProtocolError::Consent(format!(
-                "grant {} is held here for another student or school",
-                rev.grant_id
-            ))));
+            // Held for another school or student: answered exactly as a grant never held here
+            // (a deletion receipt), so the sender learns nothing of what this node holds; the
+            // grant itself is left alone.
+            return Ok(Ok((rev, true)));
         }
-        Ok(Ok(rev))
+        Ok(Ok((rev, false)))
     }
 
     /// Records a refusal and tells the (authenticated) sender why, in the same transaction.
@@ -1838,4 +2029,33 @@ impl NodeCore {
 
 fn grant_time_of(g: &GrantRow, now: UnixTime) -> GrantTime {
     window_time(g.not_before, g.not_after, now)
+}
+
+/// The card to check a student's signatures against, when `held` is the newest card this node
+/// already holds for the student and `incoming` came with an envelope: whichever is newer, once
+/// the newer is shown to follow from the older (so a school cannot swap a student's key
+/// unnoticed, and an old card cannot bring a lost key back).
+fn pinned_card(
+    held: Option<StudentCard>,
+    incoming: StudentCard,
+) -> Result<StudentCard, ProtocolError> {
+    match held {
+        None => Ok(incoming),
+        Some(held) if incoming.issued_at >= held.issued_at => {
+            check_card_follows(&held, &incoming)?;
+            Ok(incoming)
+        }
+        Some(held) => {
+            check_card_follows(&incoming, &held)?;
+            Ok(held)
+        }
+    }
+}
+
+/// Whether `erase_in` removes what is held, or only answers as if it had (for a grant held here
+/// for another school, whose existence the asking school must not learn).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Erase {
+    Yes,
+    AnswerOnly,
 }

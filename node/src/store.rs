@@ -502,6 +502,24 @@ impl NodeStore {
         Ok(out)
     }
 
+    /// The student cards held for a student, from the packages received from their school.
+    pub async fn held_cards(
+        &self,
+        from_org: &str,
+        pseudonym: &str,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        Ok(
+            sqlx::query("SELECT card FROM received WHERE from_org = ? AND pseudonym = ?")
+                .bind(from_org)
+                .bind(pseudonym)
+                .fetch_all(&self.pool)
+                .await?
+                .into_iter()
+                .map(|r| r.get(0))
+                .collect(),
+        )
+    }
+
     pub async fn received(&self, grant_id: &str) -> Result<Option<Received>, StoreError> {
         let Some(r) = sqlx::query(&format!(
             "SELECT {RECEIVED_COLUMNS} FROM received WHERE grant_id = ?"
@@ -938,6 +956,19 @@ impl Tx {
         .execute(&mut *self.0)
         .await
         .map_err(|e| conflict(e, format!("student {pseudonym}")))?;
+        Ok(())
+    }
+
+    /// Puts a re-issued card in place of the student's current one.
+    pub async fn replace_card(&mut self, pseudonym: &str, card: &[u8]) -> Result<(), StoreError> {
+        let done = sqlx::query("UPDATE students SET card = ? WHERE pseudonym = ?")
+            .bind(card)
+            .bind(pseudonym)
+            .execute(&mut *self.0)
+            .await?;
+        if done.rows_affected() != 1 {
+            return Err(StoreError::Database(sqlx::Error::RowNotFound));
+        }
         Ok(())
     }
 

@@ -168,6 +168,7 @@ mod tests {
             birth_month: birth_month.into(),
             guardian_keys: vec![guardian.verifying_key().to_bytes().to_vec()],
             issued_at: 0,
+            retired_keys: Vec::new(),
         };
         Fixture {
             student,

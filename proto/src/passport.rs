@@ -182,7 +182,117 @@ pub fn verify_card(signed: &Signed, home_key: &VerifyingKey) -> Result<StudentCa
     for g in &card.guardian_keys {
         verifying_key(g, "guardian key")?;
     }
+    if card.retired_keys.len() > MAX_RETIRED_KEYS {
+        return Err(ProtocolError::malformed(
+            "student card",
+            format!("more than {MAX_RETIRED_KEYS} retired keys"),
+        ));
+    }
+    for r in &card.retired_keys {
+        verifying_key(&r.key, "retired key")?;
+        if r.role != ROLE_STUDENT && r.role != ROLE_GUARDIAN {
+            return Err(ProtocolError::malformed(
+                "student card",
+                format!(
+                    "a retired key's role is {:?}, not student or guardian",
+                    r.role
+                ),
+            ));
+        }
+        if r.retired_at > card.issued_at {
+            return Err(ProtocolError::malformed(
+                "student card",
+                "a key is retired after the card that retires it was issued",
+            ));
+        }
+        if r.key == card.student_key || card.guardian_keys.contains(&r.key) {
+            return Err(ProtocolError::malformed(
+                "student card",
+                "a retired key is still named as a current key",
+            ));
+        }
+    }
     Ok(card)
+}
+
+/// How many lost keys one card may list.
+pub const MAX_RETIRED_KEYS: usize = 32;
+pub const ROLE_STUDENT: &str = "student";
+pub const ROLE_GUARDIAN: &str = "guardian";
+
+/// Refuses an object that carries any signature by a key the card retires, whatever date the
+/// signer wrote (a thief can write any date). The home node applies this to everything new it
+/// is handed; recipients, who get only what the home node took in, check the date instead.
+pub fn refuse_retired_keys(
+    domain: Domain,
+    signed: &Signed,
+    card: &StudentCard,
+) -> Result<(), ProtocolError> {
+    for sig in &signed.sigs {
+        if let Some(r) = card.retired_keys.iter().find(|r| r.key == sig.public_key) {
+            return Err(lost_key(domain, r));
+        }
+    }
+    Ok(())
+}
+
+fn lost_key(domain: Domain, r: &crate::pb::RetiredKey) -> ProtocolError {
+    ProtocolError::Consent(format!(
+        "the {} is signed with a {} key reported lost on {}; it must be signed again with the \
+         new key",
+        domain.what(),
+        r.role,
+        crate::format_date(r.retired_at)
+    ))
+}
+
+/// Whether `newer` may take the place of `held` for the same student: the same pseudonym,
+/// school and birth month, issued later, and every key of `held` still current or retired in
+/// `newer`. A recipient holding one card takes no other, so a key cannot be swapped silently.
+pub fn check_card_follows(held: &StudentCard, newer: &StudentCard) -> Result<(), ProtocolError> {
+    if held == newer {
+        return Ok(());
+    }
+    if held.pseudonym != newer.pseudonym
+        || held.home_org != newer.home_org
+        || held.birth_month != newer.birth_month
+    {
+        return Err(ProtocolError::Consent(format!(
+            "the card for student {} does not match the one held here",
+            held.pseudonym
+        )));
+    }
+    if newer.issued_at < held.issued_at {
+        return Err(ProtocolError::Consent(format!(
+            "the card for student {} was issued {}, before the card held here ({})",
+            held.pseudonym,
+            crate::format_time(newer.issued_at),
+            crate::format_time(held.issued_at)
+        )));
+    }
+    let accounted = |key: &Vec<u8>| {
+        newer.student_key == *key
+            || newer.guardian_keys.contains(key)
+            || newer.retired_keys.iter().any(|r| r.key == *key)
+    };
+    if !accounted(&held.student_key) || !held.guardian_keys.iter().all(accounted) {
+        return Err(ProtocolError::Consent(format!(
+            "the card for student {} drops a key of the card held here without retiring it",
+            held.pseudonym
+        )));
+    }
+    if !held.retired_keys.iter().all(|r| {
+        newer
+            .retired_keys
+            .iter()
+            .any(|n| n.key == r.key && n.retired_at <= r.retired_at)
+    }) {
+        return Err(ProtocolError::Consent(format!(
+            "the card for student {} brings back a key retired in the card held here",
+            held.pseudonym
+        )));
+    }
+    Ok(())
 }
 
 /// How far ahead of the verifier's clock a signer's date may be (clocks drift).
@@ -192,7 +302,7 @@ pub const MAX_CLOCK_SKEW: i64 = 300;
 ///
 /// `at` is the date the signer wrote into the object; it may not lie ahead of the verifier's
 /// clock `now`, or a 15-year-old could date a consent after their 16th birthday and leave the
-/// guardian out.
+/// guardian out. A key the card retires counts only for objects dated before it was retired.
 pub fn verify_student_signatures(
     domain: Domain,
     signed: &Signed,
@@ -209,7 +319,9 @@ pub fn verify_student_signatures(
         )));
     }
     let student = verifying_key(&card.student_key, "student key")?;
-    verify_signed_by(domain, signed, &student)?;
+    if let Err(e) = verify_signed_by(domain, signed, &student) {
+        check_retired(domain, signed, card, ROLE_STUDENT, at, e)?;
+    }
     if under_16(&card.birth_month, at)? {
         let mut last_err = None;
         for g in &card.guardian_keys {
@@ -218,7 +330,7 @@ pub fn verify_student_signatures(
                 Err(e) => last_err = Some(e),
             }
         }
-        return Err(match last_err {
+        let err = match last_err {
             Some(ProtocolError::BadSignature { what, detail }) => {
                 ProtocolError::BadSignature { what, detail }
             }
@@ -229,9 +341,35 @@ pub fn verify_student_signatures(
                     crate::format_date(at)
                 ),
             },
-        });
+        };
+        return check_retired(domain, signed, card, ROLE_GUARDIAN, at, err);
     }
     Ok(())
+}
+
+/// After the current key did not sign: accepts a signature by a retired key of `role` when the
+/// object is dated before the key was retired, refuses it by name when not, and otherwise
+/// returns `err`, the current key's failure.
+fn check_retired(
+    domain: Domain,
+    signed: &Signed,
+    card: &StudentCard,
+    role: &str,
+    at: UnixTime,
+    err: ProtocolError,
+) -> Result<(), ProtocolError> {
+    for r in card.retired_keys.iter().filter(|r| r.role == role) {
+        let Ok(key) = verifying_key(&r.key, "retired key") else {
+            continue;
+        };
+        if verify_signed_by(domain, signed, &key).is_ok() {
+            if at < r.retired_at {
+                return Ok(());
+            }
+            return Err(lost_key(domain, r));
+        }
+    }
+    Err(err)
 }
 
 /// Verifies a signed manifest against the student's card.
@@ -345,6 +483,7 @@ mod tests {
             birth_month: "2011-06".into(),
             guardian_keys: vec![guardian.verifying_key().to_bytes().to_vec()],
             issued_at: 0,
+            retired_keys: Vec::new(),
         };
         let signed_card = sign_message(Domain::StudentCard, &card, &[&home]);
         let card = verify_card(&signed_card, &home.verifying_key()).unwrap();
@@ -358,6 +497,94 @@ mod tests {
         // Dated after the verifier's clock: refused, whoever signed.
         let err = verify_manifest(&both, &card, at - 3600).unwrap_err();
         assert!(err.to_string().contains("cannot be signed ahead"), "{err}");
+    }
+
+    #[test]
+    fn a_key_reported_lost_counts_only_for_what_it_signed_before() {
+        let home = generate_signing_key();
+        let lost = generate_signing_key();
+        let new = generate_signing_key();
+        let old_card = StudentCard {
+            pseudonym: "p1".into(),
+            home_org: "25LP".into(),
+            student_key: lost.verifying_key().to_bytes().to_vec(),
+            birth_month: "2008-06".into(),
+            guardian_keys: vec![],
+            issued_at: 1_780_000_000,
+            retired_keys: Vec::new(),
+        };
+        let reported = 1_790_000_000;
+        let new_card = StudentCard {
+            student_key: new.verifying_key().to_bytes().to_vec(),
+            issued_at: reported,
+            retired_keys: vec![crate::pb::RetiredKey {
+                key: old_card.student_key.clone(),
+                role: ROLE_STUDENT.into(),
+                retired_at: reported,
+            }],
+            ..old_card.clone()
+        };
+        let signed_card = sign_message(Domain::StudentCard, &new_card, &[&home]);
+        let card = verify_card(&signed_card, &home.verifying_key()).unwrap();
+        let version = |at| build_version("p1", 1, "s", at, &[section("a", "x")]).unwrap();
+        let now = reported + 86_400;
+
+        // Signed with the lost key before the report: still good at a recipient.
+        let before = sign_message(Domain::Manifest, &version(reported - 60).manifest, &[&lost]);
+        verify_manifest(&before, &card, now).unwrap();
+        // ...but the home node takes nothing new signed with it, whatever its date.
+        let err = refuse_retired_keys(Domain::Manifest, &before, &card).unwrap_err();
+        assert!(err.to_string().contains("reported lost on"), "{err}");
+        // Signed with the lost key after the report: refused everywhere, by name.
+        let after = sign_message(Domain::Manifest, &version(reported + 60).manifest, &[&lost]);
+        let err = verify_manifest(&after, &card, now).unwrap_err();
+        assert!(
+            err.to_string().contains("student key reported lost"),
+            "{err}"
+        );
+        // The new key signs from now on.
+        let fresh = sign_message(Domain::Manifest, &version(reported + 60).manifest, &[&new]);
+        verify_manifest(&fresh, &card, now).unwrap();
+        refuse_retired_keys(Domain::Manifest, &fresh, &card).unwrap();
+
+        // A recipient holding the old card takes the new one, but not a swap or a rollback.
+        check_card_follows(&old_card, &new_card).unwrap();
+        let err = check_card_follows(&new_card, &old_card).unwrap_err();
+        assert!(
+            err.to_string().contains("before the card held here"),
+            "{err}"
+        );
+        let swapped = StudentCard {
+            retired_keys: Vec::new(),
+            ..new_card.clone()
+        };
+        let err = check_card_follows(&old_card, &swapped).unwrap_err();
+        assert!(err.to_string().contains("without retiring it"), "{err}");
+        let revived = StudentCard {
+            student_key: lost.verifying_key().to_bytes().to_vec(),
+            issued_at: reported + 10,
+            retired_keys: Vec::new(),
+            ..new_card.clone()
+        };
+        let err = check_card_follows(&new_card, &revived).unwrap_err();
+        assert!(
+            err.to_string().contains("drops a key") || err.to_string().contains("brings back"),
+            "{err}"
+        );
+
+        // A card still naming the key it retires, or retiring after it was issued, is malformed.
+        let both = StudentCard {
+            student_key: old_card.student_key.clone(),
+            ..new_card.clone()
+        };
+        let signed = sign_message(Domain::StudentCard, &both, &[&home]);
+        assert!(verify_card(&signed, &home.verifying_key()).is_err());
+        let late = StudentCard {
+            issued_at: reported - 1,
+            ..new_card.clone()
+        };
+        let signed = sign_message(Domain::StudentCard, &late, &[&home]);
+        assert!(verify_card(&signed, &home.verifying_key()).is_err());
     }
 
     proptest! {

@@ -4,10 +4,11 @@
 use overstap_cli::authority::{Admission, Authority};
 use overstap_cli::client::connect;
 use overstap_cli::passport::make_grant;
-use overstap_proto::envelope::{Outgoing, seal_signed};
+use overstap_proto::envelope::{Outgoing, seal, seal_signed};
+use overstap_proto::pb::payload::Content;
 use overstap_proto::pb::{
     ConsentGrant, Envelope, EnvelopeHeader, EnvelopeKind, GetDirectoryRequest, MemberKind,
-    NodeStatusRequest, Payload, SendPassportRequest,
+    NodeStatusRequest, Payload, Revocation, RevocationNotice, SendPassportRequest, StudentCard,
 };
 use overstap_proto::sign::{Domain, decode_body, sign_message};
 use overstap_tests::demo::{GEMEENTE, MBO, OTHER_MBO, SCHOOL, birth_month};
@@ -685,4 +686,88 @@ impl tonic::codec::Decoder for RawCodec {
         bytes::Buf::advance(src, v.len());
         Ok(Some(v))
     }
+}
+
+/// A member that names a grant id (as if it were the student's school revoking it) gets the
+/// same answer whether the recipient holds that grant for another school or never heard of it:
+/// a deletion receipt. What is held for the other school stays.
+#[tokio::test]
+async fn a_school_cannot_learn_what_is_held_for_another_school() {
+    let (_tmp, region) = region().await;
+    let held = hand_over(&region, MBO).await;
+    eventually("the mbo holds the package", || async {
+        !held_sections(&region, MBO, &held).await.is_empty()
+    })
+    .await;
+    // 27XK plays a school: its own card for a made-up student, and that student's revocation.
+    let prober = creds(&region, OTHER_MBO);
+    let fake_student = overstap_proto::sign::generate_signing_key();
+    let card = StudentCard {
+        pseudonym: "pvs-0123456789abcdef".into(),
+        home_org: OTHER_MBO.into(),
+        student_key: fake_student.verifying_key().to_bytes().to_vec(),
+        birth_month: birth_month(17),
+        guardian_keys: Vec::new(),
+        issued_at: now() - 60,
+        retired_keys: Vec::new(),
+    };
+    let card = sign_message(Domain::StudentCard, &card, &[&prober.signing]);
+    let probe = |grant_id: &str| {
+        let rev = Revocation {
+            grant_id: grant_id.into(),
+            pseudonym: "pvs-0123456789abcdef".into(),
+            revoked_at: now(),
+        };
+        let mut id = [0u8; 16];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut id);
+        seal(
+            Outgoing {
+                envelope_id: id,
+                from_org: OTHER_MBO,
+                kind: EnvelopeKind::Revocation,
+                created_at: now(),
+                payload: Payload {
+                    content: Some(Content::Revocation(RevocationNotice {
+                        revocation: Some(sign_message(Domain::Revocation, &rev, &[&fake_student])),
+                        card: Some(card.clone()),
+                    })),
+                    ..Default::default()
+                },
+            },
+            &prober.signing,
+            &member(&region, MBO),
+        )
+        .expect("seal")
+    };
+    let mut hub = hub_client(&prober);
+    hub.send(probe(&held)).await.unwrap();
+    hub.send(probe("g-00000000deadbeef")).await.unwrap();
+    // Both answers are deletion receipts, and the prober's node takes both the same way.
+    eventually("both answers reach the prober", || async {
+        node_processed(&region, OTHER_MBO).await.len() == 2
+    })
+    .await;
+    let answers = node_processed(&region, OTHER_MBO).await;
+    assert_eq!(
+        answers[0], answers[1],
+        "the two answers differ: {answers:#?}"
+    );
+    assert!(
+        answers[0].0.contains("deletion receipt"),
+        "not a deletion receipt: {answers:#?}"
+    );
+    assert!(
+        !node_processed(&region, MBO)
+            .await
+            .iter()
+            .any(|(o, _)| o == "refusal" || o == "refused"),
+        "the mbo refused one of the probes, which tells them apart"
+    );
+    // The package held for the real school is untouched.
+    assert!(!held_sections(&region, MBO, &held).await.is_empty());
+    assert_eq!(
+        handover(&region, &held).await.unwrap().grant_state,
+        "active"
+    );
+    region.shutdown().await.unwrap();
 }

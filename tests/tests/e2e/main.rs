@@ -6,6 +6,7 @@ mod abuse;
 mod bad_input;
 mod dashboard;
 mod handover;
+mod keys;
 mod lifecycle;
 mod log;
 mod model;

@@ -1,0 +1,249 @@
+//! A student's lost key: the home node issues a new card for the same pseudonym, the lost key
+//! signs nothing new (at home, whatever date it carries; at a recipient, nothing dated after the
+//! report), and what it signed before stays in force.
+
+use overstap_cli::passport::{make_grant, make_revocation, revoke, upload_grant};
+use overstap_cli::wallet::Wallet;
+use overstap_proto::pb::{ReplaceStudentKeyRequest, StudentCard};
+use overstap_proto::sign::{Domain, decode_body, generate_signing_key, sign_message};
+use overstap_tests::demo::{MBO, SCHOOL, birth_month};
+use overstap_tests::*;
+
+fn new_key_request(pseudonym: &str, key: &ed25519_dalek::SigningKey) -> ReplaceStudentKeyRequest {
+    ReplaceStudentKeyRequest {
+        pseudonym: pseudonym.into(),
+        new_student_key: key.verifying_key().to_bytes().to_vec(),
+        replace_guardians: false,
+        guardian_keys: Vec::new(),
+        staff_user: "mentor Jansen".into(),
+    }
+}
+
+#[tokio::test]
+async fn a_student_who_lost_a_key_gets_a_new_card_and_the_old_key_signs_nothing_new() {
+    let (_tmp, region) = region().await;
+    let sam = student(&region, &birth_month(17), None).await;
+    // Before the loss: a consent signed with the key that will be lost, handed over.
+    let before = grant(
+        &region,
+        &sam.wallet,
+        &grant_request(MBO, &["wie-ben-ik"], "intake", 30),
+        None,
+    )
+    .await;
+    send(&region, &before).await;
+    eventually("the mbo holds the first package", || async {
+        !held_sections(&region, MBO, &before).await.is_empty()
+    })
+    .await;
+    // The thief's copy of the lost wallet.
+    let thief = Wallet::new(sam.wallet.key.clone(), sam.wallet.card.clone()).unwrap();
+
+    // The mentor checks the student in person and the school issues a new card.
+    let mut api = region.api(SCHOOL).await.unwrap();
+    let reported = now();
+    let new_key = generate_signing_key();
+    let reply = api
+        .replace_student_key(new_key_request(&sam.wallet.pseudonym, &new_key))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reply.grants_kept, 1, "the consent given before stays");
+    let new_wallet = Wallet::new(new_key.clone(), reply.card.clone().unwrap()).unwrap();
+    let card: StudentCard = decode_body(Domain::StudentCard, &new_wallet.card).unwrap();
+    assert_eq!(
+        card.pseudonym, sam.wallet.pseudonym,
+        "the pseudonym is kept"
+    );
+    assert_eq!(
+        card.student_key,
+        new_key.verifying_key().to_bytes().to_vec()
+    );
+    assert_eq!(card.retired_keys.len(), 1);
+    assert_eq!(
+        card.retired_keys[0].key,
+        sam.wallet.key.verifying_key().to_bytes().to_vec()
+    );
+    assert!(card.retired_keys[0].retired_at >= reported);
+    // The school's store holds the new card, and the trail says what happened.
+    let mut stored = api
+        .get_student(overstap_proto::pb::GetStudentRequest {
+            pseudonym: sam.wallet.pseudonym.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stored.card.take(), reply.card);
+    let trail = api
+        .trail(overstap_proto::pb::TrailRequest {
+            pseudonym: sam.wallet.pseudonym.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    let event = trail
+        .iter()
+        .find(|e| e.event == "new key")
+        .expect("a new-key event in the trail");
+    assert!(
+        event.detail.contains("mentor Jansen") && event.detail.contains("student key"),
+        "{}",
+        event.detail
+    );
+    // The same key cannot come back as the "new" one.
+    let err = api
+        .replace_student_key(new_key_request(&sam.wallet.pseudonym, &sam.wallet.key))
+        .await
+        .unwrap_err();
+    assert!(err.message().contains("must be a new key"), "{err:?}");
+
+    // The thief signs a consent with the lost key, dated now and dated before the report: the
+    // school refuses both by name and stores nothing.
+    let grants_before = node_count(&region, SCHOOL, "grants").await;
+    for dated in [now(), reported - 3_600] {
+        let signed = make_grant(
+            &thief,
+            "pvs-mbo-v1",
+            &grant_request(MBO, &["wie-ben-ik", "wat-kan-ik"], "intake", 30),
+            None,
+            dated,
+        )
+        .unwrap();
+        let err = upload_grant(&mut api, signed).await.unwrap_err();
+        assert!(
+            err.to_string().contains("student key reported lost on"),
+            "{err:#}"
+        );
+    }
+    // A withdrawal signed with the lost key is refused as well; the first consent stays.
+    let rev = make_revocation(&thief, &before, None, now()).unwrap();
+    let err = revoke(&mut api, rev).await.unwrap_err();
+    assert!(err.to_string().contains("reported lost"), "{err:#}");
+    assert_eq!(node_count(&region, SCHOOL, "grants").await, grants_before);
+    assert_eq!(
+        handover(&region, &before).await.unwrap().grant_state,
+        "active"
+    );
+
+    // The student signs with the new key: a new consent goes out under the new card, and the mbo
+    // (which holds the old card) takes the new one because it retires the old key.
+    let after = grant(
+        &region,
+        &new_wallet,
+        &grant_request(MBO, &["wat-kan-ik"], "intake", 30),
+        None,
+    )
+    .await;
+    send(&region, &after).await;
+    eventually("the mbo holds the package under the new card", || async {
+        !held_sections(&region, MBO, &after).await.is_empty()
+    })
+    .await;
+
+    // A recipient refuses a package whose grant the lost key signed after the report, even when
+    // a (dishonest or broken) school sends it with the new card.
+    let school = creds(&region, SCHOOL);
+    let mut hub = hub_client(&school);
+    let smuggled = Student {
+        wallet: Wallet::new(sam.wallet.key.clone(), reply.card.clone().unwrap()).unwrap(),
+        manifest: sam.manifest.clone(),
+        disclosures: sam.disclosures.clone(),
+    };
+    // Dated a few seconds after the report (the lost key counts up to the second of the report).
+    let thief_grant = make_grant(
+        &thief,
+        "pvs-mbo-v1",
+        &grant_request(MBO, &["wie-ben-ik"], "begeleiding", 30),
+        None,
+        reported + 5,
+    )
+    .unwrap();
+    let received_before = node_count(&region, MBO, "received").await;
+    hub.send(package_envelope(
+        &region,
+        &school,
+        MBO,
+        &smuggled,
+        &thief_grant,
+        &["wie-ben-ik"],
+        "begeleiding",
+    ))
+    .await
+    .expect("the hub routes it; it cannot see the grant");
+    eventually("the mbo's refusal reaches the school", || async {
+        node_processed(&region, SCHOOL)
+            .await
+            .iter()
+            .any(|(o, d)| o == "refusal" && d.contains("reported lost"))
+    })
+    .await;
+    assert_eq!(node_count(&region, MBO, "received").await, received_before);
+
+    // The first consent, signed with the lost key before the report, is still withdrawn with
+    // the new key, and the mbo erases it.
+    let rev = make_revocation(&new_wallet, &before, None, now()).unwrap();
+    revoke(&mut api, rev).await.unwrap();
+    eventually("the mbo erases the first package", || async {
+        held_sections(&region, MBO, &before).await.is_empty()
+            && handover(&region, &before).await.unwrap().grant_state == "erased"
+    })
+    .await;
+    assert!(!held_sections(&region, MBO, &after).await.is_empty());
+    region.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_student_under_16_keeps_a_guardian_on_the_new_card() {
+    let (_tmp, region) = region().await;
+    let guardian = generate_signing_key();
+    let noor = student(&region, &birth_month(15), Some(&guardian)).await;
+    let mut api = region.api(SCHOOL).await.unwrap();
+    // Dropping every guardian of a 15-year-old is refused.
+    let mut req = new_key_request(&noor.wallet.pseudonym, &generate_signing_key());
+    req.replace_guardians = true;
+    let err = api.replace_student_key(req).await.unwrap_err();
+    assert!(err.message().contains("under 16"), "{err:?}");
+    // The guardian lost a key too: the new card names the new guardian and retires the old.
+    let new_guardian = generate_signing_key();
+    let new_key = generate_signing_key();
+    let mut req = new_key_request(&noor.wallet.pseudonym, &new_key);
+    req.replace_guardians = true;
+    req.guardian_keys = vec![new_guardian.verifying_key().to_bytes().to_vec()];
+    let card = api
+        .replace_student_key(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .card
+        .unwrap();
+    let wallet = Wallet::new(new_key, card).unwrap();
+    // A consent co-signed with the old guardian key: the student's own command refuses to make
+    // it, and the school refuses it when it is made by hand.
+    let req = grant_request(MBO, &["wie-ben-ik"], "intake", 30);
+    let err = make_grant(&wallet, "pvs-mbo-v1", &req, Some(&guardian), now() + 5).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("guardian key reported lost"),
+        "{err:#}"
+    );
+    let signed = make_grant(&wallet, "pvs-mbo-v1", &req, Some(&new_guardian), now()).unwrap();
+    let body: overstap_proto::pb::ConsentGrant = decode_body(Domain::Grant, &signed).unwrap();
+    let by_hand = sign_message(Domain::Grant, &body, &[&wallet.key, &guardian]);
+    let err = upload_grant(&mut api, by_hand).await.unwrap_err();
+    assert!(
+        err.to_string().contains("guardian key reported lost"),
+        "{err:#}"
+    );
+    // With the new guardian it is taken.
+    upload_grant(&mut api, signed).await.unwrap();
+    // An unknown pseudonym gets the same answer as any unknown student.
+    let err = api
+        .replace_student_key(new_key_request(
+            "pvs-0000000000000000",
+            &generate_signing_key(),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
+    region.shutdown().await.unwrap();
+}
