@@ -22,6 +22,8 @@ pub struct Fixture {
     /// A student of 17 (no guardian needed) and the card the school issued.
     pub student: SigningKey,
     pub card: overstap_proto::pb::StudentCard,
+    /// The student's earlier key, which the card retires (reported lost at NOW - 500).
+    pub lost: SigningKey,
     pub hub: SigningKey,
     pub school: SigningKey,
     pub mbo: SigningKey,
@@ -64,6 +66,7 @@ pub fn fixture() -> &'static Fixture {
         let directory = VerifiedDirectory::verify(&signed, &authority.verifying_key(), 0)
             .expect("the fixture's directory verifies");
         let student = SigningKey::from_bytes(&[10; 32]);
+        let lost = SigningKey::from_bytes(&[11; 32]);
         let card = overstap_proto::pb::StudentCard {
             pseudonym: "pvs-fuzz".into(),
             home_org: "25LP".into(),
@@ -71,12 +74,17 @@ pub fn fixture() -> &'static Fixture {
             birth_month: "2009-01".into(),
             guardian_keys: vec![],
             issued_at: NOW - 1_000,
-            retired_keys: Vec::new(),
+            retired_keys: vec![overstap_proto::pb::RetiredKey {
+                key: lost.verifying_key().to_bytes().to_vec(),
+                role: "student".into(),
+                retired_at: NOW - 1_000,
+            }],
         };
         Fixture {
             authority,
             student,
             card,
+            lost,
             hub,
             school,
             mbo,

@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 pub mod dashboard;
+pub mod deadline;
 pub mod limits;
 pub mod metrics;
 pub mod metrics_http;
@@ -141,14 +142,14 @@ pub async fn serve_wrapped<S: HubStore, H: Hub>(
     let limits = config.limits;
     tonic::transport::Server::builder()
         .max_concurrent_streams(limits.streams_per_connection)
-        .timeout(std::time::Duration::from_secs(
-            limits.request_timeout_secs.max(1),
-        ))
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(
             (limits.idle_timeout_secs / 2).max(1),
         )))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(
             (limits.idle_timeout_secs / 2).max(1),
+        )))
+        .layer(deadline::Deadline::new(std::time::Duration::from_secs(
+            limits.request_timeout_secs.max(1),
         )))
         .add_service(health_service)
         .add_service(reflection)

@@ -144,9 +144,14 @@ pub struct NodeCore {
     pub hub_connected: AtomicBool,
     pub last_seq: AtomicU64,
     pub max_body: usize,
+    /// How many envelopes from one sender wait for a gap at most (`max_held_per_sender`).
+    pub max_held_per_sender: u64,
     clock: Clock,
     pub metrics: crate::metrics::NodeMetrics,
 }
+
+/// The default for `max_held_per_sender`: far more than an honest sender has in flight.
+pub const DEFAULT_MAX_HELD_PER_SENDER: u64 = 1_000;
 
 fn random_bytes<const N: usize>() -> [u8; N] {
     let mut b = [0u8; N];
@@ -194,6 +199,7 @@ impl NodeCore {
             hub_connected: AtomicBool::new(false),
             last_seq: AtomicU64::new(0),
             max_body,
+            max_held_per_sender: DEFAULT_MAX_HELD_PER_SENDER,
             clock,
             metrics: Default::default(),
         })
@@ -1476,6 +1482,25 @@ impl NodeCore {
         }
         if seq > peer.received_seq + 1 {
             // A gap: keep this one, sealed, and ask the sender for what is missing.
+            if !from_held && self.store.held_from(&from).await? >= self.max_held_per_sender {
+                // A sender far ahead of itself (or one filling this node's disk): this one is
+                // not kept. Once the gap is filled, the next envelope from the sender opens a
+                // gap that covers it, and it is asked for again.
+                let mut tx = self.store.begin().await?;
+                tx.insert_processed(&processed(
+                    "dropped",
+                    format!(
+                        "{} envelopes from {from} already wait for sequence number {}; number \
+                         {seq} will be asked for again",
+                        self.max_held_per_sender,
+                        peer.received_seq + 1
+                    ),
+                ))
+                .await?;
+                tx.commit().await?;
+                tracing::warn!(org = %self.org_id, %from, seq, "too many envelopes held from one sender; one dropped");
+                return Ok((Outcome::Duplicate, None));
+            }
             let mut tx = self.store.begin().await?;
             tx.hold(
                 &Held {

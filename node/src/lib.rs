@@ -16,6 +16,9 @@
 
 pub mod api;
 pub mod core;
+/// The same time limit on calls as the hub's: one source file, compiled in both daemons.
+#[path = "../../hub/src/deadline.rs"]
+pub mod deadline;
 pub mod metrics;
 /// The same `/metrics` endpoint as the hub's: one source file, compiled in both daemons.
 #[path = "../../hub/src/metrics_http.rs"]
@@ -67,6 +70,9 @@ pub async fn run(
     run_with_clock(config, api_listener, shutdown, system_clock()).await
 }
 
+/// How many calls one connection to the local API may have open at once.
+pub const API_STREAMS_PER_CONNECTION: u32 = 64;
+
 /// [`run`] with an injected clock.
 pub async fn run_with_clock(
     config: NodeConfig,
@@ -77,19 +83,19 @@ pub async fn run_with_clock(
     let store = NodeStore::open(&config.database_url)
         .await
         .with_context(|| format!("opening node database {}", config.database_url))?;
-    let core = Arc::new(
-        NodeCore::new(
-            config.org_id.clone(),
-            config.signing_key.clone(),
-            config.encryption_keys.clone(),
-            config.key_files.clone(),
-            config.authority,
-            store,
-            config.max_envelope_bytes,
-            clock,
-        )
-        .await?,
-    );
+    let mut core = NodeCore::new(
+        config.org_id.clone(),
+        config.signing_key.clone(),
+        config.encryption_keys.clone(),
+        config.key_files.clone(),
+        config.authority,
+        store,
+        config.max_envelope_bytes,
+        clock,
+    )
+    .await?;
+    core.max_held_per_sender = config.max_held_per_sender;
+    let core = Arc::new(core);
     let link = sync::HubLink {
         url: config.hub_url.clone(),
         server_name: config.hub_name.clone(),
@@ -132,7 +138,12 @@ pub async fn run_with_clock(
             .max_decoding_message_size(config.max_envelope_bytes * 4),
         api::TokenCheck::new(config.api_token.clone()),
     );
+    // The local API is on loopback behind a token, but a stuck client must not hold it either.
     let result = tonic::transport::Server::builder()
+        .max_concurrent_streams(API_STREAMS_PER_CONNECTION)
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
+        .layer(deadline::Deadline::new(config.api_request_timeout))
         .add_service(health_service)
         .add_service(api)
         .serve_with_incoming_shutdown(

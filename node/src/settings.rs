@@ -52,6 +52,13 @@ pub struct Settings {
     pub reaper_interval_secs: u64,
     #[serde(default = "d_max")]
     pub max_envelope_bytes: usize,
+    /// How many envelopes from one sender may wait here for a gap in its sequence to fill;
+    /// past that they are dropped and asked for again once the gap is filled.
+    #[serde(default = "d_held")]
+    pub max_held_per_sender: u64,
+    /// How long a call to the local API may take before it ends with `DEADLINE_EXCEEDED`.
+    #[serde(default = "d_api_timeout")]
+    pub api_request_timeout_secs: u64,
     /// Where to serve Prometheus `/metrics` over plain HTTP (off when unset).
     #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,
@@ -63,6 +70,7 @@ pub struct Settings {
 /// Every field of [`Settings`] and its kind, for the `OVERSTAP_*` environment variables.
 pub const FIELDS: &[(&str, FieldKind)] = &[
     ("api_listen", FieldKind::Text),
+    ("api_request_timeout_secs", FieldKind::Integer),
     ("api_token_file", FieldKind::Text),
     ("api_url_file", FieldKind::Text),
     ("authority_key", FieldKind::Text),
@@ -73,6 +81,7 @@ pub const FIELDS: &[(&str, FieldKind)] = &[
     ("hub_name", FieldKind::Text),
     ("hub_url", FieldKind::Text),
     ("max_envelope_bytes", FieldKind::Integer),
+    ("max_held_per_sender", FieldKind::Integer),
     ("metrics_addr_file", FieldKind::Text),
     ("metrics_listen", FieldKind::Text),
     ("org_id", FieldKind::Text),
@@ -124,6 +133,14 @@ fn d_dir_interval() -> u64 {
 fn d_reaper_interval() -> u64 {
     60
 }
+fn d_api_timeout() -> u64 {
+    60
+}
+
+fn d_held() -> u64 {
+    crate::core::DEFAULT_MAX_HELD_PER_SENDER
+}
+
 fn d_max() -> usize {
     overstap_proto::DEFAULT_MAX_ENVELOPE_BYTES
 }
@@ -223,6 +240,10 @@ impl Settings {
             api_url_file: Some(self.api_url_file.clone()),
             directory_interval: std::time::Duration::from_secs(self.directory_interval_secs.max(1)),
             max_envelope_bytes: self.max_envelope_bytes,
+            max_held_per_sender: self.max_held_per_sender.max(1),
+            api_request_timeout: std::time::Duration::from_secs(
+                self.api_request_timeout_secs.max(1),
+            ),
             metrics_listen: self.metrics_listen,
             metrics_addr_file: self.metrics_addr_file.clone(),
         })
@@ -250,6 +271,8 @@ pub struct NodeConfig {
     /// How often the hub's log is checked (its newest checkpoint and the inclusion proofs).
     pub log_interval: std::time::Duration,
     pub max_envelope_bytes: usize,
+    pub max_held_per_sender: u64,
+    pub api_request_timeout: std::time::Duration,
     /// Where the node's own keys are, to follow a rotation without a restart.
     pub key_files: Option<KeyFiles>,
     pub metrics_listen: Option<SocketAddr>,

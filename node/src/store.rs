@@ -502,6 +502,16 @@ impl NodeStore {
         Ok(out)
     }
 
+    /// How many envelopes from `from_org` wait for a gap in its sequence.
+    pub async fn held_from(&self, from_org: &str) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query("SELECT COUNT(*) FROM held WHERE from_org = ?")
+            .bind(from_org)
+            .fetch_one(&self.pool)
+            .await?
+            .get(0);
+        Ok(n as u64)
+    }
+
     /// The student cards held for a student, from the packages received from their school.
     pub async fn held_cards(
         &self,

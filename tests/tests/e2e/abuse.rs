@@ -143,3 +143,145 @@ async fn a_flooding_member_is_held_back_and_an_honest_handover_still_completes()
         .expect("room again once the mailbox is picked up");
     region.shutdown().await.unwrap();
 }
+
+/// A member that sends envelopes with sequence numbers far ahead fills at most
+/// `max_held_per_sender` rows of the recipient's `held` table; the rest are dropped (and would be
+/// asked for again once the gap is filled), and an honest handover to the same node completes.
+#[tokio::test]
+async fn a_sender_far_ahead_of_itself_fills_only_its_share_of_the_held_table() {
+    let (_tmp, mut region) = region().await;
+    region.stop_node(MBO).await.unwrap();
+    let toml = region.node_dir(MBO).join("node.toml");
+    let mut text = std::fs::read_to_string(&toml).unwrap();
+    text.insert_str(0, "max_held_per_sender = 3\n");
+    std::fs::write(&toml, text).unwrap();
+    region.start_node(MBO).await.unwrap();
+
+    let prober = creds(&region, OTHER_MBO);
+    let mut hub = hub_client(&prober);
+    let to = member(&region, MBO);
+    for seq in 100..108u64 {
+        let mut id = [0u8; 16];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut id);
+        let envelope = overstap_proto::envelope::seal(
+            overstap_proto::envelope::Outgoing {
+                envelope_id: id,
+                from_org: OTHER_MBO,
+                kind: overstap_proto::pb::EnvelopeKind::Status,
+                created_at: now(),
+                payload: overstap_proto::pb::Payload {
+                    seq,
+                    ..status_payload()
+                },
+            },
+            &prober.signing,
+            &to,
+        )
+        .unwrap();
+        hub.send(envelope).await.unwrap();
+    }
+    eventually("the mbo has taken all eight off its mailbox", || async {
+        let processed = node_processed(&region, MBO).await;
+        processed.iter().filter(|(o, _)| o == "dropped").count() == 5
+    })
+    .await;
+    assert_eq!(node_count(&region, MBO, "held").await, 3);
+    let dropped = node_processed(&region, MBO).await;
+    let (_, detail) = dropped.iter().find(|(o, _)| o == "dropped").unwrap();
+    assert!(
+        detail.contains("3 envelopes from 27XK already wait for sequence number 1"),
+        "{detail}"
+    );
+    // The school's handover to the same node is not held back.
+    let id = hand_over(&region, MBO).await;
+    eventually("the honest package arrives", || async {
+        !held_sections(&region, MBO, &id).await.is_empty()
+    })
+    .await;
+    region.shutdown().await.unwrap();
+}
+
+/// Starts a call whose request never arrives (the headers come, the body does not), the way a
+/// slow or stalled client holds a stream; returns how the server ended it.
+async fn stalled_call(
+    channel: tonic::transport::Channel,
+    path: &'static str,
+    token: Option<&str>,
+) -> tonic::Status {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.expect("the server takes calls");
+    let mut request = tonic::Request::new(tokio_stream::pending::<overstap_proto::pb::Envelope>());
+    if let Some(token) = token {
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {}", token.trim()).parse().unwrap(),
+        );
+    }
+    let codec = tonic_prost::ProstCodec::<overstap_proto::pb::Envelope, overstap_proto::pb::Signed>::default();
+    tokio::time::timeout(
+        Duration::from_secs(15),
+        grpc.client_streaming(request, http::uri::PathAndQuery::from_static(path), codec),
+    )
+    .await
+    .expect("the server held the stalled call open for 15 s")
+    .expect_err("a request that never arrives cannot be answered")
+}
+
+/// A client that starts a call and never finishes sending it is cut off with
+/// `DEADLINE_EXCEEDED` and a reason, at the hub and at a node's local API, while an honest
+/// handover completes beside it.
+#[tokio::test]
+async fn a_stalled_request_ends_with_deadline_exceeded_at_hub_and_node() {
+    let (_tmp, mut region) = region().await;
+    region
+        .set_hub_limits(Limits {
+            request_timeout_secs: 1,
+            ..Limits::default()
+        })
+        .await
+        .unwrap();
+    region.stop_node(MBO).await.unwrap();
+    let toml = region.node_dir(MBO).join("node.toml");
+    let mut text = std::fs::read_to_string(&toml).unwrap();
+    text.insert_str(0, "api_request_timeout_secs = 1\n");
+    std::fs::write(&toml, text).unwrap();
+    region.start_node(MBO).await.unwrap();
+
+    let slow = creds(&region, GEMEENTE);
+    let hub_stall = tokio::spawn(stalled_call(
+        slow.link.channel().unwrap(),
+        "/overstap.v1.Hub/Send",
+        None,
+    ));
+    let url = std::fs::read_to_string(region.node_dir(MBO).join("api.url")).unwrap();
+    let token = std::fs::read_to_string(region.node_dir(MBO).join("api.token")).unwrap();
+    let node_channel = tonic::transport::Endpoint::from_shared(url.trim().to_string())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let node_stall = tokio::spawn(async move {
+        stalled_call(node_channel, "/overstap.v1.Node/AddGrant", Some(&token)).await
+    });
+    // The honest handover goes on meanwhile.
+    let id = hand_over(&region, MBO).await;
+    eventually("the honest package arrives", || async {
+        !held_sections(&region, MBO, &id).await.is_empty()
+    })
+    .await;
+    for status in [hub_stall.await.unwrap(), node_stall.await.unwrap()] {
+        assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+        assert!(
+            status.message().contains("request_timeout_secs"),
+            "{status:?}"
+        );
+        assert_eq!(
+            status
+                .metadata()
+                .get("overstap-limit")
+                .and_then(|v| v.to_str().ok()),
+            Some("request_timeout")
+        );
+    }
+    region.shutdown().await.unwrap();
+}
