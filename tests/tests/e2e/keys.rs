@@ -247,3 +247,65 @@ async fn a_student_under_16_keeps_a_guardian_on_the_new_card() {
     assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
     region.shutdown().await.unwrap();
 }
+
+/// A member's keys are rotated through the directory: what was sealed to its old encryption key
+/// before the rotation (in flight) still opens, and a header signed with a rotated member's old
+/// signing key afterwards is refused by the hub, with a reason, and stored nowhere.
+#[tokio::test]
+async fn after_a_rotation_the_old_signing_key_is_refused_and_what_was_in_flight_still_opens() {
+    let (_tmp, mut region) = region().await;
+    let school_before = creds(&region, SCHOOL);
+    // In flight: sealed to the mbo's key of now, waiting at the hub while the mbo is away.
+    region.stop_node(MBO).await.unwrap();
+    let mut hub = hub_client(&school_before);
+    let mbo_before = member(&region, MBO);
+    hub.send(status_envelope(&school_before, &mbo_before))
+        .await
+        .unwrap();
+
+    for org in [MBO, SCHOOL] {
+        region.authority.rotate(org, &region.node_dir(org)).unwrap();
+    }
+    let v = region.publish_directory().await.unwrap();
+    assert_ne!(
+        member(&region, MBO).encryption_key,
+        mbo_before.encryption_key
+    );
+    region.start_node(MBO).await.unwrap();
+    region
+        .wait_for(
+            SCHOOL,
+            std::time::Duration::from_secs(20),
+            "the school fetching the rotated directory",
+            |s| s.directory_version == v,
+        )
+        .await
+        .unwrap();
+    eventually(
+        "the mbo takes in what was sealed to its old key",
+        || async { !node_processed(&region, MBO).await.is_empty() },
+    )
+    .await;
+    let taken = node_processed(&region, MBO).await;
+    // Opened and read: the status inside is about a grant the mbo does not hold.
+    assert_eq!(
+        taken,
+        vec![(
+            "status for a grant not held here".to_string(),
+            String::new()
+        )],
+        "the envelope sealed to the old key did not open"
+    );
+
+    // The school's old signing key, used after the rotation (with the school's own certificate):
+    // the hub refuses it with a reason and stores nothing.
+    let before = hub_envelopes_from(&region, SCHOOL).await;
+    let err = hub
+        .send(status_envelope(&school_before, &member(&region, MBO)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
+    assert!(err.message().contains("signature"), "{err:?}");
+    assert_eq!(hub_envelopes_from(&region, SCHOOL).await, before);
+    region.shutdown().await.unwrap();
+}
