@@ -619,7 +619,7 @@ pub async fn run(dir: &Path, out: &mut dyn Write, serve: bool) -> anyhow::Result
     );
 
     story.step(12, "The hub routed everything, and could read none of it.");
-    let hub = hub_bytes(&region.hub_db());
+    let hub = crate::region::hub_contents(&region.dir).await?;
     let mut leaked: Vec<String> = answer_texts(SAM_ANSWERS)
         .into_iter()
         .chain(answer_texts(NOOR_ANSWERS))

@@ -65,6 +65,55 @@ impl Org {
     }
 }
 
+/// The environment variable that puts the hub of every region on PostgreSQL: a server URL such
+/// as `postgres://postgres@127.0.0.1:5432/test`, next to which each region gets a fresh database.
+pub const TEST_POSTGRES: &str = "OVERSTAP_TEST_POSTGRES";
+
+/// The database of the hub of the region kept in `dir` (see [`Region::hub_database_url`]).
+pub fn hub_database_url(dir: &Path) -> anyhow::Result<String> {
+    let settings = overstap_hub::Settings::load(Some(&dir.join("hub").join("hub.toml")))?;
+    Ok(settings.resolve()?.database_url)
+}
+
+/// Every byte the hub of the region in `dir` keeps: its SQLite files, or every row of its
+/// PostgreSQL tables (binary columns as they are stored, text as UTF-8), to search for what the
+/// hub must never hold.
+pub async fn hub_contents(dir: &Path) -> anyhow::Result<Vec<u8>> {
+    let url = hub_database_url(dir)?;
+    if !overstap_hub::store::is_postgres(&url) {
+        return Ok(crate::demo::hub_bytes(&dir.join("hub").join("hub.db")));
+    }
+    use sqlx::Row;
+    let pool = sqlx::PgPool::connect(&url).await?;
+    let mut all = Vec::new();
+    for table in [
+        "directory",
+        "envelopes",
+        "mailbox",
+        "events",
+        "log_hashes",
+        "checkpoints",
+        "cosignatures",
+    ] {
+        for row in sqlx::query(&format!("SELECT * FROM {table}"))
+            .fetch_all(&pool)
+            .await?
+        {
+            for i in 0..row.len() {
+                if let Ok(b) = row.try_get::<Vec<u8>, _>(i) {
+                    all.extend(b);
+                } else if let Ok(Some(t)) = row.try_get::<Option<String>, _>(i) {
+                    all.extend(t.into_bytes());
+                } else if let Ok(Some(n)) = row.try_get::<Option<i64>, _>(i) {
+                    all.extend(n.to_string().into_bytes());
+                }
+            }
+        }
+    }
+    pool.close().await;
+    Ok(all)
+}
+
 pub struct Region {
     pub dir: PathBuf,
     pub authority: Authority,
@@ -136,6 +185,19 @@ impl Region {
                 out: dir.join(&org.id),
             })?;
         }
+        // The tests and load runs put the hub on PostgreSQL when OVERSTAP_TEST_POSTGRES names a
+        // server: a fresh database for each region.
+        if let Ok(admin) = std::env::var(TEST_POSTGRES) {
+            let url = overstap_hub::store::fresh_postgres_database(&admin)
+                .await
+                .with_context(|| format!("making a database for the hub ({TEST_POSTGRES})"))?;
+            let toml = dir.join("hub").join("hub.toml");
+            let text = std::fs::read_to_string(&toml)?.replace(
+                "database_url = \"sqlite://hub.db\"",
+                &format!("database_url = \"{url}\""),
+            );
+            std::fs::write(&toml, text)?;
+        }
         let mut region = Region {
             dir: dir.to_path_buf(),
             authority,
@@ -156,6 +218,12 @@ impl Region {
     /// The hub's SQLite file (and its write-ahead log beside it).
     pub fn hub_db(&self) -> PathBuf {
         self.dir.join("hub").join("hub.db")
+    }
+
+    /// The hub's database: `postgres://…` when the region runs it on PostgreSQL, otherwise the
+    /// `sqlite://` URL of [`Region::hub_db`].
+    pub fn hub_database_url(&self) -> anyhow::Result<String> {
+        hub_database_url(&self.dir)
     }
 
     /// Where the hub (`"hub"`) or a member's node serves its Prometheus metrics.

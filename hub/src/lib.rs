@@ -35,7 +35,7 @@ use tokio::net::TcpListener;
 
 pub use service::{HubError, HubService};
 pub use settings::{HubConfig, Settings};
-pub use store::{HubStore, SqliteStore};
+pub use store::{HubStore, PostgresStore, SqliteStore};
 
 /// Room for the header and protobuf framing on top of the largest body; anything beyond four
 /// times the body limit is refused by the transport before it is buffered.
@@ -47,10 +47,15 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let store = SqliteStore::open(&config.database_url)
-        .await
-        .with_context(|| format!("opening hub database {}", config.database_url))?;
-    serve_with_store(config, store, listener, shutdown).await
+    let url = config.database_url.clone();
+    let opening = || format!("opening hub database {}", store::redact(&url));
+    if store::is_postgres(&url) {
+        let store = PostgresStore::open(&url).await.with_context(opening)?;
+        serve_with_store(config, store, listener, shutdown).await
+    } else {
+        let store = SqliteStore::open(&url).await.with_context(opening)?;
+        serve_with_store(config, store, listener, shutdown).await
+    }
 }
 
 /// Like [`serve`], with a store the caller opened.

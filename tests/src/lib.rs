@@ -73,25 +73,60 @@ pub fn member(region: &Region, org: &str) -> Member {
     directory(region).member(org).expect("member").clone()
 }
 
+/// A connection to the hub's database, SQLite or PostgreSQL, for looking (or, as a dishonest
+/// operator, tampering) behind the hub's back.
+pub async fn hub_pool(region: &Region) -> sqlx::AnyPool {
+    sqlx::any::install_default_drivers();
+    let url = region.hub_database_url().expect("the hub's database");
+    sqlx::pool::PoolOptions::<sqlx::Any>::new()
+        .max_connections(1)
+        .connect(&url)
+        .await
+        .expect("open the hub's database")
+}
+
+/// Runs one statement with text parameters on the hub's database; returns the rows it changed.
+pub async fn hub_execute(region: &Region, sql: &str, binds: &[&str]) -> u64 {
+    let pool = hub_pool(region).await;
+    let mut q = sqlx::query(sql);
+    for b in binds {
+        q = q.bind(*b);
+    }
+    let n = q.execute(&pool).await.expect(sql).rows_affected();
+    pool.close().await;
+    n
+}
+
+/// One integer from the hub's database (`$1`, `$2`… take `binds`).
+pub async fn hub_scalar(region: &Region, sql: &str, binds: &[&str]) -> i64 {
+    let pool = hub_pool(region).await;
+    let mut q = sqlx::query_scalar::<_, i64>(sql);
+    for b in binds {
+        q = q.bind(*b);
+    }
+    let n = q.fetch_one(&pool).await.expect(sql);
+    pool.close().await;
+    n
+}
+
+/// Whether the region's hub runs on PostgreSQL.
+pub fn hub_on_postgres(region: &Region) -> bool {
+    overstap_hub::store::is_postgres(&region.hub_database_url().expect("the hub's database"))
+}
+
 /// Counts rows in one of the hub's tables.
 pub async fn hub_count(region: &Region, table: &str) -> i64 {
-    count(&region.hub_db(), table).await
+    hub_scalar(region, &format!("SELECT COUNT(*) FROM {table}"), &[]).await
 }
 
 /// Counts the envelopes the hub accepted from one member.
 pub async fn hub_envelopes_from(region: &Region, org: &str) -> i64 {
-    let db = region.hub_db();
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}?mode=ro", db.display()))
-        .await
-        .expect("open db");
-    let n: i64 = sqlx::query("SELECT COUNT(*) FROM envelopes WHERE from_org = ?")
-        .bind(org)
-        .fetch_one(&pool)
-        .await
-        .expect("count")
-        .get(0);
-    pool.close().await;
-    n
+    hub_scalar(
+        region,
+        "SELECT COUNT(*) FROM envelopes WHERE from_org = $1",
+        &[org],
+    )
+    .await
 }
 
 /// Counts rows in one of a node's tables.

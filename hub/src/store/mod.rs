@@ -1,9 +1,60 @@
-//! The hub's storage, behind a trait so the service never sees SQL. SQLite is the one
-//! implementation today; a PostgreSQL one will implement the same trait.
+//! The hub's storage, behind a trait so the service never sees SQL: SQLite for a region on one
+//! machine, PostgreSQL for one that has outgrown it (and for several hub processes sharing one
+//! database).
 
+mod postgres;
 mod sqlite;
 
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
+
+/// Whether a database URL names PostgreSQL (`postgres://` or `postgresql://`); anything else is
+/// taken as SQLite.
+pub fn is_postgres(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
+/// The URL with any password replaced by `***`, for messages and logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// A stored 32-byte hash, or an error if the row holds anything else.
+pub(crate) fn hash32(bytes: Vec<u8>) -> Result<[u8; 32], StoreError> {
+    bytes.try_into().map_err(|_| {
+        StoreError::Database(sqlx::Error::Protocol(
+            "a stored log hash is not 32 bytes".into(),
+        ))
+    })
+}
+
+/// Makes a new, empty PostgreSQL database next to the one `admin_url` names and returns its
+/// URL: each test (and each benchmark run) gets a database of its own. `admin_url` is what
+/// `OVERSTAP_TEST_POSTGRES` holds, for example `postgres://postgres@127.0.0.1:5432/test`.
+pub async fn fresh_postgres_database(admin_url: &str) -> Result<String, StoreError> {
+    use sqlx::Connection;
+    let mut id = [0u8; 8];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut id);
+    let name = format!("overstap_{}", hex::encode(id));
+    let mut conn = sqlx::PgConnection::connect(admin_url).await?;
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await?;
+    conn.close().await?;
+    let (base, _) = admin_url.rsplit_once('/').ok_or_else(|| {
+        StoreError::Database(sqlx::Error::Configuration("no database in the URL".into()))
+    })?;
+    Ok(format!("{base}/{name}"))
+}
 
 /// What the hub knows of an envelope it accepted, as recorded at `Send` time.
 #[derive(Debug, Clone)]
@@ -162,4 +213,100 @@ pub trait HubStore: Send + Sync + 'static {
 
     /// The witness signature lines on the checkpoint of `size`.
     async fn cosignatures(&self, size: u64) -> Result<Vec<Vec<u8>>, StoreError>;
+}
+
+/// The behaviour every store must show, run against each implementation by its own tests.
+#[cfg(test)]
+pub(crate) mod conformance {
+    use super::*;
+
+    fn env(id: u8, to: &str) -> NewEnvelope {
+        NewEnvelope {
+            envelope_id: vec![id; 16],
+            header_sha256: vec![id; 32],
+            from_org: "25LP".into(),
+            to_org: to.into(),
+            kind: 1,
+            body_len: 3,
+            body_sha256: vec![0; 32],
+            encoded: vec![1, 2, 3],
+            received_at: 100,
+            erasure_reason: String::new(),
+        }
+    }
+
+    fn signer(i: u64, at: i64) -> Vec<u8> {
+        format!("receipt {i} {at}").into_bytes()
+    }
+
+    pub async fn accept_once(s: &impl HubStore) {
+        s.accept(env(1, "MBO1"), &signer).await.unwrap();
+    }
+
+    pub async fn accept_is_idempotent_and_ack_logs_delivery(s: &impl HubStore) {
+        let Accepted::New { receipt, .. } = s.accept(env(1, "MBO1"), &signer).await.unwrap() else {
+            panic!("first send must be new")
+        };
+        assert_eq!(receipt, b"receipt 0 100");
+        let Accepted::Duplicate { receipt: again } =
+            s.accept(env(1, "MBO1"), &signer).await.unwrap()
+        else {
+            panic!("second send must be a duplicate")
+        };
+        assert_eq!(again, receipt);
+        let mut other = env(1, "MBO1");
+        other.header_sha256 = vec![9; 32];
+        assert!(matches!(
+            s.accept(other, &signer).await,
+            Err(StoreError::IdConflict)
+        ));
+
+        assert_eq!(s.mailbox("MBO1", 0, 10).await.unwrap().len(), 1);
+        assert_eq!(s.mailbox("GM0193", 0, 10).await.unwrap().len(), 0);
+        assert_eq!(
+            s.mailbox_depths().await.unwrap(),
+            vec![("MBO1".to_string(), 1)]
+        );
+        assert_eq!(s.unacked().await.unwrap().len(), 1);
+        assert_eq!(
+            s.ack("GM0193", &[vec![1; 16]], 200).await.unwrap(),
+            Vec::<i64>::new(),
+            "only the recipient can ack"
+        );
+        let accepted_at = s.ack("MBO1", &[vec![1; 16]], 200).await.unwrap();
+        assert_eq!(accepted_at, vec![100]);
+        assert_eq!(s.mailbox_depths().await.unwrap(), vec![]);
+        assert!(s.mailbox("MBO1", 0, 10).await.unwrap().is_empty());
+        let events = s.events(0, 10).await.unwrap();
+        let kinds: Vec<_> = events.iter().map(|e| e.event.as_str()).collect();
+        assert_eq!(kinds, ["send", "delivery"]);
+        assert_eq!(events[1].log_index, 1);
+        let meta = s.envelopes_between(0, 1_000).await.unwrap();
+        assert_eq!(meta.len(), 1);
+        assert_eq!(meta[0].acked_at, Some(200));
+
+        // The Merkle log: hashes and a checkpoint go in together, then cosignatures once each.
+        let cp = Checkpoint {
+            size: 2,
+            root: [7; 32],
+            note: b"note".to_vec(),
+            at: 300,
+        };
+        s.integrate(0, &[[1; 32], [2; 32], [3; 32]], &cp)
+            .await
+            .unwrap();
+        assert_eq!(
+            s.log_hashes().await.unwrap(),
+            vec![[1; 32], [2; 32], [3; 32]]
+        );
+        assert_eq!(s.latest_checkpoint().await.unwrap(), Some(cp.clone()));
+        assert_eq!(s.checkpoint(2).await.unwrap(), Some(cp));
+        assert_eq!(s.checkpoint(1).await.unwrap(), None);
+        s.add_cosignature(2, "RMC01", b"line", 301).await.unwrap();
+        s.add_cosignature(2, "RMC01", b"other", 302).await.unwrap();
+        assert_eq!(s.cosignatures(2).await.unwrap(), vec![b"line".to_vec()]);
+        s.save_directory(3, b"dir3", 1).await.unwrap();
+        s.save_directory(2, b"dir2", 1).await.unwrap();
+        assert_eq!(s.directory().await.unwrap(), Some(b"dir3".to_vec()));
+    }
 }

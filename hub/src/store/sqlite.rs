@@ -279,16 +279,7 @@ impl HubStore for SqliteStore {
         let rows = sqlx::query("SELECT hash FROM log_hashes ORDER BY idx")
             .fetch_all(&self.pool)
             .await?;
-        rows.into_iter()
-            .map(|r| {
-                let b: Vec<u8> = r.get(0);
-                b.try_into().map_err(|_| {
-                    StoreError::Database(sqlx::Error::Protocol(
-                        "a stored log hash is not 32 bytes".into(),
-                    ))
-                })
-            })
-            .collect()
+        rows.into_iter().map(|r| super::hash32(r.get(0))).collect()
     }
 
     async fn integrate(
@@ -378,66 +369,16 @@ fn checkpoint_row(r: &sqlx::sqlite::SqliteRow) -> Checkpoint {
 mod tests {
     use super::*;
 
-    fn env(id: u8, to: &str) -> NewEnvelope {
-        NewEnvelope {
-            envelope_id: vec![id; 16],
-            header_sha256: vec![id; 32],
-            from_org: "25LP".into(),
-            to_org: to.into(),
-            kind: 1,
-            body_len: 3,
-            body_sha256: vec![0; 32],
-            encoded: vec![1, 2, 3],
-            received_at: 100,
-            erasure_reason: String::new(),
-        }
-    }
-
-    fn signer(i: u64, at: i64) -> Vec<u8> {
-        format!("receipt {i} {at}").into_bytes()
-    }
-
     #[tokio::test]
     async fn accept_is_idempotent_and_ack_logs_delivery() {
         let s = SqliteStore::open("sqlite::memory:").await.unwrap();
-        let Accepted::New { receipt, .. } = s.accept(env(1, "MBO1"), &signer).await.unwrap() else {
-            panic!("first send must be new")
-        };
-        assert_eq!(receipt, b"receipt 0 100");
-        let Accepted::Duplicate { receipt: again } =
-            s.accept(env(1, "MBO1"), &signer).await.unwrap()
-        else {
-            panic!("second send must be a duplicate")
-        };
-        assert_eq!(again, receipt);
-        let mut other = env(1, "MBO1");
-        other.header_sha256 = vec![9; 32];
-        assert!(matches!(
-            s.accept(other, &signer).await,
-            Err(StoreError::IdConflict)
-        ));
-
-        assert_eq!(s.mailbox("MBO1", 0, 10).await.unwrap().len(), 1);
-        assert_eq!(s.mailbox("GM0193", 0, 10).await.unwrap().len(), 0);
-        assert_eq!(
-            s.ack("GM0193", &[vec![1; 16]], 200).await.unwrap(),
-            Vec::<i64>::new(),
-            "only the recipient can ack"
-        );
-        let accepted_at = s.ack("MBO1", &[vec![1; 16]], 200).await.unwrap();
-        assert_eq!(accepted_at.len(), 1);
-        assert_eq!(s.mailbox_depths().await.unwrap(), vec![]);
-        assert!(s.mailbox("MBO1", 0, 10).await.unwrap().is_empty());
-        let events = s.events(0, 10).await.unwrap();
-        let kinds: Vec<_> = events.iter().map(|e| e.event.as_str()).collect();
-        assert_eq!(kinds, ["send", "delivery"]);
-        assert_eq!(events[1].log_index, 1);
+        super::super::conformance::accept_is_idempotent_and_ack_logs_delivery(&s).await;
     }
 
     #[tokio::test]
     async fn events_are_append_only() {
         let s = SqliteStore::open("sqlite::memory:").await.unwrap();
-        s.accept(env(1, "MBO1"), &signer).await.unwrap();
+        super::super::conformance::accept_once(&s).await;
         let err = sqlx::query("DELETE FROM events")
             .execute(&s.pool)
             .await

@@ -555,19 +555,12 @@ async fn a_gap_left_by_a_dishonest_hub_is_filled_by_a_resend() {
         .await
         .unwrap();
     // The hub drops the first one from the mailbox: the receipt was given, the envelope is gone.
-    let db = region.hub_db();
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
-        .await
-        .unwrap();
-    let dropped = sqlx::query(
-        "DELETE FROM mailbox WHERE seq = (SELECT MIN(seq) FROM mailbox WHERE to_org = ?)",
+    let dropped = hub_execute(
+        &region,
+        "DELETE FROM mailbox WHERE seq = (SELECT MIN(seq) FROM mailbox WHERE to_org = $1)",
+        &[MBO],
     )
-    .bind(MBO)
-    .execute(&pool)
-    .await
-    .unwrap()
-    .rows_affected();
-    pool.close().await;
+    .await;
     assert_eq!(dropped, 1);
     region.start_node(MBO).await.unwrap();
     eventually(

@@ -22,20 +22,30 @@ async fn log_status(region: &overstap_cli::region::Region, org: &str) -> LogStat
 /// A dishonest operator edits the hub's database while it is down, then starts it again.
 async fn tamper(region: &mut overstap_cli::region::Region, sql: &[&str]) {
     region.stop_hub().await.unwrap();
-    let db = region.hub_db();
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
-        .await
-        .unwrap();
-    for statement in [
-        "DROP TRIGGER events_no_update",
-        "DROP TRIGGER events_no_delete",
-        "DROP TRIGGER checkpoints_no_delete",
-        "DROP TRIGGER log_hashes_no_delete",
-        "DELETE FROM checkpoints",
-        "DELETE FROM log_hashes",
-    ]
-    .iter()
-    .chain(sql)
+    // The append-only triggers go first: the operator owns the database.
+    let unguard: &[&str] = if hub_on_postgres(region) {
+        &[
+            "DROP TRIGGER events_append_only ON events",
+            "DROP TRIGGER checkpoints_append_only ON checkpoints",
+            "DROP TRIGGER log_hashes_append_only ON log_hashes",
+        ]
+    } else {
+        &[
+            "DROP TRIGGER events_no_update",
+            "DROP TRIGGER events_no_delete",
+            "DROP TRIGGER checkpoints_no_delete",
+            "DROP TRIGGER log_hashes_no_delete",
+        ]
+    };
+    let pool = hub_pool(region).await;
+    for statement in unguard
+        .iter()
+        .chain(&[
+            "DELETE FROM cosignatures",
+            "DELETE FROM checkpoints",
+            "DELETE FROM log_hashes",
+        ])
+        .chain(sql)
     {
         sqlx::query(statement).execute(&pool).await.unwrap();
     }
@@ -121,7 +131,10 @@ async fn every_envelope_is_proven_in_the_signed_log() {
     );
     assert!(s.size >= 2, "the send and its delivery are logged");
     // The log holds metadata only: no pseudonym, no answer.
-    let hub = demo::hub_bytes(&region.hub_db());
+    let hub = overstap_cli::region::hub_contents(&region.dir)
+        .await
+        .unwrap();
+    assert!(!hub.is_empty());
     assert!(
         !hub.windows(4).any(|w| w == b"pvs-"),
         "a pseudonym in the hub's database"
@@ -352,13 +365,25 @@ async fn a_coordinator_witnesses_the_log_and_its_cosignature_reaches_every_node(
 /// something else. That history is signed with the hub's own key and holds together on its
 /// own: the victim's checkpoints, inclusion proofs and consistency proofs all check out.
 /// Only comparing checkpoints with another member can show the split.
-struct ForkingHub {
-    honest: overstap_hub::HubService<overstap_hub::SqliteStore>,
+struct ForkingHub<S: overstap_hub::HubStore> {
+    honest: overstap_hub::HubService<S>,
     victim: Vec<u8>,
     key: ed25519_dalek::SigningKey,
 }
 
-impl ForkingHub {
+/// Puts a [`ForkingHub`] in front of the honest hub service, whichever store it runs on.
+fn fork<S: overstap_hub::HubStore>(
+    victim: Vec<u8>,
+    key: ed25519_dalek::SigningKey,
+) -> impl FnOnce(overstap_hub::HubService<S>) -> ForkingHub<S> {
+    move |honest| ForkingHub {
+        honest,
+        victim,
+        key,
+    }
+}
+
+impl<S: overstap_hub::HubStore> ForkingHub<S> {
     fn is_victim<T>(&self, request: &tonic::Request<T>) -> bool {
         use sha2::Digest;
         request
@@ -381,7 +406,6 @@ impl ForkingHub {
         ),
         tonic::Status,
     > {
-        use overstap_hub::HubStore;
         let store = &self.honest.state().store;
         let failed = |e: overstap_hub::store::StoreError| tonic::Status::unavailable(e.to_string());
         let size = store
@@ -414,8 +438,9 @@ fn hashes(list: Vec<overstap_proto::log::Hash>) -> overstap_proto::pb::ProofResp
 }
 
 #[tonic::async_trait]
-impl overstap_proto::pb::hub_server::Hub for ForkingHub {
-    type SubscribeStream = <overstap_hub::HubService<overstap_hub::SqliteStore> as overstap_proto::pb::hub_server::Hub>::SubscribeStream;
+impl<S: overstap_hub::HubStore> overstap_proto::pb::hub_server::Hub for ForkingHub<S> {
+    type SubscribeStream =
+        <overstap_hub::HubService<S> as overstap_proto::pb::hub_server::Hub>::SubscribeStream;
 
     async fn send(
         &self,
@@ -544,13 +569,13 @@ async fn a_hub_that_shows_one_member_a_forked_history_is_caught_in_one_compariso
     // Before any entry exists, the honest hub makes way for the forking one.
     region
         .run_hub_with(move |config, listener, stop| async move {
-            let store = overstap_hub::SqliteStore::open(&config.database_url).await?;
-            overstap_hub::serve_wrapped(config, store, listener, stop, move |honest| ForkingHub {
-                honest,
-                victim,
-                key,
-            })
-            .await
+            if overstap_hub::store::is_postgres(&config.database_url) {
+                let store = overstap_hub::PostgresStore::open(&config.database_url).await?;
+                overstap_hub::serve_wrapped(config, store, listener, stop, fork(victim, key)).await
+            } else {
+                let store = overstap_hub::SqliteStore::open(&config.database_url).await?;
+                overstap_hub::serve_wrapped(config, store, listener, stop, fork(victim, key)).await
+            }
         })
         .await
         .unwrap();

@@ -185,9 +185,7 @@ async fn a_coordinator_sees_the_known_mix_and_small_counts_read_below_five() {
             .is_some_and(|h| h.grant_state == "erased")
     })
     .await;
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", region.hub_db().display()))
-        .await
-        .unwrap();
+    let pool = hub_pool(&region).await;
     let reasons: Vec<String> =
         sqlx::query_scalar("SELECT erasure_reason FROM envelopes WHERE kind = 3")
             .fetch_all(&pool)
