@@ -89,6 +89,10 @@ pub async fn serve_wrapped<S: HubStore, H: Hub>(
         stop_rx.clone(),
     )
     .await?;
+    // Hubs sharing one PostgreSQL database hear of each other's arrivals (LISTEN/NOTIFY).
+    if let Some(arrivals) = service.state().store.arrivals().await? {
+        service.watch_arrivals(arrivals);
+    }
     if let Some(signed) = &config.directory {
         match service.publish_directory(signed).await {
             Ok(v) => tracing::info!(version = v, "directory from file installed"),

@@ -296,6 +296,12 @@ impl<S: HubStore> HubService<S> {
     /// with their stored hashes. Returns the new size (unchanged when nothing was new).
     pub async fn integrate(&self) -> Result<u64, HubError> {
         let mut tree = self.state.log.lock().await;
+        // Another hub process sharing the store may have integrated (it may have been the
+        // sequencer until now): this tree first takes in what the store holds.
+        self.follow_in(&mut tree).await?;
+        if !self.state.store.sequencer_lease().await? {
+            return Ok(tree.size());
+        }
         let start = tree.size();
         let events = self.state.store.events(start, 10_000).await?;
         if events.is_empty() {
@@ -335,6 +341,65 @@ impl<S: HubStore> HubService<S> {
         }
         *tree = work;
         Ok(cp.size)
+    }
+
+    /// Brings the in-memory tree up to the newest checkpoint in the store.
+    async fn follow_in(&self, tree: &mut MemoryTree) -> Result<(), HubError> {
+        let Some(cp) = self.state.store.latest_checkpoint().await? else {
+            return Ok(());
+        };
+        if cp.size <= tree.size() {
+            return Ok(());
+        }
+        let first = stored_hash_count(tree.size());
+        let more = self
+            .state
+            .store
+            .log_hashes_between(first, stored_hash_count(cp.size))
+            .await?;
+        tree.catch_up(more.into_iter().map(Hash).collect(), cp.size)?;
+        Ok(())
+    }
+
+    /// The log's tree, brought up to the store's newest checkpoint first when `size` is more
+    /// than this process has integrated (another hub process may be the sequencer).
+    async fn tree_of_size(
+        &self,
+        size: u64,
+    ) -> Result<tokio::sync::MutexGuard<'_, MemoryTree>, HubError> {
+        let mut tree = self.state.log.lock().await;
+        if size > tree.size() {
+            self.follow_in(&mut tree).await?;
+        }
+        Ok(tree)
+    }
+
+    /// Wakes the subscribers of envelopes that other hub processes put in a mailbox.
+    pub fn watch_arrivals(&self, mut arrivals: tokio::sync::mpsc::Receiver<(String, u64)>) {
+        let svc = self.clone();
+        tokio::spawn(async move {
+            while let Some((org, seq)) = arrivals.recv().await {
+                if org.is_empty() {
+                    let signals: Vec<_> = svc
+                        .state
+                        .mailboxes
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .values()
+                        .cloned()
+                        .collect();
+                    for s in signals {
+                        s.send_modify(|_| {});
+                    }
+                } else {
+                    svc.mailbox_signal(&org).send_if_modified(|v| {
+                        let newer = seq > *v;
+                        *v = (*v).max(seq);
+                        newer
+                    });
+                }
+            }
+        });
     }
 
     /// Sets the mailbox counts behind the quota from the store again, so an ack cancelled after
@@ -763,7 +828,7 @@ impl<S: HubStore> Hub for HubService<S> {
     ) -> Result<Response<ProofResponse>, Status> {
         self.caller(&request)?;
         let r = request.into_inner();
-        let tree = self.state.log.lock().await;
+        let tree = self.tree_of_size(r.tree_size).await?;
         if r.tree_size == 0 || r.tree_size > tree.size() || r.log_index >= r.tree_size {
             return Err(Status::out_of_range(format!(
                 "no entry {} in a tree of {} (the log holds {})",
@@ -784,7 +849,7 @@ impl<S: HubStore> Hub for HubService<S> {
     ) -> Result<Response<ProofResponse>, Status> {
         self.caller(&request)?;
         let r = request.into_inner();
-        let tree = self.state.log.lock().await;
+        let tree = self.tree_of_size(r.new_size).await?;
         if r.old_size == 0 || r.old_size > r.new_size || r.new_size > tree.size() {
             return Err(Status::out_of_range(format!(
                 "no consistency proof from {} to {} (the log holds {})",
@@ -805,7 +870,7 @@ impl<S: HubStore> Hub for HubService<S> {
     ) -> Result<Response<LogEntriesResponse>, Status> {
         self.caller(&request)?;
         let r = request.into_inner();
-        let size = self.state.log.lock().await.size();
+        let size = self.tree_of_size(u64::MAX).await?.size();
         let limit = r.limit.clamp(1, 10_000);
         let events = self
             .state

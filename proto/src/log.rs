@@ -433,6 +433,23 @@ impl MemoryTree {
         self.size
     }
 
+    /// Extends the tree to `size` leaves with stored hashes another process wrote (the hashes
+    /// after the ones this tree holds, in index order).
+    pub fn catch_up(&mut self, more: Vec<Hash>, size: u64) -> Result<(), ProtocolError> {
+        let expected = stored_hash_count(size);
+        if size < self.size || self.hashes.len() as u64 + more.len() as u64 != expected {
+            return Err(ProtocolError::Envelope(format!(
+                "the stored log does not extend this one: {} + {} hashes for a tree of {size} \
+                 (which has {expected})",
+                self.hashes.len(),
+                more.len()
+            )));
+        }
+        self.hashes.extend(more);
+        self.size = size;
+        Ok(())
+    }
+
     /// Appends a leaf; returns the stored hashes it added (to persist).
     pub fn append(&mut self, leaf: Hash) -> Result<Vec<Hash>, ProtocolError> {
         let added = tlog_tiles::stored_hashes_for_record_hash(self.size, leaf, self)

@@ -5,6 +5,8 @@
 mod postgres;
 mod sqlite;
 
+use tokio::sync::mpsc;
+
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
@@ -213,6 +215,28 @@ pub trait HubStore: Send + Sync + 'static {
 
     /// The witness signature lines on the checkpoint of `size`.
     async fn cosignatures(&self, size: u64) -> Result<Vec<Vec<u8>>, StoreError>;
+
+    /// The stored hashes of the log's tree with index in `first..end`, in index order.
+    async fn log_hashes_between(&self, first: u64, end: u64) -> Result<Vec<[u8; 32]>, StoreError> {
+        let all = self.log_hashes().await?;
+        let end = (end as usize).min(all.len());
+        Ok(all.get(first as usize..end).unwrap_or_default().to_vec())
+    }
+
+    /// Envelopes that other hub processes sharing this store put in a mailbox, as they commit:
+    /// (recipient, mailbox sequence number), or `("", 0)` when some may have been missed and
+    /// every subscriber should look again. `None` when no other process writes to this store
+    /// (SQLite: one hub per file).
+    async fn arrivals(&self) -> Result<Option<mpsc::Receiver<(String, u64)>>, StoreError> {
+        Ok(None)
+    }
+
+    /// Whether this process is, or has now become, the log's one sequencer. Of the hub
+    /// processes sharing a store, at most one holds this at a time; when it dies, another takes
+    /// over at its next call. With a store no one else shares, always true.
+    async fn sequencer_lease(&self) -> Result<bool, StoreError> {
+        Ok(true)
+    }
 }
 
 /// The behaviour every store must show, run against each implementation by its own tests.

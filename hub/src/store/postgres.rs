@@ -7,8 +7,9 @@
 //! commit order however many hub processes share the database; SQLite gets the same from
 //! `BEGIN IMMEDIATE`.
 
-use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
-use sqlx::{Postgres, Row, Transaction};
+use sqlx::postgres::{PgListener, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Connection, PgConnection, Postgres, Row, Transaction};
+use tokio::sync::{Mutex, mpsc};
 
 use super::{
     Accepted, Checkpoint, EnvelopeMeta, Event, HubStore, MailboxEntry, NewEnvelope, ReceiptSigner,
@@ -17,10 +18,16 @@ use super::{
 
 /// The advisory lock key that serialises writers of the event log ("OVERSTAP" in ASCII).
 const LOG_LOCK: i64 = 0x4f56_4552_5354_4150;
+/// The session advisory lock the log's one sequencer holds ("OVERSEQ" in ASCII).
+const SEQUENCER_LOCK: i64 = 0x4f56_4552_5345_51;
+/// The channel on which a hub announces an envelope it put in a mailbox ("TO_ORG SEQ").
+const ARRIVALS: &str = "overstap_arrivals";
 
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,
+    /// This process's own session for the sequencer lock, and whether it holds the lock.
+    lease: std::sync::Arc<Mutex<Option<(PgConnection, bool)>>>,
 }
 
 impl PostgresStore {
@@ -34,7 +41,10 @@ impl PostgresStore {
         sqlx::migrate!("../migrations/hub/postgres")
             .run(&pool)
             .await?;
-        Ok(PostgresStore { pool })
+        Ok(PostgresStore {
+            pool,
+            lease: Default::default(),
+        })
     }
 
     /// A transaction that holds the log's write lock until it ends.
@@ -152,6 +162,12 @@ impl HubStore for PostgresStore {
         .fetch_one(&mut *tx)
         .await?
         .get(0);
+        // Delivered to every listening hub when (and only if) this transaction commits.
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(ARRIVALS)
+            .bind(format!("{} {seq}", env.to_org))
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(Accepted::New {
             receipt,
@@ -361,6 +377,72 @@ impl HubStore for PostgresStore {
                 .map(|r| r.get(0))
                 .collect(),
         )
+    }
+
+    async fn log_hashes_between(&self, first: u64, end: u64) -> Result<Vec<[u8; 32]>, StoreError> {
+        let rows =
+            sqlx::query("SELECT hash FROM log_hashes WHERE idx >= $1 AND idx < $2 ORDER BY idx")
+                .bind(first as i64)
+                .bind(end as i64)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.into_iter().map(|r| super::hash32(r.get(0))).collect()
+    }
+
+    async fn arrivals(&self) -> Result<Option<mpsc::Receiver<(String, u64)>>, StoreError> {
+        let mut listener = PgListener::connect_with(&self.pool).await?;
+        listener.listen(ARRIVALS).await?;
+        let (tx, rx) = mpsc::channel(1024);
+        tokio::spawn(async move {
+            loop {
+                let arrival = match listener.try_recv().await {
+                    Ok(Some(n)) => match n.payload().split_once(' ') {
+                        Some((org, seq)) => (org.to_string(), seq.parse().unwrap_or(0)),
+                        None => continue,
+                    },
+                    // The connection dropped and was made again: something may be missed.
+                    Ok(None) => (String::new(), 0),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "listening for other hubs' arrivals failed; trying again");
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                        (String::new(), 0)
+                    }
+                };
+                if tx.send(arrival).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Some(rx))
+    }
+
+    async fn sequencer_lease(&self) -> Result<bool, StoreError> {
+        let mut lease = self.lease.lock().await;
+        if let Some((conn, held)) = lease.as_mut() {
+            let alive = sqlx::query("SELECT 1").execute(&mut *conn).await.is_ok();
+            if !alive {
+                // The session (and the lock with it) is gone; another hub may take over now.
+                *lease = None;
+                return Ok(false);
+            }
+            if *held {
+                return Ok(true);
+            }
+        } else {
+            let conn = PgConnection::connect_with(&self.pool.connect_options()).await?;
+            *lease = Some((conn, false));
+        }
+        let Some((conn, held)) = lease.as_mut() else {
+            return Ok(false);
+        };
+        *held = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(SEQUENCER_LOCK)
+            .fetch_one(&mut *conn)
+            .await?;
+        if *held {
+            tracing::info!("this hub is now the log's sequencer");
+        }
+        Ok(*held)
     }
 
     async fn latest_checkpoint(&self) -> Result<Option<Checkpoint>, StoreError> {

@@ -346,6 +346,16 @@ impl HubStore for SqliteStore {
         )
     }
 
+    async fn log_hashes_between(&self, first: u64, end: u64) -> Result<Vec<[u8; 32]>, StoreError> {
+        let rows =
+            sqlx::query("SELECT hash FROM log_hashes WHERE idx >= ? AND idx < ? ORDER BY idx")
+                .bind(first as i64)
+                .bind(end as i64)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.into_iter().map(|r| super::hash32(r.get(0))).collect()
+    }
+
     async fn latest_checkpoint(&self) -> Result<Option<Checkpoint>, StoreError> {
         let row =
             sqlx::query("SELECT size, root, note, at FROM checkpoints ORDER BY size DESC LIMIT 1")
