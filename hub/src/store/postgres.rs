@@ -19,7 +19,7 @@ use super::{
 /// The advisory lock key that serialises writers of the event log ("OVERSTAP" in ASCII).
 const LOG_LOCK: i64 = 0x4f56_4552_5354_4150;
 /// The session advisory lock the log's one sequencer holds ("OVERSEQ" in ASCII).
-const SEQUENCER_LOCK: i64 = 0x4f56_4552_5345_51;
+const SEQUENCER_LOCK: i64 = 0x004f_5645_5253_4551;
 /// The channel on which a hub announces an envelope it put in a mailbox ("TO_ORG SEQ").
 const ARRIVALS: &str = "overstap_arrivals";
 
