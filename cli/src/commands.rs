@@ -147,6 +147,10 @@ pub enum Command {
         #[arg(long, env = "OVERSTAP_NODE_DIR")]
         node_dir: PathBuf,
     },
+    /// Whether a hub or a node on this machine is up (for container health checks and
+    /// probes): asks its gRPC health service; exits 0 when it serves, 1 when not.
+    #[command(subcommand)]
+    Health(HealthCmd),
     /// Measure what the verifiable log costs (proofs at scale, routing with the log on ÷ off).
     #[command(subcommand)]
     Bench(BenchCmd),
@@ -381,6 +385,23 @@ pub enum ConsentCmd {
 
 #[derive(Subcommand)]
 pub enum BenchCmd {
+    /// The hub's routing throughput (durable, mutual TLS) ÷ a no-op gRPC server with the same
+    /// TLS, for 4 KiB and 100 KiB envelopes; with PostgreSQL, also SQLite ÷ PostgreSQL.
+    Hub {
+        /// Envelopes routed per run.
+        #[arg(long, default_value_t = 2_000)]
+        envelopes: usize,
+        /// Runs of each kind; the best counts.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// A PostgreSQL server to run the hub on as well (a fresh database next to the one
+        /// named), e.g. postgres://postgres@127.0.0.1:5432/test.
+        #[arg(long, env = "OVERSTAP_TEST_POSTGRES")]
+        postgres: Option<String>,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// What the verifiable log costs: proofs at scale, routing with the log on ÷ off.
     Log {
         /// Entries in the in-memory log the proofs are measured on.
         #[arg(long, default_value_t = 1_000_000)]
@@ -419,6 +440,24 @@ pub enum LogCmd {
         node_dir: PathBuf,
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum HealthCmd {
+    /// The hub whose settings file this is, on 127.0.0.1 at its `listen` port, asked with the
+    /// hub's own certificate (mutual TLS, as every caller).
+    Hub {
+        #[arg(long, default_value = "/etc/overstap/hub.toml")]
+        config: PathBuf,
+        /// The name the hub's certificate carries (it was admitted with it as a host).
+        #[arg(long, default_value = "localhost")]
+        name: String,
+    },
+    /// The node whose settings file this is, at its local API (`api_listen`).
+    Node {
+        #[arg(long, default_value = "/etc/overstap/node/node.toml")]
+        config: PathBuf,
     },
 }
 
@@ -822,6 +861,40 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", crate::stats::render(&stats, by, format)?);
             Ok(())
         }
+        Command::Bench(BenchCmd::Hub {
+            envelopes,
+            rounds,
+            postgres,
+            format,
+        }) => {
+            let b = crate::bench_hub::hub_bench(
+                envelopes.max(16),
+                rounds.max(1),
+                &[4 << 10, 100 << 10],
+                postgres,
+                &mut std::io::stderr(),
+            )
+            .await?;
+            match format {
+                Format::Json => json(&b)?,
+                Format::Table => {
+                    for f in &b.figures {
+                        print!(
+                            "{:>6} B: hub on SQLite {:.0}/s, no-op baseline {:.0}/s, ratio {:.2}",
+                            f.payload_bytes,
+                            f.sqlite_per_s,
+                            f.baseline_per_s,
+                            f.sqlite_over_baseline
+                        );
+                        if let (Some(p), Some(r)) = (f.postgres_per_s, f.sqlite_over_postgres) {
+                            print!("; hub on PostgreSQL {p:.0}/s, SQLite ÷ PostgreSQL {r:.2}");
+                        }
+                        println!();
+                    }
+                }
+            }
+            Ok(())
+        }
         Command::Bench(BenchCmd::Log {
             entries,
             envelopes,
@@ -976,6 +1049,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Health(cmd) => crate::client::health(cmd).await,
         Command::Node(NodeCmd::Status { format, node }) => {
             let s = node
                 .api()

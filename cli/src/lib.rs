@@ -16,6 +16,7 @@
 pub mod audit;
 pub mod authority;
 pub mod bench;
+pub mod bench_hub;
 pub mod client;
 pub mod commands;
 pub mod demo;

@@ -158,6 +158,28 @@ impl Region {
         clock: overstap_node::Clock,
         log: bool,
     ) -> anyhow::Result<Self> {
+        // The tests and load runs put the hub on PostgreSQL when OVERSTAP_TEST_POSTGRES names a
+        // server: a fresh database for each region.
+        let database = match std::env::var(TEST_POSTGRES) {
+            Ok(admin) => Some(
+                overstap_hub::store::fresh_postgres_database(&admin)
+                    .await
+                    .with_context(|| format!("making a database for the hub ({TEST_POSTGRES})"))?,
+            ),
+            Err(_) => None,
+        };
+        Self::start_hub_with_database(dir, orgs, clock, log, database).await
+    }
+
+    /// [`Region::start_hub_only`] with the hub's database chosen here: `None` for SQLite in the
+    /// hub's folder, or a `postgres://` URL.
+    pub async fn start_hub_with_database(
+        dir: &Path,
+        orgs: &[Org],
+        clock: overstap_node::Clock,
+        log: bool,
+        database: Option<String>,
+    ) -> anyhow::Result<Self> {
         let authority = Authority::init(&dir.join("authority"), "demo")?;
         // Bind first, so the nodes' settings can name the hub's real address.
         let listener = TcpListener::bind("127.0.0.1:0").await?;
@@ -185,12 +207,7 @@ impl Region {
                 out: dir.join(&org.id),
             })?;
         }
-        // The tests and load runs put the hub on PostgreSQL when OVERSTAP_TEST_POSTGRES names a
-        // server: a fresh database for each region.
-        if let Ok(admin) = std::env::var(TEST_POSTGRES) {
-            let url = overstap_hub::store::fresh_postgres_database(&admin)
-                .await
-                .with_context(|| format!("making a database for the hub ({TEST_POSTGRES})"))?;
+        if let Some(url) = database {
             let toml = dir.join("hub").join("hub.toml");
             let text = std::fs::read_to_string(&toml)?.replace(
                 "database_url = \"sqlite://hub.db\"",

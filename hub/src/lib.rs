@@ -7,7 +7,7 @@
 //! - [`tls`]: TLS 1.3 with required client certificates from the region CA.
 //! - [`service`]: the `Hub` gRPC service; decodes, checks, calls the store, maps errors.
 //! - [`stats`]: the `Stats` service: aggregates for coordinators, small counts suppressed.
-//! - [`store`]: the storage trait and its SQLite implementation.
+//! - [`store`]: the storage trait and its SQLite and PostgreSQL implementations.
 //! - [`dashboard`]: the coordinators' web dashboard (HTTPS, assets in the binary).
 //! - [`metrics`]: the Prometheus metrics, served on a plain-HTTP port of their own.
 //!
@@ -192,8 +192,14 @@ async fn sequence<S: HubStore>(
         if let Err(e) = service.integrate().await {
             tracing::error!(error = %e, "integrating the log failed; trying again");
         }
-        // About once a minute, the quota's mailbox counts are taken from the store again.
         round += 1;
+        // Every 5 s: a directory another hub process sharing the store was handed.
+        if round.is_multiple_of(20)
+            && let Err(e) = service.refresh_directory().await
+        {
+            tracing::warn!(error = %e, "reading the directory from the store failed");
+        }
+        // About once a minute, the quota's mailbox counts are taken from the store again.
         if round.is_multiple_of(240)
             && let Err(e) = service.recount_mailboxes().await
         {

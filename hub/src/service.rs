@@ -258,6 +258,34 @@ impl<S: HubStore> HubService<S> {
         Ok(version)
     }
 
+    /// Installs the newest directory in the store if it is newer than the one held: another hub
+    /// process sharing the store may have been handed it. Returns the version now held.
+    pub async fn refresh_directory(&self) -> Result<u64, HubError> {
+        let held = self.directory().map(|d| d.version()).unwrap_or(0);
+        let Some(bytes) = self.state.store.directory().await? else {
+            return Ok(held);
+        };
+        let signed = Signed::decode(bytes.as_slice())
+            .map_err(|e| HubError::Invalid(format!("the stored directory does not decode: {e}")))?;
+        let verified = VerifiedDirectory::verify(&signed, &self.state.authority, 0)?;
+        let version = verified.version();
+        if version > held {
+            let mut slot = self
+                .state
+                .directory
+                .write()
+                .unwrap_or_else(|p| p.into_inner());
+            if slot.as_ref().map(|d| d.version()).unwrap_or(0) < version {
+                *slot = Some(Arc::new(verified));
+                tracing::info!(
+                    version,
+                    "directory installed (published through another hub)"
+                );
+            }
+        }
+        Ok(version.max(held))
+    }
+
     /// Maps the caller's TLS client certificate to a directory member.
     pub(crate) fn caller<T>(&self, req: &Request<T>) -> Result<Member, HubError> {
         let certs = req.peer_certs().ok_or(HubError::NoCertificate)?;
@@ -377,8 +405,18 @@ impl<S: HubStore> HubService<S> {
     /// Wakes the subscribers of envelopes that other hub processes put in a mailbox.
     pub fn watch_arrivals(&self, mut arrivals: tokio::sync::mpsc::Receiver<(String, u64)>) {
         let svc = self.clone();
+        let mut shutdown = self.state.shutdown.clone();
         tokio::spawn(async move {
-            while let Some((org, seq)) = arrivals.recv().await {
+            loop {
+                // Ends with the hub, so that nothing keeps its store (and the sequencer's lock
+                // with it) alive after it stopped.
+                let (org, seq) = tokio::select! {
+                    a = arrivals.recv() => match a {
+                        Some(a) => a,
+                        None => return,
+                    },
+                    _ = shutdown.changed() => return,
+                };
                 if org.is_empty() {
                     let signals: Vec<_> = svc
                         .state

@@ -268,6 +268,18 @@ impl NodeStore {
         )
     }
 
+    /// Every directory version this node installed, newest first.
+    pub async fn directories(&self) -> Result<Vec<Vec<u8>>, StoreError> {
+        Ok(
+            sqlx::query("SELECT signed FROM directory ORDER BY version DESC")
+                .fetch_all(&self.pool)
+                .await?
+                .into_iter()
+                .map(|r| r.get(0))
+                .collect(),
+        )
+    }
+
     pub async fn save_directory(&self, version: u64, signed: &[u8]) -> Result<(), StoreError> {
         sqlx::query("INSERT OR IGNORE INTO directory (version, signed) VALUES (?, ?)")
             .bind(version as i64)

@@ -395,7 +395,12 @@ impl HubStore for PostgresStore {
         let (tx, rx) = mpsc::channel(1024);
         tokio::spawn(async move {
             loop {
-                let arrival = match listener.try_recv().await {
+                let received = tokio::select! {
+                    r = listener.try_recv() => r,
+                    // The hub that listened has stopped.
+                    _ = tx.closed() => return,
+                };
+                let arrival = match received {
                     Ok(Some(n)) => match n.payload().split_once(' ') {
                         Some((org, seq)) => (org.to_string(), seq.parse().unwrap_or(0)),
                         None => continue,

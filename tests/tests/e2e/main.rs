@@ -5,6 +5,7 @@
 mod abuse;
 mod bad_input;
 mod dashboard;
+mod deploy;
 mod handover;
 mod keys;
 mod lifecycle;

@@ -302,3 +302,37 @@ async fn the_hub_answers_grpc_reflection_over_mtls() {
     }
     region.shutdown().await.unwrap();
 }
+
+/// `overstap health`, which the container health checks and Kubernetes probes run: it says a
+/// running hub and node serve, and names the problem when the hub is down.
+#[tokio::test]
+async fn the_health_command_says_whether_hub_and_node_serve() {
+    use overstap_cli::commands::HealthCmd;
+    let (_tmp, mut region) = region().await;
+    let hub_toml = region.dir.join("hub").join("hub.toml");
+    overstap_cli::client::health(HealthCmd::Hub {
+        config: hub_toml.clone(),
+        name: "localhost".into(),
+    })
+    .await
+    .expect("the hub serves");
+    // The node chose its API port (api_listen port 0): the command finds it in api.url.
+    let probe = region.node_dir(MBO).join("node.toml");
+    overstap_cli::client::health(HealthCmd::Node { config: probe })
+        .await
+        .expect("the node serves");
+
+    region.stop_hub().await.unwrap();
+    let err = overstap_cli::client::health(HealthCmd::Hub {
+        config: hub_toml,
+        name: "localhost".into(),
+    })
+    .await
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("the hub on port") && err.to_string().contains("did not answer"),
+        "{err:#}"
+    );
+    region.start_hub().await.unwrap();
+    region.shutdown().await.unwrap();
+}
