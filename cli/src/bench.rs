@@ -8,15 +8,9 @@
 use std::io::Write;
 use std::time::Instant;
 
-use overstap_proto::envelope::{Outgoing, seal};
 use overstap_proto::log::{LogEntry, MemoryTree, check_consistency, check_inclusion, leaf_hash};
-use overstap_proto::pb::hub_client::HubClient;
-use overstap_proto::pb::payload::Content;
-use overstap_proto::pb::{EnvelopeKind, MemberKind, Payload, Skip};
 use rand_core::RngCore;
 use serde::Serialize;
-
-use crate::region::{Org, Region};
 
 #[derive(Debug, Serialize)]
 pub struct LogBench {
@@ -118,60 +112,16 @@ pub async fn log_bench(
     })
 }
 
-/// Envelopes per second a fresh hub accepts (durably, with a signed receipt each).
+/// Envelopes of 4 KiB per second a fresh hub on SQLite accepts (durably, with a signed receipt
+/// each), with its log integrated or not.
 async fn route(envelopes: usize, log: bool) -> anyhow::Result<f64> {
-    let tmp = tempfile::tempdir()?;
-    let orgs = [
-        Org::new("25LP", MemberKind::School, "School"),
-        Org::new("30RT", MemberKind::Mbo, "Mbo"),
-    ];
-    let region =
-        Region::start_hub_only(tmp.path(), &orgs, overstap_node::system_clock(), log).await?;
-    let key = region.signing_key("25LP")?;
-    let to = region.authority.directory()?.member("30RT")?.clone();
-    let sealed: Vec<_> = (0..envelopes)
-        .map(|i| {
-            let mut id = [0u8; 16];
-            id[..8].copy_from_slice(&(i as u64).to_be_bytes());
-            seal(
-                Outgoing {
-                    envelope_id: id,
-                    from_org: "25LP",
-                    kind: EnvelopeKind::Status,
-                    created_at: 0,
-                    payload: Payload {
-                        content: Some(Content::Skip(Skip {
-                            reason: "x".repeat(4000),
-                        })),
-                        ..Default::default()
-                    },
-                },
-                &key,
-                &to,
-            )
-        })
-        .collect::<Result<_, _>>()?;
-    let channel = region.hub_link("25LP")?.channel()?;
-    let senders = 16;
-    let chunks: Vec<Vec<_>> = sealed
-        .chunks(envelopes.div_ceil(senders))
-        .map(|c| c.to_vec())
-        .collect();
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for chunk in chunks {
-        let mut client = HubClient::new(channel.clone());
-        tasks.push(tokio::spawn(async move {
-            for env in chunk {
-                client.send(env).await?;
-            }
-            Ok::<_, tonic::Status>(())
-        }));
-    }
-    for t in tasks {
-        t.await??;
-    }
-    let rate = envelopes as f64 / started.elapsed().as_secs_f64();
-    region.shutdown().await?;
-    Ok(rate)
+    crate::bench_hub::route(
+        envelopes,
+        4000,
+        crate::bench_hub::Target::Hub {
+            log,
+            postgres: None,
+        },
+    )
+    .await
 }

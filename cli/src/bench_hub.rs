@@ -43,11 +43,14 @@ pub struct Figure {
 
 const SENDERS: usize = 16;
 
-/// Where the hub under test keeps its data.
+/// What a routing run measures.
 #[derive(Clone)]
-enum Store {
-    Sqlite,
-    Postgres(String),
+pub(crate) enum Target {
+    /// The no-op baseline.
+    Noop,
+    /// The hub, integrating its log or not, on SQLite or on a fresh database next to the
+    /// PostgreSQL one named.
+    Hub { log: bool, postgres: Option<String> },
 }
 
 pub async fn hub_bench(
@@ -66,8 +69,8 @@ pub async fn hub_bench(
     for &size in sizes {
         let (mut base, mut lite, mut pg) = (0f64, 0f64, 0f64);
         for round in 1..=rounds {
-            let b = route(envelopes, size, None).await?;
-            let s = route(envelopes, size, Some(Store::Sqlite)).await?;
+            let b = route(envelopes, size, Target::Noop).await?;
+            let s = route(envelopes, size, hub(None)).await?;
             base = base.max(b);
             lite = lite.max(s);
             write!(
@@ -75,7 +78,7 @@ pub async fn hub_bench(
                 "  {size} B, round {round}: baseline {b:.0}/s, hub on SQLite {s:.0}/s"
             )?;
             if let Some(admin) = &postgres {
-                let p = route(envelopes, size, Some(Store::Postgres(admin.clone()))).await?;
+                let p = route(envelopes, size, hub(Some(admin.clone()))).await?;
                 pg = pg.max(p);
                 write!(out, ", hub on PostgreSQL {p:.0}/s")?;
             }
@@ -98,28 +101,43 @@ pub async fn hub_bench(
     })
 }
 
-/// Envelopes per second accepted by a hub on `store`, or by the no-op baseline (`None`).
-async fn route(envelopes: usize, size: usize, store: Option<Store>) -> anyhow::Result<f64> {
+fn hub(postgres: Option<String>) -> Target {
+    Target::Hub {
+        log: true,
+        postgres,
+    }
+}
+
+/// Envelopes per second that `target` accepts, from 16 senders, of `size` bytes of payload each.
+pub(crate) async fn route(envelopes: usize, size: usize, target: Target) -> anyhow::Result<f64> {
     let tmp = tempfile::tempdir()?;
     let orgs = [
         Org::new("25LP", MemberKind::School, "School"),
         Org::new("30RT", MemberKind::Mbo, "Mbo"),
     ];
-    let database = match &store {
-        Some(Store::Postgres(admin)) => {
-            Some(overstap_hub::store::fresh_postgres_database(admin).await?)
-        }
-        _ => None,
+    let (log, database) = match &target {
+        Target::Hub {
+            log,
+            postgres: Some(admin),
+        } => (
+            *log,
+            Some(overstap_hub::store::fresh_postgres_database(admin).await?),
+        ),
+        Target::Hub {
+            log,
+            postgres: None,
+        } => (*log, None),
+        Target::Noop => (false, None),
     };
     let mut region = Region::start_hub_with_database(
         tmp.path(),
         &orgs,
         overstap_node::system_clock(),
-        true,
+        log,
         database,
     )
     .await?;
-    if store.is_none() {
+    if matches!(target, Target::Noop) {
         region.run_hub_with(serve_noop).await?;
     }
     let key = region.signing_key("25LP")?;

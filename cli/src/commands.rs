@@ -1,7 +1,7 @@
 //! The `overstap` command line: parsing and dispatch. Each command is a few lines over the
 //! library (authority, passport, wallet, client, render, demo).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -478,6 +478,24 @@ fn now() -> i64 {
         .unwrap_or(0)
 }
 
+/// What making a new wallet starts with: a path that is free, the guardian keys given, a key
+/// made here for the student, and the home node's API.
+async fn new_wallet_start(
+    wallet: &Path,
+    guardian_pubs: &[String],
+    node: &NodeOpts,
+) -> anyhow::Result<(Vec<Vec<u8>>, ed25519_dalek::SigningKey, Api)> {
+    if wallet.exists() {
+        bail!(
+            "{} already exists; choose another path for the new wallet",
+            wallet.display()
+        );
+    }
+    let guardians = hex_keys(guardian_pubs)?;
+    let key = overstap_proto::sign::generate_signing_key();
+    Ok((guardians, key, node.api().await?))
+}
+
 /// Guardian public keys given in hex on the command line.
 fn hex_keys(hexes: &[String]) -> anyhow::Result<Vec<Vec<u8>>> {
     hexes
@@ -513,15 +531,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             staff,
             node,
         }) => {
-            if wallet.exists() {
-                bail!(
-                    "{} already exists; choose another path for the new wallet",
-                    wallet.display()
-                );
-            }
-            let guardians = hex_keys(&guardian_pubs)?;
-            let key = overstap_proto::sign::generate_signing_key();
-            let mut api = node.api().await?;
+            let (guardians, key, mut api) =
+                new_wallet_start(&wallet, &guardian_pubs, &node).await?;
             let card = api
                 .register_student(RegisterStudentRequest {
                     student_key: key.verifying_key().to_bytes().to_vec(),
@@ -668,15 +679,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             staff,
             node,
         }) => {
-            if wallet.exists() {
-                bail!(
-                    "{} already exists; choose another path for the new wallet",
-                    wallet.display()
-                );
-            }
-            let guardians = hex_keys(&guardian_pubs)?;
-            let key = overstap_proto::sign::generate_signing_key();
-            let mut api = node.api().await?;
+            let (guardians, key, mut api) =
+                new_wallet_start(&wallet, &guardian_pubs, &node).await?;
             let reply = api
                 .replace_student_key(ReplaceStudentKeyRequest {
                     pseudonym,

@@ -246,16 +246,23 @@ impl<S: HubStore> HubService<S> {
             .store
             .save_directory(version, &signed.encode_to_vec(), now())
             .await?;
+        self.install(verified);
+        tracing::info!(version, "directory installed");
+        Ok(version)
+    }
+
+    /// Puts `verified` in place of the directory held, unless that one is as new or newer.
+    fn install(&self, verified: VerifiedDirectory) -> bool {
         let mut slot = self
             .state
             .directory
             .write()
             .unwrap_or_else(|p| p.into_inner());
-        if slot.as_ref().map(|d| d.version()).unwrap_or(0) < version {
+        let newer = slot.as_ref().map(|d| d.version()).unwrap_or(0) < verified.version();
+        if newer {
             *slot = Some(Arc::new(verified));
         }
-        tracing::info!(version, "directory installed");
-        Ok(version)
+        newer
     }
 
     /// Installs the newest directory in the store if it is newer than the one held: another hub
@@ -269,19 +276,11 @@ impl<S: HubStore> HubService<S> {
             .map_err(|e| HubError::Invalid(format!("the stored directory does not decode: {e}")))?;
         let verified = VerifiedDirectory::verify(&signed, &self.state.authority, 0)?;
         let version = verified.version();
-        if version > held {
-            let mut slot = self
-                .state
-                .directory
-                .write()
-                .unwrap_or_else(|p| p.into_inner());
-            if slot.as_ref().map(|d| d.version()).unwrap_or(0) < version {
-                *slot = Some(Arc::new(verified));
-                tracing::info!(
-                    version,
-                    "directory installed (published through another hub)"
-                );
-            }
+        if version > held && self.install(verified) {
+            tracing::info!(
+                version,
+                "directory installed (published through another hub)"
+            );
         }
         Ok(version.max(held))
     }

@@ -244,7 +244,7 @@ pub trait HubStore: Send + Sync + 'static {
 pub(crate) mod conformance {
     use super::*;
 
-    fn env(id: u8, to: &str) -> NewEnvelope {
+    pub fn env(id: u8, to: &str) -> NewEnvelope {
         NewEnvelope {
             envelope_id: vec![id; 16],
             header_sha256: vec![id; 32],

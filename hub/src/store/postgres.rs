@@ -509,18 +509,7 @@ mod tests {
         for i in 0..40u8 {
             let s = s.clone();
             tasks.push(tokio::spawn(async move {
-                let env = NewEnvelope {
-                    envelope_id: vec![i; 16],
-                    header_sha256: vec![i; 32],
-                    from_org: "25LP".into(),
-                    to_org: "30RT".into(),
-                    kind: 1,
-                    body_len: 1,
-                    body_sha256: vec![0; 32],
-                    encoded: vec![i],
-                    received_at: 1,
-                    erasure_reason: String::new(),
-                };
+                let env = super::super::conformance::env(i, "30RT");
                 s.accept(env, &|i, _| i.to_be_bytes().to_vec())
                     .await
                     .unwrap()
