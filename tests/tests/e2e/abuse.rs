@@ -285,3 +285,50 @@ async fn a_stalled_request_ends_with_deadline_exceeded_at_hub_and_node() {
     }
     region.shutdown().await.unwrap();
 }
+
+/// A connection gets no more concurrent calls than `streams_per_connection`: with two allowed,
+/// a third call on the same connection only starts once one of the first two has ended, while
+/// another member's handover goes on.
+#[tokio::test]
+async fn a_connection_gets_no_more_concurrent_calls_than_its_stream_limit() {
+    let (_tmp, mut region) = region().await;
+    region
+        .set_hub_limits(Limits {
+            streams_per_connection: 2,
+            request_timeout_secs: 2,
+            ..Limits::default()
+        })
+        .await
+        .unwrap();
+    let channel = creds(&region, GEMEENTE).link.channel().unwrap();
+    let started = std::time::Instant::now();
+    let mut calls = Vec::new();
+    for _ in 0..3 {
+        let channel = channel.clone();
+        calls.push(tokio::spawn(async move {
+            let status = stalled_call(channel, "/overstap.v1.Hub/Send", None).await;
+            (status, started.elapsed())
+        }));
+        // In order: the third is the one that must wait.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let id = hand_over(&region, MBO).await;
+    eventually("the honest package arrives", || async {
+        !held_sections(&region, MBO, &id).await.is_empty()
+    })
+    .await;
+    let mut ended = Vec::new();
+    for call in calls {
+        let (status, at) = call.await.unwrap();
+        assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+        ended.push(at);
+    }
+    // Each call ends 2 s after it started on the server; the third could start only when one of
+    // the first two ended, so it ends about 2 s after them, not with them.
+    let first_two = ended[0].max(ended[1]);
+    assert!(
+        ended[2] > first_two + Duration::from_millis(1000),
+        "the third call was not held back: ended at {ended:?}"
+    );
+    region.shutdown().await.unwrap();
+}
