@@ -1428,15 +1428,26 @@ impl NodeCore {
         };
         // Checks anyone can make. A sender the directory does not know yet may be a new member:
         // fetch the directory again before refusing.
+        // The directory the envelope was sealed under: the current one, or the one before the
+        // sender's key rotation for an envelope that was in flight across it.
+        let mut sealed_under = None;
         let checked = match verify_header(envelope, &dir, self.max_body) {
-            Err(ProtocolError::MissingSignature { .. } | ProtocolError::BadSignature { .. })
-                if self
+            Ok(_) => Ok(()),
+            Err(
+                e @ (ProtocolError::MissingSignature { .. } | ProtocolError::BadSignature { .. }),
+            ) => {
+                match self
                     .signed_before_rotation(envelope, &dir, &claimed, receipt)
-                    .await? =>
-            {
-                Ok(())
+                    .await?
+                {
+                    Some(older) => {
+                        sealed_under = Some(older);
+                        Ok(())
+                    }
+                    None => Err(e),
+                }
             }
-            other => other.map(|_| ()),
+            Err(e) => Err(e),
         };
         if let Err(e) = checked {
             // An unknown sender may be a new member, and a signature that does not verify may be
@@ -1457,7 +1468,13 @@ impl NodeCore {
         }
         let keys = read_lock(&self.encryption_keys);
         let key_refs: Vec<&EncryptionKeyPair> = keys.iter().collect();
-        let opened = match open(envelope, &dir, &self.org_id, &key_refs, self.max_body) {
+        let opened = match open(
+            envelope,
+            sealed_under.as_ref().unwrap_or(&dir),
+            &self.org_id,
+            &key_refs,
+            self.max_body,
+        ) {
             Ok(o) => o,
             Err(e) => {
                 let mut tx = self.store.begin().await?;
@@ -1836,22 +1853,22 @@ impl NodeCore {
         dir: &VerifiedDirectory,
         claimed: &EnvelopeHeader,
         receipt: Option<&Signed>,
-    ) -> Result<bool, NodeError> {
+    ) -> Result<Option<VerifiedDirectory>, NodeError> {
         const GRACE: i64 = 3_600;
         let Some(receipt) = receipt else {
-            return Ok(false);
+            return Ok(None);
         };
         let Some(hub_key) = dir
             .hub()
             .and_then(|h| verifying_key(&h.signing_key, "hub key").ok())
         else {
-            return Ok(false);
+            return Ok(None);
         };
         let Ok(r) = open_signed::<Receipt>(Domain::Receipt, receipt, &hub_key) else {
-            return Ok(false);
+            return Ok(None);
         };
         let Ok(current) = dir.member(&claimed.from_org).map(|m| m.signing_key.clone()) else {
-            return Ok(false);
+            return Ok(None);
         };
         // Newest first: the versions with the current key, then the one before the rotation.
         let mut rotated_at = None;
@@ -1866,20 +1883,21 @@ impl NodeCore {
                 .member(&claimed.from_org)
                 .map(|m| m.signing_key.clone())
             else {
-                return Ok(false);
+                return Ok(None);
             };
             if key == current {
                 rotated_at = Some(older.directory.issued_at);
                 continue;
             }
             let Some(rotated_at) = rotated_at else {
-                return Ok(false);
+                return Ok(None);
             };
-            return Ok(r.envelope_id == claimed.envelope_id
+            let in_flight = r.envelope_id == claimed.envelope_id
                 && r.received_at < rotated_at + GRACE
-                && verify_header(envelope, &older, self.max_body).is_ok());
+                && verify_header(envelope, &older, self.max_body).is_ok();
+            return Ok(in_flight.then_some(older));
         }
-        Ok(false)
+        Ok(None)
     }
 
     /// The newest card this node holds for the student an incoming card names, if any.
