@@ -154,6 +154,13 @@ pub struct HubState<S> {
     waiting: Counter,
 }
 
+/// A directory as the store keeps it, decoded and checked against the authority's key.
+fn stored_directory(bytes: &[u8], authority: &VerifyingKey) -> Result<VerifiedDirectory, HubError> {
+    let signed = Signed::decode(bytes)
+        .map_err(|e| HubError::Invalid(format!("the stored directory does not decode: {e}")))?;
+    Ok(VerifiedDirectory::verify(&signed, authority, 0)?)
+}
+
 /// The gRPC service; cheap to clone.
 pub struct HubService<S> {
     state: Arc<HubState<S>>,
@@ -197,11 +204,7 @@ impl<S: HubStore> HubService<S> {
             .unwrap_or(0);
         let log = MemoryTree::from_stored(hashes.into_iter().map(Hash).collect(), size);
         let directory = match store.directory().await? {
-            Some(bytes) => {
-                let signed = Signed::decode(bytes.as_slice())
-                    .map_err(|e| HubError::Invalid(format!("stored directory: {e}")))?;
-                Some(Arc::new(VerifiedDirectory::verify(&signed, &authority, 0)?))
-            }
+            Some(bytes) => Some(Arc::new(stored_directory(&bytes, &authority)?)),
             None => None,
         };
         Ok(HubService {
@@ -272,9 +275,7 @@ impl<S: HubStore> HubService<S> {
         let Some(bytes) = self.state.store.directory().await? else {
             return Ok(held);
         };
-        let signed = Signed::decode(bytes.as_slice())
-            .map_err(|e| HubError::Invalid(format!("the stored directory does not decode: {e}")))?;
-        let verified = VerifiedDirectory::verify(&signed, &self.state.authority, 0)?;
+        let verified = stored_directory(&bytes, &self.state.authority)?;
         let version = verified.version();
         if version > held && self.install(verified) {
             tracing::info!(
