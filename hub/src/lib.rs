@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod metrics_http;
 pub mod service;
 pub mod settings;
+pub mod sqlite_pool;
 pub mod stats;
 pub mod store;
 pub mod tls;

@@ -33,6 +33,9 @@ const ACK_BUCKETS: [f64; 12] = [
     0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 3_600.0, 21_600.0, 86_400.0, 259_200.0, 604_800.0,
 ];
 
+/// Envelopes per group commit: 1 on a quiet hub, up to 256 under load.
+const BATCH_BUCKETS: [f64; 9] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+
 pub struct HubMetrics {
     registry: Registry,
     pub routed: Family<Routed, Counter>,
@@ -41,6 +44,7 @@ pub struct HubMetrics {
     pub send_to_ack: Histogram,
     pub log_size: Gauge,
     pub subscribers: Gauge,
+    pub commit_batch: Histogram,
 }
 
 impl Default for HubMetrics {
@@ -82,6 +86,12 @@ impl Default for HubMetrics {
             "Open mailbox subscriptions",
             subscribers.clone(),
         );
+        let commit_batch = Histogram::new(BATCH_BUCKETS);
+        registry.register(
+            "overstap_hub_commit_batch_envelopes",
+            "Envelopes stored per commit (group commit: more under load)",
+            commit_batch.clone(),
+        );
         HubMetrics {
             registry,
             routed,
@@ -90,11 +100,16 @@ impl Default for HubMetrics {
             send_to_ack,
             log_size,
             subscribers,
+            commit_batch,
         }
     }
 }
 
 impl HubMetrics {
+    pub fn commit_batch(&self, envelopes: usize) {
+        self.commit_batch.observe(envelopes as f64);
+    }
+
     pub fn routed(&self, kind: &str, outcome: &str) {
         self.routed
             .get_or_create(&Routed {

@@ -25,7 +25,8 @@ use tonic::{Request, Response, Status};
 use crate::limits::{Counter, Limits, RateLimiter};
 use crate::metrics::HubMetrics;
 use crate::store::{
-    Accepted, Checkpoint as StoredCheckpoint, Event, HubStore, NewEnvelope, StoreError,
+    Accepted, Checkpoint as StoredCheckpoint, Event, HubStore, NewEnvelope, ReceiptSigner,
+    StoreError,
 };
 use overstap_proto::log::{
     Hash, LogEntry, MemoryTree, leaf_hash, sign_checkpoint, stored_hash_count,
@@ -152,6 +153,81 @@ pub struct HubState<S> {
     /// Open subscriptions per member, and envelopes waiting per recipient.
     subscriptions: Counter,
     waiting: Counter,
+    /// Envelopes on their way to the group commit.
+    commits: mpsc::Sender<CommitJob>,
+}
+
+impl<S> HubState<S> {
+    /// The signal subscribers to `org`'s mailbox wait on.
+    fn mailbox_signal(&self, org: &str) -> watch::Sender<u64> {
+        let mut map = self.mailboxes.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(org.to_string())
+            .or_insert_with(|| watch::channel(0).0)
+            .clone()
+    }
+}
+
+/// The most envelopes one commit takes.
+const MAX_COMMIT_BATCH: usize = 256;
+
+/// One envelope waiting for the group commit, with what makes its receipt and where its answer
+/// goes.
+struct CommitJob {
+    env: NewEnvelope,
+    sign: Box<dyn Fn(u64, i64) -> Vec<u8> + Send + Sync>,
+    answer: tokio::sync::oneshot::Sender<Result<Accepted, StoreError>>,
+}
+
+/// Group commit: every envelope waiting when a commit ends goes into the next one, so under
+/// load many envelopes share one transaction and one fsync instead of taking one each. A
+/// receipt is still handed out only after its envelope's commit. The batch runs in this task,
+/// not in the calls that asked: a caller that hangs up cannot cancel a transaction half-way.
+/// The task ends when the service is dropped (its channel closes).
+async fn group_commit<S: HubStore>(
+    state: std::sync::Weak<HubState<S>>,
+    mut jobs: mpsc::Receiver<CommitJob>,
+) {
+    let mut batch = Vec::with_capacity(MAX_COMMIT_BATCH);
+    while jobs.recv_many(&mut batch, MAX_COMMIT_BATCH).await > 0 {
+        let Some(state) = state.upgrade() else {
+            break;
+        };
+        let mut envs = Vec::with_capacity(batch.len());
+        let mut signs = Vec::with_capacity(batch.len());
+        let mut answers = Vec::with_capacity(batch.len());
+        for job in batch.drain(..) {
+            envs.push(job.env);
+            signs.push(job.sign);
+            answers.push(job.answer);
+        }
+        let to: Vec<String> = envs.iter().map(|e| e.to_org.clone()).collect();
+        let items: Vec<(NewEnvelope, ReceiptSigner<'_>)> = envs
+            .into_iter()
+            .zip(signs.iter().map(|s| &**s as ReceiptSigner<'_>))
+            .collect();
+        state.metrics.commit_batch(items.len());
+        match state.store.accept_batch(items).await {
+            Ok(results) => {
+                for ((result, answer), to_org) in results.into_iter().zip(answers).zip(&to) {
+                    if let Ok(Accepted::New { seq, .. }) = &result {
+                        state.mailbox_signal(to_org).send_replace(*seq);
+                    }
+                    let _ = answer.send(result);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, envelopes = answers.len(), "a group commit failed; none of it was stored");
+                let text = e.to_string();
+                let mut first = Some(e);
+                for answer in answers {
+                    let e = first
+                        .take()
+                        .unwrap_or_else(|| StoreError::Failed(text.clone()));
+                    let _ = answer.send(Err(e));
+                }
+            }
+        }
+    }
 }
 
 /// A directory as the store keeps it, decoded and checked against the authority's key.
@@ -207,7 +283,8 @@ impl<S: HubStore> HubService<S> {
             Some(bytes) => Some(Arc::new(stored_directory(&bytes, &authority)?)),
             None => None,
         };
-        Ok(HubService {
+        let (commits, jobs) = mpsc::channel(4 * MAX_COMMIT_BATCH);
+        let service = HubService {
             state: Arc::new(HubState {
                 store,
                 hub_id,
@@ -223,8 +300,11 @@ impl<S: HubStore> HubService<S> {
                 rate: RateLimiter::default(),
                 subscriptions: Counter::default(),
                 waiting,
+                commits,
             }),
-        })
+        };
+        tokio::spawn(group_commit(Arc::downgrade(&service.state), jobs));
+        Ok(service)
     }
 
     pub fn state(&self) -> &HubState<S> {
@@ -481,14 +561,7 @@ impl<S: HubStore> HubService<S> {
     }
 
     fn mailbox_signal(&self, org: &str) -> watch::Sender<u64> {
-        let mut map = self
-            .state
-            .mailboxes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        map.entry(org.to_string())
-            .or_insert_with(|| watch::channel(0).0)
-            .clone()
+        self.state.mailbox_signal(org)
     }
 
     /// Counts a refusal and turns it into the status the caller gets.
@@ -578,11 +651,18 @@ impl<S: HubStore> HubService<S> {
         };
         // Dropped (so given back) if the store fails, the call is cancelled, or it was a
         // duplicate; kept only when a new envelope is in the mailbox.
-        let accepted = self.state.store.accept(new, &signer).await?;
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let job = CommitJob {
+            env: new,
+            sign: Box::new(signer),
+            answer,
+        };
+        let closed = || HubError::Store(StoreError::Failed("the hub is shutting down".into()));
+        self.state.commits.send(job).await.map_err(|_| closed())?;
+        let accepted = answered.await.map_err(|_| closed())??;
         let (receipt, outcome) = match accepted {
-            Accepted::New { receipt, seq } => {
+            Accepted::New { receipt, .. } => {
                 place.keep();
-                self.mailbox_signal(&header.to_org).send_replace(seq);
                 tracing::info!(
                     from = %header.from_org, to = %header.to_org, kind = header.kind,
                     bytes = header.body_len, "envelope accepted"

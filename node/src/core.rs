@@ -29,7 +29,9 @@ use overstap_proto::pb::{
     HandoverStatus, Manifest, MemberKind, Package, Payload, Receipt, Refusal, ResendRequest,
     Revocation, RevocationNotice, Section, Signed, Skip, StudentCard,
 };
-use overstap_proto::sign::{Domain, decode_body, open_signed, sign_message, verifying_key};
+use overstap_proto::sign::{
+    Domain, add_signature, decode_body, open_signed, sign_message, verifying_key,
+};
 use overstap_proto::{ProtocolError, UnixTime, format_date};
 use prost::Message;
 use rand_core::RngCore;
@@ -228,8 +230,21 @@ impl NodeCore {
         let verified =
             VerifiedDirectory::verify(signed, &self.authority, self.directory_version())?;
         let version = verified.version();
+        let key_before = self
+            .directory()
+            .ok()
+            .and_then(|d| d.member(&self.org_id).ok().map(|m| m.signing_key.clone()));
         if let Ok(me) = verified.member(&self.org_id) {
             self.follow_rotation(me)?;
+            // This node's own signing key was rotated: the cards it issued are signed again
+            // before the new directory is kept, so a crash in between does it again at the next
+            // start (the node then still holds the directory of before).
+            if let Some(old) = key_before
+                && old != me.signing_key
+                && self.key().verifying_key().as_bytes().as_slice() == me.signing_key.as_slice()
+            {
+                self.resign_cards(&old).await?;
+            }
         }
         self.store
             .save_directory(version, &signed.encode_to_vec())
@@ -275,6 +290,35 @@ impl NodeCore {
             }
         }
         Ok(())
+    }
+
+    /// Signs again, with this node's current key, every student card that its previous key
+    /// (`old`, as the directory listed it) signed. The card itself is unchanged: same pseudonym,
+    /// keys and date, so a recipient that holds the old copy takes the new one as the same card.
+    /// Without this, every card issued before a rotation of the school's key would fail at the
+    /// school itself and at every recipient. Returns how many were signed again.
+    async fn resign_cards(&self, old: &[u8]) -> Result<usize, NodeError> {
+        let old = verifying_key(old, "previous signing key")?;
+        let key = self.key();
+        let current = key.verifying_key();
+        let mut tx = self.store.begin().await?;
+        let mut count = 0;
+        for (pseudonym, bytes) in self.store.student_cards().await? {
+            let signed = stored::<Signed>(&bytes, "student card")?;
+            if verify_card(&signed, &current).is_ok() || verify_card(&signed, &old).is_err() {
+                continue;
+            }
+            let mut again = Signed {
+                body: signed.body,
+                sigs: Vec::new(),
+            };
+            add_signature(Domain::StudentCard, &mut again, &key);
+            tx.replace_card(&pseudonym, &again.encode_to_vec()).await?;
+            count += 1;
+        }
+        tx.commit().await?;
+        tracing::info!(org = %self.org_id, cards = count, "student cards signed again with the new key");
+        Ok(count)
     }
 
     // ---- sealing ------------------------------------------------------------------------------
@@ -1455,7 +1499,11 @@ impl NodeCore {
             if let ProtocolError::UnknownMember(org) = &e {
                 return Err(NodeError::StaleDirectory(org.clone()));
             }
-            if matches!(e, ProtocolError::BadSignature { .. }) && !from_held {
+            if matches!(
+                e,
+                ProtocolError::BadSignature { .. } | ProtocolError::MissingSignature { .. }
+            ) && !from_held
+            {
                 return Err(NodeError::StaleDirectory(claimed.from_org.clone()));
             }
             let reason = e.to_string();
@@ -1574,7 +1622,14 @@ impl NodeCore {
             tx.unhold(&from, seq).await?;
         }
         let outcome = self
-            .apply_in(&mut tx, &dir, &claimed, &opened, receipt)
+            .apply_in(
+                &mut tx,
+                &dir,
+                sealed_under.as_ref().unwrap_or(&dir),
+                &claimed,
+                &opened,
+                receipt,
+            )
             .await?;
         let (label, detail) = match &outcome {
             Outcome::Stored { grant_id } => ("stored", grant_id.clone()),
@@ -1596,17 +1651,21 @@ impl NodeCore {
     }
 
     /// The effect of one opened envelope, inside the transaction that marks it processed.
+    /// `signed_under` is the directory the envelope was sealed under (the one before its
+    /// sender's key rotation, for one in flight across it): what the sender signed inside, such
+    /// as a student card, is checked against that.
     async fn apply_in(
         &self,
         tx: &mut Tx,
         dir: &VerifiedDirectory,
+        signed_under: &VerifiedDirectory,
         header: &EnvelopeHeader,
         opened: &Opened,
         receipt: Option<&Signed>,
     ) -> Result<Outcome, NodeError> {
         let from = &header.from_org;
         match &opened.payload.content {
-            Some(Content::Package(p)) => match self.check_package(opened, p).await? {
+            Some(Content::Package(p)) => match self.check_package(signed_under, opened, p).await? {
                 Ok((received, superseded)) => {
                     let grant_id = received.grant_id.clone();
                     tx.store_received(&received).await?;
@@ -1637,7 +1696,7 @@ impl NodeCore {
                 }
             },
             Some(Content::Revocation(notice)) => {
-                match self.check_revocation(dir, from, notice).await? {
+                match self.check_revocation(signed_under, from, notice).await? {
                     Ok((rev, held_elsewhere)) => {
                         let erase = if held_elsewhere {
                             Erase::AnswerOnly
@@ -1796,13 +1855,14 @@ impl NodeCore {
     /// package replaces an older version held under the same grant.
     async fn check_package(
         &self,
+        dir: &VerifiedDirectory,
         opened: &Opened,
         p: &Package,
     ) -> Result<Result<(Received, bool), ProtocolError>, NodeError> {
         let held = self
             .held_card(&opened.header.from_org, p.card.as_ref())
             .await?;
-        let received = match self.check_package_rules(opened, p, held) {
+        let received = match self.check_package_rules(dir, opened, p, held) {
             Ok(r) => r,
             Err(e) => return Ok(Err(e)),
         };
@@ -1922,13 +1982,11 @@ impl NodeCore {
 
     fn check_package_rules(
         &self,
+        dir: &VerifiedDirectory,
         opened: &Opened,
         p: &Package,
         held: Option<StudentCard>,
     ) -> Result<Received, ProtocolError> {
-        let dir = self
-            .directory()
-            .map_err(|e| ProtocolError::Envelope(e.to_string()))?;
         let home = &opened.header.from_org;
         let missing = |what: &'static str| ProtocolError::Malformed {
             what,

@@ -24,6 +24,8 @@ pub mod metrics;
 #[path = "../../hub/src/metrics_http.rs"]
 pub mod metrics_http;
 pub mod settings;
+#[path = "../../hub/src/sqlite_pool.rs"]
+pub mod sqlite_pool;
 pub mod store;
 pub mod sync;
 

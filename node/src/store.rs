@@ -4,9 +4,6 @@
 //! transaction), so an operation that touches several tables (erase a grant, sign a receipt,
 //! queue it, advance the peer's sequence number) commits all of it or none of it.
 
-use std::str::FromStr;
-
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, Sqlite, SqlitePool, Transaction};
 
 #[derive(Debug, thiserror::Error)]
@@ -235,18 +232,7 @@ const RECEIVED_COLUMNS: &str = "grant_id, pseudonym, from_org, purpose, sections
 impl NodeStore {
     /// Opens (creating if needed) the database and runs `migrations/node/sqlite`.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
-        let options = SqliteConnectOptions::from_str(url)?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            // FULL: the node acks an envelope only after its commit is on disk.
-            .synchronous(SqliteSynchronous::Full)
-            .foreign_keys(true)
-            .busy_timeout(std::time::Duration::from_secs(10));
-        let connections = if url.contains(":memory:") { 1 } else { 8 };
-        let pool = SqlitePoolOptions::new()
-            .max_connections(connections)
-            .connect_with(options)
-            .await?;
+        let pool = crate::sqlite_pool::open(url, 8).await?;
         sqlx::migrate!("../migrations/node/sqlite")
             .run(&pool)
             .await?;
@@ -287,6 +273,18 @@ impl NodeStore {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    /// Every student card this node issued, by pseudonym.
+    pub async fn student_cards(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        Ok(
+            sqlx::query("SELECT pseudonym, card FROM students ORDER BY pseudonym")
+                .fetch_all(&self.pool)
+                .await?
+                .iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect(),
+        )
     }
 
     pub async fn student_card(&self, pseudonym: &str) -> Result<Option<Vec<u8>>, StoreError> {

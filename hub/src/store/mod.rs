@@ -132,6 +132,10 @@ pub enum StoreError {
     IdConflict,
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// A database error met by a batch this call was part of (the error itself went to the
+    /// batch's first call).
+    #[error("database error: {0}")]
+    Failed(String),
     #[error("migration error: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
@@ -151,7 +155,21 @@ pub trait HubStore: Send + Sync + 'static {
         &self,
         env: NewEnvelope,
         sign: ReceiptSigner<'_>,
-    ) -> Result<Accepted, StoreError>;
+    ) -> Result<Accepted, StoreError> {
+        self.accept_batch(vec![(env, sign)])
+            .await?
+            .pop()
+            .unwrap_or(Err(StoreError::Failed("an empty batch answer".into())))
+    }
+
+    /// [`HubStore::accept`] for several envelopes in one transaction and one commit (group
+    /// commit): one answer per envelope, in order. An envelope id already used for another
+    /// envelope is refused on its own; a database error fails the whole batch, and then none of
+    /// it is stored.
+    async fn accept_batch(
+        &self,
+        batch: Vec<(NewEnvelope, ReceiptSigner<'_>)>,
+    ) -> Result<Vec<Result<Accepted, StoreError>>, StoreError>;
 
     /// Mailbox entries for `to_org` with a sequence number above `after_seq`, oldest first.
     async fn mailbox(

@@ -80,6 +80,79 @@ async fn next_log_index(tx: &mut Transaction<'static, Postgres>) -> Result<i64, 
     )
 }
 
+/// Stores one envelope inside the batch's transaction. The outer error fails the batch; the
+/// inner one refuses this envelope only.
+async fn accept_in(
+    tx: &mut Transaction<'static, Postgres>,
+    env: NewEnvelope,
+    sign: ReceiptSigner<'_>,
+) -> Result<Result<Accepted, StoreError>, StoreError> {
+    if let Some(row) =
+        sqlx::query("SELECT header_sha256, receipt FROM envelopes WHERE envelope_id = $1")
+            .bind(&env.envelope_id)
+            .fetch_optional(&mut **tx)
+            .await?
+    {
+        let header: Vec<u8> = row.get(0);
+        if header != env.header_sha256 {
+            return Ok(Err(StoreError::IdConflict));
+        }
+        return Ok(Ok(Accepted::Duplicate {
+            receipt: row.get(1),
+        }));
+    }
+    let log_index = next_log_index(tx).await?;
+    let receipt = sign(log_index as u64, env.received_at);
+    sqlx::query(
+            "INSERT INTO events (log_index, event, envelope_kind, from_org, to_org, envelope_id, body_sha256, at)
+             VALUES ($1, 'send', $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(log_index)
+        .bind(env.kind)
+        .bind(&env.from_org)
+        .bind(&env.to_org)
+        .bind(&env.envelope_id)
+        .bind(&env.body_sha256)
+        .bind(env.received_at)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query(
+            "INSERT INTO envelopes (envelope_id, header_sha256, from_org, to_org, kind, body_len, received_at, log_index, receipt, erasure_reason)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(&env.envelope_id)
+        .bind(&env.header_sha256)
+        .bind(&env.from_org)
+        .bind(&env.to_org)
+        .bind(env.kind)
+        .bind(env.body_len as i64)
+        .bind(env.received_at)
+        .bind(log_index)
+        .bind(&receipt)
+        .bind(&env.erasure_reason)
+        .execute(&mut **tx)
+        .await?;
+    let seq: i64 = sqlx::query(
+        "INSERT INTO mailbox (to_org, envelope_id, envelope) VALUES ($1, $2, $3) RETURNING seq",
+    )
+    .bind(&env.to_org)
+    .bind(&env.envelope_id)
+    .bind(&env.encoded)
+    .fetch_one(&mut **tx)
+    .await?
+    .get(0);
+    // Delivered to every listening hub when (and only if) this transaction commits.
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(ARRIVALS)
+        .bind(format!("{} {seq}", env.to_org))
+        .execute(&mut **tx)
+        .await?;
+    Ok(Ok(Accepted::New {
+        receipt,
+        seq: seq as u64,
+    }))
+}
+
 #[async_trait::async_trait]
 impl HubStore for PostgresStore {
     async fn directory(&self) -> Result<Option<Vec<u8>>, StoreError> {
@@ -102,77 +175,17 @@ impl HubStore for PostgresStore {
         Ok(())
     }
 
-    async fn accept(
+    async fn accept_batch(
         &self,
-        env: NewEnvelope,
-        sign: ReceiptSigner<'_>,
-    ) -> Result<Accepted, StoreError> {
+        batch: Vec<(NewEnvelope, ReceiptSigner<'_>)>,
+    ) -> Result<Vec<Result<Accepted, StoreError>>, StoreError> {
         let mut tx = self.log_writer().await?;
-        if let Some(row) =
-            sqlx::query("SELECT header_sha256, receipt FROM envelopes WHERE envelope_id = $1")
-                .bind(&env.envelope_id)
-                .fetch_optional(&mut *tx)
-                .await?
-        {
-            let header: Vec<u8> = row.get(0);
-            if header != env.header_sha256 {
-                return Err(StoreError::IdConflict);
-            }
-            return Ok(Accepted::Duplicate {
-                receipt: row.get(1),
-            });
+        let mut answers = Vec::with_capacity(batch.len());
+        for (env, sign) in batch {
+            answers.push(accept_in(&mut tx, env, sign).await?);
         }
-        let log_index = next_log_index(&mut tx).await?;
-        let receipt = sign(log_index as u64, env.received_at);
-        sqlx::query(
-            "INSERT INTO events (log_index, event, envelope_kind, from_org, to_org, envelope_id, body_sha256, at)
-             VALUES ($1, 'send', $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(log_index)
-        .bind(env.kind)
-        .bind(&env.from_org)
-        .bind(&env.to_org)
-        .bind(&env.envelope_id)
-        .bind(&env.body_sha256)
-        .bind(env.received_at)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO envelopes (envelope_id, header_sha256, from_org, to_org, kind, body_len, received_at, log_index, receipt, erasure_reason)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        )
-        .bind(&env.envelope_id)
-        .bind(&env.header_sha256)
-        .bind(&env.from_org)
-        .bind(&env.to_org)
-        .bind(env.kind)
-        .bind(env.body_len as i64)
-        .bind(env.received_at)
-        .bind(log_index)
-        .bind(&receipt)
-        .bind(&env.erasure_reason)
-        .execute(&mut *tx)
-        .await?;
-        let seq: i64 = sqlx::query(
-            "INSERT INTO mailbox (to_org, envelope_id, envelope) VALUES ($1, $2, $3) RETURNING seq",
-        )
-        .bind(&env.to_org)
-        .bind(&env.envelope_id)
-        .bind(&env.encoded)
-        .fetch_one(&mut *tx)
-        .await?
-        .get(0);
-        // Delivered to every listening hub when (and only if) this transaction commits.
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(ARRIVALS)
-            .bind(format!("{} {seq}", env.to_org))
-            .execute(&mut *tx)
-            .await?;
         tx.commit().await?;
-        Ok(Accepted::New {
-            receipt,
-            seq: seq as u64,
-        })
+        Ok(answers)
     }
 
     async fn mailbox(

@@ -1,8 +1,5 @@
 //! SQLite implementation of [`HubStore`]: one file, WAL mode, migrations run at open.
 
-use std::str::FromStr;
-
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 
 use super::{
@@ -19,19 +16,7 @@ impl SqliteStore {
     /// Opens (creating if needed) the database at `url` (`sqlite://path` or `sqlite::memory:`)
     /// and runs the migrations under `migrations/hub/sqlite`.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
-        let options = SqliteConnectOptions::from_str(url)?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            // FULL: a receipt is only handed out after the envelope is on disk.
-            .synchronous(SqliteSynchronous::Full)
-            .foreign_keys(true)
-            .busy_timeout(std::time::Duration::from_secs(10));
-        // An in-memory database exists per connection, so it gets exactly one.
-        let connections = if url.contains(":memory:") { 1 } else { 4 };
-        let pool = SqlitePoolOptions::new()
-            .max_connections(connections)
-            .connect_with(options)
-            .await?;
+        let pool = crate::sqlite_pool::open(url, 4).await?;
         sqlx::migrate!("../migrations/hub/sqlite")
             .run(&pool)
             .await?;
@@ -50,6 +35,76 @@ fn envelope_meta(r: &sqlx::sqlite::SqliteRow) -> EnvelopeMeta {
         acked_at: r.get(4),
         erasure_reason: r.get(5),
     }
+}
+
+/// Stores one envelope inside the batch's transaction. The outer error fails the batch; the
+/// inner one refuses this envelope only.
+async fn accept_in(
+    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    env: NewEnvelope,
+    sign: ReceiptSigner<'_>,
+) -> Result<Result<Accepted, StoreError>, StoreError> {
+    if let Some(row) =
+        sqlx::query("SELECT header_sha256, receipt FROM envelopes WHERE envelope_id = ?")
+            .bind(&env.envelope_id)
+            .fetch_optional(&mut **tx)
+            .await?
+    {
+        let header: Vec<u8> = row.get(0);
+        if header != env.header_sha256 {
+            return Ok(Err(StoreError::IdConflict));
+        }
+        return Ok(Ok(Accepted::Duplicate {
+            receipt: row.get(1),
+        }));
+    }
+    let log_index: i64 = sqlx::query("SELECT COALESCE(MAX(log_index) + 1, 0) FROM events")
+        .fetch_one(&mut **tx)
+        .await?
+        .get(0);
+    let receipt = sign(log_index as u64, env.received_at);
+    sqlx::query(
+        "INSERT INTO events (log_index, event, envelope_kind, from_org, to_org, envelope_id, body_sha256, at)
+         VALUES (?, 'send', ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(log_index)
+    .bind(env.kind)
+    .bind(&env.from_org)
+    .bind(&env.to_org)
+    .bind(&env.envelope_id)
+    .bind(&env.body_sha256)
+    .bind(env.received_at)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO envelopes (envelope_id, header_sha256, from_org, to_org, kind, body_len, received_at, log_index, receipt, erasure_reason)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&env.envelope_id)
+    .bind(&env.header_sha256)
+    .bind(&env.from_org)
+    .bind(&env.to_org)
+    .bind(env.kind)
+    .bind(env.body_len as i64)
+    .bind(env.received_at)
+    .bind(log_index)
+    .bind(&receipt)
+    .bind(&env.erasure_reason)
+    .execute(&mut **tx)
+    .await?;
+    let seq: i64 = sqlx::query(
+        "INSERT INTO mailbox (to_org, envelope_id, envelope) VALUES (?, ?, ?) RETURNING seq",
+    )
+    .bind(&env.to_org)
+    .bind(&env.envelope_id)
+    .bind(&env.encoded)
+    .fetch_one(&mut **tx)
+    .await?
+    .get(0);
+    Ok(Ok(Accepted::New {
+        receipt,
+        seq: seq as u64,
+    }))
 }
 
 #[async_trait::async_trait]
@@ -73,76 +128,19 @@ impl HubStore for SqliteStore {
         Ok(())
     }
 
-    async fn accept(
+    async fn accept_batch(
         &self,
-        env: NewEnvelope,
-        sign: ReceiptSigner<'_>,
-    ) -> Result<Accepted, StoreError> {
+        batch: Vec<(NewEnvelope, ReceiptSigner<'_>)>,
+    ) -> Result<Vec<Result<Accepted, StoreError>>, StoreError> {
         // BEGIN IMMEDIATE takes the write lock up front, so two sends of the same id serialise
         // here and the second one sees the first.
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        if let Some(row) =
-            sqlx::query("SELECT header_sha256, receipt FROM envelopes WHERE envelope_id = ?")
-                .bind(&env.envelope_id)
-                .fetch_optional(&mut *tx)
-                .await?
-        {
-            let header: Vec<u8> = row.get(0);
-            if header != env.header_sha256 {
-                return Err(StoreError::IdConflict);
-            }
-            return Ok(Accepted::Duplicate {
-                receipt: row.get(1),
-            });
+        let mut answers = Vec::with_capacity(batch.len());
+        for (env, sign) in batch {
+            answers.push(accept_in(&mut tx, env, sign).await?);
         }
-        let log_index: i64 = sqlx::query("SELECT COALESCE(MAX(log_index) + 1, 0) FROM events")
-            .fetch_one(&mut *tx)
-            .await?
-            .get(0);
-        let receipt = sign(log_index as u64, env.received_at);
-        sqlx::query(
-            "INSERT INTO events (log_index, event, envelope_kind, from_org, to_org, envelope_id, body_sha256, at)
-             VALUES (?, 'send', ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(log_index)
-        .bind(env.kind)
-        .bind(&env.from_org)
-        .bind(&env.to_org)
-        .bind(&env.envelope_id)
-        .bind(&env.body_sha256)
-        .bind(env.received_at)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO envelopes (envelope_id, header_sha256, from_org, to_org, kind, body_len, received_at, log_index, receipt, erasure_reason)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&env.envelope_id)
-        .bind(&env.header_sha256)
-        .bind(&env.from_org)
-        .bind(&env.to_org)
-        .bind(env.kind)
-        .bind(env.body_len as i64)
-        .bind(env.received_at)
-        .bind(log_index)
-        .bind(&receipt)
-        .bind(&env.erasure_reason)
-        .execute(&mut *tx)
-        .await?;
-        let seq: i64 = sqlx::query(
-            "INSERT INTO mailbox (to_org, envelope_id, envelope) VALUES (?, ?, ?) RETURNING seq",
-        )
-        .bind(&env.to_org)
-        .bind(&env.envelope_id)
-        .bind(&env.encoded)
-        .fetch_one(&mut *tx)
-        .await?
-        .get(0);
         tx.commit().await?;
-        Ok(Accepted::New {
-            receipt,
-            seq: seq as u64,
-        })
+        Ok(answers)
     }
 
     async fn mailbox(

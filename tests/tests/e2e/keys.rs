@@ -4,8 +4,11 @@
 
 use overstap_cli::passport::{make_grant, make_revocation, revoke, upload_grant};
 use overstap_cli::wallet::Wallet;
+use overstap_proto::passport::verify_card;
 use overstap_proto::pb::{ReplaceStudentKeyRequest, StudentCard};
-use overstap_proto::sign::{Domain, decode_body, generate_signing_key, sign_message};
+use overstap_proto::sign::{
+    Domain, decode_body, generate_signing_key, sign_message, verifying_key,
+};
 use overstap_tests::demo::{MBO, SCHOOL, birth_month};
 use overstap_tests::*;
 
@@ -323,5 +326,107 @@ async fn after_a_rotation_the_old_signing_key_is_refused_and_what_was_in_flight_
     assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
     assert!(err.message().contains("signature"), "{err:?}");
     assert_eq!(hub_envelopes_from(&region, SCHOOL).await, before);
+    region.shutdown().await.unwrap();
+}
+
+/// The school's own signing key is rotated. The cards it issued before are signed again with
+/// the new key (same body), so its students' consents still travel: a package sent after the
+/// rotation reaches the mbo, which holds the old copy of the card and takes the new one as the
+/// same card; and a withdrawal after the rotation still erases at the mbo.
+#[tokio::test]
+async fn after_the_schools_key_rotation_its_students_cards_still_hold() {
+    let (_tmp, region) = region().await;
+    let sam = student(&region, &birth_month(17), None).await;
+    let before = grant(
+        &region,
+        &sam.wallet,
+        &grant_request(MBO, &["wie-ben-ik"], "intake", 30),
+        None,
+    )
+    .await;
+    send(&region, &before).await;
+    eventually(
+        "the mbo holds the package sent before the rotation",
+        || async { !held_sections(&region, MBO, &before).await.is_empty() },
+    )
+    .await;
+    let mut api = region.api(SCHOOL).await.unwrap();
+    let get = overstap_proto::pb::GetStudentRequest {
+        pseudonym: sam.wallet.pseudonym.clone(),
+    };
+    let card_before = api
+        .get_student(get.clone())
+        .await
+        .unwrap()
+        .into_inner()
+        .card
+        .unwrap();
+
+    region
+        .authority
+        .rotate(SCHOOL, &region.node_dir(SCHOOL))
+        .unwrap();
+    let v = region.publish_directory().await.unwrap();
+    region
+        .wait_for(
+            SCHOOL,
+            std::time::Duration::from_secs(20),
+            "the school fetching the directory with its new key",
+            |s| s.directory_version == v,
+        )
+        .await
+        .unwrap();
+    let new_key = verifying_key(&member(&region, SCHOOL).signing_key, "school key").unwrap();
+    let card_after = api
+        .get_student(get)
+        .await
+        .unwrap()
+        .into_inner()
+        .card
+        .unwrap();
+    assert_eq!(
+        card_after.body, card_before.body,
+        "the card itself is unchanged"
+    );
+    assert_ne!(
+        card_after.sigs, card_before.sigs,
+        "the card was signed again"
+    );
+    verify_card(&card_after, &new_key).expect("the new key signed the card");
+
+    // A consent given after the rotation travels with the card signed again.
+    let after = grant(
+        &region,
+        &sam.wallet,
+        &grant_request(MBO, &["wie-ben-ik"], "begeleiding", 30),
+        None,
+    )
+    .await;
+    send(&region, &after).await;
+    eventually(
+        "the mbo holds the package sent after the rotation",
+        || async { !held_sections(&region, MBO, &after).await.is_empty() },
+    )
+    .await;
+    assert!(
+        !node_processed(&region, MBO)
+            .await
+            .iter()
+            .any(|(o, _)| o == "refused" || o == "dropped"),
+        "the mbo refused something: {:?}",
+        node_processed(&region, MBO).await
+    );
+    // The first consent, withdrawn after the rotation, is erased at the mbo.
+    let rev = make_revocation(&sam.wallet, &before, None, now()).unwrap();
+    revoke(&mut api, rev).await.unwrap();
+    eventually(
+        "the mbo erases the package sent before the rotation",
+        || async {
+            held_sections(&region, MBO, &before).await.is_empty()
+                && handover(&region, &before).await.unwrap().grant_state == "erased"
+        },
+    )
+    .await;
+    assert!(!held_sections(&region, MBO, &after).await.is_empty());
     region.shutdown().await.unwrap();
 }
