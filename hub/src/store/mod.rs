@@ -285,6 +285,52 @@ pub(crate) mod conformance {
         s.accept(env(1, "MBO1"), &signer).await.unwrap();
     }
 
+    /// One group commit: new envelopes get dense log indexes in order, an envelope sent twice in
+    /// the batch is stored once (the second gets the first's receipt), and an id reused for a
+    /// different envelope is refused on its own, without failing the rest.
+    pub async fn a_batch_answers_each_envelope_on_its_own(s: &impl HubStore) {
+        s.accept(env(1, "MBO1"), &signer).await.unwrap();
+        let mut conflict = env(1, "MBO1");
+        conflict.header_sha256 = vec![9; 32];
+        let batch: Vec<(NewEnvelope, ReceiptSigner<'_>)> = vec![
+            (env(2, "MBO1"), &signer),
+            (conflict, &signer),
+            (env(3, "GM0193"), &signer),
+            (env(2, "MBO1"), &signer),
+            (env(1, "MBO1"), &signer),
+        ];
+        let answers = s.accept_batch(batch).await.unwrap();
+        let seen: Vec<String> = answers
+            .iter()
+            .map(|a| match a {
+                Ok(Accepted::New { receipt, .. }) => {
+                    format!("new {}", String::from_utf8_lossy(receipt))
+                }
+                Ok(Accepted::Duplicate { receipt }) => {
+                    format!("again {}", String::from_utf8_lossy(receipt))
+                }
+                Err(e) => format!("refused: {e}"),
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                "new receipt 1 100",
+                "refused: envelope id is already used for a different envelope",
+                "new receipt 2 100",
+                "again receipt 1 100",
+                "again receipt 0 100",
+            ]
+        );
+        let events = s.events(0, 10).await.unwrap();
+        assert_eq!(
+            events.iter().map(|e| e.log_index).collect::<Vec<_>>(),
+            [0, 1, 2]
+        );
+        assert_eq!(s.mailbox("MBO1", 0, 10).await.unwrap().len(), 2);
+        assert_eq!(s.mailbox("GM0193", 0, 10).await.unwrap().len(), 1);
+    }
+
     pub async fn accept_is_idempotent_and_ack_logs_delivery(s: &impl HubStore) {
         let Accepted::New { receipt, .. } = s.accept(env(1, "MBO1"), &signer).await.unwrap() else {
             panic!("first send must be new")

@@ -505,6 +505,13 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_batch_answers_each_envelope_on_its_own() {
+        if let Some(s) = store().await {
+            super::super::conformance::a_batch_answers_each_envelope_on_its_own(&s).await;
+        }
+    }
+
+    #[tokio::test]
     async fn events_are_append_only() {
         let Some(s) = store().await else { return };
         super::super::conformance::accept_once(&s).await;

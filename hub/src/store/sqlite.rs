@@ -384,6 +384,12 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_batch_answers_each_envelope_on_its_own() {
+        let s = SqliteStore::open("sqlite::memory:").await.unwrap();
+        super::super::conformance::a_batch_answers_each_envelope_on_its_own(&s).await;
+    }
+
+    #[tokio::test]
     async fn events_are_append_only() {
         let s = SqliteStore::open("sqlite::memory:").await.unwrap();
         super::super::conformance::accept_once(&s).await;
