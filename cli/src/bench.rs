@@ -4,6 +4,9 @@
 //! - Routing with the log on ÷ off: a hub on 127.0.0.1 with SQLite, TLS 1.3 and client
 //!   certificates, fed the same pre-sealed envelopes by 16 concurrent senders, once with its
 //!   sequencer integrating the log and once without, alternating, best of two each.
+//! - Routing at 0 and at `entries` log entries: the same run against a hub whose log already
+//!   holds `entries` entries (written into its store, integrated and signed by the hub itself
+//!   before the run), best of two, ÷ the log-on figure above.
 
 use std::io::Write;
 use std::time::Instant;
@@ -24,6 +27,10 @@ pub struct LogBench {
     pub routed_per_s_log_on: f64,
     pub routed_per_s_log_off: f64,
     pub ratio_on_over_off: f64,
+    /// Routing (log on) when the hub's log already holds `entries` entries, and that ÷ routing
+    /// with an empty log (`routed_per_s_log_on`).
+    pub routed_per_s_full_log: f64,
+    pub ratio_full_over_empty: f64,
 }
 
 fn entry(i: u64) -> LogEntry {
@@ -94,8 +101,27 @@ pub async fn log_bench(
         )?;
         if log { on.push(rate) } else { off.push(rate) }
     }
+    let mut full = Vec::new();
+    for _ in 0..2 {
+        let rate = crate::bench_hub::route(
+            envelopes,
+            4000,
+            crate::bench_hub::Target::Hub {
+                log: true,
+                postgres: None,
+                prefill: entries,
+                replicas: 1,
+            },
+        )
+        .await?;
+        writeln!(
+            out,
+            "  routing with {entries} entries in the log already: {rate:.0} envelopes/s"
+        )?;
+        full.push(rate);
+    }
     let best = |v: &[f64]| v.iter().cloned().fold(0.0, f64::max);
-    let (on, off) = (best(&on), best(&off));
+    let (on, off, full) = (best(&on), best(&off), best(&full));
     Ok(LogBench {
         entries,
         // Leaf 0 sits in the largest full subtree: its proof is the longest (random leaves near
@@ -108,6 +134,8 @@ pub async fn log_bench(
         envelopes,
         routed_per_s_log_on: on,
         routed_per_s_log_off: off,
+        routed_per_s_full_log: full,
+        ratio_full_over_empty: full / on,
         ratio_on_over_off: on / off,
     })
 }
@@ -121,6 +149,8 @@ async fn route(envelopes: usize, log: bool) -> anyhow::Result<f64> {
         crate::bench_hub::Target::Hub {
             log,
             postgres: None,
+            prefill: 0,
+            replicas: 1,
         },
     )
     .await

@@ -39,6 +39,9 @@ pub struct Figure {
     pub sqlite_over_baseline: f64,
     pub postgres_per_s: Option<f64>,
     pub sqlite_over_postgres: Option<f64>,
+    /// Two hub replicas on the one PostgreSQL database, the senders spread over both.
+    pub postgres_two_replicas_per_s: Option<f64>,
+    pub one_replica_over_two: Option<f64>,
 }
 
 const SENDERS: usize = 16;
@@ -49,8 +52,26 @@ pub(crate) enum Target {
     /// The no-op baseline.
     Noop,
     /// The hub, integrating its log or not, on SQLite or on a fresh database next to the
-    /// PostgreSQL one named.
-    Hub { log: bool, postgres: Option<String> },
+    /// PostgreSQL one named; its log holding `prefill` entries before the run (SQLite only);
+    /// served by `replicas` hubs on the one database (PostgreSQL), the senders spread over them.
+    Hub {
+        log: bool,
+        postgres: Option<String>,
+        prefill: u64,
+        replicas: usize,
+    },
+}
+
+impl Target {
+    /// The hub as it runs, integrating its log, on one database.
+    pub(crate) fn hub(postgres: Option<String>) -> Self {
+        Target::Hub {
+            log: true,
+            postgres,
+            prefill: 0,
+            replicas: 1,
+        }
+    }
 }
 
 pub async fn hub_bench(
@@ -67,10 +88,10 @@ pub async fn hub_bench(
     )?;
     let mut figures = Vec::new();
     for &size in sizes {
-        let (mut base, mut lite, mut pg) = (0f64, 0f64, 0f64);
+        let (mut base, mut lite, mut pg, mut pg2) = (0f64, 0f64, 0f64, 0f64);
         for round in 1..=rounds {
             let b = route(envelopes, size, Target::Noop).await?;
-            let s = route(envelopes, size, hub(None)).await?;
+            let s = route(envelopes, size, Target::hub(None)).await?;
             base = base.max(b);
             lite = lite.max(s);
             write!(
@@ -78,9 +99,20 @@ pub async fn hub_bench(
                 "  {size} B, round {round}: baseline {b:.0}/s, hub on SQLite {s:.0}/s"
             )?;
             if let Some(admin) = &postgres {
-                let p = route(envelopes, size, hub(Some(admin.clone()))).await?;
+                let p = route(envelopes, size, Target::hub(Some(admin.clone()))).await?;
                 pg = pg.max(p);
-                write!(out, ", hub on PostgreSQL {p:.0}/s")?;
+                let two = Target::Hub {
+                    log: true,
+                    postgres: Some(admin.clone()),
+                    prefill: 0,
+                    replicas: 2,
+                };
+                let p2 = route(envelopes, size, two).await?;
+                pg2 = pg2.max(p2);
+                write!(
+                    out,
+                    ", hub on PostgreSQL {p:.0}/s, two replicas on PostgreSQL {p2:.0}/s"
+                )?;
             }
             writeln!(out)?;
         }
@@ -91,6 +123,8 @@ pub async fn hub_bench(
             sqlite_over_baseline: lite / base,
             postgres_per_s: postgres.as_ref().map(|_| pg),
             sqlite_over_postgres: postgres.as_ref().map(|_| lite / pg),
+            postgres_two_replicas_per_s: postgres.as_ref().map(|_| pg2),
+            one_replica_over_two: postgres.as_ref().map(|_| pg / pg2),
         });
     }
     Ok(HubBench {
@@ -101,13 +135,6 @@ pub async fn hub_bench(
     })
 }
 
-fn hub(postgres: Option<String>) -> Target {
-    Target::Hub {
-        log: true,
-        postgres,
-    }
-}
-
 /// Envelopes per second that `target` accepts, from 16 senders, of `size` bytes of payload each.
 pub(crate) async fn route(envelopes: usize, size: usize, target: Target) -> anyhow::Result<f64> {
     let tmp = tempfile::tempdir()?;
@@ -115,19 +142,26 @@ pub(crate) async fn route(envelopes: usize, size: usize, target: Target) -> anyh
         Org::new("25LP", MemberKind::School, "School"),
         Org::new("30RT", MemberKind::Mbo, "Mbo"),
     ];
-    let (log, database) = match &target {
+    let (log, database, prefill, replicas) = match &target {
         Target::Hub {
             log,
-            postgres: Some(admin),
-        } => (
-            *log,
-            Some(overstap_hub::store::fresh_postgres_database(admin).await?),
-        ),
-        Target::Hub {
-            log,
-            postgres: None,
-        } => (*log, None),
-        Target::Noop => (false, None),
+            postgres,
+            prefill,
+            replicas,
+        } => {
+            let database = match postgres {
+                Some(admin) => Some(overstap_hub::store::fresh_postgres_database(admin).await?),
+                None => None,
+            };
+            if *replicas > 1 && database.is_none() {
+                anyhow::bail!("hub replicas share a PostgreSQL database; name one");
+            }
+            if *prefill > 0 && database.is_some() {
+                anyhow::bail!("a log filled beforehand is measured on SQLite only");
+            }
+            (*log, database, *prefill, *replicas)
+        }
+        Target::Noop => (false, None, 0, 1),
     };
     let mut region = Region::start_hub_with_database(
         tmp.path(),
@@ -139,6 +173,13 @@ pub(crate) async fn route(envelopes: usize, size: usize, target: Target) -> anyh
     .await?;
     if matches!(target, Target::Noop) {
         region.run_hub_with(serve_noop).await?;
+    }
+    if prefill > 0 {
+        prefill_log(&mut region, prefill).await?;
+    }
+    let mut urls = vec![region.hub_url.clone()];
+    for _ in 1..replicas.max(1) {
+        urls.push(region.start_hub_replica().await?);
     }
     let key = region.signing_key("25LP")?;
     let to = region.authority.directory()?.member("30RT")?.clone();
@@ -164,15 +205,22 @@ pub(crate) async fn route(envelopes: usize, size: usize, target: Target) -> anyh
             )
         })
         .collect::<Result<_, _>>()?;
-    let channel = region.hub_link("25LP")?.channel()?;
+    // One mutual-TLS connection per hub replica; the senders take turns over them.
+    let mut channels = Vec::new();
+    for url in &urls {
+        let mut link = region.hub_link("25LP")?;
+        link.url = url.clone();
+        channels.push(link.channel()?);
+    }
     let chunks: Vec<Vec<_>> = sealed
         .chunks(envelopes.div_ceil(SENDERS))
         .map(|c| c.to_vec())
         .collect();
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for chunk in chunks {
-        let mut client = HubClient::new(channel.clone()).max_encoding_message_size(8 << 20);
+    for (i, chunk) in chunks.into_iter().enumerate() {
+        let channel = channels[i % channels.len()].clone();
+        let mut client = HubClient::new(channel).max_encoding_message_size(8 << 20);
         tasks.push(tokio::spawn(async move {
             for env in chunk {
                 client.send(env).await?;
@@ -186,6 +234,54 @@ pub(crate) async fn route(envelopes: usize, size: usize, target: Target) -> anyh
     let rate = envelopes as f64 / started.elapsed().as_secs_f64();
     region.shutdown().await?;
     Ok(rate)
+}
+
+/// Gives the region's hub (on SQLite) a log of `entries` entries before a run: the events are
+/// written straight into its store while it is stopped, then the restarted hub integrates them
+/// itself (hashes them, stores the tree, signs checkpoints), and the run starts once its signed
+/// checkpoint covers them all.
+async fn prefill_log(region: &mut Region, entries: u64) -> anyhow::Result<()> {
+    region.stop_hub().await?;
+    let started = Instant::now();
+    let pool = sqlx::SqlitePool::connect(&region.hub_database_url()?).await?;
+    sqlx::query(
+        "WITH RECURSIVE c(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM c WHERE i + 1 < ?)
+         INSERT INTO events (log_index, event, envelope_kind, from_org, to_org, envelope_id, body_sha256, at)
+         SELECT i, 'send', 1, '25LP', '30RT', randomblob(16), randomblob(32), 0 FROM c",
+    )
+    .bind(entries as i64)
+    .execute(&pool)
+    .await?;
+    pool.close().await;
+    eprintln!(
+        "  {entries} log entries written in {:.1} s; the hub integrates them",
+        started.elapsed().as_secs_f64()
+    );
+    region.start_hub().await?;
+    let mut client = HubClient::new(region.hub_link("25LP")?.channel()?);
+    let mut shown = 0;
+    loop {
+        let size = match client.get_checkpoint(pb::GetCheckpointRequest {}).await {
+            Ok(r) => overstap_proto::log::checkpoint_claims(&r.into_inner().note)?.0,
+            Err(_) => 0,
+        };
+        if size >= entries {
+            break;
+        }
+        if size >= shown + entries / 10 {
+            eprintln!("  integrated {size} of {entries}");
+            shown = size;
+        }
+        if started.elapsed() > std::time::Duration::from_secs(600) {
+            anyhow::bail!("the hub integrated only {size} of {entries} log entries in 10 minutes");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    eprintln!(
+        "  the hub's signed log holds {entries} entries after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 /// Serves the no-op baseline where the hub would be: the hub's own TLS configuration.

@@ -893,6 +893,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                         if let (Some(p), Some(r)) = (f.postgres_per_s, f.sqlite_over_postgres) {
                             print!("; hub on PostgreSQL {p:.0}/s, SQLite ÷ PostgreSQL {r:.2}");
                         }
+                        if let (Some(p), Some(r)) =
+                            (f.postgres_two_replicas_per_s, f.one_replica_over_two)
+                        {
+                            print!("; two replicas {p:.0}/s, one ÷ two {r:.2}");
+                        }
                         println!();
                     }
                 }
@@ -911,7 +916,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 Format::Json => json(&b)?,
                 Format::Table => println!(
                     "log of {} entries: inclusion proof {} bytes (made {:.1} µs, checked {:.1} µs), consistency proof {} bytes (checked {:.1} µs)\n\
-                     routing {} envelopes of 4 KiB: {:.0}/s with the log, {:.0}/s without; ratio {:.2}",
+                     routing {} envelopes of 4 KiB: {:.0}/s with the log, {:.0}/s without; ratio {:.2}\n\
+                     routing with the log already holding {} entries: {:.0}/s; ÷ an empty log {:.2}",
                     b.entries,
                     b.inclusion_proof_bytes,
                     b.prove_inclusion_us,
@@ -921,7 +927,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     b.envelopes,
                     b.routed_per_s_log_on,
                     b.routed_per_s_log_off,
-                    b.ratio_on_over_off
+                    b.ratio_on_over_off,
+                    b.entries,
+                    b.routed_per_s_full_log,
+                    b.ratio_full_over_empty
                 ),
             }
             Ok(())

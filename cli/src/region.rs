@@ -120,6 +120,9 @@ pub struct Region {
     pub hub_url: String,
     hub_addr: std::net::SocketAddr,
     hub: Option<Running>,
+    /// More hub processes' worth of service on the same database (PostgreSQL), each on an
+    /// address of its own.
+    replicas: Vec<Running>,
     nodes: BTreeMap<String, Running>,
     pub orgs: Vec<Org>,
     clock: overstap_node::Clock,
@@ -221,6 +224,7 @@ impl Region {
             hub_url,
             hub_addr,
             hub: None,
+            replicas: Vec::new(),
             nodes: BTreeMap::new(),
             orgs: orgs.to_vec(),
             clock,
@@ -289,6 +293,23 @@ impl Region {
             overstap_hub::serve(config, listener, stop)
         }));
         Ok(())
+    }
+
+    /// Starts one more hub replica on the hub's database (which must be PostgreSQL for two to
+    /// share it), on an address of its own, and returns its URL. The hub's certificate names
+    /// 127.0.0.1, so members reach it with the same TLS link. It stops with the region.
+    pub async fn start_hub_replica(&mut self) -> anyhow::Result<String> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("https://{}", listener.local_addr()?);
+        let mut config = self.hub_config()?;
+        config.metrics_addr_file = None;
+        config.dashboard_addr_file = None;
+        config.metrics_listen = None;
+        config.dashboard_listen = None;
+        self.replicas.push(Running::spawn(move |stop| {
+            overstap_hub::serve(config, listener, stop)
+        }));
+        Ok(url)
     }
 
     /// Stops the hub if it runs and starts `run` in its place, on the hub's address with the
@@ -476,6 +497,9 @@ impl Region {
         let names: Vec<String> = self.nodes.keys().cloned().collect();
         for n in names {
             self.stop_node(&n).await?;
+        }
+        for r in self.replicas.drain(..) {
+            r.stop().await.context("stopping a hub replica")?;
         }
         if let Some(h) = self.hub.take() {
             h.stop().await.context("stopping the hub")?;

@@ -183,15 +183,26 @@ pub async fn serve_wrapped<S: HubStore, H: Hub>(
 /// a signed checkpoint well within a second of its `Send`.
 const INTEGRATE_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
+/// The most events one integration round takes in (one checkpoint signature each).
+pub const INTEGRATE_BATCH: u32 = 10_000;
+
 /// The log's sequencer: integrates events in batches, one signature per checkpoint.
 async fn sequence<S: HubStore>(
     service: HubService<S>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut round: u64 = 0;
+    let mut size = 0;
     loop {
-        if let Err(e) = service.integrate().await {
-            tracing::error!(error = %e, "integrating the log failed; trying again");
+        // A round that took in a full batch (a backlog, after a restart or on a busy hub) is
+        // followed at once by the next.
+        let mut behind = false;
+        match service.integrate().await {
+            Ok(now) => {
+                behind = now >= size + INTEGRATE_BATCH as u64;
+                size = now;
+            }
+            Err(e) => tracing::error!(error = %e, "integrating the log failed; trying again"),
         }
         round += 1;
         // Every 5 s: a directory another hub process sharing the store was handed.
@@ -206,8 +217,13 @@ async fn sequence<S: HubStore>(
         {
             tracing::warn!(error = %e, "recounting the mailboxes failed");
         }
+        let pause = if behind {
+            std::time::Duration::ZERO
+        } else {
+            INTEGRATE_EVERY
+        };
         tokio::select! {
-            _ = tokio::time::sleep(INTEGRATE_EVERY) => {}
+            _ = tokio::time::sleep(pause) => {}
             _ = stop.changed() => {
                 let _ = service.integrate().await;
                 return;

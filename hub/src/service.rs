@@ -411,7 +411,11 @@ impl<S: HubStore> HubService<S> {
             return Ok(tree.size());
         }
         let start = tree.size();
-        let events = self.state.store.events(start, 10_000).await?;
+        let events = self
+            .state
+            .store
+            .events(start, crate::INTEGRATE_BATCH)
+            .await?;
         if events.is_empty() {
             return Ok(start);
         }
@@ -419,22 +423,28 @@ impl<S: HubStore> HubService<S> {
         let region = directory.directory.region.clone();
         let hub_id = self.log_hub_id(&directory);
         let first_hash = stored_hash_count(start);
-        let mut work = tree.clone();
-        let mut added = Vec::new();
-        for e in &events {
-            for h in work.append(leaf_hash(&entry_of(e)))? {
-                added.push(h.0);
+        // Appended in place (a copy of a tree of a million entries would be 64 MB per round);
+        // if anything fails before the commit is known, the tree is loaded from the store again.
+        let appended = async {
+            let mut added = Vec::new();
+            for e in &events {
+                for h in tree.append(leaf_hash(&entry_of(e)))? {
+                    added.push(h.0);
+                }
             }
+            let root = tree.root()?;
+            let note = sign_checkpoint(&region, tree.size(), root, &self.state.key, &hub_id)?;
+            let cp = StoredCheckpoint {
+                size: tree.size(),
+                root: root.0,
+                note,
+                at: now(),
+            };
+            self.state.store.integrate(first_hash, &added, &cp).await?;
+            Ok::<_, HubError>(cp.size)
         }
-        let root = work.root()?;
-        let note = sign_checkpoint(&region, work.size(), root, &self.state.key, &hub_id)?;
-        let cp = StoredCheckpoint {
-            size: work.size(),
-            root: root.0,
-            note,
-            at: now(),
-        };
-        if let Err(e) = self.state.store.integrate(first_hash, &added, &cp).await {
+        .await;
+        if appended.is_err() {
             // The commit may have happened anyway: start again from what the store holds.
             let hashes = self.state.store.log_hashes().await?;
             let size = self
@@ -445,10 +455,8 @@ impl<S: HubStore> HubService<S> {
                 .map(|c| c.size)
                 .unwrap_or(0);
             *tree = MemoryTree::from_stored(hashes.into_iter().map(Hash).collect(), size);
-            return Err(e.into());
         }
-        *tree = work;
-        Ok(cp.size)
+        appended
     }
 
     /// Brings the in-memory tree up to the newest checkpoint in the store.

@@ -140,6 +140,79 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
 
+/// One envelope of a batch that is new: its log index and receipt, and its place in the batch.
+pub(crate) struct NewRow {
+    pub place: usize,
+    pub log_index: i64,
+    pub receipt: Vec<u8>,
+    pub env: NewEnvelope,
+}
+
+/// What a group commit does, decided before it writes: for each envelope in order, either its
+/// answer (a duplicate's receipt again, or `IdConflict`) or a new row with the next log index.
+/// `stored` maps the ids of the batch the store already holds to their header hash and receipt;
+/// an id sent twice in one batch is new the first time and a duplicate after.
+pub(crate) fn plan_batch(
+    batch: Vec<(NewEnvelope, ReceiptSigner<'_>)>,
+    mut stored: std::collections::HashMap<Vec<u8>, (Vec<u8>, Vec<u8>)>,
+    mut next_index: i64,
+) -> (Vec<Option<Result<Accepted, StoreError>>>, Vec<NewRow>) {
+    let mut answers = Vec::with_capacity(batch.len());
+    let mut rows = Vec::new();
+    for (place, (env, sign)) in batch.into_iter().enumerate() {
+        if let Some((header, receipt)) = stored.get(&env.envelope_id) {
+            answers.push(Some(if *header == env.header_sha256 {
+                Ok(Accepted::Duplicate {
+                    receipt: receipt.clone(),
+                })
+            } else {
+                Err(StoreError::IdConflict)
+            }));
+            continue;
+        }
+        let receipt = sign(next_index as u64, env.received_at);
+        stored.insert(
+            env.envelope_id.clone(),
+            (env.header_sha256.clone(), receipt.clone()),
+        );
+        answers.push(None);
+        rows.push(NewRow {
+            place,
+            log_index: next_index,
+            receipt,
+            env,
+        });
+        next_index += 1;
+    }
+    (answers, rows)
+}
+
+/// The answers of a planned batch once its mailbox rows are in: `seqs` maps each new envelope
+/// id to its mailbox sequence number.
+pub(crate) fn finish_batch(
+    mut answers: Vec<Option<Result<Accepted, StoreError>>>,
+    rows: Vec<NewRow>,
+    seqs: &std::collections::HashMap<Vec<u8>, i64>,
+) -> Result<Vec<Result<Accepted, StoreError>>, StoreError> {
+    for row in rows {
+        let seq = seqs
+            .get(&row.env.envelope_id)
+            .ok_or_else(|| StoreError::Failed("a stored envelope got no mailbox number".into()))?;
+        answers[row.place] = Some(Ok(Accepted::New {
+            receipt: row.receipt,
+            seq: *seq as u64,
+        }));
+    }
+    Ok(answers
+        .into_iter()
+        .map(|a| {
+            a.unwrap_or(Err(StoreError::Failed(
+                "an envelope went unanswered".into(),
+            )))
+        })
+        .collect())
+}
+
 /// Makes the signed receipt for an envelope once its log index and time are known.
 pub type ReceiptSigner<'a> = &'a (dyn Fn(u64, i64) -> Vec<u8> + Send + Sync);
 

@@ -8,7 +8,7 @@
 //! `BEGIN IMMEDIATE`.
 
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions, PgRow};
-use sqlx::{Connection, PgConnection, Postgres, Row, Transaction};
+use sqlx::{Connection, PgConnection, Postgres, QueryBuilder, Row, Transaction};
 use tokio::sync::{Mutex, mpsc};
 
 use super::{
@@ -80,79 +80,6 @@ async fn next_log_index(tx: &mut Transaction<'static, Postgres>) -> Result<i64, 
     )
 }
 
-/// Stores one envelope inside the batch's transaction. The outer error fails the batch; the
-/// inner one refuses this envelope only.
-async fn accept_in(
-    tx: &mut Transaction<'static, Postgres>,
-    env: NewEnvelope,
-    sign: ReceiptSigner<'_>,
-) -> Result<Result<Accepted, StoreError>, StoreError> {
-    if let Some(row) =
-        sqlx::query("SELECT header_sha256, receipt FROM envelopes WHERE envelope_id = $1")
-            .bind(&env.envelope_id)
-            .fetch_optional(&mut **tx)
-            .await?
-    {
-        let header: Vec<u8> = row.get(0);
-        if header != env.header_sha256 {
-            return Ok(Err(StoreError::IdConflict));
-        }
-        return Ok(Ok(Accepted::Duplicate {
-            receipt: row.get(1),
-        }));
-    }
-    let log_index = next_log_index(tx).await?;
-    let receipt = sign(log_index as u64, env.received_at);
-    sqlx::query(
-            "INSERT INTO events (log_index, event, envelope_kind, from_org, to_org, envelope_id, body_sha256, at)
-             VALUES ($1, 'send', $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(log_index)
-        .bind(env.kind)
-        .bind(&env.from_org)
-        .bind(&env.to_org)
-        .bind(&env.envelope_id)
-        .bind(&env.body_sha256)
-        .bind(env.received_at)
-        .execute(&mut **tx)
-        .await?;
-    sqlx::query(
-            "INSERT INTO envelopes (envelope_id, header_sha256, from_org, to_org, kind, body_len, received_at, log_index, receipt, erasure_reason)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        )
-        .bind(&env.envelope_id)
-        .bind(&env.header_sha256)
-        .bind(&env.from_org)
-        .bind(&env.to_org)
-        .bind(env.kind)
-        .bind(env.body_len as i64)
-        .bind(env.received_at)
-        .bind(log_index)
-        .bind(&receipt)
-        .bind(&env.erasure_reason)
-        .execute(&mut **tx)
-        .await?;
-    let seq: i64 = sqlx::query(
-        "INSERT INTO mailbox (to_org, envelope_id, envelope) VALUES ($1, $2, $3) RETURNING seq",
-    )
-    .bind(&env.to_org)
-    .bind(&env.envelope_id)
-    .bind(&env.encoded)
-    .fetch_one(&mut **tx)
-    .await?
-    .get(0);
-    // Delivered to every listening hub when (and only if) this transaction commits.
-    sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(ARRIVALS)
-        .bind(format!("{} {seq}", env.to_org))
-        .execute(&mut **tx)
-        .await?;
-    Ok(Ok(Accepted::New {
-        receipt,
-        seq: seq as u64,
-    }))
-}
-
 #[async_trait::async_trait]
 impl HubStore for PostgresStore {
     async fn directory(&self) -> Result<Option<Vec<u8>>, StoreError> {
@@ -180,12 +107,78 @@ impl HubStore for PostgresStore {
         batch: Vec<(NewEnvelope, ReceiptSigner<'_>)>,
     ) -> Result<Vec<Result<Accepted, StoreError>>, StoreError> {
         let mut tx = self.log_writer().await?;
-        let mut answers = Vec::with_capacity(batch.len());
-        for (env, sign) in batch {
-            answers.push(accept_in(&mut tx, env, sign).await?);
+        let ids: Vec<Vec<u8>> = batch.iter().map(|(e, _)| e.envelope_id.clone()).collect();
+        let stored = sqlx::query(
+            "SELECT envelope_id, header_sha256, receipt FROM envelopes WHERE envelope_id = ANY($1)",
+        )
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|r| (r.get(0), (r.get(1), r.get(2))))
+        .collect();
+        let next = next_log_index(&mut tx).await?;
+        let (answers, rows) = super::plan_batch(batch, stored, next);
+        let mut seqs = std::collections::HashMap::new();
+        if !rows.is_empty() {
+            QueryBuilder::<Postgres>::new(
+                "INSERT INTO events (log_index, event, envelope_kind, from_org, to_org, envelope_id, body_sha256, at) ",
+            )
+            .push_values(&rows, |mut b, r| {
+                b.push_bind(r.log_index)
+                    .push_bind("send")
+                    .push_bind(r.env.kind)
+                    .push_bind(&r.env.from_org)
+                    .push_bind(&r.env.to_org)
+                    .push_bind(&r.env.envelope_id)
+                    .push_bind(&r.env.body_sha256)
+                    .push_bind(r.env.received_at);
+            })
+            .build()
+            .execute(&mut *tx)
+            .await?;
+            QueryBuilder::<Postgres>::new(
+                "INSERT INTO envelopes (envelope_id, header_sha256, from_org, to_org, kind, body_len, received_at, log_index, receipt, erasure_reason) ",
+            )
+            .push_values(&rows, |mut b, r| {
+                b.push_bind(&r.env.envelope_id)
+                    .push_bind(&r.env.header_sha256)
+                    .push_bind(&r.env.from_org)
+                    .push_bind(&r.env.to_org)
+                    .push_bind(r.env.kind)
+                    .push_bind(r.env.body_len as i64)
+                    .push_bind(r.env.received_at)
+                    .push_bind(r.log_index)
+                    .push_bind(&r.receipt)
+                    .push_bind(&r.env.erasure_reason);
+            })
+            .build()
+            .execute(&mut *tx)
+            .await?;
+            let mut insert = QueryBuilder::<Postgres>::new(
+                "INSERT INTO mailbox (to_org, envelope_id, envelope) ",
+            );
+            insert.push_values(&rows, |mut b, r| {
+                b.push_bind(&r.env.to_org)
+                    .push_bind(&r.env.envelope_id)
+                    .push_bind(&r.env.encoded);
+            });
+            insert.push(" RETURNING envelope_id, seq, to_org");
+            let mut notes = Vec::with_capacity(rows.len());
+            for r in insert.build().fetch_all(&mut *tx).await? {
+                let seq: i64 = r.get(1);
+                notes.push(format!("{} {seq}", r.get::<String, _>(2)));
+                seqs.insert(r.get::<Vec<u8>, _>(0), seq);
+            }
+            // Delivered to every listening hub when (and only if) this transaction commits.
+            sqlx::query("SELECT pg_notify($1, note) FROM UNNEST($2::text[]) AS note")
+                .bind(ARRIVALS)
+                .bind(&notes)
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
-        Ok(answers)
+        super::finish_batch(answers, rows, &seqs)
     }
 
     async fn mailbox(

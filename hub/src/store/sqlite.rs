@@ -1,6 +1,6 @@
 //! SQLite implementation of [`HubStore`]: one file, WAL mode, migrations run at open.
 
-use sqlx::{Row, SqlitePool};
+use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
 use super::{
     Accepted, Checkpoint, EnvelopeMeta, Event, HubStore, MailboxEntry, NewEnvelope, ReceiptSigner,
@@ -37,76 +37,6 @@ fn envelope_meta(r: &sqlx::sqlite::SqliteRow) -> EnvelopeMeta {
     }
 }
 
-/// Stores one envelope inside the batch's transaction. The outer error fails the batch; the
-/// inner one refuses this envelope only.
-async fn accept_in(
-    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
-    env: NewEnvelope,
-    sign: ReceiptSigner<'_>,
-) -> Result<Result<Accepted, StoreError>, StoreError> {
-    if let Some(row) =
-        sqlx::query("SELECT header_sha256, receipt FROM envelopes WHERE envelope_id = ?")
-            .bind(&env.envelope_id)
-            .fetch_optional(&mut **tx)
-            .await?
-    {
-        let header: Vec<u8> = row.get(0);
-        if header != env.header_sha256 {
-            return Ok(Err(StoreError::IdConflict));
-        }
-        return Ok(Ok(Accepted::Duplicate {
-            receipt: row.get(1),
-        }));
-    }
-    let log_index: i64 = sqlx::query("SELECT COALESCE(MAX(log_index) + 1, 0) FROM events")
-        .fetch_one(&mut **tx)
-        .await?
-        .get(0);
-    let receipt = sign(log_index as u64, env.received_at);
-    sqlx::query(
-        "INSERT INTO events (log_index, event, envelope_kind, from_org, to_org, envelope_id, body_sha256, at)
-         VALUES (?, 'send', ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(log_index)
-    .bind(env.kind)
-    .bind(&env.from_org)
-    .bind(&env.to_org)
-    .bind(&env.envelope_id)
-    .bind(&env.body_sha256)
-    .bind(env.received_at)
-    .execute(&mut **tx)
-    .await?;
-    sqlx::query(
-        "INSERT INTO envelopes (envelope_id, header_sha256, from_org, to_org, kind, body_len, received_at, log_index, receipt, erasure_reason)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(&env.envelope_id)
-    .bind(&env.header_sha256)
-    .bind(&env.from_org)
-    .bind(&env.to_org)
-    .bind(env.kind)
-    .bind(env.body_len as i64)
-    .bind(env.received_at)
-    .bind(log_index)
-    .bind(&receipt)
-    .bind(&env.erasure_reason)
-    .execute(&mut **tx)
-    .await?;
-    let seq: i64 = sqlx::query(
-        "INSERT INTO mailbox (to_org, envelope_id, envelope) VALUES (?, ?, ?) RETURNING seq",
-    )
-    .bind(&env.to_org)
-    .bind(&env.envelope_id)
-    .bind(&env.encoded)
-    .fetch_one(&mut **tx)
-    .await?
-    .get(0);
-    Ok(Ok(Accepted::New {
-        receipt,
-        seq: seq as u64,
-    }))
-}
-
 #[async_trait::async_trait]
 impl HubStore for SqliteStore {
     async fn directory(&self) -> Result<Option<Vec<u8>>, StoreError> {
@@ -135,12 +65,77 @@ impl HubStore for SqliteStore {
         // BEGIN IMMEDIATE takes the write lock up front, so two sends of the same id serialise
         // here and the second one sees the first.
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let mut answers = Vec::with_capacity(batch.len());
-        for (env, sign) in batch {
-            answers.push(accept_in(&mut tx, env, sign).await?);
+        let mut lookup = QueryBuilder::<Sqlite>::new(
+            "SELECT envelope_id, header_sha256, receipt FROM envelopes WHERE envelope_id IN (",
+        );
+        let mut ids = lookup.separated(", ");
+        for (env, _) in &batch {
+            ids.push_bind(env.envelope_id.clone());
+        }
+        ids.push_unseparated(")");
+        let stored = lookup
+            .build()
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|r| (r.get(0), (r.get(1), r.get(2))))
+            .collect();
+        let next: i64 = sqlx::query("SELECT COALESCE(MAX(log_index) + 1, 0) FROM events")
+            .fetch_one(&mut *tx)
+            .await?
+            .get(0);
+        let (answers, rows) = super::plan_batch(batch, stored, next);
+        let mut seqs = std::collections::HashMap::new();
+        // At most 256 envelopes of 10 values each: well inside SQLite's 32,766 variables.
+        if !rows.is_empty() {
+            QueryBuilder::<Sqlite>::new(
+                "INSERT INTO events (log_index, event, envelope_kind, from_org, to_org, envelope_id, body_sha256, at) ",
+            )
+            .push_values(&rows, |mut b, r| {
+                b.push_bind(r.log_index)
+                    .push_bind("send")
+                    .push_bind(r.env.kind)
+                    .push_bind(&r.env.from_org)
+                    .push_bind(&r.env.to_org)
+                    .push_bind(&r.env.envelope_id)
+                    .push_bind(&r.env.body_sha256)
+                    .push_bind(r.env.received_at);
+            })
+            .build()
+            .execute(&mut *tx)
+            .await?;
+            QueryBuilder::<Sqlite>::new(
+                "INSERT INTO envelopes (envelope_id, header_sha256, from_org, to_org, kind, body_len, received_at, log_index, receipt, erasure_reason) ",
+            )
+            .push_values(&rows, |mut b, r| {
+                b.push_bind(&r.env.envelope_id)
+                    .push_bind(&r.env.header_sha256)
+                    .push_bind(&r.env.from_org)
+                    .push_bind(&r.env.to_org)
+                    .push_bind(r.env.kind)
+                    .push_bind(r.env.body_len as i64)
+                    .push_bind(r.env.received_at)
+                    .push_bind(r.log_index)
+                    .push_bind(&r.receipt)
+                    .push_bind(&r.env.erasure_reason);
+            })
+            .build()
+            .execute(&mut *tx)
+            .await?;
+            let mut insert =
+                QueryBuilder::<Sqlite>::new("INSERT INTO mailbox (to_org, envelope_id, envelope) ");
+            insert.push_values(&rows, |mut b, r| {
+                b.push_bind(&r.env.to_org)
+                    .push_bind(&r.env.envelope_id)
+                    .push_bind(&r.env.encoded);
+            });
+            insert.push(" RETURNING envelope_id, seq");
+            for r in insert.build().fetch_all(&mut *tx).await? {
+                seqs.insert(r.get::<Vec<u8>, _>(0), r.get::<i64, _>(1));
+            }
         }
         tx.commit().await?;
-        Ok(answers)
+        super::finish_batch(answers, rows, &seqs)
     }
 
     async fn mailbox(
