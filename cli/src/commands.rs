@@ -401,6 +401,27 @@ pub enum BenchCmd {
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
+    /// Whole handovers in one region (a school and five mbo colleges): the wall time of a
+    /// cohort push, then the latency of single handovers at half that rate (p50, p99).
+    Handover {
+        /// Passports in the cohort push.
+        #[arg(long, default_value_t = 1_000)]
+        cohort: usize,
+        /// Handovers timed one by one afterwards.
+        #[arg(long, default_value_t = 300)]
+        samples: usize,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// The hub's resident memory with every member of a large region subscribed and idle (the
+    /// `overstap-hub` binary as a process of its own; build it first).
+    Subscribers {
+        /// Members admitted, each subscribing once on its own connection.
+        #[arg(long, default_value_t = 2_500)]
+        members: usize,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
     /// What the verifiable log costs: proofs at scale, routing with the log on ÷ off.
     Log {
         /// Entries in the in-memory log the proofs are measured on.
@@ -901,6 +922,50 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                         println!();
                     }
                 }
+            }
+            Ok(())
+        }
+        Command::Bench(BenchCmd::Handover {
+            cohort,
+            samples,
+            format,
+        }) => {
+            let b = crate::bench_handover::handover_bench(
+                cohort.max(1),
+                samples.max(1),
+                &mut std::io::stderr(),
+            )
+            .await?;
+            match format {
+                Format::Json => json(&b)?,
+                Format::Table => println!(
+                    "cohort of {} passports to {} mbo nodes: all stored after {:.2} s ({:.0}/s); {} single handovers at {:.0}/s: p50 {:.1} ms, p99 {:.1} ms",
+                    b.cohort,
+                    b.mbo_nodes,
+                    b.cohort_seconds,
+                    b.cohort_per_s,
+                    b.samples,
+                    b.latency_rate_per_s,
+                    b.latency_p50_ms,
+                    b.latency_p99_ms
+                ),
+            }
+            Ok(())
+        }
+        Command::Bench(BenchCmd::Subscribers { members, format }) => {
+            let b =
+                crate::bench_subscribers::subscribers_bench(members.max(1), &mut std::io::stderr())
+                    .await?;
+            match format {
+                Format::Json => json(&b)?,
+                Format::Table => println!(
+                    "{} members subscribed and idle: the hub holds {:.1} MiB ({:.1} MiB before anyone subscribed, {:.1} KiB per subscriber); opening them took {:.1} s",
+                    b.subscribed,
+                    b.hub_rss_subscribed_mib,
+                    b.hub_rss_idle_mib,
+                    b.kib_per_subscriber,
+                    b.open_seconds
+                ),
             }
             Ok(())
         }

@@ -16,7 +16,9 @@
 pub mod audit;
 pub mod authority;
 pub mod bench;
+pub mod bench_handover;
 pub mod bench_hub;
+pub mod bench_subscribers;
 pub mod client;
 pub mod commands;
 pub mod demo;

@@ -1,0 +1,242 @@
+//! `overstap bench handover`: whole handovers, node to hub to node, in one region on this
+//! machine.
+//!
+//! Method. A region of one school and five mbo colleges runs in this process (hub and six nodes,
+//! each on its own SQLite file, TLS between all of them, on 127.0.0.1). The school registers
+//! students, each with a passport signed by the student and a consent for one of the five mbo
+//! colleges (in turn). Nothing of that is timed.
+//! - **Cohort push.** The school sends `cohort` passports, 16 `SendPassport` calls at a time, and
+//!   the clock stops when the five mbo nodes together have stored all of them (each package
+//!   verified, opened and stored in the mbo's database; the node acks right after). Read every
+//!   10 ms from the mbo nodes' databases.
+//! - **Latency.** Then `samples` more passports, one at a time at half the rate the cohort push
+//!   reached, each timed from the `SendPassport` call until its row is in the receiving mbo's
+//!   database (read every millisecond). p50 and p99 of those.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use overstap_proto::pb::{
+    MemberKind, RegisterStudentRequest, SendPassportRequest, StorePassportRequest,
+};
+use overstap_proto::sign::{Domain, sign_message};
+use serde::Serialize;
+use sqlx::SqlitePool;
+
+use crate::demo::SAM_ANSWERS;
+use crate::passport::{Answers, GrantRequest, draft_from_answers, make_grant, upload_grant};
+use crate::region::{Org, Region};
+use crate::wallet::Wallet;
+
+#[derive(Debug, Serialize)]
+pub struct HandoverBench {
+    pub cohort: usize,
+    pub mbo_nodes: usize,
+    pub cohort_seconds: f64,
+    pub cohort_per_s: f64,
+    pub samples: usize,
+    pub latency_rate_per_s: f64,
+    pub latency_p50_ms: f64,
+    pub latency_p99_ms: f64,
+    pub latency_max_ms: f64,
+}
+
+const SCHOOL: &str = "25LP";
+const MBOS: [&str; 5] = ["30RT", "27XK", "26AB", "28CD", "29EF"];
+
+/// `n` students of 17 registered at the school with a passport each, and a consent for one of
+/// the mbo colleges (in turn); returns (grant id, mbo) pairs.
+async fn prepare(region: &Region, n: usize, first: usize) -> anyhow::Result<Vec<(String, usize)>> {
+    let mut api = region.api(SCHOOL).await?;
+    let answers: Answers = serde_json::from_str(SAM_ANSWERS)?;
+    let draft = draft_from_answers("pvs-mbo-v1", &answers)?;
+    let sections = crate::passport::to_sections(&draft);
+    let now = overstap_node::system_clock()();
+    let mut grants = Vec::with_capacity(n);
+    for i in first..first + n {
+        let key = overstap_proto::sign::generate_signing_key();
+        let card = api
+            .register_student(RegisterStudentRequest {
+                student_key: key.verifying_key().to_bytes().to_vec(),
+                birth_month: crate::demo::birth_month(17),
+                guardian_keys: vec![],
+                staff_user: "mentor".into(),
+            })
+            .await?
+            .into_inner()
+            .card
+            .context("no card")?;
+        let wallet = Wallet::new(key, card)?;
+        let version = overstap_proto::passport::build_version(
+            &wallet.pseudonym,
+            1,
+            "pvs-mbo-v1",
+            now,
+            &sections,
+        )?;
+        let manifest = sign_message(Domain::Manifest, &version.manifest, &[&wallet.key]);
+        api.store_passport(StorePassportRequest {
+            manifest: Some(manifest),
+            sections: version.disclosures,
+        })
+        .await?;
+        let mbo = i % MBOS.len();
+        let req = GrantRequest {
+            to: MBOS[mbo].into(),
+            sections: vec!["wie-ben-ik".into()],
+            purpose: "intake".into(),
+            not_before: now - 60,
+            not_after: now + 30 * 86_400,
+            live: false,
+        };
+        let grant = make_grant(&wallet, "pvs-mbo-v1", &req, None, now)?;
+        grants.push((upload_grant(&mut api, grant).await?, mbo));
+    }
+    Ok(grants)
+}
+
+/// Packages stored at each mbo node, read from its database.
+async fn stored(pools: &[SqlitePool]) -> anyhow::Result<usize> {
+    let mut total = 0;
+    for p in pools {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM received")
+            .fetch_one(p)
+            .await?;
+        total += n as usize;
+    }
+    Ok(total)
+}
+
+pub async fn handover_bench(
+    cohort: usize,
+    samples: usize,
+    out: &mut dyn Write,
+) -> anyhow::Result<HandoverBench> {
+    let tmp = tempfile::tempdir()?;
+    let mut orgs = vec![Org::new(SCHOOL, MemberKind::School, "Vmbo De Brug")];
+    for (i, id) in MBOS.iter().enumerate() {
+        orgs.push(Org::new(id, MemberKind::Mbo, &format!("Mbo {}", i + 1)));
+    }
+    let region = Region::start(tmp.path(), &orgs).await?;
+    writeln!(
+        out,
+        "A region of one school and {} mbo colleges; registering {} students with a passport and \
+         a consent each...",
+        MBOS.len(),
+        cohort + samples
+    )?;
+    let started = Instant::now();
+    let grants = prepare(&region, cohort, 0).await?;
+    let later = prepare(&region, samples, cohort).await?;
+    writeln!(
+        out,
+        "  ready after {:.1} s",
+        started.elapsed().as_secs_f64()
+    )?;
+    let mut pools = Vec::new();
+    for id in MBOS {
+        let db = region.node_dir(id).join("node.db");
+        pools.push(SqlitePool::connect(&format!("sqlite://{}?mode=ro", db.display())).await?);
+    }
+
+    // The cohort push.
+    writeln!(out, "Sending {cohort} passports, 16 at a time...")?;
+    let started = Instant::now();
+    let mut sending = tokio::task::JoinSet::new();
+    for chunk in grants.chunks(cohort.div_ceil(16).max(1)) {
+        let mut api = region.api(SCHOOL).await?;
+        let chunk: Vec<String> = chunk.iter().map(|(g, _)| g.clone()).collect();
+        sending.spawn(async move {
+            for grant_id in chunk {
+                api.send_passport(SendPassportRequest { grant_id }).await?;
+            }
+            Ok::<_, tonic::Status>(())
+        });
+    }
+    while let Some(done) = sending.join_next().await {
+        done??;
+    }
+    let sent = started.elapsed().as_secs_f64();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let n = stored(&pools).await?;
+        if n >= cohort {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("after 10 minutes the mbo nodes hold {n} of {cohort} packages");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let cohort_seconds = started.elapsed().as_secs_f64();
+    let cohort_per_s = cohort as f64 / cohort_seconds;
+    writeln!(
+        out,
+        "  all sent after {sent:.2} s, all stored at the mbo nodes after {cohort_seconds:.2} s \
+         ({cohort_per_s:.0}/s)"
+    )?;
+
+    // Latency at half that rate.
+    let rate = cohort_per_s / 2.0;
+    let gap = Duration::from_secs_f64(1.0 / rate);
+    writeln!(
+        out,
+        "Timing {samples} handovers one by one at {rate:.0}/s (half the cohort rate)..."
+    )?;
+    let mut api = region.api(SCHOOL).await?;
+    let mut timing = tokio::task::JoinSet::new();
+    let mut next = Instant::now();
+    for (grant_id, mbo) in later {
+        tokio::time::sleep_until(next.into()).await;
+        next += gap;
+        let pool = pools[mbo].clone();
+        let start = Instant::now();
+        api.send_passport(SendPassportRequest {
+            grant_id: grant_id.clone(),
+        })
+        .await?;
+        timing.spawn(async move {
+            loop {
+                let found: Option<i64> =
+                    sqlx::query_scalar("SELECT 1 FROM received WHERE grant_id = ?")
+                        .bind(&grant_id)
+                        .fetch_optional(&pool)
+                        .await?;
+                if found.is_some() {
+                    return Ok::<_, anyhow::Error>(start.elapsed().as_secs_f64() * 1e3);
+                }
+                if start.elapsed() > Duration::from_secs(60) {
+                    bail!("{grant_id} did not arrive within a minute");
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        });
+    }
+    let mut ms = Vec::with_capacity(samples);
+    while let Some(t) = timing.join_next().await {
+        ms.push(t??);
+    }
+    ms.sort_by(|a, b| a.total_cmp(b));
+    let pick = |q: f64| ms[((ms.len() as f64 * q).ceil() as usize).clamp(1, ms.len()) - 1];
+    let (p50, p99, max) = (pick(0.50), pick(0.99), pick(1.0));
+    writeln!(
+        out,
+        "  p50 {p50:.1} ms, p99 {p99:.1} ms, slowest {max:.1} ms"
+    )?;
+    for p in pools {
+        p.close().await;
+    }
+    region.shutdown().await?;
+    Ok(HandoverBench {
+        cohort,
+        mbo_nodes: MBOS.len(),
+        cohort_seconds,
+        cohort_per_s,
+        samples,
+        latency_rate_per_s: rate,
+        latency_p50_ms: p50,
+        latency_p99_ms: p99,
+        latency_max_ms: max,
+    })
+}
