@@ -42,6 +42,9 @@ pub struct Figure {
     /// Two hub replicas on the one PostgreSQL database, the senders spread over both.
     pub postgres_two_replicas_per_s: Option<f64>,
     pub one_replica_over_two: Option<f64>,
+    /// NATS JetStream (file storage, each publish acknowledged) storing the same bytes.
+    pub nats_per_s: Option<f64>,
+    pub hub_over_nats: Option<f64>,
 }
 
 const SENDERS: usize = 16;
@@ -51,6 +54,8 @@ const SENDERS: usize = 16;
 pub(crate) enum Target {
     /// The no-op baseline.
     Noop,
+    /// NATS JetStream at this address (`host:port`), storing the same envelopes' bytes.
+    Nats(String),
     /// The hub, integrating its log or not, on SQLite or on a fresh database next to the
     /// PostgreSQL one named; its log holding `prefill` entries before the run (SQLite only);
     /// served by `replicas` hubs on the one database (PostgreSQL), the senders spread over them.
@@ -79,6 +84,7 @@ pub async fn hub_bench(
     rounds: usize,
     sizes: &[usize],
     postgres: Option<String>,
+    nats: Option<String>,
     out: &mut dyn Write,
 ) -> anyhow::Result<HubBench> {
     writeln!(
@@ -88,7 +94,7 @@ pub async fn hub_bench(
     )?;
     let mut figures = Vec::new();
     for &size in sizes {
-        let (mut base, mut lite, mut pg, mut pg2) = (0f64, 0f64, 0f64, 0f64);
+        let (mut base, mut lite, mut pg, mut pg2, mut js) = (0f64, 0f64, 0f64, 0f64, 0f64);
         for round in 1..=rounds {
             let b = route(envelopes, size, Target::Noop).await?;
             let s = route(envelopes, size, Target::hub(None)).await?;
@@ -114,6 +120,11 @@ pub async fn hub_bench(
                     ", hub on PostgreSQL {p:.0}/s, two replicas on PostgreSQL {p2:.0}/s"
                 )?;
             }
+            if let Some(addr) = &nats {
+                let n = route(envelopes, size, Target::Nats(addr.clone())).await?;
+                js = js.max(n);
+                write!(out, ", NATS JetStream {n:.0}/s")?;
+            }
             writeln!(out)?;
         }
         figures.push(Figure {
@@ -125,6 +136,8 @@ pub async fn hub_bench(
             sqlite_over_postgres: postgres.as_ref().map(|_| lite / pg),
             postgres_two_replicas_per_s: postgres.as_ref().map(|_| pg2),
             one_replica_over_two: postgres.as_ref().map(|_| pg / pg2),
+            nats_per_s: nats.as_ref().map(|_| js),
+            hub_over_nats: nats.as_ref().map(|_| lite / js),
         });
     }
     Ok(HubBench {
@@ -161,7 +174,7 @@ pub(crate) async fn route(envelopes: usize, size: usize, target: Target) -> anyh
             }
             (*log, database, *prefill, *replicas)
         }
-        Target::Noop => (false, None, 0, 1),
+        Target::Noop | Target::Nats(_) => (false, None, 0, 1),
     };
     let mut region = Region::start_hub_with_database(
         tmp.path(),
@@ -205,6 +218,12 @@ pub(crate) async fn route(envelopes: usize, size: usize, target: Target) -> anyh
             )
         })
         .collect::<Result<_, _>>()?;
+    if let Target::Nats(addr) = &target {
+        let payloads = sealed.iter().map(prost::Message::encode_to_vec).collect();
+        let rate = crate::bench_nats::jetstream_store(addr, payloads).await;
+        region.shutdown().await?;
+        return rate;
+    }
     // One mutual-TLS connection per hub replica; the senders take turns over them.
     let mut channels = Vec::new();
     for url in &urls {

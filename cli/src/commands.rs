@@ -386,7 +386,8 @@ pub enum ConsentCmd {
 #[derive(Subcommand)]
 pub enum BenchCmd {
     /// The hub's routing throughput (durable, mutual TLS) ÷ a no-op gRPC server with the same
-    /// TLS, for 4 KiB and 100 KiB envelopes; with PostgreSQL, also SQLite ÷ PostgreSQL.
+    /// TLS, for 4 KiB and 100 KiB envelopes; with PostgreSQL, also SQLite ÷ PostgreSQL and one
+    /// replica ÷ two; with NATS, hub ÷ JetStream storing the same envelopes.
     Hub {
         /// Envelopes routed per run.
         #[arg(long, default_value_t = 2_000)]
@@ -398,6 +399,10 @@ pub enum BenchCmd {
         /// named), e.g. postgres://postgres@127.0.0.1:5432/test.
         #[arg(long, env = "OVERSTAP_TEST_POSTGRES")]
         postgres: Option<String>,
+        /// A NATS server with JetStream (host:port, e.g. 127.0.0.1:4222) to store the same
+        /// envelopes in, for hub ÷ JetStream.
+        #[arg(long)]
+        nats: Option<String>,
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
@@ -890,6 +895,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             envelopes,
             rounds,
             postgres,
+            nats,
             format,
         }) => {
             let b = crate::bench_hub::hub_bench(
@@ -897,6 +903,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 rounds.max(1),
                 &[4 << 10, 100 << 10],
                 postgres,
+                nats,
                 &mut std::io::stderr(),
             )
             .await?;
@@ -918,6 +925,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                             (f.postgres_two_replicas_per_s, f.one_replica_over_two)
                         {
                             print!("; two replicas {p:.0}/s, one ÷ two {r:.2}");
+                        }
+                        if let (Some(n), Some(r)) = (f.nats_per_s, f.hub_over_nats) {
+                            print!("; NATS JetStream {n:.0}/s, hub ÷ JetStream {r:.2}");
                         }
                         println!();
                     }

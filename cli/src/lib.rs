@@ -18,6 +18,7 @@ pub mod authority;
 pub mod bench;
 pub mod bench_handover;
 pub mod bench_hub;
+pub mod bench_nats;
 pub mod bench_subscribers;
 pub mod client;
 pub mod commands;
