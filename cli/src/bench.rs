@@ -105,6 +105,7 @@ pub async fn log_bench(
     for _ in 0..2 {
         let rate = crate::bench_hub::route(
             envelopes,
+            crate::bench_hub::SENDERS,
             4000,
             crate::bench_hub::Target::Hub {
                 log: true,
@@ -145,6 +146,7 @@ pub async fn log_bench(
 async fn route(envelopes: usize, log: bool) -> anyhow::Result<f64> {
     crate::bench_hub::route(
         envelopes,
+        crate::bench_hub::SENDERS,
         4000,
         crate::bench_hub::Target::Hub {
             log,

@@ -47,7 +47,8 @@ pub struct Figure {
     pub hub_over_nats: Option<f64>,
 }
 
-const SENDERS: usize = 16;
+/// Concurrent senders unless told otherwise, each waiting for its receipt before it sends again.
+pub(crate) const SENDERS: usize = 16;
 
 /// What a routing run measures.
 #[derive(Clone)]
@@ -81,6 +82,7 @@ impl Target {
 
 pub async fn hub_bench(
     envelopes: usize,
+    senders: usize,
     rounds: usize,
     sizes: &[usize],
     postgres: Option<String>,
@@ -89,15 +91,15 @@ pub async fn hub_bench(
 ) -> anyhow::Result<HubBench> {
     writeln!(
         out,
-        "Routing {envelopes} envelopes per run with {SENDERS} concurrent senders, best of \
+        "Routing {envelopes} envelopes per run with {senders} concurrent senders, best of \
          {rounds}; the baseline is a no-op tonic server with the same TLS."
     )?;
     let mut figures = Vec::new();
     for &size in sizes {
         let (mut base, mut lite, mut pg, mut pg2, mut js) = (0f64, 0f64, 0f64, 0f64, 0f64);
         for round in 1..=rounds {
-            let b = route(envelopes, size, Target::Noop).await?;
-            let s = route(envelopes, size, Target::hub(None)).await?;
+            let b = route(envelopes, senders, size, Target::Noop).await?;
+            let s = route(envelopes, senders, size, Target::hub(None)).await?;
             base = base.max(b);
             lite = lite.max(s);
             write!(
@@ -105,7 +107,7 @@ pub async fn hub_bench(
                 "  {size} B, round {round}: baseline {b:.0}/s, hub on SQLite {s:.0}/s"
             )?;
             if let Some(admin) = &postgres {
-                let p = route(envelopes, size, Target::hub(Some(admin.clone()))).await?;
+                let p = route(envelopes, senders, size, Target::hub(Some(admin.clone()))).await?;
                 pg = pg.max(p);
                 let two = Target::Hub {
                     log: true,
@@ -113,7 +115,7 @@ pub async fn hub_bench(
                     prefill: 0,
                     replicas: 2,
                 };
-                let p2 = route(envelopes, size, two).await?;
+                let p2 = route(envelopes, senders, size, two).await?;
                 pg2 = pg2.max(p2);
                 write!(
                     out,
@@ -121,7 +123,7 @@ pub async fn hub_bench(
                 )?;
             }
             if let Some(addr) = &nats {
-                let n = route(envelopes, size, Target::Nats(addr.clone())).await?;
+                let n = route(envelopes, senders, size, Target::Nats(addr.clone())).await?;
                 js = js.max(n);
                 write!(out, ", NATS JetStream {n:.0}/s")?;
             }
@@ -142,14 +144,19 @@ pub async fn hub_bench(
     }
     Ok(HubBench {
         envelopes,
-        senders: SENDERS,
+        senders,
         rounds,
         figures,
     })
 }
 
 /// Envelopes per second that `target` accepts, from 16 senders, of `size` bytes of payload each.
-pub(crate) async fn route(envelopes: usize, size: usize, target: Target) -> anyhow::Result<f64> {
+pub(crate) async fn route(
+    envelopes: usize,
+    senders: usize,
+    size: usize,
+    target: Target,
+) -> anyhow::Result<f64> {
     let tmp = tempfile::tempdir()?;
     let orgs = [
         Org::new("25LP", MemberKind::School, "School"),
@@ -184,8 +191,19 @@ pub(crate) async fn route(envelopes: usize, size: usize, target: Target) -> anyh
         database,
     )
     .await?;
-    if matches!(target, Target::Noop) {
-        region.run_hub_with(serve_noop).await?;
+    match target {
+        Target::Noop => region.run_hub_with(serve_noop).await?,
+        // One sender member stands in for many here: its limit on calls per second (1,000, a
+        // burst of 2,000) would otherwise be what a run of more envelopes measures.
+        Target::Hub { .. } => {
+            region
+                .set_hub_limits(overstap_hub::limits::Limits {
+                    requests_per_second: 1_000_000,
+                    ..Default::default()
+                })
+                .await?
+        }
+        Target::Nats(_) => {}
     }
     if prefill > 0 {
         prefill_log(&mut region, prefill).await?;
@@ -220,7 +238,7 @@ pub(crate) async fn route(envelopes: usize, size: usize, target: Target) -> anyh
         .collect::<Result<_, _>>()?;
     if let Target::Nats(addr) = &target {
         let payloads = sealed.iter().map(prost::Message::encode_to_vec).collect();
-        let rate = crate::bench_nats::jetstream_store(addr, payloads).await;
+        let rate = crate::bench_nats::jetstream_store(addr, payloads, senders).await;
         region.shutdown().await?;
         return rate;
     }
@@ -232,7 +250,7 @@ pub(crate) async fn route(envelopes: usize, size: usize, target: Target) -> anyh
         channels.push(link.channel()?);
     }
     let chunks: Vec<Vec<_>> = sealed
-        .chunks(envelopes.div_ceil(SENDERS))
+        .chunks(envelopes.div_ceil(senders.max(1)))
         .map(|c| c.to_vec())
         .collect();
     let started = Instant::now();
@@ -251,6 +269,19 @@ pub(crate) async fn route(envelopes: usize, size: usize, target: Target) -> anyh
         t.await??;
     }
     let rate = envelopes as f64 / started.elapsed().as_secs_f64();
+    if let Target::Hub { .. } = target {
+        // How many envelopes shared a commit, from the hub's own histogram.
+        let url = region.metrics_url("hub")?;
+        let sum = crate::bench_subscribers::metric(&url, "overstap_hub_commit_batch_envelopes_sum");
+        let count =
+            crate::bench_subscribers::metric(&url, "overstap_hub_commit_batch_envelopes_count");
+        if let (Ok(sum), Ok(count)) = (sum.await, count.await) {
+            eprintln!(
+                "    ({count:.0} commits, {:.1} envelopes per commit on average)",
+                sum / count.max(1.0)
+            );
+        }
+    }
     region.shutdown().await?;
     Ok(rate)
 }

@@ -1,7 +1,7 @@
 //! The NATS JetStream side of `overstap bench hub --nats`: the same payloads stored by the NATS
 //! server that runs on this machine, in a JetStream stream with file storage, each publish
 //! waiting for JetStream's acknowledgement (the message is stored) as each `Send` waits for the
-//! hub's receipt. 16 publishers share one connection, as the hub's 16 senders share one.
+//! hub's receipt. The publishers share one connection, as the hub's senders share one.
 //!
 //! It speaks the NATS client protocol itself (`CONNECT`, `SUB`, `PUB` with a reply subject,
 //! `MSG`/`HMSG`, `PING`/`PONG`) and JetStream's JSON API (`$JS.API.STREAM.CREATE`,
@@ -120,9 +120,13 @@ async fn read_loop(
     }
 }
 
-/// Messages per second JetStream stores (file storage, each publish acknowledged) from 16
-/// publishers, of the given payloads.
-pub async fn jetstream_store(addr: &str, payloads: Vec<Vec<u8>>) -> anyhow::Result<f64> {
+/// Messages per second JetStream stores (file storage, each publish acknowledged) from
+/// `publishers` concurrent publishers, of the given payloads.
+pub async fn jetstream_store(
+    addr: &str,
+    payloads: Vec<Vec<u8>>,
+    publishers: usize,
+) -> anyhow::Result<f64> {
     let nats = Nats::connect(addr).await?;
     let stream = format!("OVERSTAP_BENCH_{}", std::process::id());
     let subject = format!("overstap.bench.{}", std::process::id());
@@ -146,7 +150,7 @@ pub async fn jetstream_store(addr: &str, payloads: Vec<Vec<u8>>) -> anyhow::Resu
     }
     let count = payloads.len();
     let chunks: Vec<Vec<Vec<u8>>> = payloads
-        .chunks(count.div_ceil(16).max(1))
+        .chunks(count.div_ceil(publishers.max(1)).max(1))
         .map(|c| c.to_vec())
         .collect();
     let started = Instant::now();

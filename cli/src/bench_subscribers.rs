@@ -245,6 +245,11 @@ fn member_link(dir: &Path, id: &str, url: &str) -> anyhow::Result<overstap_node:
 
 /// The hub's own count of open subscriptions, from its metrics.
 async fn subscriber_gauge(url: &str) -> anyhow::Result<f64> {
+    metric(url, "overstap_hub_subscribers").await
+}
+
+/// One sample of a Prometheus text page, by its name (without labels).
+pub(crate) async fn metric(url: &str, name: &str) -> anyhow::Result<f64> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rest = url.strip_prefix("http://").context("an http:// url")?;
     let (host, path) = rest.split_once('/').context("a path")?;
@@ -255,8 +260,9 @@ async fn subscriber_gauge(url: &str) -> anyhow::Result<f64> {
     .await?;
     let mut text = String::new();
     tcp.read_to_string(&mut text).await?;
+    let prefix = format!("{name} ");
     text.lines()
-        .find_map(|l| l.strip_prefix("overstap_hub_subscribers "))
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
         .and_then(|v| v.trim().parse().ok())
-        .context("no overstap_hub_subscribers in the hub's metrics")
+        .with_context(|| format!("no {name} in the hub's metrics"))
 }

@@ -392,6 +392,9 @@ pub enum BenchCmd {
         /// Envelopes routed per run.
         #[arg(long, default_value_t = 2_000)]
         envelopes: usize,
+        /// Concurrent senders, each waiting for its receipt before it sends the next.
+        #[arg(long, default_value_t = crate::bench_hub::SENDERS)]
+        senders: usize,
         /// Runs of each kind; the best counts.
         #[arg(long, default_value_t = 3)]
         rounds: usize,
@@ -893,6 +896,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Bench(BenchCmd::Hub {
             envelopes,
+            senders,
             rounds,
             postgres,
             nats,
@@ -900,6 +904,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }) => {
             let b = crate::bench_hub::hub_bench(
                 envelopes.max(16),
+                senders.max(1),
                 rounds.max(1),
                 &[4 << 10, 100 << 10],
                 postgres,
