@@ -98,17 +98,17 @@ pub async fn hub_bench(
     for &size in sizes {
         let (mut base, mut lite, mut pg, mut pg2, mut js) = (0f64, 0f64, 0f64, 0f64, 0f64);
         for round in 1..=rounds {
+            writeln!(out, "  {size} B, round {round}:")?;
             let b = route(envelopes, senders, size, Target::Noop).await?;
-            let s = route(envelopes, senders, size, Target::hub(None)).await?;
             base = base.max(b);
+            writeln!(out, "    no-op baseline {b:.0}/s")?;
+            let s = route(envelopes, senders, size, Target::hub(None)).await?;
             lite = lite.max(s);
-            write!(
-                out,
-                "  {size} B, round {round}: baseline {b:.0}/s, hub on SQLite {s:.0}/s"
-            )?;
+            writeln!(out, "    hub on SQLite {s:.0}/s")?;
             if let Some(admin) = &postgres {
                 let p = route(envelopes, senders, size, Target::hub(Some(admin.clone()))).await?;
                 pg = pg.max(p);
+                writeln!(out, "    hub on PostgreSQL {p:.0}/s")?;
                 let two = Target::Hub {
                     log: true,
                     postgres: Some(admin.clone()),
@@ -117,17 +117,13 @@ pub async fn hub_bench(
                 };
                 let p2 = route(envelopes, senders, size, two).await?;
                 pg2 = pg2.max(p2);
-                write!(
-                    out,
-                    ", hub on PostgreSQL {p:.0}/s, two replicas on PostgreSQL {p2:.0}/s"
-                )?;
+                writeln!(out, "    two hub replicas on PostgreSQL {p2:.0}/s")?;
             }
             if let Some(addr) = &nats {
                 let n = route(envelopes, senders, size, Target::Nats(addr.clone())).await?;
                 js = js.max(n);
-                write!(out, ", NATS JetStream {n:.0}/s")?;
+                writeln!(out, "    NATS JetStream {n:.0}/s")?;
             }
-            writeln!(out)?;
         }
         figures.push(Figure {
             payload_bytes: size,
@@ -277,7 +273,7 @@ pub(crate) async fn route(
             crate::bench_subscribers::metric(&url, "overstap_hub_commit_batch_envelopes_count");
         if let (Ok(sum), Ok(count)) = (sum.await, count.await) {
             eprintln!(
-                "    ({count:.0} commits, {:.1} envelopes per commit on average)",
+                "      ({count:.0} commits by the first hub, {:.1} envelopes per commit)",
                 sum / count.max(1.0)
             );
         }
