@@ -93,7 +93,7 @@ pub async fn log_bench(
     let mut off = Vec::new();
     for round in 0..4 {
         let log = round % 2 == 0;
-        let rate = route(envelopes, log).await?;
+        let rate = route(envelopes, log, out).await?;
         writeln!(
             out,
             "  routing with the log {}: {rate:.0} envelopes/s",
@@ -113,6 +113,7 @@ pub async fn log_bench(
                 prefill: entries,
                 replicas: 1,
             },
+            out,
         )
         .await?;
         writeln!(
@@ -143,7 +144,7 @@ pub async fn log_bench(
 
 /// Envelopes of 4 KiB per second a fresh hub on SQLite accepts (durably, with a signed receipt
 /// each), with its log integrated or not.
-async fn route(envelopes: usize, log: bool) -> anyhow::Result<f64> {
+async fn route(envelopes: usize, log: bool, out: &mut dyn Write) -> anyhow::Result<f64> {
     crate::bench_hub::route(
         envelopes,
         crate::bench_hub::SENDERS,
@@ -154,6 +155,7 @@ async fn route(envelopes: usize, log: bool) -> anyhow::Result<f64> {
             prefill: 0,
             replicas: 1,
         },
+        out,
     )
     .await
 }

@@ -99,14 +99,21 @@ pub async fn hub_bench(
         let (mut base, mut lite, mut pg, mut pg2, mut js) = (0f64, 0f64, 0f64, 0f64, 0f64);
         for round in 1..=rounds {
             writeln!(out, "  {size} B, round {round}:")?;
-            let b = route(envelopes, senders, size, Target::Noop).await?;
+            let b = route(envelopes, senders, size, Target::Noop, out).await?;
             base = base.max(b);
             writeln!(out, "    no-op baseline {b:.0}/s")?;
-            let s = route(envelopes, senders, size, Target::hub(None)).await?;
+            let s = route(envelopes, senders, size, Target::hub(None), out).await?;
             lite = lite.max(s);
             writeln!(out, "    hub on SQLite {s:.0}/s")?;
             if let Some(admin) = &postgres {
-                let p = route(envelopes, senders, size, Target::hub(Some(admin.clone()))).await?;
+                let p = route(
+                    envelopes,
+                    senders,
+                    size,
+                    Target::hub(Some(admin.clone())),
+                    out,
+                )
+                .await?;
                 pg = pg.max(p);
                 writeln!(out, "    hub on PostgreSQL {p:.0}/s")?;
                 let two = Target::Hub {
@@ -115,12 +122,12 @@ pub async fn hub_bench(
                     prefill: 0,
                     replicas: 2,
                 };
-                let p2 = route(envelopes, senders, size, two).await?;
+                let p2 = route(envelopes, senders, size, two, out).await?;
                 pg2 = pg2.max(p2);
                 writeln!(out, "    two hub replicas on PostgreSQL {p2:.0}/s")?;
             }
             if let Some(addr) = &nats {
-                let n = route(envelopes, senders, size, Target::Nats(addr.clone())).await?;
+                let n = route(envelopes, senders, size, Target::Nats(addr.clone()), out).await?;
                 js = js.max(n);
                 writeln!(out, "    NATS JetStream {n:.0}/s")?;
             }
@@ -152,6 +159,7 @@ pub(crate) async fn route(
     senders: usize,
     size: usize,
     target: Target,
+    out: &mut dyn Write,
 ) -> anyhow::Result<f64> {
     let tmp = tempfile::tempdir()?;
     let orgs = [
@@ -202,7 +210,7 @@ pub(crate) async fn route(
         Target::Nats(_) => {}
     }
     if prefill > 0 {
-        prefill_log(&mut region, prefill).await?;
+        prefill_log(&mut region, prefill, out).await?;
     }
     let mut urls = vec![region.hub_url.clone()];
     for _ in 1..replicas.max(1) {
@@ -272,10 +280,11 @@ pub(crate) async fn route(
         let count =
             crate::bench_subscribers::metric(&url, "overstap_hub_commit_batch_envelopes_count");
         if let (Ok(sum), Ok(count)) = (sum.await, count.await) {
-            eprintln!(
+            writeln!(
+                out,
                 "      ({count:.0} commits by the first hub, {:.1} envelopes per commit)",
                 sum / count.max(1.0)
-            );
+            )?;
         }
     }
     region.shutdown().await?;
@@ -286,7 +295,7 @@ pub(crate) async fn route(
 /// written straight into its store while it is stopped, then the restarted hub integrates them
 /// itself (hashes them, stores the tree, signs checkpoints), and the run starts once its signed
 /// checkpoint covers them all.
-async fn prefill_log(region: &mut Region, entries: u64) -> anyhow::Result<()> {
+async fn prefill_log(region: &mut Region, entries: u64, out: &mut dyn Write) -> anyhow::Result<()> {
     region.stop_hub().await?;
     let started = Instant::now();
     let pool = sqlx::SqlitePool::connect(&region.hub_database_url()?).await?;
@@ -299,10 +308,11 @@ async fn prefill_log(region: &mut Region, entries: u64) -> anyhow::Result<()> {
     .execute(&pool)
     .await?;
     pool.close().await;
-    eprintln!(
+    writeln!(
+        out,
         "  {entries} log entries written in {:.1} s; the hub integrates them",
         started.elapsed().as_secs_f64()
-    );
+    )?;
     region.start_hub().await?;
     let mut client = HubClient::new(region.hub_link("25LP")?.channel()?);
     let mut shown = 0;
@@ -315,7 +325,7 @@ async fn prefill_log(region: &mut Region, entries: u64) -> anyhow::Result<()> {
             break;
         }
         if size >= shown + entries / 10 {
-            eprintln!("  integrated {size} of {entries}");
+            writeln!(out, "  integrated {size} of {entries}")?;
             shown = size;
         }
         if started.elapsed() > std::time::Duration::from_secs(600) {
@@ -323,10 +333,11 @@ async fn prefill_log(region: &mut Region, entries: u64) -> anyhow::Result<()> {
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
-    eprintln!(
+    writeln!(
+        out,
         "  the hub's signed log holds {entries} entries after {:.1} s",
         started.elapsed().as_secs_f64()
-    );
+    )?;
     Ok(())
 }
 

@@ -73,11 +73,16 @@ impl Drop for Hub {
     }
 }
 
+/// Runs the bench with the hub binary at `hub_bin`, or the one beside this program.
 pub async fn subscribers_bench(
     members: usize,
+    hub_bin: Option<PathBuf>,
     out: &mut dyn Write,
 ) -> anyhow::Result<SubscribersBench> {
-    let hub_bin = hub_binary()?;
+    let hub_bin = match hub_bin {
+        Some(p) => p,
+        None => hub_binary()?,
+    };
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path();
     writeln!(

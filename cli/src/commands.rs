@@ -968,9 +968,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench(BenchCmd::Subscribers { members, format }) => {
-            let b =
-                crate::bench_subscribers::subscribers_bench(members.max(1), &mut std::io::stderr())
-                    .await?;
+            let b = crate::bench_subscribers::subscribers_bench(
+                members.max(1),
+                None,
+                &mut std::io::stderr(),
+            )
+            .await?;
             match format {
                 Format::Json => json(&b)?,
                 Format::Table => println!(

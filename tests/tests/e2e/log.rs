@@ -315,9 +315,15 @@ async fn the_log_benchmark_runs_and_reports_what_it_measured() {
     assert!(
         b.routed_per_s_log_on > 0.0 && b.routed_per_s_log_off > 0.0 && b.ratio_on_over_off > 0.0
     );
+    assert!(b.routed_per_s_full_log > 0.0 && b.ratio_full_over_empty > 0.0);
     let text = String::from_utf8(out).unwrap();
     assert!(
         text.contains("routing with the log on") && text.contains("routing with the log off"),
+        "{text}"
+    );
+    assert!(
+        text.contains("the hub's signed log holds 1000 entries")
+            && text.contains("routing with 1000 entries in the log already"),
         "{text}"
     );
 }

@@ -4,6 +4,7 @@
 
 mod abuse;
 mod bad_input;
+mod benches;
 mod dashboard;
 mod deploy;
 mod handover;
