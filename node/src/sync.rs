@@ -517,11 +517,54 @@ async fn reaper_loop(core: Arc<NodeCore>, interval: Duration, mut shutdown: watc
     }
 }
 
+/// Acks what `inbox_loop` has taken in, in batches: every id waiting when the previous ack
+/// returned goes into the next one, so under load one `Ack` (one transaction at the hub) covers
+/// many envelopes, and taking in the next envelope does not wait for the hub. An ack that fails
+/// is tried again with backoff; until it succeeds the envelopes stay in the hub's mailbox, and a
+/// new subscription delivers them again, which `ingest` recognises as done.
+async fn ack_loop(
+    org: String,
+    mut client: HubClient<Channel>,
+    mut ids: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut batch = Vec::new();
+    while ids.recv_many(&mut batch, 1_000).await > 0 {
+        let mut attempt = 0;
+        loop {
+            match client
+                .ack(AckRequest {
+                    envelope_ids: batch.clone(),
+                })
+                .await
+            {
+                Ok(_) => break,
+                Err(e) => {
+                    attempt += 1;
+                    tracing::debug!(%org, error = %e, envelopes = batch.len(), "ack failed; trying again");
+                    if attempt >= 8 || sleep_or_stop(backoff(attempt), &mut shutdown).await {
+                        // Given up for now: the hub delivers these again on the next subscription.
+                        break;
+                    }
+                }
+            }
+        }
+        batch.clear();
+    }
+}
+
 async fn inbox_loop(
     core: Arc<NodeCore>,
     mut client: HubClient<Channel>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let (acks, ack_ids) = tokio::sync::mpsc::channel(10_000);
+    tokio::spawn(ack_loop(
+        core.org_id.clone(),
+        client.clone(),
+        ack_ids,
+        shutdown.clone(),
+    ));
     let mut attempt: u32 = 0;
     loop {
         if *shutdown.borrow() {
@@ -571,15 +614,9 @@ async fn inbox_loop(
                     }
                     core.last_seq
                         .store(delivery.seq, std::sync::atomic::Ordering::Relaxed);
-                    if let Err(e) = client
-                        .ack(AckRequest {
-                            envelope_ids: vec![id],
-                        })
-                        .await
-                    {
-                        // Not acked: the hub delivers it again, and ingest sees it was done.
-                        tracing::debug!(error = %e, "ack failed");
-                        break;
+                    // Acked after the transaction that took it in, by the ack task.
+                    if acks.send(id).await.is_err() {
+                        return;
                     }
                 }
                 Err(e) => {
