@@ -20,6 +20,8 @@ pub enum StoreError {
 pub struct NodeStore {
     pool: SqlitePool,
     /// One writer at a time, queued here rather than inside SQLite (see [`NodeStore::begin`]).
+    /// The few writes outside a [`Tx`] take it too: a writer that waits inside SQLite sleeps in
+    /// its busy handler (up to 100 ms at a time) while the queued ones go first.
     writer: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
@@ -281,6 +283,7 @@ impl NodeStore {
     }
 
     pub async fn save_directory(&self, version: u64, signed: &[u8]) -> Result<(), StoreError> {
+        let _writer = self.writer.lock().await;
         sqlx::query("INSERT OR IGNORE INTO directory (version, signed) VALUES (?, ?)")
             .bind(version as i64)
             .bind(signed)
@@ -806,6 +809,7 @@ impl NodeStore {
     }
 
     pub async fn peer_checkpoint_checked(&self, id: i64) -> Result<(), StoreError> {
+        let _writer = self.writer.lock().await;
         sqlx::query("UPDATE peer_checkpoints SET checked = 1 WHERE id = ?")
             .bind(id)
             .execute(&self.pool)
@@ -820,6 +824,7 @@ impl NodeStore {
         tree_size: u64,
         at: i64,
     ) -> Result<(), StoreError> {
+        let _writer = self.writer.lock().await;
         sqlx::query("INSERT OR IGNORE INTO log_proofs (envelope_id, log_index, tree_size, proven_at) VALUES (?, ?, ?, ?)")
             .bind(envelope_id)
             .bind(log_index as i64)
