@@ -187,6 +187,57 @@ pub(crate) fn plan_batch(
     (answers, rows)
 }
 
+/// The three multi-row inserts of a group commit, for either database: `events`, `envelopes`
+/// and `mailbox` (which returns each envelope id's mailbox number and recipient). At most 256
+/// rows of 10 values: inside SQLite's 32,766 variables and PostgreSQL's 65,535.
+pub(crate) fn batch_inserts<'a, DB>(rows: &'a [NewRow]) -> [sqlx::QueryBuilder<'a, DB>; 3]
+where
+    DB: sqlx::Database,
+    i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    i32: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    &'a String: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    &'a Vec<u8>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    let mut events = sqlx::QueryBuilder::new(
+        "INSERT INTO events (log_index, event, envelope_kind, from_org, to_org, envelope_id, body_sha256, at) ",
+    );
+    events.push_values(rows, |mut b, r| {
+        b.push_bind(r.log_index)
+            .push_bind("send")
+            .push_bind(r.env.kind)
+            .push_bind(&r.env.from_org)
+            .push_bind(&r.env.to_org)
+            .push_bind(&r.env.envelope_id)
+            .push_bind(&r.env.body_sha256)
+            .push_bind(r.env.received_at);
+    });
+    let mut envelopes = sqlx::QueryBuilder::new(
+        "INSERT INTO envelopes (envelope_id, header_sha256, from_org, to_org, kind, body_len, received_at, log_index, receipt, erasure_reason) ",
+    );
+    envelopes.push_values(rows, |mut b, r| {
+        b.push_bind(&r.env.envelope_id)
+            .push_bind(&r.env.header_sha256)
+            .push_bind(&r.env.from_org)
+            .push_bind(&r.env.to_org)
+            .push_bind(r.env.kind)
+            .push_bind(r.env.body_len as i64)
+            .push_bind(r.env.received_at)
+            .push_bind(r.log_index)
+            .push_bind(&r.receipt)
+            .push_bind(&r.env.erasure_reason);
+    });
+    let mut mailbox =
+        sqlx::QueryBuilder::new("INSERT INTO mailbox (to_org, envelope_id, envelope) ");
+    mailbox.push_values(rows, |mut b, r| {
+        b.push_bind(&r.env.to_org)
+            .push_bind(&r.env.envelope_id)
+            .push_bind(&r.env.encoded);
+    });
+    mailbox.push(" RETURNING envelope_id, seq, to_org");
+    [events, envelopes, mailbox]
+}
+
 /// The answers of a planned batch once its mailbox rows are in: `seqs` maps each new envelope
 /// id to its mailbox sequence number.
 pub(crate) fn finish_batch(

@@ -8,7 +8,7 @@
 //! `BEGIN IMMEDIATE`.
 
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions, PgRow};
-use sqlx::{Connection, PgConnection, Postgres, QueryBuilder, Row, Transaction};
+use sqlx::{Connection, PgConnection, Postgres, Row, Transaction};
 use tokio::sync::{Mutex, mpsc};
 
 use super::{
@@ -121,51 +121,11 @@ impl HubStore for PostgresStore {
         let (answers, rows) = super::plan_batch(batch, stored, next);
         let mut seqs = std::collections::HashMap::new();
         if !rows.is_empty() {
-            QueryBuilder::<Postgres>::new(
-                "INSERT INTO events (log_index, event, envelope_kind, from_org, to_org, envelope_id, body_sha256, at) ",
-            )
-            .push_values(&rows, |mut b, r| {
-                b.push_bind(r.log_index)
-                    .push_bind("send")
-                    .push_bind(r.env.kind)
-                    .push_bind(&r.env.from_org)
-                    .push_bind(&r.env.to_org)
-                    .push_bind(&r.env.envelope_id)
-                    .push_bind(&r.env.body_sha256)
-                    .push_bind(r.env.received_at);
-            })
-            .build()
-            .execute(&mut *tx)
-            .await?;
-            QueryBuilder::<Postgres>::new(
-                "INSERT INTO envelopes (envelope_id, header_sha256, from_org, to_org, kind, body_len, received_at, log_index, receipt, erasure_reason) ",
-            )
-            .push_values(&rows, |mut b, r| {
-                b.push_bind(&r.env.envelope_id)
-                    .push_bind(&r.env.header_sha256)
-                    .push_bind(&r.env.from_org)
-                    .push_bind(&r.env.to_org)
-                    .push_bind(r.env.kind)
-                    .push_bind(r.env.body_len as i64)
-                    .push_bind(r.env.received_at)
-                    .push_bind(r.log_index)
-                    .push_bind(&r.receipt)
-                    .push_bind(&r.env.erasure_reason);
-            })
-            .build()
-            .execute(&mut *tx)
-            .await?;
-            let mut insert = QueryBuilder::<Postgres>::new(
-                "INSERT INTO mailbox (to_org, envelope_id, envelope) ",
-            );
-            insert.push_values(&rows, |mut b, r| {
-                b.push_bind(&r.env.to_org)
-                    .push_bind(&r.env.envelope_id)
-                    .push_bind(&r.env.encoded);
-            });
-            insert.push(" RETURNING envelope_id, seq, to_org");
+            let [mut events, mut envelopes, mut mailbox] = super::batch_inserts::<Postgres>(&rows);
+            events.build().execute(&mut *tx).await?;
+            envelopes.build().execute(&mut *tx).await?;
             let mut notes = Vec::with_capacity(rows.len());
-            for r in insert.build().fetch_all(&mut *tx).await? {
+            for r in mailbox.build().fetch_all(&mut *tx).await? {
                 let seq: i64 = r.get(1);
                 notes.push(format!("{} {seq}", r.get::<String, _>(2)));
                 seqs.insert(r.get::<Vec<u8>, _>(0), seq);

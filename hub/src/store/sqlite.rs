@@ -86,51 +86,11 @@ impl HubStore for SqliteStore {
             .get(0);
         let (answers, rows) = super::plan_batch(batch, stored, next);
         let mut seqs = std::collections::HashMap::new();
-        // At most 256 envelopes of 10 values each: well inside SQLite's 32,766 variables.
         if !rows.is_empty() {
-            QueryBuilder::<Sqlite>::new(
-                "INSERT INTO events (log_index, event, envelope_kind, from_org, to_org, envelope_id, body_sha256, at) ",
-            )
-            .push_values(&rows, |mut b, r| {
-                b.push_bind(r.log_index)
-                    .push_bind("send")
-                    .push_bind(r.env.kind)
-                    .push_bind(&r.env.from_org)
-                    .push_bind(&r.env.to_org)
-                    .push_bind(&r.env.envelope_id)
-                    .push_bind(&r.env.body_sha256)
-                    .push_bind(r.env.received_at);
-            })
-            .build()
-            .execute(&mut *tx)
-            .await?;
-            QueryBuilder::<Sqlite>::new(
-                "INSERT INTO envelopes (envelope_id, header_sha256, from_org, to_org, kind, body_len, received_at, log_index, receipt, erasure_reason) ",
-            )
-            .push_values(&rows, |mut b, r| {
-                b.push_bind(&r.env.envelope_id)
-                    .push_bind(&r.env.header_sha256)
-                    .push_bind(&r.env.from_org)
-                    .push_bind(&r.env.to_org)
-                    .push_bind(r.env.kind)
-                    .push_bind(r.env.body_len as i64)
-                    .push_bind(r.env.received_at)
-                    .push_bind(r.log_index)
-                    .push_bind(&r.receipt)
-                    .push_bind(&r.env.erasure_reason);
-            })
-            .build()
-            .execute(&mut *tx)
-            .await?;
-            let mut insert =
-                QueryBuilder::<Sqlite>::new("INSERT INTO mailbox (to_org, envelope_id, envelope) ");
-            insert.push_values(&rows, |mut b, r| {
-                b.push_bind(&r.env.to_org)
-                    .push_bind(&r.env.envelope_id)
-                    .push_bind(&r.env.encoded);
-            });
-            insert.push(" RETURNING envelope_id, seq");
-            for r in insert.build().fetch_all(&mut *tx).await? {
+            let [mut events, mut envelopes, mut mailbox] = super::batch_inserts::<Sqlite>(&rows);
+            events.build().execute(&mut *tx).await?;
+            envelopes.build().execute(&mut *tx).await?;
+            for r in mailbox.build().fetch_all(&mut *tx).await? {
                 seqs.insert(r.get::<Vec<u8>, _>(0), r.get::<i64, _>(1));
             }
         }
