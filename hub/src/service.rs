@@ -209,14 +209,21 @@ async fn group_commit<S: HubStore>(
         match state.store.accept_batch(items).await {
             Ok(results) => {
                 for ((result, answer), to_org) in results.into_iter().zip(answers).zip(&to) {
-                    if let Ok(Accepted::New { seq, .. }) = &result {
-                        state.mailbox_signal(to_org).send_replace(*seq);
+                    match &result {
+                        Ok(Accepted::New { seq, .. }) => {
+                            state.mailbox_signal(to_org).send_replace(*seq);
+                        }
+                        // Nothing new in the mailbox: the sender's place goes back.
+                        _ => state.waiting.sub(to_org, 1),
                     }
                     let _ = answer.send(result);
                 }
             }
             Err(e) => {
                 tracing::error!(error = %e, envelopes = answers.len(), "a group commit failed; none of it was stored");
+                for to_org in &to {
+                    state.waiting.sub(to_org, 1);
+                }
                 let text = e.to_string();
                 let mut first = Some(e);
                 for answer in answers {
@@ -423,8 +430,9 @@ impl<S: HubStore> HubService<S> {
         let region = directory.directory.region.clone();
         let hub_id = self.log_hub_id(&directory);
         let first_hash = stored_hash_count(start);
-        // Appended in place (a copy of a tree of a million entries would be 64 MB per round);
-        // if anything fails before the commit is known, the tree is loaded from the store again.
+        // Appended in place (a copy of a tree of a million entries would be 64 MB per round).
+        // If anything fails, the tree goes back to where it was; should the commit have happened
+        // after all, the next round's `follow_in` takes it in from the store.
         let appended = async {
             let mut added = Vec::new();
             for e in &events {
@@ -445,16 +453,7 @@ impl<S: HubStore> HubService<S> {
         }
         .await;
         if appended.is_err() {
-            // The commit may have happened anyway: start again from what the store holds.
-            let hashes = self.state.store.log_hashes().await?;
-            let size = self
-                .state
-                .store
-                .latest_checkpoint()
-                .await?
-                .map(|c| c.size)
-                .unwrap_or(0);
-            *tree = MemoryTree::from_stored(hashes.into_iter().map(Hash).collect(), size);
+            tree.truncate(start);
         }
         appended
     }
@@ -657,8 +656,9 @@ impl<S: HubStore> HubService<S> {
                 });
             }
         };
-        // Dropped (so given back) if the store fails, the call is cancelled, or it was a
-        // duplicate; kept only when a new envelope is in the mailbox.
+        // Given back if the call ends before its envelope reaches the group commit. From there
+        // the commit happens whether or not the caller still waits, so the place is kept, and
+        // the commit task gives it back for anything that did not add to the mailbox.
         let (answer, answered) = tokio::sync::oneshot::channel();
         let job = CommitJob {
             env: new,
@@ -667,10 +667,10 @@ impl<S: HubStore> HubService<S> {
         };
         let closed = || HubError::Store(StoreError::Failed("the hub is shutting down".into()));
         self.state.commits.send(job).await.map_err(|_| closed())?;
+        place.keep();
         let accepted = answered.await.map_err(|_| closed())??;
         let (receipt, outcome) = match accepted {
             Accepted::New { receipt, .. } => {
-                place.keep();
                 tracing::info!(
                     from = %header.from_org, to = %header.to_org, kind = header.kind,
                     bytes = header.body_len, "envelope accepted"

@@ -479,8 +479,10 @@ impl NodeCore {
             issued_at: now,
             retired_keys: Vec::new(),
         };
-        let signed = sign_message(Domain::StudentCard, &card, &[&self.key()]);
+        // Signed under the writer lock: a rotation of this node's key re-signs the stored cards
+        // under that lock too, so no card signed with the old key is stored after it.
         let mut tx = self.store.begin().await?;
+        let signed = sign_message(Domain::StudentCard, &card, &[&self.key()]);
         tx.insert_student(&card.pseudonym, &signed.encode_to_vec(), staff_user, now)
             .await?;
         tx.commit().await?;
@@ -575,7 +577,6 @@ impl NodeCore {
                 old.retired_keys.len()
             )));
         }
-        let signed = sign_message(Domain::StudentCard, &card, &[&self.key()]);
         let kept = self
             .store
             .grants(Some(pseudonym))
@@ -589,7 +590,9 @@ impl NodeCore {
             .filter(|r| r.retired_at == now)
             .map(|r| r.role.as_str())
             .collect();
+        // Signed under the writer lock, as in `register_student`.
         let mut tx = self.store.begin().await?;
+        let signed = sign_message(Domain::StudentCard, &card, &[&self.key()]);
         tx.replace_card(pseudonym, &signed.encode_to_vec()).await?;
         tx.add_trail(&TrailRow {
             pseudonym: pseudonym.to_string(),

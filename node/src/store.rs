@@ -20,8 +20,8 @@ pub enum StoreError {
 pub struct NodeStore {
     pool: SqlitePool,
     /// One writer at a time, queued here rather than inside SQLite (see [`NodeStore::begin`]).
-    /// The few writes outside a [`Tx`] take it too: a writer that waits inside SQLite sleeps in
-    /// its busy handler (up to 100 ms at a time) while the queued ones go first.
+    /// The writes outside a [`Tx`] take it too: a writer that waits inside SQLite sleeps in its
+    /// busy handler (up to 100 ms at a time) while the queued ones go first.
     writer: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
@@ -721,6 +721,7 @@ impl NodeStore {
         note: &[u8],
         at: i64,
     ) -> Result<(), StoreError> {
+        let _writer = self.writer.lock().await;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query(
             "INSERT INTO log_state (id, size, root, note) VALUES (1, ?, ?, ?)
@@ -777,6 +778,7 @@ impl NodeStore {
         shown: &[u8],
         at: i64,
     ) -> Result<(), StoreError> {
+        let _writer = self.writer.lock().await;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query(
             "INSERT INTO log_state (id, size, root, note, alarm) VALUES (1, 0, x'', x'', ?)

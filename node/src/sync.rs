@@ -520,8 +520,9 @@ async fn reaper_loop(core: Arc<NodeCore>, interval: Duration, mut shutdown: watc
 /// Acks what `inbox_loop` has taken in, in batches: every id waiting when the previous ack
 /// returned goes into the next one, so under load one `Ack` (one transaction at the hub) covers
 /// many envelopes, and taking in the next envelope does not wait for the hub. An ack that fails
-/// is tried again with backoff; until it succeeds the envelopes stay in the hub's mailbox, and a
-/// new subscription delivers them again, which `ingest` recognises as done.
+/// is tried again, with backoff up to 15 s, until it succeeds or the node stops; meanwhile the
+/// envelopes stay in the hub's mailbox (a new subscription would deliver them again, which
+/// `ingest` recognises as done), and a full queue of ids makes the inbox loop wait.
 async fn ack_loop(
     org: String,
     mut client: HubClient<Channel>,
@@ -542,9 +543,8 @@ async fn ack_loop(
                 Err(e) => {
                     attempt += 1;
                     tracing::debug!(%org, error = %e, envelopes = batch.len(), "ack failed; trying again");
-                    if attempt >= 8 || sleep_or_stop(backoff(attempt), &mut shutdown).await {
-                        // Given up for now: the hub delivers these again on the next subscription.
-                        break;
+                    if sleep_or_stop(backoff(attempt), &mut shutdown).await {
+                        return;
                     }
                 }
             }

@@ -450,6 +450,15 @@ impl MemoryTree {
         Ok(())
     }
 
+    /// Goes back to `size` leaves (no further than it holds): what was appended after that is
+    /// forgotten. For a round whose commit failed.
+    pub fn truncate(&mut self, size: u64) {
+        if size < self.size {
+            self.hashes.truncate(stored_hash_count(size) as usize);
+            self.size = size;
+        }
+    }
+
     /// Appends a leaf; returns the stored hashes it added (to persist).
     pub fn append(&mut self, leaf: Hash) -> Result<Vec<Hash>, ProtocolError> {
         let added = tlog_tiles::stored_hashes_for_record_hash(self.size, leaf, self)
@@ -518,6 +527,31 @@ mod tests {
             t.append(record_hash(&hex::decode(leaf).unwrap())).unwrap();
         }
         t
+    }
+
+    #[test]
+    fn a_truncated_tree_is_the_tree_it_was_and_grows_again_the_same_way() {
+        for (from, to) in [(3usize, 8usize), (0, 5), (4, 4), (7, 8)] {
+            let mut t = rfc_tree(to);
+            t.truncate(from as u64);
+            assert_eq!(t.size(), from as u64);
+            assert_eq!(
+                t.root().unwrap(),
+                rfc_tree(from).root().unwrap(),
+                "{from} of {to}"
+            );
+            for leaf in &LEAVES[from..to] {
+                t.append(record_hash(&hex::decode(leaf).unwrap())).unwrap();
+            }
+            assert_eq!(
+                t.root().unwrap(),
+                rfc_tree(to).root().unwrap(),
+                "{from} to {to}"
+            );
+        }
+        let mut t = rfc_tree(3);
+        t.truncate(5);
+        assert_eq!(t.size(), 3, "a tree is never truncated upwards");
     }
 
     #[test]
