@@ -16,18 +16,16 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
-use overstap_proto::pb::{
-    MemberKind, RegisterStudentRequest, SendPassportRequest, StorePassportRequest,
-};
-use overstap_proto::sign::{Domain, sign_message};
+use anyhow::bail;
+use overstap_proto::pb::{MemberKind, SendPassportRequest};
 use serde::Serialize;
 use sqlx::SqlitePool;
 
 use crate::demo::SAM_ANSWERS;
-use crate::passport::{Answers, GrantRequest, draft_from_answers, make_grant, upload_grant};
+use crate::passport::{
+    Answers, GrantRequest, draft_from_answers, make_grant, sign_passport, upload_grant,
+};
 use crate::region::{Org, Region};
-use crate::wallet::Wallet;
 
 #[derive(Debug, Serialize)]
 pub struct HandoverBench {
@@ -51,36 +49,11 @@ async fn prepare(region: &Region, n: usize, first: usize) -> anyhow::Result<Vec<
     let mut api = region.api(SCHOOL).await?;
     let answers: Answers = serde_json::from_str(SAM_ANSWERS)?;
     let draft = draft_from_answers("pvs-mbo-v1", &answers)?;
-    let sections = crate::passport::to_sections(&draft);
     let now = overstap_node::system_clock()();
     let mut grants = Vec::with_capacity(n);
     for i in first..first + n {
-        let key = overstap_proto::sign::generate_signing_key();
-        let card = api
-            .register_student(RegisterStudentRequest {
-                student_key: key.verifying_key().to_bytes().to_vec(),
-                birth_month: crate::demo::birth_month(17),
-                guardian_keys: vec![],
-                staff_user: "mentor".into(),
-            })
-            .await?
-            .into_inner()
-            .card
-            .context("no card")?;
-        let wallet = Wallet::new(key, card)?;
-        let version = overstap_proto::passport::build_version(
-            &wallet.pseudonym,
-            1,
-            "pvs-mbo-v1",
-            now,
-            &sections,
-        )?;
-        let manifest = sign_message(Domain::Manifest, &version.manifest, &[&wallet.key]);
-        api.store_passport(StorePassportRequest {
-            manifest: Some(manifest),
-            sections: version.disclosures,
-        })
-        .await?;
+        let wallet = crate::demo::register(&mut api, &crate::demo::birth_month(17), &[]).await?;
+        sign_passport(&mut api, &wallet, &draft, None, now).await?;
         let mbo = i % MBOS.len();
         let req = GrantRequest {
             to: MBOS[mbo].into(),

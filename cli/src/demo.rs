@@ -161,7 +161,9 @@ pub fn answer_texts(json: &str) -> Vec<String> {
         .collect()
 }
 
-async fn register(
+/// Registers a student of `birth_month` at the school `api` talks to, with a key made here;
+/// returns the student's wallet.
+pub(crate) async fn register(
     api: &mut Api,
     birth_month: &str,
     guardians: &[Vec<u8>],

@@ -517,7 +517,7 @@ impl<S: HubStore> HubService<S> {
                         s.send_modify(|_| {});
                     }
                 } else {
-                    svc.mailbox_signal(&org).send_if_modified(|v| {
+                    svc.state.mailbox_signal(&org).send_if_modified(|v| {
                         let newer = seq > *v;
                         *v = (*v).max(seq);
                         newer
@@ -565,10 +565,6 @@ impl<S: HubStore> HubService<S> {
             .log_size
             .set(self.state.log.lock().await.size() as i64);
         Ok(metrics.encode())
-    }
-
-    fn mailbox_signal(&self, org: &str) -> watch::Sender<u64> {
-        self.state.mailbox_signal(org)
     }
 
     /// Counts a refusal and turns it into the status the caller gets.
@@ -778,7 +774,7 @@ impl<S: HubStore> Hub for HubService<S> {
         tokio::spawn(async move {
             // Subscribing to the signal before reading the mailbox means no arrival between
             // the read and the wait is missed.
-            let mut signal = svc.mailbox_signal(&org).subscribe();
+            let mut signal = svc.state.mailbox_signal(&org).subscribe();
             let mut shutdown = svc.state.shutdown.clone();
             let _counted = Subscribed::new(&svc.state.metrics.subscribers);
             let _slot = Slot(svc.clone(), org.clone());
