@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use overstap_proto::pb::{MemberKind, SendPassportRequest};
 use serde::Serialize;
-use sqlx::SqlitePool;
+use sqlx::AnyPool;
 
 use crate::demo::SAM_ANSWERS;
 use crate::passport::{
@@ -70,7 +70,7 @@ async fn prepare(region: &Region, n: usize, first: usize) -> anyhow::Result<Vec<
 }
 
 /// Packages stored at each mbo node, read from its database.
-async fn stored(pools: &[SqlitePool]) -> anyhow::Result<usize> {
+async fn stored(pools: &[AnyPool]) -> anyhow::Result<usize> {
     let mut total = 0;
     for p in pools {
         let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM received")
@@ -107,10 +107,16 @@ pub async fn handover_bench(
         "  ready after {:.1} s",
         started.elapsed().as_secs_f64()
     )?;
+    sqlx::any::install_default_drivers();
     let mut pools = Vec::new();
     for id in MBOS {
-        let db = region.node_dir(id).join("node.db");
-        pools.push(SqlitePool::connect(&format!("sqlite://{}?mode=ro", db.display())).await?);
+        let url = region.node_database_url(id)?;
+        let url = if overstap_hub::store::is_postgres(&url) {
+            url
+        } else {
+            format!("{url}?mode=ro")
+        };
+        pools.push(AnyPool::connect(&url).await?);
     }
 
     // The cohort push.
@@ -172,7 +178,7 @@ pub async fn handover_bench(
         timing.spawn(async move {
             loop {
                 let found: Option<i64> =
-                    sqlx::query_scalar("SELECT 1 FROM received WHERE grant_id = ?")
+                    sqlx::query_scalar("SELECT 1 FROM received WHERE grant_id = $1")
                         .bind(&grant_id)
                         .fetch_optional(&pool)
                         .await?;

@@ -207,7 +207,7 @@ async fn handovers(api: &mut Api) -> Vec<overstap_proto::pb::Handover> {
         .unwrap_or_default()
 }
 
-/// Reads every file of the hub's database (main file and write-ahead log).
+/// Reads every file of a SQLite database (main file and write-ahead log).
 pub fn hub_bytes(db: &Path) -> Vec<u8> {
     let mut all = Vec::new();
     for suffix in ["", "-wal", "-shm"] {

@@ -1,6 +1,7 @@
 //! A whole region in one process: the authority, the hub and member nodes, each on
-//! `127.0.0.1:0` with its own SQLite file under one folder. The demo tells its story on one;
-//! the end-to-end tests run on one. Nodes can be stopped and started again, as in real life.
+//! `127.0.0.1:0` with its own SQLite file under one folder (or, when `OVERSTAP_TEST_POSTGRES`
+//! names a server, its own PostgreSQL database). The demo tells its story on one; the end-to-end
+//! tests run on one. Nodes can be stopped and started again, as in real life.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -65,9 +66,30 @@ impl Org {
     }
 }
 
-/// The environment variable that puts the hub of every region on PostgreSQL: a server URL such
-/// as `postgres://postgres@127.0.0.1:5432/test`, next to which each region gets a fresh database.
+/// The environment variable that puts the hub and the nodes of every region on PostgreSQL: a
+/// server URL such as `postgres://postgres@127.0.0.1:5432/test`, next to which the hub and each
+/// node get a fresh database.
 pub const TEST_POSTGRES: &str = "OVERSTAP_TEST_POSTGRES";
+
+/// A fresh database next to the one [`TEST_POSTGRES`] names, for `part` (named in the error), or
+/// `None` when it names none.
+pub async fn test_postgres_database(part: &str) -> anyhow::Result<Option<String>> {
+    match std::env::var(TEST_POSTGRES) {
+        Ok(admin) => Ok(Some(
+            overstap_hub::store::fresh_postgres_database(&admin)
+                .await
+                .with_context(|| format!("making a database for {part} ({TEST_POSTGRES})"))?,
+        )),
+        Err(_) => Ok(None),
+    }
+}
+
+/// The database of `org`'s node in the region kept in `dir`: the `sqlite://` URL of its
+/// `node.db`, or the `postgres://` URL its settings name.
+pub fn node_database_url(dir: &Path, org: &str) -> anyhow::Result<String> {
+    let settings = overstap_node::Settings::load(&dir.join(org).join("node.toml"))?;
+    Ok(settings.resolve()?.database_url)
+}
 
 /// The database of the hub of the region kept in `dir` (see [`Region::hub_database_url`]).
 pub fn hub_database_url(dir: &Path) -> anyhow::Result<String> {
@@ -75,26 +97,33 @@ pub fn hub_database_url(dir: &Path) -> anyhow::Result<String> {
     Ok(settings.resolve()?.database_url)
 }
 
-/// Every byte the hub of the region in `dir` keeps: its SQLite files, or every row of its
-/// PostgreSQL tables (binary columns as they are stored, text as UTF-8), to search for what the
-/// hub must never hold.
+/// Every byte the hub of the region in `dir` keeps (see [`database_contents`]), to search for
+/// what the hub must never hold.
 pub async fn hub_contents(dir: &Path) -> anyhow::Result<Vec<u8>> {
-    let url = hub_database_url(dir)?;
-    if !overstap_hub::store::is_postgres(&url) {
-        return Ok(crate::demo::hub_bytes(&dir.join("hub").join("hub.db")));
+    database_contents(&hub_database_url(dir)?).await
+}
+
+/// Every byte `org`'s node in the region in `dir` keeps (see [`database_contents`]).
+pub async fn node_contents(dir: &Path, org: &str) -> anyhow::Result<Vec<u8>> {
+    database_contents(&node_database_url(dir, org)?).await
+}
+
+/// Every byte a database keeps: a SQLite file with its write-ahead log, or every row of every
+/// table of a PostgreSQL database (binary columns as they are stored, text as UTF-8).
+pub async fn database_contents(url: &str) -> anyhow::Result<Vec<u8>> {
+    if !overstap_hub::store::is_postgres(url) {
+        let path = url.trim_start_matches("sqlite://");
+        let path = path.split('?').next().unwrap_or(path);
+        return Ok(crate::demo::hub_bytes(Path::new(path)));
     }
     use sqlx::Row;
-    let pool = sqlx::PgPool::connect(&url).await?;
+    let pool = sqlx::PgPool::connect(url).await?;
+    let tables: Vec<String> =
+        sqlx::query_scalar("SELECT tablename::text FROM pg_tables WHERE schemaname = 'public'")
+            .fetch_all(&pool)
+            .await?;
     let mut all = Vec::new();
-    for table in [
-        "directory",
-        "envelopes",
-        "mailbox",
-        "events",
-        "log_hashes",
-        "checkpoints",
-        "cosignatures",
-    ] {
+    for table in tables {
         for row in sqlx::query(&format!("SELECT * FROM {table}"))
             .fetch_all(&pool)
             .await?
@@ -162,15 +191,8 @@ impl Region {
         log: bool,
     ) -> anyhow::Result<Self> {
         // The tests and load runs put the hub on PostgreSQL when OVERSTAP_TEST_POSTGRES names a
-        // server: a fresh database for each region.
-        let database = match std::env::var(TEST_POSTGRES) {
-            Ok(admin) => Some(
-                overstap_hub::store::fresh_postgres_database(&admin)
-                    .await
-                    .with_context(|| format!("making a database for the hub ({TEST_POSTGRES})"))?,
-            ),
-            Err(_) => None,
-        };
+        // server: a fresh database for each region (and each node, see `start_node`).
+        let database = test_postgres_database("the hub").await?;
         Self::start_hub_with_database(dir, orgs, clock, log, database).await
     }
 
@@ -271,6 +293,30 @@ impl Region {
         self.dir.join(org)
     }
 
+    /// `org`'s node's database (see [`node_database_url`]).
+    pub fn node_database_url(&self, org: &str) -> anyhow::Result<String> {
+        node_database_url(&self.dir, org)
+    }
+
+    /// Puts `org`'s node on a fresh PostgreSQL database when [`TEST_POSTGRES`] names a server and
+    /// its settings still name SQLite (the first start; a restart keeps its database).
+    async fn node_database(&self, org: &str) -> anyhow::Result<()> {
+        let toml = self.node_dir(org).join("node.toml");
+        let text = std::fs::read_to_string(&toml)
+            .with_context(|| format!("reading {}", toml.display()))?;
+        let sqlite = "database_url = \"sqlite://node.db\"";
+        if !text.contains(sqlite) {
+            return Ok(());
+        }
+        if let Some(url) = test_postgres_database(&format!("node {org}")).await? {
+            std::fs::write(
+                &toml,
+                text.replace(sqlite, &format!("database_url = \"{url}\"")),
+            )?;
+        }
+        Ok(())
+    }
+
     /// The hub's resolved settings, with the authority's current directory.
     fn hub_config(&self) -> anyhow::Result<overstap_hub::HubConfig> {
         let settings = overstap_hub::Settings::load(Some(&self.dir.join("hub").join("hub.toml")))?;
@@ -364,6 +410,7 @@ impl Region {
         if self.nodes.contains_key(org) {
             bail!("node {org} is already running");
         }
+        self.node_database(org).await?;
         let settings = overstap_node::Settings::load(&self.node_dir(org).join("node.toml"))?;
         let mut config = settings.resolve()?;
         config.directory_interval = Duration::from_millis(500);

@@ -12,13 +12,22 @@
 //! rollback from a dropped `Transaction` run first) and close it if it is still inside a
 //! transaction: closing a SQLite connection rolls back what it held and frees the lock.
 //!
-//! The node compiles this same file (`#[path]` in `node/src/lib.rs`).
+//! The node compiles this same file (`#[path]` in `node/src/lib.rs`); its store runs on sqlx's
+//! `Any` driver (one set of SQL for SQLite and PostgreSQL), so it opens SQLite with
+//! [`open_any`], which makes the same settings and the same check.
 
 use std::str::FromStr;
 use std::time::Duration;
 
+use sqlx::any::AnyPoolOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Connection, SqlitePool};
+use sqlx::{AnyPool, Connection, SqlitePool};
+
+/// Whether a database URL names PostgreSQL (`postgres://` or `postgresql://`); anything else is
+/// taken as SQLite.
+pub fn is_postgres(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
 
 /// How long a writer waits for the write lock before "database is locked".
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -40,21 +49,55 @@ pub async fn open(url: &str, connections: u32) -> Result<SqlitePool, sqlx::Error
     };
     SqlitePoolOptions::new()
         .max_connections(connections)
-        .after_release(|conn, _meta| {
-            Box::pin(async move {
-                conn.ping().await?;
-                if conn.is_in_transaction() {
-                    tracing::warn!(
-                        "a database connection came back inside a transaction (its call was \
-                         cancelled while the transaction began); closing it to release the lock"
-                    );
-                    return Ok(false);
-                }
-                Ok(true)
-            })
-        })
+        .after_release(|conn, _meta| Box::pin(still_usable(conn)))
         .connect_with(options)
         .await
+}
+
+/// What [`open`] sets, as statements for a connection of the `Any` driver (the busy timeout is
+/// [`BUSY_TIMEOUT`]).
+const ANY_SETTINGS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+                            PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;";
+
+/// [`open`] for sqlx's `Any` driver: the file is created and switched to WAL (which lasts) by a
+/// pool of one connection first; every connection of the `Any` pool then sets the per-connection
+/// settings itself, and gets the same check when it is handed back.
+#[allow(dead_code)] // the node's; the hub's stores are typed
+pub async fn open_any(url: &str, connections: u32) -> Result<AnyPool, sqlx::Error> {
+    sqlx::any::install_default_drivers();
+    let memory = url.contains(":memory:");
+    if !memory {
+        open(url, 1).await?.close().await;
+    }
+    let mut pool = AnyPoolOptions::new().max_connections(if memory { 1 } else { connections });
+    if memory {
+        // An in-memory database lives as long as its one connection.
+        pool = pool.idle_timeout(None).max_lifetime(None);
+    }
+    pool.after_connect(|conn, _meta| {
+        // The future of `execute` is boxed already: built out here, it keeps the compiler from
+        // having to prove an `async` block over `&mut AnyConnection` is `Send` for every
+        // lifetime, which it cannot.
+        let settings = sqlx::Executor::execute(conn, ANY_SETTINGS);
+        Box::pin(async move { settings.await.map(|_| ()) })
+    })
+    .after_release(|conn, _meta| Box::pin(still_usable(conn)))
+    .connect(url)
+    .await
+}
+
+/// Whether a connection handed back to the pool may be used again: not if it is still inside a
+/// transaction (see the module's text).
+async fn still_usable<C: Connection>(conn: &mut C) -> Result<bool, sqlx::Error> {
+    conn.ping().await?;
+    if conn.is_in_transaction() {
+        tracing::warn!(
+            "a database connection came back inside a transaction (its call was cancelled while \
+             the transaction began); closing it to release the lock"
+        );
+        return Ok(false);
+    }
+    Ok(true)
 }
 
 #[cfg(test)]

@@ -1,10 +1,19 @@
-//! The node's SQLite store. Row types stay here; the rest of the node sees plain structs.
+//! The node's store: SQLite for a school on one server, PostgreSQL (`postgres://…`) for a node
+//! that shares its organisation's database server. Row types stay here; the rest of the node sees
+//! plain structs.
 //!
-//! Reads go through [`NodeStore`]; every change goes through a [`Tx`] (one `BEGIN IMMEDIATE`
-//! transaction), so an operation that touches several tables (erase a grant, sign a receipt,
-//! queue it, advance the peer's sequence number) commits all of it or none of it.
+//! Reads go through [`NodeStore`]; every change goes through a [`Tx`] (one transaction), so an
+//! operation that touches several tables (erase a grant, sign a receipt, queue it, advance the
+//! peer's sequence number) commits all of it or none of it.
+//!
+//! One set of SQL serves both databases, through sqlx's `Any` driver: `$1`-style parameters
+//! (which SQLite takes too), `ON CONFLICT` instead of `INSERT OR IGNORE`, `CASE` instead of
+//! SQLite's two-argument `MAX`, and integers for flags. The schemas are
+//! `migrations/node/sqlite` and `migrations/node/postgres`; `tests` runs the whole suite on
+//! each.
 
-use sqlx::{Row, Sqlite, SqlitePool, Transaction};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{Any, AnyPool, Row, Transaction};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -18,7 +27,10 @@ pub enum StoreError {
 
 #[derive(Debug, Clone)]
 pub struct NodeStore {
-    pool: SqlitePool,
+    pool: AnyPool,
+    /// The statement that starts a write transaction: `BEGIN IMMEDIATE` on SQLite (the write
+    /// lock up front, so two writers queue instead of failing on upgrade), `BEGIN` on PostgreSQL.
+    begin: &'static str,
     /// One writer at a time, queued here rather than inside SQLite (see [`NodeStore::begin`]).
     /// The writes outside a [`Tx`] take it too: a writer that waits inside SQLite sleeps in its
     /// busy handler (up to 100 ms at a time) while the queued ones go first.
@@ -27,7 +39,7 @@ pub struct NodeStore {
 
 /// One write transaction; this node's other writers wait until it ends.
 pub struct Tx(
-    Transaction<'static, Sqlite>,
+    Transaction<'static, Any>,
     #[allow(dead_code)] tokio::sync::OwnedMutexGuard<()>,
 );
 
@@ -190,7 +202,7 @@ fn conflict(e: sqlx::Error, what: String) -> StoreError {
 const GRANT_COLUMNS: &str = "grant_id, pseudonym, recipient_org, purpose, sections, not_before, not_after, live, \
      passport_version, signed, state, sent_version, sent_at, status, status_at, views";
 
-fn grant_row(r: &sqlx::sqlite::SqliteRow) -> GrantRow {
+fn grant_row(r: &AnyRow) -> GrantRow {
     GrantRow {
         grant_id: r.get(0),
         pseudonym: r.get(1),
@@ -199,7 +211,7 @@ fn grant_row(r: &sqlx::sqlite::SqliteRow) -> GrantRow {
         sections: sections_list(&r.get::<String, _>(4)),
         not_before: r.get(5),
         not_after: r.get(6),
-        live: r.get(7),
+        live: r.get::<i64, _>(7) != 0,
         passport_version: r.get::<i64, _>(8) as u32,
         signed: r.get(9),
         state: r.get(10),
@@ -214,7 +226,7 @@ fn grant_row(r: &sqlx::sqlite::SqliteRow) -> GrantRow {
 const OUTBOX_COLUMNS: &str = "seq, envelope_id, to_org, kind, grant_id, payload, envelope, peer_seq, not_before, version, \
      state, attempts, detail, created_at";
 
-fn outbox_entry(r: &sqlx::sqlite::SqliteRow) -> OutboxEntry {
+fn outbox_entry(r: &AnyRow) -> OutboxEntry {
     OutboxEntry {
         seq: r.get(0),
         envelope_id: r.get::<Option<Vec<u8>>, _>(1).unwrap_or_default(),
@@ -233,24 +245,49 @@ fn outbox_entry(r: &sqlx::sqlite::SqliteRow) -> OutboxEntry {
     }
 }
 
+/// Connections of a node's PostgreSQL pool: one writer at a time (the writer lock) and a few
+/// readers; a database server serves many nodes.
+const POSTGRES_CONNECTIONS: u32 = 4;
+
 const RECEIVED_COLUMNS: &str = "grant_id, pseudonym, from_org, purpose, sections, not_before, not_after, live, version, \
      question_set, card, manifest, grant_signed, envelope_id, received_at, status";
 
 impl NodeStore {
-    /// Opens (creating if needed) the database and runs `migrations/node/sqlite`.
+    /// Opens the database at `url` (`sqlite://path`, created if needed, or `postgres://…`, which
+    /// must exist) and brings its schema up to date.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
-        let pool = crate::sqlite_pool::open(url, 8).await?;
+        sqlx::any::install_default_drivers();
+        if crate::sqlite_pool::is_postgres(url) {
+            let pool = AnyPoolOptions::new()
+                .max_connections(POSTGRES_CONNECTIONS)
+                .connect(url)
+                .await?;
+            sqlx::migrate!("../migrations/node/postgres")
+                .run(&pool)
+                .await?;
+            return Ok(NodeStore {
+                pool,
+                begin: "BEGIN",
+                writer: Default::default(),
+            });
+        }
+        let pool = crate::sqlite_pool::open_any(url, 8).await?;
         sqlx::migrate!("../migrations/node/sqlite")
             .run(&pool)
             .await?;
         Ok(NodeStore {
             pool,
+            begin: "BEGIN IMMEDIATE",
             writer: Default::default(),
         })
     }
 
-    /// Starts a write transaction (`BEGIN IMMEDIATE`: the write lock is taken up front, so two
-    /// writers queue instead of failing on upgrade).
+    /// Whether this store is on PostgreSQL.
+    pub fn is_postgres(&self) -> bool {
+        self.begin == "BEGIN"
+    }
+
+    /// Starts a write transaction.
     pub async fn begin(&self) -> Result<Tx, StoreError> {
         // Writers queue on this lock without holding a connection. Queued inside SQLite instead,
         // each would hold one of the pool's connections while it waits; with the pool taken up
@@ -258,7 +295,7 @@ impl NodeStore {
         // operations do) would wait for them, and they for it, until the busy timeout failed
         // them all ("database is locked" after 10 s, seen with 16 concurrent sends).
         let gate = self.writer.clone().lock_owned().await;
-        Ok(Tx(self.pool.begin_with("BEGIN IMMEDIATE").await?, gate))
+        Ok(Tx(self.pool.begin_with(self.begin).await?, gate))
     }
 
     pub async fn directory(&self) -> Result<Option<Vec<u8>>, StoreError> {
@@ -284,11 +321,13 @@ impl NodeStore {
 
     pub async fn save_directory(&self, version: u64, signed: &[u8]) -> Result<(), StoreError> {
         let _writer = self.writer.lock().await;
-        sqlx::query("INSERT OR IGNORE INTO directory (version, signed) VALUES (?, ?)")
-            .bind(version as i64)
-            .bind(signed)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "INSERT INTO directory (version, signed) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        )
+        .bind(version as i64)
+        .bind(signed)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
@@ -305,11 +344,13 @@ impl NodeStore {
     }
 
     pub async fn student_card(&self, pseudonym: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(sqlx::query("SELECT card FROM students WHERE pseudonym = ?")
-            .bind(pseudonym)
-            .fetch_optional(&self.pool)
-            .await?
-            .map(|r| r.get(0)))
+        Ok(
+            sqlx::query("SELECT card FROM students WHERE pseudonym = $1")
+                .bind(pseudonym)
+                .fetch_optional(&self.pool)
+                .await?
+                .map(|r| r.get(0)),
+        )
     }
 
     pub async fn latest_version(
@@ -334,7 +375,7 @@ impl NodeStore {
     ) -> Result<Option<StoredVersion>, StoreError> {
         let row = match version {
             Some(v) => {
-                sqlx::query("SELECT version, question_set, manifest FROM passport_versions WHERE pseudonym = ? AND version = ?")
+                sqlx::query("SELECT version, question_set, manifest FROM passport_versions WHERE pseudonym = $1 AND version = $2")
                     .bind(pseudonym)
                     .bind(v as i64)
                     .fetch_optional(&self.pool)
@@ -342,7 +383,7 @@ impl NodeStore {
             }
             None => {
                 sqlx::query(
-                    "SELECT version, question_set, manifest FROM passport_versions WHERE pseudonym = ? ORDER BY version DESC LIMIT 1",
+                    "SELECT version, question_set, manifest FROM passport_versions WHERE pseudonym = $1 ORDER BY version DESC LIMIT 1",
                 )
                 .bind(pseudonym)
                 .fetch_optional(&self.pool)
@@ -352,7 +393,7 @@ impl NodeStore {
         let Some(row) = row else { return Ok(None) };
         let version: i64 = row.get(0);
         let disclosures = sqlx::query(
-            "SELECT disclosure FROM passport_sections WHERE pseudonym = ? AND version = ? ORDER BY section_id",
+            "SELECT disclosure FROM passport_sections WHERE pseudonym = $1 AND version = $2 ORDER BY section_id",
         )
         .bind(pseudonym)
         .bind(version)
@@ -371,7 +412,7 @@ impl NodeStore {
 
     pub async fn grant(&self, grant_id: &str) -> Result<Option<GrantRow>, StoreError> {
         Ok(sqlx::query(&format!(
-            "SELECT {GRANT_COLUMNS} FROM grants WHERE grant_id = ?"
+            "SELECT {GRANT_COLUMNS} FROM grants WHERE grant_id = $1"
         ))
         .bind(grant_id)
         .fetch_optional(&self.pool)
@@ -383,7 +424,7 @@ impl NodeStore {
     pub async fn grants(&self, pseudonym: Option<&str>) -> Result<Vec<GrantRow>, StoreError> {
         let rows = match pseudonym {
             Some(p) => {
-                sqlx::query(&format!("SELECT {GRANT_COLUMNS} FROM grants WHERE pseudonym = ? ORDER BY created_at, grant_id"))
+                sqlx::query(&format!("SELECT {GRANT_COLUMNS} FROM grants WHERE pseudonym = $1 ORDER BY created_at, grant_id"))
                     .bind(p)
                     .fetch_all(&self.pool)
                     .await?
@@ -400,7 +441,7 @@ impl NodeStore {
     /// Active grants whose time is up.
     pub async fn grants_expired(&self, now: i64) -> Result<Vec<GrantRow>, StoreError> {
         Ok(sqlx::query(&format!(
-            "SELECT {GRANT_COLUMNS} FROM grants WHERE state = 'active' AND not_after <= ?"
+            "SELECT {GRANT_COLUMNS} FROM grants WHERE state = 'active' AND not_after <= $1"
         ))
         .bind(now)
         .fetch_all(&self.pool)
@@ -418,7 +459,7 @@ impl NodeStore {
     /// Rows waiting for their grant to start whose time has come.
     pub async fn due(&self, now: i64) -> Result<Vec<OutboxEntry>, StoreError> {
         Ok(sqlx::query(&format!(
-            "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE state = 'waiting' AND not_before <= ? ORDER BY seq"
+            "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE state = 'waiting' AND not_before <= $1 ORDER BY seq"
         ))
         .bind(now)
         .fetch_all(&self.pool)
@@ -434,7 +475,7 @@ impl NodeStore {
 
     async fn outbox_where(&self, filter: &str, limit: u32) -> Result<Vec<OutboxEntry>, StoreError> {
         Ok(sqlx::query(&format!(
-            "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE {filter} ORDER BY seq LIMIT ?"
+            "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE {filter} ORDER BY seq LIMIT $1"
         ))
         .bind(limit as i64)
         .fetch_all(&self.pool)
@@ -448,7 +489,7 @@ impl NodeStore {
     /// by the hub was put in the outbox.
     pub async fn oldest_due(&self, now: i64) -> Result<Option<i64>, StoreError> {
         Ok(sqlx::query(
-            "SELECT MIN(MAX(created_at, not_before)) FROM outbox WHERE state = 'pending' AND not_before <= ?",
+            "SELECT MIN(CASE WHEN created_at > not_before THEN created_at ELSE not_before END) FROM outbox WHERE state = 'pending' AND not_before <= $1",
         )
         .bind(now)
         .fetch_one(&self.pool)
@@ -474,16 +515,18 @@ impl NodeStore {
     }
 
     pub async fn is_processed(&self, envelope_id: &[u8]) -> Result<bool, StoreError> {
-        Ok(sqlx::query("SELECT 1 FROM processed WHERE envelope_id = ?")
-            .bind(envelope_id)
-            .fetch_optional(&self.pool)
-            .await?
-            .is_some())
+        Ok(
+            sqlx::query("SELECT 1 FROM processed WHERE envelope_id = $1")
+                .bind(envelope_id)
+                .fetch_optional(&self.pool)
+                .await?
+                .is_some(),
+        )
     }
 
     pub async fn peer(&self, org: &str) -> Result<Peer, StoreError> {
         Ok(
-            sqlx::query("SELECT sent_seq, received_seq, requested_seq FROM peers WHERE org = ?")
+            sqlx::query("SELECT sent_seq, received_seq, requested_seq FROM peers WHERE org = $1")
                 .bind(org)
                 .fetch_optional(&self.pool)
                 .await?
@@ -498,7 +541,7 @@ impl NodeStore {
 
     pub async fn held(&self, from_org: &str, seq: u64) -> Result<Option<Held>, StoreError> {
         Ok(sqlx::query(
-            "SELECT from_org, seq, envelope, receipt FROM held WHERE from_org = ? AND seq = ?",
+            "SELECT from_org, seq, envelope, receipt FROM held WHERE from_org = $1 AND seq = $2",
         )
         .bind(from_org)
         .bind(seq as i64)
@@ -531,7 +574,7 @@ impl NodeStore {
 
     /// How many envelopes from `from_org` wait for a gap in its sequence.
     pub async fn held_from(&self, from_org: &str) -> Result<u64, StoreError> {
-        let n: i64 = sqlx::query("SELECT COUNT(*) FROM held WHERE from_org = ?")
+        let n: i64 = sqlx::query("SELECT COUNT(*) FROM held WHERE from_org = $1")
             .bind(from_org)
             .fetch_one(&self.pool)
             .await?
@@ -546,7 +589,7 @@ impl NodeStore {
         pseudonym: &str,
     ) -> Result<Vec<Vec<u8>>, StoreError> {
         Ok(
-            sqlx::query("SELECT card FROM received WHERE from_org = ? AND pseudonym = ?")
+            sqlx::query("SELECT card FROM received WHERE from_org = $1 AND pseudonym = $2")
                 .bind(from_org)
                 .bind(pseudonym)
                 .fetch_all(&self.pool)
@@ -559,7 +602,7 @@ impl NodeStore {
 
     pub async fn received(&self, grant_id: &str) -> Result<Option<Received>, StoreError> {
         let Some(r) = sqlx::query(&format!(
-            "SELECT {RECEIVED_COLUMNS} FROM received WHERE grant_id = ?"
+            "SELECT {RECEIVED_COLUMNS} FROM received WHERE grant_id = $1"
         ))
         .bind(grant_id)
         .fetch_optional(&self.pool)
@@ -568,7 +611,7 @@ impl NodeStore {
             return Ok(None);
         };
         let disclosures = sqlx::query(
-            "SELECT section_id, disclosure FROM received_sections WHERE grant_id = ? ORDER BY section_id",
+            "SELECT section_id, disclosure FROM received_sections WHERE grant_id = $1 ORDER BY section_id",
         )
         .bind(grant_id)
         .fetch_all(&self.pool)
@@ -584,7 +627,7 @@ impl NodeStore {
             sections: sections_list(&r.get::<String, _>(4)),
             not_before: r.get(5),
             not_after: r.get(6),
-            live: r.get(7),
+            live: r.get::<i64, _>(7) != 0,
             version: r.get::<i64, _>(8) as u32,
             question_set: r.get(9),
             card: r.get(10),
@@ -600,7 +643,7 @@ impl NodeStore {
     /// Received grants whose time is up.
     pub async fn received_expired(&self, now: i64) -> Result<Vec<(String, String)>, StoreError> {
         Ok(sqlx::query(
-            "SELECT grant_id, from_org FROM received WHERE not_after <= ? ORDER BY not_after",
+            "SELECT grant_id, from_org FROM received WHERE not_after <= $1 ORDER BY not_after",
         )
         .bind(now)
         .fetch_all(&self.pool)
@@ -612,7 +655,7 @@ impl NodeStore {
 
     pub async fn erased(&self, grant_id: &str) -> Result<Option<Erased>, StoreError> {
         Ok(sqlx::query(
-            "SELECT grant_id, from_org, reason, erased_at, receipt FROM erased WHERE grant_id = ?",
+            "SELECT grant_id, from_org, reason, erased_at, receipt FROM erased WHERE grant_id = $1",
         )
         .bind(grant_id)
         .fetch_optional(&self.pool)
@@ -628,7 +671,7 @@ impl NodeStore {
 
     pub async fn views(&self, grant_id: &str) -> Result<Vec<(String, i64)>, StoreError> {
         Ok(sqlx::query(
-            "SELECT staff_user, viewed_at FROM access_log WHERE grant_id = ? ORDER BY id",
+            "SELECT staff_user, viewed_at FROM access_log WHERE grant_id = $1 ORDER BY id",
         )
         .bind(grant_id)
         .fetch_all(&self.pool)
@@ -648,7 +691,7 @@ impl NodeStore {
     pub async fn trail(&self, pseudonym: &str) -> Result<Vec<TrailRow>, StoreError> {
         Ok(sqlx::query(
             "SELECT pseudonym, grant_id, org, event, at, detail, envelope_id, hub_receipt, evidence
-             FROM trail WHERE pseudonym = ? ORDER BY at, id",
+             FROM trail WHERE pseudonym = $1 ORDER BY at, id",
         )
         .bind(pseudonym)
         .fetch_all(&self.pool)
@@ -722,9 +765,9 @@ impl NodeStore {
         at: i64,
     ) -> Result<(), StoreError> {
         let _writer = self.writer.lock().await;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.pool.begin_with(self.begin).await?;
         sqlx::query(
-            "INSERT INTO log_state (id, size, root, note) VALUES (1, ?, ?, ?)
+            "INSERT INTO log_state (id, size, root, note) VALUES (1, $1, $2, $3)
              ON CONFLICT (id) DO UPDATE SET size = excluded.size, root = excluded.root, note = excluded.note",
         )
         .bind(size as i64)
@@ -733,7 +776,7 @@ impl NodeStore {
         .execute(&mut *tx)
         .await?;
         sqlx::query(
-            "INSERT OR IGNORE INTO log_checkpoints (size, root, note, verified_at) VALUES (?, ?, ?, ?)",
+            "INSERT INTO log_checkpoints (size, root, note, verified_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
         )
         .bind(size as i64)
         .bind(root.as_slice())
@@ -742,7 +785,7 @@ impl NodeStore {
         .execute(&mut *tx)
         .await?;
         sqlx::query(
-            "DELETE FROM log_checkpoints WHERE size < (SELECT size FROM log_checkpoints ORDER BY size DESC LIMIT 1 OFFSET ?)",
+            "DELETE FROM log_checkpoints WHERE size < (SELECT size FROM log_checkpoints ORDER BY size DESC LIMIT 1 OFFSET $1)",
         )
         .bind(CHECKPOINT_HISTORY - 1)
         .execute(&mut *tx)
@@ -779,16 +822,17 @@ impl NodeStore {
         at: i64,
     ) -> Result<(), StoreError> {
         let _writer = self.writer.lock().await;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.pool.begin_with(self.begin).await?;
         sqlx::query(
-            "INSERT INTO log_state (id, size, root, note, alarm) VALUES (1, 0, x'', x'', ?)
-             ON CONFLICT (id) DO UPDATE SET alarm = COALESCE(alarm, excluded.alarm)",
+            "INSERT INTO log_state (id, size, root, note, alarm) VALUES (1, 0, $2, $2, $1)
+             ON CONFLICT (id) DO UPDATE SET alarm = COALESCE(log_state.alarm, excluded.alarm)",
         )
         .bind(reason)
+        .bind(&[] as &[u8])
         .execute(&mut *tx)
         .await?;
         sqlx::query(
-            "INSERT INTO log_evidence (reason, held_note, shown_note, at) VALUES (?, ?, ?, ?)",
+            "INSERT INTO log_evidence (reason, held_note, shown_note, at) VALUES ($1, $2, $3, $4)",
         )
         .bind(reason)
         .bind(held)
@@ -812,7 +856,7 @@ impl NodeStore {
 
     pub async fn peer_checkpoint_checked(&self, id: i64) -> Result<(), StoreError> {
         let _writer = self.writer.lock().await;
-        sqlx::query("UPDATE peer_checkpoints SET checked = 1 WHERE id = ?")
+        sqlx::query("UPDATE peer_checkpoints SET checked = 1 WHERE id = $1")
             .bind(id)
             .execute(&self.pool)
             .await?;
@@ -827,7 +871,7 @@ impl NodeStore {
         at: i64,
     ) -> Result<(), StoreError> {
         let _writer = self.writer.lock().await;
-        sqlx::query("INSERT OR IGNORE INTO log_proofs (envelope_id, log_index, tree_size, proven_at) VALUES (?, ?, ?, ?)")
+        sqlx::query("INSERT INTO log_proofs (envelope_id, log_index, tree_size, proven_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
             .bind(envelope_id)
             .bind(log_index as i64)
             .bind(tree_size as i64)
@@ -839,7 +883,7 @@ impl NodeStore {
 
     pub async fn is_proven(&self, envelope_id: &[u8]) -> Result<bool, StoreError> {
         Ok(
-            sqlx::query("SELECT 1 FROM log_proofs WHERE envelope_id = ?")
+            sqlx::query("SELECT 1 FROM log_proofs WHERE envelope_id = $1")
                 .bind(envelope_id)
                 .fetch_optional(&self.pool)
                 .await?
@@ -897,21 +941,23 @@ impl NodeStore {
         use overstap_proto::sign::{Domain, decode_body};
         use prost::Message;
         let mut out = Vec::new();
+        // $1 is the limit; $2 the one envelope's id, if one was asked for.
         let (filter, only) = match which {
-            Which::One(id) => ("envelope_id = ?", Some(id)),
+            Which::One(id) => ("envelope_id = $2", Some(id)),
             Which::Unproven => (
-                "envelope_id NOT IN (SELECT envelope_id FROM log_proofs) AND ? IS NULL",
+                "envelope_id NOT IN (SELECT envelope_id FROM log_proofs)",
                 None,
             ),
-            Which::All => ("? IS NULL", None),
+            Which::All => ("1 = 1", None),
         };
-        let sent = sqlx::query(&format!(
-            "SELECT envelope, receipt FROM outbox WHERE receipt IS NOT NULL AND {filter} ORDER BY seq LIMIT ?"
-        ))
-        .bind(only)
-        .bind(limit as i64)
-        .fetch_all(&self.pool)
-        .await?;
+        let sent_sql = format!(
+            "SELECT envelope, receipt FROM outbox WHERE receipt IS NOT NULL AND {filter} ORDER BY seq LIMIT $1"
+        );
+        let mut sent = sqlx::query(&sent_sql).bind(limit as i64);
+        if let Some(id) = only {
+            sent = sent.bind(id);
+        }
+        let sent = sent.fetch_all(&self.pool).await?;
         for r in sent {
             let (Ok(env), Ok(receipt)) = (
                 Envelope::decode(r.get::<Vec<u8>, _>(0).as_slice()),
@@ -941,14 +987,15 @@ impl NodeStore {
                 },
             });
         }
-        let received = sqlx::query(&format!(
+        let received_sql = format!(
             "SELECT envelope_id, from_org, kind, body_sha256, receipt FROM processed
-             WHERE receipt IS NOT NULL AND body_sha256 IS NOT NULL AND {filter} ORDER BY processed_at LIMIT ?"
-        ))
-        .bind(only)
-        .bind(limit as i64)
-        .fetch_all(&self.pool)
-        .await?;
+             WHERE receipt IS NOT NULL AND body_sha256 IS NOT NULL AND {filter} ORDER BY processed_at LIMIT $1"
+        );
+        let mut received = sqlx::query(&received_sql).bind(limit as i64);
+        if let Some(id) = only {
+            received = received.bind(id);
+        }
+        let received = received.fetch_all(&self.pool).await?;
         for r in received {
             let Ok(receipt) = Signed::decode(r.get::<Vec<u8>, _>(4).as_slice()) else {
                 continue;
@@ -988,7 +1035,7 @@ impl Tx {
         at: i64,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO students (pseudonym, card, registered_by, created_at) VALUES (?, ?, ?, ?)",
+            "INSERT INTO students (pseudonym, card, registered_by, created_at) VALUES ($1, $2, $3, $4)",
         )
         .bind(pseudonym)
         .bind(card)
@@ -1002,7 +1049,7 @@ impl Tx {
 
     /// Puts a re-issued card in place of the student's current one.
     pub async fn replace_card(&mut self, pseudonym: &str, card: &[u8]) -> Result<(), StoreError> {
-        let done = sqlx::query("UPDATE students SET card = ? WHERE pseudonym = ?")
+        let done = sqlx::query("UPDATE students SET card = $1 WHERE pseudonym = $2")
             .bind(card)
             .bind(pseudonym)
             .execute(&mut *self.0)
@@ -1023,7 +1070,7 @@ impl Tx {
         at: i64,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO passport_versions (pseudonym, version, question_set, manifest, created_at) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO passport_versions (pseudonym, version, question_set, manifest, created_at) VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(pseudonym)
         .bind(version as i64)
@@ -1034,7 +1081,7 @@ impl Tx {
         .await
         .map_err(|e| conflict(e, format!("passport version {version} of {pseudonym}")))?;
         for (id, disclosure) in sections {
-            sqlx::query("INSERT INTO passport_sections (pseudonym, version, section_id, disclosure) VALUES (?, ?, ?, ?)")
+            sqlx::query("INSERT INTO passport_sections (pseudonym, version, section_id, disclosure) VALUES ($1, $2, $3, $4)")
                 .bind(pseudonym)
                 .bind(version as i64)
                 .bind(id)
@@ -1049,7 +1096,7 @@ impl Tx {
         sqlx::query(
             "INSERT INTO grants (grant_id, pseudonym, recipient_org, purpose, sections, not_before, not_after, live,
                                  passport_version, signed, state, created_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         )
         .bind(&g.grant_id)
         .bind(&g.pseudonym)
@@ -1058,7 +1105,7 @@ impl Tx {
         .bind(sections_text(&g.sections))
         .bind(g.not_before)
         .bind(g.not_after)
-        .bind(g.live)
+        .bind(g.live as i64)
         .bind(g.passport_version as i64)
         .bind(&g.signed)
         .bind(&g.state)
@@ -1070,7 +1117,7 @@ impl Tx {
     }
 
     pub async fn set_grant_state(&mut self, grant_id: &str, state: &str) -> Result<(), StoreError> {
-        sqlx::query("UPDATE grants SET state = ? WHERE grant_id = ?")
+        sqlx::query("UPDATE grants SET state = $1 WHERE grant_id = $2")
             .bind(state)
             .bind(grant_id)
             .execute(&mut *self.0)
@@ -1079,7 +1126,7 @@ impl Tx {
     }
 
     pub async fn revoke_grant(&mut self, grant_id: &str, at: i64) -> Result<(), StoreError> {
-        sqlx::query("UPDATE grants SET state = 'revoked', revoked_at = ? WHERE grant_id = ?")
+        sqlx::query("UPDATE grants SET state = 'revoked', revoked_at = $1 WHERE grant_id = $2")
             .bind(at)
             .bind(grant_id)
             .execute(&mut *self.0)
@@ -1093,7 +1140,7 @@ impl Tx {
         receipt: &[u8],
         at: i64,
     ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE grants SET state = 'erased', erased_at = ?, deletion_receipt = ? WHERE grant_id = ?")
+        sqlx::query("UPDATE grants SET state = 'erased', erased_at = $1, deletion_receipt = $2 WHERE grant_id = $3")
             .bind(at)
             .bind(receipt)
             .bind(grant_id)
@@ -1104,7 +1151,8 @@ impl Tx {
 
     pub async fn set_grant_sent(&mut self, grant_id: &str, version: u32) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE grants SET sent_version = MAX(COALESCE(sent_version, 0), ?) WHERE grant_id = ?",
+            "UPDATE grants SET sent_version = CASE WHEN COALESCE(sent_version, 0) > $1 THEN sent_version ELSE $1 END
+             WHERE grant_id = $2",
         )
         .bind(version as i64)
         .bind(grant_id)
@@ -1121,7 +1169,7 @@ impl Tx {
         views: u32,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE grants SET status = CASE WHEN ? = '' THEN status ELSE ? END, status_at = ?, views = views + ? WHERE grant_id = ?",
+            "UPDATE grants SET status = CASE WHEN $1 = '' THEN status ELSE $2 END, status_at = $3, views = views + $4 WHERE grant_id = $5",
         )
         .bind(status)
         .bind(status)
@@ -1136,8 +1184,8 @@ impl Tx {
     /// Reserves the next sequence number for envelopes to `org`.
     pub async fn next_sent_seq(&mut self, org: &str) -> Result<u64, StoreError> {
         let seq: i64 = sqlx::query(
-            "INSERT INTO peers (org, sent_seq) VALUES (?, 1)
-             ON CONFLICT (org) DO UPDATE SET sent_seq = sent_seq + 1 RETURNING sent_seq",
+            "INSERT INTO peers (org, sent_seq) VALUES ($1, 1)
+             ON CONFLICT (org) DO UPDATE SET sent_seq = peers.sent_seq + 1 RETURNING sent_seq",
         )
         .bind(org)
         .fetch_one(&mut *self.0)
@@ -1148,8 +1196,9 @@ impl Tx {
 
     pub async fn set_received_seq(&mut self, org: &str, seq: u64) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO peers (org, received_seq) VALUES (?, ?)
-             ON CONFLICT (org) DO UPDATE SET received_seq = MAX(received_seq, excluded.received_seq)",
+            "INSERT INTO peers (org, received_seq) VALUES ($1, $2)
+             ON CONFLICT (org) DO UPDATE
+             SET received_seq = CASE WHEN excluded.received_seq > peers.received_seq THEN excluded.received_seq ELSE peers.received_seq END",
         )
         .bind(org)
         .bind(seq as i64)
@@ -1160,8 +1209,9 @@ impl Tx {
 
     pub async fn set_requested_seq(&mut self, org: &str, seq: u64) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO peers (org, requested_seq) VALUES (?, ?)
-             ON CONFLICT (org) DO UPDATE SET requested_seq = MAX(requested_seq, excluded.requested_seq)",
+            "INSERT INTO peers (org, requested_seq) VALUES ($1, $2)
+             ON CONFLICT (org) DO UPDATE
+             SET requested_seq = CASE WHEN excluded.requested_seq > peers.requested_seq THEN excluded.requested_seq ELSE peers.requested_seq END",
         )
         .bind(org)
         .bind(seq as i64)
@@ -1173,7 +1223,7 @@ impl Tx {
     pub async fn enqueue(&mut self, row: &OutboxRow) -> Result<i64, StoreError> {
         Ok(sqlx::query(
             "INSERT INTO outbox (envelope_id, to_org, kind, grant_id, payload, envelope, peer_seq, not_before, version, state, created_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING seq",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING seq",
         )
         .bind(&row.envelope_id)
         .bind(&row.to_org)
@@ -1201,8 +1251,8 @@ impl Tx {
         kind: i32,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE outbox SET envelope_id = ?, payload = ?, envelope = ?, kind = ?, state = 'pending', detail = '', receipt = NULL
-             WHERE seq = ?",
+            "UPDATE outbox SET envelope_id = $1, payload = $2, envelope = $3, kind = $4, state = 'pending', detail = '', receipt = NULL
+             WHERE seq = $5",
         )
         .bind(envelope_id)
         .bind(payload)
@@ -1215,7 +1265,7 @@ impl Tx {
     }
 
     pub async fn delete_outbox(&mut self, seq: i64) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM outbox WHERE seq = ?")
+        sqlx::query("DELETE FROM outbox WHERE seq = $1")
             .bind(seq)
             .execute(&mut *self.0)
             .await?;
@@ -1228,7 +1278,7 @@ impl Tx {
         state: &str,
         detail: &str,
     ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE outbox SET state = ?, detail = ? WHERE seq = ?")
+        sqlx::query("UPDATE outbox SET state = $1, detail = $2 WHERE seq = $3")
             .bind(state)
             .bind(detail)
             .bind(seq)
@@ -1249,7 +1299,7 @@ impl Tx {
             .collect::<Vec<_>>()
             .join(",");
         Ok(sqlx::query(&format!(
-            "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE grant_id = ? AND state IN ({list}) ORDER BY seq"
+            "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE grant_id = $1 AND state IN ({list}) ORDER BY seq"
         ))
         .bind(grant_id)
         .fetch_all(&mut *self.0)
@@ -1267,7 +1317,7 @@ impl Tx {
         to: u64,
     ) -> Result<Vec<OutboxEntry>, StoreError> {
         Ok(sqlx::query(&format!(
-            "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE to_org = ? AND peer_seq BETWEEN ? AND ? AND state != 'failed' ORDER BY peer_seq"
+            "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE to_org = $1 AND peer_seq BETWEEN $2 AND $3 AND state != 'failed' ORDER BY peer_seq"
         ))
         .bind(org)
         .bind(from as i64)
@@ -1280,7 +1330,9 @@ impl Tx {
     }
 
     /// Marks a row sent with the hub's receipt, if it still holds the envelope that was pushed
-    /// (it may have been sealed again meanwhile); returns whether it did.
+    /// (it may have been sealed again meanwhile) and its recipient has not refused it already
+    /// (the refusal can come back before the receipts of a round are recorded); returns whether
+    /// it did.
     pub async fn mark_sent(
         &mut self,
         seq: i64,
@@ -1289,8 +1341,8 @@ impl Tx {
         at: i64,
     ) -> Result<bool, StoreError> {
         let n = sqlx::query(
-            "UPDATE outbox SET state = 'sent', receipt = ?, sent_at = ?, attempts = attempts + 1, detail = ''
-             WHERE seq = ? AND envelope_id = ?",
+            "UPDATE outbox SET state = 'sent', receipt = $1, sent_at = $2, attempts = attempts + 1, detail = ''
+             WHERE seq = $3 AND envelope_id = $4 AND state != 'refused'",
         )
         .bind(receipt)
         .bind(at)
@@ -1323,7 +1375,7 @@ impl Tx {
     }
 
     pub async fn set_grant_sent_at(&mut self, grant_id: &str, at: i64) -> Result<(), StoreError> {
-        sqlx::query("UPDATE grants SET sent_at = COALESCE(sent_at, ?) WHERE grant_id = ?")
+        sqlx::query("UPDATE grants SET sent_at = COALESCE(sent_at, $1) WHERE grant_id = $2")
             .bind(at)
             .bind(grant_id)
             .execute(&mut *self.0)
@@ -1340,7 +1392,7 @@ impl Tx {
     ) -> Result<(), StoreError> {
         let state = if give_up { "failed" } else { "pending" };
         sqlx::query(
-            "UPDATE outbox SET state = ?, attempts = attempts + 1, detail = ? WHERE seq = ?",
+            "UPDATE outbox SET state = $1, attempts = attempts + 1, detail = $2 WHERE seq = $3",
         )
         .bind(state)
         .bind(detail)
@@ -1357,7 +1409,7 @@ impl Tx {
         envelope_id: &[u8],
         reason: &str,
     ) -> Result<Option<String>, StoreError> {
-        Ok(sqlx::query("UPDATE outbox SET state = 'refused', detail = ? WHERE envelope_id = ? AND to_org = ? RETURNING grant_id")
+        Ok(sqlx::query("UPDATE outbox SET state = 'refused', detail = $1 WHERE envelope_id = $2 AND to_org = $3 RETURNING grant_id")
             .bind(reason)
             .bind(envelope_id)
             .bind(to_org)
@@ -1369,8 +1421,8 @@ impl Tx {
     /// Marks an envelope processed; false if it already was (then nothing else may change).
     pub async fn insert_processed(&mut self, p: &Processed) -> Result<bool, StoreError> {
         let done = sqlx::query(
-                        "INSERT OR IGNORE INTO processed (envelope_id, from_org, kind, outcome, detail, receipt, body_sha256, processed_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        "INSERT INTO processed (envelope_id, from_org, kind, outcome, detail, receipt, body_sha256, processed_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
         )
         .bind(&p.envelope_id)
         .bind(&p.from_org)
@@ -1395,7 +1447,7 @@ impl Tx {
     ) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO peer_checkpoints (from_org, note, at)
-             SELECT ?, ?, ? WHERE NOT EXISTS (SELECT 1 FROM peer_checkpoints WHERE from_org = ? AND note = ?)",
+             SELECT $1, $2, $3 WHERE NOT EXISTS (SELECT 1 FROM peer_checkpoints WHERE from_org = $4 AND note = $5)",
         )
         .bind(from_org)
         .bind(note)
@@ -1408,7 +1460,7 @@ impl Tx {
     }
 
     pub async fn hold(&mut self, h: &Held, envelope_id: &[u8]) -> Result<(), StoreError> {
-        sqlx::query("INSERT OR IGNORE INTO held (from_org, seq, envelope_id, envelope, receipt) VALUES (?, ?, ?, ?, ?)")
+        sqlx::query("INSERT INTO held (from_org, seq, envelope_id, envelope, receipt) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING")
             .bind(&h.from_org)
             .bind(h.seq as i64)
             .bind(envelope_id)
@@ -1420,7 +1472,7 @@ impl Tx {
     }
 
     pub async fn unhold(&mut self, from_org: &str, seq: u64) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM held WHERE from_org = ? AND seq = ?")
+        sqlx::query("DELETE FROM held WHERE from_org = $1 AND seq = $2")
             .bind(from_org)
             .bind(seq as i64)
             .execute(&mut *self.0)
@@ -1430,12 +1482,12 @@ impl Tx {
 
     /// Stores a received passport, replacing what the same grant brought before.
     pub async fn store_received(&mut self, r: &Received) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM received WHERE grant_id = ?")
+        sqlx::query("DELETE FROM received WHERE grant_id = $1")
             .bind(&r.grant_id)
             .execute(&mut *self.0)
             .await?;
         sqlx::query(&format!(
-            "INSERT INTO received ({RECEIVED_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            "INSERT INTO received ({RECEIVED_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
         ))
         .bind(&r.grant_id)
         .bind(&r.pseudonym)
@@ -1444,7 +1496,7 @@ impl Tx {
         .bind(sections_text(&r.sections))
         .bind(r.not_before)
         .bind(r.not_after)
-        .bind(r.live)
+        .bind(r.live as i64)
         .bind(r.version as i64)
         .bind(&r.question_set)
         .bind(&r.card)
@@ -1457,7 +1509,7 @@ impl Tx {
         .await?;
         for (id, d) in &r.disclosures {
             sqlx::query(
-                "INSERT INTO received_sections (grant_id, section_id, disclosure) VALUES (?, ?, ?)",
+                "INSERT INTO received_sections (grant_id, section_id, disclosure) VALUES ($1, $2, $3)",
             )
             .bind(&r.grant_id)
             .bind(id)
@@ -1471,13 +1523,13 @@ impl Tx {
     /// Erases everything a grant brought (the passport and its sections) and records the
     /// erasure with the receipt this node signed.
     pub async fn erase_received(&mut self, e: &Erased) -> Result<bool, StoreError> {
-        let removed = sqlx::query("DELETE FROM received WHERE grant_id = ?")
+        let removed = sqlx::query("DELETE FROM received WHERE grant_id = $1")
             .bind(&e.grant_id)
             .execute(&mut *self.0)
             .await?
             .rows_affected();
         sqlx::query(
-            "INSERT OR IGNORE INTO erased (grant_id, from_org, reason, erased_at, receipt) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO erased (grant_id, from_org, reason, erased_at, receipt) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
         )
         .bind(&e.grant_id)
         .bind(&e.from_org)
@@ -1494,7 +1546,7 @@ impl Tx {
         grant_id: &str,
         status: &str,
     ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE received SET status = ? WHERE grant_id = ?")
+        sqlx::query("UPDATE received SET status = $1 WHERE grant_id = $2")
             .bind(status)
             .bind(grant_id)
             .execute(&mut *self.0)
@@ -1508,7 +1560,7 @@ impl Tx {
         staff_user: &str,
         at: i64,
     ) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO access_log (grant_id, staff_user, viewed_at) VALUES (?, ?, ?)")
+        sqlx::query("INSERT INTO access_log (grant_id, staff_user, viewed_at) VALUES ($1, $2, $3)")
             .bind(grant_id)
             .bind(staff_user)
             .bind(at)
@@ -1520,7 +1572,7 @@ impl Tx {
     pub async fn add_trail(&mut self, t: &TrailRow) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO trail (pseudonym, grant_id, org, event, at, detail, envelope_id, hub_receipt, evidence)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(&t.pseudonym)
         .bind(&t.grant_id)
@@ -1538,7 +1590,7 @@ impl Tx {
 
     pub async fn grant(&mut self, grant_id: &str) -> Result<Option<GrantRow>, StoreError> {
         Ok(sqlx::query(&format!(
-            "SELECT {GRANT_COLUMNS} FROM grants WHERE grant_id = ?"
+            "SELECT {GRANT_COLUMNS} FROM grants WHERE grant_id = $1"
         ))
         .bind(grant_id)
         .fetch_optional(&mut *self.0)
@@ -1551,7 +1603,7 @@ impl Tx {
         grant_id: &str,
     ) -> Result<Option<(String, String, String, u32)>, StoreError> {
         Ok(sqlx::query(
-            "SELECT status, from_org, pseudonym, version FROM received WHERE grant_id = ?",
+            "SELECT status, from_org, pseudonym, version FROM received WHERE grant_id = $1",
         )
         .bind(grant_id)
         .fetch_optional(&mut *self.0)

@@ -2,8 +2,6 @@
 //! credentials (to act as an honest or a dishonest member would), and looks into the stores.
 #![forbid(unsafe_code)]
 
-use std::path::Path;
-
 use ed25519_dalek::SigningKey;
 use overstap_cli::demo::{GEMEENTE, MBO, OTHER_MBO, SCHOOL, demo_orgs};
 use overstap_cli::passport::{Answers, GrantRequest, draft_from_answers, make_grant, upload_grant};
@@ -129,15 +127,26 @@ pub async fn hub_envelopes_from(region: &Region, org: &str) -> i64 {
     .await
 }
 
-/// Counts rows in one of a node's tables.
-pub async fn node_count(region: &Region, org: &str, table: &str) -> i64 {
-    count(&region.node_dir(org).join("node.db"), table).await
+/// A connection to `org`'s node's database, SQLite or PostgreSQL, for looking (or, as the
+/// node's operator, meddling) behind the node's back.
+pub async fn node_pool(region: &Region, org: &str) -> sqlx::AnyPool {
+    let url = region.node_database_url(org).expect("the node's database");
+    database_pool(&url).await
 }
 
-async fn count(db: &Path, table: &str) -> i64 {
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}?mode=ro", db.display()))
+/// A pool of one connection to the database at `url` (SQLite or PostgreSQL).
+pub async fn database_pool(url: &str) -> sqlx::AnyPool {
+    sqlx::any::install_default_drivers();
+    sqlx::pool::PoolOptions::<sqlx::Any>::new()
+        .max_connections(1)
+        .connect(url)
         .await
-        .expect("open db");
+        .expect("open the database")
+}
+
+/// Counts rows in one of a node's tables.
+pub async fn node_count(region: &Region, org: &str, table: &str) -> i64 {
+    let pool = node_pool(region, org).await;
     let n: i64 = sqlx::query(&format!("SELECT COUNT(*) FROM {table}"))
         .fetch_one(&pool)
         .await
@@ -149,10 +158,7 @@ async fn count(db: &Path, table: &str) -> i64 {
 
 /// Rows of a node's `processed` table: (outcome, detail).
 pub async fn node_processed(region: &Region, org: &str) -> Vec<(String, String)> {
-    let db = region.node_dir(org).join("node.db");
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}?mode=ro", db.display()))
-        .await
-        .expect("open db");
+    let pool = node_pool(region, org).await;
     let rows = sqlx::query("SELECT outcome, detail FROM processed ORDER BY processed_at")
         .fetch_all(&pool)
         .await

@@ -10,11 +10,7 @@ use tokio::sync::mpsc;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
-/// Whether a database URL names PostgreSQL (`postgres://` or `postgresql://`); anything else is
-/// taken as SQLite.
-pub fn is_postgres(url: &str) -> bool {
-    url.starts_with("postgres://") || url.starts_with("postgresql://")
-}
+pub use crate::sqlite_pool::is_postgres;
 
 /// The URL with any password replaced by `***`, for messages and logs.
 pub fn redact(url: &str) -> String {

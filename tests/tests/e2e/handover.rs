@@ -51,12 +51,10 @@ async fn the_demo_story_passes_and_the_hub_holds_no_plaintext() {
     }
     // The log entries themselves, byte for byte as the hub hashes them into its tree and serves
     // them: no pseudonym of any student of the demo, and no answer.
-    let school = sqlx::SqlitePool::connect(&format!(
-        "sqlite://{}?mode=ro",
-        tmp.path().join(SCHOOL).join("node.db").display()
-    ))
-    .await
-    .unwrap();
+    let school = overstap_tests::database_pool(
+        &overstap_cli::region::node_database_url(tmp.path(), SCHOOL).unwrap(),
+    )
+    .await;
     let pseudonyms: Vec<String> = sqlx::query_scalar("SELECT pseudonym FROM students")
         .fetch_all(&school)
         .await
@@ -98,7 +96,9 @@ async fn the_demo_story_passes_and_the_hub_holds_no_plaintext() {
         }
     }
     // And the same texts did arrive at the mbo: the check above can find them where they are.
-    let mbo = demo::hub_bytes(&tmp.path().join(MBO).join("node.db"));
+    let mbo = overstap_cli::region::node_contents(tmp.path(), MBO)
+        .await
+        .unwrap();
     assert!(
         mbo.windows(8).any(|w| w == b"brommers"),
         "the mbo's database should hold Sam's answer"

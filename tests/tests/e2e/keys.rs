@@ -277,11 +277,8 @@ async fn after_a_rotation_the_old_signing_key_is_refused_and_what_was_in_flight_
     // The mbo comes back already holding the new directory (as if it had fetched it before the
     // envelope reached it), so the envelope must be taken as one in flight across the school's
     // rotation, not merely checked against the directory of before.
-    let db = region.node_dir(MBO).join("node.db");
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
-        .await
-        .unwrap();
-    sqlx::query("INSERT INTO directory (version, signed) VALUES (?, ?)")
+    let pool = node_pool(&region, MBO).await;
+    sqlx::query("INSERT INTO directory (version, signed) VALUES ($1, $2)")
         .bind(v as i64)
         .bind(prost::Message::encode_to_vec(
             &region.authority.signed_directory().unwrap(),

@@ -91,8 +91,6 @@ async fn a_revocation_erases_at_the_recipient_and_a_signed_receipt_comes_back() 
     assert!(held_sections(&region, GEMEENTE, &id).await.is_empty());
     assert_eq!(node_count(&region, GEMEENTE, "received").await, 0);
     assert_eq!(node_count(&region, GEMEENTE, "received_sections").await, 0);
-    let node_db = demo::hub_bytes(&region.node_dir(GEMEENTE).join("node.db"));
-    let _ = node_db; // The bytes may linger in free pages until SQLite reuses them; rows are what count.
 
     // The trail shows it, with the recipient's signed receipt and the hub's receipts checked.
     let events = trail_events(&region, &sam.wallet.pseudonym).await;
@@ -176,12 +174,9 @@ async fn stored_grant(
     region: &overstap_cli::region::Region,
     id: &str,
 ) -> overstap_proto::pb::Signed {
-    let db = region.node_dir(SCHOOL).join("node.db");
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}?mode=ro", db.display()))
-        .await
-        .unwrap();
+    let pool = node_pool(region, SCHOOL).await;
     let bytes: Vec<u8> = sqlx::Row::get(
-        &sqlx::query("SELECT signed FROM grants WHERE grant_id = ?")
+        &sqlx::query("SELECT signed FROM grants WHERE grant_id = $1")
             .bind(id)
             .fetch_one(&pool)
             .await
@@ -402,10 +397,7 @@ async fn a_live_grant_follows_new_versions_and_the_old_version_is_erased_there()
             .any(|i| i.grant_id == live && i.status == "ontvangen" && { true })
             && node_count(&region, MBO, "received").await == 1
             && {
-                let db = region.node_dir(MBO).join("node.db");
-                let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}?mode=ro", db.display()))
-                    .await
-                    .unwrap();
+                let pool = node_pool(&region, MBO).await;
                 let v: i64 = sqlx::Row::get(
                     &sqlx::query("SELECT version FROM received")
                         .fetch_one(&pool)

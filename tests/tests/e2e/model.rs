@@ -110,10 +110,7 @@ fn draft(version: u32) -> overstap_cli::passport::Draft {
 
 /// What a recipient holds: grant id → (sections, version).
 async fn holdings(region: &Region, org: &str) -> BTreeMap<String, (Vec<String>, u32)> {
-    let db = region.node_dir(org).join("node.db");
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}?mode=ro", db.display()))
-        .await
-        .unwrap();
+    let pool = overstap_tests::node_pool(region, org).await;
     let rows = sqlx::query(
         "SELECT r.grant_id, r.version, s.section_id FROM received r JOIN received_sections s USING (grant_id) ORDER BY s.section_id",
     )

@@ -22,6 +22,8 @@ struct Region {
     nodes: Vec<(String, Child)>,
     /// The hub's database when it is not the SQLite file in `HUB/` (PostgreSQL).
     hub_database: Option<String>,
+    /// Each node's database when it is not the SQLite file in its folder (PostgreSQL).
+    node_databases: std::collections::BTreeMap<String, String>,
     /// A second hub process over the same database: its address and process.
     replica: Option<(String, Child)>,
 }
@@ -41,11 +43,16 @@ fn admit(auth: &Authority, dir: &Path, org: &str, kind: MemberKind) {
 }
 
 impl Region {
+    /// A region on SQLite, or on PostgreSQL when `OVERSTAP_TEST_POSTGRES` names a server.
     async fn start(dir: &Path) -> Region {
-        Self::start_on(dir, None).await
+        let hub = overstap_cli::region::test_postgres_database("the hub")
+            .await
+            .unwrap();
+        Self::start_on(dir, hub).await
     }
 
-    /// A region whose hub keeps its data in `hub_database` (PostgreSQL), or in SQLite.
+    /// A region whose hub keeps its data in `hub_database` (PostgreSQL), or in SQLite. The
+    /// nodes are on PostgreSQL when `OVERSTAP_TEST_POSTGRES` names a server.
     async fn start_on(dir: &Path, hub_database: Option<String>) -> Region {
         let auth = Authority::init(&dir.join("authority"), "proc").unwrap();
         admit(&auth, dir, "HUB", MemberKind::Hub);
@@ -62,8 +69,17 @@ impl Region {
             hub: None,
             nodes: Vec::new(),
             hub_database,
+            node_databases: Default::default(),
             replica: None,
         };
+        for org in [SCHOOL, MBO] {
+            if let Some(url) = overstap_cli::region::test_postgres_database(org)
+                .await
+                .unwrap()
+            {
+                r.node_databases.insert(org.to_string(), url);
+            }
+        }
         r.start_hub("127.0.0.1:0").await;
         for org in [SCHOOL, MBO] {
             r.start_node(org).await;
@@ -136,12 +152,20 @@ impl Region {
 
     /// The hub's database, SQLite or PostgreSQL, read-only in spirit.
     async fn hub_pool(&self) -> sqlx::AnyPool {
-        sqlx::any::install_default_drivers();
         let url = match &self.hub_database {
             Some(url) => url.clone(),
-            None => format!("sqlite://{}?mode=ro", self.dir.join("HUB/hub.db").display()),
+            None => format!("sqlite://{}", self.dir.join("HUB/hub.db").display()),
         };
-        sqlx::AnyPool::connect(&url).await.unwrap()
+        database_pool(&url).await
+    }
+
+    /// `org`'s node's database, SQLite or PostgreSQL.
+    async fn node_pool(&self, org: &str) -> sqlx::AnyPool {
+        let url = match self.node_databases.get(org) {
+            Some(url) => url.clone(),
+            None => format!("sqlite://{}", self.dir.join(org).join("node.db").display()),
+        };
+        database_pool(&url).await
     }
 
     async fn start_node(&mut self, org: &str) {
@@ -152,7 +176,11 @@ impl Region {
     /// Starts a member's node connected to the hub at `hub` (`host:port`).
     async fn start_node_on(&mut self, org: &str, hub: &str) {
         let _ = std::fs::remove_file(self.dir.join(org).join("api.url"));
-        let child = Command::new(env!("CARGO_BIN_EXE_node-under-test"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_node-under-test"));
+        if let Some(url) = self.node_databases.get(org) {
+            command.env("OVERSTAP_DATABASE_URL", url);
+        }
+        let child = command
             .arg("--config")
             .arg(self.dir.join(org).join("node.toml"))
             .env("OVERSTAP_HUB_URL", format!("https://{hub}"))
@@ -239,23 +267,34 @@ impl Region {
             Err(e) => out.push_str(&format!("hub: {e}\n")),
         }
         hub.close().await;
-        for (path, query) in [
-            (
-                &format!("{SCHOOL}/node.db") as &str,
-                "SELECT 'school outbox by state: ' || COALESCE((SELECT GROUP_CONCAT(state || '=' || n) FROM (SELECT state, COUNT(*) AS n FROM outbox GROUP BY state)), '')",
-            ),
-            (
-                &format!("{MBO}/node.db") as &str,
-                "SELECT 'mbo: received ' || (SELECT COUNT(*) FROM received) || ', held ' || (SELECT COUNT(*) FROM held) || ', processed ' || (SELECT COUNT(*) FROM processed)",
-            ),
-        ] {
-            let pool = self.db(path).await;
-            match sqlx::query(query).fetch_one(&pool).await {
-                Ok(row) => out.push_str(&format!("{}\n", row.get::<String, _>(0))),
-                Err(e) => out.push_str(&format!("{path}: {e}\n")),
+        let school = self.node_pool(SCHOOL).await;
+        match sqlx::query("SELECT state, COUNT(*) FROM outbox GROUP BY state ORDER BY state")
+            .fetch_all(&school)
+            .await
+        {
+            Ok(rows) => {
+                let states: Vec<String> = rows
+                    .iter()
+                    .map(|r| format!("{}={}", r.get::<String, _>(0), r.get::<i64, _>(1)))
+                    .collect();
+                out.push_str(&format!("school outbox by state: {}\n", states.join(", ")));
             }
-            pool.close().await;
+            Err(e) => out.push_str(&format!("school: {e}\n")),
         }
+        school.close().await;
+        let mbo = self.node_pool(MBO).await;
+        let mut counts = Vec::new();
+        for table in ["received", "held", "processed"] {
+            match sqlx::query_scalar::<_, i64>(&format!("SELECT COUNT(*) FROM {table}"))
+                .fetch_one(&mbo)
+                .await
+            {
+                Ok(n) => counts.push(format!("{table} {n}")),
+                Err(e) => counts.push(format!("{table}: {e}")),
+            }
+        }
+        out.push_str(&format!("mbo: {}\n", counts.join(", ")));
+        mbo.close().await;
         for part in ["HUB", "HUB-B", SCHOOL, MBO] {
             let log =
                 std::fs::read_to_string(self.dir.join(format!("{part}.log"))).unwrap_or_default();
@@ -267,15 +306,6 @@ impl Region {
             }
         }
         out
-    }
-
-    async fn db(&self, path: &str) -> sqlx::SqlitePool {
-        sqlx::SqlitePool::connect(&format!(
-            "sqlite://{}?mode=ro",
-            self.dir.join(path).display()
-        ))
-        .await
-        .unwrap()
     }
 }
 
@@ -326,7 +356,7 @@ async fn queue_packages(dir: &Path, n: usize) -> Vec<String> {
 
 /// Every package arrived, exactly once, and nothing is left in flight.
 async fn check_exactly_once(r: &Region, ids: &[String]) {
-    let mbo = r.db(&format!("{MBO}/node.db")).await;
+    let mbo = r.node_pool(MBO).await;
     let stored: Vec<String> = sqlx::query("SELECT detail FROM processed WHERE outcome = 'stored'")
         .fetch_all(&mbo)
         .await
