@@ -1009,9 +1009,23 @@ impl NodeCore {
         stored::<Envelope>(&entry.envelope, "envelope").map(Some)
     }
 
-    /// Records the hub's receipt for a pushed envelope, and the trail event it makes.
-    pub async fn after_sent(&self, entry: &OutboxEntry, receipt: &Signed) -> Result<(), NodeError> {
+    /// Records the hub's receipts for pushed envelopes, and the trail events they make, in one
+    /// transaction.
+    pub async fn after_sent(&self, sent: &[(OutboxEntry, Signed)]) -> Result<(), NodeError> {
         let mut tx = self.store.begin().await?;
+        for (entry, receipt) in sent {
+            self.record_sent_in(&mut tx, entry, receipt).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn record_sent_in(
+        &self,
+        tx: &mut Tx,
+        entry: &OutboxEntry,
+        receipt: &Signed,
+    ) -> Result<(), NodeError> {
         if !tx
             .mark_sent(
                 entry.seq,
@@ -1062,7 +1076,6 @@ impl NodeCore {
                 .await?;
             }
         }
-        tx.commit().await?;
         Ok(())
     }
 

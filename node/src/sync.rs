@@ -1,7 +1,8 @@
 //! The sync engine: one TLS channel to the hub, and four loops.
 //! - directory: fetch the authority-signed directory now and then; install newer versions.
-//! - outbox: push pending envelopes in order; retry with back-off while the hub is away; a
-//!   refusal by the hub is final and recorded with its reason.
+//! - outbox: push pending envelopes, each recipient's in order and the recipients side by side;
+//!   retry with back-off while the hub is away; a refusal by the hub is final and recorded with
+//!   its reason.
 //! - inbox: subscribe to this node's mailbox; ingest each envelope (verify, open, check,
 //!   commit) and only then acknowledge it.
 //! - reaper: erase received passports whose grant ran out, with a deletion receipt.
@@ -10,13 +11,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use overstap_proto::pb::hub_client::HubClient;
-use overstap_proto::pb::{AckRequest, Envelope, GetDirectoryRequest, SubscribeRequest};
+use overstap_proto::pb::{AckRequest, Envelope, GetDirectoryRequest, Signed, SubscribeRequest};
 
 use tokio::sync::watch;
 use tonic::Code;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::core::{NodeCore, NodeError, Outcome};
+use crate::store::OutboxEntry;
 
 /// TLS settings for reaching the hub.
 #[derive(Clone)]
@@ -177,9 +179,40 @@ fn is_final(status: &tonic::Status) -> bool {
     }
 }
 
+/// Envelopes taken from the outbox per round.
+const OUTBOX_ROUND: u32 = 256;
+/// Recipients whose envelopes go out side by side in one round; the rest wait for the next.
+const OUTBOX_PARALLEL: usize = 32;
+
+/// How one recipient's envelopes of a round went.
+#[derive(Default)]
+struct Pushed {
+    /// Accepted by the hub, with its receipt: recorded together when the round ends.
+    sent: Vec<(OutboxEntry, Signed)>,
+    /// Why the rest of this recipient's envelopes wait, if they do.
+    stop: Option<Stop>,
+}
+
+enum Stop {
+    /// This recipient's mailbox at the hub is full: only its envelopes wait.
+    MailboxFull,
+    /// The hub asks this node to wait (it called too often), for this long if it says.
+    HubWait(Option<Duration>),
+    /// The hub is away, a receipt did not verify, or the store failed: back off.
+    Failed,
+}
+
+/// Pushes the outbox. Each round takes the oldest pending envelopes and sends each recipient's
+/// in order, one at a time (nothing to a recipient overtakes what was sealed before it), with
+/// the recipients side by side; then it records every receipt of the round in one transaction.
+/// A cohort pushed to five colleges thus has five envelopes in flight, which the hub commits
+/// together, and the school pays one commit per round rather than one per envelope.
+///
+/// A crash before the receipts are recorded loses nothing: the envelopes are still pending,
+/// are sent again, and the hub answers a duplicate with the receipt it gave the first time.
 async fn outbox_loop(
     core: Arc<NodeCore>,
-    mut client: HubClient<Channel>,
+    client: HubClient<Channel>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut attempt: u32 = 0;
@@ -198,94 +231,60 @@ async fn outbox_loop(
             Ok(None) => {}
             Err(e) => tracing::error!(error = %e, "reading the log state failed"),
         }
-        let pending = match core.store.pending(64).await {
+        let pending = match core.store.pending(OUTBOX_ROUND).await {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!(error = %e, "reading the outbox failed");
                 Vec::new()
             }
         };
-        let mut stalled = false;
-        // Recipients whose mailbox is full this round: their envelopes wait (in order), the
-        // others go on.
-        let mut full: std::collections::HashSet<String> = Default::default();
-        let mut hub_wait: Option<Duration> = None;
-        for entry in &pending {
-            if full.contains(&entry.to_org) {
+        let full_round = pending.len() == OUTBOX_ROUND as usize;
+        // Each recipient's envelopes, in outbox order; recipients in order of their oldest.
+        let mut queues: Vec<Vec<OutboxEntry>> = Vec::new();
+        let mut place: std::collections::HashMap<String, usize> = Default::default();
+        for entry in pending {
+            let i = *place.entry(entry.to_org.clone()).or_insert_with(|| {
+                queues.push(Vec::new());
+                queues.len() - 1
+            });
+            queues[i].push(entry);
+        }
+        let left_out = queues.len() > OUTBOX_PARALLEL;
+        let mut pushes = tokio::task::JoinSet::new();
+        for entries in queues.into_iter().take(OUTBOX_PARALLEL) {
+            pushes.spawn(push_in_order(core.clone(), client.clone(), entries));
+        }
+        let mut sent = Vec::new();
+        let (mut stalled, mut full, mut hub_wait) = (false, false, None);
+        while let Some(pushed) = pushes.join_next().await {
+            let Ok(pushed) = pushed else {
+                stalled = true;
                 continue;
-            }
-            let envelope = match core.envelope_to_push(entry).await {
-                Ok(Some(e)) => e,
-                Ok(None) => continue,
-                Err(e) => {
-                    tracing::error!(error = %e, "preparing an envelope failed");
-                    stalled = true;
-                    break;
-                }
             };
-            let id = envelope_id(&envelope);
-            match client.send(envelope).await {
-                Ok(resp) => {
-                    let receipt = resp.into_inner();
-                    if let Err(e) = core.check_receipt(&receipt, &id) {
-                        tracing::error!(error = %e, "the hub's receipt does not verify");
-                        let _ = core
-                            .push_failed(entry, &format!("receipt refused: {e}"), false)
-                            .await;
-                        stalled = true;
-                        break;
-                    }
-                    attempt = 0;
-                    core.mark_connected(true);
-                    let mut sent = entry.clone();
-                    sent.envelope_id = id;
-                    if let Err(e) = core.after_sent(&sent, &receipt).await {
-                        tracing::error!(error = %e, "recording a receipt failed");
-                        stalled = true;
-                        break;
-                    }
-                    core.metrics.sent(entry.kind);
-                }
-                Err(status)
-                    if is_final(&status)
-                        && !(maybe_directory_lag(status.code()) && entry.attempts < 5) =>
-                {
-                    tracing::warn!(to = %entry.to_org, reason = %status.message(), "the hub refused an envelope");
-                    let detail = format!(
-                        "refused by the hub ({:?}): {}",
-                        status.code(),
-                        status.message()
-                    );
-                    let _ = core.push_failed(entry, &detail, true).await;
-                    core.metrics.refused(entry.kind);
-                }
-                Err(status) if status.code() == Code::ResourceExhausted => {
-                    // The hub asks us to wait: for this recipient only when its mailbox is full,
-                    // for everything when we called too often. It says for how long.
-                    let _ = core
-                        .push_failed(entry, &format!("waiting: {}", status.message()), false)
-                        .await;
-                    let limit = status.metadata().get("overstap-limit");
-                    if limit.is_some_and(|l| l == "mailbox_full") {
-                        full.insert(entry.to_org.clone());
-                        continue;
-                    }
-                    hub_wait = status
-                        .metadata()
-                        .get("retry-after")
-                        .and_then(|v| v.to_str().ok()?.parse().ok())
-                        .map(|s: u64| Duration::from_secs(s.min(300)));
+            sent.extend(pushed.sent);
+            match pushed.stop {
+                None => {}
+                Some(Stop::MailboxFull) => full = true,
+                Some(Stop::HubWait(wait)) => {
                     stalled = true;
-                    break;
+                    hub_wait = hub_wait.max(wait);
                 }
-                Err(status) => {
-                    // Keep the order: nothing behind this envelope goes before it.
-                    core.mark_connected(false);
-                    let _ = core
-                        .push_failed(entry, &format!("will retry: {}", status.message()), false)
-                        .await;
+                Some(Stop::Failed) => stalled = true,
+            }
+        }
+        if !sent.is_empty() {
+            match core.after_sent(&sent).await {
+                Ok(()) => {
+                    for (entry, _) in &sent {
+                        core.metrics.sent(entry.kind);
+                    }
+                    if !stalled {
+                        attempt = 0;
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "recording receipts failed");
                     stalled = true;
-                    break;
                 }
             }
         }
@@ -294,9 +293,10 @@ async fn outbox_loop(
         } else if stalled {
             attempt += 1;
             backoff(attempt)
-        } else if !full.is_empty() {
+        } else if full {
+            // A full mailbox: its recipient's envelopes try again in a second.
             Duration::from_secs(1)
-        } else if pending.len() == 64 {
+        } else if full_round || left_out {
             continue;
         } else {
             Duration::from_secs(1)
@@ -307,6 +307,88 @@ async fn outbox_loop(
             _ = shutdown.changed() => return,
         }
     }
+}
+
+/// Sends one recipient's envelopes in order, each after the hub accepted the one before,
+/// stopping at the first that must wait. A refusal for good is recorded and the next goes on.
+async fn push_in_order(
+    core: Arc<NodeCore>,
+    mut client: HubClient<Channel>,
+    entries: Vec<OutboxEntry>,
+) -> Pushed {
+    let mut out = Pushed::default();
+    for entry in entries {
+        let envelope = match core.envelope_to_push(&entry).await {
+            Ok(Some(e)) => e,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::error!(error = %e, "preparing an envelope failed");
+                out.stop = Some(Stop::Failed);
+                break;
+            }
+        };
+        let id = envelope_id(&envelope);
+        match client.send(envelope).await {
+            Ok(resp) => {
+                let receipt = resp.into_inner();
+                if let Err(e) = core.check_receipt(&receipt, &id) {
+                    tracing::error!(error = %e, "the hub's receipt does not verify");
+                    let _ = core
+                        .push_failed(&entry, &format!("receipt refused: {e}"), false)
+                        .await;
+                    out.stop = Some(Stop::Failed);
+                    break;
+                }
+                core.mark_connected(true);
+                let mut sent = entry;
+                sent.envelope_id = id;
+                out.sent.push((sent, receipt));
+            }
+            Err(status)
+                if is_final(&status)
+                    && !(maybe_directory_lag(status.code()) && entry.attempts < 5) =>
+            {
+                tracing::warn!(to = %entry.to_org, reason = %status.message(), "the hub refused an envelope");
+                let detail = format!(
+                    "refused by the hub ({:?}): {}",
+                    status.code(),
+                    status.message()
+                );
+                let _ = core.push_failed(&entry, &detail, true).await;
+                core.metrics.refused(entry.kind);
+            }
+            Err(status) if status.code() == Code::ResourceExhausted => {
+                // The hub asks us to wait: for this recipient only when its mailbox is full,
+                // for everything when we called too often. It says for how long.
+                let _ = core
+                    .push_failed(&entry, &format!("waiting: {}", status.message()), false)
+                    .await;
+                let limit = status.metadata().get("overstap-limit");
+                out.stop = Some(if limit.is_some_and(|l| l == "mailbox_full") {
+                    Stop::MailboxFull
+                } else {
+                    Stop::HubWait(
+                        status
+                            .metadata()
+                            .get("retry-after")
+                            .and_then(|v| v.to_str().ok()?.parse().ok())
+                            .map(|s: u64| Duration::from_secs(s.min(300))),
+                    )
+                });
+                break;
+            }
+            Err(status) => {
+                // Keep the order: nothing behind this envelope goes before it.
+                core.mark_connected(false);
+                let _ = core
+                    .push_failed(&entry, &format!("will retry: {}", status.message()), false)
+                    .await;
+                out.stop = Some(Stop::Failed);
+                break;
+            }
+        }
+    }
+    out
 }
 
 /// Watches the hub's log: every `interval`, fetch the newest checkpoint, check its signature
