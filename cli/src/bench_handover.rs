@@ -17,7 +17,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
-use overstap_proto::pb::{MemberKind, SendPassportRequest};
+use overstap_proto::pb::{MemberKind, NodeStatusRequest, SendPassportRequest};
 use serde::Serialize;
 use sqlx::AnyPool;
 
@@ -81,9 +81,52 @@ async fn stored(pools: &[AnyPool]) -> anyhow::Result<usize> {
     Ok(total)
 }
 
+/// A node's database, read-only where the engine allows it (SQLite).
+async fn read_only(region: &Region, org: &str) -> anyhow::Result<AnyPool> {
+    sqlx::any::install_default_drivers();
+    let url = region.node_database_url(org)?;
+    let url = if overstap_hub::store::is_postgres(&url) {
+        url
+    } else {
+        format!("{url}?mode=ro")
+    };
+    Ok(AnyPool::connect(&url).await?)
+}
+
+/// Waits until no node has anything left to send and the school has stopped taking in answers
+/// (the same count for three looks, 100 ms apart).
+async fn settle(region: &Region, school: &AnyPool) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (mut last, mut same) = (None, 0);
+    loop {
+        let mut pending = 0;
+        for id in std::iter::once(SCHOOL).chain(MBOS) {
+            let s = region.api(id).await?.status(NodeStatusRequest {}).await?;
+            pending += s.into_inner().outbox_pending;
+        }
+        let taken_in: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM processed")
+            .fetch_one(school)
+            .await?;
+        if pending == 0 && last == Some(taken_in) {
+            same += 1;
+            if same == 3 {
+                return Ok(());
+            }
+        } else {
+            same = 0;
+        }
+        last = Some(taken_in);
+        if Instant::now() > deadline {
+            bail!("after 2 minutes the region still has {pending} envelopes to send");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 pub async fn handover_bench(
     cohort: usize,
     samples: usize,
+    rate: Option<f64>,
     out: &mut dyn Write,
 ) -> anyhow::Result<HandoverBench> {
     let tmp = tempfile::tempdir()?;
@@ -107,17 +150,11 @@ pub async fn handover_bench(
         "  ready after {:.1} s",
         started.elapsed().as_secs_f64()
     )?;
-    sqlx::any::install_default_drivers();
     let mut pools = Vec::new();
     for id in MBOS {
-        let url = region.node_database_url(id)?;
-        let url = if overstap_hub::store::is_postgres(&url) {
-            url
-        } else {
-            format!("{url}?mode=ro")
-        };
-        pools.push(AnyPool::connect(&url).await?);
+        pools.push(read_only(&region, id).await?);
     }
+    let school = read_only(&region, SCHOOL).await?;
 
     // The cohort push.
     writeln!(out, "Sending {cohort} passports, 16 at a time...")?;
@@ -156,46 +193,86 @@ pub async fn handover_bench(
          ({cohort_per_s:.0}/s)"
     )?;
 
-    // Latency at half that rate.
-    let rate = cohort_per_s / 2.0;
+    // The cohort's answers (each mbo's status back to the school) are still under way; the
+    // single handovers are timed once the region is quiet again.
+    writeln!(out, "Waiting for the cohort's answers to settle...")?;
+    settle(&region, &school).await?;
+
+    // Latency at half that rate, or at the rate asked for.
+    let (rate, which) = match rate {
+        Some(r) => (r, "as asked"),
+        None => (cohort_per_s / 2.0, "half the cohort rate"),
+    };
     let gap = Duration::from_secs_f64(1.0 / rate);
     writeln!(
         out,
-        "Timing {samples} handovers one by one at {rate:.0}/s (half the cohort rate)..."
+        "Timing {samples} handovers one by one at {rate:.0}/s ({which})..."
     )?;
+    // One watcher looks for every handover under way, at each mbo that has one, once a
+    // millisecond: a watcher per handover would load the machine more the slower handovers get.
+    let (started_tx, mut started_rx) =
+        tokio::sync::mpsc::unbounded_channel::<(String, usize, Instant)>();
+    let watch_pools = pools.clone();
+    let watcher = tokio::spawn(async move {
+        let mut under_way: Vec<Vec<(String, Instant)>> = vec![Vec::new(); watch_pools.len()];
+        let mut ms = Vec::new();
+        let mut open = true;
+        loop {
+            while let Ok((grant_id, mbo, start)) = started_rx.try_recv() {
+                under_way[mbo].push((grant_id, start));
+            }
+            if started_rx.is_closed() && started_rx.is_empty() {
+                open = false;
+            }
+            for (mbo, waiting) in under_way.iter_mut().enumerate() {
+                if waiting.is_empty() {
+                    continue;
+                }
+                let list = waiting
+                    .iter()
+                    .map(|(g, _)| format!("'{}'", g.replace('\'', "''")))
+                    .collect::<Vec<_>>()
+                    .join(",");
+                let arrived: Vec<String> = sqlx::query_scalar(&format!(
+                    "SELECT grant_id FROM received WHERE grant_id IN ({list})"
+                ))
+                .fetch_all(&watch_pools[mbo])
+                .await?;
+                let now = Instant::now();
+                waiting.retain(|(g, start)| {
+                    if arrived.contains(g) {
+                        ms.push(now.duration_since(*start).as_secs_f64() * 1e3);
+                        false
+                    } else {
+                        true
+                    }
+                });
+                if let Some((g, start)) = waiting.first()
+                    && start.elapsed() > Duration::from_secs(60)
+                {
+                    bail!("{g} did not arrive within a minute");
+                }
+            }
+            if !open && under_way.iter().all(Vec::is_empty) {
+                return Ok::<_, anyhow::Error>(ms);
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    });
     let mut api = region.api(SCHOOL).await?;
-    let mut timing = tokio::task::JoinSet::new();
     let mut next = Instant::now();
     for (grant_id, mbo) in later {
         tokio::time::sleep_until(next.into()).await;
         next += gap;
-        let pool = pools[mbo].clone();
         let start = Instant::now();
         api.send_passport(SendPassportRequest {
             grant_id: grant_id.clone(),
         })
         .await?;
-        timing.spawn(async move {
-            loop {
-                let found: Option<i64> =
-                    sqlx::query_scalar("SELECT 1 FROM received WHERE grant_id = $1")
-                        .bind(&grant_id)
-                        .fetch_optional(&pool)
-                        .await?;
-                if found.is_some() {
-                    return Ok::<_, anyhow::Error>(start.elapsed().as_secs_f64() * 1e3);
-                }
-                if start.elapsed() > Duration::from_secs(60) {
-                    bail!("{grant_id} did not arrive within a minute");
-                }
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-        });
+        started_tx.send((grant_id, mbo, start))?;
     }
-    let mut ms = Vec::with_capacity(samples);
-    while let Some(t) = timing.join_next().await {
-        ms.push(t??);
-    }
+    drop(started_tx);
+    let mut ms = watcher.await??;
     ms.sort_by(|a, b| a.total_cmp(b));
     let pick = |q: f64| ms[((ms.len() as f64 * q).ceil() as usize).clamp(1, ms.len()) - 1];
     let (p50, p99, max) = (pick(0.50), pick(0.99), pick(1.0));
@@ -206,6 +283,7 @@ pub async fn handover_bench(
     for p in pools {
         p.close().await;
     }
+    school.close().await;
     region.shutdown().await?;
     Ok(HandoverBench {
         cohort,

@@ -418,6 +418,10 @@ pub enum BenchCmd {
         /// Handovers timed one by one afterwards.
         #[arg(long, default_value_t = 300)]
         samples: usize,
+        /// Handovers per second while they are timed (default: half the cohort's rate), to
+        /// compare latencies at one load across runs.
+        #[arg(long)]
+        rate: Option<f64>,
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
@@ -943,11 +947,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(BenchCmd::Handover {
             cohort,
             samples,
+            rate,
             format,
         }) => {
+            if rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+                anyhow::bail!("--rate must be a number of handovers per second above 0");
+            }
             let b = crate::bench_handover::handover_bench(
                 cohort.max(1),
                 samples.max(1),
+                rate,
                 &mut std::io::stderr(),
             )
             .await?;
