@@ -17,7 +17,9 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
-use overstap_proto::pb::{MemberKind, NodeStatusRequest, SendPassportRequest};
+use overstap_proto::pb::{
+    MemberKind, NodeStatusRequest, SendPassportRequest, SendPassportsRequest,
+};
 use serde::Serialize;
 use sqlx::AnyPool;
 
@@ -157,21 +159,22 @@ pub async fn handover_bench(
     let school = read_only(&region, SCHOOL).await?;
 
     // The cohort push.
-    writeln!(out, "Sending {cohort} passports, 16 at a time...")?;
+    writeln!(
+        out,
+        "Sending {cohort} passports in one call (as `overstap send` does for a class)..."
+    )?;
     let started = Instant::now();
-    let mut sending = tokio::task::JoinSet::new();
-    for chunk in grants.chunks(cohort.div_ceil(16).max(1)) {
-        let mut api = region.api(SCHOOL).await?;
-        let chunk: Vec<String> = chunk.iter().map(|(g, _)| g.clone()).collect();
-        sending.spawn(async move {
-            for grant_id in chunk {
-                api.send_passport(SendPassportRequest { grant_id }).await?;
-            }
-            Ok::<_, tonic::Status>(())
-        });
-    }
-    while let Some(done) = sending.join_next().await {
-        done??;
+    let results = region
+        .api(SCHOOL)
+        .await?
+        .send_passports(SendPassportsRequest {
+            grant_ids: grants.iter().map(|(g, _)| g.clone()).collect(),
+        })
+        .await?
+        .into_inner()
+        .results;
+    if let Some(failed) = results.iter().find(|r| !r.error.is_empty()) {
+        bail!("{} was not sent: {}", failed.grant_id, failed.error);
     }
     let sent = started.elapsed().as_secs_f64();
     let deadline = Instant::now() + Duration::from_secs(600);

@@ -9,7 +9,7 @@ use overstap_proto::directory::{kind_name, parse_kind};
 use overstap_proto::pb::{
     GetStudentRequest, HandoversRequest, InboxRequest, LogStatusRequest, Manifest,
     NodeStatusRequest, OutboxRequest, RegisterStudentRequest, ReplaceStudentKeyRequest,
-    SendPassportRequest, SetStatusRequest, ShowPassportRequest, TrailRequest,
+    SendPassportRequest, SendPassportsRequest, SetStatusRequest, ShowPassportRequest, TrailRequest,
 };
 use overstap_proto::sign::{Domain, decode_body};
 
@@ -82,10 +82,11 @@ pub enum Command {
     /// Consent: who may read which sections, for what, until when.
     #[command(subcommand)]
     Consent(ConsentCmd),
-    /// Push a student's passport under a grant (at transition time).
+    /// Push a student's passport under a grant (at transition time); name --grant once for each
+    /// student of a class to push them all in one go.
     Send {
-        #[arg(long)]
-        grant: String,
+        #[arg(long, required = true)]
+        grant: Vec<String>,
         #[command(flatten)]
         node: NodeOpts,
     },
@@ -1065,26 +1066,46 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("Status of {grant} is now \"{set}\"; the school will hear of it.");
             Ok(())
         }
-        Command::Send { grant, node } => {
+        Command::Send { mut grant, node } => {
             let mut api = node.api().await?;
-            let r = api
-                .send_passport(SendPassportRequest { grant_id: grant })
+            if grant.len() == 1 {
+                let grant_id = grant.remove(0);
+                let r = api
+                    .send_passport(SendPassportRequest { grant_id })
+                    .await
+                    .map_err(explain)?
+                    .into_inner();
+                println!("{}", sent_line(&r, true));
+                return Ok(());
+            }
+            let results = api
+                .send_passports(SendPassportsRequest { grant_ids: grant })
                 .await
                 .map_err(explain)?
-                .into_inner();
-            if r.waits_until > 0 {
-                println!(
-                    "The consent starts on {}; the package for {} waits in the outbox until then.",
-                    overstap_proto::format_time(r.waits_until),
-                    r.to_org
-                );
-            } else {
-                println!(
-                    "Sealed for {} and queued (envelope {}); the node pushes it to the hub. See `overstap outbox`.",
-                    r.to_org,
-                    hex::encode(&r.envelope_id)
+                .into_inner()
+                .results;
+            let mut failed = 0;
+            for r in &results {
+                match &r.sent {
+                    Some(sent) if r.error.is_empty() => {
+                        println!("{}: {}", r.grant_id, sent_line(sent, false))
+                    }
+                    _ => {
+                        failed += 1;
+                        println!("{}: not sent: {}", r.grant_id, r.error);
+                    }
+                }
+            }
+            if failed > 0 {
+                bail!(
+                    "{failed} of {} passports were not sent; the reasons are above. The others are on their way.",
+                    results.len()
                 );
             }
+            println!(
+                "All {} passports are sealed and queued. See `overstap outbox`.",
+                results.len()
+            );
             Ok(())
         }
         Command::Inbox {
@@ -1346,5 +1367,27 @@ async fn authority(cmd: AuthorityCmd) -> anyhow::Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+/// What became of one passport sent, for people.
+fn sent_line(r: &overstap_proto::pb::SendPassportResponse, hint: bool) -> String {
+    if r.waits_until > 0 {
+        format!(
+            "The consent starts on {}; the package for {} waits in the outbox until then.",
+            overstap_proto::format_time(r.waits_until),
+            r.to_org
+        )
+    } else {
+        format!(
+            "Sealed for {} and queued (envelope {}){}",
+            r.to_org,
+            hex::encode(&r.envelope_id),
+            if hint {
+                "; the node pushes it to the hub. See `overstap outbox`."
+            } else {
+                "."
+            }
+        )
     }
 }

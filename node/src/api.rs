@@ -13,15 +13,16 @@ use overstap_proto::pb::{
     NodeStatusResponse, OutboxItem, OutboxRequest, OutboxResponse, RegisterStudentRequest,
     RegisterStudentResponse, ReplaceStudentKeyRequest, ReplaceStudentKeyResponse,
     RevokeGrantRequest, RevokeGrantResponse, SendPassportRequest, SendPassportResponse,
-    SetStatusRequest, SetStatusResponse, ShowPassportRequest, ShowPassportResponse, Signed,
-    StorePassportRequest, StorePassportResponse, TrailEvent, TrailRequest, TrailResponse,
+    SendPassportResult, SendPassportsRequest, SendPassportsResponse, SetStatusRequest,
+    SetStatusResponse, ShowPassportRequest, ShowPassportResponse, Signed, StorePassportRequest,
+    StorePassportResponse, TrailEvent, TrailRequest, TrailResponse,
 };
 use overstap_proto::pb::{ProveEnvelopeRequest, ProveEnvelopeResponse};
 use prost::Message;
 use rand_core::RngCore;
 use tonic::{Request, Response, Status};
 
-use crate::core::{NodeCore, NodeError, stored};
+use crate::core::{MAX_SEND_PASSPORTS, NodeCore, NodeError, stored};
 use crate::store::{Received, StoreError};
 
 impl From<NodeError> for Status {
@@ -216,6 +217,51 @@ impl Node for NodeApi {
             envelope_id,
             to_org,
             waits_until,
+        }))
+    }
+
+    async fn send_passports(
+        &self,
+        request: Request<SendPassportsRequest>,
+    ) -> Result<Response<SendPassportsResponse>, Status> {
+        let grant_ids = request.into_inner().grant_ids;
+        if grant_ids.is_empty() {
+            return Err(Status::invalid_argument("name at least one grant to send"));
+        }
+        if grant_ids.len() > MAX_SEND_PASSPORTS {
+            return Err(Status::invalid_argument(format!(
+                "at most {MAX_SEND_PASSPORTS} grants in one call; {} were named",
+                grant_ids.len()
+            )));
+        }
+        let mut seen = std::collections::HashSet::new();
+        if let Some(twice) = grant_ids.iter().find(|g| !seen.insert(g.as_str())) {
+            return Err(Status::invalid_argument(format!(
+                "grant {twice} is named twice; name each grant once"
+            )));
+        }
+        let results = self.core.send_passports(&grant_ids).await;
+        Ok(Response::new(SendPassportsResponse {
+            results: grant_ids
+                .into_iter()
+                .zip(results)
+                .map(|(grant_id, r)| match r {
+                    Ok((envelope_id, to_org, waits_until)) => SendPassportResult {
+                        grant_id,
+                        sent: Some(SendPassportResponse {
+                            envelope_id,
+                            to_org,
+                            waits_until,
+                        }),
+                        error: String::new(),
+                    },
+                    Err(e) => SendPassportResult {
+                        grant_id,
+                        sent: None,
+                        error: e.to_string(),
+                    },
+                })
+                .collect(),
         }))
     }
 

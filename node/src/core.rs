@@ -155,6 +155,17 @@ pub struct NodeCore {
 /// The default for `max_held_per_sender`: far more than an honest sender has in flight.
 pub const DEFAULT_MAX_HELD_PER_SENDER: u64 = 1_000;
 
+/// Grants [`NodeCore::send_passports`] seals in one transaction: a class costs a few commits,
+/// and other writers (receipts, answers coming in) wait at most one batch.
+pub const SEND_BATCH: usize = 100;
+
+/// Grants one `SendPassports` call may name.
+pub const MAX_SEND_PASSPORTS: usize = 10_000;
+
+/// A passport sent: the envelope id (empty while it waits for the grant's start), the
+/// recipient, and when it will leave if it waits (0 if not).
+pub type Sent = (Vec<u8>, String, i64);
+
 fn random_bytes<const N: usize>() -> [u8; N] {
     let mut b = [0u8; N];
     rand_core::OsRng.fill_bytes(&mut b);
@@ -820,6 +831,17 @@ impl NodeCore {
         version: u32,
     ) -> Result<Sealed, NodeError> {
         let payload = self.package_payload(g, version).await?;
+        self.seal_package_in(tx, g, version, payload).await
+    }
+
+    /// Seals a package's payload for the grant's recipient, and notes the version sent.
+    async fn seal_package_in(
+        &self,
+        tx: &mut Tx,
+        g: &GrantRow,
+        version: u32,
+        payload: Payload,
+    ) -> Result<Sealed, NodeError> {
         let sealed = self
             .seal_in(
                 tx,
@@ -837,7 +859,38 @@ impl NodeCore {
     /// Seals the consented sections for the grant's recipient and puts the envelope in the
     /// outbox; a grant that is not in force yet waits there until it is. Returns the envelope
     /// id (empty while waiting), the recipient and the time it waits for (0 if it does not).
-    pub async fn send_passport(&self, grant_id: &str) -> Result<(Vec<u8>, String, i64), NodeError> {
+    pub async fn send_passport(&self, grant_id: &str) -> Result<Sent, NodeError> {
+        let prepared = self.prepare_send(grant_id).await;
+        self.send_prepared(vec![prepared])
+            .await?
+            .pop()
+            .unwrap_or_else(|| Err(NodeError::NotFound(format!("no grant {grant_id}"))))
+    }
+
+    /// [`NodeCore::send_passport`] for many grants: up to [`SEND_BATCH`] sealed in one
+    /// transaction, so a class costs a few commits rather than one per student. Each grant gets
+    /// its result, in order; a batch the store failed gives each of its grants that error.
+    pub async fn send_passports(&self, grant_ids: &[String]) -> Vec<Result<Sent, NodeError>> {
+        let mut out = Vec::with_capacity(grant_ids.len());
+        for chunk in grant_ids.chunks(SEND_BATCH) {
+            let mut prepared = Vec::with_capacity(chunk.len());
+            for id in chunk {
+                prepared.push(self.prepare_send(id).await);
+            }
+            match self.send_prepared(prepared).await {
+                Ok(results) => out.extend(results),
+                Err(e) => out.extend(chunk.iter().map(|_| {
+                    Err(NodeError::Precondition(format!(
+                        "not sent: storing its batch failed ({e})"
+                    )))
+                })),
+            }
+        }
+        out
+    }
+
+    /// A grant to send and the passport version it goes with, read before the writer lock.
+    async fn prepare_send(&self, grant_id: &str) -> Result<(GrantRow, u32), NodeError> {
         let g = self.store.grant(grant_id).await?.ok_or_else(|| {
             NodeError::NotFound(format!("no grant {grant_id} at {}", self.org_id))
         })?;
@@ -850,30 +903,62 @@ impl NodeCore {
         } else {
             g.passport_version
         };
-        if g.state == "active" && grant_time_of(&g, self.now()) == GrantTime::NotYetValid {
-            let mut tx = self.store.begin().await?;
-            tx.enqueue(&OutboxRow {
-                envelope_id: None,
-                to_org: g.recipient_org.clone(),
-                kind: EnvelopeKind::Package as i32,
-                grant_id: Some(g.grant_id.clone()),
-                payload: None,
-                envelope: None,
-                peer_seq: None,
-                not_before: g.not_before,
-                version: Some(version),
-                state: "waiting",
-                created_at: self.now(),
-            })
-            .await?;
-            tx.commit().await?;
-            return Ok((Vec::new(), g.recipient_org, g.not_before));
-        }
+        Ok((g, version))
+    }
+
+    /// Seals (or, for a grant not in force yet, queues) each prepared grant in one transaction.
+    /// A grant that cannot go gets its error before anything of it is written; an error of the
+    /// store fails the whole transaction.
+    async fn send_prepared(
+        &self,
+        prepared: Vec<Result<(GrantRow, u32), NodeError>>,
+    ) -> Result<Vec<Result<Sent, NodeError>>, NodeError> {
+        let mut out = Vec::with_capacity(prepared.len());
         let mut tx = self.store.begin().await?;
-        let sealed = self.send_package_in(&mut tx, &g, version).await?;
+        let mut sealed_any = false;
+        for p in prepared {
+            let (g, version) = match p {
+                Ok(p) => p,
+                Err(e) => {
+                    out.push(Err(e));
+                    continue;
+                }
+            };
+            if g.state == "active" && grant_time_of(&g, self.now()) == GrantTime::NotYetValid {
+                tx.enqueue(&OutboxRow {
+                    envelope_id: None,
+                    to_org: g.recipient_org.clone(),
+                    kind: EnvelopeKind::Package as i32,
+                    grant_id: Some(g.grant_id.clone()),
+                    payload: None,
+                    envelope: None,
+                    peer_seq: None,
+                    not_before: g.not_before,
+                    version: Some(version),
+                    state: "waiting",
+                    created_at: self.now(),
+                })
+                .await?;
+                out.push(Ok((Vec::new(), g.recipient_org, g.not_before)));
+                continue;
+            }
+            // Everything that can refuse a grant comes before its first write.
+            let payload = match self.package_payload(&g, version).await {
+                Ok(p) => p,
+                Err(e) => {
+                    out.push(Err(e));
+                    continue;
+                }
+            };
+            let sealed = self.seal_package_in(&mut tx, &g, version, payload).await?;
+            sealed_any = true;
+            out.push(Ok((sealed.envelope_id, g.recipient_org, 0)));
+        }
         tx.commit().await?;
-        self.outbox_wake.notify_one();
-        Ok((sealed.envelope_id, g.recipient_org, 0))
+        if sealed_any {
+            self.outbox_wake.notify_one();
+        }
+        Ok(out)
     }
 
     /// Revokes a grant on the student's signed word: packages not yet out are withdrawn and a

@@ -273,3 +273,99 @@ async fn a_class_sent_at_once_is_answered_and_arrives() {
     .await;
     region.shutdown().await.unwrap();
 }
+
+/// A mentor pushes a whole class in one call (`SendPassports`, `overstap send --grant … --grant
+/// …`): more than one transaction's worth, with a grant id that does not exist in the middle.
+/// Every other passport is sealed and arrives, the unknown one gets its own error in its place,
+/// and a call that names a grant twice, or none, is refused before anything is sealed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_class_pushed_in_one_call_arrives_and_a_bad_grant_holds_up_no_other() {
+    let (_tmp, region) = region().await;
+    let class = overstap_node::core::SEND_BATCH + 2;
+    let mut grant_ids = Vec::new();
+    for _ in 0..class {
+        let s = student(&region, &birth_month(17), None).await;
+        grant_ids.push(
+            grant(
+                &region,
+                &s.wallet,
+                &grant_request(MBO, &["wie-ben-ik"], "intake", 30),
+                None,
+            )
+            .await,
+        );
+    }
+    let mut api = region.api(SCHOOL).await.unwrap();
+    use overstap_proto::pb::SendPassportsRequest;
+    for (ids, says) in [
+        (vec![], "name at least one grant"),
+        (
+            vec![
+                grant_ids[0].clone(),
+                grant_ids[1].clone(),
+                grant_ids[0].clone(),
+            ],
+            "is named twice",
+        ),
+    ] {
+        let refused = api
+            .send_passports(SendPassportsRequest { grant_ids: ids })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+        assert!(refused.message().contains(says), "{}", refused.message());
+    }
+    assert_eq!(
+        node_count(&region, SCHOOL, "outbox").await,
+        0,
+        "nothing sealed"
+    );
+
+    let mut asked = grant_ids.clone();
+    asked.insert(50, "g-nobody-gave-this".into());
+    let results = api
+        .send_passports(SendPassportsRequest {
+            grant_ids: asked.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert_eq!(
+        results
+            .iter()
+            .map(|r| r.grant_id.clone())
+            .collect::<Vec<_>>(),
+        asked,
+        "one result per grant, in the order asked"
+    );
+    for r in &results {
+        if r.grant_id == "g-nobody-gave-this" {
+            assert!(r.sent.is_none());
+            assert!(
+                r.error.contains("no grant g-nobody-gave-this"),
+                "{}",
+                r.error
+            );
+        } else {
+            assert!(r.error.is_empty(), "{}: {}", r.grant_id, r.error);
+            let sent = r.sent.as_ref().unwrap();
+            assert_eq!(sent.to_org, MBO);
+            assert_eq!(sent.envelope_id.len(), 16);
+        }
+    }
+    eventually("the mbo holds the whole class", || async {
+        node_count(&region, MBO, "received").await == class as i64
+    })
+    .await;
+    let pool = node_pool(&region, MBO).await;
+    let mut arrived: Vec<String> = sqlx::query_scalar("SELECT grant_id FROM received")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    arrived.sort();
+    grant_ids.sort();
+    assert_eq!(arrived, grant_ids);
+    region.shutdown().await.unwrap();
+}
