@@ -22,6 +22,8 @@ pub struct Settings {
     /// The name in the hub's TLS certificate.
     #[serde(default = "default_hub_name")]
     pub hub_name: String,
+    /// `sqlite://path` (relative to the settings file) or `postgres://…`, a database of this
+    /// node's own.
     #[serde(default = "default_database_url")]
     pub database_url: String,
     #[serde(default = "d_ca")]

@@ -103,10 +103,20 @@ fn every_manifest_parses_and_names_what_exists() {
     let services = compose["services"].as_hash().expect("services");
     let mut hubs = 0;
     let mut nodes = 0;
+    let mut on_postgres = Vec::new();
     for (name, svc) in services {
         let name = name.as_str().unwrap();
         if name == "postgres" {
             assert!(svc["image"].as_str().unwrap().starts_with("postgres"));
+            for volume in strings(&svc["volumes"]) {
+                if let Some(local) = volume.strip_prefix("./") {
+                    let local = local.split(':').next().unwrap();
+                    assert!(
+                        deploy().join(local).exists(),
+                        "postgres mounts ./{local}, which is not in deploy/"
+                    );
+                }
+            }
             continue;
         }
         let command = strings(&svc["command"]);
@@ -128,12 +138,34 @@ fn every_manifest_parses_and_names_what_exists() {
             "overstap-node" => {
                 nodes += 1;
                 check_env(&svc["environment"], &node_settings, name);
+                // A node on PostgreSQL names a database that postgres-init/ makes for it alone.
+                let url = svc["environment"]["OVERSTAP_DATABASE_URL"]
+                    .as_str()
+                    .unwrap_or_default();
+                if url.starts_with("postgres://") {
+                    let database = url.rsplit('/').next().unwrap();
+                    assert_ne!(database, "overstap", "{name} shares the hubs' database");
+                    let init = std::fs::read_to_string(
+                        deploy().join("postgres-init/01-node-databases.sql"),
+                    )
+                    .unwrap();
+                    assert!(
+                        init.contains(&format!("CREATE DATABASE {database} ")),
+                        "{name} uses database {database}, which postgres-init/ does not make"
+                    );
+                    on_postgres.push(name.to_string());
+                }
                 assert_eq!(test[1..4], ["overstap", "health", "node"]);
             }
             other => panic!("{name} runs {other}"),
         }
     }
     assert_eq!((hubs, nodes), (2, 3), "two hub replicas and three nodes");
+    assert_eq!(
+        on_postgres,
+        ["node-gm0193"],
+        "the municipality's node on PostgreSQL"
+    );
 
     // Kubernetes: the Deployment runs our binary with probes our CLI takes, on the port the
     // Service targets, with every file the ConfigMap's hub.toml names mounted from the Secret.
