@@ -239,19 +239,7 @@ async fn the_hub_answers_the_grpc_health_check_over_mtls() {
 #[tokio::test]
 async fn a_class_sent_at_once_is_answered_and_arrives() {
     let (_tmp, region) = region().await;
-    let mut grants = Vec::new();
-    for _ in 0..32 {
-        let s = student(&region, &birth_month(17), None).await;
-        grants.push(
-            grant(
-                &region,
-                &s.wallet,
-                &grant_request(MBO, &["wie-ben-ik"], "intake", 30),
-                None,
-            )
-            .await,
-        );
-    }
+    let grants = class_with_consents(&region, 32).await;
     let mut sending = tokio::task::JoinSet::new();
     for pair in grants.chunks(2) {
         let mut api = region.api(SCHOOL).await.unwrap();
@@ -282,19 +270,7 @@ async fn a_class_sent_at_once_is_answered_and_arrives() {
 async fn a_class_pushed_in_one_call_arrives_and_a_bad_grant_holds_up_no_other() {
     let (_tmp, region) = region().await;
     let class = overstap_node::core::SEND_BATCH + 2;
-    let mut grant_ids = Vec::new();
-    for _ in 0..class {
-        let s = student(&region, &birth_month(17), None).await;
-        grant_ids.push(
-            grant(
-                &region,
-                &s.wallet,
-                &grant_request(MBO, &["wie-ben-ik"], "intake", 30),
-                None,
-            )
-            .await,
-        );
-    }
+    let mut grant_ids = class_with_consents(&region, class).await;
     let mut api = region.api(SCHOOL).await.unwrap();
     use overstap_proto::pb::SendPassportsRequest;
     for (ids, says) in [
@@ -368,4 +344,23 @@ async fn a_class_pushed_in_one_call_arrives_and_a_bad_grant_holds_up_no_other() 
     grant_ids.sort();
     assert_eq!(arrived, grant_ids);
     region.shutdown().await.unwrap();
+}
+
+/// `n` students of 17 at the school, each with a passport and a consent for the mbo: their
+/// grant ids.
+async fn class_with_consents(region: &overstap_cli::region::Region, n: usize) -> Vec<String> {
+    let mut grants = Vec::with_capacity(n);
+    for _ in 0..n {
+        let s = student(region, &birth_month(17), None).await;
+        grants.push(
+            grant(
+                region,
+                &s.wallet,
+                &grant_request(MBO, &["wie-ben-ik"], "intake", 30),
+                None,
+            )
+            .await,
+        );
+    }
+    grants
 }
