@@ -59,6 +59,20 @@ pub async fn open(url: &str, connections: u32) -> Result<SqlitePool, sqlx::Error
 const ANY_SETTINGS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
                             PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;";
 
+/// The URL with any password replaced by `***`, for messages and logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
 /// [`open`] for sqlx's `Any` driver: the file is created and switched to WAL (which lasts) by a
 /// pool of one connection first; every connection of the `Any` pool then sets the per-connection
 /// settings itself, and gets the same check when it is handed back.

@@ -84,7 +84,12 @@ pub async fn run_with_clock(
 ) -> anyhow::Result<()> {
     let store = NodeStore::open(&config.database_url)
         .await
-        .with_context(|| format!("opening node database {}", config.database_url))?;
+        .with_context(|| {
+            format!(
+                "opening node database {}",
+                sqlite_pool::redact(&config.database_url)
+            )
+        })?;
     let mut core = NodeCore::new(
         config.org_id.clone(),
         config.signing_key.clone(),

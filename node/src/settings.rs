@@ -286,7 +286,10 @@ impl std::fmt::Debug for NodeConfig {
         f.debug_struct("NodeConfig")
             .field("org_id", &self.org_id)
             .field("hub_url", &self.hub_url)
-            .field("database_url", &self.database_url)
+            .field(
+                "database_url",
+                &crate::sqlite_pool::redact(&self.database_url),
+            )
             .field("secrets", &"<hidden>")
             .finish()
     }

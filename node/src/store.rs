@@ -451,9 +451,40 @@ impl NodeStore {
         .collect())
     }
 
-    /// Pending envelopes, oldest first.
-    pub async fn pending(&self, limit: u32) -> Result<Vec<OutboxEntry>, StoreError> {
-        self.outbox_where("state = 'pending'", limit).await
+    /// Pending envelopes for one round of the outbox, oldest first: at most `per_recipient` to
+    /// any one recipient (so a recipient with a long queue leaves room for the others), `limit`
+    /// in all, none to the recipients in `paused`.
+    pub async fn pending(
+        &self,
+        limit: u32,
+        per_recipient: u32,
+        paused: &[String],
+    ) -> Result<Vec<OutboxEntry>, StoreError> {
+        // $1 the limit, $2 the share of one recipient, $3… the paused recipients.
+        let not_paused = if paused.is_empty() {
+            String::new()
+        } else {
+            let list: Vec<String> = (0..paused.len()).map(|i| format!("${}", i + 3)).collect();
+            format!(" AND to_org NOT IN ({})", list.join(", "))
+        };
+        let sql = format!(
+            "SELECT {OUTBOX_COLUMNS} FROM (
+                 SELECT *, ROW_NUMBER() OVER (PARTITION BY to_org ORDER BY seq) AS place
+                 FROM outbox WHERE state = 'pending'{not_paused}
+             ) AS queued WHERE place <= $2 ORDER BY seq LIMIT $1"
+        );
+        let mut query = sqlx::query(&sql)
+            .bind(limit as i64)
+            .bind(per_recipient as i64);
+        for org in paused {
+            query = query.bind(org);
+        }
+        Ok(query
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(outbox_entry)
+            .collect())
     }
 
     /// Rows waiting for their grant to start whose time has come.
@@ -1025,6 +1056,29 @@ impl NodeStore {
 impl Tx {
     pub async fn commit(self) -> Result<(), StoreError> {
         Ok(self.0.commit().await?)
+    }
+
+    /// Marks a point inside this transaction to go back to, so that one item of a batch can
+    /// fail alone; end it with [`Tx::release_savepoint`] or [`Tx::rollback_to_savepoint`].
+    pub async fn savepoint(&mut self) -> Result<(), StoreError> {
+        sqlx::query("SAVEPOINT item").execute(&mut *self.0).await?;
+        Ok(())
+    }
+
+    /// Keeps what was written since [`Tx::savepoint`].
+    pub async fn release_savepoint(&mut self) -> Result<(), StoreError> {
+        sqlx::query("RELEASE SAVEPOINT item")
+            .execute(&mut *self.0)
+            .await?;
+        Ok(())
+    }
+
+    /// Undoes what was written since [`Tx::savepoint`] (on PostgreSQL, also after an error).
+    pub async fn rollback_to_savepoint(&mut self) -> Result<(), StoreError> {
+        sqlx::query("ROLLBACK TO SAVEPOINT item")
+            .execute(&mut *self.0)
+            .await?;
+        self.release_savepoint().await
     }
 
     pub async fn insert_student(

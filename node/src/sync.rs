@@ -181,14 +181,18 @@ fn is_final(status: &tonic::Status) -> bool {
 
 /// Envelopes taken from the outbox per round.
 const OUTBOX_ROUND: u32 = 256;
+/// Envelopes to one recipient per round, so that one long queue leaves room for the others.
+const OUTBOX_PER_RECIPIENT: u32 = 32;
 /// Recipients whose envelopes go out side by side in one round; the rest wait for the next.
 const OUTBOX_PARALLEL: usize = 32;
+/// How long a recipient whose mailbox at the hub is full is left out of the rounds.
+const MAILBOX_FULL_PAUSE: Duration = Duration::from_secs(1);
 
 /// How one recipient's envelopes of a round went.
 #[derive(Default)]
 struct Pushed {
-    /// Accepted by the hub, with its receipt: recorded together when the round ends.
-    sent: Vec<(OutboxEntry, Signed)>,
+    /// Accepted by the hub (and recorded, unless `stop` says the store failed).
+    sent: usize,
     /// Why the rest of this recipient's envelopes wait, if they do.
     stop: Option<Stop>,
 }
@@ -202,11 +206,14 @@ enum Stop {
     Failed,
 }
 
-/// Pushes the outbox. Each round takes the oldest pending envelopes and sends each recipient's
-/// in order, one at a time (nothing to a recipient overtakes what was sealed before it), with
-/// the recipients side by side; then it records every receipt of the round in one transaction.
-/// A cohort pushed to five colleges thus has five envelopes in flight, which the hub commits
-/// together, and the school pays one commit per round rather than one per envelope.
+/// Pushes the outbox. Each round takes the oldest pending envelopes (at most
+/// `OUTBOX_PER_RECIPIENT` to one recipient) and sends each recipient's in order, one at a time
+/// (nothing to a recipient overtakes what was sealed before it), with the recipients side by
+/// side; each recipient's receipts are recorded in one transaction when its envelopes of the
+/// round are out. A cohort pushed to five colleges thus has five envelopes in flight, which the
+/// hub commits together, and the school pays a commit per recipient per round rather than one
+/// per envelope. A recipient whose mailbox is full sits out the rounds for a second; the others
+/// go on.
 ///
 /// A crash before the receipts are recorded loses nothing: the envelopes are still pending,
 /// are sent again, and the hub answers a duplicate with the receipt it gave the first time.
@@ -216,7 +223,12 @@ async fn outbox_loop(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut attempt: u32 = 0;
+    // Recipients whose mailbox was full, and until when they sit out.
+    let mut paused: std::collections::HashMap<String, tokio::time::Instant> = Default::default();
     loop {
+        if *shutdown.borrow() {
+            return;
+        }
         if let Err(e) = core.seal_due().await {
             tracing::error!(error = %e, "sealing waiting packages failed");
         }
@@ -231,14 +243,22 @@ async fn outbox_loop(
             Ok(None) => {}
             Err(e) => tracing::error!(error = %e, "reading the log state failed"),
         }
-        let pending = match core.store.pending(OUTBOX_ROUND).await {
+        let now = tokio::time::Instant::now();
+        paused.retain(|_, until| *until > now);
+        let left_out: Vec<String> = paused.keys().cloned().collect();
+        let pending = match core
+            .store
+            .pending(OUTBOX_ROUND, OUTBOX_PER_RECIPIENT, &left_out)
+            .await
+        {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!(error = %e, "reading the outbox failed");
                 Vec::new()
             }
         };
-        let full_round = pending.len() == OUTBOX_ROUND as usize;
+        // A full round, or a recipient's full share: there may be more right away.
+        let mut more = pending.len() == OUTBOX_ROUND as usize;
         // Each recipient's envelopes, in outbox order; recipients in order of their oldest.
         let mut queues: Vec<Vec<OutboxEntry>> = Vec::new();
         let mut place: std::collections::HashMap<String, usize> = Default::default();
@@ -249,22 +269,34 @@ async fn outbox_loop(
             });
             queues[i].push(entry);
         }
-        let left_out = queues.len() > OUTBOX_PARALLEL;
+        more |= queues.len() > OUTBOX_PARALLEL
+            || queues
+                .iter()
+                .any(|q| q.len() == OUTBOX_PER_RECIPIENT as usize);
+        // Set by the first push the hub turns away as a whole (too many calls, or gone): the
+        // others stop before their next envelope rather than be turned away too.
+        let halt = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut pushes = tokio::task::JoinSet::new();
         for entries in queues.into_iter().take(OUTBOX_PARALLEL) {
-            pushes.spawn(push_in_order(core.clone(), client.clone(), entries));
+            pushes.spawn(push_in_order(
+                core.clone(),
+                client.clone(),
+                entries,
+                halt.clone(),
+            ));
         }
-        let mut sent = Vec::new();
-        let (mut stalled, mut full, mut hub_wait) = (false, false, None);
+        let (mut stalled, mut hub_wait, mut sent) = (false, None, 0);
         while let Some(pushed) = pushes.join_next().await {
-            let Ok(pushed) = pushed else {
+            let Ok((to_org, pushed)) = pushed else {
                 stalled = true;
                 continue;
             };
-            sent.extend(pushed.sent);
+            sent += pushed.sent;
             match pushed.stop {
                 None => {}
-                Some(Stop::MailboxFull) => full = true,
+                Some(Stop::MailboxFull) => {
+                    paused.insert(to_org, tokio::time::Instant::now() + MAILBOX_FULL_PAUSE);
+                }
                 Some(Stop::HubWait(wait)) => {
                     stalled = true;
                     hub_wait = hub_wait.max(wait);
@@ -272,32 +304,20 @@ async fn outbox_loop(
                 Some(Stop::Failed) => stalled = true,
             }
         }
-        if !sent.is_empty() {
-            match core.after_sent(&sent).await {
-                Ok(()) => {
-                    for (entry, _) in &sent {
-                        core.metrics.sent(entry.kind);
-                    }
-                    if !stalled {
-                        attempt = 0;
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "recording receipts failed");
-                    stalled = true;
-                }
-            }
+        if sent > 0 && !stalled {
+            attempt = 0;
         }
         let wait = if let Some(w) = hub_wait {
             w
         } else if stalled {
             attempt += 1;
             backoff(attempt)
-        } else if full {
-            // A full mailbox: its recipient's envelopes try again in a second.
-            Duration::from_secs(1)
-        } else if full_round || left_out {
+        } else if more {
             continue;
+        } else if let Some(until) = paused.values().min() {
+            // Only recipients with a full mailbox have envelopes left: look again when the
+            // first of them may take more.
+            until.saturating_duration_since(tokio::time::Instant::now())
         } else {
             Duration::from_secs(1)
         };
@@ -310,14 +330,25 @@ async fn outbox_loop(
 }
 
 /// Sends one recipient's envelopes in order, each after the hub accepted the one before,
-/// stopping at the first that must wait. A refusal for good is recorded and the next goes on.
+/// stopping at the first that must wait, then records their receipts in one transaction. A
+/// refusal for good is recorded and the next goes on. Returns the recipient and how it went.
 async fn push_in_order(
     core: Arc<NodeCore>,
     mut client: HubClient<Channel>,
     entries: Vec<OutboxEntry>,
-) -> Pushed {
+    halt: Arc<std::sync::atomic::AtomicBool>,
+) -> (String, Pushed) {
+    use std::sync::atomic::Ordering;
+    let to_org = entries
+        .first()
+        .map(|e| e.to_org.clone())
+        .unwrap_or_default();
     let mut out = Pushed::default();
+    let mut sent: Vec<(OutboxEntry, Signed)> = Vec::new();
     for entry in entries {
+        if halt.load(Ordering::Relaxed) {
+            break;
+        }
         let envelope = match core.envelope_to_push(&entry).await {
             Ok(Some(e)) => e,
             Ok(None) => continue,
@@ -340,9 +371,9 @@ async fn push_in_order(
                     break;
                 }
                 core.mark_connected(true);
-                let mut sent = entry;
-                sent.envelope_id = id;
-                out.sent.push((sent, receipt));
+                let mut entry = entry;
+                entry.envelope_id = id;
+                sent.push((entry, receipt));
             }
             Err(status)
                 if is_final(&status)
@@ -367,6 +398,7 @@ async fn push_in_order(
                 out.stop = Some(if limit.is_some_and(|l| l == "mailbox_full") {
                     Stop::MailboxFull
                 } else {
+                    halt.store(true, Ordering::Relaxed);
                     Stop::HubWait(
                         status
                             .metadata()
@@ -379,6 +411,7 @@ async fn push_in_order(
             }
             Err(status) => {
                 // Keep the order: nothing behind this envelope goes before it.
+                halt.store(true, Ordering::Relaxed);
                 core.mark_connected(false);
                 let _ = core
                     .push_failed(&entry, &format!("will retry: {}", status.message()), false)
@@ -388,7 +421,21 @@ async fn push_in_order(
             }
         }
     }
-    out
+    if !sent.is_empty() {
+        match core.after_sent(&sent).await {
+            Ok(()) => {
+                for (entry, _) in &sent {
+                    core.metrics.sent(entry.kind);
+                }
+                out.sent = sent.len();
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "recording receipts failed");
+                out.stop = Some(Stop::Failed);
+            }
+        }
+    }
+    (to_org, out)
 }
 
 /// Watches the hub's log: every `interval`, fetch the newest checkpoint, check its signature

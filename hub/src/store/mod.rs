@@ -10,21 +10,7 @@ use tokio::sync::mpsc;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
-pub use crate::sqlite_pool::is_postgres;
-
-/// The URL with any password replaced by `***`, for messages and logs.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            match userinfo.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
-}
+pub use crate::sqlite_pool::{is_postgres, redact};
 
 /// A stored 32-byte hash, or an error if the row holds anything else.
 pub(crate) fn hash32(bytes: Vec<u8>) -> Result<[u8; 32], StoreError> {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use overstap_proto::pb::{
     InboxRequest, NodeStatusRequest, SendPassportRequest, ShowPassportRequest,
 };
-use overstap_tests::demo::{self, MBO, SCHOOL, birth_month};
+use overstap_tests::demo::{self, GEMEENTE, MBO, SCHOOL, birth_month};
 use overstap_tests::*;
 
 #[tokio::test]
@@ -263,14 +263,35 @@ async fn a_class_sent_at_once_is_answered_and_arrives() {
 }
 
 /// A mentor pushes a whole class in one call (`SendPassports`, `overstap send --grant … --grant
-/// …`): more than one transaction's worth, with a grant id that does not exist in the middle.
-/// Every other passport is sealed and arrives, the unknown one gets its own error in its place,
-/// and a call that names a grant twice, or none, is refused before anything is sealed.
+/// …`): more than one transaction's worth, with a grant id that does not exist in the middle and
+/// a grant to a member that has left the region (found only while sealing, inside the batch's
+/// transaction). Every other passport is sealed and arrives, each bad one gets its own error in
+/// its place and leaves nothing behind, and a call that names a grant twice, or none, is
+/// refused before anything is sealed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_class_pushed_in_one_call_arrives_and_a_bad_grant_holds_up_no_other() {
     let (_tmp, region) = region().await;
     let class = overstap_node::core::SEND_BATCH + 2;
     let mut grant_ids = class_with_consents(&region, class).await;
+    let leaver = student(&region, &birth_month(17), None).await;
+    let to_removed = grant(
+        &region,
+        &leaver.wallet,
+        &grant_request(GEMEENTE, &["wie-ben-ik"], "begeleiding", 30),
+        None,
+    )
+    .await;
+    region.authority.remove(GEMEENTE).unwrap();
+    let v = region.publish_directory().await.unwrap();
+    region
+        .wait_for(
+            SCHOOL,
+            Duration::from_secs(20),
+            "the school fetching the directory without the municipality",
+            |s| s.directory_version == v,
+        )
+        .await
+        .unwrap();
     let mut api = region.api(SCHOOL).await.unwrap();
     use overstap_proto::pb::SendPassportsRequest;
     for (ids, says) in [
@@ -299,6 +320,7 @@ async fn a_class_pushed_in_one_call_arrives_and_a_bad_grant_holds_up_no_other() 
 
     let mut asked = grant_ids.clone();
     asked.insert(50, "g-nobody-gave-this".into());
+    asked.insert(20, to_removed.clone());
     let results = api
         .send_passports(SendPassportsRequest {
             grant_ids: asked.clone(),
@@ -323,6 +345,9 @@ async fn a_class_pushed_in_one_call_arrives_and_a_bad_grant_holds_up_no_other() 
                 "{}",
                 r.error
             );
+        } else if r.grant_id == to_removed {
+            assert!(r.sent.is_none());
+            assert!(r.error.contains("unknown member GM0193"), "{}", r.error);
         } else {
             assert!(r.error.is_empty(), "{}: {}", r.grant_id, r.error);
             let sent = r.sent.as_ref().unwrap();
@@ -334,6 +359,17 @@ async fn a_class_pushed_in_one_call_arrives_and_a_bad_grant_holds_up_no_other() 
         node_count(&region, MBO, "received").await == class as i64
     })
     .await;
+    // Nothing of the grant to the municipality was kept: no row, no sequence number used.
+    let school = node_pool(&region, SCHOOL).await;
+    for (sql, expected) in [
+        ("SELECT COUNT(*) FROM outbox WHERE to_org = 'GM0193'", 0),
+        ("SELECT COUNT(*) FROM peers WHERE org = 'GM0193'", 0),
+        ("SELECT COUNT(*) FROM outbox", class as i64),
+    ] {
+        let n: i64 = sqlx::query_scalar(sql).fetch_one(&school).await.unwrap();
+        assert_eq!(n, expected, "{sql}");
+    }
+    school.close().await;
     let pool = node_pool(&region, MBO).await;
     let mut arrived: Vec<String> = sqlx::query_scalar("SELECT grant_id FROM received")
         .fetch_all(&pool)
