@@ -27,7 +27,7 @@ use crate::demo::SAM_ANSWERS;
 use crate::passport::{
     Answers, GrantRequest, draft_from_answers, make_grant, sign_passport, upload_grant,
 };
-use crate::region::{Org, Region};
+use crate::region::{Org, Region, database_pool};
 
 #[derive(Debug, Serialize)]
 pub struct HandoverBench {
@@ -81,18 +81,6 @@ async fn stored(pools: &[AnyPool]) -> anyhow::Result<usize> {
         total += n as usize;
     }
     Ok(total)
-}
-
-/// A node's database, read-only where the engine allows it (SQLite).
-async fn read_only(region: &Region, org: &str) -> anyhow::Result<AnyPool> {
-    sqlx::any::install_default_drivers();
-    let url = region.node_database_url(org)?;
-    let url = if overstap_hub::store::is_postgres(&url) {
-        url
-    } else {
-        format!("{url}?mode=ro")
-    };
-    Ok(AnyPool::connect(&url).await?)
 }
 
 /// Waits until no node has anything left to send and the school has stopped taking in answers
@@ -154,9 +142,9 @@ pub async fn handover_bench(
     )?;
     let mut pools = Vec::new();
     for id in MBOS {
-        pools.push(read_only(&region, id).await?);
+        pools.push(database_pool(&region.node_database_url(id)?).await?);
     }
-    let school = read_only(&region, SCHOOL).await?;
+    let school = database_pool(&region.node_database_url(SCHOOL)?).await?;
 
     // The cohort push.
     writeln!(

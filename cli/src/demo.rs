@@ -2,7 +2,7 @@
 //! step by step. Every step is checked; the demo fails (non-zero exit) if any check fails.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -205,18 +205,6 @@ async fn handovers(api: &mut Api) -> Vec<overstap_proto::pb::Handover> {
         .await
         .map(|r| r.into_inner().handovers)
         .unwrap_or_default()
-}
-
-/// Reads every file of a SQLite database (main file and write-ahead log).
-pub fn hub_bytes(db: &Path) -> Vec<u8> {
-    let mut all = Vec::new();
-    for suffix in ["", "-wal", "-shm"] {
-        let p = PathBuf::from(format!("{}{suffix}", db.display()));
-        if let Ok(b) = std::fs::read(&p) {
-            all.extend(b);
-        }
-    }
-    all
 }
 
 fn contains(hay: &[u8], needle: &str) -> bool {

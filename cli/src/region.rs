@@ -108,13 +108,34 @@ pub async fn node_contents(dir: &Path, org: &str) -> anyhow::Result<Vec<u8>> {
     database_contents(&node_database_url(dir, org)?).await
 }
 
+/// Reads every file of a SQLite database (main file and write-ahead log).
+fn sqlite_file_bytes(db: &Path) -> Vec<u8> {
+    let mut all = Vec::new();
+    for suffix in ["", "-wal", "-shm"] {
+        if let Ok(b) = std::fs::read(format!("{}{suffix}", db.display())) {
+            all.extend(b);
+        }
+    }
+    all
+}
+
+/// A pool of one connection to the database at `url`, SQLite or PostgreSQL, for looking
+/// behind a hub's or a node's back (tests and load runs).
+pub async fn database_pool(url: &str) -> anyhow::Result<sqlx::AnyPool> {
+    sqlx::any::install_default_drivers();
+    Ok(sqlx::pool::PoolOptions::<sqlx::Any>::new()
+        .max_connections(1)
+        .connect(url)
+        .await?)
+}
+
 /// Every byte a database keeps: a SQLite file with its write-ahead log, or every row of every
 /// table of a PostgreSQL database (binary columns as they are stored, text as UTF-8).
 pub async fn database_contents(url: &str) -> anyhow::Result<Vec<u8>> {
     if !overstap_hub::store::is_postgres(url) {
         let path = url.trim_start_matches("sqlite://");
         let path = path.split('?').next().unwrap_or(path);
-        return Ok(crate::demo::hub_bytes(Path::new(path)));
+        return Ok(sqlite_file_bytes(Path::new(path)));
     }
     use sqlx::Row;
     let pool = sqlx::PgPool::connect(url).await?;
@@ -520,6 +541,21 @@ impl Region {
             .await?
             .into_inner()
             .version)
+    }
+
+    /// [`Region::publish_directory`], then waits until each of `orgs` has installed it.
+    pub async fn publish_directory_to(&self, orgs: &[&str]) -> anyhow::Result<u64> {
+        let v = self.publish_directory().await?;
+        for org in orgs {
+            self.wait_for(
+                org,
+                Duration::from_secs(20),
+                &format!("installing directory version {v}"),
+                |s| s.directory_version == v,
+            )
+            .await?;
+        }
+        Ok(v)
     }
 
     /// Admits a new member while the region runs, publishes the directory, starts its node.

@@ -54,10 +54,14 @@ pub async fn open(url: &str, connections: u32) -> Result<SqlitePool, sqlx::Error
         .await
 }
 
-/// What [`open`] sets, as statements for a connection of the `Any` driver (the busy timeout is
-/// [`BUSY_TIMEOUT`]).
-const ANY_SETTINGS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
-                            PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;";
+/// What [`open`] sets, as statements for a connection of the `Any` driver.
+static ANY_SETTINGS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; \
+         PRAGMA busy_timeout = {};",
+        BUSY_TIMEOUT.as_millis()
+    )
+});
 
 /// The URL with any password replaced by `***`, for messages and logs.
 pub fn redact(url: &str) -> String {
@@ -92,7 +96,7 @@ pub async fn open_any(url: &str, connections: u32) -> Result<AnyPool, sqlx::Erro
         // The future of `execute` is boxed already: built out here, it keeps the compiler from
         // having to prove an `async` block over `&mut AnyConnection` is `Send` for every
         // lifetime, which it cannot.
-        let settings = sqlx::Executor::execute(conn, ANY_SETTINGS);
+        let settings = sqlx::Executor::execute(conn, ANY_SETTINGS.as_str());
         Box::pin(async move { settings.await.map(|_| ()) })
     })
     .after_release(|conn, _meta| Box::pin(still_usable(conn)))

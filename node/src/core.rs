@@ -832,17 +832,6 @@ impl NodeCore {
         version: u32,
     ) -> Result<Sealed, NodeError> {
         let payload = self.package_payload(g, version).await?;
-        self.seal_package_in(tx, g, version, payload).await
-    }
-
-    /// Seals a package's payload for the grant's recipient, and notes the version sent.
-    async fn seal_package_in(
-        &self,
-        tx: &mut Tx,
-        g: &GrantRow,
-        version: u32,
-        payload: Payload,
-    ) -> Result<Sealed, NodeError> {
         let sealed = self
             .seal_in(
                 tx,
@@ -861,8 +850,7 @@ impl NodeCore {
     /// outbox; a grant that is not in force yet waits there until it is. Returns the envelope
     /// id (empty while waiting), the recipient and the time it waits for (0 if it does not).
     pub async fn send_passport(&self, grant_id: &str) -> Result<Sent, NodeError> {
-        let prepared = self.prepare_send(grant_id).await;
-        self.send_prepared(vec![prepared])
+        self.send_in_one_transaction(std::slice::from_ref(&grant_id.to_string()))
             .await?
             .pop()
             .unwrap_or_else(|| Err(NodeError::NotFound(format!("no grant {grant_id}"))))
@@ -874,11 +862,7 @@ impl NodeCore {
     pub async fn send_passports(&self, grant_ids: &[String]) -> Vec<Result<Sent, NodeError>> {
         let mut out = Vec::with_capacity(grant_ids.len());
         for chunk in grant_ids.chunks(SEND_BATCH) {
-            let mut prepared = Vec::with_capacity(chunk.len());
-            for id in chunk {
-                prepared.push(self.prepare_send(id).await);
-            }
-            match self.send_prepared(prepared).await {
+            match self.send_in_one_transaction(chunk).await {
                 Ok(results) => out.extend(results),
                 Err(e) => out.extend(chunk.iter().map(|_| {
                     Err(NodeError::Precondition(format!(
@@ -890,60 +874,28 @@ impl NodeCore {
         out
     }
 
-    /// A grant to send and the passport version it goes with, read before the writer lock.
-    async fn prepare_send(&self, grant_id: &str) -> Result<(GrantRow, u32), NodeError> {
-        let g = self.store.grant(grant_id).await?.ok_or_else(|| {
-            NodeError::NotFound(format!("no grant {grant_id} at {}", self.org_id))
-        })?;
-        let version = if g.live {
-            self.store
-                .latest_version(&g.pseudonym)
-                .await?
-                .map(|v| v.version)
-                .unwrap_or(g.passport_version)
-        } else {
-            g.passport_version
-        };
-        Ok((g, version))
-    }
-
-    /// Seals (or, for a grant not in force yet, queues) each prepared grant in one transaction.
-    /// A grant that cannot go gets its error before anything of it is written; an error of the
-    /// store fails the whole transaction.
-    async fn send_prepared(
+    /// Seals (or, for a grant not in force yet, queues) each grant in one transaction, each
+    /// from a savepoint of its own: a grant that cannot go, even one that fails half-way (its
+    /// recipient left the directory, say), is undone alone and gets its error, and the others
+    /// go on. An error of the store fails the whole transaction.
+    async fn send_in_one_transaction(
         &self,
-        prepared: Vec<Result<(GrantRow, u32), NodeError>>,
+        grant_ids: &[String],
     ) -> Result<Vec<Result<Sent, NodeError>>, NodeError> {
-        if !prepared.iter().any(Result::is_ok) {
-            return Ok(prepared
-                .into_iter()
-                .filter_map(Result::err)
-                .map(Err)
-                .collect());
-        }
-        let mut out = Vec::with_capacity(prepared.len());
+        let mut out = Vec::with_capacity(grant_ids.len());
         let mut tx = self.store.begin().await?;
         let mut sealed_any = false;
-        for p in prepared {
-            let (g, version) = match p {
-                Ok(p) => p,
-                Err(e) => {
-                    out.push(Err(e));
-                    continue;
-                }
-            };
-            // Read again under the writer lock: a revocation may have committed since.
-            let Some(g) = tx.grant(&g.grant_id).await? else {
+        for grant_id in grant_ids {
+            // Read under the writer lock, so a revocation cannot commit in between.
+            let Some(g) = tx.grant(grant_id).await? else {
                 out.push(Err(NodeError::NotFound(format!(
-                    "no grant {} at {}",
-                    g.grant_id, self.org_id
+                    "no grant {grant_id} at {}",
+                    self.org_id
                 ))));
                 continue;
             };
-            // Each grant from a savepoint: one that fails half-way (its recipient left the
-            // directory, say) is undone alone, and the others of the batch go on.
             tx.savepoint().await?;
-            match self.send_one_in(&mut tx, &g, version).await {
+            match self.send_one_in(&mut tx, &g).await {
                 Ok(sent) => {
                     tx.release_savepoint().await?;
                     sealed_any |= sent.2 == 0;
@@ -963,13 +915,18 @@ impl NodeCore {
     }
 
     /// Seals one grant's package into the outbox, or queues it unsealed while the grant is not
-    /// in force yet.
-    async fn send_one_in(
-        &self,
-        tx: &mut Tx,
-        g: &GrantRow,
-        version: u32,
-    ) -> Result<Sent, NodeError> {
+    /// in force yet. A live grant sends the student's newest passport version, any other the
+    /// version it was given for.
+    async fn send_one_in(&self, tx: &mut Tx, g: &GrantRow) -> Result<Sent, NodeError> {
+        let version = if g.live {
+            self.store
+                .latest_version(&g.pseudonym)
+                .await?
+                .map(|v| v.version)
+                .unwrap_or(g.passport_version)
+        } else {
+            g.passport_version
+        };
         if g.state == "active" && grant_time_of(g, self.now()) == GrantTime::NotYetValid {
             tx.enqueue(&OutboxRow {
                 envelope_id: None,

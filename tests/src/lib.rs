@@ -74,13 +74,7 @@ pub fn member(region: &Region, org: &str) -> Member {
 /// A connection to the hub's database, SQLite or PostgreSQL, for looking (or, as a dishonest
 /// operator, tampering) behind the hub's back.
 pub async fn hub_pool(region: &Region) -> sqlx::AnyPool {
-    sqlx::any::install_default_drivers();
-    let url = region.hub_database_url().expect("the hub's database");
-    sqlx::pool::PoolOptions::<sqlx::Any>::new()
-        .max_connections(1)
-        .connect(&url)
-        .await
-        .expect("open the hub's database")
+    database_pool(&region.hub_database_url().expect("the hub's database")).await
 }
 
 /// Runs one statement with text parameters on the hub's database; returns the rows it changed.
@@ -136,10 +130,7 @@ pub async fn node_pool(region: &Region, org: &str) -> sqlx::AnyPool {
 
 /// A pool of one connection to the database at `url` (SQLite or PostgreSQL).
 pub async fn database_pool(url: &str) -> sqlx::AnyPool {
-    sqlx::any::install_default_drivers();
-    sqlx::pool::PoolOptions::<sqlx::Any>::new()
-        .max_connections(1)
-        .connect(url)
+    overstap_cli::region::database_pool(url)
         .await
         .expect("open the database")
 }
