@@ -106,7 +106,7 @@ pub async fn open_any(url: &str, connections: u32) -> Result<AnyPool, sqlx::Erro
 
 /// Whether a connection handed back to the pool may be used again: not if it is still inside a
 /// transaction (see the module's text).
-async fn still_usable<C: Connection>(conn: &mut C) -> Result<bool, sqlx::Error> {
+pub async fn still_usable<C: Connection>(conn: &mut C) -> Result<bool, sqlx::Error> {
     conn.ping().await?;
     if conn.is_in_transaction() {
         tracing::warn!(

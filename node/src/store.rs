@@ -258,8 +258,12 @@ impl NodeStore {
     pub async fn open(url: &str) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
         if crate::sqlite_pool::is_postgres(url) {
+            // The same check on release as on SQLite: sqlx can hand back a connection still
+            // inside a transaction when a `begin` is cancelled half-way, and on PostgreSQL every
+            // statement that later ran on it would join that transaction and never commit.
             let pool = AnyPoolOptions::new()
                 .max_connections(POSTGRES_CONNECTIONS)
+                .after_release(|conn, _meta| Box::pin(crate::sqlite_pool::still_usable(conn)))
                 .connect(url)
                 .await?;
             sqlx::migrate!("../migrations/node/postgres")
