@@ -350,7 +350,15 @@ async fn serve_noop(
     let tls = overstap_hub::tls::server_config(&config.tls)?;
     tonic::transport::Server::builder()
         .add_service(HubServer::new(Noop).max_decoding_message_size(8 << 20))
-        .serve_with_incoming_shutdown(overstap_hub::tls::incoming(listener, tls), stop)
+        .serve_with_incoming_shutdown(
+            overstap_hub::tls::incoming(
+                listener,
+                tls,
+                overstap_hub::tls::Greeting::Http2,
+                std::time::Duration::from_secs(config.limits.greeting_timeout_secs),
+            ),
+            stop,
+        )
         .await?;
     Ok(())
 }

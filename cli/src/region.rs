@@ -356,9 +356,23 @@ impl Region {
 
     async fn start_hub_on(&mut self, listener: TcpListener) -> anyhow::Result<()> {
         let config = self.hub_config()?;
+        // The side ports are bound anew on each start: the files must not name the last ones.
+        let announced: Vec<PathBuf> = [&config.metrics_addr_file, &config.dashboard_addr_file]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
+        for file in &announced {
+            let _ = std::fs::remove_file(file);
+        }
         self.hub = Some(Running::spawn(move |stop| {
             overstap_hub::serve(config, listener, stop)
         }));
+        // A hub that fails to start says so through its task; the wait is only for the files.
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        while announced.iter().any(|f| !f.exists()) && std::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         Ok(())
     }
 

@@ -13,13 +13,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use ed25519_dalek::VerifyingKey;
 use overstap_proto::pb::DashboardToken;
-use tokio::net::TcpStream;
-use tokio_rustls::server::TlsStream;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::stats::StatsService;
 use crate::store::HubStore;
+use crate::tls::Greeted;
 
 const INDEX: &str = include_str!("dashboard/index.html");
 const SCRIPT: &str = include_str!("dashboard/app.js");
@@ -192,19 +191,19 @@ fn router<S: HubStore>(web: Arc<Web<S>>) -> axum::Router {
 
 /// TLS connections for axum, with handshakes completed concurrently (see [`crate::tls`]).
 struct TlsListener {
-    incoming: ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>>,
+    incoming: ReceiverStream<Result<Greeted, std::io::Error>>,
     addr: SocketAddr,
 }
 
 impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
+    type Io = Greeted;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         loop {
             match self.incoming.next().await {
                 Some(Ok(stream)) => {
-                    let peer = stream.get_ref().0.peer_addr().unwrap_or(self.addr);
+                    let peer = stream.peer_addr().unwrap_or(self.addr);
                     return (stream, peer);
                 }
                 Some(Err(_)) => continue,
@@ -224,6 +223,7 @@ pub async fn start<S: HubStore>(
     addr: Option<SocketAddr>,
     addr_file: Option<&std::path::Path>,
     tls: rustls::ServerConfig,
+    greeting_limit: std::time::Duration,
     stats: StatsService<S>,
     authority: VerifyingKey,
     mut stop: tokio::sync::watch::Receiver<bool>,
@@ -234,7 +234,7 @@ pub async fn start<S: HubStore>(
     let (listener, bound) = crate::metrics_http::bind_announced(addr, addr_file).await?;
     tracing::info!(addr = %bound, "dashboard at https://{bound}/");
     let listener = TlsListener {
-        incoming: crate::tls::incoming(listener, tls),
+        incoming: crate::tls::incoming(listener, tls, crate::tls::Greeting::Http1, greeting_limit),
         addr: bound,
     };
     let app = router(Arc::new(Web { stats, authority }));

@@ -117,6 +117,7 @@ pub async fn serve_wrapped<S: HubStore, H: Hub>(
         config.dashboard_listen,
         config.dashboard_addr_file.as_deref(),
         tls::web_config(&config.tls)?,
+        std::time::Duration::from_secs(config.limits.greeting_timeout_secs.max(1)),
         stats::StatsService::new(service.clone(), config.stats_threshold),
         config.authority,
         stop_rx.clone(),
@@ -169,7 +170,15 @@ pub async fn serve_wrapped<S: HubStore, H: Hub>(
                 .max_decoding_message_size(limit)
                 .max_encoding_message_size(limit),
         )
-        .serve_with_incoming_shutdown(tls::incoming(listener, tls), shutdown)
+        .serve_with_incoming_shutdown(
+            tls::incoming(
+                listener,
+                tls,
+                tls::Greeting::Http2,
+                std::time::Duration::from_secs(limits.greeting_timeout_secs.max(1)),
+            ),
+            shutdown,
+        )
         .await
         .context("hub server failed")?;
     let _ = sequencer.await;

@@ -31,6 +31,9 @@ pub struct Limits {
     pub request_timeout_secs: u64,
     /// A connection whose peer answers no keep-alive ping for this many seconds is closed.
     pub idle_timeout_secs: u64,
+    /// A client must finish its TLS handshake and send its first bytes within this many seconds
+    /// of connecting (keep-alive pings only begin once HTTP/2 has).
+    pub greeting_timeout_secs: u64,
 }
 
 impl Default for Limits {
@@ -42,6 +45,7 @@ impl Default for Limits {
             streams_per_connection: 128,
             request_timeout_secs: 30,
             idle_timeout_secs: 60,
+            greeting_timeout_secs: 10,
         }
     }
 }

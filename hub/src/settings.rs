@@ -72,6 +72,9 @@ pub struct Settings {
     /// Seconds without an answer to keep-alive pings before a connection is closed.
     #[serde(default = "default_idle_timeout_secs")]
     pub idle_timeout_secs: u64,
+    /// Seconds a client has from connecting to finishing TLS and sending its first bytes.
+    #[serde(default = "default_greeting_timeout_secs")]
+    pub greeting_timeout_secs: u64,
     /// Counts below this are shown to coordinators as "<N>" (default 5).
     #[serde(default = "default_threshold")]
     pub stats_threshold: u32,
@@ -85,6 +88,7 @@ pub const FIELDS: &[(&str, FieldKind)] = &[
     ("dashboard_listen", FieldKind::Text),
     ("database_url", FieldKind::Text),
     ("directory_file", FieldKind::Text),
+    ("greeting_timeout_secs", FieldKind::Integer),
     ("hub_id", FieldKind::Text),
     ("idle_timeout_secs", FieldKind::Integer),
     ("listen", FieldKind::Text),
@@ -143,6 +147,9 @@ fn default_request_timeout_secs() -> u64 {
 }
 fn default_idle_timeout_secs() -> u64 {
     crate::limits::Limits::default().idle_timeout_secs
+}
+fn default_greeting_timeout_secs() -> u64 {
+    crate::limits::Limits::default().greeting_timeout_secs
 }
 fn default_threshold() -> u32 {
     crate::stats::DEFAULT_THRESHOLD
@@ -241,6 +248,7 @@ impl Settings {
                 streams_per_connection: self.streams_per_connection,
                 request_timeout_secs: self.request_timeout_secs,
                 idle_timeout_secs: self.idle_timeout_secs,
+                greeting_timeout_secs: self.greeting_timeout_secs,
             },
         })
     }

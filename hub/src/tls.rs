@@ -1,8 +1,11 @@
 //! The hub's TLS: TLS 1.3 only, client certificates required and checked against the region
 //! CA, ring as the one crypto provider. Handshakes run concurrently, so a slow or failing client
-//! never holds up others; a failed handshake is logged and dropped.
+//! never holds up others; a failed handshake is logged and dropped, and so is a connection whose
+//! client says nothing once TLS is up (keep-alive pings only start once HTTP/2 does).
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -10,10 +13,12 @@ use rustls::RootCertStore;
 use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::Connected;
 
 /// PEM texts for the hub's server identity and the region CA.
 #[derive(Clone)]
@@ -76,11 +81,138 @@ pub fn web_config(tls: &ServerTls) -> anyhow::Result<rustls::ServerConfig> {
     Ok(config)
 }
 
-/// Accepts TCP connections and completes TLS handshakes, yielding only finished TLS streams.
+/// What a client must send first, once TLS is up, before the connection is handed to the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Greeting {
+    /// The HTTP/2 client preface, which every gRPC client sends first.
+    Http2,
+    /// Any first byte of an HTTP/1.1 request (hyper bounds the rest of its headers).
+    Http1,
+}
+
+/// The HTTP/2 client connection preface (RFC 9113, section 3.4).
+const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// A TLS connection whose first bytes were read ahead (to see that the client speaks at all);
+/// reading hands them back first.
+pub struct Greeted {
+    ahead: Vec<u8>,
+    at: usize,
+    inner: TlsStream<TcpStream>,
+}
+
+impl Greeted {
+    /// The peer's TCP address.
+    pub fn peer_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.inner.get_ref().0.peer_addr()
+    }
+}
+
+impl AsyncRead for Greeted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if this.at < this.ahead.len() {
+            let n = buf.remaining().min(this.ahead.len() - this.at);
+            buf.put_slice(&this.ahead[this.at..this.at + n]);
+            this.at += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Greeted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// The client certificate reaches the gRPC handlers as it would from a bare TLS stream.
+impl Connected for Greeted {
+    type ConnectInfo = <TlsStream<TcpStream> as Connected>::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.inner.connect_info()
+    }
+}
+
+/// Completes the TLS handshake and reads the client's first bytes.
+async fn greet(
+    acceptor: &TlsAcceptor,
+    tcp: TcpStream,
+    greeting: Greeting,
+) -> std::io::Result<Greeted> {
+    let mut inner = acceptor.accept(tcp).await?;
+    let mut ahead = vec![0u8; 64];
+    let mut got = 0;
+    let want = match greeting {
+        Greeting::Http2 => HTTP2_PREFACE.len(),
+        Greeting::Http1 => 1,
+    };
+    while got < want {
+        let n = inner.read(&mut ahead[got..]).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        got += n;
+    }
+    ahead.truncate(got);
+    if greeting == Greeting::Http2 && !ahead.starts_with(HTTP2_PREFACE) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "the client did not open with the HTTP/2 preface",
+        ));
+    }
+    Ok(Greeted {
+        ahead,
+        at: 0,
+        inner,
+    })
+}
+
+/// Accepts TCP connections, completes TLS handshakes and waits for each client's first bytes,
+/// all within `limit` of the accept (a client that stalls in between is dropped, so silent
+/// sockets cannot pile up) and concurrently, yielding only connections that got that far.
 pub fn incoming(
     listener: TcpListener,
     config: rustls::ServerConfig,
-) -> ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
+    greeting: Greeting,
+    limit: Duration,
+) -> ReceiverStream<Result<Greeted, std::io::Error>> {
     let acceptor = TlsAcceptor::from(Arc::new(config));
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
@@ -101,12 +233,16 @@ pub fn incoming(
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             tokio::spawn(async move {
-                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                match tokio::time::timeout(limit, greet(&acceptor, tcp, greeting)).await {
                     Ok(Ok(stream)) => {
                         let _ = tx.send(Ok(stream)).await;
                     }
-                    Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake refused"),
-                    Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
+                    Ok(Err(e)) => {
+                        tracing::info!(%peer, error = %e, "connection refused before its first call")
+                    }
+                    Err(_) => {
+                        tracing::info!(%peer, "connection timed out before its first call (TLS handshake or first bytes)")
+                    }
                 }
             });
         }

@@ -1490,6 +1490,38 @@ impl NodeCore {
         Ok(outcome)
     }
 
+    /// Records an envelope dropped because its sender does not check out even against the
+    /// hub's newest directory (a removed member, say), so the node's record says what was
+    /// dropped and why, and a copy delivered again is known.
+    pub async fn record_dropped(
+        &self,
+        envelope: &Envelope,
+        receipt: Option<&Signed>,
+        reason: &str,
+    ) -> Result<(), NodeError> {
+        let Some(Ok(claimed)) = envelope
+            .header
+            .as_ref()
+            .map(|h| decode_body::<EnvelopeHeader>(Domain::EnvelopeHeader, h))
+        else {
+            return Ok(());
+        };
+        let mut tx = self.store.begin().await?;
+        tx.insert_processed(&Processed {
+            envelope_id: claimed.envelope_id,
+            from_org: claimed.from_org,
+            kind: claimed.kind,
+            outcome: "dropped".into(),
+            detail: reason.to_string(),
+            receipt: receipt.map(|r| r.encode_to_vec()),
+            body_sha256: Some(claimed.body_sha256),
+            at: self.now(),
+        })
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Takes in, for every sender, what waited for a gap that has been filled since.
     pub async fn drain_all_held(&self) -> Result<(), NodeError> {
         let mut tx = self.store.begin().await?;

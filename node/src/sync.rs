@@ -699,6 +699,12 @@ async fn inbox_loop(
         if *shutdown.borrow() {
             return;
         }
+        // A node that was away takes its mailbox in under the region as it is now: a member
+        // removed meanwhile (a compromised node, say) no longer checks out.
+        tokio::select! {
+            _ = refresh_directory(&core, &mut client) => {}
+            _ = shutdown.changed() => return,
+        }
         // A fresh subscription starts at 0: whatever is still in the mailbox was not acked,
         // so it must be taken in (again; ingest is idempotent).
         let stream = tokio::select! {
@@ -792,9 +798,9 @@ async fn ingest_with_refresh(
                 // Still unknown (or still not verifying) with the hub's newest directory.
                 Err(NodeError::StaleDirectory(org)) => {
                     tracing::warn!(org = %core.org_id, sender = %org, "envelope dropped: its sender does not check out");
-                    Ok(Outcome::Dropped(format!(
-                        "sender {org} does not check out against the directory"
-                    )))
+                    let reason = format!("sender {org} does not check out against the directory");
+                    core.record_dropped(envelope, receipt, &reason).await?;
+                    Ok(Outcome::Dropped(reason))
                 }
                 other => other,
             }

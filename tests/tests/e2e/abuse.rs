@@ -332,3 +332,111 @@ async fn a_connection_gets_no_more_concurrent_calls_than_its_stream_limit() {
     );
     region.shutdown().await.unwrap();
 }
+
+/// Opens a TLS connection to `addr` (a port of the hub) with `member`'s certificate, offering
+/// `alpn`, and returns the stream without saying a word on it.
+async fn tls_to_hub(
+    addr: &str,
+    alpn: &[u8],
+    member: &Creds,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(&member.link.ca_pem) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let certs = CertificateDer::pem_slice_iter(&member.link.cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(&member.link.key_pem).unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_client_auth_cert(certs, key)
+    .unwrap();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(member.link.server_name.clone().try_into().unwrap(), tcp)
+        .await
+        .expect("a member's certificate passes the handshake")
+}
+
+/// How long until the hub closes `stream` (reading, never writing), or `None` if it held the
+/// connection open for `patience`.
+async fn closed_within(
+    mut stream: impl tokio::io::AsyncRead + Unpin,
+    patience: Duration,
+) -> Option<Duration> {
+    use tokio::io::AsyncReadExt;
+    let started = std::time::Instant::now();
+    let mut buf = vec![0u8; 4096];
+    tokio::time::timeout(patience, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return started.elapsed(),
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .ok()
+}
+
+/// A member's connection that goes silent is closed: one that says nothing at all once TLS is up
+/// (after `greeting_timeout_secs`, at the gRPC port and at the dashboard's), and one that opens
+/// HTTP/2 and then answers none of the hub's keep-alive pings (after `idle_timeout_secs`).
+/// Meanwhile an honest handover completes.
+#[tokio::test]
+async fn a_silent_connection_is_closed_after_the_idle_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let (_tmp, mut region) = region().await;
+    region
+        .set_hub_limits(Limits {
+            idle_timeout_secs: 2,
+            greeting_timeout_secs: 2,
+            ..Limits::default()
+        })
+        .await
+        .unwrap();
+    let member = creds(&region, GEMEENTE);
+    let grpc = region.hub_url.trim_start_matches("https://").to_string();
+    let web = region.dashboard_url().unwrap();
+    let web = web.trim_start_matches("https://").trim_end_matches('/');
+    let mute = tls_to_hub(&grpc, b"h2", &member).await;
+    let mute_web = tls_to_hub(web, b"http/1.1", &member).await;
+    let mut deaf = tls_to_hub(&grpc, b"h2", &member).await;
+    // The client preface and an empty SETTINGS frame, then nothing: no ACK, no ping answered.
+    deaf.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    deaf.flush().await.unwrap();
+    let patience = Duration::from_secs(20);
+    let mute = tokio::spawn(closed_within(mute, patience));
+    let mute_web = tokio::spawn(closed_within(mute_web, patience));
+    let deaf = tokio::spawn(closed_within(deaf, patience));
+    let id = hand_over(&region, MBO).await;
+    eventually("the honest package arrives", || async {
+        !held_sections(&region, MBO, &id).await.is_empty()
+    })
+    .await;
+    for (what, closed) in [
+        ("silent after TLS", mute),
+        ("to the dashboard silent after TLS", mute_web),
+        ("deaf to pings", deaf),
+    ] {
+        let after = closed
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("a connection {what} was held open for {patience:?}"));
+        assert!(
+            after >= Duration::from_millis(900),
+            "a connection {what} was closed after {after:?}, before any timeout could pass"
+        );
+    }
+    region.shutdown().await.unwrap();
+}

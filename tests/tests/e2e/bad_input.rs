@@ -634,6 +634,78 @@ async fn an_oversized_envelope_gets_resource_exhausted() {
     region.shutdown().await.unwrap();
 }
 
+/// A message past the transport limit (four times the envelope limit) is refused as it arrives,
+/// before it is buffered whole, with `OUT_OF_RANGE` and both sizes; nothing is stored.
+#[tokio::test]
+async fn a_message_past_the_transport_limit_gets_out_of_range() {
+    let (_tmp, region) = region().await;
+    let school = creds(&region, SCHOOL);
+    let mut env = status_envelope(&school, &member(&region, MBO));
+    env.body = vec![7u8; 4 * overstap_proto::DEFAULT_MAX_ENVELOPE_BYTES + 1];
+    let err = hub_client(&school).send(env).await.unwrap_err();
+    assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
+    assert!(
+        err.message().contains(&format!(
+            "the limit is: {} bytes",
+            4 * overstap_proto::DEFAULT_MAX_ENVELOPE_BYTES
+        )),
+        "{}",
+        err.message()
+    );
+    nothing_stored_at_hub(&region).await;
+    // The connection stays usable for what fits.
+    hub_client(&school)
+        .send(status_envelope(&school, &member(&region, MBO)))
+        .await
+        .expect("an envelope within the limits goes");
+    region.shutdown().await.unwrap();
+}
+
+/// The node's local API answers bytes that do not decode with `INVALID_ARGUMENT` and a reason,
+/// as the hub does, and takes nothing in.
+#[tokio::test]
+async fn the_local_api_refuses_malformed_protobuf() {
+    let (_tmp, region) = region().await;
+    let dir = region.node_dir(SCHOOL);
+    let url = std::fs::read_to_string(dir.join("api.url")).unwrap();
+    let token = std::fs::read_to_string(dir.join("api.token")).unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(url.trim().to_string())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let grants_before = node_count(&region, SCHOOL, "grants").await;
+    let mut grpc = tonic::client::Grpc::new(channel);
+    for path in [
+        "/overstap.v1.Node/AddGrant",
+        "/overstap.v1.Node/RegisterStudent",
+        "/overstap.v1.Node/SendPassports",
+    ] {
+        grpc.ready().await.unwrap();
+        let mut request = tonic::Request::new(vec![0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f, 0x01]);
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {}", token.trim()).parse().unwrap(),
+        );
+        let err = grpc
+            .unary(
+                request,
+                tonic::codegen::http::uri::PathAndQuery::from_static(path),
+                RawCodec,
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{path}: {err:?}");
+        assert!(
+            err.message().starts_with("malformed protobuf message"),
+            "{path}: {}",
+            err.message()
+        );
+    }
+    assert_eq!(node_count(&region, SCHOOL, "grants").await, grants_before);
+    region.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn the_local_api_wants_its_token() {
     let (_tmp, region) = region().await;

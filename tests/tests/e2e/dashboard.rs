@@ -1,7 +1,8 @@
 //! The coordinators' dashboard in a real headless browser (Debian's `chromium`): a region routes
 //! a known mix of envelopes, and the page must show that mix, with small counts as "<5". Without
 //! a coordinator's session nothing is shown, and the data endpoint refuses. Screenshots of the
-//! page at laptop and phone width are saved under the target folder's `tmp/`.
+//! page at laptop and phone width are saved under the target folder's `tmp/`. A token the
+//! authority did not sign, one dated ahead, or one of a coordinator since removed opens nothing.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -199,5 +200,41 @@ async fn the_dashboard_shows_the_known_mix_in_a_real_browser() {
     assert!(body.contains("the session ended"), "{body}");
     let (status, body) = https(&region, &get_stats(Some(&token))).await;
     assert_eq!(status, 200, "{body}");
+    region.shutdown().await.unwrap();
+}
+
+/// Only a token the authority signed, for a coordinator the directory lists now, opens the
+/// statistics: one signed with another key, one issued in the future, and a good one after its
+/// coordinator was removed from the region are each refused with the reason.
+#[tokio::test]
+async fn a_forged_future_dated_or_revoked_dashboard_token_opens_nothing() {
+    let (_tmp, mut region) = region().await;
+    admit_coordinator(&mut region).await;
+    let token = region.authority.dashboard_token("RMC01", 1).unwrap();
+    let (status, body) = https(&region, &get_stats(Some(&token))).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"signed_in_as\":\"RMC01\""), "{body}");
+
+    let forger = overstap_proto::sign::generate_signing_key();
+    let forged = overstap_proto::session::issue_token(&forger, "RMC01", now(), 1, [3; 16]).unwrap();
+    let key = region.authority.key.clone();
+    let ahead =
+        overstap_proto::session::issue_token(&key, "RMC01", now() + 3_600, 1, [4; 16]).unwrap();
+    for (what, token, reason) in [
+        ("forged", &forged, "signature"),
+        ("dated ahead", &ahead, "it was issued in the future"),
+    ] {
+        let (status, body) = https(&region, &get_stats(Some(token))).await;
+        assert_eq!(status, 401, "{what}: {body}");
+        assert!(body.contains(reason), "{what}: {body}");
+        assert!(!body.contains("total"), "{what}: no number in {body}");
+    }
+
+    // The coordinator is removed: its token, good until now, opens nothing from then on.
+    region.authority.remove("RMC01").unwrap();
+    region.publish_directory().await.unwrap();
+    let (status, body) = https(&region, &get_stats(Some(&token))).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("unknown member RMC01"), "{body}");
     region.shutdown().await.unwrap();
 }

@@ -1,6 +1,7 @@
 //! A student's lost key: the home node issues a new card for the same pseudonym, the lost key
 //! signs nothing new (at home, whatever date it carries; at a recipient, nothing dated after the
-//! report), and what it signed before stays in force.
+//! report), and what it signed before stays in force. A member's own keys: rotated through the
+//! directory, or the member removed from the region when it is compromised.
 
 use overstap_cli::passport::{make_grant, make_revocation, revoke, upload_grant};
 use overstap_cli::wallet::Wallet;
@@ -9,7 +10,7 @@ use overstap_proto::pb::{ReplaceStudentKeyRequest, StudentCard};
 use overstap_proto::sign::{
     Domain, decode_body, generate_signing_key, sign_message, verifying_key,
 };
-use overstap_tests::demo::{MBO, SCHOOL, birth_month};
+use overstap_tests::demo::{GEMEENTE, MBO, SCHOOL, birth_month};
 use overstap_tests::*;
 
 fn new_key_request(pseudonym: &str, key: &ed25519_dalek::SigningKey) -> ReplaceStudentKeyRequest {
@@ -416,5 +417,115 @@ async fn after_the_schools_key_rotation_its_students_cards_still_hold() {
     )
     .await;
     assert!(!held_sections(&region, MBO, &after).await.is_empty());
+    region.shutdown().await.unwrap();
+}
+
+/// A compromised member is removed from the region: once the authority publishes the directory
+/// without it, the hub refuses its certificate for every call but fetching the directory (which
+/// tells it that it is out), stores nothing more from it, and an envelope it left waiting in a
+/// mailbox is dropped by its recipient, with the reason on record, instead of taken in.
+#[tokio::test]
+async fn a_removed_member_is_refused_everything_but_the_directory() {
+    use overstap_proto::pb::{
+        AckRequest, GetCheckpointRequest, GetDirectoryRequest, StatsRequest, SubscribeRequest,
+    };
+    let (_tmp, mut region) = region().await;
+    let removed = creds(&region, GEMEENTE);
+    // While still a member, it leaves an envelope in the mbo's mailbox.
+    region.stop_node(MBO).await.unwrap();
+    hub_client(&removed)
+        .send(status_envelope(&removed, &member(&region, MBO)))
+        .await
+        .expect("a member may send");
+    region.stop_node(GEMEENTE).await.unwrap();
+    region.authority.remove(GEMEENTE).unwrap();
+    let version = region.publish_directory_to(&[SCHOOL]).await.unwrap();
+
+    let denied = "the client certificate is not registered to any member of the directory";
+    let mut hub = hub_client(&removed);
+    let mut refusals = vec![
+        (
+            "Send",
+            hub.send(status_envelope(&removed, &member(&region, SCHOOL)))
+                .await
+                .map(drop),
+        ),
+        (
+            "Subscribe",
+            hub.subscribe(SubscribeRequest { after_seq: 0 })
+                .await
+                .map(drop),
+        ),
+        (
+            "Ack",
+            hub.ack(AckRequest {
+                envelope_ids: vec![vec![0; 16]],
+            })
+            .await
+            .map(drop),
+        ),
+        (
+            "GetCheckpoint",
+            hub.get_checkpoint(GetCheckpointRequest {}).await.map(drop),
+        ),
+    ];
+    refusals.push((
+        "GetStats",
+        overstap_proto::pb::stats_client::StatsClient::new(removed.link.channel().unwrap())
+            .get_stats(StatsRequest::default())
+            .await
+            .map(drop),
+    ));
+    for (call, answer) in refusals {
+        let err = answer.expect_err(call);
+        assert_eq!(err.code(), tonic::Code::PermissionDenied, "{call}: {err:?}");
+        assert_eq!(err.message(), denied, "{call}");
+    }
+    assert_eq!(
+        hub_envelopes_from(&region, GEMEENTE).await,
+        1,
+        "the hub stored nothing from the removed member after its removal"
+    );
+    // The directory it may still fetch: the one that no longer lists it.
+    let signed = hub
+        .get_directory(GetDirectoryRequest { known_version: 0 })
+        .await
+        .expect("a removed member may still read the directory")
+        .into_inner()
+        .directory
+        .expect("a directory");
+    let served = overstap_proto::directory::VerifiedDirectory::verify(
+        &signed,
+        &region.authority.key.verifying_key(),
+        0,
+    )
+    .unwrap();
+    assert_eq!(served.version(), version);
+    assert!(
+        served.member(GEMEENTE).is_err(),
+        "the removed member is out"
+    );
+
+    // The mbo comes back: it fetches the directory first, cannot verify what the removed
+    // member left, drops it with the reason, and empties its mailbox.
+    region.start_node(MBO).await.unwrap();
+    eventually("the mbo drops the removed member's envelope", || async {
+        node_processed(&region, MBO).await.contains(&(
+            "dropped".to_string(),
+            format!("sender {GEMEENTE} does not check out against the directory"),
+        ))
+    })
+    .await;
+    eventually("the mbo's mailbox is empty", || async {
+        hub_count(&region, "mailbox").await == 0
+    })
+    .await;
+    assert_eq!(node_count(&region, MBO, "processed").await, 1);
+    // And the region goes on without it.
+    let id = hand_over(&region, MBO).await;
+    eventually("an honest package arrives", || async {
+        !held_sections(&region, MBO, &id).await.is_empty()
+    })
+    .await;
     region.shutdown().await.unwrap();
 }
