@@ -143,6 +143,11 @@ pub struct NodeCore {
     directory: RwLock<Option<Arc<VerifiedDirectory>>>,
     /// Woken when something is put in the outbox.
     pub outbox_wake: Notify,
+    /// Held (read) by each outbox round from reading its rows until their receipts are recorded;
+    /// taken (write) by whatever withdraws packages not yet out (a revocation, an expiry), so it
+    /// waits for the round on its way instead of withdrawing a package that has reached the hub
+    /// already (whose receipt would then match no row).
+    pub push_gate: tokio::sync::RwLock<()>,
     pub hub_connected: AtomicBool,
     pub last_seq: AtomicU64,
     pub max_body: usize,
@@ -210,6 +215,7 @@ impl NodeCore {
             store,
             directory: RwLock::new(directory),
             outbox_wake: Notify::new(),
+            push_gate: tokio::sync::RwLock::new(()),
             hub_connected: AtomicBool::new(false),
             last_seq: AtomicU64::new(0),
             max_body,
@@ -979,7 +985,18 @@ impl NodeCore {
                 format_date(g.not_after)
             )));
         }
+        // No package of this grant may be on its way while it is withdrawn.
+        let _no_push = self.push_gate.write().await;
         let mut tx = self.store.begin().await?;
+        // It may have ended since it was read (expired, or erased by a receipt).
+        if let Some(now) = tx.grant(&g.grant_id).await?
+            && now.state != "active"
+        {
+            return Err(NodeError::Precondition(format!(
+                "grant {} has already ended: it is {}",
+                g.grant_id, now.state
+            )));
+        }
         for entry in tx
             .outbox_of_grant(&g.grant_id, &["pending", "waiting"])
             .await?
@@ -1437,7 +1454,18 @@ impl NodeCore {
             }
         }
         for g in self.store.grants_expired(now).await? {
+            let _no_push = self.push_gate.write().await;
             let mut tx = self.store.begin().await?;
+            // Read again under the writer lock: the recipient, erasing on its own clock, may
+            // have sent its deletion receipt, and this node taken it in ("erased"), since the
+            // list was read. Marking it "expired" now would undo that.
+            if tx
+                .grant(&g.grant_id)
+                .await?
+                .is_none_or(|now| now.state != "active")
+            {
+                continue;
+            }
             for entry in tx
                 .outbox_of_grant(&g.grant_id, &["pending", "waiting"])
                 .await?

@@ -246,6 +246,9 @@ async fn outbox_loop(
         let now = tokio::time::Instant::now();
         paused.retain(|_, until| *until > now);
         let left_out: Vec<String> = paused.keys().cloned().collect();
+        // From reading the rows until their receipts are recorded: a revocation waits for this
+        // round rather than withdraw a package that is on its way.
+        let round = core.push_gate.read().await;
         let pending = match core
             .store
             .pending(OUTBOX_ROUND, OUTBOX_PER_RECIPIENT, &left_out)
@@ -304,6 +307,7 @@ async fn outbox_loop(
                 Some(Stop::Failed) => stalled = true,
             }
         }
+        drop(round);
         if sent > 0 && !stalled {
             attempt = 0;
         }

@@ -673,3 +673,94 @@ async fn directory_changes_reach_every_node_without_a_restart() {
     );
     region.shutdown().await.unwrap();
 }
+
+/// A student withdraws consent while the school's push of a whole class is under way. Whatever
+/// the timing, the school's record must say what happened: a package its trail says was sent is
+/// one the recipient stored (and then erased), and one it says was withdrawn before it left is
+/// one the recipient never stored. (A revocation that raced a push used to turn a package that
+/// had already reached the hub into a "withdrawn" skip, and drop its receipt.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_during_a_push_leaves_a_true_record() {
+    use overstap_proto::pb::SendPassportsRequest;
+    let (_tmp, region) = region().await;
+    let mut class = Vec::new();
+    for _ in 0..80 {
+        let s = student(&region, &birth_month(17), None).await;
+        let id = grant(
+            &region,
+            &s.wallet,
+            &grant_request(MBO, &["wie-ben-ik"], "intake", 30),
+            None,
+        )
+        .await;
+        class.push((s, id));
+    }
+    let mut api = region.api(SCHOOL).await.unwrap();
+    api.send_passports(SendPassportsRequest {
+        grant_ids: class.iter().map(|(_, id)| id.clone()).collect(),
+    })
+    .await
+    .unwrap();
+    // Withdrawals spread over the push, as it goes: the last of the class first, so some are
+    // withdrawn before they leave and some after.
+    let withdrawn: Vec<usize> = (3..80).step_by(8).rev().collect();
+    for &i in &withdrawn {
+        let (s, id) = &class[i];
+        revoke(
+            &mut api,
+            make_revocation(&s.wallet, id, None, now()).unwrap(),
+        )
+        .await
+        .unwrap();
+    }
+    eventually(
+        "every package and withdrawal has left the school",
+        || async {
+            let pool = node_pool(&region, SCHOOL).await;
+            let left: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM outbox WHERE state IN ('pending', 'waiting')",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            pool.close().await;
+            left == 0
+        },
+    )
+    .await;
+    // 80 numbered envelopes (a package, or a skip in its place) and the withdrawals.
+    eventually("the mbo has taken in every envelope", || async {
+        node_count(&region, MBO, "held").await == 0
+            && node_count(&region, MBO, "processed").await >= (80 + withdrawn.len()) as i64
+    })
+    .await;
+    let stored: Vec<String> = node_processed(&region, MBO)
+        .await
+        .into_iter()
+        .filter(|(outcome, _)| outcome == "stored")
+        .map(|(_, grant_id)| grant_id)
+        .collect();
+    let mut arrived_anyway = 0;
+    for &i in &withdrawn {
+        let (s, id) = &class[i];
+        let events = trail_events(&region, &s.wallet.pseudonym).await;
+        let said_sent = events
+            .iter()
+            .any(|e| e.grant_id == *id && e.event == "sent");
+        let was_stored = stored.contains(id);
+        assert_eq!(
+            said_sent,
+            was_stored,
+            "grant {id}: the school's trail says {} but the mbo {} it; trail: {:?}",
+            if said_sent { "sent" } else { "not sent" },
+            if was_stored { "stored" } else { "never stored" },
+            events.iter().map(|e| &e.event).collect::<Vec<_>>()
+        );
+        arrived_anyway += usize::from(was_stored);
+    }
+    println!(
+        "{arrived_anyway} of {} withdrawn packages had left before the withdrawal",
+        withdrawn.len()
+    );
+    region.shutdown().await.unwrap();
+}

@@ -164,6 +164,83 @@ async fn check(region: &Region, model: &Model, now: i64) -> Result<(), String> {
     Ok(())
 }
 
+/// What each node holds and says, for a person reading a failure: its status (outbox, hub
+/// connection, log alarm), its outbox by state and kind, and the last envelopes it took in; and
+/// what waits in the hub's mailboxes.
+async fn report(region: &Region) -> String {
+    let mut out = String::new();
+    let hub = hub_pool(region).await;
+    let rows = sqlx::query("SELECT to_org, COUNT(*) FROM mailbox GROUP BY to_org")
+        .fetch_all(&hub)
+        .await
+        .map(|rows| {
+            rows.iter()
+                .map(|r| format!("{}={}", r.get::<String, _>(0), r.get::<i64, _>(1)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_else(|e| e.to_string());
+    out.push_str(&format!("hub mailboxes: {rows}\n"));
+    hub.close().await;
+    for org in [SCHOOL, MBO, GEMEENTE, OTHER_MBO] {
+        let status = match region.api(org).await {
+            Ok(mut api) => match api.status(overstap_proto::pb::NodeStatusRequest {}).await {
+                Ok(s) => format!("{:?}", s.into_inner()),
+                Err(e) => e.to_string(),
+            },
+            Err(e) => e.to_string(),
+        };
+        out.push_str(&format!("{org} status: {status}\n"));
+        let pool = node_pool(region, org).await;
+        let outbox = sqlx::query(
+            "SELECT state, kind, COUNT(*), MAX(attempts), MAX(detail) FROM outbox GROUP BY state, kind",
+        )
+        .fetch_all(&pool)
+        .await
+        .map(|rows| {
+            rows.iter()
+                .map(|r| {
+                    format!(
+                        "{}/kind {}={} (attempts {}, {})",
+                        r.get::<String, _>(0),
+                        r.get::<i64, _>(1),
+                        r.get::<i64, _>(2),
+                        r.get::<i64, _>(3),
+                        r.get::<String, _>(4)
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+        .unwrap_or_else(|e| e.to_string());
+        out.push_str(&format!("{org} outbox: {outbox}\n"));
+        let processed = sqlx::query(
+            "SELECT from_org, kind, outcome, detail, processed_at FROM processed ORDER BY processed_at DESC LIMIT 6",
+        )
+        .fetch_all(&pool)
+        .await
+        .map(|rows| {
+            rows.iter()
+                .map(|r| {
+                    format!(
+                        "{} kind {} {} {} at {}",
+                        r.get::<String, _>(0),
+                        r.get::<i64, _>(1),
+                        r.get::<String, _>(2),
+                        r.get::<String, _>(3),
+                        r.get::<i64, _>(4)
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+        .unwrap_or_else(|e| e.to_string());
+        out.push_str(&format!("{org} last taken in: {processed}\n"));
+        pool.close().await;
+    }
+    out
+}
+
 async fn settle(
     region: &Region,
     model: &Model,
@@ -176,7 +253,12 @@ async fn settle(
     loop {
         match check(region, model, clock.now()).await {
             Ok(()) => return Ok(()),
-            Err(e) if Instant::now() > deadline => return Err(format!("after {step}: {e}")),
+            Err(e) if Instant::now() > deadline => {
+                return Err(format!(
+                    "after {step}: {e}\nwhat each part holds:\n{}",
+                    report(region).await
+                ));
+            }
             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     }
@@ -317,6 +399,12 @@ proptest! {
 
     #[test]
     fn the_region_keeps_to_the_consent_model(ops in proptest::collection::vec(op(), 6..16)) {
+        // The nodes' and the hub's log lines (RUST_LOG; errors only by default) come with a
+        // failure.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
         let _turn = HEAVY.blocking_lock();
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let result = rt.block_on(run(ops));
