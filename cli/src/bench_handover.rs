@@ -35,6 +35,8 @@ pub struct HandoverBench {
     pub mbo_nodes: usize,
     pub cohort_seconds: f64,
     pub cohort_per_s: f64,
+    /// Envelopes the mbo nodes took in per commit during the cohort push.
+    pub mbo_envelopes_per_commit: f64,
     pub samples: usize,
     pub latency_rate_per_s: f64,
     pub latency_p50_ms: f64,
@@ -183,6 +185,22 @@ pub async fn handover_bench(
         "  all sent after {sent:.2} s, all stored at the mbo nodes after {cohort_seconds:.2} s \
          ({cohort_per_s:.0}/s)"
     )?;
+    // How many envelopes shared a commit at the mbo nodes, from their own histograms.
+    let (mut sum, mut count) = (0.0, 0.0);
+    for id in MBOS {
+        let url = region.metrics_url(id)?;
+        sum += crate::bench_subscribers::metric(&url, "overstap_node_inbox_commit_envelopes_sum")
+            .await?;
+        count +=
+            crate::bench_subscribers::metric(&url, "overstap_node_inbox_commit_envelopes_count")
+                .await?;
+    }
+    let mbo_envelopes_per_commit = sum / count.max(1.0);
+    writeln!(
+        out,
+        "  the mbo nodes took them in with {count:.0} commits, {mbo_envelopes_per_commit:.1} \
+         envelopes per commit"
+    )?;
 
     // The cohort's answers (each mbo's status back to the school) are still under way; the
     // single handovers are timed once the region is quiet again.
@@ -281,6 +299,7 @@ pub async fn handover_bench(
         mbo_nodes: MBOS.len(),
         cohort_seconds,
         cohort_per_s,
+        mbo_envelopes_per_commit,
         samples,
         latency_rate_per_s: rate,
         latency_p50_ms: p50,

@@ -380,6 +380,12 @@ impl Hub for Noop {
     async fn send(&self, _: Request<pb::Envelope>) -> Result<Response<pb::Signed>, Status> {
         Ok(Response::new(pb::Signed::default()))
     }
+    async fn send_batch(
+        &self,
+        _: Request<pb::SendBatchRequest>,
+    ) -> Result<Response<pb::SendBatchResponse>, Status> {
+        noop()
+    }
     async fn subscribe(
         &self,
         _: Request<pb::SubscribeRequest>,

@@ -14,6 +14,7 @@ use overstap_proto::pb::{
     GetDirectoryResponse, Member, MemberKind, PublishDirectoryResponse, Receipt, Signed,
     SubscribeRequest,
 };
+use overstap_proto::pb::{SendBatchRequest, SendBatchResponse, SendResult};
 use overstap_proto::sign::{Domain, decode_body, sign_message};
 use overstap_proto::{ProtocolError, UnixTime};
 use prost::Message;
@@ -383,19 +384,24 @@ impl<S: HubStore> HubService<S> {
             .member_by_cert(&fingerprint)
             .cloned()
             .ok_or(HubError::NotAMember)?;
-        // Every member has its own budget of calls, so one cannot starve the others.
+        self.take_call(&member.org_id)?;
+        Ok(member)
+    }
+
+    /// Takes one of `org`'s calls: every member has its own budget, so one cannot starve the
+    /// others (each envelope of a `SendBatch` counts as a call).
+    fn take_call(&self, org: &str) -> Result<(), HubError> {
         let per_second = self.state.limits.requests_per_second;
-        if let Err(wait) = self.state.rate.take(&member.org_id, per_second) {
-            return Err(HubError::Exhausted {
+        self.state
+            .rate
+            .take(org, per_second)
+            .map_err(|wait| HubError::Exhausted {
                 reason: "rate_limited",
                 detail: format!(
-                    "{} made more than {per_second} calls per second; slow down and try again",
-                    member.org_id
+                    "{org} made more than {per_second} calls per second; slow down and try again"
                 ),
                 retry_after: Some(wait.ceil().max(1.0) as u64),
-            });
-        }
-        Ok(member)
+            })
     }
 
     /// The id checkpoints are signed under: the hub's id in the directory, since that is what
@@ -581,6 +587,17 @@ impl<S: HubStore> HubService<S> {
         env: Envelope,
         kind: &mut &'static str,
     ) -> Result<(Signed, &'static str), HubError> {
+        self.enqueue(caller, env, kind).await?.finish().await
+    }
+
+    /// Checks one envelope and hands it to the group commit: envelopes handed over one after
+    /// another are committed in that order. `kind` is set as soon as the header says what it is.
+    async fn enqueue(
+        &self,
+        caller: Member,
+        env: Envelope,
+        kind: &mut &'static str,
+    ) -> Result<Pending, HubError> {
         let directory = self.directory()?;
         // Who the envelope claims to be from is checked against the certificate before the
         // body is looked at.
@@ -661,10 +678,100 @@ impl<S: HubStore> HubService<S> {
             sign: Box::new(signer),
             answer,
         };
-        let closed = || HubError::Store(StoreError::Failed("the hub is shutting down".into()));
         self.state.commits.send(job).await.map_err(|_| closed())?;
         place.keep();
-        let accepted = answered.await.map_err(|_| closed())??;
+        Ok(Pending { answered, header })
+    }
+
+    /// `SendBatch`: each envelope as `Send` would take it, handed to the group commit in the
+    /// order sent; the answers come back in that order. It stops at the first envelope that
+    /// must wait (a limit with a time to try again): the ones after it are not looked at.
+    async fn do_send_batch(
+        &self,
+        caller: Member,
+        envelopes: Vec<Envelope>,
+    ) -> Result<Vec<SendResult>, HubError> {
+        if envelopes.len() > MAX_SEND_BATCH {
+            return Err(HubError::Invalid(format!(
+                "a batch holds at most {MAX_SEND_BATCH} envelopes, not {}",
+                envelopes.len()
+            )));
+        }
+        let mut taken = Vec::with_capacity(envelopes.len());
+        for (i, env) in envelopes.into_iter().enumerate() {
+            let mut kind = "unknown";
+            // The call took one of the member's calls; every further envelope takes one more.
+            let queued = match i {
+                0 => self.enqueue(caller.clone(), env, &mut kind).await,
+                _ => match self.take_call(&caller.org_id) {
+                    Ok(()) => self.enqueue(caller.clone(), env, &mut kind).await,
+                    Err(e) => Err(e),
+                },
+            };
+            let wait = matches!(queued, Err(HubError::Exhausted { .. }));
+            taken.push((kind, queued));
+            if wait {
+                break;
+            }
+        }
+        let mut results = Vec::with_capacity(taken.len());
+        for (kind, queued) in taken {
+            let sent = match queued {
+                Ok(pending) => pending.finish().await,
+                Err(e) => Err(e),
+            };
+            results.push(match sent {
+                Ok((receipt, outcome)) => {
+                    self.state.metrics.routed(kind, outcome);
+                    SendResult {
+                        receipt: Some(receipt),
+                        ..Default::default()
+                    }
+                }
+                Err(e) => {
+                    self.state.metrics.routed(kind, "refused");
+                    let status = self.refuse(e);
+                    let meta = |key: &str| {
+                        status
+                            .metadata()
+                            .get(key)
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_string)
+                    };
+                    SendResult {
+                        receipt: None,
+                        code: status.code() as i32,
+                        message: status.message().to_string(),
+                        limit: meta(crate::limits::LIMIT).unwrap_or_default(),
+                        retry_after: meta(crate::limits::RETRY_AFTER)
+                            .and_then(|s| s.parse().ok())
+                            .unwrap_or(0),
+                    }
+                }
+            });
+        }
+        Ok(results)
+    }
+}
+
+/// The most envelopes one `SendBatch` call may carry.
+pub const MAX_SEND_BATCH: usize = 64;
+
+/// An envelope handed to the group commit, waiting for its commit.
+struct Pending {
+    answered: tokio::sync::oneshot::Receiver<Result<Accepted, StoreError>>,
+    header: EnvelopeHeader,
+}
+
+fn closed() -> HubError {
+    HubError::Store(StoreError::Failed("the hub is shutting down".into()))
+}
+
+impl Pending {
+    /// The receipt once the envelope is committed, and whether it was new or a duplicate.
+    async fn finish(self) -> Result<(Signed, &'static str), HubError> {
+        let header = self.header;
+        let accepted = self.answered.await.map_err(|_| closed())??;
         let (receipt, outcome) = match accepted {
             Accepted::New { receipt, .. } => {
                 tracing::info!(
@@ -749,6 +856,18 @@ impl<S: HubStore> Hub for HubService<S> {
                 Err(self.refuse(e))
             }
         }
+    }
+
+    async fn send_batch(
+        &self,
+        request: Request<SendBatchRequest>,
+    ) -> Result<Response<SendBatchResponse>, Status> {
+        let caller = self.caller(&request).map_err(|e| self.refuse(e))?;
+        let results = self
+            .do_send_batch(caller, request.into_inner().envelopes)
+            .await
+            .map_err(|e| self.refuse(e))?;
+        Ok(Response::new(SendBatchResponse { results }))
     }
 
     type SubscribeStream = DeliveryStream;

@@ -783,25 +783,25 @@ impl NodeCore {
         Ok(grant.grant_id)
     }
 
-    /// Checks that the grant still allows sending: active, signed, in force.
-    async fn grant_allows(&self, g: &GrantRow) -> Result<ConsentGrant, NodeError> {
+    /// Checks that the grant still allows sending: active, signed, in force. Returns the grant
+    /// and the student's card it was checked against.
+    async fn grant_allows(&self, g: &GrantRow) -> Result<(ConsentGrant, Signed), NodeError> {
         if g.state != "active" {
             return Err(NodeError::Precondition(format!(
                 "grant {} is {}",
                 g.grant_id, g.state
             )));
         }
-        let (_, card) = self.card(&g.pseudonym).await?;
+        let (card_signed, card) = self.card(&g.pseudonym).await?;
         let grant = verify_grant(&stored::<Signed>(&g.signed, "grant")?, &card, self.now())?;
         check_in_force(&grant, self.now()).map_err(|e| NodeError::Precondition(e.to_string()))?;
-        Ok(grant)
+        Ok((grant, card_signed))
     }
 
     /// The package for a grant and passport version: the card, the signed manifest, the grant,
     /// and the disclosures of exactly the granted sections.
     async fn package_payload(&self, g: &GrantRow, version: u32) -> Result<Payload, NodeError> {
-        let grant = self.grant_allows(g).await?;
-        let (card_signed, _) = self.card(&g.pseudonym).await?;
+        let (grant, card_signed) = self.grant_allows(g).await?;
         let v = self
             .store
             .version(&g.pseudonym, version)
@@ -1518,6 +1518,114 @@ impl NodeCore {
         Ok(outcome)
     }
 
+    /// Takes in a run of envelopes, in the order the hub delivered them. Every stretch of them
+    /// that checks out against the current directory and comes next in its sender's order (what
+    /// a cohort push brings) is taken in under one transaction, with one commit; any other
+    /// envelope is taken in alone between stretches, as [`NodeCore::ingest`] does. Returns the
+    /// outcomes of the first envelopes of the run, in order, each committed and safe to ack;
+    /// with an error, the envelopes after those were not taken in (nothing of the stretch the
+    /// error came in was kept).
+    pub async fn ingest_run(
+        &self,
+        run: &[(Envelope, Option<Signed>)],
+    ) -> (Vec<Outcome>, Option<NodeError>) {
+        let mut outcomes = Vec::with_capacity(run.len());
+        let error = self.ingest_run_into(run, &mut outcomes).await.err();
+        (outcomes, error)
+    }
+
+    async fn ingest_run_into(
+        &self,
+        run: &[(Envelope, Option<Signed>)],
+        outcomes: &mut Vec<Outcome>,
+    ) -> Result<(), NodeError> {
+        let dir = self.directory()?;
+        // What needs no database, for the whole run and before its transaction: the header's
+        // signature, and opening the payload.
+        let prepared: Vec<Option<(EnvelopeHeader, Opened)>> = {
+            let keys = read_lock(&self.encryption_keys);
+            let key_refs: Vec<&EncryptionKeyPair> = keys.iter().collect();
+            run.iter()
+                .map(|(envelope, _)| {
+                    let claimed = decode_body::<EnvelopeHeader>(
+                        Domain::EnvelopeHeader,
+                        envelope.header.as_ref()?,
+                    )
+                    .ok()?;
+                    verify_header(envelope, &dir, self.max_body).ok()?;
+                    let opened =
+                        open(envelope, &dir, &self.org_id, &key_refs, self.max_body).ok()?;
+                    Some((claimed, opened))
+                })
+                .collect()
+        };
+        let mut i = 0;
+        while i < run.len() {
+            let mut tx: Option<Tx> = None;
+            let mut stretch = Vec::new();
+            let mut senders = std::collections::BTreeSet::new();
+            // Senders with envelopes held for a gap: theirs go alone, so that what waited is
+            // taken in right after the envelope that fills the gap (`drain_held`), before a
+            // copy sent again can take its place.
+            let mut holding: std::collections::HashMap<String, bool> = Default::default();
+            while let Some((claimed, opened)) = prepared.get(i).and_then(Option::as_ref) {
+                let from = &claimed.from_org;
+                if !holding.contains_key(from) {
+                    // Only the inbox loop holds envelopes (the reaper takes held ones in, which
+                    // can only make the count smaller), and it is here.
+                    holding.insert(from.clone(), self.store.held_from(from).await? > 0);
+                }
+                if holding[from] {
+                    break;
+                }
+                let t = match &mut tx {
+                    Some(t) => t,
+                    None => tx.insert(self.store.begin().await?),
+                };
+                if t.is_processed(&claimed.envelope_id).await? {
+                    stretch.push(Outcome::Duplicate);
+                } else {
+                    let seq = opened.payload.seq;
+                    if seq != 0 && seq != t.peer(from).await?.received_seq + 1 {
+                        // Taken in before under another envelope, or ahead of a gap.
+                        break;
+                    }
+                    let receipt = run[i].1.as_ref();
+                    let outcome = self
+                        .take_in_next(t, &dir, &dir, claimed, opened, receipt, false)
+                        .await?
+                        .ok_or_else(|| {
+                            NodeError::Invalid(format!(
+                                "envelope {} was taken in twice in one transaction",
+                                hex::encode(&claimed.envelope_id)
+                            ))
+                        })?;
+                    stretch.push(outcome);
+                }
+                senders.insert(from.clone());
+                i += 1;
+            }
+            if let Some(t) = tx {
+                t.commit().await?;
+                if !stretch.is_empty() {
+                    self.metrics.inbox_commit.observe(stretch.len() as f64);
+                }
+            }
+            if stretch.iter().any(|o| *o != Outcome::Duplicate) {
+                self.outbox_wake.notify_one();
+            }
+            outcomes.append(&mut stretch);
+            for from in senders {
+                self.drain_held(&from).await?;
+            }
+            if let Some((envelope, receipt)) = run.get(i) {
+                outcomes.push(self.ingest(envelope, receipt.as_ref()).await?);
+                i += 1;
+            }
+        }
+        Ok(())
+    }
+
     /// Records an envelope dropped because its sender does not check out even against the
     /// hub's newest directory (a removed member, say), so the node's record says what was
     /// dropped and why, and a copy delivered again is known.
@@ -1608,16 +1716,8 @@ impl NodeCore {
             return Ok((Outcome::Duplicate, Some(claimed.from_org.clone())));
         }
         let dir = self.directory()?;
-        let processed = |outcome: &str, detail: String| Processed {
-            envelope_id: claimed.envelope_id.clone(),
-            from_org: claimed.from_org.clone(),
-            kind: claimed.kind,
-            outcome: outcome.to_string(),
-            detail,
-            receipt: receipt.map(|r| r.encode_to_vec()),
-            body_sha256: Some(claimed.body_sha256.clone()),
-            at: self.now(),
-        };
+        let processed =
+            |outcome: &str, detail: String| self.processed_row(&claimed, receipt, outcome, detail);
         // Checks anyone can make. A sender the directory does not know yet may be a new member:
         // fetch the directory again before refusing.
         // The directory the envelope was sealed under: the current one, or the one before the
@@ -1735,7 +1835,12 @@ impl NodeCore {
                 &claimed.envelope_id,
             )
             .await?;
-            if peer.requested_seq < seq - 1 {
+            // When the number just before is held, everything below it was asked for when that
+            // one was held: only a new gap is asked for (before, every envelope behind a gap
+            // asked again for the one before it, which was waiting here already).
+            if peer.requested_seq < seq - 1 && self.store.held(&from, seq - 1).await?.is_some() {
+                tx.set_requested_seq(&from, seq - 1).await?;
+            } else if peer.requested_seq < seq - 1 {
                 let from_seq = peer.received_seq.max(peer.requested_seq) + 1;
                 self.seal_in(
                     &mut tx,
@@ -1759,25 +1864,73 @@ impl NodeCore {
             return Ok((Outcome::Held { seq }, None));
         }
         let mut tx = self.store.begin().await?;
-        if !opened.payload.checkpoint.is_empty() {
-            tx.add_peer_checkpoint(&from, &opened.payload.checkpoint, self.now())
-                .await?;
-        }
-        if seq != 0 {
-            tx.set_received_seq(&from, seq).await?;
-        }
-        if from_held {
-            tx.unhold(&from, seq).await?;
-        }
-        let outcome = self
-            .apply_in(
+        let Some(outcome) = self
+            .take_in_next(
                 &mut tx,
                 &dir,
                 sealed_under.as_ref().unwrap_or(&dir),
                 &claimed,
                 &opened,
                 receipt,
+                from_held,
             )
+            .await?
+        else {
+            return Ok((Outcome::Duplicate, None));
+        };
+        tx.commit().await?;
+        Ok((outcome, Some(from)))
+    }
+
+    /// The record of an envelope taken in, with what became of it.
+    fn processed_row(
+        &self,
+        claimed: &EnvelopeHeader,
+        receipt: Option<&Signed>,
+        outcome: &str,
+        detail: String,
+    ) -> Processed {
+        Processed {
+            envelope_id: claimed.envelope_id.clone(),
+            from_org: claimed.from_org.clone(),
+            kind: claimed.kind,
+            outcome: outcome.to_string(),
+            detail,
+            receipt: receipt.map(|r| r.encode_to_vec()),
+            body_sha256: Some(claimed.body_sha256.clone()),
+            at: self.now(),
+        }
+    }
+
+    /// Takes in, inside `tx`, an opened envelope that is next in its sender's order (or carries
+    /// no number): the sender's number moves on, the envelope has its effect, and it is marked
+    /// processed, last. `None`: it was processed before, and `tx` holds an effect that must be
+    /// rolled back.
+    #[allow(clippy::too_many_arguments)]
+    async fn take_in_next(
+        &self,
+        tx: &mut Tx,
+        dir: &VerifiedDirectory,
+        sealed_under: &VerifiedDirectory,
+        claimed: &EnvelopeHeader,
+        opened: &Opened,
+        receipt: Option<&Signed>,
+        from_held: bool,
+    ) -> Result<Option<Outcome>, NodeError> {
+        let from = &claimed.from_org;
+        let seq = opened.payload.seq;
+        if !opened.payload.checkpoint.is_empty() {
+            tx.add_peer_checkpoint(from, &opened.payload.checkpoint, self.now())
+                .await?;
+        }
+        if seq != 0 {
+            tx.set_received_seq(from, seq).await?;
+        }
+        if from_held {
+            tx.unhold(from, seq).await?;
+        }
+        let outcome = self
+            .apply_in(tx, dir, sealed_under, claimed, opened, receipt)
             .await?;
         let (label, detail) = match &outcome {
             Outcome::Stored { grant_id } => ("stored", grant_id.clone()),
@@ -1791,11 +1944,13 @@ impl NodeCore {
         };
         // Marking it processed last, in the same transaction: if it was processed before, the
         // whole effect is rolled back.
-        if !tx.insert_processed(&processed(label, detail)).await? {
-            return Ok((Outcome::Duplicate, None));
+        if !tx
+            .insert_processed(&self.processed_row(claimed, receipt, label, detail))
+            .await?
+        {
+            return Ok(None);
         }
-        tx.commit().await?;
-        Ok((outcome, Some(from)))
+        Ok(Some(outcome))
     }
 
     /// The effect of one opened envelope, inside the transaction that marks it processed.
@@ -1813,38 +1968,43 @@ impl NodeCore {
     ) -> Result<Outcome, NodeError> {
         let from = &header.from_org;
         match &opened.payload.content {
-            Some(Content::Package(p)) => match self.check_package(signed_under, opened, p).await? {
-                Ok((received, superseded)) => {
-                    let grant_id = received.grant_id.clone();
-                    tx.store_received(&received).await?;
-                    if superseded {
-                        self.erase_in(
-                            tx,
-                            &grant_id,
-                            from,
-                            &received.pseudonym,
-                            "superseded",
-                            Erase::Yes,
-                        )
-                        .await?;
+            Some(Content::Package(p)) => {
+                match self.check_package(tx, signed_under, opened, p).await? {
+                    Ok((received, superseded)) => {
+                        let grant_id = received.grant_id.clone();
+                        tx.store_received(&received).await?;
+                        if superseded {
+                            self.erase_in(
+                                tx,
+                                &grant_id,
+                                from,
+                                &received.pseudonym,
+                                "superseded",
+                                Erase::Yes,
+                            )
+                            .await?;
+                        }
+                        self.report_status_in(tx, &received, "ontvangen", vec![])
+                            .await?;
+                        tracing::info!(org = %self.org_id, %from, version = received.version, "passport stored");
+                        Ok(Outcome::Stored { grant_id })
                     }
-                    self.report_status_in(tx, &received, "ontvangen", vec![])
-                        .await?;
-                    tracing::info!(org = %self.org_id, %from, version = received.version, "passport stored");
-                    Ok(Outcome::Stored { grant_id })
+                    Err(e) => {
+                        let grant_id = p
+                            .grant
+                            .as_ref()
+                            .and_then(|g| decode_body::<ConsentGrant>(Domain::Grant, g).ok())
+                            .map(|g| g.grant_id);
+                        self.refuse_in(tx, dir, header, grant_id, e.to_string())
+                            .await
+                    }
                 }
-                Err(e) => {
-                    let grant_id = p
-                        .grant
-                        .as_ref()
-                        .and_then(|g| decode_body::<ConsentGrant>(Domain::Grant, g).ok())
-                        .map(|g| g.grant_id);
-                    self.refuse_in(tx, dir, header, grant_id, e.to_string())
-                        .await
-                }
-            },
+            }
             Some(Content::Revocation(notice)) => {
-                match self.check_revocation(signed_under, from, notice).await? {
+                match self
+                    .check_revocation(tx, signed_under, from, notice)
+                    .await?
+                {
                     Ok((rev, held_elsewhere)) => {
                         let erase = if held_elsewhere {
                             Erase::AnswerOnly
@@ -2003,12 +2163,13 @@ impl NodeCore {
     /// package replaces an older version held under the same grant.
     async fn check_package(
         &self,
+        tx: &mut Tx,
         dir: &VerifiedDirectory,
         opened: &Opened,
         p: &Package,
     ) -> Result<Result<(Received, bool), ProtocolError>, NodeError> {
         let held = self
-            .held_card(&opened.header.from_org, p.card.as_ref())
+            .held_card(tx, &opened.header.from_org, p.card.as_ref())
             .await?;
         let received = match self.check_package_rules(dir, opened, p, held) {
             Ok(r) => r,
@@ -2022,7 +2183,7 @@ impl NodeCore {
                 received.grant_id, received.from_org
             ))
         };
-        if let Some(e) = self.store.erased(&received.grant_id).await? {
+        if let Some(e) = tx.erased(&received.grant_id).await? {
             if e.from_org != received.from_org {
                 return Ok(Err(taken()));
             }
@@ -2034,7 +2195,7 @@ impl NodeCore {
             ))));
         }
         let mut superseded = false;
-        if let Some(held) = self.store.received(&received.grant_id).await? {
+        if let Some(held) = tx.received(&received.grant_id).await? {
             if held.from_org != received.from_org || held.pseudonym != received.pseudonym {
                 return Ok(Err(taken()));
             }
@@ -2111,6 +2272,7 @@ impl NodeCore {
     /// The newest card this node holds for the student an incoming card names, if any.
     async fn held_card(
         &self,
+        tx: &mut Tx,
         home: &str,
         incoming: Option<&Signed>,
     ) -> Result<Option<StudentCard>, NodeError> {
@@ -2118,8 +2280,7 @@ impl NodeCore {
         else {
             return Ok(None);
         };
-        Ok(self
-            .store
+        Ok(tx
             .held_cards(home, &probe.pseudonym)
             .await?
             .iter()
@@ -2187,11 +2348,12 @@ impl NodeCore {
     /// and for a grant held from that school, if one is held at all.
     async fn check_revocation(
         &self,
+        tx: &mut Tx,
         dir: &VerifiedDirectory,
         home: &str,
         notice: &RevocationNotice,
     ) -> Result<Result<(Revocation, bool), ProtocolError>, NodeError> {
-        let held = self.held_card(home, notice.card.as_ref()).await?;
+        let held = self.held_card(tx, home, notice.card.as_ref()).await?;
         let check = || -> Result<Revocation, ProtocolError> {
             let card_signed = notice.card.as_ref().ok_or(ProtocolError::Malformed {
                 what: "revocation",
@@ -2214,7 +2376,7 @@ impl NodeCore {
             Ok(r) => r,
             Err(e) => return Ok(Err(e)),
         };
-        if let Some(held) = self.store.received(&rev.grant_id).await?
+        if let Some(held) = tx.received(&rev.grant_id).await?
             && (held.from_org != home || held.pseudonym != rev.pseudonym)
         {
             // Held for another school or student: answered exactly as a grant never held here

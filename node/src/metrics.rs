@@ -7,6 +7,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -26,6 +27,8 @@ pub struct NodeMetrics {
     pub log_alarm: Gauge,
     pub log_entries: Gauge,
     pub log_unproven: Gauge,
+    /// Envelopes per commit when the inbox takes in a run of them (see `NodeCore::ingest_run`).
+    pub inbox_commit: Histogram,
 }
 
 impl Default for NodeMetrics {
@@ -48,12 +51,19 @@ impl Default for NodeMetrics {
             "overstap_node_envelopes_refused",
             "Envelopes the hub refused for good, by kind",
         );
+        let inbox_commit = Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]);
+        registry.register(
+            "overstap_node_inbox_commit_envelopes",
+            "Envelopes taken in from the mailbox per commit (more when many wait)",
+            inbox_commit.clone(),
+        );
         let mut gauge = |name: &str, help: &str| {
             let g = Gauge::default();
             registry.register(name, help, g.clone());
             g
         };
         NodeMetrics {
+            inbox_commit,
             outbox_waiting: gauge(
                 "overstap_node_outbox_waiting",
                 "Envelopes in the outbox not yet accepted by the hub",

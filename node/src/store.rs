@@ -13,7 +13,7 @@
 //! each.
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{Any, AnyPool, Row, Transaction};
+use sqlx::{Any, AnyConnection, AnyPool, Row, Transaction};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -550,28 +550,11 @@ impl NodeStore {
     }
 
     pub async fn is_processed(&self, envelope_id: &[u8]) -> Result<bool, StoreError> {
-        Ok(
-            sqlx::query("SELECT 1 FROM processed WHERE envelope_id = $1")
-                .bind(envelope_id)
-                .fetch_optional(&self.pool)
-                .await?
-                .is_some(),
-        )
+        is_processed(&self.pool, envelope_id).await
     }
 
     pub async fn peer(&self, org: &str) -> Result<Peer, StoreError> {
-        Ok(
-            sqlx::query("SELECT sent_seq, received_seq, requested_seq FROM peers WHERE org = $1")
-                .bind(org)
-                .fetch_optional(&self.pool)
-                .await?
-                .map(|r| Peer {
-                    sent_seq: r.get::<i64, _>(0) as u64,
-                    received_seq: r.get::<i64, _>(1) as u64,
-                    requested_seq: r.get::<i64, _>(2) as u64,
-                })
-                .unwrap_or_default(),
-        )
+        peer(&self.pool, org).await
     }
 
     pub async fn held(&self, from_org: &str, seq: u64) -> Result<Option<Held>, StoreError> {
@@ -623,56 +606,11 @@ impl NodeStore {
         from_org: &str,
         pseudonym: &str,
     ) -> Result<Vec<Vec<u8>>, StoreError> {
-        Ok(
-            sqlx::query("SELECT card FROM received WHERE from_org = $1 AND pseudonym = $2")
-                .bind(from_org)
-                .bind(pseudonym)
-                .fetch_all(&self.pool)
-                .await?
-                .into_iter()
-                .map(|r| r.get(0))
-                .collect(),
-        )
+        held_cards(&mut *self.pool.acquire().await?, from_org, pseudonym).await
     }
 
     pub async fn received(&self, grant_id: &str) -> Result<Option<Received>, StoreError> {
-        let Some(r) = sqlx::query(&format!(
-            "SELECT {RECEIVED_COLUMNS} FROM received WHERE grant_id = $1"
-        ))
-        .bind(grant_id)
-        .fetch_optional(&self.pool)
-        .await?
-        else {
-            return Ok(None);
-        };
-        let disclosures = sqlx::query(
-            "SELECT section_id, disclosure FROM received_sections WHERE grant_id = $1 ORDER BY section_id",
-        )
-        .bind(grant_id)
-        .fetch_all(&self.pool)
-        .await?
-        .into_iter()
-        .map(|s| (s.get(0), s.get(1)))
-        .collect();
-        Ok(Some(Received {
-            grant_id: r.get(0),
-            pseudonym: r.get(1),
-            from_org: r.get(2),
-            purpose: r.get(3),
-            sections: sections_list(&r.get::<String, _>(4)),
-            not_before: r.get(5),
-            not_after: r.get(6),
-            live: r.get::<i64, _>(7) != 0,
-            version: r.get::<i64, _>(8) as u32,
-            question_set: r.get(9),
-            card: r.get(10),
-            manifest: r.get(11),
-            grant_signed: r.get(12),
-            envelope_id: r.get(13),
-            received_at: r.get(14),
-            status: r.get(15),
-            disclosures,
-        }))
+        received(&mut *self.pool.acquire().await?, grant_id).await
     }
 
     /// Received grants whose time is up.
@@ -689,19 +627,7 @@ impl NodeStore {
     }
 
     pub async fn erased(&self, grant_id: &str) -> Result<Option<Erased>, StoreError> {
-        Ok(sqlx::query(
-            "SELECT grant_id, from_org, reason, erased_at, receipt FROM erased WHERE grant_id = $1",
-        )
-        .bind(grant_id)
-        .fetch_optional(&self.pool)
-        .await?
-        .map(|r| Erased {
-            grant_id: r.get(0),
-            from_org: r.get(1),
-            reason: r.get(2),
-            erased_at: r.get(3),
-            receipt: r.get(4),
-        }))
+        erased(&mut *self.pool.acquire().await?, grant_id).await
     }
 
     pub async fn views(&self, grant_id: &str) -> Result<Vec<(String, i64)>, StoreError> {
@@ -1057,9 +983,142 @@ impl NodeStore {
     }
 }
 
+async fn is_processed<'e>(
+    on: impl sqlx::Executor<'e, Database = Any>,
+    envelope_id: &[u8],
+) -> Result<bool, StoreError> {
+    Ok(
+        sqlx::query("SELECT 1 FROM processed WHERE envelope_id = $1")
+            .bind(envelope_id)
+            .fetch_optional(on)
+            .await?
+            .is_some(),
+    )
+}
+
+async fn peer<'e>(
+    on: impl sqlx::Executor<'e, Database = Any>,
+    org: &str,
+) -> Result<Peer, StoreError> {
+    Ok(
+        sqlx::query("SELECT sent_seq, received_seq, requested_seq FROM peers WHERE org = $1")
+            .bind(org)
+            .fetch_optional(on)
+            .await?
+            .map(|r| Peer {
+                sent_seq: r.get::<i64, _>(0) as u64,
+                received_seq: r.get::<i64, _>(1) as u64,
+                requested_seq: r.get::<i64, _>(2) as u64,
+            })
+            .unwrap_or_default(),
+    )
+}
+
+async fn held_cards(
+    on: &mut AnyConnection,
+    from_org: &str,
+    pseudonym: &str,
+) -> Result<Vec<Vec<u8>>, StoreError> {
+    Ok(
+        sqlx::query("SELECT card FROM received WHERE from_org = $1 AND pseudonym = $2")
+            .bind(from_org)
+            .bind(pseudonym)
+            .fetch_all(&mut *on)
+            .await?
+            .into_iter()
+            .map(|r| r.get(0))
+            .collect(),
+    )
+}
+
+async fn received(on: &mut AnyConnection, grant_id: &str) -> Result<Option<Received>, StoreError> {
+    let Some(r) = sqlx::query(&format!(
+        "SELECT {RECEIVED_COLUMNS} FROM received WHERE grant_id = $1"
+    ))
+    .bind(grant_id)
+    .fetch_optional(&mut *on)
+    .await?
+    else {
+        return Ok(None);
+    };
+    let disclosures = sqlx::query(
+        "SELECT section_id, disclosure FROM received_sections WHERE grant_id = $1 ORDER BY section_id",
+    )
+    .bind(grant_id)
+    .fetch_all(&mut *on)
+    .await?
+    .into_iter()
+    .map(|s| (s.get(0), s.get(1)))
+    .collect();
+    Ok(Some(Received {
+        grant_id: r.get(0),
+        pseudonym: r.get(1),
+        from_org: r.get(2),
+        purpose: r.get(3),
+        sections: sections_list(&r.get::<String, _>(4)),
+        not_before: r.get(5),
+        not_after: r.get(6),
+        live: r.get::<i64, _>(7) != 0,
+        version: r.get::<i64, _>(8) as u32,
+        question_set: r.get(9),
+        card: r.get(10),
+        manifest: r.get(11),
+        grant_signed: r.get(12),
+        envelope_id: r.get(13),
+        received_at: r.get(14),
+        status: r.get(15),
+        disclosures,
+    }))
+}
+
+async fn erased(on: &mut AnyConnection, grant_id: &str) -> Result<Option<Erased>, StoreError> {
+    Ok(sqlx::query(
+        "SELECT grant_id, from_org, reason, erased_at, receipt FROM erased WHERE grant_id = $1",
+    )
+    .bind(grant_id)
+    .fetch_optional(&mut *on)
+    .await?
+    .map(|r| Erased {
+        grant_id: r.get(0),
+        from_org: r.get(1),
+        reason: r.get(2),
+        erased_at: r.get(3),
+        receipt: r.get(4),
+    }))
+}
+
 impl Tx {
     pub async fn commit(self) -> Result<(), StoreError> {
         Ok(self.0.commit().await?)
+    }
+
+    /// [`NodeStore::is_processed`], as this transaction sees it.
+    pub async fn is_processed(&mut self, envelope_id: &[u8]) -> Result<bool, StoreError> {
+        is_processed(&mut *self.0, envelope_id).await
+    }
+
+    /// [`NodeStore::peer`], as this transaction sees it.
+    pub async fn peer(&mut self, org: &str) -> Result<Peer, StoreError> {
+        peer(&mut *self.0, org).await
+    }
+
+    /// [`NodeStore::held_cards`], as this transaction sees it.
+    pub async fn held_cards(
+        &mut self,
+        from_org: &str,
+        pseudonym: &str,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        held_cards(&mut self.0, from_org, pseudonym).await
+    }
+
+    /// [`NodeStore::received`], as this transaction sees it.
+    pub async fn received(&mut self, grant_id: &str) -> Result<Option<Received>, StoreError> {
+        received(&mut self.0, grant_id).await
+    }
+
+    /// [`NodeStore::erased`], as this transaction sees it.
+    pub async fn erased(&mut self, grant_id: &str) -> Result<Option<Erased>, StoreError> {
+        erased(&mut self.0, grant_id).await
     }
 
     /// Marks a point inside this transaction to go back to, so that one item of a batch can

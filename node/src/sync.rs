@@ -11,7 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use overstap_proto::pb::hub_client::HubClient;
-use overstap_proto::pb::{AckRequest, Envelope, GetDirectoryRequest, Signed, SubscribeRequest};
+use overstap_proto::pb::{
+    AckRequest, Envelope, GetDirectoryRequest, SendBatchRequest, SendResult, Signed,
+    SubscribeRequest,
+};
+use prost::Message;
 
 use tokio::sync::watch;
 use tonic::Code;
@@ -333,9 +337,10 @@ async fn outbox_loop(
     }
 }
 
-/// Sends one recipient's envelopes in order, each after the hub accepted the one before,
-/// stopping at the first that must wait, then records their receipts in one transaction. A
-/// refusal for good is recorded and the next goes on. Returns the recipient and how it went.
+/// Sends one recipient's envelopes in order, in `SendBatch` calls of up to `SEND_BATCH` (the
+/// hub commits them in that order), stopping at the first that must wait, then records their
+/// receipts in one transaction. A refusal for good is recorded and the next goes on. Returns the
+/// recipient and how it went.
 async fn push_in_order(
     core: Arc<NodeCore>,
     mut client: HubClient<Channel>,
@@ -348,81 +353,107 @@ async fn push_in_order(
         .map(|e| e.to_org.clone())
         .unwrap_or_default();
     let mut out = Pushed::default();
-    let mut sent: Vec<(OutboxEntry, Signed)> = Vec::new();
+    // What may go: a package whose consent ended meanwhile goes as a skip, or not at all.
+    let mut ready: Vec<(OutboxEntry, Envelope)> = Vec::with_capacity(entries.len());
     for entry in entries {
-        if halt.load(Ordering::Relaxed) {
-            break;
-        }
-        let envelope = match core.envelope_to_push(&entry).await {
-            Ok(Some(e)) => e,
-            Ok(None) => continue,
+        match core.envelope_to_push(&entry).await {
+            Ok(Some(envelope)) => ready.push((entry, envelope)),
+            Ok(None) => {}
             Err(e) => {
                 tracing::error!(error = %e, "preparing an envelope failed");
                 out.stop = Some(Stop::Failed);
                 break;
             }
-        };
-        let id = envelope_id(&envelope);
-        match client.send(envelope).await {
-            Ok(resp) => {
-                let receipt = resp.into_inner();
-                if let Err(e) = core.check_receipt(&receipt, &id) {
-                    tracing::error!(error = %e, "the hub's receipt does not verify");
+        }
+    }
+    let budget = core.max_body.saturating_mul(2);
+    let mut sent: Vec<(OutboxEntry, Signed)> = Vec::new();
+    let mut ready = ready.into_iter().peekable();
+    'calls: while ready.peek().is_some() {
+        if halt.load(Ordering::Relaxed) {
+            break;
+        }
+        // One call: up to SEND_BATCH envelopes within the byte budget (at least one).
+        let mut call: Vec<(OutboxEntry, Envelope)> = Vec::new();
+        let mut bytes = 0;
+        while let Some((_, envelope)) = ready.peek() {
+            let size = envelope.encoded_len();
+            if !call.is_empty() && (call.len() == SEND_BATCH || bytes + size > budget) {
+                break;
+            }
+            bytes += size;
+            call.extend(ready.next());
+        }
+        let results =
+            send_in_order(&mut client, call.iter().map(|(_, e)| e.clone()).collect()).await;
+        let short = results.len() < call.len();
+        for ((entry, envelope), result) in call.into_iter().zip(results) {
+            let id = envelope_id(&envelope);
+            match result {
+                Ok(receipt) => {
+                    if let Err(e) = core.check_receipt(&receipt, &id) {
+                        tracing::error!(error = %e, "the hub's receipt does not verify");
+                        let _ = core
+                            .push_failed(&entry, &format!("receipt refused: {e}"), false)
+                            .await;
+                        out.stop = Some(Stop::Failed);
+                        break 'calls;
+                    }
+                    core.mark_connected(true);
+                    let mut entry = entry;
+                    entry.envelope_id = id;
+                    sent.push((entry, receipt));
+                }
+                Err(status)
+                    if is_final(&status)
+                        && !(maybe_directory_lag(status.code()) && entry.attempts < 5) =>
+                {
+                    tracing::warn!(to = %entry.to_org, reason = %status.message(), "the hub refused an envelope");
+                    let detail = format!(
+                        "refused by the hub ({:?}): {}",
+                        status.code(),
+                        status.message()
+                    );
+                    let _ = core.push_failed(&entry, &detail, true).await;
+                    core.metrics.refused(entry.kind);
+                }
+                Err(status) if status.code() == Code::ResourceExhausted => {
+                    // The hub asks us to wait: for this recipient only when its mailbox is
+                    // full, for everything when we called too often. It says for how long.
                     let _ = core
-                        .push_failed(&entry, &format!("receipt refused: {e}"), false)
+                        .push_failed(&entry, &format!("waiting: {}", status.message()), false)
+                        .await;
+                    let limit = status.metadata().get("overstap-limit");
+                    out.stop = Some(if limit.is_some_and(|l| l == "mailbox_full") {
+                        Stop::MailboxFull
+                    } else {
+                        halt.store(true, Ordering::Relaxed);
+                        Stop::HubWait(
+                            status
+                                .metadata()
+                                .get("retry-after")
+                                .and_then(|v| v.to_str().ok()?.parse().ok())
+                                .map(|s: u64| Duration::from_secs(s.min(300))),
+                        )
+                    });
+                    break 'calls;
+                }
+                Err(status) => {
+                    // Keep the order: nothing behind this envelope goes before it.
+                    halt.store(true, Ordering::Relaxed);
+                    core.mark_connected(false);
+                    let _ = core
+                        .push_failed(&entry, &format!("will retry: {}", status.message()), false)
                         .await;
                     out.stop = Some(Stop::Failed);
-                    break;
+                    break 'calls;
                 }
-                core.mark_connected(true);
-                let mut entry = entry;
-                entry.envelope_id = id;
-                sent.push((entry, receipt));
             }
-            Err(status)
-                if is_final(&status)
-                    && !(maybe_directory_lag(status.code()) && entry.attempts < 5) =>
-            {
-                tracing::warn!(to = %entry.to_org, reason = %status.message(), "the hub refused an envelope");
-                let detail = format!(
-                    "refused by the hub ({:?}): {}",
-                    status.code(),
-                    status.message()
-                );
-                let _ = core.push_failed(&entry, &detail, true).await;
-                core.metrics.refused(entry.kind);
-            }
-            Err(status) if status.code() == Code::ResourceExhausted => {
-                // The hub asks us to wait: for this recipient only when its mailbox is full,
-                // for everything when we called too often. It says for how long.
-                let _ = core
-                    .push_failed(&entry, &format!("waiting: {}", status.message()), false)
-                    .await;
-                let limit = status.metadata().get("overstap-limit");
-                out.stop = Some(if limit.is_some_and(|l| l == "mailbox_full") {
-                    Stop::MailboxFull
-                } else {
-                    halt.store(true, Ordering::Relaxed);
-                    Stop::HubWait(
-                        status
-                            .metadata()
-                            .get("retry-after")
-                            .and_then(|v| v.to_str().ok()?.parse().ok())
-                            .map(|s: u64| Duration::from_secs(s.min(300))),
-                    )
-                });
-                break;
-            }
-            Err(status) => {
-                // Keep the order: nothing behind this envelope goes before it.
-                halt.store(true, Ordering::Relaxed);
-                core.mark_connected(false);
-                let _ = core
-                    .push_failed(&entry, &format!("will retry: {}", status.message()), false)
-                    .await;
-                out.stop = Some(Stop::Failed);
-                break;
-            }
+        }
+        if short {
+            // The hub stopped without saying why: what it did not take up waits for a round.
+            out.stop = Some(Stop::Failed);
+            break;
         }
     }
     if !sent.is_empty() {
@@ -440,6 +471,77 @@ async fn push_in_order(
         }
     }
     (to_org, out)
+}
+
+/// The most envelopes in one `SendBatch` call (the hub takes up to 64).
+const SEND_BATCH: usize = 64;
+
+/// Sends envelopes in order in one `SendBatch` call, and returns the hub's answer for each
+/// envelope it took up, in order (fewer when it stopped at one that must wait). An error for
+/// the whole call is the answer for the first envelope. A hub that does not know `SendBatch`
+/// yet, or that finds the call too large, gets them one `Send` at a time, up to the first that
+/// is not accepted and not refused for good.
+async fn send_in_order(
+    client: &mut HubClient<Channel>,
+    envelopes: Vec<Envelope>,
+) -> Vec<Result<Signed, tonic::Status>> {
+    let many = envelopes.len() > 1;
+    let status = match client
+        .send_batch(SendBatchRequest {
+            envelopes: envelopes.clone(),
+        })
+        .await
+    {
+        Ok(response) => {
+            return response
+                .into_inner()
+                .results
+                .into_iter()
+                .map(|r| match r.receipt {
+                    Some(receipt) if r.code == 0 => Ok(receipt),
+                    None if r.code == 0 => Err(tonic::Status::unknown(
+                        "the hub answered an envelope with neither a receipt nor a reason",
+                    )),
+                    _ => Err(status_of(r)),
+                })
+                .collect();
+        }
+        Err(status) => status,
+    };
+    let one_at_a_time = status.code() == Code::Unimplemented
+        || (many && matches!(status.code(), Code::OutOfRange | Code::InvalidArgument));
+    if !one_at_a_time {
+        return vec![Err(status)];
+    }
+    let mut results = Vec::with_capacity(envelopes.len());
+    for envelope in envelopes {
+        let result = client.send(envelope).await.map(tonic::Response::into_inner);
+        let go_on = match &result {
+            Ok(_) => true,
+            Err(status) => is_final(status),
+        };
+        results.push(result);
+        if !go_on {
+            break;
+        }
+    }
+    results
+}
+
+/// The status `Send` would have answered with, from a `SendBatch` result.
+fn status_of(r: SendResult) -> tonic::Status {
+    let mut status = tonic::Status::new(Code::from_i32(r.code), r.message);
+    if !r.limit.is_empty()
+        && let Ok(v) = r.limit.parse()
+    {
+        status.metadata_mut().insert("overstap-limit", v);
+    }
+    if r.retry_after > 0
+        && let Ok(v) = r.retry_after.to_string().parse()
+    {
+        status.metadata_mut().insert("retry-after", v);
+    }
+    status
 }
 
 /// Watches the hub's log: every `interval`, fetch the newest checkpoint, check its signature
@@ -730,38 +832,78 @@ async fn inbox_loop(
                 continue;
             }
         };
-        loop {
+        'stream: loop {
             let next = tokio::select! {
                 m = stream.message() => m,
                 _ = shutdown.changed() => return,
             };
-            let delivery = match next {
-                Ok(Some(d)) => d,
-                Ok(None) | Err(_) => break,
+            let Ok(Some(first)) = next else {
+                break;
             };
             attempt = 0;
-            let Some(envelope) = delivery.envelope.as_ref() else {
-                continue;
-            };
-            let id = envelope_id(envelope);
-            match ingest_with_refresh(&core, &mut client, envelope, delivery.receipt.as_ref()).await
-            {
-                Ok(outcome) => {
-                    tracing::debug!(org = %core.org_id, ?outcome, "ingested");
-                    if !matches!(outcome, crate::Outcome::Duplicate) {
-                        core.metrics.received(envelope_kind(envelope));
+            // Whatever else has arrived already is taken in with it: a run of envelopes from
+            // one sender commits once (see `NodeCore::ingest_run`).
+            let mut deliveries = vec![first];
+            let mut ended = false;
+            while deliveries.len() < RUN {
+                let ready = tokio::select! {
+                    biased;
+                    m = stream.message() => Some(m),
+                    () = std::future::ready(()) => None,
+                };
+                match ready {
+                    Some(Ok(Some(d))) => deliveries.push(d),
+                    Some(Ok(None) | Err(_)) => {
+                        ended = true;
+                        break;
                     }
-                    core.last_seq
-                        .store(delivery.seq, std::sync::atomic::Ordering::Relaxed);
-                    // Acked after the transaction that took it in, by the ack task.
-                    if acks.send(id).await.is_err() {
+                    None => break,
+                }
+            }
+            let mut run = Vec::with_capacity(deliveries.len());
+            let mut seqs = Vec::with_capacity(deliveries.len());
+            for d in deliveries {
+                if let Some(envelope) = d.envelope {
+                    run.push((envelope, d.receipt));
+                    seqs.push(d.seq);
+                }
+            }
+            let mut at = 0;
+            while at < run.len() {
+                let (outcomes, error) = core.ingest_run(&run[at..]).await;
+                for outcome in &outcomes {
+                    if !taken_in(&core, &acks, &run[at].0, seqs[at], outcome).await {
                         return;
                     }
+                    at += 1;
                 }
-                Err(e) => {
+                let error = match error {
+                    // A sender this node does not know (yet), or whose signature does not
+                    // verify: the directory is fetched again first.
+                    Some(NodeError::StaleDirectory(_) | NodeError::NoDirectory) => {
+                        let (envelope, receipt) = &run[at];
+                        match ingest_with_refresh(&core, &mut client, envelope, receipt.as_ref())
+                            .await
+                        {
+                            Ok(outcome) => {
+                                if !taken_in(&core, &acks, envelope, seqs[at], &outcome).await {
+                                    return;
+                                }
+                                at += 1;
+                                None
+                            }
+                            Err(e) => Some(e),
+                        }
+                    }
+                    other => other,
+                };
+                if let Some(e) = error {
                     tracing::warn!(org = %core.org_id, error = %e, "ingest failed; will retry");
-                    break;
+                    break 'stream;
                 }
+            }
+            if ended {
+                break;
             }
         }
         core.mark_connected(false);
@@ -770,6 +912,27 @@ async fn inbox_loop(
             return;
         }
     }
+}
+
+/// The most envelopes the inbox loop takes in together, when that many have arrived.
+const RUN: usize = 64;
+
+/// Counts an envelope taken in and queues its ack (after the transaction that took it in);
+/// false when the ack task has stopped.
+async fn taken_in(
+    core: &NodeCore,
+    acks: &tokio::sync::mpsc::Sender<Vec<u8>>,
+    envelope: &Envelope,
+    seq: u64,
+    outcome: &Outcome,
+) -> bool {
+    tracing::debug!(org = %core.org_id, ?outcome, "ingested");
+    if !matches!(outcome, Outcome::Duplicate) {
+        core.metrics.received(envelope_kind(envelope));
+    }
+    core.last_seq
+        .store(seq, std::sync::atomic::Ordering::Relaxed);
+    acks.send(envelope_id(envelope)).await.is_ok()
 }
 
 /// The header an envelope claims (unverified: for ids and counting only).

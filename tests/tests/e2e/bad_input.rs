@@ -8,7 +8,8 @@ use overstap_proto::envelope::{Outgoing, seal, seal_signed};
 use overstap_proto::pb::payload::Content;
 use overstap_proto::pb::{
     ConsentGrant, Envelope, EnvelopeHeader, EnvelopeKind, GetDirectoryRequest, MemberKind,
-    NodeStatusRequest, Payload, Revocation, RevocationNotice, SendPassportRequest, StudentCard,
+    NodeStatusRequest, Payload, Revocation, RevocationNotice, SendBatchRequest,
+    SendPassportRequest, StudentCard,
 };
 use overstap_proto::sign::{Domain, decode_body, sign_message};
 use overstap_tests::demo::{GEMEENTE, MBO, OTHER_MBO, SCHOOL, birth_month};
@@ -840,6 +841,112 @@ async fn a_school_cannot_learn_what_is_held_for_another_school() {
     assert_eq!(
         handover(&region, &held).await.unwrap().grant_state,
         "active"
+    );
+    region.shutdown().await.unwrap();
+}
+
+/// The ids of the envelopes waiting in `org`'s mailbox at the hub, oldest first.
+async fn mailbox_ids(region: &overstap_cli::region::Region, org: &str) -> Vec<Vec<u8>> {
+    let pool = hub_pool(region).await;
+    let ids = sqlx::query("SELECT envelope_id FROM mailbox WHERE to_org = $1 ORDER BY seq")
+        .bind(org)
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| sqlx::Row::get(r, 0))
+        .collect();
+    pool.close().await;
+    ids
+}
+
+/// `SendBatch` takes its envelopes one by one, as `Send` takes each: a tampered one gets the
+/// answer `Send` gives it and the good ones around it are stored, in the order sent; a batch
+/// over the limit is refused whole; and a full mailbox stops the batch where it fills, with the
+/// time to wait.
+#[tokio::test]
+async fn a_batch_is_answered_envelope_by_envelope_in_the_order_sent() {
+    let (_tmp, mut region) = region().await;
+    // The mbo is away, so its mailbox keeps what arrives.
+    region.stop_node(MBO).await.unwrap();
+    let school = creds(&region, SCHOOL);
+    let mbo = member(&region, MBO);
+    let mut hub = hub_client(&school);
+    let first = status_envelope(&school, &mbo);
+    let mut tampered = status_envelope(&school, &mbo);
+    tampered.body[40] ^= 1;
+    let third = status_envelope(&school, &mbo);
+    let results = hub
+        .send_batch(SendBatchRequest {
+            envelopes: vec![first.clone(), tampered.clone(), third.clone()],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert_eq!(results.len(), 3, "{results:?}");
+    let single = hub.send(tampered).await.unwrap_err();
+    assert_eq!(results[1].receipt, None);
+    assert_eq!(results[1].code, single.code() as i32);
+    assert_eq!(results[1].message, single.message());
+    assert!(
+        results[1]
+            .message
+            .contains("body does not match the SHA-256")
+    );
+    let id = |e: &Envelope| {
+        decode_body::<EnvelopeHeader>(Domain::EnvelopeHeader, e.header.as_ref().unwrap())
+            .unwrap()
+            .envelope_id
+    };
+    for (result, sent) in [(&results[0], &first), (&results[2], &third)] {
+        assert_eq!(result.code, 0);
+        let receipt: overstap_proto::pb::Receipt =
+            decode_body(Domain::Receipt, result.receipt.as_ref().expect("a receipt")).unwrap();
+        assert_eq!(receipt.envelope_id, id(sent));
+    }
+    assert_eq!(
+        mailbox_ids(&region, MBO).await,
+        vec![id(&first), id(&third)]
+    );
+
+    // Over the limit: refused whole, nothing stored.
+    let err = hub
+        .send_batch(SendBatchRequest {
+            envelopes: (0..65).map(|_| status_envelope(&school, &mbo)).collect(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert_eq!(err.message(), "a batch holds at most 64 envelopes, not 65");
+    assert_eq!(mailbox_ids(&region, MBO).await.len(), 2);
+
+    // A mailbox with room for one more: the batch stops at the envelope that does not fit.
+    region
+        .set_hub_limits(overstap_hub::limits::Limits {
+            mailbox_quota: 3,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut hub = hub_client(&school);
+    let more: Vec<Envelope> = (0..3).map(|_| status_envelope(&school, &mbo)).collect();
+    let results = hub
+        .send_batch(SendBatchRequest {
+            envelopes: more.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert_eq!(results.len(), 2, "the third was not looked at: {results:?}");
+    assert!(results[0].receipt.is_some());
+    assert_eq!(results[1].code, Code::ResourceExhausted as i32);
+    assert_eq!(results[1].limit, "mailbox_full");
+    assert_eq!(results[1].retry_after, 60);
+    assert_eq!(
+        mailbox_ids(&region, MBO).await,
+        vec![id(&first), id(&third), id(&more[0])]
     );
     region.shutdown().await.unwrap();
 }

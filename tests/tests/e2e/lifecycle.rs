@@ -45,6 +45,48 @@ async fn trail_events(
     .events
 }
 
+/// A live grant to the mbo for one section, in force from a minute ago for a day.
+async fn live_grant(
+    region: &overstap_cli::region::Region,
+    wallet: &overstap_cli::wallet::Wallet,
+) -> String {
+    grant(
+        region,
+        wallet,
+        &request(
+            MBO,
+            &["wat-wil-ik"],
+            "intake",
+            now() - 60,
+            now() + 86_400,
+            true,
+        ),
+        None,
+    )
+    .await
+}
+
+/// Sam changes his mind about what he wants, and signs version 2 at the school.
+async fn sign_version_2(
+    region: &overstap_cli::region::Region,
+    wallet: &overstap_cli::wallet::Wallet,
+) {
+    let mut answers: overstap_cli::passport::Answers =
+        serde_json::from_str(demo::SAM_ANSWERS).unwrap();
+    answers.get_mut("wat-wil-ik").unwrap().insert(
+        "opleiding".into(),
+        overstap_cli::passport::AnswerInput::Text(
+            "Toch liever de opleiding tot fietstechnicus.".into(),
+        ),
+    );
+    let draft = overstap_cli::passport::draft_from_answers("pvs-mbo-v1", &answers).unwrap();
+    let mut school = region.api(SCHOOL).await.unwrap();
+    let v = overstap_cli::passport::sign_passport(&mut school, wallet, &draft, None, now())
+        .await
+        .unwrap();
+    assert_eq!(v, 2);
+}
+
 #[tokio::test]
 async fn a_revocation_erases_at_the_recipient_and_a_signed_receipt_comes_back() {
     let (_tmp, region) = region().await;
@@ -323,20 +365,7 @@ async fn a_grant_that_is_not_yet_valid_waits_in_the_outbox_until_it_starts() {
 async fn a_live_grant_follows_new_versions_and_the_old_version_is_erased_there() {
     let (_tmp, region) = region().await;
     let sam = student(&region, &birth_month(17), None).await;
-    let live = grant(
-        &region,
-        &sam.wallet,
-        &request(
-            MBO,
-            &["wat-wil-ik"],
-            "intake",
-            now() - 60,
-            now() + 86_400,
-            true,
-        ),
-        None,
-    )
-    .await;
+    let live = live_grant(&region, &sam.wallet).await;
     let fixed = grant(
         &region,
         &sam.wallet,
@@ -359,20 +388,7 @@ async fn a_live_grant_follows_new_versions_and_the_old_version_is_erased_there()
     })
     .await;
     // Sam changes his mind about what he wants, and signs version 2.
-    let mut answers: overstap_cli::passport::Answers =
-        serde_json::from_str(demo::SAM_ANSWERS).unwrap();
-    answers.get_mut("wat-wil-ik").unwrap().insert(
-        "opleiding".into(),
-        overstap_cli::passport::AnswerInput::Text(
-            "Toch liever de opleiding tot fietstechnicus.".into(),
-        ),
-    );
-    let draft = overstap_cli::passport::draft_from_answers("pvs-mbo-v1", &answers).unwrap();
-    let mut school = region.api(SCHOOL).await.unwrap();
-    let v = overstap_cli::passport::sign_passport(&mut school, &sam.wallet, &draft, None, now())
-        .await
-        .unwrap();
-    assert_eq!(v, 2);
+    sign_version_2(&region, &sam.wallet).await;
     let shown = |org: &'static str, grant: String| {
         let region = &region;
         async move {
@@ -762,5 +778,133 @@ async fn a_revocation_during_a_push_leaves_a_true_record() {
         "{arrived_anyway} of {} withdrawn packages had left before the withdrawal",
         withdrawn.len()
     );
+    region.shutdown().await.unwrap();
+}
+
+/// A node that was away takes in its mailbox in runs (a commit for every stretch that comes in
+/// its sender's order), with the same result as one envelope at a time: a new version behind
+/// the one it replaces, a revocation behind its package, and a gap the hub left, each handled
+/// as it comes, and every envelope acked.
+#[tokio::test]
+async fn a_full_mailbox_is_taken_in_in_runs_with_the_same_result() {
+    let (_tmp, mut region) = region().await;
+    let sam = student(&region, &birth_month(17), None).await;
+    region.stop_node(MBO).await.unwrap();
+    let live = live_grant(&region, &sam.wallet).await;
+    send(&region, &live).await;
+    let sections = ["wie-ben-ik", "wat-kan-ik", "wat-heb-ik-nodig"];
+    let mut others = Vec::new();
+    for i in 0..10 {
+        let id = grant(
+            &region,
+            &sam.wallet,
+            &grant_request(MBO, &[sections[i % 3]], "intake", 60),
+            None,
+        )
+        .await;
+        send(&region, &id).await;
+        others.push(id);
+    }
+    region
+        .wait_for(SCHOOL, Duration::from_secs(20), "all pushed", |s| {
+            s.outbox_pending == 0
+        })
+        .await
+        .unwrap();
+    // One is revoked while its package waits in the mailbox, and Sam signs version 2, which the
+    // live grant follows.
+    let mut school = region.api(SCHOOL).await.unwrap();
+    revoke(
+        &mut school,
+        make_revocation(&sam.wallet, &others[2], None, now()).unwrap(),
+    )
+    .await
+    .unwrap();
+    sign_version_2(&region, &sam.wallet).await;
+    region
+        .wait_for(SCHOOL, Duration::from_secs(20), "all pushed", |s| {
+            s.outbox_pending == 0
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        hub_scalar(
+            &region,
+            "SELECT COUNT(*) FROM mailbox WHERE to_org = $1",
+            &[MBO]
+        )
+        .await,
+        13,
+        "version 1, ten packages, a revocation and version 2 wait for the mbo"
+    );
+    // The hub loses the sixth: the five behind it wait for the school to send it again.
+    let dropped = hub_execute(
+        &region,
+        "DELETE FROM mailbox WHERE seq = \
+         (SELECT seq FROM mailbox WHERE to_org = $1 ORDER BY seq LIMIT 1 OFFSET 5)",
+        &[MBO],
+    )
+    .await;
+    assert_eq!(dropped, 1);
+    region.start_node(MBO).await.unwrap();
+    eventually(
+        "the mbo has taken in everything, the lost one again",
+        || async {
+            node_count(&region, MBO, "received").await == 10
+                && node_count(&region, MBO, "held").await == 0
+                && hub_scalar(
+                    &region,
+                    "SELECT COUNT(*) FROM mailbox WHERE to_org = $1",
+                    &[MBO],
+                )
+                .await
+                    == 0
+        },
+    )
+    .await;
+    for (i, id) in others.iter().enumerate() {
+        let held = held_sections(&region, MBO, id).await;
+        if i == 2 {
+            assert!(held.is_empty(), "the revoked grant's package is erased");
+        } else {
+            assert_eq!(held, vec![sections[i % 3].to_string()], "grant {i}");
+        }
+    }
+    let pool = node_pool(&region, MBO).await;
+    let version: i64 = sqlx::Row::get(
+        &sqlx::query("SELECT version FROM received WHERE grant_id = $1")
+            .bind(&live)
+            .fetch_one(&pool)
+            .await
+            .unwrap(),
+        0,
+    );
+    pool.close().await;
+    assert_eq!(version, 2, "the live grant holds the new version");
+    eventually("the school hears of the erasure", || async {
+        handover(&region, &others[2])
+            .await
+            .is_some_and(|h| h.grant_state == "erased")
+    })
+    .await;
+    let outcomes = node_processed(&region, MBO).await;
+    assert!(
+        outcomes.iter().all(|(o, _)| o == "stored" || o == "erased"),
+        "each envelope taken in once, the lost one asked for once: {outcomes:?}"
+    );
+    assert_eq!(outcomes.len(), 13, "{outcomes:?}");
+    let metrics = scrape(&region.metrics_url(MBO).unwrap()).await;
+    let commits = metrics
+        .get("overstap_node_inbox_commit_envelopes_count")
+        .copied()
+        .unwrap_or(0.0);
+    println!(
+        "{commits} commits took in {} envelopes in runs",
+        metrics
+            .get("overstap_node_inbox_commit_envelopes_sum")
+            .copied()
+            .unwrap_or(0.0)
+    );
+    assert!(commits > 0.0, "the inbox took its mailbox in through runs");
     region.shutdown().await.unwrap();
 }

@@ -455,6 +455,13 @@ impl<S: overstap_hub::HubStore> overstap_proto::pb::hub_server::Hub for ForkingH
         self.honest.send(r).await
     }
 
+    async fn send_batch(
+        &self,
+        r: tonic::Request<overstap_proto::pb::SendBatchRequest>,
+    ) -> Result<tonic::Response<overstap_proto::pb::SendBatchResponse>, tonic::Status> {
+        self.honest.send_batch(r).await
+    }
+
     async fn subscribe(
         &self,
         r: tonic::Request<overstap_proto::pb::SubscribeRequest>,
