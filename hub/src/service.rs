@@ -177,6 +177,9 @@ struct CommitJob {
     env: NewEnvelope,
     sign: Box<dyn Fn(u64, i64) -> Vec<u8> + Send + Sync>,
     answer: tokio::sync::oneshot::Sender<Result<Accepted, StoreError>>,
+    /// Shared by the envelopes of one `SendBatch`: set when a commit with one of them failed,
+    /// so that none after it is stored ahead of it.
+    batch: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// Group commit: every envelope waiting when a commit ends goes into the next one, so under
@@ -188,6 +191,7 @@ async fn group_commit<S: HubStore>(
     state: std::sync::Weak<HubState<S>>,
     mut jobs: mpsc::Receiver<CommitJob>,
 ) {
+    use std::sync::atomic::Ordering;
     let mut batch = Vec::with_capacity(MAX_COMMIT_BATCH);
     while jobs.recv_many(&mut batch, MAX_COMMIT_BATCH).await > 0 {
         let Some(state) = state.upgrade() else {
@@ -196,10 +200,27 @@ async fn group_commit<S: HubStore>(
         let mut envs = Vec::with_capacity(batch.len());
         let mut signs = Vec::with_capacity(batch.len());
         let mut answers = Vec::with_capacity(batch.len());
+        let mut flags = Vec::new();
         for job in batch.drain(..) {
+            if job
+                .batch
+                .as_ref()
+                .is_some_and(|f| f.load(Ordering::Relaxed))
+            {
+                // An earlier envelope of its SendBatch was not stored: this one is not either.
+                state.waiting.sub(&job.env.to_org, 1);
+                let _ = job.answer.send(Err(StoreError::Failed(
+                    "an envelope before it in its batch could not be stored".into(),
+                )));
+                continue;
+            }
             envs.push(job.env);
             signs.push(job.sign);
             answers.push(job.answer);
+            flags.extend(job.batch);
+        }
+        if envs.is_empty() {
+            continue;
         }
         let to: Vec<String> = envs.iter().map(|e| e.to_org.clone()).collect();
         let items: Vec<(NewEnvelope, ReceiptSigner<'_>)> = envs
@@ -221,6 +242,9 @@ async fn group_commit<S: HubStore>(
                 }
             }
             Err(e) => {
+                for flag in &flags {
+                    flag.store(true, Ordering::Relaxed);
+                }
                 tracing::error!(error = %e, envelopes = answers.len(), "a group commit failed; none of it was stored");
                 for to_org in &to {
                     state.waiting.sub(to_org, 1);
@@ -587,7 +611,7 @@ impl<S: HubStore> HubService<S> {
         env: Envelope,
         kind: &mut &'static str,
     ) -> Result<(Signed, &'static str), HubError> {
-        self.enqueue(caller, env, kind).await?.finish().await
+        self.enqueue(caller, env, kind, None).await?.finish().await
     }
 
     /// Checks one envelope and hands it to the group commit: envelopes handed over one after
@@ -597,6 +621,7 @@ impl<S: HubStore> HubService<S> {
         caller: Member,
         env: Envelope,
         kind: &mut &'static str,
+        batch: Option<Arc<std::sync::atomic::AtomicBool>>,
     ) -> Result<Pending, HubError> {
         let directory = self.directory()?;
         // Who the envelope claims to be from is checked against the certificate before the
@@ -677,6 +702,7 @@ impl<S: HubStore> HubService<S> {
             env: new,
             sign: Box::new(signer),
             answer,
+            batch,
         };
         self.state.commits.send(job).await.map_err(|_| closed())?;
         place.keep();
@@ -684,8 +710,10 @@ impl<S: HubStore> HubService<S> {
     }
 
     /// `SendBatch`: each envelope as `Send` would take it, handed to the group commit in the
-    /// order sent; the answers come back in that order. It stops at the first envelope that
-    /// must wait (a limit with a time to try again): the ones after it are not looked at.
+    /// order sent; the answers come back in that order. It stops at the first envelope it does
+    /// not take (refused, or it must wait): the ones after it are not looked at, so nothing
+    /// overtakes an envelope its sender will send again. If a commit fails, the envelopes of
+    /// the batch after it are not stored either.
     async fn do_send_batch(
         &self,
         caller: Member,
@@ -698,19 +726,24 @@ impl<S: HubStore> HubService<S> {
             )));
         }
         let mut taken = Vec::with_capacity(envelopes.len());
+        let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
         for (i, env) in envelopes.into_iter().enumerate() {
             let mut kind = "unknown";
             // The call took one of the member's calls; every further envelope takes one more.
             let queued = match i {
-                0 => self.enqueue(caller.clone(), env, &mut kind).await,
-                _ => match self.take_call(&caller.org_id) {
-                    Ok(()) => self.enqueue(caller.clone(), env, &mut kind).await,
-                    Err(e) => Err(e),
-                },
+                0 => Ok(()),
+                _ => self.take_call(&caller.org_id),
             };
-            let wait = matches!(queued, Err(HubError::Exhausted { .. }));
+            let queued = match queued {
+                Ok(()) => {
+                    self.enqueue(caller.clone(), env, &mut kind, Some(flag.clone()))
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+            let refused = queued.is_err();
             taken.push((kind, queued));
-            if wait {
+            if refused {
                 break;
             }
         }

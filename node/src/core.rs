@@ -1561,56 +1561,22 @@ impl NodeCore {
         };
         let mut i = 0;
         while i < run.len() {
-            let mut tx: Option<Tx> = None;
-            let mut stretch = Vec::new();
-            let mut senders = std::collections::BTreeSet::new();
-            // Senders with envelopes held for a gap: theirs go alone, so that what waited is
-            // taken in right after the envelope that fills the gap (`drain_held`), before a
-            // copy sent again can take its place.
-            let mut holding: std::collections::HashMap<String, bool> = Default::default();
-            while let Some((claimed, opened)) = prepared.get(i).and_then(Option::as_ref) {
-                let from = &claimed.from_org;
-                if !holding.contains_key(from) {
-                    // Only the inbox loop holds envelopes (the reaper takes held ones in, which
-                    // can only make the count smaller), and it is here.
-                    holding.insert(from.clone(), self.store.held_from(from).await? > 0);
-                }
-                if holding[from] {
-                    break;
-                }
-                let t = match &mut tx {
-                    Some(t) => t,
-                    None => tx.insert(self.store.begin().await?),
-                };
-                if t.is_processed(&claimed.envelope_id).await? {
-                    stretch.push(Outcome::Duplicate);
-                } else {
-                    let seq = opened.payload.seq;
-                    if seq != 0 && seq != t.peer(from).await?.received_seq + 1 {
-                        // Taken in before under another envelope, or ahead of a gap.
-                        break;
+            let start = i;
+            let (mut stretch, senders) = match self
+                .take_in_stretch(run, &prepared, &dir, &mut i)
+                .await
+            {
+                Ok(taken) => taken,
+                Err(e) => {
+                    // Nothing of the stretch was kept. The rest of the run goes one at a time,
+                    // so what comes before the envelope that fails is kept (and acked).
+                    tracing::warn!(org = %self.org_id, error = %e, "a run could not be taken in together; one at a time");
+                    for (envelope, receipt) in &run[start..] {
+                        outcomes.push(self.ingest(envelope, receipt.as_ref()).await?);
                     }
-                    let receipt = run[i].1.as_ref();
-                    let outcome = self
-                        .take_in_next(t, &dir, &dir, claimed, opened, receipt, false)
-                        .await?
-                        .ok_or_else(|| {
-                            NodeError::Invalid(format!(
-                                "envelope {} was taken in twice in one transaction",
-                                hex::encode(&claimed.envelope_id)
-                            ))
-                        })?;
-                    stretch.push(outcome);
+                    return Ok(());
                 }
-                senders.insert(from.clone());
-                i += 1;
-            }
-            if let Some(t) = tx {
-                t.commit().await?;
-                if !stretch.is_empty() {
-                    self.metrics.inbox_commit.observe(stretch.len() as f64);
-                }
-            }
+            };
             if stretch.iter().any(|o| *o != Outcome::Duplicate) {
                 self.outbox_wake.notify_one();
             }
@@ -1624,6 +1590,69 @@ impl NodeCore {
             }
         }
         Ok(())
+    }
+
+    /// Takes in, from `run[*i]` on, the envelopes that checked out (`prepared`) and come next
+    /// in their senders' order, in one transaction; `*i` ends at the first that does not. Returns
+    /// their outcomes and their senders.
+    async fn take_in_stretch(
+        &self,
+        run: &[(Envelope, Option<Signed>)],
+        prepared: &[Option<(EnvelopeHeader, Opened)>],
+        dir: &VerifiedDirectory,
+        i: &mut usize,
+    ) -> Result<(Vec<Outcome>, std::collections::BTreeSet<String>), NodeError> {
+        let mut tx: Option<Tx> = None;
+        let mut stretch = Vec::new();
+        let mut senders = std::collections::BTreeSet::new();
+        // Senders with envelopes held for a gap: theirs go alone, so that what waited is taken
+        // in right after the envelope that fills the gap (`drain_held`), before a copy sent
+        // again can take its place.
+        let mut holding: std::collections::HashMap<String, bool> = Default::default();
+        while let Some((claimed, opened)) = prepared.get(*i).and_then(Option::as_ref) {
+            let from = &claimed.from_org;
+            if !holding.contains_key(from) {
+                // Only the inbox loop holds envelopes (the reaper takes held ones in, which can
+                // only make the count smaller), and it is here.
+                holding.insert(from.clone(), self.store.held_from(from).await? > 0);
+            }
+            if holding[from] {
+                break;
+            }
+            let t = match &mut tx {
+                Some(t) => t,
+                None => tx.insert(self.store.begin().await?),
+            };
+            if t.is_processed(&claimed.envelope_id).await? {
+                stretch.push(Outcome::Duplicate);
+            } else {
+                let seq = opened.payload.seq;
+                if seq != 0 && seq != t.peer(from).await?.received_seq + 1 {
+                    // Taken in before under another envelope, or ahead of a gap.
+                    break;
+                }
+                let receipt = run[*i].1.as_ref();
+                let outcome = self
+                    .take_in_next(t, dir, dir, claimed, opened, receipt, false)
+                    .await?
+                    .ok_or_else(|| {
+                        NodeError::Invalid(format!(
+                            "envelope {} was taken in twice in one transaction",
+                            hex::encode(&claimed.envelope_id)
+                        ))
+                    })?;
+                stretch.push(outcome);
+            }
+            senders.insert(from.clone());
+            *i += 1;
+        }
+        if let Some(t) = tx {
+            t.commit().await?;
+            if !stretch.is_empty() {
+                self.metrics.inbox_commit.observe(stretch.len() as f64);
+            }
+        }
+        Ok((stretch, senders))
     }
 
     /// Records an envelope dropped because its sender does not check out even against the

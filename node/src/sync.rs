@@ -368,25 +368,33 @@ async fn push_in_order(
     }
     let budget = core.max_body.saturating_mul(2);
     let mut sent: Vec<(OutboxEntry, Signed)> = Vec::new();
-    let mut ready = ready.into_iter().peekable();
-    'calls: while ready.peek().is_some() {
+    let mut ready: std::collections::VecDeque<_> = ready.into();
+    'calls: while !ready.is_empty() {
         if halt.load(Ordering::Relaxed) {
             break;
         }
         // One call: up to SEND_BATCH envelopes within the byte budget (at least one).
         let mut call: Vec<(OutboxEntry, Envelope)> = Vec::new();
         let mut bytes = 0;
-        while let Some((_, envelope)) = ready.peek() {
+        while let Some((_, envelope)) = ready.front() {
             let size = envelope.encoded_len();
             if !call.is_empty() && (call.len() == SEND_BATCH || bytes + size > budget) {
                 break;
             }
             bytes += size;
-            call.extend(ready.next());
+            call.extend(ready.pop_front());
         }
         let results =
             send_in_order(&mut client, call.iter().map(|(_, e)| e.clone()).collect()).await;
-        let short = results.len() < call.len();
+        if results.is_empty() {
+            // The hub answered for none of them (it should have): they wait for a round.
+            out.stop = Some(Stop::Failed);
+            break;
+        }
+        // What the hub did not look at, after one it refused for good, goes in the next call.
+        for untaken in call.split_off(results.len()).into_iter().rev() {
+            ready.push_front(untaken);
+        }
         for ((entry, envelope), result) in call.into_iter().zip(results) {
             let id = envelope_id(&envelope);
             match result {
@@ -450,11 +458,6 @@ async fn push_in_order(
                 }
             }
         }
-        if short {
-            // The hub stopped without saying why: what it did not take up waits for a round.
-            out.stop = Some(Stop::Failed);
-            break;
-        }
     }
     if !sent.is_empty() {
         match core.after_sent(&sent).await {
@@ -477,10 +480,10 @@ async fn push_in_order(
 const SEND_BATCH: usize = 64;
 
 /// Sends envelopes in order in one `SendBatch` call, and returns the hub's answer for each
-/// envelope it took up, in order (fewer when it stopped at one that must wait). An error for
-/// the whole call is the answer for the first envelope. A hub that does not know `SendBatch`
-/// yet, or that finds the call too large, gets them one `Send` at a time, up to the first that
-/// is not accepted and not refused for good.
+/// envelope it took up, in order (fewer when it stopped at one it did not take, whose answer is
+/// the last). An error for the whole call is the answer for the first envelope. A hub that does
+/// not know `SendBatch` yet, or that finds the call too large, gets them one `Send` at a time,
+/// up to the first it does not take.
 async fn send_in_order(
     client: &mut HubClient<Channel>,
     envelopes: Vec<Envelope>,
@@ -516,12 +519,9 @@ async fn send_in_order(
     let mut results = Vec::with_capacity(envelopes.len());
     for envelope in envelopes {
         let result = client.send(envelope).await.map(tonic::Response::into_inner);
-        let go_on = match &result {
-            Ok(_) => true,
-            Err(status) => is_final(status),
-        };
+        let taken = result.is_ok();
         results.push(result);
-        if !go_on {
+        if !taken {
             break;
         }
     }
@@ -880,7 +880,9 @@ async fn inbox_loop(
                 let error = match error {
                     // A sender this node does not know (yet), or whose signature does not
                     // verify: the directory is fetched again first.
-                    Some(NodeError::StaleDirectory(_) | NodeError::NoDirectory) => {
+                    Some(NodeError::StaleDirectory(_) | NodeError::NoDirectory)
+                        if at < run.len() =>
+                    {
                         let (envelope, receipt) = &run[at];
                         match ingest_with_refresh(&core, &mut client, envelope, receipt.as_ref())
                             .await

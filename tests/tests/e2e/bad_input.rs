@@ -860,10 +860,10 @@ async fn mailbox_ids(region: &overstap_cli::region::Region, org: &str) -> Vec<Ve
     ids
 }
 
-/// `SendBatch` takes its envelopes one by one, as `Send` takes each: a tampered one gets the
-/// answer `Send` gives it and the good ones around it are stored, in the order sent; a batch
-/// over the limit is refused whole; and a full mailbox stops the batch where it fills, with the
-/// time to wait.
+/// `SendBatch` takes its envelopes one by one, as `Send` takes each, in the order sent: a
+/// tampered one gets the answer `Send` gives it, the one before it is stored, and the batch
+/// stops there (nothing overtakes an envelope its sender may send again); a batch over the limit
+/// is refused whole; and a full mailbox stops the batch where it fills, with the time to wait.
 #[tokio::test]
 async fn a_batch_is_answered_envelope_by_envelope_in_the_order_sent() {
     let (_tmp, mut region) = region().await;
@@ -884,7 +884,7 @@ async fn a_batch_is_answered_envelope_by_envelope_in_the_order_sent() {
         .unwrap()
         .into_inner()
         .results;
-    assert_eq!(results.len(), 3, "{results:?}");
+    assert_eq!(results.len(), 2, "the third was not looked at: {results:?}");
     let single = hub.send(tampered).await.unwrap_err();
     assert_eq!(results[1].receipt, None);
     assert_eq!(results[1].code, single.code() as i32);
@@ -899,7 +899,15 @@ async fn a_batch_is_answered_envelope_by_envelope_in_the_order_sent() {
             .unwrap()
             .envelope_id
     };
-    for (result, sent) in [(&results[0], &first), (&results[2], &third)] {
+    let again = hub
+        .send_batch(SendBatchRequest {
+            envelopes: vec![third.clone()],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    for (result, sent) in [(&results[0], &first), (&again[0], &third)] {
         assert_eq!(result.code, 0);
         let receipt: overstap_proto::pb::Receipt =
             decode_body(Domain::Receipt, result.receipt.as_ref().expect("a receipt")).unwrap();
