@@ -1,12 +1,13 @@
 //! Envelopes as the hub and a recipient node take them in: decoding, the header checks, HPKE
 //! open and the signed payload inside. The first byte picks who made the input: an outsider
-//! (any bytes), a member signing a header over any body, or a member sealing any payload.
+//! (any bytes, as one envelope or as a `SendBatch` request), a member signing a header over any
+//! body, or a member sealing any payload.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use overstap_fuzz::{MAX_BODY, NOW, fixture};
 use overstap_proto::envelope::{Outgoing, open, seal_signed, verify_header};
-use overstap_proto::pb::{Envelope, EnvelopeHeader, EnvelopeKind, Signed};
+use overstap_proto::pb::{Envelope, EnvelopeHeader, EnvelopeKind, SendBatchRequest, Signed};
 use overstap_proto::sign::{Domain, sign_message};
 use prost::Message;
 
@@ -15,11 +16,22 @@ fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else {
         return;
     };
-    let envelope = match mode % 3 {
+    let envelope = match mode % 4 {
         0 => match Envelope::decode(rest) {
             Ok(e) => e,
             Err(_) => return,
         },
+        3 => {
+            // Any bytes as a batch: each envelope in it is checked as one sent alone.
+            let Ok(batch) = SendBatchRequest::decode(rest) else {
+                return;
+            };
+            for envelope in batch.envelopes.iter().take(64) {
+                let _ = verify_header(envelope, &f.directory, MAX_BODY);
+                let _ = open(envelope, &f.directory, "30RT", &[&f.mbo_enc], MAX_BODY);
+            }
+            return;
+        }
         1 => {
             // A member signs a header over a body of its choosing.
             use sha2::Digest;
