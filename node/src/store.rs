@@ -41,7 +41,13 @@ pub struct NodeStore {
 pub struct Tx(
     Transaction<'static, Any>,
     #[allow(dead_code)] tokio::sync::OwnedMutexGuard<()>,
+    /// The log note, once read: the log state is written only under the writer lock, outside
+    /// any `Tx`, so it cannot change while a `Tx` lives.
+    Option<LogNote>,
 );
+
+/// The newest checkpoint note this node verified, and the log alarm if one is raised.
+type LogNote = Option<(Vec<u8>, Option<String>)>;
 
 #[derive(Debug, Clone)]
 pub struct StoredVersion {
@@ -299,7 +305,7 @@ impl NodeStore {
         // operations do) would wait for them, and they for it, until the busy timeout failed
         // them all ("database is locked" after 10 s, seen with 16 concurrent sends).
         let gate = self.writer.clone().lock_owned().await;
-        Ok(Tx(self.pool.begin_with(self.begin).await?, gate))
+        Ok(Tx(self.pool.begin_with(self.begin).await?, gate, None))
     }
 
     pub async fn directory(&self) -> Result<Option<Vec<u8>>, StoreError> {
@@ -1472,13 +1478,18 @@ impl Tx {
     }
 
     /// The log state, read inside this transaction.
-    pub async fn log_note(&mut self) -> Result<Option<(Vec<u8>, Option<String>)>, StoreError> {
-        Ok(
-            sqlx::query("SELECT note, alarm FROM log_state WHERE id = 1")
-                .fetch_optional(&mut *self.0)
-                .await?
-                .map(|r| (r.get(0), r.get(1))),
-        )
+    /// The newest checkpoint note and the alarm, read once per transaction (every envelope
+    /// sealed in it carries the note).
+    pub async fn log_note(&mut self) -> Result<LogNote, StoreError> {
+        if let Some(note) = &self.2 {
+            return Ok(note.clone());
+        }
+        let note: LogNote = sqlx::query("SELECT note, alarm FROM log_state WHERE id = 1")
+            .fetch_optional(&mut *self.0)
+            .await?
+            .map(|r| (r.get(0), r.get(1)));
+        self.2 = Some(note.clone());
+        Ok(note)
     }
 
     /// Senders with envelopes waiting for a gap to be filled.
