@@ -337,7 +337,7 @@ async fn outbox_loop(
     }
 }
 
-/// Sends one recipient's envelopes in order, in `SendBatch` calls of up to `SEND_BATCH` (the
+/// Sends one recipient's envelopes in order, in `SendBatch` calls of up to `PUSH_BATCH` (the
 /// hub commits them in that order), stopping at the first that must wait, then records their
 /// receipts in one transaction. A refusal for good is recorded and the next goes on. Returns the
 /// recipient and how it went.
@@ -373,12 +373,12 @@ async fn push_in_order(
         if halt.load(Ordering::Relaxed) {
             break;
         }
-        // One call: up to SEND_BATCH envelopes within the byte budget (at least one).
+        // One call: up to PUSH_BATCH envelopes within the byte budget (at least one).
         let mut call: Vec<(OutboxEntry, Envelope)> = Vec::new();
         let mut bytes = 0;
         while let Some((_, envelope)) = ready.front() {
             let size = envelope.encoded_len();
-            if !call.is_empty() && (call.len() == SEND_BATCH || bytes + size > budget) {
+            if !call.is_empty() && (call.len() == PUSH_BATCH || bytes + size > budget) {
                 break;
             }
             bytes += size;
@@ -477,7 +477,7 @@ async fn push_in_order(
 }
 
 /// The most envelopes in one `SendBatch` call (the hub takes up to 64).
-const SEND_BATCH: usize = 64;
+const PUSH_BATCH: usize = 64;
 
 /// Sends envelopes in order in one `SendBatch` call, and returns the hub's answer for each
 /// envelope it took up, in order (fewer when it stopped at one it did not take, whose answer is
