@@ -753,17 +753,12 @@ impl<S: HubStore> HubService<S> {
                 Ok(pending) => pending.finish().await,
                 Err(e) => Err(e),
             };
-            results.push(match sent {
-                Ok((receipt, outcome)) => {
-                    self.state.metrics.routed(kind, outcome);
-                    SendResult {
-                        receipt: Some(receipt),
-                        ..Default::default()
-                    }
-                }
-                Err(e) => {
-                    self.state.metrics.routed(kind, "refused");
-                    let status = self.refuse(e);
+            results.push(match self.answer(kind, sent) {
+                Ok(receipt) => SendResult {
+                    receipt: Some(receipt),
+                    ..Default::default()
+                },
+                Err(status) => {
                     let meta = |key: &str| {
                         status
                             .metadata()
@@ -784,6 +779,25 @@ impl<S: HubStore> HubService<S> {
             });
         }
         Ok(results)
+    }
+
+    /// Counts how one envelope's send went, by kind and outcome, and gives the caller's answer:
+    /// the receipt, or the refusal as a status.
+    fn answer(
+        &self,
+        kind: &'static str,
+        sent: Result<(Signed, &'static str), HubError>,
+    ) -> Result<Signed, Status> {
+        match sent {
+            Ok((receipt, outcome)) => {
+                self.state.metrics.routed(kind, outcome);
+                Ok(receipt)
+            }
+            Err(e) => {
+                self.state.metrics.routed(kind, "refused");
+                Err(self.refuse(e))
+            }
+        }
     }
 }
 
@@ -878,17 +892,7 @@ impl<S: HubStore> Hub for HubService<S> {
             Ok(caller) => self.do_send(caller, request.into_inner(), &mut kind).await,
             Err(e) => Err(e),
         };
-        let metrics = &self.state.metrics;
-        match sent {
-            Ok((receipt, outcome)) => {
-                metrics.routed(kind, outcome);
-                Ok(Response::new(receipt))
-            }
-            Err(e) => {
-                metrics.routed(kind, "refused");
-                Err(self.refuse(e))
-            }
-        }
+        self.answer(kind, sent).map(Response::new)
     }
 
     async fn send_batch(

@@ -111,6 +111,21 @@ pub async fn hub_count(region: &Region, table: &str) -> i64 {
     hub_scalar(region, &format!("SELECT COUNT(*) FROM {table}"), &[]).await
 }
 
+/// The ids of the envelopes waiting in `org`'s mailbox at the hub, oldest first.
+pub async fn hub_mailbox(region: &Region, org: &str) -> Vec<Vec<u8>> {
+    let pool = hub_pool(region).await;
+    let ids = sqlx::query("SELECT envelope_id FROM mailbox WHERE to_org = $1 ORDER BY seq")
+        .bind(org)
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| sqlx::Row::get(r, 0))
+        .collect();
+    pool.close().await;
+    ids
+}
+
 /// Counts the envelopes the hub accepted from one member.
 pub async fn hub_envelopes_from(region: &Region, org: &str) -> i64 {
     hub_scalar(

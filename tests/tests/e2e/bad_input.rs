@@ -845,21 +845,6 @@ async fn a_school_cannot_learn_what_is_held_for_another_school() {
     region.shutdown().await.unwrap();
 }
 
-/// The ids of the envelopes waiting in `org`'s mailbox at the hub, oldest first.
-async fn mailbox_ids(region: &overstap_cli::region::Region, org: &str) -> Vec<Vec<u8>> {
-    let pool = hub_pool(region).await;
-    let ids = sqlx::query("SELECT envelope_id FROM mailbox WHERE to_org = $1 ORDER BY seq")
-        .bind(org)
-        .fetch_all(&pool)
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| sqlx::Row::get(r, 0))
-        .collect();
-    pool.close().await;
-    ids
-}
-
 /// `SendBatch` takes its envelopes one by one, as `Send` takes each, in the order sent: a
 /// tampered one gets the answer `Send` gives it, the one before it is stored, and the batch
 /// stops there (nothing overtakes an envelope its sender may send again); a batch over the limit
@@ -914,7 +899,7 @@ async fn a_batch_is_answered_envelope_by_envelope_in_the_order_sent() {
         assert_eq!(receipt.envelope_id, id(sent));
     }
     assert_eq!(
-        mailbox_ids(&region, MBO).await,
+        hub_mailbox(&region, MBO).await,
         vec![id(&first), id(&third)]
     );
 
@@ -927,7 +912,7 @@ async fn a_batch_is_answered_envelope_by_envelope_in_the_order_sent() {
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     assert_eq!(err.message(), "a batch holds at most 64 envelopes, not 65");
-    assert_eq!(mailbox_ids(&region, MBO).await.len(), 2);
+    assert_eq!(hub_mailbox(&region, MBO).await.len(), 2);
 
     // A mailbox with room for one more: the batch stops at the envelope that does not fit.
     region
@@ -953,7 +938,7 @@ async fn a_batch_is_answered_envelope_by_envelope_in_the_order_sent() {
     assert_eq!(results[1].limit, "mailbox_full");
     assert_eq!(results[1].retry_after, 60);
     assert_eq!(
-        mailbox_ids(&region, MBO).await,
+        hub_mailbox(&region, MBO).await,
         vec![id(&first), id(&third), id(&more[0])]
     );
     region.shutdown().await.unwrap();

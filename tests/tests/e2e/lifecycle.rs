@@ -828,12 +828,7 @@ async fn a_full_mailbox_is_taken_in_in_runs_with_the_same_result() {
         .await
         .unwrap();
     assert_eq!(
-        hub_scalar(
-            &region,
-            "SELECT COUNT(*) FROM mailbox WHERE to_org = $1",
-            &[MBO]
-        )
-        .await,
+        hub_mailbox(&region, MBO).await.len(),
         13,
         "version 1, ten packages, a revocation and version 2 wait for the mbo"
     );
@@ -852,13 +847,7 @@ async fn a_full_mailbox_is_taken_in_in_runs_with_the_same_result() {
         || async {
             node_count(&region, MBO, "received").await == 10
                 && node_count(&region, MBO, "held").await == 0
-                && hub_scalar(
-                    &region,
-                    "SELECT COUNT(*) FROM mailbox WHERE to_org = $1",
-                    &[MBO],
-                )
-                .await
-                    == 0
+                && hub_mailbox(&region, MBO).await.is_empty()
         },
     )
     .await;
