@@ -13,7 +13,7 @@ use overstap_proto::pb::{
 };
 use serde::Serialize;
 
-use crate::client::{connect_dir, explain, hub_link_of as hub_link};
+use overstap_region::client::{connect_dir, explain, hub_link_of as hub_link};
 
 #[derive(Debug, Serialize)]
 pub struct Audit {

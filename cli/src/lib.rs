@@ -2,30 +2,22 @@
 //! same code a person does.
 //!
 //! Layout:
-//! - [`authority`]: the regional authority (keys, CA, signed directory, admitting members).
-//! - [`wallet`]: the student's own key and card; guardian keys.
-//! - [`passport`]: filling in, signing and consenting, on the student's side.
-//! - [`client`]: reaching a node's local API.
-//! - [`render`], [`render_json`]: output for people and for programs.
-//! - [`region`]: a whole region in one process (the demo and the tests use it).
+//! - [`commands`]: argument parsing and dispatch.
 //! - [`demo`]: the story of a warm handover, checked step by step.
 //! - [`audit`]: rebuilding the hub's log from its entries and checking it.
-//! - [`commands`]: argument parsing and dispatch.
+//! - [`stats`]: the coordinator's figures from the hub.
+//! - [`health`]: `overstap health`, for container engines and systemd.
+//! - [`render`]: output for people; [`render_data`]: JSON and CSV, for programs.
+//!
+//! What the parties do (the authority, a student's wallet and documents, the node API client,
+//! a whole region on one machine) lives in `overstap-region`; the load runs behind
+//! `overstap bench` in `overstap-bench`.
 #![forbid(unsafe_code)]
 
 pub mod audit;
-pub mod authority;
-pub mod bench;
-pub mod bench_handover;
-pub mod bench_hub;
-pub mod bench_nats;
-pub mod bench_subscribers;
-pub mod client;
 pub mod commands;
 pub mod demo;
-pub mod passport;
-pub mod region;
+pub mod health;
 pub mod render;
-pub mod render_json;
+pub mod render_data;
 pub mod stats;
-pub mod wallet;

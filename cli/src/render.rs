@@ -166,3 +166,21 @@ pub fn trail(pseudonym: &str, events: &[TrailEvent]) -> String {
     }
     out
 }
+
+/// Question sets for people: each section's id and title, each question's id and text, so an
+/// answers file and a consent can name them.
+pub fn question_sets(sets: &[overstap_proto::questions::QuestionSet]) -> String {
+    let mut out = String::new();
+    for q in sets {
+        out.push_str(&format!("{} — {}\n", q.id, q.title));
+        for s in &q.sections {
+            out.push_str(&format!("\n  section {}: {}\n", s.id, s.title));
+            for x in &s.questions {
+                let smiley = if x.smiley { " (with a smiley)" } else { "" };
+                out.push_str(&format!("    {:<22} {}{smiley}\n", x.id, x.text));
+            }
+        }
+        out.push('\n');
+    }
+    out
+}

@@ -11,7 +11,8 @@ use overstap_proto::UnixTime;
 use overstap_proto::pb::stats_client::StatsClient;
 use overstap_proto::pb::{Count, StatsRequest, StatsResponse};
 
-use crate::client::{explain, hub_link_of};
+use crate::render_data::csv_field;
+use overstap_region::client::{explain, hub_link_of};
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
 pub enum ReportFormat {
@@ -34,7 +35,7 @@ pub fn parse_since(s: &str, now: UnixTime) -> anyhow::Result<UnixTime> {
     match s.strip_suffix('d').map(str::parse::<i64>) {
         Some(Ok(days)) if days > 0 => Ok(now - days * 86_400),
         Some(_) => anyhow::bail!("{s:?} is not a number of days such as 30d"),
-        None => crate::passport::parse_date(s),
+        None => overstap_region::passport::parse_date(s),
     }
 }
 
@@ -54,14 +55,6 @@ pub fn shown(c: &Option<Count>, threshold: u32) -> String {
     match c {
         Some(c) if !c.suppressed => c.value.to_string(),
         _ => format!("<{threshold}"),
-    }
-}
-
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
     }
 }
 

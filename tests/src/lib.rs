@@ -3,10 +3,6 @@
 #![forbid(unsafe_code)]
 
 use ed25519_dalek::SigningKey;
-use overstap_cli::demo::{GEMEENTE, MBO, OTHER_MBO, SCHOOL, demo_orgs};
-use overstap_cli::passport::{Answers, GrantRequest, draft_from_answers, make_grant, upload_grant};
-use overstap_cli::region::Region;
-use overstap_cli::wallet::Wallet;
 use overstap_node::sync::HubLink;
 use overstap_proto::config::parse_key_hex;
 use overstap_proto::directory::VerifiedDirectory;
@@ -20,10 +16,16 @@ use overstap_proto::pb::{
     RegisterStudentRequest, Signed, StorePassportRequest,
 };
 use overstap_proto::sign::{Domain, sign_message};
+use overstap_region::cast::{GEMEENTE, MBO, OTHER_MBO, SCHOOL, demo_orgs};
+use overstap_region::passport::{
+    Answers, GrantRequest, draft_from_answers, make_grant, upload_grant,
+};
+use overstap_region::region::Region;
+use overstap_region::wallet::Wallet;
 use sqlx::Row;
 use tonic::transport::Channel;
 
-pub use overstap_cli::demo;
+pub use overstap_region::cast;
 
 pub const ORGS: [&str; 4] = [SCHOOL, MBO, GEMEENTE, OTHER_MBO];
 
@@ -145,7 +147,7 @@ pub async fn node_pool(region: &Region, org: &str) -> sqlx::AnyPool {
 
 /// A pool of one connection to the database at `url` (SQLite or PostgreSQL).
 pub async fn database_pool(url: &str) -> sqlx::AnyPool {
-    overstap_cli::region::database_pool(url)
+    overstap_region::region::database_pool(url)
         .await
         .expect("open the database")
 }
@@ -209,9 +211,9 @@ pub async fn student(region: &Region, birth_month: &str, guardian: Option<&Signi
         .card
         .expect("card");
     let wallet = Wallet::new(key, card).expect("wallet");
-    let answers: Answers = serde_json::from_str(demo::SAM_ANSWERS).expect("answers");
+    let answers: Answers = serde_json::from_str(cast::SAM_ANSWERS).expect("answers");
     let draft = draft_from_answers("pvs-mbo-v1", &answers).expect("draft");
-    let sections = overstap_cli::passport::to_sections(&draft);
+    let sections = overstap_region::passport::to_sections(&draft);
     let version =
         build_version(&wallet.pseudonym, 1, "pvs-mbo-v1", now(), &sections).expect("version");
     let mut keys = vec![&wallet.key];
@@ -371,6 +373,7 @@ pub async fn send(region: &Region, grant_id: &str) -> overstap_proto::pb::SendPa
     let mut api = region.api(SCHOOL).await.expect("api");
     api.send_passport(overstap_proto::pb::SendPassportRequest {
         grant_id: grant_id.into(),
+        ..Default::default()
     })
     .await
     .expect("send")
@@ -519,8 +522,8 @@ pub fn parse_metrics(text: &str) -> Result<std::collections::BTreeMap<String, f6
 /// Admits the regional coordinator `RMC01` and starts its node (its witness and its statistics).
 pub async fn admit_coordinator(region: &mut Region) {
     region
-        .admit_and_start(overstap_cli::region::Org::new(
-            overstap_cli::demo::COORDINATOR,
+        .admit_and_start(overstap_region::region::Org::new(
+            overstap_region::cast::COORDINATOR,
             overstap_proto::pb::MemberKind::Coordinator,
             "RMC Zwolle",
         ))
@@ -531,7 +534,7 @@ pub async fn admit_coordinator(region: &mut Region) {
 /// A 17-year-old consents to `to` seeing "wie-ben-ik" for an intake, and the school sends it.
 /// Returns the grant id.
 pub async fn hand_over(region: &Region, to: &str) -> String {
-    let s = student(region, &demo::birth_month(17), None).await;
+    let s = student(region, &cast::birth_month(17), None).await;
     let id = grant(
         region,
         &s.wallet,

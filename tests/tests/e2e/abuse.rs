@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use overstap_hub::limits::Limits;
-use overstap_tests::demo::{GEMEENTE, MBO, OTHER_MBO, SCHOOL};
+use overstap_tests::cast::{GEMEENTE, MBO, OTHER_MBO, SCHOOL};
 use overstap_tests::*;
 
 #[tokio::test]

@@ -1,9 +1,9 @@
 //! The load commands run, small, and report what they measured: a figure that BENCHMARKS.md
 //! records must come from a command that still works.
 
-use overstap_cli::bench_handover::handover_bench;
-use overstap_cli::bench_hub::hub_bench;
-use overstap_cli::bench_subscribers::subscribers_bench;
+use overstap_bench::handover::handover_bench;
+use overstap_bench::hub::hub_bench;
+use overstap_bench::subscribers::subscribers_bench;
 
 /// The routing bench, with NATS JetStream when one listens on 127.0.0.1:4222 (it does on these
 /// machines and in CI) and PostgreSQL when `OVERSTAP_TEST_POSTGRES` names one.

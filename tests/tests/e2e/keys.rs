@@ -3,14 +3,14 @@
 //! report), and what it signed before stays in force. A member's own keys: rotated through the
 //! directory, or the member removed from the region when it is compromised.
 
-use overstap_cli::passport::{make_grant, make_revocation, revoke, upload_grant};
-use overstap_cli::wallet::Wallet;
 use overstap_proto::passport::verify_card;
 use overstap_proto::pb::{ReplaceStudentKeyRequest, StudentCard};
 use overstap_proto::sign::{
     Domain, decode_body, generate_signing_key, sign_message, verifying_key,
 };
-use overstap_tests::demo::{GEMEENTE, MBO, SCHOOL, birth_month};
+use overstap_region::passport::{make_grant, make_revocation, revoke, upload_grant};
+use overstap_region::wallet::Wallet;
+use overstap_tests::cast::{GEMEENTE, MBO, SCHOOL, birth_month};
 use overstap_tests::*;
 
 fn new_key_request(pseudonym: &str, key: &ed25519_dalek::SigningKey) -> ReplaceStudentKeyRequest {

@@ -5,10 +5,10 @@
 use std::time::Duration;
 
 use overstap_proto::pb::{LogStatusRequest, LogStatusResponse};
-use overstap_tests::demo::{MBO, OTHER_MBO, SCHOOL, birth_month};
+use overstap_tests::cast::{MBO, OTHER_MBO, SCHOOL, birth_month};
 use overstap_tests::*;
 
-async fn log_status(region: &overstap_cli::region::Region, org: &str) -> LogStatusResponse {
+async fn log_status(region: &overstap_region::region::Region, org: &str) -> LogStatusResponse {
     region
         .api(org)
         .await
@@ -20,7 +20,7 @@ async fn log_status(region: &overstap_cli::region::Region, org: &str) -> LogStat
 }
 
 /// A dishonest operator edits the hub's database while it is down, then starts it again.
-async fn tamper(region: &mut overstap_cli::region::Region, sql: &[&str]) {
+async fn tamper(region: &mut overstap_region::region::Region, sql: &[&str]) {
     region.stop_hub().await.unwrap();
     // The append-only triggers go first: the operator owns the database.
     let unguard: &[&str] = if hub_on_postgres(region) {
@@ -53,7 +53,7 @@ async fn tamper(region: &mut overstap_cli::region::Region, sql: &[&str]) {
     region.start_hub().await.unwrap();
 }
 
-async fn handed_over(region: &overstap_cli::region::Region) -> String {
+async fn handed_over(region: &overstap_region::region::Region) -> String {
     let sam = student(region, &birth_month(17), None).await;
     let id = grant(
         region,
@@ -131,7 +131,7 @@ async fn every_envelope_is_proven_in_the_signed_log() {
     );
     assert!(s.size >= 2, "the send and its delivery are logged");
     // The log holds metadata only: no pseudonym, no answer.
-    let hub = overstap_cli::region::hub_contents(&region.dir)
+    let hub = overstap_region::region::hub_contents(&region.dir)
         .await
         .unwrap();
     assert!(!hub.is_empty());
@@ -303,7 +303,7 @@ async fn a_hub_that_shows_two_members_two_histories_is_caught_by_comparing_check
 #[tokio::test]
 async fn the_log_benchmark_runs_and_reports_what_it_measured() {
     let mut out = Vec::new();
-    let b = overstap_cli::bench::log_bench(1000, 32, &mut out)
+    let b = overstap_bench::log::log_bench(1000, 32, &mut out)
         .await
         .unwrap();
     assert_eq!(b.entries, 1000);

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use overstap_tests::demo::{MBO, OTHER_MBO, SCHOOL, birth_month};
+use overstap_tests::cast::{MBO, OTHER_MBO, SCHOOL, birth_month};
 use overstap_tests::*;
 
 fn get(samples: &BTreeMap<String, f64>, series: &str) -> f64 {
@@ -177,9 +177,9 @@ async fn a_coordinator_sees_the_known_mix_and_small_counts_read_below_five() {
             .is_empty()
     })
     .await;
-    overstap_cli::passport::revoke(
+    overstap_region::passport::revoke(
         &mut region.api(SCHOOL).await.unwrap(),
-        overstap_cli::passport::make_revocation(&sam.wallet, &withdrawn, None, now()).unwrap(),
+        overstap_region::passport::make_revocation(&sam.wallet, &withdrawn, None, now()).unwrap(),
     )
     .await
     .unwrap();
@@ -314,7 +314,7 @@ async fn the_health_command_says_whether_hub_and_node_serve() {
     use overstap_cli::commands::HealthCmd;
     let (_tmp, mut region) = region().await;
     let hub_toml = region.dir.join("hub").join("hub.toml");
-    overstap_cli::client::health(HealthCmd::Hub {
+    overstap_cli::health::health(HealthCmd::Hub {
         config: hub_toml.clone(),
         name: "localhost".into(),
     })
@@ -322,12 +322,12 @@ async fn the_health_command_says_whether_hub_and_node_serve() {
     .expect("the hub serves");
     // The node chose its API port (api_listen port 0): the command finds it in api.url.
     let probe = region.node_dir(MBO).join("node.toml");
-    overstap_cli::client::health(HealthCmd::Node { config: probe })
+    overstap_cli::health::health(HealthCmd::Node { config: probe })
         .await
         .expect("the node serves");
 
     region.stop_hub().await.unwrap();
-    let err = overstap_cli::client::health(HealthCmd::Hub {
+    let err = overstap_cli::health::health(HealthCmd::Hub {
         config: hub_toml,
         name: "localhost".into(),
     })

@@ -108,15 +108,36 @@ pub async fn node_contents(dir: &Path, org: &str) -> anyhow::Result<Vec<u8>> {
     database_contents(&node_database_url(dir, org)?).await
 }
 
-/// Reads every file of a SQLite database (main file and write-ahead log).
-fn sqlite_file_bytes(db: &Path) -> Vec<u8> {
+/// Reads every file of a SQLite database (main file, write-ahead log and its index), each in a
+/// child process (`cat`). Never with `std::fs::read` in this process: closing any descriptor of
+/// a file drops every POSIX lock the process holds on that file (SQLite's documented pitfall),
+/// so a hub or node running in this process would lose its locks, and an outside reader that
+/// then believes it is alone rebuilds the `-shm` index under it: SIGBUS, or a corrupt database.
+/// `metadata` is a `stat`, which opens nothing.
+async fn sqlite_file_bytes(db: &Path) -> anyhow::Result<Vec<u8>> {
     let mut all = Vec::new();
     for suffix in ["", "-wal", "-shm"] {
-        if let Ok(b) = std::fs::read(format!("{}{suffix}", db.display())) {
-            all.extend(b);
+        let path = format!("{}{suffix}", db.display());
+        if std::fs::metadata(&path).is_err() {
+            continue;
+        }
+        let out = tokio::process::Command::new("cat")
+            .arg("--")
+            .arg(&path)
+            .output()
+            .await
+            .context("starting cat to read a SQLite file")?;
+        // The write-ahead log may be gone by now (the last connection closed); the rest is not.
+        if out.status.success() {
+            all.extend(out.stdout);
+        } else if suffix.is_empty() {
+            bail!(
+                "reading {path}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
         }
     }
-    all
+    Ok(all)
 }
 
 /// A pool of one connection to the database at `url`, SQLite or PostgreSQL, for looking
@@ -135,7 +156,7 @@ pub async fn database_contents(url: &str) -> anyhow::Result<Vec<u8>> {
     if !overstap_hub::store::is_postgres(url) {
         let path = url.trim_start_matches("sqlite://");
         let path = path.split('?').next().unwrap_or(path);
-        return Ok(sqlite_file_bytes(Path::new(path)));
+        return sqlite_file_bytes(Path::new(path)).await;
     }
     use sqlx::Row;
     let pool = sqlx::PgPool::connect(url).await?;
@@ -196,7 +217,8 @@ impl Region {
         region.start_nodes().await
     }
 
-    async fn start_nodes(mut self) -> anyhow::Result<Self> {
+    /// Starts every member's node (after [`Region::start_hub_with_database`]).
+    pub async fn start_nodes(mut self) -> anyhow::Result<Self> {
         for org in self.orgs.clone() {
             self.start_node(&org.id).await?;
         }

@@ -103,11 +103,11 @@ pub async fn log_bench(
     }
     let mut full = Vec::new();
     for _ in 0..2 {
-        let rate = crate::bench_hub::route(
+        let rate = crate::hub::route(
             envelopes,
-            crate::bench_hub::SENDERS,
+            crate::hub::SENDERS,
             4000,
-            crate::bench_hub::Target::Hub {
+            crate::hub::Target::Hub {
                 log: true,
                 postgres: None,
                 prefill: entries,
@@ -145,11 +145,11 @@ pub async fn log_bench(
 /// Envelopes of 4 KiB per second a fresh hub on SQLite accepts (durably, with a signed receipt
 /// each), with its log integrated or not.
 async fn route(envelopes: usize, log: bool, out: &mut dyn Write) -> anyhow::Result<f64> {
-    crate::bench_hub::route(
+    crate::hub::route(
         envelopes,
-        crate::bench_hub::SENDERS,
+        crate::hub::SENDERS,
         4000,
-        crate::bench_hub::Target::Hub {
+        crate::hub::Target::Hub {
             log,
             postgres: None,
             prefill: 0,

@@ -20,7 +20,7 @@ use overstap_proto::pb::{MemberKind, SubscribeRequest};
 use prost::Message;
 use serde::Serialize;
 
-use crate::authority::{Admission, Authority};
+use overstap_region::authority::{Admission, Authority};
 
 #[derive(Debug, Serialize)]
 pub struct SubscribersBench {

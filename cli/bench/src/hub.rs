@@ -21,7 +21,7 @@ use overstap_proto::pb::{self, EnvelopeKind, MemberKind, Payload, Skip};
 use serde::Serialize;
 use tonic::{Request, Response, Status};
 
-use crate::region::{Org, Region};
+use overstap_region::region::{Org, Region};
 
 #[derive(Debug, Serialize)]
 pub struct HubBench {
@@ -48,7 +48,7 @@ pub struct Figure {
 }
 
 /// Concurrent senders unless told otherwise, each waiting for its receipt before it sends again.
-pub(crate) const SENDERS: usize = 16;
+pub const SENDERS: usize = 16;
 
 /// What a routing run measures.
 #[derive(Clone)]
@@ -242,7 +242,7 @@ pub(crate) async fn route(
         .collect::<Result<_, _>>()?;
     if let Target::Nats(addr) = &target {
         let payloads = sealed.iter().map(prost::Message::encode_to_vec).collect();
-        let rate = crate::bench_nats::jetstream_store(addr, payloads, senders).await;
+        let rate = crate::nats::jetstream_store(addr, payloads, senders).await;
         region.shutdown().await?;
         return rate;
     }
@@ -276,9 +276,8 @@ pub(crate) async fn route(
     if let Target::Hub { .. } = target {
         // How many envelopes shared a commit, from the hub's own histogram.
         let url = region.metrics_url("hub")?;
-        let sum = crate::bench_subscribers::metric(&url, "overstap_hub_commit_batch_envelopes_sum");
-        let count =
-            crate::bench_subscribers::metric(&url, "overstap_hub_commit_batch_envelopes_count");
+        let sum = crate::subscribers::metric(&url, "overstap_hub_commit_batch_envelopes_sum");
+        let count = crate::subscribers::metric(&url, "overstap_hub_commit_batch_envelopes_count");
         if let (Ok(sum), Ok(count)) = (sum.await, count.await) {
             writeln!(
                 out,

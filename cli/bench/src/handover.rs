@@ -23,11 +23,11 @@ use overstap_proto::pb::{
 use serde::Serialize;
 use sqlx::AnyPool;
 
-use crate::demo::SAM_ANSWERS;
-use crate::passport::{
+use overstap_region::cast::SAM_ANSWERS;
+use overstap_region::passport::{
     Answers, GrantRequest, draft_from_answers, make_grant, sign_passport, upload_grant,
 };
-use crate::region::{Org, Region, database_pool};
+use overstap_region::region::{Org, Region, database_pool};
 
 #[derive(Debug, Serialize)]
 pub struct HandoverBench {
@@ -56,7 +56,9 @@ async fn prepare(region: &Region, n: usize, first: usize) -> anyhow::Result<Vec<
     let now = overstap_node::system_clock()();
     let mut grants = Vec::with_capacity(n);
     for i in first..first + n {
-        let wallet = crate::demo::register(&mut api, &crate::demo::birth_month(17), &[]).await?;
+        let wallet =
+            overstap_region::cast::register(&mut api, &overstap_region::cast::birth_month(17), &[])
+                .await?;
         sign_passport(&mut api, &wallet, &draft, None, now).await?;
         let mbo = i % MBOS.len();
         let req = GrantRequest {
@@ -159,6 +161,7 @@ pub async fn handover_bench(
         .await?
         .send_passports(SendPassportsRequest {
             grant_ids: grants.iter().map(|(g, _)| g.clone()).collect(),
+            ..Default::default()
         })
         .await?
         .into_inner()
@@ -189,11 +192,9 @@ pub async fn handover_bench(
     let (mut sum, mut count) = (0.0, 0.0);
     for id in MBOS {
         let url = region.metrics_url(id)?;
-        sum += crate::bench_subscribers::metric(&url, "overstap_node_inbox_commit_envelopes_sum")
-            .await?;
+        sum += crate::subscribers::metric(&url, "overstap_node_inbox_commit_envelopes_sum").await?;
         count +=
-            crate::bench_subscribers::metric(&url, "overstap_node_inbox_commit_envelopes_count")
-                .await?;
+            crate::subscribers::metric(&url, "overstap_node_inbox_commit_envelopes_count").await?;
     }
     let mbo_envelopes_per_commit = sum / count.max(1.0);
     writeln!(
@@ -276,6 +277,7 @@ pub async fn handover_bench(
         let start = Instant::now();
         api.send_passport(SendPassportRequest {
             grant_id: grant_id.clone(),
+            ..Default::default()
         })
         .await?;
         started_tx.send((grant_id, mbo, start))?;
