@@ -7,11 +7,11 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use overstap_tests::demo::{MBO, OTHER_MBO, SCHOOL};
+use overstap_tests::cast::{MBO, OTHER_MBO, SCHOOL};
 use overstap_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Debian's chromium (installed by `.ci/run`), or the browser `OVERSTAP_CHROMIUM` names.
+/// Debian's chromium (installed by `./test`), or the browser `OVERSTAP_CHROMIUM` names.
 fn chromium() -> PathBuf {
     if let Ok(p) = std::env::var("OVERSTAP_CHROMIUM") {
         return p.into();
@@ -24,7 +24,7 @@ fn chromium() -> PathBuf {
         }
     }
     panic!(
-        "no headless browser: install Debian's chromium package (.ci/run does), or set OVERSTAP_CHROMIUM"
+        "no headless browser: install Debian's chromium package (./test does), or set OVERSTAP_CHROMIUM"
     );
 }
 
@@ -76,7 +76,7 @@ fn shown(dom: &str, id: &str) -> String {
 }
 
 /// One HTTPS request to the dashboard, trusting the region's CA: (status, body).
-async fn https(region: &overstap_cli::region::Region, request: &str) -> (u16, String) {
+async fn https(region: &overstap_region::region::Region, request: &str) -> (u16, String) {
     use rustls_pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     for c in rustls_pki_types::CertificateDer::pem_file_iter(region.dir.join("authority/ca.pem"))
