@@ -4,8 +4,10 @@
 
 mod abuse;
 mod bad_input;
+mod bad_input_node;
 mod benches;
 mod dashboard;
+mod delivery;
 mod deploy;
 mod handover;
 mod keys;
