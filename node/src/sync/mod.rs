@@ -16,13 +16,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use overstap_proto::ProtocolError;
 use overstap_proto::pb::hub_client::HubClient;
 use overstap_proto::pb::{Envelope, GetDirectoryRequest};
 
 use tokio::sync::watch;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
-use crate::core::NodeCore;
+use crate::core::{NodeCore, NodeError};
 
 mod inbox;
 mod log_watch;
@@ -130,8 +131,22 @@ pub async fn refresh_directory(
     match resp.directory {
         Some(signed) => match core.install_directory(&signed).await {
             Ok(_) => Ok(true),
+            // The version this node holds already: another fetch (the directory loop's and the
+            // inbox loop's run side by side) installed it while this one was on its way.
+            Err(NodeError::Protocol(ProtocolError::StaleDirectory { offered, held }))
+                if offered == held =>
+            {
+                tracing::debug!(org = %core.org_id, version = held, "directory from the hub already installed");
+                Ok(false)
+            }
+            Err(e @ NodeError::Protocol(ProtocolError::StaleDirectory { .. })) => {
+                // An older directory than the one held is ignored, and worth a look.
+                tracing::warn!(org = %core.org_id, error = %e, "directory from the hub refused");
+                Ok(false)
+            }
             Err(e) => {
-                // A hub that serves a forged or older directory is ignored, loudly.
+                // Anything else (a forged directory, or one this node cannot take in) is ignored,
+                // loudly.
                 tracing::error!(org = %core.org_id, error = %e, "directory from the hub refused");
                 Ok(false)
             }
