@@ -2,13 +2,37 @@
 //! passport versions, grants on the home side; received passports and who viewed them on the
 //! recipient side), syncs with the hub, and serves a local API for the CLI and school systems.
 //!
-//! Layout:
+//! Layout, a room a line (each file says in its first lines what it owns):
 //! - [`settings`]: typed settings (file, environment) and the resolved [`NodeConfig`].
-//! - [`store`]: the SQLite store; one transaction per change.
-//! - [`core`]: the domain operations, built on the protocol rules of `overstap-proto`.
-//! - [`sync`]: the engine that talks to the hub (directory, outbox, mailbox).
-//! - [`api`]: the local gRPC API, behind a bearer token.
+//! - [`store`]: the store (SQLite or PostgreSQL); one transaction per change.
+//!   - `store/mod.rs`: [`NodeStore`], its transaction `Tx`, opening, the directory versions.
+//!   - `store/students.rs`: the student cards issued here, and passport versions.
+//!   - `store/grants.rs`: grants (home side) and the student's trail.
+//!   - `store/outbox.rs`: the outbox, in sending order, and what became of each row.
+//!   - `store/inbox.rs`: envelopes taken in, peers' sequence numbers, held envelopes.
+//!   - `store/received.rs`: received passports, erasures and views (recipient side).
+//!   - `store/log.rs`: the hub's log as this node sees it: checkpoints, proofs, the alarm.
+//! - [`core`]: the domain operations on [`NodeCore`], built on the rules of `overstap-proto`.
+//!   - `core/mod.rs`: [`NodeCore`], [`NodeError`], [`Outcome`], the clock, shared helpers.
+//!   - `core/directory.rs`: installing the directory, following a rotation of this node's keys.
+//!   - `core/students.rs`: student cards (new, or after a lost key) and passport versions.
+//!   - `core/consent.rs`: grants, revocation, erasure with a deletion receipt, the reaper.
+//!   - `core/send.rs`: sealing into the outbox, sending passports, the outbox side of a push.
+//!   - `core/ingest.rs`: taking in from the hub, in each sender's order, in runs.
+//!   - `core/checks.rs`: what an envelope taken in does, and the checks before it may.
+//!   - `core/status.rs`: handovers, the student's trail, views and status reports.
+//!   - `core/log.rs`: the hub's receipts and checkpoints, the log alarm, the metrics text.
+//! - [`sync`]: the engine that talks to the hub.
+//!   - `sync/mod.rs`: the hub link, the run loop, the directory and reaper loops.
+//!   - `sync/push.rs`: the outbox loop, pushing to the hub in rounds.
+//!   - `sync/inbox.rs`: the mailbox subscription, taking in, and the acks.
+//!   - `sync/log_watch.rs`: the log loop, checking the hub's log and raising the alarm.
+//! - [`api`]: the local gRPC API for the CLI and school systems, behind a bearer token.
 //! - [`metrics`]: the Prometheus metrics, served on a plain-HTTP port of their own.
+//!
+//! The people's web app comes next. It will be the `web` module beside [`api`]: another door
+//! onto the same [`NodeCore`], so every rule and every transaction stays in `core` and `store`,
+//! and neither door holds rules of its own.
 //!
 //! [`run`] takes a bound API listener and a shutdown future, so tests and the demo run nodes
 //! in-process on `127.0.0.1:0`.

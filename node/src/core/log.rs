@@ -1,0 +1,98 @@
+//! The hub's log and this node's link to the hub: checking the hub's receipts and checkpoints,
+//! the witness key of a coordinator, the log alarm, the hub connection, and the metrics text.
+
+use std::sync::atomic::Ordering;
+
+use ed25519_dalek::SigningKey;
+use overstap_proto::pb::{MemberKind, Receipt, Signed};
+use overstap_proto::sign::{Domain, open_signed, verifying_key};
+
+use super::{NodeCore, NodeError};
+
+impl NodeCore {
+    /// Whether a receipt handed back by the hub is signed by the directory's hub and is for
+    /// this envelope.
+    pub fn check_receipt(&self, receipt: &Signed, envelope_id: &[u8]) -> Result<(), NodeError> {
+        let dir = self.directory()?;
+        let hub = dir
+            .hub()
+            .ok_or_else(|| NodeError::Invalid("the directory lists no hub".into()))?;
+        let key = verifying_key(&hub.signing_key, "hub key")?;
+        let r: Receipt = open_signed(Domain::Receipt, receipt, &key)?;
+        if r.envelope_id != envelope_id {
+            return Err(NodeError::Invalid(
+                "the hub's receipt is for another envelope".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks a checkpoint note against the hub key and region in the signed directory.
+    pub fn verify_checkpoint(
+        &self,
+        note: &[u8],
+    ) -> Result<overstap_proto::log::VerifiedCheckpoint, NodeError> {
+        let dir = self.directory()?;
+        let hub = dir
+            .hub()
+            .ok_or_else(|| NodeError::Invalid("the directory lists no hub".into()))?;
+        let key = verifying_key(&hub.signing_key, "hub key")?;
+        Ok(overstap_proto::log::verify_checkpoint(
+            note,
+            &dir.directory.region,
+            &key,
+            &hub.org_id,
+        )?)
+    }
+
+    /// Whether this node is a coordinator's, which witnesses the hub's log.
+    pub fn is_coordinator(&self) -> bool {
+        self.directory()
+            .ok()
+            .and_then(|d| {
+                d.member(&self.org_id)
+                    .ok()
+                    .map(|m| m.kind() == MemberKind::Coordinator)
+            })
+            .unwrap_or(false)
+    }
+
+    /// The key a witness cosigns with: the node's own signing key from the directory.
+    pub fn witness_key(&self) -> SigningKey {
+        self.key()
+    }
+
+    /// Whether this node has caught the hub showing a log that does not add up. While it has,
+    /// it sends nothing.
+    pub async fn log_alarm(&self) -> Result<Option<String>, NodeError> {
+        Ok(self.store.log_state().await?.and_then(|s| s.alarm))
+    }
+
+    pub fn mark_connected(&self, up: bool) {
+        self.hub_connected.store(up, Ordering::Relaxed);
+    }
+
+    /// The metrics as OpenMetrics text, with the gauges read fresh from the store.
+    pub async fn metrics_text(&self) -> Result<String, NodeError> {
+        let m = &self.metrics;
+        let now = self.now();
+        m.outbox_waiting
+            .set(self.store.pending_count().await? as i64);
+        m.sync_lag_seconds.set(
+            self.store
+                .oldest_due(now)
+                .await?
+                .map_or(0, |t| (now - t).max(0)),
+        );
+        m.hub_connected
+            .set(self.hub_connected.load(Ordering::Relaxed) as i64);
+        m.inbox_held.set(self.store.held_count().await? as i64);
+        let log = self.store.log_state().await?;
+        m.log_alarm
+            .set(log.as_ref().is_some_and(|l| l.alarm.is_some()) as i64);
+        m.log_entries.set(log.as_ref().map_or(0, |l| l.size) as i64);
+        m.log_unproven
+            .set(self.store.proof_counts().await?.1 as i64);
+        Ok(m.encode())
+    }
+}

@@ -1,0 +1,475 @@
+//! Sealing and sending: sealing payloads into the outbox under each recipient's sequence
+//! numbers (again, or as a skip, when they may no longer leave), sending passports under their
+//! grants, and what the sync engine calls around a push (due packages, the envelope to push, the
+//! hub's receipts, a failed push).
+
+use overstap_proto::consent::{GrantTime, check_covers};
+use overstap_proto::envelope::{Outgoing, seal};
+use overstap_proto::passport::select_disclosures;
+use overstap_proto::pb::payload::Content;
+use overstap_proto::pb::{Disclosure, Envelope, EnvelopeKind, Package, Payload, Signed, Skip};
+use prost::Message;
+
+use crate::store::{GrantRow, OutboxEntry, OutboxRow, TrailRow, Tx};
+
+use super::consent::grant_time_of;
+use super::{NodeCore, NodeError, SEND_BATCH, Sent, random_bytes, stored};
+
+/// The parts of a package envelope other than the grant's own row.
+pub(super) struct Sealed {
+    pub(super) envelope_id: Vec<u8>,
+}
+
+impl NodeCore {
+    /// Seals `payload` for `to_org` under the next sequence number, inside `tx`.
+    pub(super) async fn seal_in(
+        &self,
+        tx: &mut Tx,
+        to_org: &str,
+        kind: EnvelopeKind,
+        grant_id: Option<&str>,
+        mut payload: Payload,
+        version: Option<u32>,
+    ) -> Result<Sealed, NodeError> {
+        let dir = self.directory()?;
+        let recipient = dir.member(to_org)?.clone();
+        payload.seq = tx.next_sent_seq(to_org).await?;
+        if let Some((note, None)) = tx.log_note().await? {
+            payload.checkpoint = note;
+        }
+        let envelope_id = random_bytes::<16>();
+        let envelope = self.seal_payload(&recipient, kind, envelope_id, &payload)?;
+        tx.enqueue(&OutboxRow {
+            envelope_id: Some(envelope_id.to_vec()),
+            to_org: to_org.to_string(),
+            kind: kind as i32,
+            grant_id: grant_id.map(str::to_string),
+            payload: Some(payload.encode_to_vec()),
+            envelope: Some(envelope.encode_to_vec()),
+            peer_seq: Some(payload.seq),
+            not_before: 0,
+            version,
+            state: "pending",
+            created_at: self.now(),
+        })
+        .await?;
+        Ok(Sealed {
+            envelope_id: envelope_id.to_vec(),
+        })
+    }
+
+    fn seal_payload(
+        &self,
+        recipient: &overstap_proto::pb::Member,
+        kind: EnvelopeKind,
+        envelope_id: [u8; 16],
+        payload: &Payload,
+    ) -> Result<Envelope, NodeError> {
+        Ok(seal(
+            Outgoing {
+                envelope_id,
+                from_org: &self.org_id,
+                kind,
+                created_at: self.now(),
+                payload: payload.clone(),
+            },
+            &self.key(),
+            recipient,
+        )?)
+    }
+
+    /// Seals an outbox row again under a new envelope id, with the same sequence number: for a
+    /// recipient that asked for it again, or to replace a package whose grant ended with a skip.
+    pub(super) async fn reseal_in(
+        &self,
+        tx: &mut Tx,
+        entry: &OutboxEntry,
+        payload: Payload,
+        kind: EnvelopeKind,
+    ) -> Result<Envelope, NodeError> {
+        let dir = self.directory()?;
+        let recipient = dir.member(&entry.to_org)?.clone();
+        let envelope_id = random_bytes::<16>();
+        let envelope = self.seal_payload(&recipient, kind, envelope_id, &payload)?;
+        tx.reseal(
+            entry.seq,
+            &envelope_id,
+            &payload.encode_to_vec(),
+            &envelope.encode_to_vec(),
+            kind as i32,
+        )
+        .await?;
+        Ok(envelope)
+    }
+
+    /// Replaces a package that may no longer leave with a skip under the same sequence number
+    /// (returned), or cancels it if it was never sealed.
+    pub(super) async fn withdraw_in(
+        &self,
+        tx: &mut Tx,
+        entry: &OutboxEntry,
+        reason: &str,
+    ) -> Result<Option<Envelope>, NodeError> {
+        if entry.state == "waiting" {
+            tx.set_outbox_state(entry.seq, "cancelled", reason).await?;
+            return Ok(None);
+        }
+        let payload = Payload {
+            seq: entry.peer_seq.unwrap_or(0),
+            content: Some(Content::Skip(Skip {
+                reason: reason.to_string(),
+            })),
+            ..Default::default()
+        };
+        if self.directory()?.member(&entry.to_org).is_err() {
+            // The recipient left the region: nothing can go to it any more.
+            tx.set_outbox_state(
+                entry.seq,
+                "cancelled",
+                &format!("{reason}; {} is no longer a member", entry.to_org),
+            )
+            .await?;
+            return Ok(None);
+        }
+        Ok(Some(
+            self.reseal_in(tx, entry, payload, EnvelopeKind::Status)
+                .await?,
+        ))
+    }
+
+    /// The package for a grant and passport version: the card, the signed manifest, the grant,
+    /// and the disclosures of exactly the granted sections.
+    async fn package_payload(&self, g: &GrantRow, version: u32) -> Result<Payload, NodeError> {
+        let (grant, card_signed) = self.grant_allows(g).await?;
+        let v = self
+            .store
+            .version(&g.pseudonym, version)
+            .await?
+            .ok_or_else(|| {
+                NodeError::Precondition(format!(
+                    "student {} has no passport version {version}",
+                    g.pseudonym
+                ))
+            })?;
+        let all: Vec<Disclosure> = v
+            .disclosures
+            .iter()
+            .map(|d| stored::<Disclosure>(d, "section"))
+            .collect::<Result<_, _>>()?;
+        let chosen = select_disclosures(&all, &grant.sections)?;
+        check_covers(&grant, &g.recipient_org, &grant.purpose, &grant.sections)?;
+        Ok(Payload {
+            purpose: grant.purpose.clone(),
+            content: Some(Content::Package(Package {
+                card: Some(card_signed),
+                manifest: Some(stored::<Signed>(&v.manifest, "manifest")?),
+                grant: Some(stored::<Signed>(&g.signed, "grant")?),
+                sections: chosen,
+            })),
+            ..Default::default()
+        })
+    }
+
+    pub(super) async fn send_package_in(
+        &self,
+        tx: &mut Tx,
+        g: &GrantRow,
+        version: u32,
+    ) -> Result<Sealed, NodeError> {
+        let payload = self.package_payload(g, version).await?;
+        let sealed = self
+            .seal_in(
+                tx,
+                &g.recipient_org,
+                EnvelopeKind::Package,
+                Some(&g.grant_id),
+                payload,
+                Some(version),
+            )
+            .await?;
+        tx.set_grant_sent(&g.grant_id, version).await?;
+        Ok(sealed)
+    }
+
+    /// Seals the consented sections for the grant's recipient and puts the envelope in the
+    /// outbox; a grant that is not in force yet waits there until it is. Returns the envelope
+    /// id (empty while waiting), the recipient and the time it waits for (0 if it does not).
+    pub async fn send_passport(&self, grant_id: &str) -> Result<Sent, NodeError> {
+        self.send_in_one_transaction(std::slice::from_ref(&grant_id.to_string()))
+            .await?
+            .pop()
+            .unwrap_or_else(|| Err(NodeError::NotFound(format!("no grant {grant_id}"))))
+    }
+
+    /// [`NodeCore::send_passport`] for many grants: up to [`SEND_BATCH`] sealed in one
+    /// transaction, so a class costs a few commits rather than one per student. Each grant gets
+    /// its result, in order; a batch the store failed gives each of its grants that error.
+    pub async fn send_passports(&self, grant_ids: &[String]) -> Vec<Result<Sent, NodeError>> {
+        let mut out = Vec::with_capacity(grant_ids.len());
+        for chunk in grant_ids.chunks(SEND_BATCH) {
+            match self.send_in_one_transaction(chunk).await {
+                Ok(results) => out.extend(results),
+                Err(e) => out.extend(chunk.iter().map(|_| {
+                    Err(NodeError::Precondition(format!(
+                        "not sent: storing its batch failed ({e})"
+                    )))
+                })),
+            }
+        }
+        out
+    }
+
+    /// Seals (or, for a grant not in force yet, queues) each grant in one transaction, each
+    /// from a savepoint of its own: a grant that cannot go, even one that fails half-way (its
+    /// recipient left the directory, say), is undone alone and gets its error, and the others
+    /// go on. An error of the store fails the whole transaction.
+    async fn send_in_one_transaction(
+        &self,
+        grant_ids: &[String],
+    ) -> Result<Vec<Result<Sent, NodeError>>, NodeError> {
+        let mut out = Vec::with_capacity(grant_ids.len());
+        let mut tx = self.store.begin().await?;
+        let mut sealed_any = false;
+        for grant_id in grant_ids {
+            // Read under the writer lock, so a revocation cannot commit in between.
+            let Some(g) = tx.grant(grant_id).await? else {
+                out.push(Err(NodeError::NotFound(format!(
+                    "no grant {grant_id} at {}",
+                    self.org_id
+                ))));
+                continue;
+            };
+            tx.savepoint().await?;
+            match self.send_one_in(&mut tx, &g).await {
+                Ok(sent) => {
+                    tx.release_savepoint().await?;
+                    sealed_any |= sent.2 == 0;
+                    out.push(Ok(sent));
+                }
+                Err(e) => {
+                    tx.rollback_to_savepoint().await?;
+                    out.push(Err(e));
+                }
+            }
+        }
+        tx.commit().await?;
+        if sealed_any {
+            self.outbox_wake.notify_one();
+        }
+        Ok(out)
+    }
+
+    /// Seals one grant's package into the outbox, or queues it unsealed while the grant is not
+    /// in force yet. A live grant sends the student's newest passport version, any other the
+    /// version it was given for.
+    async fn send_one_in(&self, tx: &mut Tx, g: &GrantRow) -> Result<Sent, NodeError> {
+        let version = if g.live {
+            self.store
+                .latest_version(&g.pseudonym)
+                .await?
+                .map(|v| v.version)
+                .unwrap_or(g.passport_version)
+        } else {
+            g.passport_version
+        };
+        if g.state == "active" && grant_time_of(g, self.now()) == GrantTime::NotYetValid {
+            tx.enqueue(&OutboxRow {
+                envelope_id: None,
+                to_org: g.recipient_org.clone(),
+                kind: EnvelopeKind::Package as i32,
+                grant_id: Some(g.grant_id.clone()),
+                payload: None,
+                envelope: None,
+                peer_seq: None,
+                not_before: g.not_before,
+                version: Some(version),
+                state: "waiting",
+                created_at: self.now(),
+            })
+            .await?;
+            return Ok((Vec::new(), g.recipient_org.clone(), g.not_before));
+        }
+        let sealed = self.send_package_in(tx, g, version).await?;
+        Ok((sealed.envelope_id, g.recipient_org.clone(), 0))
+    }
+
+    /// Seals the packages that waited for their grant to start.
+    pub async fn seal_due(&self) -> Result<usize, NodeError> {
+        let due = self.store.due(self.now()).await?;
+        let mut n = 0;
+        for entry in due {
+            let Some(grant_id) = entry.grant_id.as_deref() else {
+                continue;
+            };
+            let Some(g) = self.store.grant(grant_id).await? else {
+                continue;
+            };
+            let mut tx = self.store.begin().await?;
+            // The sealed envelope goes to the end of the outbox: sealing order is sending order.
+            tx.delete_outbox(entry.seq).await?;
+            match self
+                .send_package_in(&mut tx, &g, entry.version.unwrap_or(g.passport_version))
+                .await
+            {
+                Ok(_) => {
+                    tx.commit().await?;
+                    n += 1;
+                }
+                Err(e) => {
+                    // Nothing of the failed attempt is kept (no sequence number is used up).
+                    drop(tx);
+                    tracing::info!(grant = %grant_id, reason = %e, "a waiting package will not leave");
+                    let mut tx = self.store.begin().await?;
+                    tx.set_outbox_state(entry.seq, "cancelled", &e.to_string())
+                        .await?;
+                    tx.commit().await?;
+                }
+            }
+        }
+        if n > 0 {
+            self.outbox_wake.notify_one();
+        }
+        Ok(n)
+    }
+
+    /// The envelope to push for an outbox row. A package whose grant ended while it waited to
+    /// leave is replaced by a skip first: nothing leaves without a valid grant.
+    pub async fn envelope_to_push(
+        &self,
+        entry: &OutboxEntry,
+    ) -> Result<Option<Envelope>, NodeError> {
+        if entry.kind == EnvelopeKind::Package as i32
+            && let Some(grant_id) = &entry.grant_id
+            && let Some(g) = self.store.grant(grant_id).await?
+            && let Err(e) = self.grant_allows(&g).await
+        {
+            let mut tx = self.store.begin().await?;
+            let skip = self.withdraw_in(&mut tx, entry, &e.to_string()).await?;
+            tx.commit().await?;
+            return Ok(skip);
+        }
+        stored::<Envelope>(&entry.envelope, "envelope").map(Some)
+    }
+
+    /// Records the hub's receipts for pushed envelopes, and the trail events they make, in one
+    /// transaction.
+    pub async fn after_sent(&self, sent: &[(OutboxEntry, Signed)]) -> Result<(), NodeError> {
+        let mut tx = self.store.begin().await?;
+        for (entry, receipt) in sent {
+            self.record_sent_in(&mut tx, entry, receipt).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn record_sent_in(
+        &self,
+        tx: &mut Tx,
+        entry: &OutboxEntry,
+        receipt: &Signed,
+    ) -> Result<(), NodeError> {
+        if !tx
+            .mark_sent(
+                entry.seq,
+                &entry.envelope_id,
+                &receipt.encode_to_vec(),
+                self.now(),
+            )
+            .await?
+        {
+            // Sealed again while this one was on its way (a skip, or a resend): the new envelope
+            // goes out under the same sequence number and the recipient takes only one.
+            return Ok(());
+        }
+        if let Some(grant_id) = &entry.grant_id
+            && let Some(g) = tx.grant(grant_id).await?
+        {
+            let event = match EnvelopeKind::try_from(entry.kind) {
+                Ok(EnvelopeKind::Package) => Some((
+                    "sent",
+                    format!(
+                        "version {} with {} sealed for {}",
+                        entry.version.unwrap_or_default(),
+                        g.sections.join(", "),
+                        g.recipient_org
+                    ),
+                )),
+                Ok(EnvelopeKind::Revocation) => Some((
+                    "revocation sent",
+                    format!("{} is asked to erase", g.recipient_org),
+                )),
+                _ => None,
+            };
+            if let Some((event, detail)) = event {
+                if event == "sent" {
+                    tx.set_grant_sent_at(grant_id, self.now()).await?;
+                }
+                tx.add_trail(&TrailRow {
+                    pseudonym: g.pseudonym.clone(),
+                    grant_id: grant_id.clone(),
+                    org: g.recipient_org.clone(),
+                    event: event.into(),
+                    at: self.now(),
+                    detail,
+                    envelope_id: Some(entry.envelope_id.clone()),
+                    hub_receipt: Some(receipt.encode_to_vec()),
+                    evidence: None,
+                })
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Records a failed push; `give_up` when the hub refused it for good.
+    pub async fn push_failed(
+        &self,
+        entry: &OutboxEntry,
+        detail: &str,
+        give_up: bool,
+    ) -> Result<(), NodeError> {
+        let mut tx = self.store.begin().await?;
+        tx.mark_attempt(entry.seq, detail, give_up).await?;
+        // A refused envelope still holds a sequence number, so a skip under that number goes in
+        // its place: the recipient sees no gap that nothing could ever fill.
+        // A refused skip is not replaced by another one (that would go round for ever).
+        let is_skip = matches!(
+            Payload::decode(entry.payload.as_slice()).map(|p| p.content),
+            Ok(Some(Content::Skip(_)))
+        );
+        if give_up
+            && !is_skip
+            && let Some(seq) = entry.peer_seq
+        {
+            let payload = Payload {
+                seq,
+                content: Some(Content::Skip(Skip {
+                    reason: format!("the hub refused what was sealed here: {detail}"),
+                })),
+                ..Default::default()
+            };
+            let dir = self.directory()?;
+            if let Ok(recipient) = dir.member(&entry.to_org) {
+                let envelope_id = random_bytes::<16>();
+                let envelope =
+                    self.seal_payload(recipient, EnvelopeKind::Status, envelope_id, &payload)?;
+                tx.enqueue(&OutboxRow {
+                    envelope_id: Some(envelope_id.to_vec()),
+                    to_org: entry.to_org.clone(),
+                    kind: EnvelopeKind::Status as i32,
+                    grant_id: None,
+                    payload: Some(payload.encode_to_vec()),
+                    envelope: Some(envelope.encode_to_vec()),
+                    peer_seq: Some(seq),
+                    not_before: 0,
+                    version: None,
+                    state: "pending",
+                    created_at: self.now(),
+                })
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,167 @@
+//! Handovers and what became of them: the home side's handovers and the student's trail, and
+//! on the recipient side the views and status of a received passport, reported back to the home
+//! school.
+
+use overstap_proto::pb::payload::Content;
+use overstap_proto::pb::{
+    Disclosure, EnvelopeKind, HandoverStatus, Manifest, Payload, Receipt, Section, Signed,
+};
+use overstap_proto::sign::{Domain, decode_body, open_signed, verifying_key};
+
+use crate::store::{GrantRow, Received, TrailRow, Tx};
+
+use super::{NodeCore, NodeError, STATUSES, stored};
+
+impl NodeCore {
+    /// This node's handovers (home side), newest last.
+    pub async fn handovers(&self) -> Result<Vec<GrantRow>, NodeError> {
+        Ok(self.store.grants(None).await?)
+    }
+
+    /// The student's trail, each event with its hub receipt checked against the directory.
+    pub async fn trail(
+        &self,
+        pseudonym: &str,
+    ) -> Result<Vec<(TrailRow, Option<Receipt>, bool, bool)>, NodeError> {
+        self.card(pseudonym).await?;
+        let dir = self.directory()?;
+        let hub_key = dir
+            .hub()
+            .and_then(|h| verifying_key(&h.signing_key, "hub key").ok());
+        let mut out = Vec::new();
+        for row in self.store.trail(pseudonym).await? {
+            let (receipt, ok) = match (&row.hub_receipt, &hub_key) {
+                (Some(bytes), Some(key)) => {
+                    let signed = stored::<Signed>(bytes, "hub receipt")?;
+                    match open_signed::<Receipt>(Domain::Receipt, &signed, key) {
+                        Ok(r) => {
+                            let ok = row.envelope_id.as_deref() == Some(r.envelope_id.as_slice());
+                            (Some(r), ok)
+                        }
+                        Err(_) => (decode_body::<Receipt>(Domain::Receipt, &signed).ok(), false),
+                    }
+                }
+                _ => (None, false),
+            };
+            let proven = match &row.envelope_id {
+                Some(id) => self.store.is_proven(id).await?,
+                None => false,
+            };
+            out.push((row, receipt, ok, proven));
+        }
+        Ok(out)
+    }
+
+    /// Shows a received passport to a staff member: logs the view, moves the status to gelezen
+    /// on the first view, and reports the view to the home school.
+    pub async fn view(
+        &self,
+        grant_id: &str,
+        staff_user: &str,
+    ) -> Result<(Received, Vec<Section>), NodeError> {
+        let staff_user = staff_user.trim();
+        if staff_user.is_empty() {
+            return Err(NodeError::Invalid(
+                "name the staff member who views the passport (it is logged)".into(),
+            ));
+        }
+        // After its consent ended a passport is not shown, even before the reaper erased it.
+        let now = self.now();
+        let mut received = self
+            .store
+            .received(grant_id)
+            .await?
+            .filter(|r| now < r.not_after)
+            .ok_or_else(|| {
+                NodeError::NotFound(format!("no passport under grant {grant_id} at this node"))
+            })?;
+        let manifest: Manifest = decode_body(
+            Domain::Manifest,
+            &stored::<Signed>(&received.manifest, "manifest")?,
+        )?;
+        let mut sections = Vec::with_capacity(received.disclosures.len());
+        for (_, d) in &received.disclosures {
+            let disclosure: Disclosure = stored(d, "section")?;
+            sections.push(stored::<Section>(&disclosure.section, "section")?);
+        }
+        // The order of the manifest is the order the student filled it in.
+        sections.sort_by_key(|s| {
+            manifest
+                .digests
+                .iter()
+                .position(|d| d.section_id == s.section_id)
+        });
+        if received.status == "ontvangen" {
+            received.status = "gelezen".into();
+        }
+        let now = self.now();
+        let mut tx = self.store.begin().await?;
+        tx.log_view(grant_id, staff_user, now).await?;
+        tx.set_received_status(grant_id, &received.status).await?;
+        self.report_status_in(&mut tx, &received, &received.status, vec![now])
+            .await?;
+        tx.commit().await?;
+        self.outbox_wake.notify_one();
+        Ok((received, sections))
+    }
+
+    /// Sets the status of a received passport and reports it to the home school.
+    pub async fn set_status(
+        &self,
+        grant_id: &str,
+        status: &str,
+        staff_user: &str,
+    ) -> Result<(), NodeError> {
+        if !STATUSES.contains(&status) {
+            return Err(NodeError::Invalid(format!(
+                "status {status:?} is not one of {}",
+                STATUSES.join(", ")
+            )));
+        }
+        if staff_user.trim().is_empty() {
+            return Err(NodeError::Invalid(
+                "name the staff member who sets the status".into(),
+            ));
+        }
+        let received = self.store.received(grant_id).await?.ok_or_else(|| {
+            NodeError::NotFound(format!("no passport under grant {grant_id} at this node"))
+        })?;
+        let mut tx = self.store.begin().await?;
+        tx.set_received_status(grant_id, status).await?;
+        self.report_status_in(&mut tx, &received, status, vec![])
+            .await?;
+        tx.commit().await?;
+        self.outbox_wake.notify_one();
+        Ok(())
+    }
+
+    pub(super) async fn report_status_in(
+        &self,
+        tx: &mut Tx,
+        r: &Received,
+        status: &str,
+        viewed_at: Vec<i64>,
+    ) -> Result<(), NodeError> {
+        self.seal_in(
+            tx,
+            &r.from_org,
+            EnvelopeKind::Status,
+            Some(&r.grant_id),
+            Payload {
+                purpose: r.purpose.clone(),
+                content: Some(Content::Status(HandoverStatus {
+                    grant_id: r.grant_id.clone(),
+                    pseudonym: r.pseudonym.clone(),
+                    status: status.to_string(),
+                    at: self.now(),
+                    viewed_at,
+                    version: r.version,
+                })),
+                ..Default::default()
+            },
+            None,
+        )
+        .await?;
+        Ok(())
+    }
+}

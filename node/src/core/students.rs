@@ -1,0 +1,260 @@
+//! Home side, students and their passports: issuing a student card, a new card after a lost
+//! key, reading the card, and keeping a new passport version (which every live grant follows).
+
+use overstap_proto::consent::GrantTime;
+use overstap_proto::passport::{
+    ROLE_GUARDIAN, ROLE_STUDENT, parse_birth_month, refuse_retired_keys, verify_card,
+    verify_disclosures, verify_manifest,
+};
+use overstap_proto::pb::{Disclosure, Manifest, Signed, StudentCard};
+use overstap_proto::sign::{Domain, decode_body, sign_message, verifying_key};
+use prost::Message;
+
+use crate::store::TrailRow;
+
+use super::consent::grant_time_of;
+use super::{NodeCore, NodeError, random_bytes, stored};
+
+impl NodeCore {
+    /// Issues a pseudonym and a signed student card for a key made on the student's device.
+    pub async fn register_student(
+        &self,
+        student_key: &[u8],
+        birth_month: &str,
+        guardian_keys: &[Vec<u8>],
+        staff_user: &str,
+    ) -> Result<Signed, NodeError> {
+        verifying_key(student_key, "student key")?;
+        parse_birth_month(birth_month)?;
+        for g in guardian_keys {
+            verifying_key(g, "guardian key")?;
+            if g.as_slice() == student_key {
+                return Err(NodeError::Invalid(
+                    "a guardian key must differ from the student's key".into(),
+                ));
+            }
+        }
+        if staff_user.trim().is_empty() {
+            return Err(NodeError::Invalid(
+                "name the staff member who checked the student in person".into(),
+            ));
+        }
+        let now = self.now();
+        if overstap_proto::passport::under_16(birth_month, now)? && guardian_keys.is_empty() {
+            return Err(NodeError::Invalid(format!(
+                "a student born in {birth_month} is under 16: register at least one guardian key"
+            )));
+        }
+        let card = StudentCard {
+            pseudonym: format!("pvs-{}", hex::encode(random_bytes::<8>())),
+            home_org: self.org_id.clone(),
+            student_key: student_key.to_vec(),
+            birth_month: birth_month.to_string(),
+            guardian_keys: guardian_keys.to_vec(),
+            issued_at: now,
+            retired_keys: Vec::new(),
+        };
+        // Signed under the writer lock: a rotation of this node's key re-signs the stored cards
+        // under that lock too, so no card signed with the old key is stored after it.
+        let mut tx = self.store.begin().await?;
+        let signed = sign_message(Domain::StudentCard, &card, &[&self.key()]);
+        tx.insert_student(&card.pseudonym, &signed.encode_to_vec(), staff_user, now)
+            .await?;
+        tx.commit().await?;
+        tracing::info!(org = %self.org_id, "student card issued");
+        Ok(signed)
+    }
+
+    /// A student (or a guardian) lost a key. The mentor has checked the student in person
+    /// again; this node issues a new card for the same pseudonym that names the new key and
+    /// retires the lost one from this moment. What the lost key signed before stays valid (the
+    /// grants already given, the passport versions already stored); from now on this node takes
+    /// nothing signed with it, and a recipient takes nothing signed with it dated after now.
+    /// Returns the new card and how many grants stay in force.
+    pub async fn replace_student_key(
+        &self,
+        pseudonym: &str,
+        new_student_key: Option<&[u8]>,
+        new_guardians: Option<&[Vec<u8>]>,
+        staff_user: &str,
+    ) -> Result<(Signed, u32), NodeError> {
+        if staff_user.trim().is_empty() {
+            return Err(NodeError::Invalid(
+                "name the staff member who checked the student in person".into(),
+            ));
+        }
+        if new_student_key.is_none() && new_guardians.is_none() {
+            return Err(NodeError::Invalid(
+                "name a new student key or a new list of guardian keys".into(),
+            ));
+        }
+        let (_, old) = self.card(pseudonym).await?;
+        // The lost key counts for what it signed up to this second, and for nothing after. The
+        // new card is dated after the card it replaces, so cards are strictly ordered.
+        let now = self.now() + 1;
+        let mut card = old.clone();
+        card.issued_at = now.max(old.issued_at + 1);
+        let retire = |card: &mut StudentCard, key: &[u8], role: &str| {
+            card.retired_keys.push(overstap_proto::pb::RetiredKey {
+                key: key.to_vec(),
+                role: role.into(),
+                retired_at: now,
+            });
+        };
+        let known = |k: &[u8]| {
+            old.student_key == k
+                || old.guardian_keys.iter().any(|g| g == k)
+                || old.retired_keys.iter().any(|r| r.key == k)
+        };
+        if let Some(key) = new_student_key {
+            verifying_key(key, "student key")?;
+            if known(key) {
+                return Err(NodeError::Invalid(
+                    "the new student key must be a new key, made on the student's new device"
+                        .into(),
+                ));
+            }
+            retire(&mut card, &old.student_key, ROLE_STUDENT);
+            card.student_key = key.to_vec();
+        }
+        if let Some(guardians) = new_guardians {
+            for g in guardians {
+                verifying_key(g, "guardian key")?;
+                if g.as_slice() == card.student_key.as_slice() {
+                    return Err(NodeError::Invalid(
+                        "a guardian key must differ from the student's key".into(),
+                    ));
+                }
+                if card.retired_keys.iter().any(|r| &r.key == g) {
+                    return Err(NodeError::Invalid(
+                        "that guardian key was reported lost; make a new one".into(),
+                    ));
+                }
+            }
+            for g in &old.guardian_keys {
+                if !guardians.contains(g) {
+                    retire(&mut card, g, ROLE_GUARDIAN);
+                }
+            }
+            card.guardian_keys = guardians.to_vec();
+        }
+        if overstap_proto::passport::under_16(&card.birth_month, now)?
+            && card.guardian_keys.is_empty()
+        {
+            return Err(NodeError::Invalid(format!(
+                "a student born in {} is under 16: the new card needs at least one guardian key",
+                card.birth_month
+            )));
+        }
+        if card.retired_keys.len() > overstap_proto::passport::MAX_RETIRED_KEYS {
+            return Err(NodeError::Invalid(format!(
+                "student {pseudonym} has reported {} keys lost; register the student afresh",
+                old.retired_keys.len()
+            )));
+        }
+        let kept = self
+            .store
+            .grants(Some(pseudonym))
+            .await?
+            .iter()
+            .filter(|g| g.state == "active")
+            .count() as u32;
+        let lost: Vec<&str> = card
+            .retired_keys
+            .iter()
+            .filter(|r| r.retired_at == now)
+            .map(|r| r.role.as_str())
+            .collect();
+        // Signed under the writer lock, as in `register_student`.
+        let mut tx = self.store.begin().await?;
+        let signed = sign_message(Domain::StudentCard, &card, &[&self.key()]);
+        tx.replace_card(pseudonym, &signed.encode_to_vec()).await?;
+        tx.add_trail(&TrailRow {
+            pseudonym: pseudonym.to_string(),
+            org: self.org_id.clone(),
+            event: "new key".into(),
+            at: now,
+            detail: format!(
+                "{} reported a lost {} key and checked the student in person; what the old key \
+                 signed before now stays valid ({kept} grants), nothing signed with it from now on",
+                staff_user.trim(),
+                lost.join(" and ")
+            ),
+            evidence: Some(signed.encode_to_vec()),
+            ..Default::default()
+        })
+        .await?;
+        tx.commit().await?;
+        tracing::info!(org = %self.org_id, "student card re-issued after a lost key");
+        Ok((signed, kept))
+    }
+
+    /// The student's card as issued by this node.
+    pub async fn card(&self, pseudonym: &str) -> Result<(Signed, StudentCard), NodeError> {
+        let bytes = self.store.student_card(pseudonym).await?.ok_or_else(|| {
+            NodeError::NotFound(format!("no student {pseudonym} at {}", self.org_id))
+        })?;
+        let signed = stored::<Signed>(&bytes, "student card")?;
+        let card = verify_card(&signed, &self.key().verifying_key())?;
+        Ok((signed, card))
+    }
+
+    /// Keeps a new passport version signed by the student (and guardian under 16), and sends it
+    /// to every holder of a live grant.
+    pub async fn store_passport(
+        &self,
+        manifest: &Signed,
+        disclosures: &[Disclosure],
+    ) -> Result<u32, NodeError> {
+        let probe: Manifest = decode_body(Domain::Manifest, manifest)?;
+        let (_, card) = self.card(&probe.pseudonym).await?;
+        refuse_retired_keys(Domain::Manifest, manifest, &card)?;
+        let m = verify_manifest(manifest, &card, self.now())?;
+        let sections = verify_disclosures(&m, disclosures)?;
+        if sections.len() != m.digests.len() {
+            return Err(NodeError::Invalid(format!(
+                "the home school keeps the whole passport: {} of {} sections were sent",
+                sections.len(),
+                m.digests.len()
+            )));
+        }
+        if let Some(prev) = self.store.latest_version(&m.pseudonym).await?
+            && m.version <= prev.version
+        {
+            return Err(NodeError::Precondition(format!(
+                "version {} is not newer than the stored version {}",
+                m.version, prev.version
+            )));
+        }
+        let rows: Vec<(String, Vec<u8>)> = sections
+            .iter()
+            .zip(disclosures)
+            .map(|(s, d)| (s.section_id.clone(), d.encode_to_vec()))
+            .collect();
+        let mut tx = self.store.begin().await?;
+        tx.insert_version(
+            &m.pseudonym,
+            m.version,
+            &m.question_set,
+            &manifest.encode_to_vec(),
+            &rows,
+            self.now(),
+        )
+        .await?;
+        tx.commit().await?;
+        // Live grants follow: each holder gets exactly its sections of the new version.
+        for g in self.store.grants(Some(&m.pseudonym)).await? {
+            if g.live
+                && g.state == "active"
+                && g.sent_version.is_some()
+                && grant_time_of(&g, self.now()) == GrantTime::InForce
+            {
+                let mut tx = self.store.begin().await?;
+                self.send_package_in(&mut tx, &g, m.version).await?;
+                tx.commit().await?;
+            }
+        }
+        self.outbox_wake.notify_one();
+        Ok(m.version)
+    }
+}

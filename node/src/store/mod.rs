@@ -1,0 +1,205 @@
+//! The node's store: SQLite for a school on one server, PostgreSQL (`postgres://…`) for a node
+//! that shares its organisation's database server. Row types stay here; the rest of the node sees
+//! plain structs.
+//!
+//! Reads go through [`NodeStore`]; every change goes through a [`Tx`] (one transaction), so an
+//! operation that touches several tables (erase a grant, sign a receipt, queue it, advance the
+//! peer's sequence number) commits all of it or none of it.
+//!
+//! One set of SQL serves both databases, through sqlx's `Any` driver: `$1`-style parameters
+//! (which SQLite takes too), `ON CONFLICT` instead of `INSERT OR IGNORE`, `CASE` instead of
+//! SQLite's two-argument `MAX`, and integers for flags. The schemas are
+//! `migrations/node/sqlite` and `migrations/node/postgres`; `tests` runs the whole suite on
+//! each.
+//!
+//! Each area keeps its row types, its reads (`impl NodeStore`) and its writes (`impl Tx`) in a
+//! file of its own: `students`, `grants` (with the trail), `outbox`, `inbox` (what was taken in,
+//! peers' sequence numbers, held envelopes), `received` (received passports, erasures, views)
+//! and `log`. This file holds the store itself, its transaction, the directory versions and the
+//! shared helpers.
+
+use sqlx::any::AnyPoolOptions;
+use sqlx::{Any, AnyPool, Row, Transaction};
+
+mod grants;
+mod inbox;
+mod log;
+mod outbox;
+mod received;
+mod students;
+
+pub use grants::{GrantRow, TrailRow};
+pub use inbox::{Held, Peer, Processed};
+pub use log::{CHECKPOINT_HISTORY, LogState, Unproven};
+pub use outbox::{OutboxEntry, OutboxRow};
+pub use received::{Erased, Received};
+pub use students::StoredVersion;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0} already exists")]
+    Conflict(String),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration error: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+#[derive(Debug, Clone)]
+pub struct NodeStore {
+    pool: AnyPool,
+    /// The statement that starts a write transaction: `BEGIN IMMEDIATE` on SQLite (the write
+    /// lock up front, so two writers queue instead of failing on upgrade), `BEGIN` on PostgreSQL.
+    begin: &'static str,
+    /// One writer at a time, queued here rather than inside SQLite (see [`NodeStore::begin`]).
+    /// The writes outside a [`Tx`] take it too: a writer that waits inside SQLite sleeps in its
+    /// busy handler (up to 100 ms at a time) while the queued ones go first.
+    writer: std::sync::Arc<tokio::sync::Mutex<()>>,
+}
+
+/// One write transaction; this node's other writers wait until it ends.
+pub struct Tx(
+    Transaction<'static, Any>,
+    #[allow(dead_code)] tokio::sync::OwnedMutexGuard<()>,
+    /// The log note, once read: the log state is written only under the writer lock, outside
+    /// any `Tx`, so it cannot change while a `Tx` lives.
+    Option<LogNote>,
+);
+
+/// The newest checkpoint note this node verified, and the log alarm if one is raised.
+type LogNote = Option<(Vec<u8>, Option<String>)>;
+
+fn sections_text(s: &[String]) -> String {
+    s.join(",")
+}
+
+fn sections_list(s: &str) -> Vec<String> {
+    s.split(',')
+        .filter(|x| !x.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+fn conflict(e: sqlx::Error, what: String) -> StoreError {
+    match &e {
+        sqlx::Error::Database(d) if d.is_unique_violation() => StoreError::Conflict(what),
+        _ => StoreError::Database(e),
+    }
+}
+
+/// Connections of a node's PostgreSQL pool: one writer at a time (the writer lock) and a few
+/// readers; a database server serves many nodes.
+const POSTGRES_CONNECTIONS: u32 = 4;
+
+impl NodeStore {
+    /// Opens the database at `url` (`sqlite://path`, created if needed, or `postgres://…`, which
+    /// must exist) and brings its schema up to date.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        if crate::sqlite_pool::is_postgres(url) {
+            // The same check on release as on SQLite: sqlx can hand back a connection still
+            // inside a transaction when a `begin` is cancelled half-way, and on PostgreSQL every
+            // statement that later ran on it would join that transaction and never commit.
+            let pool = AnyPoolOptions::new()
+                .max_connections(POSTGRES_CONNECTIONS)
+                .after_release(|conn, _meta| Box::pin(crate::sqlite_pool::still_usable(conn)))
+                .connect(url)
+                .await?;
+            sqlx::migrate!("../migrations/node/postgres")
+                .run(&pool)
+                .await?;
+            return Ok(NodeStore {
+                pool,
+                begin: "BEGIN",
+                writer: Default::default(),
+            });
+        }
+        let pool = crate::sqlite_pool::open_any(url, 8).await?;
+        sqlx::migrate!("../migrations/node/sqlite")
+            .run(&pool)
+            .await?;
+        Ok(NodeStore {
+            pool,
+            begin: "BEGIN IMMEDIATE",
+            writer: Default::default(),
+        })
+    }
+
+    /// Whether this store is on PostgreSQL.
+    pub fn is_postgres(&self) -> bool {
+        self.begin == "BEGIN"
+    }
+
+    /// Starts a write transaction.
+    pub async fn begin(&self) -> Result<Tx, StoreError> {
+        // Writers queue on this lock without holding a connection. Queued inside SQLite instead,
+        // each would hold one of the pool's connections while it waits; with the pool taken up
+        // by waiters, the one writer that holds the lock and reads through the pool (as many
+        // operations do) would wait for them, and they for it, until the busy timeout failed
+        // them all ("database is locked" after 10 s, seen with 16 concurrent sends).
+        let gate = self.writer.clone().lock_owned().await;
+        Ok(Tx(self.pool.begin_with(self.begin).await?, gate, None))
+    }
+
+    pub async fn directory(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(
+            sqlx::query("SELECT signed FROM directory ORDER BY version DESC LIMIT 1")
+                .fetch_optional(&self.pool)
+                .await?
+                .map(|r| r.get(0)),
+        )
+    }
+
+    /// Every directory version this node installed, newest first.
+    pub async fn directories(&self) -> Result<Vec<Vec<u8>>, StoreError> {
+        Ok(
+            sqlx::query("SELECT signed FROM directory ORDER BY version DESC")
+                .fetch_all(&self.pool)
+                .await?
+                .into_iter()
+                .map(|r| r.get(0))
+                .collect(),
+        )
+    }
+
+    pub async fn save_directory(&self, version: u64, signed: &[u8]) -> Result<(), StoreError> {
+        let _writer = self.writer.lock().await;
+        sqlx::query(
+            "INSERT INTO directory (version, signed) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        )
+        .bind(version as i64)
+        .bind(signed)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
+
+impl Tx {
+    pub async fn commit(self) -> Result<(), StoreError> {
+        Ok(self.0.commit().await?)
+    }
+
+    /// Marks a point inside this transaction to go back to, so that one item of a batch can
+    /// fail alone; end it with [`Tx::release_savepoint`] or [`Tx::rollback_to_savepoint`].
+    pub async fn savepoint(&mut self) -> Result<(), StoreError> {
+        sqlx::query("SAVEPOINT item").execute(&mut *self.0).await?;
+        Ok(())
+    }
+
+    /// Keeps what was written since [`Tx::savepoint`].
+    pub async fn release_savepoint(&mut self) -> Result<(), StoreError> {
+        sqlx::query("RELEASE SAVEPOINT item")
+            .execute(&mut *self.0)
+            .await?;
+        Ok(())
+    }
+
+    /// Undoes what was written since [`Tx::savepoint`] (on PostgreSQL, also after an error).
+    pub async fn rollback_to_savepoint(&mut self) -> Result<(), StoreError> {
+        sqlx::query("ROLLBACK TO SAVEPOINT item")
+            .execute(&mut *self.0)
+            .await?;
+        self.release_savepoint().await
+    }
+}
