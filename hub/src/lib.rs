@@ -5,11 +5,24 @@
 //! Layout:
 //! - [`settings`]: the typed settings (file, environment, flags) and the resolved [`HubConfig`].
 //! - [`tls`]: TLS 1.3 with required client certificates from the region CA.
+//! - [`deadline`]: the time limit on every call.
+//! - [`limits`]: the limits under abuse (call rates, mailbox quota, open subscriptions).
 //! - [`service`]: the `Hub` gRPC service; decodes, checks, calls the store, maps errors.
+//!   - `service/mod.rs`: the shared state, the constructor, the errors and their one mapping to
+//!     statuses, the caller's check, and the `Hub` trait handing each call to its room.
+//!   - `service/send.rs`: `Send` and `SendBatch`, the mailbox quota, and the group commit.
+//!   - `service/mailbox.rs`: `Subscribe` and `Ack`, and waking subscribers on arrivals.
+//!   - `service/directory.rs`: installing the authority-signed directory; `GetDirectory` and
+//!     `PublishDirectory`.
+//!   - `service/log.rs`: integrating the log and signing checkpoints; checkpoints,
+//!     cosignatures, proofs and entries.
+//!   - `service/metrics.rs`: the metrics scrape, its gauges read fresh.
 //! - [`stats`]: the `Stats` service: aggregates for coordinators, small counts suppressed.
 //! - [`store`]: the storage trait and its SQLite and PostgreSQL implementations.
+//! - [`sqlite_pool`]: the one way hub and node open a SQLite pool.
 //! - [`dashboard`]: the coordinators' web dashboard (HTTPS, assets in the binary).
-//! - [`metrics`]: the Prometheus metrics, served on a plain-HTTP port of their own.
+//! - [`metrics`]: the Prometheus metrics, served by [`metrics_http`] on a plain-HTTP port of
+//!   their own.
 //!
 //! [`serve`] takes a bound listener and a shutdown future, so tests and the demo run a hub
 //! in-process on `127.0.0.1:0`.
