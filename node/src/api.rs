@@ -209,22 +209,19 @@ impl Node for NodeApi {
         &self,
         request: Request<SendPassportRequest>,
     ) -> Result<Response<SendPassportResponse>, Status> {
-        let (envelope_id, to_org, waits_until) = self
+        let request = request.into_inner();
+        let sent = self
             .core
-            .send_passport(&request.into_inner().grant_id)
+            .send_passport(&request.grant_id, request.again)
             .await?;
-        Ok(Response::new(SendPassportResponse {
-            envelope_id,
-            to_org,
-            waits_until,
-        }))
+        Ok(Response::new(sent_response(sent)))
     }
 
     async fn send_passports(
         &self,
         request: Request<SendPassportsRequest>,
     ) -> Result<Response<SendPassportsResponse>, Status> {
-        let grant_ids = request.into_inner().grant_ids;
+        let SendPassportsRequest { grant_ids, again } = request.into_inner();
         if grant_ids.is_empty() {
             return Err(Status::invalid_argument("name at least one grant to send"));
         }
@@ -240,19 +237,15 @@ impl Node for NodeApi {
                 "grant {twice} is named twice; name each grant once"
             )));
         }
-        let results = self.core.send_passports(&grant_ids).await;
+        let results = self.core.send_passports(&grant_ids, again).await;
         Ok(Response::new(SendPassportsResponse {
             results: grant_ids
                 .into_iter()
                 .zip(results)
                 .map(|(grant_id, r)| match r {
-                    Ok((envelope_id, to_org, waits_until)) => SendPassportResult {
+                    Ok(sent) => SendPassportResult {
                         grant_id,
-                        sent: Some(SendPassportResponse {
-                            envelope_id,
-                            to_org,
-                            waits_until,
-                        }),
+                        sent: Some(sent_response(sent)),
                         error: String::new(),
                     },
                     Err(e) => SendPassportResult {
@@ -520,5 +513,16 @@ impl Node for NodeApi {
             hub_connected: self.core.hub_connected.load(Ordering::Relaxed),
             log_alarm: self.core.log_alarm().await?.unwrap_or_default(),
         }))
+    }
+}
+
+/// A grant's answer to a send, as the API gives it.
+fn sent_response(sent: crate::core::Sent) -> SendPassportResponse {
+    SendPassportResponse {
+        envelope_id: sent.envelope_id,
+        to_org: sent.to_org,
+        waits_until: sent.waits_until,
+        already_sent: sent.already_sent,
+        version: sent.version,
     }
 }

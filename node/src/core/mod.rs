@@ -150,9 +150,21 @@ pub const SEND_BATCH: usize = 100;
 /// and 2,000 take about 6 s on SQLite on a small machine, twice that on PostgreSQL.
 pub const MAX_SEND_PASSPORTS: usize = 2_000;
 
-/// A passport sent: the envelope id (empty while it waits for the grant's start), the
-/// recipient, and when it will leave if it waits (0 if not).
-pub type Sent = (Vec<u8>, String, i64);
+/// What became of one grant asked to be sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sent {
+    /// The sealed envelope's id; empty while the package waits for its grant to start, and
+    /// when nothing was sealed because the version had been sent already.
+    pub envelope_id: Vec<u8>,
+    pub to_org: String,
+    /// When the package will leave, if it waits for its grant to start (0 if it does not).
+    pub waits_until: i64,
+    /// The passport version sealed (or sealed before).
+    pub version: u32,
+    /// Nothing was sealed: this version was sealed under this grant before and is delivered,
+    /// on its way, or waiting for the grant's start. Sending it again takes `again`.
+    pub already_sent: bool,
+}
 
 fn random_bytes<const N: usize>() -> [u8; N] {
     let mut b = [0u8; N];

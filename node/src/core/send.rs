@@ -192,10 +192,12 @@ impl NodeCore {
     }
 
     /// Seals the consented sections for the grant's recipient and puts the envelope in the
-    /// outbox; a grant that is not in force yet waits there until it is. Returns the envelope
-    /// id (empty while waiting), the recipient and the time it waits for (0 if it does not).
-    pub async fn send_passport(&self, grant_id: &str) -> Result<Sent, NodeError> {
-        self.send_in_one_transaction(std::slice::from_ref(&grant_id.to_string()))
+    /// outbox; a grant that is not in force yet waits there until it is. A version sealed
+    /// under this grant before (delivered, on its way, or waiting) is not sealed again unless
+    /// `again` says so: sending twice sends once, so a send cut off mid-way is finished by
+    /// asking again.
+    pub async fn send_passport(&self, grant_id: &str, again: bool) -> Result<Sent, NodeError> {
+        self.send_in_one_transaction(std::slice::from_ref(&grant_id.to_string()), again)
             .await?
             .pop()
             .unwrap_or_else(|| Err(NodeError::NotFound(format!("no grant {grant_id}"))))
@@ -204,10 +206,14 @@ impl NodeCore {
     /// [`NodeCore::send_passport`] for many grants: up to [`SEND_BATCH`] sealed in one
     /// transaction, so a class costs a few commits rather than one per student. Each grant gets
     /// its result, in order; a batch the store failed gives each of its grants that error.
-    pub async fn send_passports(&self, grant_ids: &[String]) -> Vec<Result<Sent, NodeError>> {
+    pub async fn send_passports(
+        &self,
+        grant_ids: &[String],
+        again: bool,
+    ) -> Vec<Result<Sent, NodeError>> {
         let mut out = Vec::with_capacity(grant_ids.len());
         for chunk in grant_ids.chunks(SEND_BATCH) {
-            match self.send_in_one_transaction(chunk).await {
+            match self.send_in_one_transaction(chunk, again).await {
                 Ok(results) => out.extend(results),
                 Err(e) => out.extend(chunk.iter().map(|_| {
                     Err(NodeError::Precondition(format!(
@@ -226,6 +232,7 @@ impl NodeCore {
     async fn send_in_one_transaction(
         &self,
         grant_ids: &[String],
+        again: bool,
     ) -> Result<Vec<Result<Sent, NodeError>>, NodeError> {
         let mut out = Vec::with_capacity(grant_ids.len());
         let mut tx = self.store.begin().await?;
@@ -240,10 +247,10 @@ impl NodeCore {
                 continue;
             };
             tx.savepoint().await?;
-            match self.send_one_in(&mut tx, &g).await {
+            match self.send_one_in(&mut tx, &g, again).await {
                 Ok(sent) => {
                     tx.release_savepoint().await?;
-                    sealed_any |= sent.2 == 0;
+                    sealed_any |= !sent.envelope_id.is_empty();
                     out.push(Ok(sent));
                 }
                 Err(e) => {
@@ -262,7 +269,7 @@ impl NodeCore {
     /// Seals one grant's package into the outbox, or queues it unsealed while the grant is not
     /// in force yet. A live grant sends the student's newest passport version, any other the
     /// version it was given for.
-    async fn send_one_in(&self, tx: &mut Tx, g: &GrantRow) -> Result<Sent, NodeError> {
+    async fn send_one_in(&self, tx: &mut Tx, g: &GrantRow, again: bool) -> Result<Sent, NodeError> {
         let version = if g.live {
             self.store
                 .latest_version(&g.pseudonym)
@@ -272,6 +279,29 @@ impl NodeCore {
         } else {
             g.passport_version
         };
+        let sent = |envelope_id, waits_until, already_sent| Sent {
+            envelope_id,
+            to_org: g.recipient_org.clone(),
+            waits_until,
+            version,
+            already_sent,
+        };
+        // A grant that ended goes on to its refusal below; only a live one can have been sent.
+        if !again && g.state == "active" {
+            let before = tx
+                .outbox_of_grant(&g.grant_id, &["waiting", "pending", "sent"])
+                .await?
+                .into_iter()
+                .find(|e| e.kind == EnvelopeKind::Package as i32 && e.version == Some(version));
+            if let Some(e) = before {
+                let waits = if e.state == "waiting" {
+                    e.not_before
+                } else {
+                    0
+                };
+                return Ok(sent(Vec::new(), waits, true));
+            }
+        }
         if g.state == "active" && grant_time_of(g, self.now()) == GrantTime::NotYetValid {
             tx.enqueue(&OutboxRow {
                 envelope_id: None,
@@ -287,10 +317,10 @@ impl NodeCore {
                 created_at: self.now(),
             })
             .await?;
-            return Ok((Vec::new(), g.recipient_org.clone(), g.not_before));
+            return Ok(sent(Vec::new(), g.not_before, false));
         }
         let sealed = self.send_package_in(tx, g, version).await?;
-        Ok((sealed.envelope_id, g.recipient_org.clone(), 0))
+        Ok(sent(sealed.envelope_id, 0, false))
     }
 
     /// Seals the packages that waited for their grant to start.

@@ -4,16 +4,16 @@
 use std::time::Duration;
 
 use overstap_proto::pb::{
-    InboxRequest, NodeStatusRequest, SendPassportRequest, ShowPassportRequest,
+    InboxRequest, NodeStatusRequest, SendPassportRequest, SendPassportsRequest, ShowPassportRequest,
 };
-use overstap_tests::demo::{self, GEMEENTE, MBO, SCHOOL, birth_month};
+use overstap_tests::cast::{self, GEMEENTE, MBO, SCHOOL, birth_month};
 use overstap_tests::*;
 
 #[tokio::test]
 async fn the_demo_story_passes_and_the_hub_holds_no_plaintext() {
     let tmp = tempfile::tempdir().unwrap();
     let mut out = Vec::new();
-    let passed = demo::run(tmp.path(), &mut out, false)
+    let passed = overstap_cli::demo::run(tmp.path(), &mut out, false)
         .await
         .expect("the demo passes");
     let text = String::from_utf8(out).unwrap();
@@ -23,7 +23,7 @@ async fn the_demo_story_passes_and_the_hub_holds_no_plaintext() {
         "{text}"
     );
     // An independent look at the hub's files, with the texts a person would search for.
-    let hub = overstap_cli::region::hub_contents(tmp.path())
+    let hub = overstap_region::region::hub_contents(tmp.path())
         .await
         .unwrap();
     // (Well over a few kilobytes: the directory, every envelope's receipt and hashes, the log.)
@@ -32,8 +32,8 @@ async fn the_demo_story_passes_and_the_hub_holds_no_plaintext() {
         "only {} bytes read from the hub",
         hub.len()
     );
-    let mut needles = demo::answer_texts(demo::SAM_ANSWERS);
-    needles.extend(demo::answer_texts(demo::NOOR_ANSWERS));
+    let mut needles = cast::answer_texts(cast::SAM_ANSWERS);
+    needles.extend(cast::answer_texts(cast::NOOR_ANSWERS));
     needles.extend(
         [
             "Wie ben ik?",
@@ -52,7 +52,7 @@ async fn the_demo_story_passes_and_the_hub_holds_no_plaintext() {
     // The log entries themselves, byte for byte as the hub hashes them into its tree and serves
     // them: no pseudonym of any student of the demo, and no answer.
     let school = overstap_tests::database_pool(
-        &overstap_cli::region::node_database_url(tmp.path(), SCHOOL).unwrap(),
+        &overstap_region::region::node_database_url(tmp.path(), SCHOOL).unwrap(),
     )
     .await;
     let pseudonyms: Vec<String> = sqlx::query_scalar("SELECT pseudonym FROM students")
@@ -63,7 +63,7 @@ async fn the_demo_story_passes_and_the_hub_holds_no_plaintext() {
     assert!(pseudonyms.len() >= 2);
     sqlx::any::install_default_drivers();
     let hub_pool =
-        sqlx::AnyPool::connect(&overstap_cli::region::hub_database_url(tmp.path()).unwrap())
+        sqlx::AnyPool::connect(&overstap_region::region::hub_database_url(tmp.path()).unwrap())
             .await
             .unwrap();
     let entries: Vec<Vec<u8>> = sqlx::query_as::<_, (String, i64, String, String, Vec<u8>, Vec<u8>, i64)>(
@@ -96,7 +96,7 @@ async fn the_demo_story_passes_and_the_hub_holds_no_plaintext() {
         }
     }
     // And the same texts did arrive at the mbo: the check above can find them where they are.
-    let mbo = overstap_cli::region::node_contents(tmp.path(), MBO)
+    let mbo = overstap_region::region::node_contents(tmp.path(), MBO)
         .await
         .unwrap();
     assert!(
@@ -121,6 +121,7 @@ async fn a_node_that_was_away_gets_its_passport_when_it_returns() {
     school
         .send_passport(SendPassportRequest {
             grant_id: id.clone(),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -173,7 +174,10 @@ async fn handovers_continue_across_a_hub_restart() {
     )
     .await;
     school
-        .send_passport(SendPassportRequest { grant_id: first })
+        .send_passport(SendPassportRequest {
+            grant_id: first,
+            ..Default::default()
+        })
         .await
         .unwrap();
     region
@@ -191,7 +195,10 @@ async fn handovers_continue_across_a_hub_restart() {
     )
     .await;
     school
-        .send_passport(SendPassportRequest { grant_id: second })
+        .send_passport(SendPassportRequest {
+            grant_id: second,
+            ..Default::default()
+        })
         .await
         .unwrap();
     region
@@ -246,8 +253,11 @@ async fn a_class_sent_at_once_is_answered_and_arrives() {
         let pair = pair.to_vec();
         sending.spawn(async move {
             for grant_id in pair {
-                api.send_passport(overstap_proto::pb::SendPassportRequest { grant_id })
-                    .await?;
+                api.send_passport(overstap_proto::pb::SendPassportRequest {
+                    grant_id,
+                    ..Default::default()
+                })
+                .await?;
             }
             Ok::<_, tonic::Status>(())
         });
@@ -297,7 +307,10 @@ async fn a_class_pushed_in_one_call_arrives_and_a_bad_grant_holds_up_no_other() 
         ),
     ] {
         let refused = api
-            .send_passports(SendPassportsRequest { grant_ids: ids })
+            .send_passports(SendPassportsRequest {
+                grant_ids: ids,
+                ..Default::default()
+            })
             .await
             .unwrap_err();
         assert_eq!(refused.code(), tonic::Code::InvalidArgument);
@@ -315,6 +328,7 @@ async fn a_class_pushed_in_one_call_arrives_and_a_bad_grant_holds_up_no_other() 
     let results = api
         .send_passports(SendPassportsRequest {
             grant_ids: asked.clone(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -375,7 +389,7 @@ async fn a_class_pushed_in_one_call_arrives_and_a_bad_grant_holds_up_no_other() 
 
 /// `n` students of 17 at the school, each with a passport and a consent for the mbo: their
 /// grant ids.
-async fn class_with_consents(region: &overstap_cli::region::Region, n: usize) -> Vec<String> {
+async fn class_with_consents(region: &overstap_region::region::Region, n: usize) -> Vec<String> {
     let mut grants = Vec::with_capacity(n);
     for _ in 0..n {
         let s = student(region, &birth_month(17), None).await;
@@ -390,4 +404,124 @@ async fn class_with_consents(region: &overstap_cli::region::Region, n: usize) ->
         );
     }
     grants
+}
+
+/// An operator's ordinary SQLite client (python's `sqlite3`, read-only) that reads the live hub
+/// database while envelopes flow, and the region's own look at the hub's files between sends
+/// (what the demo's plaintext check does), do no harm: every package arrives, the hub keeps
+/// running, and the database stays whole. Reading the files with `std::fs::read` inside the
+/// hub's process dropped the hub's POSIX locks, the outside reader rebuilt the `-shm` index
+/// under it, and the whole region died of SIGBUS within a few sends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outside_sqlite_reader_of_the_live_hub_database_does_no_harm() {
+    const READER: &str = r#"
+import select, sqlite3, sys
+db, reads = sys.argv[1], 0
+while True:
+    c = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+    c.execute("SELECT count(*) FROM events").fetchone()
+    c.close()
+    reads += 1
+    ready, _, _ = select.select([sys.stdin], [], [], 0.005)
+    if ready and not sys.stdin.read(1):
+        break
+c = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+print(reads, c.execute("PRAGMA quick_check").fetchone()[0])
+"#;
+    let tmp = tempfile::tempdir().unwrap();
+    // The hub on SQLite in both passes of ./test: this test is about its files.
+    let region = overstap_region::Region::start_hub_with_database(
+        tmp.path(),
+        &cast::demo_orgs(),
+        overstap_node::system_clock(),
+        true,
+        None,
+    )
+    .await
+    .unwrap()
+    .start_nodes()
+    .await
+    .unwrap();
+    let mut reader = tokio::process::Command::new("python3")
+        .arg("-c")
+        .arg(READER)
+        .arg(region.hub_db())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 starts (./test installs it)");
+    for _ in 0..6 {
+        let id = hand_over(&region, MBO).await;
+        overstap_region::region::hub_contents(tmp.path())
+            .await
+            .expect("the hub's files read");
+        eventually("the package arrives at the mbo college", || async {
+            !held_sections(&region, MBO, &id).await.is_empty()
+        })
+        .await;
+    }
+    drop(reader.stdin.take());
+    let out = reader.wait_with_output().await.unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the outside reader failed: {said} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (reads, check) = said.trim().split_once(' ').expect("reads and check");
+    assert!(reads.parse::<u32>().unwrap() > 0, "the reader read: {said}");
+    assert_eq!(check, "ok", "the hub's database after the reads");
+    region.shutdown().await.unwrap();
+}
+
+/// Sending a grant twice seals once: the second answer says the version was sent already and
+/// nothing leaves; `again` seals it anew. A new version under a live grant is not "already".
+#[tokio::test]
+async fn sending_a_grant_twice_seals_once_unless_asked_again() {
+    let (_tmp, region) = region().await;
+    let id = hand_over(&region, MBO).await;
+    let mut api = region.api(SCHOOL).await.unwrap();
+    let outbox = || async { node_count(&region, SCHOOL, "outbox").await };
+    let before = outbox().await;
+    let twice = api
+        .send_passport(SendPassportRequest {
+            grant_id: id.clone(),
+            again: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(twice.already_sent, "{twice:?}");
+    assert!(twice.envelope_id.is_empty(), "nothing was sealed");
+    assert_eq!((twice.version, twice.to_org.as_str()), (1, MBO));
+    assert_eq!(outbox().await, before, "no new outbox row");
+    let again = api
+        .send_passport(SendPassportRequest {
+            grant_id: id.clone(),
+            again: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        !again.already_sent && !again.envelope_id.is_empty(),
+        "{again:?}"
+    );
+    assert_eq!(outbox().await, before + 1, "sealed anew");
+    // A class asked twice: each grant is named as sent already, none sealed.
+    let class = api
+        .send_passports(SendPassportsRequest {
+            grant_ids: vec![id.clone()],
+            again: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert!(
+        class[0].sent.as_ref().is_some_and(|s| s.already_sent),
+        "{class:?}"
+    );
+    assert_eq!(outbox().await, before + 1);
 }

@@ -9,13 +9,13 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use overstap_cli::passport::{
+use overstap_proto::pb::SendPassportRequest;
+use overstap_region::passport::{
     AnswerInput, Answers, GrantRequest, draft_from_answers, make_grant, make_revocation, revoke,
     sign_passport, upload_grant,
 };
-use overstap_cli::region::Region;
-use overstap_proto::pb::SendPassportRequest;
-use overstap_tests::demo::{GEMEENTE, MBO, OTHER_MBO, SCHOOL, birth_month};
+use overstap_region::region::Region;
+use overstap_tests::cast::{GEMEENTE, MBO, OTHER_MBO, SCHOOL, birth_month};
 use overstap_tests::*;
 use proptest::prelude::*;
 use sqlx::Row;
@@ -99,8 +99,8 @@ fn sections_of(mask: u8) -> Vec<String> {
         .collect()
 }
 
-fn draft(version: u32) -> overstap_cli::passport::Draft {
-    let mut answers: Answers = serde_json::from_str(demo::SAM_ANSWERS).unwrap();
+fn draft(version: u32) -> overstap_region::passport::Draft {
+    let mut answers: Answers = serde_json::from_str(cast::SAM_ANSWERS).unwrap();
     answers.get_mut("wat-wil-ik").unwrap().insert(
         "droom".into(),
         AnswerInput::Text(format!("Mijn plan, versie {version}")),
@@ -337,6 +337,7 @@ async fn run(ops: Vec<Op>) -> Result<(), String> {
                 let result = school
                     .send_passport(SendPassportRequest {
                         grant_id: g.id.clone(),
+                        ..Default::default()
                     })
                     .await;
                 let grant_state = handover(&region, &g.id)

@@ -309,8 +309,8 @@ impl Region {
     }
 }
 
-/// Registers a student and queues one package per grant, `n` grants.
-async fn queue_packages(dir: &Path, n: usize) -> Vec<String> {
+/// Registers a student with a signed passport and gives `n` grants to the mbo college.
+async fn make_grants(dir: &Path, n: usize) -> Vec<String> {
     let mut api = connect_dir(&dir.join(SCHOOL)).await.unwrap();
     let key = overstap_proto::sign::generate_signing_key();
     let card = api
@@ -342,16 +342,26 @@ async fn queue_packages(dir: &Path, n: usize) -> Vec<String> {
             now(),
         )
         .unwrap();
-        let id = overstap_region::passport::upload_grant(&mut api, signed)
-            .await
-            .unwrap();
+        ids.push(
+            overstap_region::passport::upload_grant(&mut api, signed)
+                .await
+                .unwrap(),
+        );
+    }
+    ids
+}
+
+/// Registers a student and queues one package per grant, `n` grants.
+async fn queue_packages(dir: &Path, n: usize) -> Vec<String> {
+    let ids = make_grants(dir, n).await;
+    let mut api = connect_dir(&dir.join(SCHOOL)).await.unwrap();
+    for id in &ids {
         api.send_passport(SendPassportRequest {
             grant_id: id.clone(),
             ..Default::default()
         })
         .await
         .unwrap();
-        ids.push(id);
     }
     ids
 }
@@ -434,6 +444,90 @@ async fn a_hub_killed_mid_transfer_loses_nothing_and_resumes_where_it_was() {
         "{PACKAGES} packages, hub killed once, all in after {:.1} s",
         started.elapsed().as_secs_f64()
     );
+    check_exactly_once(&r, &ids).await;
+}
+
+/// `overstap send` of a whole class, as a person runs it, is cut off by the school's node dying
+/// (SIGKILL) mid-way: it says which grants it knows went, and that running it again is safe.
+/// The same command run again seals only what was not sealed and names the rest as sent
+/// already, and each passport arrives once: the hub carried one package per grant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_cut_off_by_a_killed_node_is_finished_by_running_it_again_and_sends_each_passport_once()
+ {
+    let _turn = HEAVY.lock().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut r = Region::start(tmp.path()).await;
+    let ids = make_grants(tmp.path(), PACKAGES).await;
+    let send = || {
+        let mut cli = Command::new(env!("CARGO_BIN_EXE_overstap-under-test"));
+        cli.arg("send")
+            .arg("--node-dir")
+            .arg(tmp.path().join(SCHOOL))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        for id in &ids {
+            cli.arg("--grant").arg(id);
+        }
+        cli
+    };
+    let school = r.node_pool(SCHOOL).await;
+    let packages = || async {
+        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM outbox WHERE kind = 1")
+            .fetch_one(&school)
+            .await
+            .unwrap() as usize
+    };
+    let cli = send().spawn().expect("the CLI starts");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while packages().await == 0 {
+        assert!(Instant::now() < deadline, "nothing was sealed within 60 s");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    r.kill_node(SCHOOL).await;
+    let cut = cli.wait_with_output().await.unwrap();
+    let (said, told) = (
+        String::from_utf8_lossy(&cut.stdout),
+        String::from_utf8_lossy(&cut.stderr),
+    );
+    assert!(!cut.status.success(), "{said}{told}");
+    assert!(told.contains("the node stopped answering"), "{told}");
+    assert!(told.contains("Run the same command again"), "{told}");
+    let sealed = packages().await;
+    assert!(
+        sealed > 0 && sealed < PACKAGES,
+        "the kill came mid-way: {sealed} of {PACKAGES} sealed"
+    );
+    // What the CLI printed as sealed was sealed: each line names a grant that went.
+    let printed = said.lines().filter(|l| l.contains(": Sealed for")).count();
+    assert!(
+        printed <= sealed,
+        "{printed} printed as sealed, {sealed} are"
+    );
+
+    r.start_node(SCHOOL).await;
+    let again = send().output().await.unwrap();
+    let (said, told) = (
+        String::from_utf8_lossy(&again.stdout),
+        String::from_utf8_lossy(&again.stderr),
+    );
+    assert!(again.status.success(), "{said}{told}");
+    let already = said.lines().filter(|l| l.contains("already")).count();
+    assert_eq!(
+        already,
+        sealed + 1,
+        "one line per grant sealed before, and the sum"
+    );
+    assert!(
+        said.contains(&format!(
+            "{sealed} of {PACKAGES} passports had been sent already"
+        )),
+        "{said}"
+    );
+    assert_eq!(packages().await, PACKAGES, "each grant sealed once");
+    school.close().await;
+    r.wait_inbox(MBO, PACKAGES as u64, Duration::from_secs(300))
+        .await;
     check_exactly_once(&r, &ids).await;
 }
 
