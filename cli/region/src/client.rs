@@ -51,9 +51,12 @@ pub async fn connect_dir(dir: &Path) -> anyhow::Result<Api> {
 /// "transport error".
 pub fn explain(status: tonic::Status) -> anyhow::Error {
     let message = status.message();
-    let broken = status.code() == tonic::Code::Unavailable
-        || (status.code() == tonic::Code::Unknown
-            && (message.contains("transport error") || message.contains("h2 protocol error")));
+    // The CLI never cancels a call itself: a cancelled one is a connection that went away.
+    let broken = matches!(
+        status.code(),
+        tonic::Code::Unavailable | tonic::Code::Cancelled
+    ) || (status.code() == tonic::Code::Unknown
+        && (message.contains("transport error") || message.contains("h2 protocol error")));
     if broken {
         anyhow::anyhow!(
             "the node stopped answering ({message}); check that it runs (overstap node status)"
