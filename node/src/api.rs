@@ -17,7 +17,9 @@ use overstap_proto::pb::{
     SetStatusResponse, ShowPassportRequest, ShowPassportResponse, Signed, StorePassportRequest,
     StorePassportResponse, TrailEvent, TrailRequest, TrailResponse,
 };
-use overstap_proto::pb::{ProveEnvelopeRequest, ProveEnvelopeResponse};
+use overstap_proto::pb::{
+    AddStaffRequest, AddStaffResponse, ProveEnvelopeRequest, ProveEnvelopeResponse,
+};
 use prost::Message;
 use rand_core::RngCore;
 use tonic::{Request, Response, Status};
@@ -292,6 +294,17 @@ impl Node for NodeApi {
             grant_id,
             envelope_id,
         }))
+    }
+
+    async fn add_staff(
+        &self,
+        request: Request<AddStaffRequest>,
+    ) -> Result<Response<AddStaffResponse>, Status> {
+        let r = request.into_inner();
+        self.core
+            .add_staff(&r.username, &r.password, &r.role)
+            .await?;
+        Ok(Response::new(AddStaffResponse {}))
     }
 
     async fn set_status(

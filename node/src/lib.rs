@@ -30,9 +30,14 @@
 //! - [`api`]: the local gRPC API for the CLI and school systems, behind a bearer token.
 //! - [`metrics`]: the Prometheus metrics, served on a plain-HTTP port of their own.
 //!
-//! The people's web app comes next. It will be the `web` module beside [`api`]: another door
-//! onto the same [`NodeCore`], so every rule and every transaction stays in `core` and `store`,
-//! and neither door holds rules of its own.
+//! - [`web`]: the people's web app (students, guardians, staff in a browser): another door onto
+//!   the same [`NodeCore`] beside [`api`], so every rule and every transaction stays in `core`
+//!   and `store`, and neither door holds rules of its own.
+//!   - `web/i18n.rs` and `web/messages.toml`: the words, Dutch and English;
+//!   - `web/page.rs`: the frame of every page and the kind error page;
+//!   - `web/staff.rs`: staff sign-in, sessions, CSRF;
+//!   - `web/enrol.rs`: a mentor invites a student, the student's browser makes the key, the
+//!     mentor compares the short code, the card is issued.
 //!
 //! [`run`] takes a bound API listener and a shutdown future, so tests and the demo run nodes
 //! in-process on `127.0.0.1:0`.
@@ -52,6 +57,7 @@ pub mod settings;
 pub mod sqlite_pool;
 pub mod store;
 pub mod sync;
+pub mod web;
 
 use std::future::Future;
 use std::path::Path;
@@ -161,6 +167,19 @@ pub async fn run_with_clock(
     )
     .await
     .context("serving metrics")?;
+    let web = match config.web_listen {
+        Some(listen) => Some(
+            web::start(
+                listen,
+                config.web_url_file.as_deref(),
+                core.clone(),
+                stop_rx.clone(),
+            )
+            .await
+            .context("serving the web app")?,
+        ),
+        None => None,
+    };
     let engine = tokio::spawn(sync::run(core.clone(), channel, intervals, stop_rx));
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<NodeServer<api::NodeApi>>().await;
@@ -188,6 +207,9 @@ pub async fn run_with_clock(
     let _ = engine.await;
     if let Some(m) = metrics {
         let _ = m.await;
+    }
+    if let Some(w) = web {
+        let _ = w.await;
     }
     result.context("node API server failed")
 }

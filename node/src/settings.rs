@@ -67,6 +67,13 @@ pub struct Settings {
     /// A file to write the metrics address to once bound (useful with port 0).
     #[serde(default)]
     pub metrics_addr_file: Option<PathBuf>,
+    /// Where the people's web app listens (off when unset): plain HTTP on loopback, behind
+    /// the school's own reverse proxy for anyone not on this machine.
+    #[serde(default)]
+    pub web_listen: Option<SocketAddr>,
+    /// A file to write the web app's address to once bound (useful with port 0).
+    #[serde(default)]
+    pub web_url_file: Option<PathBuf>,
 }
 
 /// Every field of [`Settings`] and its kind, for the `OVERSTAP_*` environment variables.
@@ -91,6 +98,8 @@ pub const FIELDS: &[(&str, FieldKind)] = &[
     ("signing_key", FieldKind::Text),
     ("tls_cert", FieldKind::Text),
     ("tls_key", FieldKind::Text),
+    ("web_listen", FieldKind::Text),
+    ("web_url_file", FieldKind::Text),
 ];
 
 fn default_hub_url() -> String {
@@ -170,10 +179,13 @@ impl Settings {
                 *p = base.join(&*p);
             }
         }
-        if let Some(p) = &mut s.metrics_addr_file
-            && p.is_relative()
+        for p in [&mut s.metrics_addr_file, &mut s.web_url_file]
+            .into_iter()
+            .flatten()
         {
-            *p = base.join(&*p);
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
         }
         s.database_url = rebase_sqlite_url(&s.database_url, &base);
         Ok(s)
@@ -248,6 +260,8 @@ impl Settings {
             ),
             metrics_listen: self.metrics_listen,
             metrics_addr_file: self.metrics_addr_file.clone(),
+            web_listen: self.web_listen,
+            web_url_file: self.web_url_file.clone(),
         })
     }
 }
@@ -279,6 +293,8 @@ pub struct NodeConfig {
     pub key_files: Option<KeyFiles>,
     pub metrics_listen: Option<SocketAddr>,
     pub metrics_addr_file: Option<PathBuf>,
+    pub web_listen: Option<SocketAddr>,
+    pub web_url_file: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for NodeConfig {
@@ -305,6 +321,8 @@ mod tests {
         let mut s: Settings = t.try_into().unwrap();
         s.metrics_listen = Some(d_api());
         s.metrics_addr_file = Some("m".into());
+        s.web_listen = Some(d_api());
+        s.web_url_file = Some("w".into());
         let table = toml::Table::try_from(&s).unwrap();
         let mut expected: Vec<(String, FieldKind)> =
             FIELDS.iter().map(|(k, t)| (k.to_string(), *t)).collect();

@@ -275,7 +275,10 @@ impl Authority {
                 &format!(
                     "# Overstap node settings for {} ({}); OVERSTAP_* environment variables override these.\n\
                      org_id = \"{}\"\nhub_url = \"{}\"\nhub_name = \"{}\"\ndatabase_url = \"sqlite://node.db\"\n\
-                     api_listen = \"127.0.0.1:0\"\n",
+                     api_listen = \"127.0.0.1:0\"\n\
+                     # The web app for students, guardians and staff: plain HTTP on this machine,\n\
+                     # behind the school's own HTTPS reverse proxy for everyone else.\n\
+                     web_listen = \"127.0.0.1:0\"\nweb_url_file = \"web.url\"\n",
                     a.name,
                     kind_name(a.kind),
                     a.org_id,

@@ -161,15 +161,17 @@ pub(super) async fn send(
 /// printed: says what is known, and that sending again is safe.
 fn cut_off(status: tonic::Status, answered: usize, total: usize) -> anyhow::Error {
     let reason = explain(status);
-    let known = if answered == 0 {
-        String::new()
-    } else {
-        format!(" The {answered} grants answered above are sealed.")
+    let rest = total - answered;
+    let unknown = match (answered, rest) {
+        (0, 1) => "Whether the passport was sealed is not known.".to_string(),
+        (0, n) => format!("Whether the {n} passports were sealed is not known."),
+        (a, n) => format!(
+            "The {a} grants above have their answers; whether the other {n} were sealed is not known."
+        ),
     };
     anyhow::anyhow!(
-        "{reason}.{known} For the other {} it is not known. Run the same command again: a passport \
-         already sealed under its grant is named and not sealed twice.",
-        total - answered
+        "{reason}. {unknown} Run the same command again: a passport already sealed under its \
+         grant is named and not sealed twice."
     )
 }
 

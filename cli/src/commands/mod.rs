@@ -3,12 +3,14 @@
 //!
 //! Rooms: [`authority`] (the regional authority), [`student`] (the student's and guardian's side),
 //! [`exchange`] (sending, inbox, handovers, statuses, outbox, node state), [`log`] (the hub's
-//! log as this node checks it), [`bench`] (load runs); stats, health and the demo are here.
+//! log as this node checks it), [`staff`] (the web app's staff accounts), [`bench`] (load runs);
+//! stats, health and the demo are here.
 
 mod authority;
 mod bench;
 mod exchange;
 mod log;
+mod staff;
 mod student;
 
 use std::path::PathBuf;
@@ -97,6 +99,9 @@ pub enum Command {
     /// The hub's verifiable log, as this node checks it.
     #[command(subcommand)]
     Log(log::LogCmd),
+    /// Staff accounts of the node's web app.
+    #[command(subcommand)]
+    Staff(staff::StaffCmd),
     /// The region's exchange in aggregate, for coordinators: per organisation pair, per kind
     /// of member over time, and who has envelopes waiting. Counts under 5 read "<5".
     Stats {
@@ -192,6 +197,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Outbox(args) => exchange::outbox(args).await,
         Command::Node(cmd) => exchange::node(cmd).await,
         Command::Log(cmd) => log::log(cmd).await,
+        Command::Staff(cmd) => staff::staff(cmd).await,
         Command::Bench(cmd) => bench::bench(cmd).await,
         Command::Health(cmd) => crate::health::health(cmd).await,
         Command::Stats {

@@ -40,6 +40,7 @@ mod consent;
 mod directory;
 mod ingest;
 mod log;
+pub mod people;
 mod send;
 mod status;
 mod students;

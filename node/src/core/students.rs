@@ -24,6 +24,80 @@ impl NodeCore {
         guardian_keys: &[Vec<u8>],
         staff_user: &str,
     ) -> Result<Signed, NodeError> {
+        let card = self.new_card(student_key, birth_month, guardian_keys, staff_user)?;
+        // Signed under the writer lock: a rotation of this node's key re-signs the stored cards
+        // under that lock too, so no card signed with the old key is stored after it.
+        let mut tx = self.store.begin().await?;
+        let signed = sign_message(Domain::StudentCard, &card, &[&self.key()]);
+        tx.insert_student(
+            &card.pseudonym,
+            &signed.encode_to_vec(),
+            staff_user,
+            card.issued_at,
+        )
+        .await?;
+        tx.commit().await?;
+        tracing::info!(org = %self.org_id, "student card issued");
+        Ok(signed)
+    }
+
+    /// Issues the card of a student a mentor invited through the web app, once the mentor has
+    /// compared, in person, the short code of the key the student's browser handed in: the
+    /// card, the student's name and class, and the invitation's use are one transaction, so an
+    /// invitation issues at most one card.
+    pub async fn enrol_student(
+        &self,
+        invitation_id: i64,
+        guardian_keys: &[Vec<u8>],
+        mentor: &str,
+    ) -> Result<Signed, NodeError> {
+        let mut tx = self.store.begin().await?;
+        let Some(invitation) = tx.invitation(invitation_id).await? else {
+            return Err(NodeError::NotFound(format!(
+                "no invitation {invitation_id}"
+            )));
+        };
+        if invitation.mentor != mentor {
+            return Err(NodeError::Precondition(format!(
+                "this invitation is {}'s; only they can confirm it",
+                invitation.mentor
+            )));
+        }
+        if invitation.used_at.is_some() {
+            return Err(NodeError::Precondition(
+                "this invitation has been used already".into(),
+            ));
+        }
+        let Some(student_key) = invitation.student_key.as_deref() else {
+            return Err(NodeError::Precondition(
+                "the student's browser has not made a key yet".into(),
+            ));
+        };
+        let now = self.now();
+        if invitation.expires_at <= now {
+            return Err(NodeError::Precondition(
+                "this invitation has run out".into(),
+            ));
+        }
+        let card = self.new_card(student_key, &invitation.birth_month, guardian_keys, mentor)?;
+        let signed = sign_message(Domain::StudentCard, &card, &[&self.key()]);
+        tx.insert_student(&card.pseudonym, &signed.encode_to_vec(), mentor, now)
+            .await?;
+        tx.use_invitation(&invitation, &card.pseudonym, now).await?;
+        tx.commit().await?;
+        tracing::info!(org = %self.org_id, "student card issued for an invitation");
+        Ok(signed)
+    }
+
+    /// A new card for `student_key`, checked against the card rules (valid keys, a birth month,
+    /// a guardian under 16, a named staff member), not yet signed or stored.
+    fn new_card(
+        &self,
+        student_key: &[u8],
+        birth_month: &str,
+        guardian_keys: &[Vec<u8>],
+        staff_user: &str,
+    ) -> Result<StudentCard, NodeError> {
         verifying_key(student_key, "student key")?;
         parse_birth_month(birth_month)?;
         for g in guardian_keys {
@@ -45,7 +119,7 @@ impl NodeCore {
                 "a student born in {birth_month} is under 16: register at least one guardian key"
             )));
         }
-        let card = StudentCard {
+        Ok(StudentCard {
             pseudonym: format!("pvs-{}", hex::encode(random_bytes::<8>())),
             home_org: self.org_id.clone(),
             student_key: student_key.to_vec(),
@@ -53,16 +127,7 @@ impl NodeCore {
             guardian_keys: guardian_keys.to_vec(),
             issued_at: now,
             retired_keys: Vec::new(),
-        };
-        // Signed under the writer lock: a rotation of this node's key re-signs the stored cards
-        // under that lock too, so no card signed with the old key is stored after it.
-        let mut tx = self.store.begin().await?;
-        let signed = sign_message(Domain::StudentCard, &card, &[&self.key()]);
-        tx.insert_student(&card.pseudonym, &signed.encode_to_vec(), staff_user, now)
-            .await?;
-        tx.commit().await?;
-        tracing::info!(org = %self.org_id, "student card issued");
-        Ok(signed)
+        })
     }
 
     /// A student (or a guardian) lost a key. The mentor has checked the student in person

@@ -27,6 +27,7 @@ mod log;
 mod outbox;
 mod received;
 mod students;
+mod web;
 
 pub use grants::{GrantRow, TrailRow};
 pub use inbox::{Held, Peer, Processed};
@@ -34,6 +35,7 @@ pub use log::{CHECKPOINT_HISTORY, LogState, Unproven};
 pub use outbox::{OutboxEntry, OutboxRow};
 pub use received::{Erased, Received};
 pub use students::StoredVersion;
+pub use web::{InvitationRow, PersonRow, SessionRow, StaffRow};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -17,3 +17,4 @@ mod model;
 mod monitoring;
 mod processes;
 mod threats;
+mod web;

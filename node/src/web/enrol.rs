@@ -1,0 +1,572 @@
+//! Enrolment: a mentor invites a student (a one-time link and QR code, valid for a set time);
+//! the student's own browser makes an Ed25519 key that cannot be exported and hands in only its
+//! public half; both screens show a short code derived from that key; the mentor compares them
+//! in person and only then does the node issue the student's card.
+
+use axum::Json;
+use axum::extract::{Form, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use base64::Engine;
+use maud::{Markup, PreEscaped, html};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use super::i18n::{Lang, t, tf};
+use super::page::{error, page, respond};
+use super::staff::{Staff, csrf_ok, sign_in_first, signed_in};
+use super::{Shared, random_token};
+use crate::core::NodeError;
+use crate::store::InvitationRow;
+
+/// How long an invitation link works.
+pub const INVITATION_HOURS: i64 = 72;
+
+/// The short code both screens show for a key: six digits from the SHA-256 of a fixed tag and
+/// the public key. The student's browser computes it from the key it made, the mentor's page
+/// from the key the node received; the same code on both means the node got the student's key.
+pub fn short_code(key: &[u8]) -> String {
+    let d = Sha256::new()
+        .chain_update(b"overstap short code v1")
+        .chain_update(key)
+        .finalize();
+    let n = u32::from_be_bytes([d[0], d[1], d[2], d[3]]) % 1_000_000;
+    format!("{:03} {:03}", n / 1000, n % 1000)
+}
+
+fn token_hash(token: &str) -> Vec<u8> {
+    Sha256::digest(token.as_bytes()).to_vec()
+}
+
+/// Where an invitation stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Waiting,
+    Check,
+    Enrolled,
+    Expired,
+}
+
+impl Stage {
+    fn of(i: &InvitationRow, now: i64) -> Stage {
+        if i.used_at.is_some() {
+            Stage::Enrolled
+        } else if i.expires_at <= now {
+            Stage::Expired
+        } else if i.student_key.is_some() {
+            Stage::Check
+        } else {
+            Stage::Waiting
+        }
+    }
+
+    fn word(self) -> &'static str {
+        match self {
+            Stage::Waiting => "waiting",
+            Stage::Check => "check",
+            Stage::Enrolled => "enrolled",
+            Stage::Expired => "expired",
+        }
+    }
+
+    fn label(self, lang: Lang) -> String {
+        t(
+            lang,
+            match self {
+                Stage::Waiting => "state_waiting",
+                Stage::Check => "state_check",
+                Stage::Enrolled => "state_enrolled",
+                Stage::Expired => "state_expired",
+            },
+        )
+    }
+}
+
+/// The staff member of this request, or the sign-in page.
+async fn mentor(web: &Shared, headers: &HeaderMap) -> Result<Staff, Response> {
+    match signed_in(web, headers).await {
+        Some(s) => Ok(s),
+        None => Err(sign_in_first(web, Lang::of(headers))),
+    }
+}
+
+pub async fn mentor_page(State(web): State<Shared>, headers: HeaderMap) -> Response {
+    let lang = Lang::of(&headers);
+    let staff = match mentor(&web, &headers).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    match web.core.store.invitations_of(&staff.username).await {
+        Ok(list) => respond(StatusCode::OK, mentor_view(&web, lang, &staff, &list, None)),
+        Err(e) => web.server_error(lang, e),
+    }
+}
+
+fn mentor_view(
+    web: &Shared,
+    lang: Lang,
+    staff: &Staff,
+    list: &[InvitationRow],
+    problem: Option<String>,
+) -> Markup {
+    let now = web.core.now();
+    let hours = INVITATION_HOURS.to_string();
+    let body = html! {
+        section aria-labelledby="invite" {
+            h2 #invite { (t(lang, "invite_title")) }
+            p { (tf(lang, "invite_help", &[("hours", &hours)])) }
+            @if let Some(p) = &problem { p.error role="alert" { (p) } }
+            form method="post" action="/mentor/invite" {
+                input type="hidden" name="csrf" value=(staff.csrf);
+                label for="name" { (t(lang, "student_name")) }
+                input #name type="text" name="name" maxlength="100" autocomplete="off" required;
+                label for="class_name" { (t(lang, "class_name")) }
+                input #class_name type="text" name="class_name" maxlength="20" autocomplete="off" required;
+                label for="birth_month" { (t(lang, "birth_month")) }
+                input #birth_month type="month" name="birth_month" placeholder="2009-04" required;
+                button type="submit" { (t(lang, "invite_button")) }
+            }
+        }
+        section aria-labelledby="list" {
+            h2 #list { (t(lang, "invitations")) }
+            @if list.is_empty() {
+                p { (t(lang, "no_invitations")) }
+            } @else {
+                ul.cards {
+                    @for i in list {
+                        li {
+                            a href=(format!("/mentor/invitations/{}", i.id)) {
+                                strong { (i.name) }
+                                " · " (i.class_name) " · "
+                                span.state { (Stage::of(i, now).label(lang)) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        form method="post" action="/logout" {
+            input type="hidden" name="csrf" value=(staff.csrf);
+            button.secondary type="submit" { (t(lang, "sign_out")) }
+        }
+    };
+    page(lang, &web.school(), &t(lang, "mentor_title"), body)
+}
+
+#[derive(Deserialize)]
+pub struct Invite {
+    csrf: String,
+    name: String,
+    class_name: String,
+    birth_month: String,
+}
+
+pub async fn invite(
+    State(web): State<Shared>,
+    headers: HeaderMap,
+    Form(form): Form<Invite>,
+) -> Response {
+    let lang = Lang::of(&headers);
+    let staff = match mentor(&web, &headers).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    if !csrf_ok(&staff, &form.csrf) {
+        return error(
+            lang,
+            &web.school(),
+            StatusCode::FORBIDDEN,
+            &t(lang, "error_form_expired"),
+            None,
+        );
+    }
+    let now = web.core.now();
+    let (name, class_name) = (form.name.trim(), form.class_name.trim());
+    let problem =
+        if name.is_empty() || class_name.is_empty() || name.len() > 100 || class_name.len() > 20 {
+            Some(t(lang, "invite_missing"))
+        } else {
+            match overstap_proto::passport::under_16(form.birth_month.trim(), now) {
+                Err(_) => Some(t(lang, "invite_bad_month")),
+                Ok(true) => Some(t(lang, "invite_under_16")),
+                Ok(false) => None,
+            }
+        };
+    if let Some(problem) = problem {
+        let list = web
+            .core
+            .store
+            .invitations_of(&staff.username)
+            .await
+            .unwrap_or_default();
+        return respond(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            mentor_view(&web, lang, &staff, &list, Some(problem)),
+        );
+    }
+    let token = random_token();
+    let row = InvitationRow {
+        id: 0,
+        name: name.to_string(),
+        class_name: class_name.to_string(),
+        birth_month: form.birth_month.trim().to_string(),
+        mentor: staff.username.clone(),
+        created_at: now,
+        expires_at: now + INVITATION_HOURS * 3600,
+        student_key: None,
+        pseudonym: None,
+        used_at: None,
+        link_token: Some(token.clone()),
+    };
+    match web
+        .core
+        .store
+        .insert_invitation(&token_hash(&token), &row)
+        .await
+    {
+        Ok(id) => {
+            tracing::info!(mentor = %staff.username, invitation = id, "a student was invited");
+            Redirect::to(&format!("/mentor/invitations/{id}")).into_response()
+        }
+        Err(e) => web.server_error(lang, e),
+    }
+}
+
+/// The invitation `id` if it is `staff`'s; anyone else's is as good as missing.
+async fn own_invitation(
+    web: &Shared,
+    lang: Lang,
+    staff: &Staff,
+    id: i64,
+) -> Result<InvitationRow, Response> {
+    match web.core.store.invitation(id).await {
+        Ok(Some(i)) if i.mentor == staff.username => Ok(i),
+        Ok(_) => Err(error(
+            lang,
+            &web.school(),
+            StatusCode::NOT_FOUND,
+            &t(lang, "error_not_found"),
+            Some(("/mentor", &t(lang, "back_to_students"))),
+        )),
+        Err(e) => Err(web.server_error(lang, e)),
+    }
+}
+
+/// The address of the web app as the browser reached it (behind a proxy, as the proxy says).
+fn origin(headers: &HeaderMap) -> String {
+    let host = headers
+        .get("x-forwarded-host")
+        .or_else(|| headers.get(axum::http::header::HOST))
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("localhost");
+    let scheme = match headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some("https") => "https",
+        _ => "http",
+    };
+    format!("{scheme}://{host}")
+}
+
+/// A QR code of `text` as inline SVG.
+fn qr_svg(text: &str) -> Option<String> {
+    let code = qrcode::QrCode::new(text.as_bytes()).ok()?;
+    let svg = code
+        .render::<qrcode::render::svg::Color>()
+        .min_dimensions(220, 220)
+        .quiet_zone(true)
+        .build();
+    // The renderer writes an XML declaration first; inside HTML only the <svg> belongs.
+    svg.find("<svg").map(|i| svg[i..].to_string())
+}
+
+pub async fn invitation_page(
+    State(web): State<Shared>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+) -> Response {
+    let lang = Lang::of(&headers);
+    let staff = match mentor(&web, &headers).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let i = match own_invitation(&web, lang, &staff, id).await {
+        Ok(i) => i,
+        Err(r) => return r,
+    };
+    let now = web.core.now();
+    let state = Stage::of(&i, now);
+    let until = overstap_proto::format_time(i.expires_at);
+    let name = i.name.as_str();
+    let body = html! {
+        div #watch data-state-url=(format!("/mentor/invitations/{id}/state")) data-state=(state.word()) {
+            @match state {
+                Stage::Waiting => {
+                    @let link = format!("{}/i/{}", origin(&headers), i.link_token.clone().unwrap_or_default());
+                    p { (tf(lang, "invitation_link_help", &[("name", name), ("until", &until)])) }
+                    p.link { a href=(link) { (link) } }
+                    @if let Some(svg) = qr_svg(&link) {
+                        figure.qr role="img" aria-label=(format!("QR-code: {link}")) { (PreEscaped(svg)) }
+                    }
+                    p.hint aria-live="polite" { (tf(lang, "invitation_waiting", &[("name", name)])) }
+                }
+                Stage::Check => {
+                    @let code = short_code(i.student_key.as_deref().unwrap_or_default());
+                    p { (tf(lang, "compare_code", &[("name", name)])) }
+                    p.code aria-label=(code.replace(' ', "")) { (code) }
+                    form method="post" action=(format!("/mentor/invitations/{id}/confirm")) {
+                        input type="hidden" name="csrf" value=(staff.csrf);
+                        button type="submit" { (t(lang, "codes_match")) }
+                    }
+                    p.hint { (t(lang, "codes_differ")) }
+                }
+                Stage::Enrolled => {
+                    p.done role="status" { (tf(lang, "enrolled_done", &[("name", name)])) }
+                }
+                Stage::Expired => {
+                    p.error { (t(lang, "error_link_expired")) }
+                }
+            }
+            p { a.button.secondary href="/mentor" { (t(lang, "back_to_students")) } }
+        }
+        @if state == Stage::Waiting {
+            script src="/assets/enrol.js" defer {}
+        }
+    };
+    respond(
+        StatusCode::OK,
+        page(
+            lang,
+            &web.school(),
+            &tf(lang, "invitation_for", &[("name", name)]),
+            body,
+        ),
+    )
+}
+
+/// Where the mentor's own invitation stands, for the page that waits for the student.
+pub async fn invitation_state(
+    State(web): State<Shared>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+) -> Response {
+    let lang = Lang::of(&headers);
+    let staff = match mentor(&web, &headers).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    match own_invitation(&web, lang, &staff, id).await {
+        Ok(i) => Json(serde_json::json!({ "state": Stage::of(&i, web.core.now()).word() }))
+            .into_response(),
+        Err(r) => r,
+    }
+}
+
+#[derive(Deserialize)]
+pub struct Confirm {
+    csrf: String,
+}
+
+pub async fn confirm(
+    State(web): State<Shared>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+    Form(form): Form<Confirm>,
+) -> Response {
+    let lang = Lang::of(&headers);
+    let staff = match mentor(&web, &headers).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    if !csrf_ok(&staff, &form.csrf) {
+        return error(
+            lang,
+            &web.school(),
+            StatusCode::FORBIDDEN,
+            &t(lang, "error_form_expired"),
+            None,
+        );
+    }
+    if let Err(r) = own_invitation(&web, lang, &staff, id).await {
+        return r;
+    }
+    match web.core.enrol_student(id, &[], &staff.username).await {
+        Ok(_) => Redirect::to(&format!("/mentor/invitations/{id}")).into_response(),
+        Err(NodeError::Precondition(_)) => {
+            // Used, run out, or no key yet: the invitation's own page says which.
+            Redirect::to(&format!("/mentor/invitations/{id}")).into_response()
+        }
+        Err(NodeError::Invalid(reason)) => error(
+            lang,
+            &web.school(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &reason,
+            Some(("/mentor", &t(lang, "back_to_students"))),
+        ),
+        Err(e) => web.server_error(lang, e),
+    }
+}
+
+/// The invitation a student's link names, or the kind page that says why it does not work.
+async fn invitation_of_link(
+    web: &Shared,
+    lang: Lang,
+    token: &str,
+) -> Result<InvitationRow, Response> {
+    let found = match web.core.store.invitation_by_token(&token_hash(token)).await {
+        Ok(f) => f,
+        Err(e) => return Err(web.server_error(lang, e)),
+    };
+    let refuse = |status, key: &str| error(lang, &web.school(), status, &t(lang, key), None);
+    match found {
+        None => Err(refuse(StatusCode::NOT_FOUND, "error_link_unknown")),
+        Some(i) if i.used_at.is_some() => Err(refuse(StatusCode::GONE, "error_link_used")),
+        Some(i) if i.expires_at <= web.core.now() => {
+            Err(refuse(StatusCode::GONE, "error_link_expired"))
+        }
+        Some(i) => Ok(i),
+    }
+}
+
+pub async fn student_page(
+    State(web): State<Shared>,
+    headers: HeaderMap,
+    Path(token): Path<String>,
+) -> Response {
+    let lang = Lang::of(&headers);
+    let i = match invitation_of_link(&web, lang, &token).await {
+        Ok(i) => i,
+        Err(r) => return r,
+    };
+    // The first name is enough to greet; the whole name stays with the mentor.
+    let first = i
+        .name
+        .split_whitespace()
+        .next()
+        .unwrap_or(&i.name)
+        .to_string();
+    let state = Stage::of(&i, web.core.now());
+    let body = html! {
+        div #enrol data-token=(token) data-state=(state.word()) {
+            p.lead { (tf(lang, "enrol_intro", &[("mentor", &i.mentor)])) }
+            section #step-make hidden[state != Stage::Waiting] {
+                p { (t(lang, "enrol_key_explained")) }
+                p.hint { (t(lang, "enrol_own_device")) }
+                button #make-key type="button" { (t(lang, "enrol_button")) }
+            }
+            p #working hidden aria-live="polite" { (t(lang, "enrol_working")) }
+            section #step-code hidden {
+                p { (t(lang, "enrol_show_code")) }
+                p.code #code {}
+                p.hint aria-live="polite" { (t(lang, "enrol_wait_mentor")) }
+            }
+            p.done #done role="status" hidden { (t(lang, "enrol_done")) }
+            p.error #no-webcrypto role="alert" hidden { (t(lang, "enrol_no_webcrypto")) }
+            p.error #failed role="alert" hidden { (t(lang, "enrol_failed")) }
+        }
+        script src="/assets/enrol.js" defer {}
+    };
+    respond(
+        StatusCode::OK,
+        page(
+            lang,
+            &web.school(),
+            &tf(lang, "enrol_title", &[("name", &first)]),
+            body,
+        ),
+    )
+}
+
+#[derive(Deserialize)]
+pub struct KeyIn {
+    /// The raw 32-byte Ed25519 public key, base64.
+    key: String,
+}
+
+fn refusal(status: StatusCode, reason: &str) -> Response {
+    (status, Json(serde_json::json!({ "error": reason }))).into_response()
+}
+
+pub async fn hand_in_key(
+    State(web): State<Shared>,
+    headers: HeaderMap,
+    Path(token): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let lang = Lang::of(&headers);
+    let i = match invitation_of_link(&web, lang, &token).await {
+        Ok(i) => i,
+        Err(_) => return refusal(StatusCode::GONE, &t(lang, "enrol_failed")),
+    };
+    let Ok(KeyIn { key }) = serde_json::from_slice::<KeyIn>(&body) else {
+        return refusal(StatusCode::BAD_REQUEST, "expected {\"key\": \"<base64>\"}");
+    };
+    let Ok(key) = base64::engine::general_purpose::STANDARD.decode(key.trim()) else {
+        return refusal(StatusCode::BAD_REQUEST, "the key is not base64");
+    };
+    if overstap_proto::sign::verifying_key(&key, "student key").is_err() {
+        return refusal(
+            StatusCode::BAD_REQUEST,
+            "the key is not a 32-byte Ed25519 public key",
+        );
+    }
+    match web
+        .core
+        .store
+        .set_invitation_key(i.id, &key, web.core.now())
+        .await
+    {
+        Ok(true) => Json(serde_json::json!({ "state": "check" })).into_response(),
+        Ok(false) => refusal(StatusCode::CONFLICT, &t(lang, "error_link_used")),
+        Err(e) => {
+            tracing::error!(error = %e, "handing in a student's key failed");
+            refusal(StatusCode::INTERNAL_SERVER_ERROR, &t(lang, "error_server"))
+        }
+    }
+}
+
+pub async fn student_state(
+    State(web): State<Shared>,
+    headers: HeaderMap,
+    Path(token): Path<String>,
+) -> Response {
+    let lang = Lang::of(&headers);
+    // A used link answers "enrolled" to the page that used it, and to no one else: only the
+    // browser that holds the link's token asks.
+    match web
+        .core
+        .store
+        .invitation_by_token(&token_hash(&token))
+        .await
+    {
+        Ok(Some(i)) => Json(serde_json::json!({ "state": Stage::of(&i, web.core.now()).word() }))
+            .into_response(),
+        Ok(None) => refusal(StatusCode::NOT_FOUND, &t(lang, "error_link_unknown")),
+        Err(e) => {
+            tracing::error!(error = %e, "reading an invitation failed");
+            refusal(StatusCode::INTERNAL_SERVER_ERROR, &t(lang, "error_server"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_short_code_is_six_digits_and_depends_on_every_byte_of_the_key() {
+        let a = short_code(&[7u8; 32]);
+        assert_eq!(a.len(), 7, "{a}");
+        assert!(a.chars().enumerate().all(|(i, c)| if i == 3 {
+            c == ' '
+        } else {
+            c.is_ascii_digit()
+        }));
+        let mut other = [7u8; 32];
+        other[31] = 8;
+        assert_ne!(a, short_code(&other));
+        // Fixed, so the browser's own computation (assets/enrol.js) can be checked against it.
+        assert_eq!(short_code(&[0u8; 32]), short_code(&[0u8; 32]));
+    }
+}

@@ -1,0 +1,155 @@
+//! The web app's words, in Dutch and in English, from one catalogue (`messages.toml`, compiled
+//! in). A page asks for a text by its key in the visitor's language: the `lang` cookie when the
+//! visitor chose one, else the browser's `Accept-Language`, else Dutch.
+
+use std::collections::BTreeMap;
+use std::sync::LazyLock;
+
+use axum::http::HeaderMap;
+use axum::http::header::{ACCEPT_LANGUAGE, COOKIE};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lang {
+    Nl,
+    En,
+}
+
+impl Lang {
+    /// The language tag, for `<html lang>` and the cookie.
+    pub fn tag(self) -> &'static str {
+        match self {
+            Lang::Nl => "nl",
+            Lang::En => "en",
+        }
+    }
+
+    /// The other language, for the switch.
+    pub fn other(self) -> Lang {
+        match self {
+            Lang::Nl => Lang::En,
+            Lang::En => Lang::Nl,
+        }
+    }
+
+    /// The visitor's language: the `lang` cookie, else the first of nl and en in
+    /// `Accept-Language`, else Dutch.
+    pub fn of(headers: &HeaderMap) -> Lang {
+        let cookie = headers
+            .get_all(COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .find_map(|c| c.trim().strip_prefix("lang="));
+        match cookie {
+            Some("en") => return Lang::En,
+            Some("nl") => return Lang::Nl,
+            _ => {}
+        }
+        let accept = headers
+            .get(ACCEPT_LANGUAGE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        for range in accept.split(',') {
+            let tag = range
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
+            if tag.starts_with("nl") {
+                return Lang::Nl;
+            }
+            if tag.starts_with("en") {
+                return Lang::En;
+            }
+        }
+        Lang::Nl
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct Entry {
+    nl: String,
+    en: String,
+}
+
+static CATALOGUE: LazyLock<BTreeMap<String, Entry>> = LazyLock::new(|| {
+    toml::from_str(include_str!("messages.toml")).expect("messages.toml is a valid catalogue")
+});
+
+/// The text `key` in `lang`. A key missing from the catalogue shows as itself, so a forgotten
+/// text is seen on the page (and the catalogue test names it).
+pub fn t(lang: Lang, key: &str) -> String {
+    match CATALOGUE.get(key) {
+        Some(e) => match lang {
+            Lang::Nl => e.nl.clone(),
+            Lang::En => e.en.clone(),
+        },
+        None => key.to_string(),
+    }
+}
+
+/// [`t`] with `{name}` placeholders filled in.
+pub fn tf(lang: Lang, key: &str, values: &[(&str, &str)]) -> String {
+    let mut text = t(lang, key);
+    for (name, value) in values {
+        text = text.replace(&format!("{{{name}}}"), value);
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_text_is_in_both_languages_with_the_same_placeholders() {
+        assert!(CATALOGUE.len() > 40);
+        let placeholders = |s: &str| {
+            let mut p: Vec<String> = s
+                .split('{')
+                .skip(1)
+                .filter_map(|x| x.split_once('}').map(|(n, _)| n.to_string()))
+                .collect();
+            p.sort();
+            p.dedup();
+            p
+        };
+        for (key, e) in CATALOGUE.iter() {
+            assert!(!e.nl.trim().is_empty() && !e.en.trim().is_empty(), "{key}");
+            assert_eq!(placeholders(&e.nl), placeholders(&e.en), "{key}");
+        }
+    }
+
+    /// Every key a page of the web app asks for is in the catalogue.
+    #[test]
+    fn every_key_the_pages_use_is_in_the_catalogue() {
+        let sources = [
+            include_str!("mod.rs"),
+            include_str!("page.rs"),
+            include_str!("staff.rs"),
+            include_str!("enrol.rs"),
+        ];
+        for source in sources {
+            for part in source
+                .split("t(lang, \"")
+                .skip(1)
+                .chain(source.split("tf(lang, \"").skip(1))
+            {
+                let key = part.split('"').next().unwrap();
+                assert!(CATALOGUE.contains_key(key), "{key} is not in messages.toml");
+            }
+        }
+    }
+
+    #[test]
+    fn the_language_follows_the_cookie_then_the_browser() {
+        let mut h = HeaderMap::new();
+        assert_eq!(Lang::of(&h), Lang::Nl);
+        h.insert(ACCEPT_LANGUAGE, "en-GB,en;q=0.9,nl;q=0.8".parse().unwrap());
+        assert_eq!(Lang::of(&h), Lang::En);
+        h.insert(COOKIE, "a=b; lang=nl".parse().unwrap());
+        assert_eq!(Lang::of(&h), Lang::Nl);
+    }
+}

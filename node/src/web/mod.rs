@@ -1,0 +1,264 @@
+//! The people's web app at a node: students, guardians and staff in a browser, on the node's own
+//! tokio runtime, calling the same [`NodeCore`] as the local gRPC API (no SQL in a handler).
+//! Pages are rendered on the server (maud); the only script makes and uses the student's key,
+//! which never leaves the student's browser. Every asset is compiled in: a region may run
+//! offline. Plain HTTP on loopback; a school puts its own reverse proxy (HTTPS) in front.
+//!
+//! Rooms: [`i18n`] (the words, Dutch and English), [`page`] (the frame and the kind error
+//! page), [`staff`] (staff sign-in, sessions, CSRF), [`enrol`] (a mentor invites a student, the
+//! student's browser makes the key, the mentor compares the short code, the card is issued).
+
+mod enrol;
+mod i18n;
+mod page;
+mod staff;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use base64::Engine;
+use maud::html;
+use rand_core::RngCore;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::core::NodeCore;
+use i18n::{Lang, t, tf};
+
+/// The largest request body a page takes: a form of a few fields, or a public key.
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+
+/// The web app's state: the node's core and what sign-in needs.
+pub struct Web {
+    core: Arc<NodeCore>,
+    attempts: staff::Attempts,
+    /// A hash checked when a user name does not exist, so sign-in takes the same time.
+    dummy_hash: String,
+}
+
+pub type Shared = Arc<Web>;
+
+impl Web {
+    /// This school's name, as the signed directory has it (its org id until one is there).
+    fn school(&self) -> String {
+        self.core
+            .directory()
+            .ok()
+            .and_then(|d| {
+                d.member(&self.core.org_id)
+                    .ok()
+                    .map(|m| m.display_name.clone())
+            })
+            .unwrap_or_else(|| self.core.org_id.clone())
+    }
+
+    /// The page for a fault of ours: logged with its detail, shown kindly without it.
+    fn server_error(&self, lang: Lang, e: impl std::fmt::Display) -> Response {
+        tracing::error!(error = %e, "a web page failed");
+        page::error(
+            lang,
+            &self.school(),
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &t(lang, "error_server"),
+            None,
+        )
+    }
+}
+
+/// 32 random bytes, base64url: a session id, a CSRF token or an invitation link's token.
+pub fn random_token() -> String {
+    let mut b = [0u8; 32];
+    rand_core::OsRng.fill_bytes(&mut b);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+/// The web app's routes over `core`.
+pub fn router(core: Arc<NodeCore>) -> Router {
+    let web = Arc::new(Web {
+        core,
+        attempts: Default::default(),
+        dummy_hash: crate::core::people::hash_password("a password nobody has").unwrap_or_default(),
+    });
+    Router::new()
+        .route("/", get(home))
+        .route("/login", get(staff::sign_in_page).post(staff::sign_in))
+        .route("/logout", post(staff::sign_out))
+        .route("/mentor", get(enrol::mentor_page))
+        .route("/mentor/invite", post(enrol::invite))
+        .route("/mentor/invitations/{id}", get(enrol::invitation_page))
+        .route(
+            "/mentor/invitations/{id}/state",
+            get(enrol::invitation_state),
+        )
+        .route("/mentor/invitations/{id}/confirm", post(enrol::confirm))
+        .route("/i/{token}", get(enrol::student_page))
+        .route("/i/{token}/key", post(enrol::hand_in_key))
+        .route("/i/{token}/state", get(enrol::student_state))
+        .route("/assets/{name}", get(asset))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(web.clone(), frame))
+        .with_state(web)
+}
+
+/// Serves the web app on `listen` until `stop` turns true; writes its address to `url_file`.
+pub async fn start(
+    listen: SocketAddr,
+    url_file: Option<&Path>,
+    core: Arc<NodeCore>,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<JoinHandle<()>> {
+    if !listen.ip().is_loopback() {
+        anyhow::bail!(
+            "web_listen {listen} is not a loopback address: the web app speaks plain HTTP, so it \
+             listens on this machine only, behind the school's own HTTPS reverse proxy"
+        );
+    }
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding the web app to {listen}"))?;
+    let addr = listener.local_addr()?;
+    if let Some(path) = url_file {
+        std::fs::write(path, format!("http://{addr}\n"))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    tracing::info!(%addr, "web app serving");
+    let app = router(core);
+    Ok(tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|v| *v).await;
+            })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "the web app stopped");
+        }
+    }))
+}
+
+/// What every response carries: a strict content policy (only this site's own script and
+/// style, no frames, forms only to here), no referrer (a link's token must not leak), and a
+/// kind page where the framework would answer a too-large form in plain text. `?lang=en` (or
+/// `nl`) on any page switches the language and remembers it in a cookie.
+async fn frame(State(web): State<Shared>, mut request: Request, next: Next) -> Response {
+    let chosen = request.uri().query().and_then(|q| {
+        q.split('&')
+            .find_map(|p| p.strip_prefix("lang="))
+            .filter(|l| *l == "nl" || *l == "en")
+            .map(str::to_string)
+    });
+    if let Some(l) = &chosen
+        && let Ok(v) = HeaderValue::from_str(&format!("lang={l}"))
+    {
+        request.headers_mut().insert(header::COOKIE, v);
+    }
+    let lang = Lang::of(request.headers());
+    let mut response = next.run(request).await;
+    if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        response = page::error(
+            lang,
+            &web.school(),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &t(lang, "error_too_big"),
+            None,
+        );
+    }
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; \
+             frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
+        ),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    if let Some(l) = chosen
+        && let Ok(v) = HeaderValue::from_str(&format!(
+            "lang={l}; Path=/; Max-Age=31536000; SameSite=Strict"
+        ))
+    {
+        h.append(header::SET_COOKIE, v);
+    }
+    response
+}
+
+async fn home(State(web): State<Shared>, headers: HeaderMap) -> Response {
+    let lang = Lang::of(&headers);
+    if staff::signed_in(&web, &headers).await.is_some() {
+        return Redirect::to("/mentor").into_response();
+    }
+    let school = web.school();
+    let body = html! {
+        p.lead { (t(lang, "home_student")) }
+        p { (t(lang, "home_staff")) }
+        p { a.button href="/login" { (t(lang, "sign_in")) } }
+    };
+    page::respond(
+        StatusCode::OK,
+        page::page(
+            lang,
+            &school,
+            &tf(lang, "home_title", &[("school", &school)]),
+            body,
+        ),
+    )
+}
+
+async fn not_found(State(web): State<Shared>, headers: HeaderMap) -> Response {
+    let lang = Lang::of(&headers);
+    page::error(
+        lang,
+        &web.school(),
+        StatusCode::NOT_FOUND,
+        &t(lang, "error_not_found"),
+        None,
+    )
+}
+
+const ASSETS: &[(&str, &str, &str)] = &[
+    (
+        "app.css",
+        "text/css; charset=utf-8",
+        include_str!("assets/app.css"),
+    ),
+    (
+        "enrol.js",
+        "text/javascript; charset=utf-8",
+        include_str!("assets/enrol.js"),
+    ),
+    (
+        "manifest.json",
+        "application/manifest+json",
+        include_str!("assets/manifest.json"),
+    ),
+    ("icon.svg", "image/svg+xml", include_str!("assets/icon.svg")),
+];
+
+async fn asset(axum::extract::Path(name): axum::extract::Path<String>) -> Response {
+    match ASSETS.iter().find(|(n, _, _)| *n == name) {
+        Some((_, kind, body)) => (
+            [
+                (header::CONTENT_TYPE, *kind),
+                (header::CACHE_CONTROL, "public, max-age=3600"),
+            ],
+            *body,
+        )
+            .into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}

@@ -1,0 +1,145 @@
+// A mentor enrols a student in the web app, as two people do it in two browsers: the mentor
+// signs in and invites; the student opens the link in a browser of their own, which makes the
+// key; both read the short code; the mentor confirms. Every page is looked at at 1280 and 390
+// px (screenshots) and checked with axe-core for WCAG 2.1 A and AA. The forms are filled with
+// the keyboard alone. Prints what it saw as JSON; the Rust test decides what is right.
+//
+//   node enrol.mjs BASE_URL USER PASSWORD OUT_DIR
+import { readFileSync, mkdirSync } from "node:fs";
+import { createRequire } from "node:module";
+import { chromium } from "playwright-core";
+
+const [base, user, password, outDir] = process.argv.slice(2);
+mkdirSync(outDir, { recursive: true });
+const require = createRequire(import.meta.url);
+const axeSource = readFileSync(require.resolve("axe-core/axe.min.js"), "utf8");
+
+const browser = await chromium.launch({
+  executablePath: process.env.OVERSTAP_CHROMIUM || "/usr/bin/chromium",
+  headless: true,
+  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+});
+const seen = { pages: [], posts: [], csp: null };
+
+// axe-core is injected by the test, past the page's own content policy (which allows only the
+// site's own scripts); the policy itself is read from the response headers.
+const context = (lang) => browser.newContext({ bypassCSP: true, locale: lang, viewport: { width: 1280, height: 900 } });
+
+async function look(page, name) {
+  const shots = [];
+  for (const [width, height] of [[1280, 900], [390, 844]]) {
+    await page.setViewportSize({ width, height });
+    const path = `${outDir}/${name}-${width}.png`;
+    await page.screenshot({ path, fullPage: true });
+    shots.push(path);
+  }
+  await page.setViewportSize({ width: 1280, height: 900 });
+  await page.addScriptTag({ content: axeSource });
+  const result = await page.evaluate(() => window.axe.run(document, {
+    runOnly: { type: "tag", values: ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"] },
+  }));
+  seen.pages.push({
+    name,
+    url: page.url(),
+    title: await page.title(),
+    text: (await page.innerText("main")).slice(0, 2000),
+    violations: result.violations.map((v) => ({ id: v.id, impact: v.impact, nodes: v.nodes.length, help: v.help })),
+    shots,
+  });
+}
+
+// The mentor, in Dutch.
+const mentorCtx = await context("nl-NL");
+const mentor = await mentorCtx.newPage();
+const first = await mentor.goto(base + "/");
+seen.csp = first.headers()["content-security-policy"] || null;
+await look(mentor, "home");
+await mentor.getByRole("link", { name: "Inloggen" }).focus();
+await mentor.keyboard.press("Enter");
+await mentor.waitForURL("**/login");
+await look(mentor, "sign-in");
+await mentor.focus("#username");
+await mentor.keyboard.type(user);
+await mentor.keyboard.press("Tab");
+await mentor.keyboard.type(password);
+await mentor.keyboard.press("Enter");
+await mentor.waitForURL("**/mentor");
+await look(mentor, "mentor");
+await mentor.focus("#name");
+await mentor.keyboard.type("Sam de Vries");
+await mentor.keyboard.press("Tab");
+await mentor.keyboard.type("4B");
+await mentor.fill("#birth_month", process.env.BIRTH_MONTH || "2008-03");
+await mentor.focus("#birth_month");
+await mentor.keyboard.press("Enter");
+await mentor.waitForURL("**/mentor/invitations/*");
+await look(mentor, "invitation");
+const link = await mentor.getAttribute(".link a", "href");
+
+// The student, in another browser profile, on a phone.
+const studentCtx = await context("nl-NL");
+studentCtx.on("request", (r) => {
+  if (r.method() !== "GET") seen.posts.push({ url: r.url(), body: r.postData() });
+});
+const student = await studentCtx.newPage();
+await student.setViewportSize({ width: 390, height: 844 });
+await student.goto(link);
+await look(student, "enrol");
+await student.focus("#make-key");
+await student.keyboard.press("Enter");
+await student.waitForSelector("#step-code:not([hidden])", { timeout: 20000 });
+const studentCode = (await student.textContent("#code")).trim();
+await look(student, "enrol-code");
+
+// What the student's browser holds: the private key must not come out, in any format.
+const key = await student.evaluate(async () => {
+  const db = await new Promise((ok, no) => {
+    const r = indexedDB.open("overstap", 1);
+    r.onsuccess = () => ok(r.result);
+    r.onerror = () => no(r.error);
+  });
+  const k = await new Promise((ok, no) => {
+    const r = db.transaction("keys").objectStore("keys").get("student");
+    r.onsuccess = () => ok(r.result);
+    r.onerror = () => no(r.error);
+  });
+  const refused = [];
+  for (const format of ["pkcs8", "jwk", "raw"]) {
+    try { await crypto.subtle.exportKey(format, k.privateKey); } catch (_) { refused.push(format); }
+  }
+  const raw = new Uint8Array(await crypto.subtle.exportKey("raw", k.publicKey));
+  const signature = new Uint8Array(await crypto.subtle.sign("Ed25519", k.privateKey, new TextEncoder().encode("overstap")));
+  return {
+    algorithm: k.privateKey.algorithm.name,
+    extractable: k.privateKey.extractable,
+    refused,
+    public: btoa(String.fromCharCode(...raw)),
+    signature: btoa(String.fromCharCode(...signature)),
+  };
+});
+
+// The mentor's page notices the key by itself and shows the code to compare.
+await mentor.waitForSelector("p.code", { timeout: 20000 });
+const mentorCode = (await mentor.textContent("p.code")).trim();
+await look(mentor, "compare");
+await mentor.getByRole("button", { name: "Ja, de codes zijn gelijk" }).focus();
+await mentor.keyboard.press("Enter");
+await mentor.waitForSelector("p.done", { timeout: 20000 });
+await look(mentor, "enrolled");
+await student.waitForSelector("#done:not([hidden])", { timeout: 20000 });
+await look(student, "enrol-done");
+
+// The same link, opened again, is used up.
+const again = await (await context("en-GB")).newPage();
+const reused = await again.goto(link);
+await look(again, "link-used");
+
+await browser.close();
+console.log(JSON.stringify({
+  ...seen,
+  studentCode,
+  mentorCode,
+  key,
+  reusedStatus: reused.status(),
+}));

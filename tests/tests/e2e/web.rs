@@ -1,0 +1,451 @@
+//! The node's web app, as people use it: a mentor and a student in two profiles of a real
+//! headless Chromium (Debian's `chromium`, driven by playwright-core from `tests/browser/`),
+//! every page checked with axe-core and photographed at 1280 and 390 px; and bad input at the
+//! web app's door, request by request.
+
+use std::path::PathBuf;
+
+use base64::Engine;
+use overstap_proto::pb::{AddStaffRequest, GetStudentRequest, StudentCard};
+use overstap_proto::sign::{Domain, decode_body};
+use overstap_tests::cast::SCHOOL;
+use overstap_tests::*;
+
+const MENTOR: &str = "mentor.devries";
+const PASSWORD: &str = "een lang wachtwoord";
+
+async fn add_mentor(region: &overstap_region::Region, user: &str) {
+    region
+        .api(SCHOOL)
+        .await
+        .unwrap()
+        .add_staff(AddStaffRequest {
+            username: user.into(),
+            password: PASSWORD.into(),
+            role: "mentor".into(),
+        })
+        .await
+        .expect("a staff account is added");
+}
+
+/// The browser test's folder, with its npm packages installed (`./test` installs them).
+fn browser_tests() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("browser");
+    assert!(
+        dir.join("node_modules/playwright-core").exists()
+            && dir.join("node_modules/axe-core").exists(),
+        "the browser tests' npm packages are missing: run ./test, or npm ci in {}",
+        dir.display()
+    );
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mentor_enrols_a_student_whose_key_never_leaves_the_browser() {
+    let (_tmp, region) = region().await;
+    add_mentor(&region, MENTOR).await;
+    let base = web_url(&region, SCHOOL);
+    let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("web");
+    let dir = browser_tests();
+    let started = std::time::Instant::now();
+    let run = tokio::time::timeout(
+        std::time::Duration::from_secs(180),
+        tokio::process::Command::new("node")
+            .arg(dir.join("enrol.mjs"))
+            .args([base.as_str(), MENTOR, PASSWORD])
+            .arg(&shots)
+            .current_dir(&dir)
+            .output(),
+    )
+    .await
+    .expect("the browser test ends within 3 minutes")
+    .expect("node runs (./test installs Node.js's packages; Node.js comes with the machine)");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "the browser test failed:\n{stderr}");
+    println!(
+        "browser test: {:.1} s, screenshots in {}",
+        started.elapsed().as_secs_f64(),
+        shots.display()
+    );
+    let seen: serde_json::Value =
+        serde_json::from_slice(&run.stdout).expect("the browser test prints JSON");
+
+    // Both people read the same short code.
+    let code = seen["studentCode"].as_str().unwrap();
+    assert_eq!(code.len(), 7, "{code}");
+    assert_eq!(seen["mentorCode"], seen["studentCode"]);
+
+    // The key is an Ed25519 key the browser will not give out in any format, and it signs.
+    let key = &seen["key"];
+    assert_eq!(key["algorithm"], "Ed25519");
+    assert_eq!(key["extractable"], false);
+    assert_eq!(key["refused"], serde_json::json!(["pkcs8", "jwk", "raw"]));
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let public = b64.decode(key["public"].as_str().unwrap()).unwrap();
+    let signature = b64.decode(key["signature"].as_str().unwrap()).unwrap();
+    let verifying = overstap_proto::sign::verifying_key(&public, "the browser's key").unwrap();
+    verifying
+        .verify_strict(
+            b"overstap",
+            &ed25519_dalek::Signature::from_slice(&signature).unwrap(),
+        )
+        .expect("the browser's signature verifies");
+
+    // The only thing the student's browser sent is the public key, once.
+    let posts = seen["posts"].as_array().unwrap();
+    assert_eq!(posts.len(), 1, "{posts:?}");
+    assert!(posts[0]["url"].as_str().unwrap().ends_with("/key"));
+    let body: serde_json::Value = serde_json::from_str(posts[0]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(body, serde_json::json!({ "key": key["public"] }));
+
+    // The node issued the card for exactly that key, with the name kept at the school only.
+    let school = node_pool(&region, SCHOOL).await;
+    let pseudonym: String =
+        sqlx::query_scalar("SELECT pseudonym FROM people WHERE name = 'Sam de Vries'")
+            .fetch_one(&school)
+            .await
+            .expect("Sam is enrolled");
+    let card = region
+        .api(SCHOOL)
+        .await
+        .unwrap()
+        .get_student(GetStudentRequest {
+            pseudonym: pseudonym.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .card
+        .unwrap();
+    let card: StudentCard = decode_body(Domain::StudentCard, &card).unwrap();
+    assert_eq!(card.student_key, public);
+    assert_eq!(card.home_org, SCHOOL);
+
+    // Every page: no WCAG 2.1 A/AA violation, its words on it, and its screenshots saved.
+    let pages = seen["pages"].as_array().unwrap();
+    let names: Vec<&str> = pages.iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "home",
+            "sign-in",
+            "mentor",
+            "invitation",
+            "enrol",
+            "enrol-code",
+            "compare",
+            "enrolled",
+            "enrol-done",
+            "link-used"
+        ]
+    );
+    for p in pages {
+        assert_eq!(
+            p["violations"],
+            serde_json::json!([]),
+            "axe on {}: {}",
+            p["name"],
+            p["violations"]
+        );
+        for shot in p["shots"].as_array().unwrap() {
+            assert!(PathBuf::from(shot.as_str().unwrap()).exists());
+        }
+    }
+    let text = |name: &str| {
+        pages.iter().find(|p| p["name"] == name).unwrap()["text"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert!(
+        text("enrol").contains("Maak mijn sleutel"),
+        "{}",
+        text("enrol")
+    );
+    assert!(
+        text("enrol-done").contains("Gelukt!"),
+        "{}",
+        text("enrol-done")
+    );
+    assert!(text("enrolled").contains("Sam de Vries is ingeschreven"));
+    // No jargon and no hex on the student's screens.
+    for name in ["enrol", "enrol-code", "enrol-done"] {
+        let t = text(name).to_lowercase();
+        for word in [
+            "pseudoniem",
+            "pvs-",
+            "envelope",
+            "grant",
+            "ed25519",
+            "sha-256",
+        ] {
+            assert!(!t.contains(word), "{name} shows {word:?}: {t}");
+        }
+    }
+    // A link works once; the second visit gets a kind page, in the browser's language.
+    assert_eq!(seen["reusedStatus"], 410);
+    assert!(
+        text("link-used").contains("has been used already"),
+        "{}",
+        text("link-used")
+    );
+    // The content policy lets in this site's own script and nothing else.
+    let csp = seen["csp"].as_str().unwrap();
+    assert!(csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"));
+    region.shutdown().await.unwrap();
+}
+
+/// A staff session cookie for `user`, signed in over plain HTTP as a browser would.
+async fn sign_in(base: &str, user: &str, password: &str) -> HttpAnswer {
+    let form = format!("username={user}&password={}", password.replace(' ', "+"));
+    http(
+        base,
+        "POST",
+        "/login",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        form.as_bytes(),
+    )
+    .await
+}
+
+fn session_cookie(a: &HttpAnswer) -> String {
+    a.headers
+        .iter()
+        .find(|(n, v)| n == "set-cookie" && v.starts_with("overstap_web="))
+        .map(|(_, v)| v.split(';').next().unwrap().to_string())
+        .expect("a session cookie")
+}
+
+fn csrf_of(page: &str) -> String {
+    page.split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("a CSRF token in the page")
+        .to_string()
+}
+
+#[tokio::test]
+async fn bad_input_at_the_web_app_is_refused_kindly_and_changes_nothing() {
+    let (_tmp, region) = region().await;
+    add_mentor(&region, MENTOR).await;
+    add_mentor(&region, "mentor.bakker").await;
+    let base = web_url(&region, SCHOOL);
+    let school = node_pool(&region, SCHOOL).await;
+    let invitations = || async {
+        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM invitations")
+            .fetch_one(&school)
+            .await
+            .unwrap()
+    };
+
+    // The cookie is what the issue asks of a session.
+    let signed = sign_in(&base, MENTOR, PASSWORD).await;
+    assert_eq!(signed.status, 303, "{signed:?}");
+    let cookie_line = signed.header("set-cookie").unwrap().to_string();
+    for part in ["HttpOnly", "Secure", "SameSite=Strict"] {
+        assert!(cookie_line.contains(part), "{cookie_line}");
+    }
+    let cookie = session_cookie(&signed);
+    let mentor_page = http(&base, "GET", "/mentor", &[("Cookie", &cookie)], b"").await;
+    assert_eq!(mentor_page.status, 200);
+    assert_eq!(mentor_page.header("cache-control"), Some("no-store"));
+    let csrf = csrf_of(&mentor_page.body);
+    let form =
+        |csrf: &str| format!("csrf={csrf}&name=Noor+Bakker&class_name=3A&birth_month=2008-05");
+
+    // No session, or no CSRF token: refused, nothing made.
+    let anonymous = http(
+        &base,
+        "POST",
+        "/mentor/invite",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        form(&csrf).as_bytes(),
+    )
+    .await;
+    assert_eq!(anonymous.status, 401);
+    assert!(
+        anonymous.body.contains("Log eerst in"),
+        "{}",
+        anonymous.body
+    );
+    let forged = http(
+        &base,
+        "POST",
+        "/mentor/invite",
+        &[
+            ("Content-Type", "application/x-www-form-urlencoded"),
+            ("Cookie", &cookie),
+        ],
+        form("not-the-token").as_bytes(),
+    )
+    .await;
+    assert_eq!(forged.status, 403);
+    assert!(
+        forged.body.contains("formulier is verlopen"),
+        "{}",
+        forged.body
+    );
+    // A form far past the limit: a kind page, nothing stored.
+    let huge = format!("{}&x={}", form(&csrf), "a".repeat(64 * 1024));
+    let too_big = http(
+        &base,
+        "POST",
+        "/mentor/invite",
+        &[
+            ("Content-Type", "application/x-www-form-urlencoded"),
+            ("Cookie", &cookie),
+        ],
+        huge.as_bytes(),
+    )
+    .await;
+    assert_eq!(too_big.status, 413);
+    assert!(too_big.body.contains("te veel tekst"), "{}", too_big.body);
+    // Under 16: not through the web app yet, and it says so and what to do instead.
+    let young = http(
+        &base,
+        "POST",
+        "/mentor/invite",
+        &[
+            ("Content-Type", "application/x-www-form-urlencoded"),
+            ("Cookie", &cookie),
+        ],
+        format!(
+            "csrf={csrf}&name=Kim&class_name=2A&birth_month={}",
+            overstap_tests::cast::birth_month(14)
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!(young.status, 422);
+    assert!(young.body.contains("jonger dan 16"), "{}", young.body);
+    assert_eq!(invitations().await, 0, "nothing was made");
+
+    // A real invitation, for the rest.
+    let made = http(
+        &base,
+        "POST",
+        "/mentor/invite",
+        &[
+            ("Content-Type", "application/x-www-form-urlencoded"),
+            ("Cookie", &cookie),
+        ],
+        form(&csrf).as_bytes(),
+    )
+    .await;
+    assert_eq!(made.status, 303, "{made:?}");
+    let at = made.header("location").unwrap().to_string();
+    let page = http(&base, "GET", &at, &[("Cookie", &cookie)], b"").await;
+    let link = page
+        .body
+        .split("/i/")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap()
+        .to_string();
+    // Another mentor sees nothing of it.
+    let other = session_cookie(&sign_in(&base, "mentor.bakker", PASSWORD).await);
+    let peek = http(&base, "GET", &at, &[("Cookie", &other)], b"").await;
+    assert_eq!(peek.status, 404);
+    assert!(!peek.body.contains("Noor"), "{}", peek.body);
+
+    // The student's side: an unknown link, a key that is no key, then a key handed in twice.
+    let unknown = http(&base, "GET", "/i/not-a-real-link", &[], b"").await;
+    assert_eq!(unknown.status, 404);
+    assert!(
+        unknown.body.contains("Deze link kennen we niet"),
+        "{}",
+        unknown.body
+    );
+    let key_path = format!("/i/{link}/key");
+    let json = [("Content-Type", "application/json")];
+    for bad in [
+        "not json".to_string(),
+        r#"{"key": "!!!"}"#.to_string(),
+        format!(
+            r#"{{"key": "{}"}}"#,
+            base64::engine::general_purpose::STANDARD.encode([1u8; 31])
+        ),
+    ] {
+        let refused = http(&base, "POST", &key_path, &json, bad.as_bytes()).await;
+        assert_eq!(refused.status, 400, "{bad}: {refused:?}");
+    }
+    let key = overstap_proto::sign::generate_signing_key().verifying_key();
+    let good = format!(
+        r#"{{"key": "{}"}}"#,
+        base64::engine::general_purpose::STANDARD.encode(key.to_bytes())
+    );
+    assert_eq!(
+        http(&base, "POST", &key_path, &json, good.as_bytes())
+            .await
+            .status,
+        200
+    );
+    let second = overstap_proto::sign::generate_signing_key().verifying_key();
+    let twice = format!(
+        r#"{{"key": "{}"}}"#,
+        base64::engine::general_purpose::STANDARD.encode(second.to_bytes())
+    );
+    assert_eq!(
+        http(&base, "POST", &key_path, &json, twice.as_bytes())
+            .await
+            .status,
+        409
+    );
+    let kept: Vec<u8> = sqlx::query_scalar("SELECT student_key FROM invitations")
+        .fetch_one(&school)
+        .await
+        .unwrap();
+    assert_eq!(kept, key.to_bytes(), "the first key stays");
+
+    // Another mentor cannot confirm it; its own mentor can, once.
+    let id = at.rsplit('/').next().unwrap();
+    let other_csrf = csrf_of(
+        &http(&base, "GET", "/mentor", &[("Cookie", &other)], b"")
+            .await
+            .body,
+    );
+    let stolen = http(
+        &base,
+        "POST",
+        &format!("/mentor/invitations/{id}/confirm"),
+        &[
+            ("Content-Type", "application/x-www-form-urlencoded"),
+            ("Cookie", &other),
+        ],
+        format!("csrf={other_csrf}").as_bytes(),
+    )
+    .await;
+    assert_eq!(stolen.status, 404);
+    assert_eq!(node_count(&region, SCHOOL, "students").await, 0);
+    for _ in 0..2 {
+        let confirmed = http(
+            &base,
+            "POST",
+            &format!("/mentor/invitations/{id}/confirm"),
+            &[
+                ("Content-Type", "application/x-www-form-urlencoded"),
+                ("Cookie", &cookie),
+            ],
+            format!("csrf={csrf}").as_bytes(),
+        )
+        .await;
+        assert_eq!(confirmed.status, 303);
+    }
+    assert_eq!(node_count(&region, SCHOOL, "students").await, 1, "one card");
+    let used = http(&base, "GET", &format!("/i/{link}"), &[], b"").await;
+    assert_eq!(used.status, 410);
+    assert!(used.body.contains("al gebruikt"), "{}", used.body);
+
+    // Five wrong passwords pause sign-in for that name, even with the right one after.
+    for _ in 0..5 {
+        assert_eq!(sign_in(&base, MENTOR, "wrong password!").await.status, 401);
+    }
+    let paused = sign_in(&base, MENTOR, PASSWORD).await;
+    assert_eq!(paused.status, 429);
+    assert!(
+        paused.body.contains("Wacht een kwartier"),
+        "{}",
+        paused.body
+    );
+    region.shutdown().await.unwrap();
+}
