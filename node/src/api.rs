@@ -302,7 +302,7 @@ impl Node for NodeApi {
     ) -> Result<Response<AddStaffResponse>, Status> {
         let r = request.into_inner();
         self.core
-            .add_staff(&r.username, &r.password, &r.role)
+            .add_staff(&r.username, &r.display_name, &r.password, &r.role)
             .await?;
         Ok(Response::new(AddStaffResponse {}))
     }

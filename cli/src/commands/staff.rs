@@ -18,6 +18,9 @@ pub enum StaffCmd {
         /// The user name to sign in with (letters, digits and . - _ @).
         #[arg(long)]
         user: String,
+        /// The name students and parents read, e.g. "Meneer De Vries" (default: the user name).
+        #[arg(long, default_value = "")]
+        name: String,
         /// mentor (enrols and follows their own students), decaan (every handover of the
         /// school) or admin.
         #[arg(long)]
@@ -35,6 +38,7 @@ pub(super) async fn staff(cmd: StaffCmd) -> anyhow::Result<()> {
     match cmd {
         StaffCmd::Add {
             user,
+            name,
             role,
             password_file,
             node,
@@ -64,6 +68,7 @@ pub(super) async fn staff(cmd: StaffCmd) -> anyhow::Result<()> {
                     username: user.clone(),
                     password: line,
                     role: role.clone(),
+                    display_name: name,
                 })
                 .await
                 .map_err(explain)?;

@@ -2,9 +2,11 @@
 -- here: never in an envelope, at the hub or in the log.
 
 -- Staff accounts of the web app: the password as an argon2id PHC string, never the password.
--- role: mentor, decaan or admin.
+-- role: mentor, decaan or admin. display_name is what students and parents read ("Meneer De
+-- Vries"); username is what the staff member signs in with.
 CREATE TABLE staff (
     username      TEXT PRIMARY KEY,
+    display_name  TEXT    NOT NULL,
     password_hash TEXT    NOT NULL,
     role          TEXT    NOT NULL,
     created_at    BIGINT NOT NULL

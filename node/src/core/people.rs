@@ -40,9 +40,19 @@ impl NodeCore {
     pub async fn add_staff(
         &self,
         username: &str,
+        display_name: &str,
         password: &str,
         role: &str,
     ) -> Result<(), NodeError> {
+        let display_name = match display_name.trim() {
+            "" => username,
+            name if name.chars().count() <= 100 => name,
+            _ => {
+                return Err(NodeError::Invalid(
+                    "the display name is longer than 100 characters".into(),
+                ));
+            }
+        };
         let ok_name = !username.is_empty()
             && username.len() <= 64
             && username
@@ -73,6 +83,7 @@ impl NodeCore {
             .add_staff(
                 &StaffRow {
                     username: username.to_string(),
+                    display_name: display_name.to_string(),
                     password_hash: hash,
                     role: role.to_string(),
                 },

@@ -11,6 +11,8 @@ use super::{NodeStore, StoreError, Tx, conflict};
 #[derive(Debug, Clone)]
 pub struct StaffRow {
     pub username: String,
+    /// The name students and parents read.
+    pub display_name: String,
     pub password_hash: String,
     pub role: String,
 }
@@ -76,9 +78,11 @@ impl NodeStore {
     pub async fn add_staff(&self, s: &StaffRow, now: i64) -> Result<(), StoreError> {
         let _writer = self.writer.lock().await;
         sqlx::query(
-            "INSERT INTO staff (username, password_hash, role, created_at) VALUES ($1, $2, $3, $4)",
+            "INSERT INTO staff (username, display_name, password_hash, role, created_at)
+             VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(&s.username)
+        .bind(&s.display_name)
         .bind(&s.password_hash)
         .bind(&s.role)
         .bind(now)
@@ -89,17 +93,18 @@ impl NodeStore {
     }
 
     pub async fn staff(&self, username: &str) -> Result<Option<StaffRow>, StoreError> {
-        Ok(
-            sqlx::query("SELECT username, password_hash, role FROM staff WHERE username = $1")
-                .bind(username)
-                .fetch_optional(&self.pool)
-                .await?
-                .map(|r| StaffRow {
-                    username: r.get(0),
-                    password_hash: r.get(1),
-                    role: r.get(2),
-                }),
+        Ok(sqlx::query(
+            "SELECT username, display_name, password_hash, role FROM staff WHERE username = $1",
         )
+        .bind(username)
+        .fetch_optional(&self.pool)
+        .await?
+        .map(|r| StaffRow {
+            username: r.get(0),
+            display_name: r.get(1),
+            password_hash: r.get(2),
+            role: r.get(3),
+        }))
     }
 
     /// Keeps a new session under the SHA-256 of its id.

@@ -12,7 +12,7 @@ use maud::{Markup, PreEscaped, html};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use super::i18n::{Lang, t, tf};
+use super::i18n::{Lang, t, tf, when};
 use super::page::{error, page, respond};
 use super::staff::{Staff, csrf_ok, sign_in_first, signed_in};
 use super::{Shared, random_token};
@@ -297,7 +297,7 @@ pub async fn invitation_page(
     };
     let now = web.core.now();
     let state = Stage::of(&i, now);
-    let until = overstap_proto::format_time(i.expires_at);
+    let until = when(lang, i.expires_at);
     let name = i.name.as_str();
     let body = html! {
         div #watch data-state-url=(format!("/mentor/invitations/{id}/state")) data-state=(state.word()) {
@@ -446,10 +446,14 @@ pub async fn student_page(
         .next()
         .unwrap_or(&i.name)
         .to_string();
+    let mentor_name = match web.core.store.staff(&i.mentor).await {
+        Ok(Some(s)) => s.display_name,
+        _ => i.mentor.clone(),
+    };
     let state = Stage::of(&i, web.core.now());
     let body = html! {
         div #enrol data-token=(token) data-state=(state.word()) {
-            p.lead { (tf(lang, "enrol_intro", &[("mentor", &i.mentor)])) }
+            p.lead { (tf(lang, "enrol_intro", &[("mentor", &mentor_name)])) }
             section #step-make hidden[state != Stage::Waiting] {
                 p { (t(lang, "enrol_key_explained")) }
                 p.hint { (t(lang, "enrol_own_device")) }

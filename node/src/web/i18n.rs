@@ -99,6 +99,51 @@ pub fn tf(lang: Lang, key: &str, values: &[(&str, &str)]) -> String {
     text
 }
 
+/// `at` (Unix seconds) as people in the Netherlands read it, in their own time: CET, or CEST
+/// from the last Sunday of March to the last Sunday of October (01:00 UTC both), e.g.
+/// "9 december 2026 om 14:49".
+pub fn when(lang: Lang, at: i64) -> String {
+    let Ok(utc) = time::OffsetDateTime::from_unix_timestamp(at) else {
+        return at.to_string();
+    };
+    let last_sunday = |month: time::Month| {
+        let last = time::Date::from_calendar_date(utc.year(), month, 31).ok()?;
+        let back = last.weekday().number_days_from_sunday() as i64;
+        Some(
+            (last - time::Duration::days(back))
+                .with_hms(1, 0, 0)
+                .ok()?
+                .assume_utc(),
+        )
+    };
+    let summer = match (
+        last_sunday(time::Month::March),
+        last_sunday(time::Month::October),
+    ) {
+        (Some(start), Some(end)) => utc >= start && utc < end,
+        _ => false,
+    };
+    let local = utc + time::Duration::hours(if summer { 2 } else { 1 });
+    let months = t(lang, "months");
+    let month = months
+        .split(',')
+        .nth(u8::from(local.month()) as usize - 1)
+        .unwrap_or_default();
+    tf(
+        lang,
+        "date_time",
+        &[
+            ("day", &local.day().to_string()),
+            ("month", month),
+            ("year", &local.year().to_string()),
+            (
+                "time",
+                &format!("{:02}:{:02}", local.hour(), local.minute()),
+            ),
+        ],
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,6 +186,16 @@ mod tests {
                 assert!(CATALOGUE.contains_key(key), "{key} is not in messages.toml");
             }
         }
+    }
+
+    #[test]
+    fn times_read_as_dutch_local_time_in_winter_and_in_summer() {
+        // 2026-12-09 13:49 UTC is 14:49 in Amsterdam; 2026-07-01 12:00 UTC is 14:00.
+        assert_eq!(when(Lang::Nl, 1_796_824_140), "9 december 2026 om 14:49");
+        assert_eq!(when(Lang::En, 1_782_907_200), "1 July 2026 at 14:00");
+        // Summer time starts at 01:00 UTC on the last Sunday of March (2026-03-29).
+        assert_eq!(when(Lang::Nl, 1_774_745_940), "29 maart 2026 om 01:59");
+        assert_eq!(when(Lang::Nl, 1_774_746_000), "29 maart 2026 om 03:00");
     }
 
     #[test]

@@ -14,7 +14,7 @@ use overstap_tests::*;
 const MENTOR: &str = "mentor.devries";
 const PASSWORD: &str = "een lang wachtwoord";
 
-async fn add_mentor(region: &overstap_region::Region, user: &str) {
+async fn add_mentor(region: &overstap_region::Region, user: &str, name: &str) {
     region
         .api(SCHOOL)
         .await
@@ -23,6 +23,7 @@ async fn add_mentor(region: &overstap_region::Region, user: &str) {
             username: user.into(),
             password: PASSWORD.into(),
             role: "mentor".into(),
+            display_name: name.into(),
         })
         .await
         .expect("a staff account is added");
@@ -43,7 +44,7 @@ fn browser_tests() -> PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mentor_enrols_a_student_whose_key_never_leaves_the_browser() {
     let (_tmp, region) = region().await;
-    add_mentor(&region, MENTOR).await;
+    add_mentor(&region, MENTOR, "Meneer De Vries").await;
     let base = web_url(&region, SCHOOL);
     let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("web");
     let dir = browser_tests();
@@ -227,8 +228,8 @@ fn csrf_of(page: &str) -> String {
 #[tokio::test]
 async fn bad_input_at_the_web_app_is_refused_kindly_and_changes_nothing() {
     let (_tmp, region) = region().await;
-    add_mentor(&region, MENTOR).await;
-    add_mentor(&region, "mentor.bakker").await;
+    add_mentor(&region, MENTOR, "Meneer De Vries").await;
+    add_mentor(&region, "mentor.bakker", "Mevrouw Bakker").await;
     let base = web_url(&region, SCHOOL);
     let school = node_pool(&region, SCHOOL).await;
     let invitations = || async {
