@@ -592,6 +592,24 @@ pub async fn run(dir: &Path, out: &mut dyn Write, serve: bool) -> anyhow::Result
             "The same numbers on the command line:\n   OVERSTAP_NODE_DIR={} overstap stats --by kind",
             region.node_dir(COORDINATOR).display()
         ));
+        // The school's web app, with a mentor account to try it with.
+        let password = overstap_node::web::random_token();
+        region
+            .api(SCHOOL)
+            .await?
+            .add_staff(overstap_proto::pb::AddStaffRequest {
+                username: "mentor".into(),
+                password: password.clone(),
+                role: "mentor".into(),
+                display_name: "Meneer De Vries".into(),
+            })
+            .await
+            .map_err(explain)?;
+        let web = std::fs::read_to_string(region.node_dir(SCHOOL).join("web.url"))?;
+        story.say(&format!(
+            "The school's web app, where a mentor invites a student and the student's own browser makes the key:\n   {}\n   sign in as: mentor\n   password:   {password}\n   Open the invitation link in another browser (or a private window) to play the student.",
+            web.trim()
+        ));
         story.say("Prometheus metrics (plain HTTP, loopback only):");
         for part in ["hub", SCHOOL, MBO] {
             if let Ok(url) = region.metrics_url(part) {
