@@ -24,6 +24,9 @@ pub enum Domain {
     Payload,
     Receipt,
     DashboardToken,
+    /// A student's or guardian's browser signing the node's sign-in challenge: a tag of its
+    /// own, so a sign-in signature can never count as a document signature.
+    SignIn,
 }
 
 impl Domain {
@@ -40,6 +43,7 @@ impl Domain {
             Domain::Payload => b"overstap.v1/payload",
             Domain::Receipt => b"overstap.v1/receipt",
             Domain::DashboardToken => b"overstap.v1/dashboard-token",
+            Domain::SignIn => b"overstap.v1/sign-in",
         }
     }
 
@@ -56,6 +60,7 @@ impl Domain {
             Domain::Payload => "payload",
             Domain::Receipt => "receipt",
             Domain::DashboardToken => "dashboard token",
+            Domain::SignIn => "sign-in challenge",
         }
     }
 }
@@ -227,6 +232,7 @@ mod tests {
             Domain::Payload,
             Domain::Receipt,
             Domain::DashboardToken,
+            Domain::SignIn,
         ];
         // Every variant is listed: adding one without a tag of its own fails to compile here.
         for d in all {
@@ -240,7 +246,8 @@ mod tests {
                 | Domain::EnvelopeHeader
                 | Domain::Payload
                 | Domain::Receipt
-                | Domain::DashboardToken => {}
+                | Domain::DashboardToken
+                | Domain::SignIn => {}
             }
         }
         for (i, a) in all.iter().enumerate() {

@@ -1,6 +1,7 @@
 // A mentor enrols a student in the web app, as two people do it in two browsers: the mentor
 // signs in and invites; the student opens the link in a browser of their own, which makes the
-// key; both read the short code; the mentor confirms. Every page is looked at at 1280 and 390
+// key; both read the short code; the mentor confirms. The student then signs in with that key
+// and fills in the passport. Every page is looked at at 1280 and 390
 // px (screenshots) and checked with axe-core for WCAG 2.1 A and AA. The forms are filled with
 // the keyboard alone. Prints what it saw as JSON; the Rust test decides what is right.
 //
@@ -130,6 +131,38 @@ await look(mentor, "enrolled");
 await student.waitForSelector("#done:not([hidden])", { timeout: 20000 });
 await look(student, "enrol-done");
 
+// The student signs in with the key on this device and fills in the passport: an answer, a
+// smiley, Save; the answer is there again after a reload.
+await student.getByRole("link", { name: "Naar mijn paspoort" }).focus();
+await student.keyboard.press("Enter");
+await student.waitForURL("**/student");
+await look(student, "student-sign-in");
+await student.focus("#sign-in-with-key");
+await student.keyboard.press("Enter");
+await student.waitForURL("**/student/passport", { timeout: 20000 });
+await look(student, "passport");
+const answer = "Ik ben Sam. Ik sleutel graag aan brommers.";
+await student.focus("textarea[name='a.wie-ben-ik.over-mij']");
+await student.keyboard.type(answer);
+await student.focus("input[name='s.wie-ben-ik.vrije-tijd'][value='blij']");
+await student.keyboard.press("Space");
+await student.getByRole("button", { name: "Opslaan" }).focus();
+await student.keyboard.press("Enter");
+await student.waitForSelector("#saved");
+await student.waitForFunction(() => document.querySelector("#saved").textContent.includes("Opgeslagen"));
+await look(student, "passport-saved");
+await student.reload();
+const kept = await student.inputValue("textarea[name='a.wie-ben-ik.over-mij']");
+const smiley = await student.isChecked("input[name='s.wie-ben-ik.vrije-tijd'][value='blij']");
+
+// Another device, without the key: signing in says kindly what happened.
+const strangerCtx = await context("nl-NL");
+const stranger = await strangerCtx.newPage();
+await stranger.goto(base + "/student");
+await stranger.click("#sign-in-with-key");
+await stranger.waitForSelector("#no-key:not([hidden])");
+await look(stranger, "student-no-key");
+
 // The same link, opened again, is used up.
 const again = await (await context("en-GB")).newPage();
 const reused = await again.goto(link);
@@ -140,6 +173,8 @@ console.log(JSON.stringify({
   ...seen,
   studentCode,
   mentorCode,
+  kept,
+  smiley,
   key,
   reusedStatus: reused.status(),
 }));

@@ -52,3 +52,12 @@ CREATE TABLE people (
     mentor     TEXT    NOT NULL,
     created_at INTEGER NOT NULL
 );
+
+-- A student's answers while they fill in the passport, saved as they go (JSON: section, then
+-- question, then the answer and its smiley), until they sign a version.
+CREATE TABLE drafts (
+    pseudonym    TEXT PRIMARY KEY REFERENCES students (pseudonym),
+    question_set TEXT    NOT NULL,
+    answers      TEXT    NOT NULL,
+    saved_at     INTEGER NOT NULL
+);

@@ -1,9 +1,18 @@
 //! The people at a home node: staff accounts of the web app (a role each, the password kept as
-//! an argon2id hash only). Students' names and classes come with their enrolment (`students`).
+//! an argon2id hash only), finding a student by a device key to sign in with, and a student's
+//! draft answers while they fill in the passport. Names and classes come with enrolment
+//! (`students`).
 
 use argon2::Argon2;
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+
+use std::collections::BTreeMap;
+
+use overstap_proto::pb::StudentCard;
+use overstap_proto::questions::{SMILEYS, question_set};
+use overstap_proto::sign::{Domain, decode_body};
+use serde::{Deserialize, Serialize};
 
 use crate::store::StaffRow;
 
@@ -35,7 +44,94 @@ pub fn password_matches(hash: &str, password: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// The longest answer a draft takes (a few paragraphs).
+pub const MAX_ANSWER_CHARS: usize = 2_000;
+
+/// A student's answers while they fill in the passport: per section, per question.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Draft {
+    pub question_set: String,
+    pub answers: BTreeMap<String, BTreeMap<String, DraftAnswer>>,
+    /// When it was last saved (0 for a draft never saved).
+    #[serde(default)]
+    pub saved_at: i64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DraftAnswer {
+    pub answer: String,
+    /// `blij`, `neutraal`, `verdrietig`, or empty.
+    #[serde(default)]
+    pub smiley: String,
+}
+
 impl NodeCore {
+    /// The pseudonym of the student whose card names `key` as their key now.
+    pub async fn student_by_key(&self, key: &[u8]) -> Result<Option<String>, NodeError> {
+        for (pseudonym, card) in self.store.student_cards().await? {
+            let signed: overstap_proto::pb::Signed = super::stored(&card, "student card")?;
+            let card: StudentCard = decode_body(Domain::StudentCard, &signed)?;
+            if card.student_key == key {
+                return Ok(Some(pseudonym));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Saves a student's draft after checking it against its question set: every section and
+    /// question exists, a smiley only where the question has one, no answer too long.
+    pub async fn save_draft(&self, pseudonym: &str, draft: &Draft) -> Result<i64, NodeError> {
+        let set =
+            question_set(&draft.question_set).map_err(|e| NodeError::Invalid(e.to_string()))?;
+        for (section_id, answers) in &draft.answers {
+            let Some(section) = set.sections.iter().find(|s| &s.id == section_id) else {
+                return Err(NodeError::Invalid(format!(
+                    "{} has no section {section_id:?}",
+                    set.id
+                )));
+            };
+            for (question_id, a) in answers {
+                let Some(q) = section.questions.iter().find(|q| &q.id == question_id) else {
+                    return Err(NodeError::Invalid(format!(
+                        "section {section_id} has no question {question_id:?}"
+                    )));
+                };
+                if a.answer.chars().count() > MAX_ANSWER_CHARS {
+                    return Err(NodeError::Invalid(format!(
+                        "the answer to {question_id} is longer than {MAX_ANSWER_CHARS} characters"
+                    )));
+                }
+                let known = SMILEYS.iter().any(|(s, _)| *s == a.smiley);
+                if !a.smiley.is_empty() && (!q.smiley || !known) {
+                    return Err(NodeError::Invalid(format!(
+                        "question {question_id} takes no smiley {:?}",
+                        a.smiley
+                    )));
+                }
+            }
+        }
+        let json = serde_json::to_string(draft)
+            .map_err(|e| NodeError::Invalid(format!("the draft cannot be kept: {e}")))?;
+        let now = self.now();
+        self.store
+            .save_draft(pseudonym, &draft.question_set, &json, now)
+            .await?;
+        Ok(now)
+    }
+
+    /// A student's saved draft, if any.
+    pub async fn draft(&self, pseudonym: &str) -> Result<Option<Draft>, NodeError> {
+        match self.store.draft(pseudonym).await? {
+            Some((_, json, saved_at)) => {
+                let mut d: Draft = serde_json::from_str(&json)
+                    .map_err(|e| NodeError::Corrupt(format!("a stored draft: {e}")))?;
+                d.saved_at = saved_at;
+                Ok(Some(d))
+            }
+            None => Ok(None),
+        }
+    }
+
     /// Adds a staff account for the web app.
     pub async fn add_staff(
         &self,

@@ -265,6 +265,45 @@ impl NodeStore {
     }
 }
 
+impl NodeStore {
+    /// Keeps a student's draft answers (JSON), replacing the one before.
+    pub async fn save_draft(
+        &self,
+        pseudonym: &str,
+        question_set: &str,
+        answers: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let _writer = self.writer.lock().await;
+        sqlx::query(
+            "INSERT INTO drafts (pseudonym, question_set, answers, saved_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (pseudonym) DO UPDATE SET question_set = excluded.question_set,
+                 answers = excluded.answers, saved_at = excluded.saved_at",
+        )
+        .bind(pseudonym)
+        .bind(question_set)
+        .bind(answers)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// A student's draft: its question set, the answers (JSON) and when it was saved.
+    pub async fn draft(
+        &self,
+        pseudonym: &str,
+    ) -> Result<Option<(String, String, i64)>, StoreError> {
+        Ok(
+            sqlx::query("SELECT question_set, answers, saved_at FROM drafts WHERE pseudonym = $1")
+                .bind(pseudonym)
+                .fetch_optional(&self.pool)
+                .await?
+                .map(|r| (r.get(0), r.get(1), r.get(2))),
+        )
+    }
+}
+
 impl Tx {
     /// The invitation, read under the writer lock.
     pub async fn invitation(&mut self, id: i64) -> Result<Option<InvitationRow>, StoreError> {

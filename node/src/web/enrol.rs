@@ -171,7 +171,7 @@ pub async fn invite(
         Ok(s) => s,
         Err(r) => return r,
     };
-    if !csrf_ok(&staff, &form.csrf) {
+    if !csrf_ok(&staff.csrf, &form.csrf) {
         return error(
             lang,
             &web.school(),
@@ -379,7 +379,7 @@ pub async fn confirm(
         Ok(s) => s,
         Err(r) => return r,
     };
-    if !csrf_ok(&staff, &form.csrf) {
+    if !csrf_ok(&staff.csrf, &form.csrf) {
         return error(
             lang,
             &web.school(),
@@ -465,7 +465,10 @@ pub async fn student_page(
                 p.code #code {}
                 p.hint aria-live="polite" { (t(lang, "enrol_wait_mentor")) }
             }
-            p.done #done role="status" hidden { (t(lang, "enrol_done")) }
+            div #done hidden {
+                p.done role="status" { (t(lang, "enrol_done")) }
+                p { a.button href="/student" { (t(lang, "to_my_passport")) } }
+            }
             p.error #no-webcrypto role="alert" hidden { (t(lang, "enrol_no_webcrypto")) }
             p.error #failed role="alert" hidden { (t(lang, "enrol_failed")) }
         }

@@ -175,6 +175,7 @@ mod tests {
             include_str!("page.rs"),
             include_str!("staff.rs"),
             include_str!("enrol.rs"),
+            include_str!("student.rs"),
         ];
         for source in sources {
             for part in source

@@ -6,12 +6,14 @@
 //!
 //! Rooms: [`i18n`] (the words, Dutch and English), [`page`] (the frame and the kind error
 //! page), [`staff`] (staff sign-in, sessions, CSRF), [`enrol`] (a mentor invites a student, the
-//! student's browser makes the key, the mentor compares the short code, the card is issued).
+//! student's browser makes the key, the mentor compares the short code, the card is issued),
+//! [`student`] (the student signs in with that key and fills in the passport).
 
 mod enrol;
 mod i18n;
 mod page;
 mod staff;
+mod student;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -40,6 +42,7 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024;
 pub struct Web {
     core: Arc<NodeCore>,
     attempts: staff::Attempts,
+    challenges: student::Challenges,
     /// A hash checked when a user name does not exist, so sign-in takes the same time.
     dummy_hash: String,
 }
@@ -85,6 +88,7 @@ pub fn router(core: Arc<NodeCore>) -> Router {
     let web = Arc::new(Web {
         core,
         attempts: Default::default(),
+        challenges: Default::default(),
         dummy_hash: crate::core::people::hash_password("a password nobody has").unwrap_or_default(),
     });
     Router::new()
@@ -102,6 +106,13 @@ pub fn router(core: Arc<NodeCore>) -> Router {
         .route("/i/{token}", get(enrol::student_page))
         .route("/i/{token}/key", post(enrol::hand_in_key))
         .route("/i/{token}/state", get(enrol::student_state))
+        .route("/student", get(student::sign_in_page))
+        .route("/student/challenge", post(student::challenge))
+        .route("/student/sign-in", post(student::sign_in))
+        .route(
+            "/student/passport",
+            get(student::passport_page).post(student::save_passport),
+        )
         .route("/assets/{name}", get(asset))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -240,6 +251,11 @@ const ASSETS: &[(&str, &str, &str)] = &[
         "enrol.js",
         "text/javascript; charset=utf-8",
         include_str!("assets/enrol.js"),
+    ),
+    (
+        "student.js",
+        "text/javascript; charset=utf-8",
+        include_str!("assets/student.js"),
     ),
     (
         "manifest.json",

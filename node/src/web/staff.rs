@@ -72,25 +72,62 @@ fn session_hash(id: &str) -> Vec<u8> {
     Sha256::digest(id.as_bytes()).to_vec()
 }
 
-/// The staff member this request's session belongs to, if it has a live one.
-pub async fn signed_in(web: &Shared, headers: &HeaderMap) -> Option<Staff> {
+/// This request's live session, whoever it belongs to.
+pub async fn session(web: &Shared, headers: &HeaderMap) -> Option<SessionRow> {
     let id = cookie_value(headers, SESSION_COOKIE)?;
-    let row = web
-        .core
+    web.core
         .store
         .session(&session_hash(id), web.core.now())
         .await
-        .ok()??;
+        .ok()?
+}
+
+/// Starts a session for `who` in `role` and answers with `response` carrying its cookie.
+pub async fn start_session(
+    web: &Shared,
+    who: &str,
+    role: &str,
+    lasts: i64,
+    mut response: Response,
+) -> Result<Response, crate::store::StoreError> {
+    let now = web.core.now();
+    let id = random_token();
+    let row = SessionRow {
+        who: who.to_string(),
+        role: role.to_string(),
+        csrf: random_token(),
+        expires_at: now + lasts,
+    };
+    web.core
+        .store
+        .insert_session(&session_hash(&id), &row, now)
+        .await?;
+    let cookie = format!(
+        "{SESSION_COOKIE}={id}; Path=/; Max-Age={lasts}; HttpOnly; Secure; SameSite=Strict"
+    );
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().append(header::SET_COOKIE, v);
+    }
+    Ok(response)
+}
+
+/// The staff member this request's session belongs to, if it has a live one (a student's
+/// session is no staff member's).
+pub async fn signed_in(web: &Shared, headers: &HeaderMap) -> Option<Staff> {
+    let row = session(web, headers).await?;
+    if row.role == "student" {
+        return None;
+    }
     Some(Staff {
         username: row.who,
         csrf: row.csrf,
     })
 }
 
-/// Whether a form's CSRF token is this session's.
-pub fn csrf_ok(staff: &Staff, token: &str) -> bool {
+/// Whether a form's CSRF token is the session's (`expected`).
+pub fn csrf_ok(expected: &str, token: &str) -> bool {
     use subtle_eq::eq;
-    eq(staff.csrf.as_bytes(), token.as_bytes())
+    eq(expected.as_bytes(), token.as_bytes())
 }
 
 /// Compares two byte strings in time that depends on their length only.
@@ -167,30 +204,12 @@ pub async fn sign_in(
         );
     };
     web.attempts.succeeded(&user);
-    let id = random_token();
-    let row = SessionRow {
-        who: account.username.clone(),
-        role: account.role.clone(),
-        csrf: random_token(),
-        expires_at: now + SESSION_SECS,
-    };
-    if let Err(e) = web
-        .core
-        .store
-        .insert_session(&session_hash(&id), &row, now)
-        .await
-    {
-        return web.server_error(lang, e);
-    }
     tracing::info!(user = %account.username, role = %account.role, "staff signed in");
-    let mut r = Redirect::to("/mentor").into_response();
-    let cookie = format!(
-        "{SESSION_COOKIE}={id}; Path=/; Max-Age={SESSION_SECS}; HttpOnly; Secure; SameSite=Strict"
-    );
-    if let Ok(v) = HeaderValue::from_str(&cookie) {
-        r.headers_mut().append(header::SET_COOKIE, v);
+    let to = Redirect::to("/mentor").into_response();
+    match start_session(&web, &account.username, &account.role, SESSION_SECS, to).await {
+        Ok(r) => r,
+        Err(e) => web.server_error(lang, e),
     }
-    r
 }
 
 #[derive(Deserialize)]
@@ -204,10 +223,10 @@ pub async fn sign_out(
     Form(form): Form<WithCsrf>,
 ) -> Response {
     let lang = Lang::of(&headers);
-    let Some(staff) = signed_in(&web, &headers).await else {
+    let Some(row) = session(&web, &headers).await else {
         return Redirect::to("/").into_response();
     };
-    if !csrf_ok(&staff, &form.csrf) {
+    if !csrf_ok(&row.csrf, &form.csrf) {
         return error(
             lang,
             &web.school(),

@@ -92,13 +92,37 @@ async fn a_mentor_enrols_a_student_whose_key_never_leaves_the_browser() {
         )
         .expect("the browser's signature verifies");
 
-    // The only thing the student's browser sent is the public key, once.
+    // What the student's browser sent: the public key once (to enrol), then a sign-in (a
+    // challenge asked for, and the public key with a signature), then the answers. Nothing
+    // else, and no key material but the public key.
     let posts = seen["posts"].as_array().unwrap();
-    assert_eq!(posts.len(), 1, "{posts:?}");
-    assert!(posts[0]["url"].as_str().unwrap().ends_with("/key"));
+    let paths: Vec<String> = posts
+        .iter()
+        .map(|p| {
+            let url = p["url"].as_str().unwrap();
+            url[url.find("/student").or_else(|| url.find("/i/")).unwrap()..].to_string()
+        })
+        .collect();
+    assert_eq!(paths.len(), 4, "{posts:?}");
+    assert!(
+        paths[0].starts_with("/i/") && paths[0].ends_with("/key"),
+        "{paths:?}"
+    );
+    assert_eq!(
+        paths[1..],
+        [
+            "/student/challenge",
+            "/student/sign-in",
+            "/student/passport"
+        ]
+    );
     let body: serde_json::Value = serde_json::from_str(posts[0]["body"].as_str().unwrap()).unwrap();
     assert_eq!(body, serde_json::json!({ "key": key["public"] }));
-
+    let sign_in: serde_json::Value =
+        serde_json::from_str(posts[2]["body"].as_str().unwrap()).unwrap();
+    let fields: Vec<&String> = sign_in.as_object().unwrap().keys().collect();
+    assert_eq!(fields, ["id", "key", "signature"]);
+    assert_eq!(sign_in["key"], key["public"]);
     // The node issued the card for exactly that key, with the name kept at the school only.
     let school = node_pool(&region, SCHOOL).await;
     let pseudonym: String =
@@ -137,6 +161,10 @@ async fn a_mentor_enrols_a_student_whose_key_never_leaves_the_browser() {
             "compare",
             "enrolled",
             "enrol-done",
+            "student-sign-in",
+            "passport",
+            "passport-saved",
+            "student-no-key",
             "link-used"
         ]
     );
@@ -170,7 +198,15 @@ async fn a_mentor_enrols_a_student_whose_key_never_leaves_the_browser() {
     );
     assert!(text("enrolled").contains("Sam de Vries is ingeschreven"));
     // No jargon and no hex on the student's screens.
-    for name in ["enrol", "enrol-code", "enrol-done"] {
+    for name in [
+        "enrol",
+        "enrol-code",
+        "enrol-done",
+        "student-sign-in",
+        "passport",
+        "passport-saved",
+        "student-no-key",
+    ] {
         let t = text(name).to_lowercase();
         for word in [
             "pseudoniem",
@@ -183,6 +219,25 @@ async fn a_mentor_enrols_a_student_whose_key_never_leaves_the_browser() {
             assert!(!t.contains(word), "{name} shows {word:?}: {t}");
         }
     }
+    // The student signed in with the browser's key and the answer and smiley were kept, at the
+    // school and nowhere else.
+    assert_eq!(seen["kept"], "Ik ben Sam. Ik sleutel graag aan brommers.");
+    assert_eq!(seen["smiley"], true);
+    let draft: String = sqlx::query_scalar("SELECT answers FROM drafts WHERE pseudonym = $1")
+        .bind(&pseudonym)
+        .fetch_one(&school)
+        .await
+        .expect("the draft is kept at the school");
+    assert!(
+        draft.contains("brommers") && draft.contains("blij"),
+        "{draft}"
+    );
+    assert!(
+        text("passport").contains("Wie ben ik?"),
+        "{}",
+        text("passport")
+    );
+    assert!(text("student-no-key").contains("geen sleutel van jou"));
     // A link works once; the second visit gets a kind page, in the browser's language.
     assert_eq!(seen["reusedStatus"], 410);
     assert!(
@@ -197,7 +252,7 @@ async fn a_mentor_enrols_a_student_whose_key_never_leaves_the_browser() {
 }
 
 /// A staff session cookie for `user`, signed in over plain HTTP as a browser would.
-async fn sign_in(base: &str, user: &str, password: &str) -> HttpAnswer {
+async fn sign_in_staff(base: &str, user: &str, password: &str) -> HttpAnswer {
     let form = format!("username={user}&password={}", password.replace(' ', "+"));
     http(
         base,
@@ -240,7 +295,7 @@ async fn bad_input_at_the_web_app_is_refused_kindly_and_changes_nothing() {
     };
 
     // The cookie is what the issue asks of a session.
-    let signed = sign_in(&base, MENTOR, PASSWORD).await;
+    let signed = sign_in_staff(&base, MENTOR, PASSWORD).await;
     assert_eq!(signed.status, 303, "{signed:?}");
     let cookie_line = signed.header("set-cookie").unwrap().to_string();
     for part in ["HttpOnly", "Secure", "SameSite=Strict"] {
@@ -344,7 +399,7 @@ async fn bad_input_at_the_web_app_is_refused_kindly_and_changes_nothing() {
         .unwrap()
         .to_string();
     // Another mentor sees nothing of it.
-    let other = session_cookie(&sign_in(&base, "mentor.bakker", PASSWORD).await);
+    let other = session_cookie(&sign_in_staff(&base, "mentor.bakker", PASSWORD).await);
     let peek = http(&base, "GET", &at, &[("Cookie", &other)], b"").await;
     assert_eq!(peek.status, 404);
     assert!(!peek.body.contains("Noor"), "{}", peek.body);
@@ -439,14 +494,172 @@ async fn bad_input_at_the_web_app_is_refused_kindly_and_changes_nothing() {
 
     // Five wrong passwords pause sign-in for that name, even with the right one after.
     for _ in 0..5 {
-        assert_eq!(sign_in(&base, MENTOR, "wrong password!").await.status, 401);
+        assert_eq!(
+            sign_in_staff(&base, MENTOR, "wrong password!").await.status,
+            401
+        );
     }
-    let paused = sign_in(&base, MENTOR, PASSWORD).await;
+    let paused = sign_in_staff(&base, MENTOR, PASSWORD).await;
     assert_eq!(paused.status, 429);
     assert!(
         paused.body.contains("Wacht een kwartier"),
         "{}",
         paused.body
     );
+    region.shutdown().await.unwrap();
+}
+
+/// A sign-in challenge from the web app: its id and bytes.
+async fn student_challenge(base: &str) -> (String, Vec<u8>) {
+    let a = http(base, "POST", "/student/challenge", &[], b"").await;
+    let v: serde_json::Value = serde_json::from_str(&a.body).unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD;
+    (
+        v["id"].as_str().unwrap().to_string(),
+        b64.decode(v["challenge"].as_str().unwrap()).unwrap(),
+    )
+}
+
+/// Signs `message` with `with` and hands it in for challenge `id`, as the student's page does.
+async fn student_sign_in(
+    base: &str,
+    id: &str,
+    with: &ed25519_dalek::SigningKey,
+    message: &[u8],
+) -> HttpAnswer {
+    use ed25519_dalek::Signer;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let body = serde_json::json!({
+        "id": id,
+        "key": b64.encode(with.verifying_key().to_bytes()),
+        "signature": b64.encode(with.sign(message).to_bytes()),
+    })
+    .to_string();
+    http(
+        base,
+        "POST",
+        "/student/sign-in",
+        &[("Content-Type", "application/json")],
+        body.as_bytes(),
+    )
+    .await
+}
+
+/// A student signs in with a signature over the node's challenge under the sign-in domain tag,
+/// by the key on their card, once per challenge; a session is a student's or a staff member's,
+/// never both; a draft that does not fit its question set is refused and nothing is kept.
+#[tokio::test]
+async fn a_student_signs_in_only_with_the_key_on_their_card_and_keeps_only_a_valid_draft() {
+    let (_tmp, region) = region().await;
+    add_mentor(&region, MENTOR, "Meneer De Vries").await;
+    let base = web_url(&region, SCHOOL);
+    let key = overstap_proto::sign::generate_signing_key();
+    region
+        .api(SCHOOL)
+        .await
+        .unwrap()
+        .register_student(overstap_proto::pb::RegisterStudentRequest {
+            student_key: key.verifying_key().to_bytes().to_vec(),
+            birth_month: overstap_tests::cast::birth_month(17),
+            guardian_keys: vec![],
+            staff_user: MENTOR.into(),
+        })
+        .await
+        .unwrap();
+    let challenge = || student_challenge(&base);
+    let sign_in = |id: String, with: ed25519_dalek::SigningKey, message: Vec<u8>| {
+        let base = base.clone();
+        async move { student_sign_in(&base, &id, &with, &message).await }
+    };
+    let tagged = |c: &[u8]| overstap_proto::sign::signing_bytes(Domain::SignIn, c);
+
+    // The challenge signed bare (as a document would be, without the sign-in tag): refused.
+    let (id, c) = challenge().await;
+    assert_eq!(sign_in(id, key.clone(), c.clone()).await.status, 401);
+    // A key no card names: refused, even with a good signature.
+    let (id, c) = challenge().await;
+    let stranger = overstap_proto::sign::generate_signing_key();
+    let refused = sign_in(id, stranger, tagged(&c)).await;
+    assert_eq!(refused.status, 401);
+    assert!(
+        refused.body.contains("no student of this school"),
+        "{}",
+        refused.body
+    );
+    // The right key: in; the same challenge again: refused (one use).
+    let (id, c) = challenge().await;
+    let ok = sign_in(id.clone(), key.clone(), tagged(&c)).await;
+    assert_eq!(ok.status, 200, "{ok:?}");
+    let cookie = session_cookie(&ok);
+    assert_eq!(sign_in(id, key.clone(), tagged(&c)).await.status, 401);
+
+    // A student's session opens no staff page, and a mentor's no student's passport.
+    let staff_page = http(&base, "GET", "/mentor", &[("Cookie", &cookie)], b"").await;
+    assert_eq!(staff_page.status, 401);
+    let mentor = session_cookie(&sign_in_staff(&base, MENTOR, PASSWORD).await);
+    let mentors_view = http(
+        &base,
+        "GET",
+        "/student/passport",
+        &[("Cookie", &mentor)],
+        b"",
+    )
+    .await;
+    assert_eq!(mentors_view.status, 303);
+    assert_eq!(mentors_view.header("location"), Some("/student"));
+
+    // Drafts: a valid one is kept; one that does not fit its set changes nothing.
+    let page = http(
+        &base,
+        "GET",
+        "/student/passport",
+        &[("Cookie", &cookie)],
+        b"",
+    )
+    .await;
+    assert_eq!(page.status, 200);
+    let csrf = csrf_of(&page.body);
+    let form = [
+        ("Content-Type", "application/x-www-form-urlencoded"),
+        ("Cookie", cookie.as_str()),
+    ];
+    let save = |body: String| {
+        let base = base.clone();
+        async move { http(&base, "POST", "/student/passport", &form, body.as_bytes()).await }
+    };
+    let good = format!("csrf={csrf}&set=pvs-mbo-v1&a.wie-ben-ik.over-mij=Ik+ben+Sam");
+    assert_eq!(save(good).await.status, 303);
+    let school = node_pool(&region, SCHOOL).await;
+    let kept = || async {
+        sqlx::query_scalar::<_, String>("SELECT answers FROM drafts")
+            .fetch_one(&school)
+            .await
+            .unwrap()
+    };
+    let before = kept().await;
+    assert!(before.contains("Ik ben Sam"), "{before}");
+    for bad in [
+        format!("csrf={csrf}&set=pvs-mbo-v1&a.bestaat-niet.vraag=x"),
+        format!("csrf={csrf}&set=pvs-mbo-v1&a.wie-ben-ik.over-mij=x&s.wie-ben-ik.over-mij=blij"),
+        format!(
+            "csrf={csrf}&set=pvs-mbo-v1&a.wie-ben-ik.vrije-tijd=x&s.wie-ben-ik.vrije-tijd=boos"
+        ),
+        format!(
+            "csrf={csrf}&set=pvs-mbo-v1&a.wie-ben-ik.over-mij={}",
+            "a".repeat(2_001)
+        ),
+        format!("csrf={csrf}&set=geen-set&a.wie-ben-ik.over-mij=x"),
+    ] {
+        let refused = save(bad.clone()).await;
+        assert_eq!(refused.status, 422, "{bad}");
+        assert!(
+            refused.body.contains("kon niet worden opgeslagen"),
+            "{}",
+            refused.body
+        );
+    }
+    let forged = save("csrf=nope&set=pvs-mbo-v1&a.wie-ben-ik.over-mij=x".to_string()).await;
+    assert_eq!(forged.status, 403);
+    assert_eq!(kept().await, before, "nothing changed");
     region.shutdown().await.unwrap();
 }

@@ -1,0 +1,329 @@
+//! The student's own pages: signing in with the key on their device (a challenge signed under a
+//! domain tag of its own, so a sign-in signature can never count as a document signature), and
+//! the passport to fill in with smileys and read-aloud, saved at the home node as they go.
+
+use std::collections::{BTreeMap, HashMap};
+
+use axum::Json;
+use axum::extract::{Form, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use base64::Engine;
+use maud::{Markup, html};
+use overstap_proto::questions::question_set;
+use overstap_proto::sign::{Domain, signing_bytes, verifying_key};
+use rand_core::RngCore;
+use serde::Deserialize;
+
+use super::i18n::{Lang, t, tf, when};
+use super::page::{error, page, respond};
+use super::staff::{csrf_ok, session, start_session};
+use super::{Shared, random_token};
+use crate::core::people::{Draft, DraftAnswer};
+
+/// How long a student's session lasts: an evening of filling in.
+pub const STUDENT_SESSION_SECS: i64 = 4 * 3600;
+/// How long a sign-in challenge may wait for its signature.
+const CHALLENGE_SECS: i64 = 300;
+/// Challenges waiting at once; past this, the oldest that ran out are dropped first.
+const MAX_CHALLENGES: usize = 10_000;
+/// The question set a new passport starts from.
+const DEFAULT_SET: &str = "pvs-mbo-v1";
+
+/// Sign-in challenges waiting for a signature: id → (challenge, until).
+#[derive(Default)]
+pub struct Challenges(std::sync::Mutex<HashMap<String, ([u8; 32], i64)>>);
+
+impl Challenges {
+    fn issue(&self, now: i64) -> Option<(String, [u8; 32])> {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|_, (_, until)| *until > now);
+        if map.len() >= MAX_CHALLENGES {
+            return None;
+        }
+        let mut c = [0u8; 32];
+        rand_core::OsRng.fill_bytes(&mut c);
+        let id = random_token();
+        map.insert(id.clone(), (c, now + CHALLENGE_SECS));
+        Some((id, c))
+    }
+
+    /// The challenge `id`, once: a second use finds nothing.
+    fn take(&self, id: &str, now: i64) -> Option<[u8; 32]> {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.remove(id)
+            .filter(|(_, until)| *until > now)
+            .map(|(c, _)| c)
+    }
+}
+
+/// The student this request's session belongs to: their pseudonym and the session's CSRF token.
+async fn student(web: &Shared, headers: &HeaderMap) -> Option<(String, String)> {
+    let row = session(web, headers).await?;
+    (row.role == "student").then_some((row.who, row.csrf))
+}
+
+pub async fn sign_in_page(State(web): State<Shared>, headers: HeaderMap) -> Response {
+    let lang = Lang::of(&headers);
+    if student(&web, &headers).await.is_some() {
+        return Redirect::to("/student/passport").into_response();
+    }
+    let body = html! {
+        div #student-sign-in {
+            p.lead { (t(lang, "student_sign_in_help")) }
+            button #sign-in-with-key type="button" { (t(lang, "student_sign_in_button")) }
+            p.error #no-key role="alert" hidden { (t(lang, "student_no_key")) }
+            p.error #sign-in-failed role="alert" hidden { (t(lang, "student_sign_in_failed")) }
+            p.error #no-webcrypto role="alert" hidden { (t(lang, "enrol_no_webcrypto")) }
+        }
+        script src="/assets/student.js" defer {}
+    };
+    respond(
+        StatusCode::OK,
+        page(lang, &web.school(), &t(lang, "student_title"), body),
+    )
+}
+
+pub async fn challenge(State(web): State<Shared>) -> Response {
+    match web.challenges.issue(web.core.now()) {
+        Some((id, c)) => Json(serde_json::json!({
+            "id": id,
+            "challenge": base64::engine::general_purpose::STANDARD.encode(c),
+        }))
+        .into_response(),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(
+                serde_json::json!({ "error": "too many sign-ins at once; try again in a minute" }),
+            ),
+        )
+            .into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct SignIn {
+    id: String,
+    key: String,
+    signature: String,
+}
+
+fn refusal(status: StatusCode, reason: &str) -> Response {
+    (status, Json(serde_json::json!({ "error": reason }))).into_response()
+}
+
+pub async fn sign_in(State(web): State<Shared>, body: axum::body::Bytes) -> Response {
+    let Ok(form) = serde_json::from_slice::<SignIn>(&body) else {
+        return refusal(
+            StatusCode::BAD_REQUEST,
+            "expected {\"id\", \"key\", \"signature\"}",
+        );
+    };
+    let now = web.core.now();
+    let Some(challenge) = web.challenges.take(&form.id, now) else {
+        return refusal(
+            StatusCode::UNAUTHORIZED,
+            "this sign-in challenge is unknown, used or ran out; ask for a new one",
+        );
+    };
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let (Ok(key), Ok(signature)) = (b64.decode(&form.key), b64.decode(&form.signature)) else {
+        return refusal(
+            StatusCode::BAD_REQUEST,
+            "the key or the signature is not base64",
+        );
+    };
+    let Ok(verifying) = verifying_key(&key, "student key") else {
+        return refusal(
+            StatusCode::BAD_REQUEST,
+            "the key is not an Ed25519 public key",
+        );
+    };
+    let Ok(signature) = ed25519_dalek::Signature::from_slice(&signature) else {
+        return refusal(StatusCode::BAD_REQUEST, "the signature is not 64 bytes");
+    };
+    if verifying
+        .verify_strict(&signing_bytes(Domain::SignIn, &challenge), &signature)
+        .is_err()
+    {
+        return refusal(StatusCode::UNAUTHORIZED, "the signature does not verify");
+    }
+    let pseudonym = match web.core.student_by_key(&key).await {
+        Ok(Some(p)) => p,
+        Ok(None) => {
+            return refusal(
+                StatusCode::UNAUTHORIZED,
+                "no student of this school has this key",
+            );
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "finding a student by key failed");
+            return refusal(StatusCode::INTERNAL_SERVER_ERROR, "try again in a minute");
+        }
+    };
+    let ok = Json(serde_json::json!({ "to": "/student/passport" })).into_response();
+    match start_session(&web, &pseudonym, "student", STUDENT_SESSION_SECS, ok).await {
+        Ok(r) => {
+            tracing::info!("a student signed in with their key");
+            r
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "starting a student's session failed");
+            refusal(StatusCode::INTERNAL_SERVER_ERROR, "try again in a minute")
+        }
+    }
+}
+
+fn smiley_label(lang: Lang, smiley: &str) -> String {
+    t(lang, &format!("smiley_{smiley}"))
+}
+
+fn passport_form(lang: Lang, csrf: &str, draft: &Draft, problem: Option<String>) -> Markup {
+    let set = question_set(&draft.question_set).ok();
+    let status = if draft.saved_at > 0 {
+        tf(lang, "saved_on", &[("when", &when(lang, draft.saved_at))])
+    } else {
+        t(lang, "not_saved_yet")
+    };
+    html! {
+        @if let Some(p) = &problem { p.error role="alert" { (p) } }
+        p.hint #saved role="status" { (status) }
+        @if let Some(set) = set {
+            p.lead { (set.intro) }
+            form method="post" action="/student/passport" {
+                input type="hidden" name="csrf" value=(csrf);
+                input type="hidden" name="set" value=(set.id);
+                @for section in &set.sections {
+                    section aria-labelledby=(format!("h-{}", section.id)) {
+                        h2 #(format!("h-{}", section.id)) { (section.title) }
+                        p { (section.intro) }
+                        @for q in &section.questions {
+                            @let id = format!("{}.{}", section.id, q.id);
+                            @let given = draft.answers.get(&section.id).and_then(|a| a.get(&q.id)).cloned().unwrap_or_default();
+                            div.question {
+                                label for=(format!("a.{id}")) id=(format!("q.{id}")) { (q.text) }
+                                button.speak.secondary type="button" data-say=(format!("q.{id}")) data-answer=(format!("a.{id}")) hidden {
+                                    (t(lang, "read_aloud"))
+                                }
+                                textarea id=(format!("a.{id}")) name=(format!("a.{id}")) rows="4" maxlength="2000" { (given.answer) }
+                                @if q.smiley {
+                                    fieldset.smileys {
+                                        legend { (t(lang, "smiley_question")) }
+                                        @for (smiley, face) in overstap_proto::questions::SMILEYS {
+                                            @let sid = format!("s.{id}.{smiley}");
+                                            label.smiley for=(sid) {
+                                                input type="radio" id=(sid) name=(format!("s.{id}")) value=(smiley) checked[given.smiley == *smiley];
+                                                span aria-hidden="true" { (face) }
+                                                " " (smiley_label(lang, smiley))
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                button type="submit" { (t(lang, "save_button")) }
+            }
+        }
+        script src="/assets/student.js" defer {}
+    }
+}
+
+pub async fn passport_page(State(web): State<Shared>, headers: HeaderMap) -> Response {
+    let lang = Lang::of(&headers);
+    let Some((pseudonym, csrf)) = student(&web, &headers).await else {
+        return Redirect::to("/student").into_response();
+    };
+    let draft = match web.core.draft(&pseudonym).await {
+        Ok(d) => d.unwrap_or(Draft {
+            question_set: DEFAULT_SET.into(),
+            ..Default::default()
+        }),
+        Err(e) => return web.server_error(lang, e),
+    };
+    respond(
+        StatusCode::OK,
+        page(
+            lang,
+            &web.school(),
+            &t(lang, "student_title"),
+            passport_form(lang, &csrf, &draft, None),
+        ),
+    )
+}
+
+pub async fn save_passport(
+    State(web): State<Shared>,
+    headers: HeaderMap,
+    Form(fields): Form<Vec<(String, String)>>,
+) -> Response {
+    let lang = Lang::of(&headers);
+    let Some((pseudonym, csrf)) = student(&web, &headers).await else {
+        return Redirect::to("/student").into_response();
+    };
+    let field = |name: &str| {
+        fields
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    };
+    if !csrf_ok(&csrf, field("csrf").unwrap_or_default()) {
+        return error(
+            lang,
+            &web.school(),
+            StatusCode::FORBIDDEN,
+            &t(lang, "error_form_expired"),
+            None,
+        );
+    }
+    let mut draft = Draft {
+        question_set: field("set").unwrap_or(DEFAULT_SET).to_string(),
+        answers: BTreeMap::new(),
+        saved_at: 0,
+    };
+    for (name, value) in &fields {
+        let (kind, rest) = match name.split_once('.') {
+            Some(("a", rest)) => ("a", rest),
+            Some(("s", rest)) => ("s", rest),
+            _ => continue,
+        };
+        let Some((section, question)) = rest.split_once('.') else {
+            continue;
+        };
+        let a: &mut DraftAnswer = draft
+            .answers
+            .entry(section.to_string())
+            .or_default()
+            .entry(question.to_string())
+            .or_default();
+        if kind == "a" {
+            a.answer = value.replace("\r\n", "\n");
+        } else {
+            a.smiley = value.clone();
+        }
+    }
+    // Empty answers without a smiley are not kept.
+    for answers in draft.answers.values_mut() {
+        answers.retain(|_, a| !a.answer.trim().is_empty() || !a.smiley.is_empty());
+    }
+    draft.answers.retain(|_, a| !a.is_empty());
+    match web.core.save_draft(&pseudonym, &draft).await {
+        // Back to the page by a GET, so a reload shows it again rather than saving again.
+        Ok(_) => Redirect::to("/student/passport").into_response(),
+        Err(crate::core::NodeError::Invalid(reason)) => {
+            tracing::info!(%reason, "a draft was refused");
+            let problem = Some(t(lang, "draft_not_saved"));
+            respond(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                page(
+                    lang,
+                    &web.school(),
+                    &t(lang, "student_title"),
+                    passport_form(lang, &csrf, &draft, problem),
+                ),
+            )
+        }
+        Err(e) => web.server_error(lang, e),
+    }
+}
