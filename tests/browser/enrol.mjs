@@ -155,6 +155,30 @@ await student.reload();
 const kept = await student.inputValue("textarea[name='a.wie-ben-ik.over-mij']");
 const smiley = await student.isChecked("input[name='s.wie-ben-ik.vrije-tijd'][value='blij']");
 
+// Signing. First a page whose words were changed on the way: its own check refuses to sign.
+await student.route("**/student/sign", async (route) => {
+  const response = await route.fetch();
+  const body = (await response.text()).replace("brommers", "scooters");
+  await route.fulfill({ response, body });
+});
+await student.goto(base + "/student/sign");
+await student.waitForSelector("#check-failed:not([hidden])", { timeout: 20000 });
+const tamperedDisabled = await student.isDisabled("#sign-with-key");
+await look(student, "sign-tampered");
+await student.unroute("**/student/sign");
+// Then the real page, reached from the passport by keyboard: checked, signed with the key.
+await student.goto(base + "/student/passport");
+await student.getByRole("link", { name: "Bekijk en onderteken" }).focus();
+await student.keyboard.press("Enter");
+await student.waitForURL("**/student/sign");
+await student.waitForSelector("#sign-with-key:not([disabled])", { timeout: 20000 });
+await look(student, "sign");
+await student.focus("#sign-with-key");
+await student.keyboard.press("Enter");
+await student.waitForFunction(() => document.querySelector("#checking").textContent.includes("ondertekend"), null, { timeout: 20000 });
+const signedMessage = (await student.textContent("#checking")).trim();
+await look(student, "signed");
+
 // Another device, without the key: signing in says kindly what happened.
 const strangerCtx = await context("nl-NL");
 const stranger = await strangerCtx.newPage();
@@ -175,6 +199,8 @@ console.log(JSON.stringify({
   mentorCode,
   kept,
   smiley,
+  tamperedDisabled,
+  signedMessage,
   key,
   reusedStatus: reused.status(),
 }));

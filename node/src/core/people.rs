@@ -9,7 +9,8 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 
 use std::collections::BTreeMap;
 
-use overstap_proto::pb::StudentCard;
+use overstap_proto::passport::{PassportVersion, build_version};
+use overstap_proto::pb::{Answer, Section, StudentCard};
 use overstap_proto::questions::{SMILEYS, question_set};
 use overstap_proto::sign::{Domain, decode_body};
 use serde::{Deserialize, Serialize};
@@ -130,6 +131,61 @@ impl NodeCore {
             }
             None => Ok(None),
         }
+    }
+
+    /// The next passport version made from a student's draft, unsigned: the sections with an
+    /// answer or a smiley, in the question set's order, each question as the student saw it.
+    pub async fn prepare_version(
+        &self,
+        pseudonym: &str,
+        draft: &Draft,
+    ) -> Result<PassportVersion, NodeError> {
+        let set =
+            question_set(&draft.question_set).map_err(|e| NodeError::Invalid(e.to_string()))?;
+        let mut sections = Vec::new();
+        for s in &set.sections {
+            let Some(given) = draft.answers.get(&s.id) else {
+                continue;
+            };
+            let answers: Vec<Answer> = s
+                .questions
+                .iter()
+                .filter_map(|q| {
+                    let a = given.get(&q.id)?;
+                    (!a.answer.trim().is_empty() || !a.smiley.is_empty()).then(|| Answer {
+                        question_id: q.id.clone(),
+                        question: q.text.clone(),
+                        answer: a.answer.trim().to_string(),
+                        smiley: a.smiley.clone(),
+                    })
+                })
+                .collect();
+            if !answers.is_empty() {
+                sections.push(Section {
+                    section_id: s.id.clone(),
+                    title: s.title.clone(),
+                    answers,
+                });
+            }
+        }
+        if sections.is_empty() {
+            return Err(NodeError::Precondition(
+                "nothing is filled in yet: there is nothing to sign".into(),
+            ));
+        }
+        let next = self
+            .store
+            .latest_version(pseudonym)
+            .await?
+            .map(|v| v.version + 1)
+            .unwrap_or(1);
+        Ok(build_version(
+            pseudonym,
+            next,
+            &set.id,
+            self.now(),
+            &sections,
+        )?)
     }
 
     /// Adds a staff account for the web app.

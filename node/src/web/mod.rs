@@ -43,6 +43,7 @@ pub struct Web {
     core: Arc<NodeCore>,
     attempts: staff::Attempts,
     challenges: student::Challenges,
+    pending: student::Pending,
     /// A hash checked when a user name does not exist, so sign-in takes the same time.
     dummy_hash: String,
 }
@@ -89,6 +90,7 @@ pub fn router(core: Arc<NodeCore>) -> Router {
         core,
         attempts: Default::default(),
         challenges: Default::default(),
+        pending: Default::default(),
         dummy_hash: crate::core::people::hash_password("a password nobody has").unwrap_or_default(),
     });
     Router::new()
@@ -113,6 +115,7 @@ pub fn router(core: Arc<NodeCore>) -> Router {
             "/student/passport",
             get(student::passport_page).post(student::save_passport),
         )
+        .route("/student/sign", get(student::sign_page).post(student::sign))
         .route("/assets/{name}", get(asset))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -19,7 +19,10 @@ use super::i18n::{Lang, t, tf, when};
 use super::page::{error, page, respond};
 use super::staff::{csrf_ok, session, start_session};
 use super::{Shared, random_token};
+use crate::core::NodeError;
 use crate::core::people::{Draft, DraftAnswer};
+use overstap_proto::pb::{Disclosure, Section, Sig, Signed};
+use prost::Message;
 
 /// How long a student's session lasts: an evening of filling in.
 pub const STUDENT_SESSION_SECS: i64 = 4 * 3600;
@@ -54,6 +57,35 @@ impl Challenges {
         map.remove(id)
             .filter(|(_, until)| *until > now)
             .map(|(c, _)| c)
+    }
+}
+
+/// Versions prepared for signing, one per student: the manifest's body and the disclosures,
+/// until a time. Signing takes exactly what was shown; a new preview replaces it.
+#[derive(Default)]
+pub struct Pending(std::sync::Mutex<HashMap<String, Prepared>>);
+
+/// A prepared version: the manifest's body, the disclosures, and until when it waits.
+type Prepared = (Vec<u8>, Vec<Disclosure>, i64);
+
+/// How long a prepared version waits for its signature.
+const PENDING_SECS: i64 = 1_800;
+
+impl Pending {
+    fn put(&self, pseudonym: &str, body: Vec<u8>, disclosures: Vec<Disclosure>, now: i64) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|_, (_, _, until)| *until > now);
+        map.insert(
+            pseudonym.to_string(),
+            (body, disclosures, now + PENDING_SECS),
+        );
+    }
+
+    fn take(&self, pseudonym: &str, now: i64) -> Option<(Vec<u8>, Vec<Disclosure>)> {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.remove(pseudonym)
+            .filter(|(_, _, until)| *until > now)
+            .map(|(b, d, _)| (b, d))
     }
 }
 
@@ -225,6 +257,9 @@ fn passport_form(lang: Lang, csrf: &str, draft: &Draft, problem: Option<String>)
                 }
                 button type="submit" { (t(lang, "save_button")) }
             }
+            @if draft.saved_at > 0 {
+                p { a.button.secondary href="/student/sign" { (t(lang, "to_sign")) } }
+            }
         }
         script src="/assets/student.js" defer {}
     }
@@ -325,5 +360,138 @@ pub async fn save_passport(
             )
         }
         Err(e) => web.server_error(lang, e),
+    }
+}
+
+pub async fn sign_page(State(web): State<Shared>, headers: HeaderMap) -> Response {
+    let lang = Lang::of(&headers);
+    let Some((pseudonym, _)) = student(&web, &headers).await else {
+        return Redirect::to("/student").into_response();
+    };
+    let draft = match web.core.draft(&pseudonym).await {
+        Ok(Some(d)) => d,
+        Ok(None) => Draft {
+            question_set: DEFAULT_SET.into(),
+            ..Default::default()
+        },
+        Err(e) => return web.server_error(lang, e),
+    };
+    let version = match web.core.prepare_version(&pseudonym, &draft).await {
+        Ok(v) => v,
+        Err(NodeError::Precondition(_)) => {
+            return error(
+                lang,
+                &web.school(),
+                StatusCode::CONFLICT,
+                &t(lang, "nothing_to_sign"),
+                Some(("/student/passport", &t(lang, "back_to_passport"))),
+            );
+        }
+        Err(e) => return web.server_error(lang, e),
+    };
+    let body = version.manifest.encode_to_vec();
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let number = version.manifest.version.to_string();
+    let sections: Vec<(Section, &Disclosure)> = version
+        .disclosures
+        .iter()
+        .filter_map(|d| Section::decode(d.section.as_slice()).ok().map(|s| (s, d)))
+        .collect();
+    let markup = html! {
+        p.lead { (tf(lang, "sign_intro", &[("version", &number)])) }
+        @for (section, d) in &sections {
+            section.preview aria-labelledby=(format!("p-{}", section.section_id))
+                data-salt=(b64.encode(&d.salt)) data-section=(b64.encode(&d.section)) {
+                h2 #(format!("p-{}", section.section_id)) { (section.title) }
+                @for a in &section.answers {
+                    div.answer data-smiley=(a.smiley) {
+                        p.q { (a.question) }
+                        p.a { (a.answer) }
+                        @if !a.smiley.is_empty() {
+                            p.smiley-shown { (smiley_label(lang, &a.smiley)) }
+                        }
+                    }
+                }
+            }
+        }
+        div #sign data-body=(b64.encode(&body)) {
+            p #checking aria-live="polite" { (t(lang, "sign_checking")) }
+            button #sign-with-key type="button" disabled { (t(lang, "sign_button")) }
+            p.error #check-failed role="alert" hidden { (t(lang, "sign_check_failed")) }
+            p.error #sign-failed role="alert" hidden { (t(lang, "sign_failed")) }
+            p.error #no-key role="alert" hidden { (t(lang, "student_no_key")) }
+        }
+        p { a.button.secondary href="/student/passport" { (t(lang, "back_to_passport")) } }
+        script src="/assets/student.js" defer {}
+    };
+    web.pending
+        .put(&pseudonym, body, version.disclosures, web.core.now());
+    respond(
+        StatusCode::OK,
+        page(lang, &web.school(), &t(lang, "sign_title"), markup),
+    )
+}
+
+#[derive(Deserialize)]
+pub struct Signature {
+    key: String,
+    signature: String,
+}
+
+/// Takes the student's signature over the version they were shown, and stores it as their next
+/// passport version; the node checks the signature against the student's card.
+pub async fn sign(
+    State(web): State<Shared>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let lang = Lang::of(&headers);
+    let Some((pseudonym, _)) = student(&web, &headers).await else {
+        return refusal(StatusCode::UNAUTHORIZED, &t(lang, "error_sign_in_first"));
+    };
+    let Ok(form) = serde_json::from_slice::<Signature>(&body) else {
+        return refusal(StatusCode::BAD_REQUEST, "expected {\"key\", \"signature\"}");
+    };
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let (Ok(key), Ok(signature)) = (b64.decode(&form.key), b64.decode(&form.signature)) else {
+        return refusal(
+            StatusCode::BAD_REQUEST,
+            "the key or the signature is not base64",
+        );
+    };
+    let Some((manifest_body, disclosures)) = web.pending.take(&pseudonym, web.core.now()) else {
+        return refusal(StatusCode::CONFLICT, &t(lang, "sign_failed"));
+    };
+    let signed = Signed {
+        body: manifest_body,
+        sigs: vec![Sig {
+            public_key: key,
+            signature,
+        }],
+    };
+    match web.core.store_passport(&signed, &disclosures).await {
+        Ok(version) => {
+            tracing::info!(
+                version,
+                "a student signed a passport version in the browser"
+            );
+            Json(serde_json::json!({
+                "version": version,
+                "message": tf(lang, "signed_done", &[("version", &version.to_string())]),
+            }))
+            .into_response()
+        }
+        Err(NodeError::Invalid(reason)) | Err(NodeError::Precondition(reason)) => {
+            tracing::info!(%reason, "a passport signature was refused");
+            refusal(StatusCode::UNPROCESSABLE_ENTITY, &t(lang, "sign_failed"))
+        }
+        Err(NodeError::Protocol(e)) => {
+            tracing::info!(reason = %e, "a passport signature was refused");
+            refusal(StatusCode::UNPROCESSABLE_ENTITY, &t(lang, "sign_failed"))
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "storing a signed passport failed");
+            refusal(StatusCode::INTERNAL_SERVER_ERROR, &t(lang, "error_server"))
+        }
     }
 }

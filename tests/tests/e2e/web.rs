@@ -93,8 +93,8 @@ async fn a_mentor_enrols_a_student_whose_key_never_leaves_the_browser() {
         .expect("the browser's signature verifies");
 
     // What the student's browser sent: the public key once (to enrol), then a sign-in (a
-    // challenge asked for, and the public key with a signature), then the answers. Nothing
-    // else, and no key material but the public key.
+    // challenge asked for, and the public key with a signature), the answers, and the passport
+    // signature. Nothing else, and no key material but the public key.
     let posts = seen["posts"].as_array().unwrap();
     let paths: Vec<String> = posts
         .iter()
@@ -103,7 +103,7 @@ async fn a_mentor_enrols_a_student_whose_key_never_leaves_the_browser() {
             url[url.find("/student").or_else(|| url.find("/i/")).unwrap()..].to_string()
         })
         .collect();
-    assert_eq!(paths.len(), 4, "{posts:?}");
+    assert_eq!(paths.len(), 5, "{posts:?}");
     assert!(
         paths[0].starts_with("/i/") && paths[0].ends_with("/key"),
         "{paths:?}"
@@ -113,9 +113,15 @@ async fn a_mentor_enrols_a_student_whose_key_never_leaves_the_browser() {
         [
             "/student/challenge",
             "/student/sign-in",
-            "/student/passport"
+            "/student/passport",
+            "/student/sign"
         ]
     );
+    let signing: serde_json::Value =
+        serde_json::from_str(posts[4]["body"].as_str().unwrap()).unwrap();
+    let fields: Vec<&String> = signing.as_object().unwrap().keys().collect();
+    assert_eq!(fields, ["key", "signature"]);
+    assert_eq!(signing["key"], key["public"]);
     let body: serde_json::Value = serde_json::from_str(posts[0]["body"].as_str().unwrap()).unwrap();
     assert_eq!(body, serde_json::json!({ "key": key["public"] }));
     let sign_in: serde_json::Value =
@@ -164,6 +170,9 @@ async fn a_mentor_enrols_a_student_whose_key_never_leaves_the_browser() {
             "student-sign-in",
             "passport",
             "passport-saved",
+            "sign-tampered",
+            "sign",
+            "signed",
             "student-no-key",
             "link-used"
         ]
@@ -205,6 +214,8 @@ async fn a_mentor_enrols_a_student_whose_key_never_leaves_the_browser() {
         "student-sign-in",
         "passport",
         "passport-saved",
+        "sign",
+        "signed",
         "student-no-key",
     ] {
         let t = text(name).to_lowercase();

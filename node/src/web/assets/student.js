@@ -1,6 +1,7 @@
 // The student's pages: signing in with the key this browser keeps (a challenge from the node,
-// signed under the sign-in domain tag, so the signature can never count for a document), and
-// reading questions and answers aloud with the browser's own speech (no outside service).
+// signed under the sign-in domain tag, so the signature can never count for a document),
+// signing a passport version after checking it is what the screen shows, and reading
+// questions and answers aloud with the browser's own speech (no outside service).
 // Every text is in the page; none is here.
 (() => {
   "use strict";
@@ -21,14 +22,8 @@
     });
   }
 
-  const start = $("sign-in-with-key");
-  if (!start) return;
-  const show = (id) => { $(id).hidden = false; };
-  if (!window.crypto || !crypto.subtle || !window.indexedDB) {
-    start.hidden = true;
-    show("no-webcrypto");
-    return;
-  }
+  const base64 = (bytes) => btoa(String.fromCharCode(...bytes));
+  const bytes = (b64) => Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
   const loadKey = () => new Promise((resolve, reject) => {
     const open = indexedDB.open("overstap", 1);
     open.onupgradeneeded = () => open.result.createObjectStore("keys");
@@ -39,9 +34,157 @@
       get.onerror = () => reject(get.error);
     };
   });
-  const base64 = (bytes) => btoa(String.fromCharCode(...bytes));
-  const bytes = (b64) => Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+  const concat = (...parts) => {
+    const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+    let at = 0;
+    for (const p of parts) { out.set(p, at); at += p.length; }
+    return out;
+  };
+  const utf8 = (s) => new TextEncoder().encode(s);
 
+  // Signing the passport. The page never signs bytes it has not decoded: it reads the protobuf
+  // manifest the node prepared, decodes every section from its exact bytes, checks that each
+  // section is what the screen shows, word for word, and that its salted digest is the one in
+  // the manifest; only then does the button work.
+  const signBox = $("sign");
+  if (signBox) {
+    const fields = (buf) => {
+      let i = 0;
+      const out = [];
+      const varint = () => {
+        let r = 0n, shift = 0n;
+        for (;;) {
+          if (i >= buf.length) throw new Error("truncated");
+          const b = buf[i++];
+          r |= BigInt(b & 0x7f) << shift;
+          if (!(b & 0x80)) return r;
+          shift += 7n;
+        }
+      };
+      while (i < buf.length) {
+        const key = Number(varint());
+        const field = key >> 3, wire = key & 7;
+        if (wire === 0) out.push([field, varint()]);
+        else if (wire === 2) {
+          const n = Number(varint());
+          if (i + n > buf.length) throw new Error("truncated");
+          out.push([field, buf.subarray(i, i + n)]);
+          i += n;
+        } else throw new Error("unexpected wire type");
+      }
+      return out;
+    };
+    const text = (b) => new TextDecoder("utf-8", { fatal: true }).decode(b);
+    const decodeManifest = (buf) => {
+      const m = { pseudonym: "", version: 0, set: "", digests: [] };
+      for (const [f, v] of fields(buf)) {
+        if (f === 1) m.pseudonym = text(v);
+        else if (f === 2) m.version = Number(v);
+        else if (f === 3) m.set = text(v);
+        else if (f === 5) {
+          const d = { id: "", digest: new Uint8Array() };
+          for (const [g, w] of fields(v)) {
+            if (g === 1) d.id = text(w);
+            else if (g === 2) d.digest = w;
+          }
+          m.digests.push(d);
+        }
+      }
+      return m;
+    };
+    const decodeSection = (buf) => {
+      const s = { id: "", title: "", answers: [] };
+      for (const [f, v] of fields(buf)) {
+        if (f === 1) s.id = text(v);
+        else if (f === 2) s.title = text(v);
+        else if (f === 3) {
+          const a = { question: "", answer: "", smiley: "" };
+          for (const [g, w] of fields(v)) {
+            if (g === 2) a.question = text(w);
+            else if (g === 3) a.answer = text(w);
+            else if (g === 4) a.smiley = text(w);
+          }
+          s.answers.push(a);
+        }
+      }
+      return s;
+    };
+    const same = (a, b) => a.length === b.length && a.every((x, i) => x === b[i]);
+    const body = bytes(signBox.dataset.body);
+    const button = $("sign-with-key");
+    const check = async () => {
+      const manifest = decodeManifest(body);
+      const shown = [...document.querySelectorAll("section.preview")];
+      if (shown.length !== manifest.digests.length) return false;
+      for (const el of shown) {
+        const salt = bytes(el.dataset.salt);
+        const raw = bytes(el.dataset.section);
+        const section = decodeSection(raw);
+        if (el.querySelector("h2").textContent !== section.title) return false;
+        const answers = [...el.querySelectorAll("div.answer")];
+        if (answers.length !== section.answers.length) return false;
+        for (const [i, a] of section.answers.entries()) {
+          const div = answers[i];
+          if (div.querySelector(".q").textContent !== a.question) return false;
+          if (div.querySelector(".a").textContent !== a.answer) return false;
+          if (div.dataset.smiley !== a.smiley) return false;
+        }
+        const length = new Uint8Array(4);
+        new DataView(length.buffer).setUint32(0, salt.length);
+        const digest = new Uint8Array(await crypto.subtle.digest("SHA-256",
+          concat(utf8("overstap.v1/section"), new Uint8Array([0]), length, salt, raw)));
+        const listed = manifest.digests.find((d) => d.id === section.id);
+        if (!listed || !same(listed.digest, digest)) return false;
+      }
+      return true;
+    };
+    check().then((ok) => {
+      $("checking").hidden = true;
+      if (ok) button.disabled = false;
+      else $("check-failed").hidden = false;
+    }).catch(() => {
+      $("checking").hidden = true;
+      $("check-failed").hidden = false;
+    });
+    button.addEventListener("click", async () => {
+      $("sign-failed").hidden = true;
+      button.disabled = true;
+      try {
+        const key = await loadKey();
+        if (!key) {
+          $("no-key").hidden = false;
+          return;
+        }
+        const message = concat(utf8("overstap.v1/manifest"), new Uint8Array([0]), body);
+        const signature = new Uint8Array(await crypto.subtle.sign("Ed25519", key.privateKey, message));
+        const raw = new Uint8Array(await crypto.subtle.exportKey("raw", key.publicKey));
+        const r = await fetch("/student/sign", {
+          method: "POST",
+          headers: { "Content-Type": "application/json" },
+          body: JSON.stringify({ key: base64(raw), signature: base64(signature) }),
+        });
+        const answer = await r.json();
+        if (!r.ok) throw new Error(answer.error);
+        $("checking").textContent = answer.message;
+        $("checking").hidden = false;
+        $("checking").className = "done";
+        button.hidden = true;
+      } catch (_) {
+        $("sign-failed").hidden = false;
+        button.disabled = false;
+      }
+    });
+    return;
+  }
+
+  const start = $("sign-in-with-key");
+  if (!start) return;
+  const show = (id) => { $(id).hidden = false; };
+  if (!window.crypto || !crypto.subtle || !window.indexedDB) {
+    start.hidden = true;
+    show("no-webcrypto");
+    return;
+  }
   start.addEventListener("click", async () => {
     $("no-key").hidden = true;
     $("sign-in-failed").hidden = true;
