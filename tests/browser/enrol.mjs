@@ -179,6 +179,28 @@ await student.waitForFunction(() => document.querySelector("#checking").textCont
 const signedMessage = (await student.textContent("#checking")).trim();
 await look(student, "signed");
 
+// Consent: the mbo college may read one part for the intake, until a date; checked and signed.
+await student.getByRole("link", { name: "Toestemming geven" }).focus();
+await student.keyboard.press("Enter");
+await student.waitForURL("**/student/consent");
+await look(student, "consent");
+await student.focus("#to-30RT");
+await student.keyboard.press("Space");
+await student.focus("#part-wie-ben-ik");
+await student.keyboard.press("Space");
+await student.focus("#for-intake");
+await student.keyboard.press("Space");
+await student.fill("#until", process.env.UNTIL || "2027-08-01");
+await student.getByRole("button", { name: "Verder" }).focus();
+await student.keyboard.press("Enter");
+await student.waitForSelector("#sign-with-key:not([disabled])", { timeout: 20000 });
+await look(student, "consent-review");
+await student.focus("#sign-with-key");
+await student.keyboard.press("Enter");
+await student.waitForFunction(() => document.querySelector("#checking").textContent.includes("toestemming gegeven"), null, { timeout: 20000 });
+const consentMessage = (await student.textContent("#checking")).trim();
+await look(student, "consent-given");
+
 // Another device, without the key: signing in says kindly what happened.
 const strangerCtx = await context("nl-NL");
 const stranger = await strangerCtx.newPage();
@@ -201,6 +223,7 @@ console.log(JSON.stringify({
   smiley,
   tamperedDisabled,
   signedMessage,
+  consentMessage,
   key,
   reusedStatus: reused.status(),
 }));

@@ -99,12 +99,11 @@ pub fn tf(lang: Lang, key: &str, values: &[(&str, &str)]) -> String {
     text
 }
 
-/// `at` (Unix seconds) as people in the Netherlands read it, in their own time: CET, or CEST
-/// from the last Sunday of March to the last Sunday of October (01:00 UTC both), e.g.
-/// "9 december 2026 om 14:49".
-pub fn when(lang: Lang, at: i64) -> String {
+/// The Netherlands' offset from UTC at `at`, in hours: CET (1), or CEST (2) from the last
+/// Sunday of March to the last Sunday of October, 01:00 UTC both.
+fn dutch_offset_hours(at: i64) -> i64 {
     let Ok(utc) = time::OffsetDateTime::from_unix_timestamp(at) else {
-        return at.to_string();
+        return 1;
     };
     let last_sunday = |month: time::Month| {
         let last = time::Date::from_calendar_date(utc.year(), month, 31).ok()?;
@@ -116,25 +115,41 @@ pub fn when(lang: Lang, at: i64) -> String {
                 .assume_utc(),
         )
     };
-    let summer = match (
+    match (
         last_sunday(time::Month::March),
         last_sunday(time::Month::October),
     ) {
-        (Some(start), Some(end)) => utc >= start && utc < end,
-        _ => false,
-    };
-    let local = utc + time::Duration::hours(if summer { 2 } else { 1 });
-    let months = t(lang, "months");
-    let month = months
+        (Some(start), Some(end)) if utc >= start && utc < end => 2,
+        _ => 1,
+    }
+}
+
+/// `at` in Dutch local time.
+fn local(at: i64) -> Option<time::OffsetDateTime> {
+    let utc = time::OffsetDateTime::from_unix_timestamp(at).ok()?;
+    Some(utc + time::Duration::hours(dutch_offset_hours(at)))
+}
+
+fn month_name(lang: Lang, month: time::Month) -> String {
+    t(lang, "months")
         .split(',')
-        .nth(u8::from(local.month()) as usize - 1)
-        .unwrap_or_default();
+        .nth(u8::from(month) as usize - 1)
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// `at` (Unix seconds) as people in the Netherlands read it, in their own time, e.g.
+/// "9 december 2026 om 14:49".
+pub fn when(lang: Lang, at: i64) -> String {
+    let Some(local) = local(at) else {
+        return at.to_string();
+    };
     tf(
         lang,
         "date_time",
         &[
             ("day", &local.day().to_string()),
-            ("month", month),
+            ("month", &month_name(lang, local.month())),
             ("year", &local.year().to_string()),
             (
                 "time",
@@ -142,6 +157,21 @@ pub fn when(lang: Lang, at: i64) -> String {
             ),
         ],
     )
+}
+
+/// The day `at` falls on in the Netherlands, e.g. "1 augustus 2027".
+pub fn day(lang: Lang, at: i64) -> String {
+    match local(at) {
+        Some(l) => format!("{} {} {}", l.day(), month_name(lang, l.month()), l.year()),
+        None => at.to_string(),
+    }
+}
+
+/// The moment `date` begins in the Netherlands (its midnight, Dutch time), in Unix seconds.
+pub fn dutch_midnight(date: time::Date) -> i64 {
+    let utc = date.midnight().assume_utc().unix_timestamp();
+    // The offset at that moment; around a change the hour before tells the same.
+    utc - 3600 * dutch_offset_hours(utc - 3600 * 2)
 }
 
 #[cfg(test)]
@@ -176,6 +206,7 @@ mod tests {
             include_str!("staff.rs"),
             include_str!("enrol.rs"),
             include_str!("student.rs"),
+            include_str!("consent.rs"),
         ];
         for source in sources {
             for part in source
@@ -197,6 +228,19 @@ mod tests {
         // Summer time starts at 01:00 UTC on the last Sunday of March (2026-03-29).
         assert_eq!(when(Lang::Nl, 1_774_745_940), "29 maart 2026 om 01:59");
         assert_eq!(when(Lang::Nl, 1_774_746_000), "29 maart 2026 om 03:00");
+    }
+
+    #[test]
+    fn a_day_begins_at_dutch_midnight() {
+        let d = time::Date::from_calendar_date(2027, time::Month::August, 1).unwrap();
+        // 2027-07-31 22:00 UTC is midnight in Amsterdam in summer.
+        assert_eq!(dutch_midnight(d), 1_817_071_200);
+        assert_eq!(day(Lang::Nl, dutch_midnight(d)), "1 augustus 2027");
+        let w = time::Date::from_calendar_date(2027, time::Month::January, 15).unwrap();
+        assert_eq!(
+            when(Lang::Nl, dutch_midnight(w)),
+            "15 januari 2027 om 00:00"
+        );
     }
 
     #[test]

@@ -7,8 +7,10 @@
 //! Rooms: [`i18n`] (the words, Dutch and English), [`page`] (the frame and the kind error
 //! page), [`staff`] (staff sign-in, sessions, CSRF), [`enrol`] (a mentor invites a student, the
 //! student's browser makes the key, the mentor compares the short code, the card is issued),
-//! [`student`] (the student signs in with that key and fills in the passport).
+//! [`student`] (the student signs in with that key, fills in and signs the passport),
+//! [`consent`] (the student chooses who may read what, for what, until when, and signs it).
 
+mod consent;
 mod enrol;
 mod i18n;
 mod page;
@@ -116,6 +118,11 @@ pub fn router(core: Arc<NodeCore>) -> Router {
             get(student::passport_page).post(student::save_passport),
         )
         .route("/student/sign", get(student::sign_page).post(student::sign))
+        .route(
+            "/student/consent",
+            get(consent::consent_page).post(consent::prepare),
+        )
+        .route("/student/consent/sign", post(consent::sign))
         .route("/assets/{name}", get(asset))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

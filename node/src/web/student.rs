@@ -72,7 +72,13 @@ type Prepared = (Vec<u8>, Vec<Disclosure>, i64);
 const PENDING_SECS: i64 = 1_800;
 
 impl Pending {
-    fn put(&self, pseudonym: &str, body: Vec<u8>, disclosures: Vec<Disclosure>, now: i64) {
+    pub(super) fn put(
+        &self,
+        pseudonym: &str,
+        body: Vec<u8>,
+        disclosures: Vec<Disclosure>,
+        now: i64,
+    ) {
         let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
         map.retain(|_, (_, _, until)| *until > now);
         map.insert(
@@ -81,7 +87,7 @@ impl Pending {
         );
     }
 
-    fn take(&self, pseudonym: &str, now: i64) -> Option<(Vec<u8>, Vec<Disclosure>)> {
+    pub(super) fn take(&self, pseudonym: &str, now: i64) -> Option<(Vec<u8>, Vec<Disclosure>)> {
         let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
         map.remove(pseudonym)
             .filter(|(_, _, until)| *until > now)
@@ -90,7 +96,7 @@ impl Pending {
 }
 
 /// The student this request's session belongs to: their pseudonym and the session's CSRF token.
-async fn student(web: &Shared, headers: &HeaderMap) -> Option<(String, String)> {
+pub(super) async fn student(web: &Shared, headers: &HeaderMap) -> Option<(String, String)> {
     let row = session(web, headers).await?;
     (row.role == "student").then_some((row.who, row.csrf))
 }
@@ -140,7 +146,7 @@ pub struct SignIn {
     signature: String,
 }
 
-fn refusal(status: StatusCode, reason: &str) -> Response {
+pub(super) fn refusal(status: StatusCode, reason: &str) -> Response {
     (status, Json(serde_json::json!({ "error": reason }))).into_response()
 }
 
@@ -422,6 +428,7 @@ pub async fn sign_page(State(web): State<Shared>, headers: HeaderMap) -> Respons
             p.error #no-key role="alert" hidden { (t(lang, "student_no_key")) }
         }
         p { a.button.secondary href="/student/passport" { (t(lang, "back_to_passport")) } }
+        p { a.button.secondary href="/student/consent" { (t(lang, "to_consent")) } }
         script src="/assets/student.js" defer {}
     };
     web.pending
@@ -434,8 +441,8 @@ pub async fn sign_page(State(web): State<Shared>, headers: HeaderMap) -> Respons
 
 #[derive(Deserialize)]
 pub struct Signature {
-    key: String,
-    signature: String,
+    pub(super) key: String,
+    pub(super) signature: String,
 }
 
 /// Takes the student's signature over the version they were shown, and stores it as their next

@@ -103,7 +103,7 @@ async fn a_mentor_enrols_a_student_whose_key_never_leaves_the_browser() {
             url[url.find("/student").or_else(|| url.find("/i/")).unwrap()..].to_string()
         })
         .collect();
-    assert_eq!(paths.len(), 5, "{posts:?}");
+    assert_eq!(paths.len(), 7, "{posts:?}");
     assert!(
         paths[0].starts_with("/i/") && paths[0].ends_with("/key"),
         "{paths:?}"
@@ -114,9 +114,14 @@ async fn a_mentor_enrols_a_student_whose_key_never_leaves_the_browser() {
             "/student/challenge",
             "/student/sign-in",
             "/student/passport",
-            "/student/sign"
+            "/student/sign",
+            "/student/consent",
+            "/student/consent/sign"
         ]
     );
+    let consenting: serde_json::Value =
+        serde_json::from_str(posts[6]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(consenting["key"], key["public"]);
     let signing: serde_json::Value =
         serde_json::from_str(posts[4]["body"].as_str().unwrap()).unwrap();
     let fields: Vec<&String> = signing.as_object().unwrap().keys().collect();
@@ -173,6 +178,9 @@ async fn a_mentor_enrols_a_student_whose_key_never_leaves_the_browser() {
             "sign-tampered",
             "sign",
             "signed",
+            "consent",
+            "consent-review",
+            "consent-given",
             "student-no-key",
             "link-used"
         ]
@@ -216,6 +224,9 @@ async fn a_mentor_enrols_a_student_whose_key_never_leaves_the_browser() {
         "passport-saved",
         "sign",
         "signed",
+        "consent",
+        "consent-review",
+        "consent-given",
         "student-no-key",
     ] {
         let t = text(name).to_lowercase();

@@ -42,39 +42,109 @@
   };
   const utf8 = (s) => new TextEncoder().encode(s);
 
+  const fields = (buf) => {
+    let i = 0;
+    const out = [];
+    const varint = () => {
+      let r = 0n, shift = 0n;
+      for (;;) {
+        if (i >= buf.length) throw new Error("truncated");
+        const b = buf[i++];
+        r |= BigInt(b & 0x7f) << shift;
+        if (!(b & 0x80)) return r;
+        shift += 7n;
+      }
+    };
+    while (i < buf.length) {
+      const key = Number(varint());
+      const field = key >> 3, wire = key & 7;
+      if (wire === 0) out.push([field, varint()]);
+      else if (wire === 2) {
+        const n = Number(varint());
+        if (i + n > buf.length) throw new Error("truncated");
+        out.push([field, buf.subarray(i, i + n)]);
+        i += n;
+      } else throw new Error("unexpected wire type");
+    }
+    return out;
+  };
+  const text = (b) => new TextDecoder("utf-8", { fatal: true }).decode(b);
+
+  // Signs `body` under `tag` with this device's key and posts the key and signature to `url`;
+  // shows the node's answer in #checking, or why it did not work.
+  const signAndPost = async (tag, body, url, button) => {
+    $("sign-failed").hidden = true;
+    button.disabled = true;
+    try {
+      const key = await loadKey();
+      if (!key) {
+        $("no-key").hidden = false;
+        return;
+      }
+      const message = concat(utf8(tag), new Uint8Array([0]), body);
+      const signature = new Uint8Array(await crypto.subtle.sign("Ed25519", key.privateKey, message));
+      const raw = new Uint8Array(await crypto.subtle.exportKey("raw", key.publicKey));
+      const r = await fetch(url, {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ key: base64(raw), signature: base64(signature) }),
+      });
+      const answer = await r.json();
+      if (!r.ok) throw new Error(answer.error);
+      $("checking").textContent = answer.message;
+      $("checking").hidden = false;
+      $("checking").className = "done";
+      button.hidden = true;
+    } catch (_) {
+      $("sign-failed").hidden = false;
+      button.disabled = false;
+    }
+  };
+  // Runs `check`; the button works only when it says yes.
+  const guard = (check, button) => check().then((ok) => {
+    $("checking").hidden = true;
+    if (ok) button.disabled = false;
+    else $("check-failed").hidden = false;
+  }).catch(() => {
+    $("checking").hidden = true;
+    $("check-failed").hidden = false;
+  });
+
+  // Consent. The page decodes the grant the node prepared and checks that it names exactly the
+  // organisation, the parts, the purpose and the end date this page shows, before it signs.
+  const consentBox = $("consent-sign");
+  if (consentBox) {
+    const body = bytes(consentBox.dataset.body);
+    const button = $("sign-with-key");
+    const check = async () => {
+      const g = { org: "", sections: [], purpose: "", until: 0n, live: false };
+      for (const [f, v] of fields(body)) {
+        if (f === 4) g.org = text(v);
+        else if (f === 5) g.sections.push(text(v));
+        else if (f === 6) g.purpose = text(v);
+        else if (f === 8) g.until = v;
+        else if (f === 9) g.live = v === 1n;
+      }
+      const shown = [...document.querySelectorAll("ul.parts li")].map((li) => li.dataset.section);
+      return g.org === consentBox.dataset.org
+        && g.purpose === consentBox.dataset.purpose
+        && g.until === BigInt(consentBox.dataset.until)
+        && g.live === (consentBox.dataset.live === "true")
+        && g.sections.length === shown.length
+        && g.sections.every((s, i) => s === shown[i]);
+    };
+    guard(check, button);
+    button.addEventListener("click", () =>
+      signAndPost("overstap.v1/consent-grant", body, "/student/consent/sign", button));
+    return;
+  }
+
   // Signing the passport. The page never signs bytes it has not decoded: it reads the protobuf
   // manifest the node prepared, decodes every section from its exact bytes, checks that each
   // section is what the screen shows, word for word, and that its salted digest is the one in
   // the manifest; only then does the button work.
   const signBox = $("sign");
   if (signBox) {
-    const fields = (buf) => {
-      let i = 0;
-      const out = [];
-      const varint = () => {
-        let r = 0n, shift = 0n;
-        for (;;) {
-          if (i >= buf.length) throw new Error("truncated");
-          const b = buf[i++];
-          r |= BigInt(b & 0x7f) << shift;
-          if (!(b & 0x80)) return r;
-          shift += 7n;
-        }
-      };
-      while (i < buf.length) {
-        const key = Number(varint());
-        const field = key >> 3, wire = key & 7;
-        if (wire === 0) out.push([field, varint()]);
-        else if (wire === 2) {
-          const n = Number(varint());
-          if (i + n > buf.length) throw new Error("truncated");
-          out.push([field, buf.subarray(i, i + n)]);
-          i += n;
-        } else throw new Error("unexpected wire type");
-      }
-      return out;
-    };
-    const text = (b) => new TextDecoder("utf-8", { fatal: true }).decode(b);
     const decodeManifest = (buf) => {
       const m = { pseudonym: "", version: 0, set: "", digests: [] };
       for (const [f, v] of fields(buf)) {
@@ -138,42 +208,9 @@
       }
       return true;
     };
-    check().then((ok) => {
-      $("checking").hidden = true;
-      if (ok) button.disabled = false;
-      else $("check-failed").hidden = false;
-    }).catch(() => {
-      $("checking").hidden = true;
-      $("check-failed").hidden = false;
-    });
-    button.addEventListener("click", async () => {
-      $("sign-failed").hidden = true;
-      button.disabled = true;
-      try {
-        const key = await loadKey();
-        if (!key) {
-          $("no-key").hidden = false;
-          return;
-        }
-        const message = concat(utf8("overstap.v1/manifest"), new Uint8Array([0]), body);
-        const signature = new Uint8Array(await crypto.subtle.sign("Ed25519", key.privateKey, message));
-        const raw = new Uint8Array(await crypto.subtle.exportKey("raw", key.publicKey));
-        const r = await fetch("/student/sign", {
-          method: "POST",
-          headers: { "Content-Type": "application/json" },
-          body: JSON.stringify({ key: base64(raw), signature: base64(signature) }),
-        });
-        const answer = await r.json();
-        if (!r.ok) throw new Error(answer.error);
-        $("checking").textContent = answer.message;
-        $("checking").hidden = false;
-        $("checking").className = "done";
-        button.hidden = true;
-      } catch (_) {
-        $("sign-failed").hidden = false;
-        button.disabled = false;
-      }
-    });
+    guard(check, button);
+    button.addEventListener("click", () =>
+      signAndPost("overstap.v1/manifest", body, "/student/sign", button));
     return;
   }
 

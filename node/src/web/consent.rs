@@ -1,0 +1,316 @@
+//! Consent in the browser: the student chooses who may read (from the signed directory), which
+//! parts of their signed passport, what for and until when; the node prepares the exact grant;
+//! the page decodes it, checks it against what the screen says, and the student signs it with
+//! the key on their device.
+
+use axum::Json;
+use axum::extract::{Form, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use base64::Engine;
+use maud::{Markup, html};
+use overstap_proto::consent::PURPOSES;
+use overstap_proto::pb::{ConsentGrant, Manifest, MemberKind, Sig, Signed};
+use overstap_proto::questions::question_set;
+use overstap_proto::sign::{Domain, decode_body};
+use prost::Message;
+use rand_core::RngCore;
+
+use super::Shared;
+use super::i18n::{Lang, day, dutch_midnight, t, tf};
+use super::page::{error, page, respond};
+use super::staff::csrf_ok;
+use super::student::{Signature, refusal, student};
+use crate::core::NodeError;
+
+/// The organisations a student can give consent to, by org id and name: mbo colleges,
+/// municipalities and other schools in the signed directory.
+fn recipients(web: &Shared) -> Vec<(String, String)> {
+    let Ok(dir) = web.core.directory() else {
+        return Vec::new();
+    };
+    let mut list: Vec<(String, String)> = dir
+        .directory
+        .members
+        .iter()
+        .filter(|m| {
+            m.org_id != web.core.org_id
+                && matches!(
+                    m.kind(),
+                    MemberKind::Mbo | MemberKind::Municipality | MemberKind::School
+                )
+        })
+        .map(|m| (m.org_id.clone(), m.display_name.clone()))
+        .collect();
+    list.sort_by(|a, b| a.1.cmp(&b.1));
+    list
+}
+
+/// The sections of the student's newest signed passport, by id and title.
+async fn signed_sections(
+    web: &Shared,
+    pseudonym: &str,
+) -> Result<Vec<(String, String)>, NodeError> {
+    let Some(v) = web.core.store.latest_version(pseudonym).await? else {
+        return Ok(Vec::new());
+    };
+    let signed: Signed = crate::core::stored(&v.manifest, "manifest")?;
+    let manifest: Manifest = decode_body(Domain::Manifest, &signed)?;
+    let set = question_set(&v.question_set).ok();
+    Ok(manifest
+        .digests
+        .iter()
+        .map(|d| {
+            let title = set
+                .as_ref()
+                .and_then(|s| s.sections.iter().find(|x| x.id == d.section_id))
+                .map(|x| x.title.clone())
+                .unwrap_or_else(|| d.section_id.clone());
+            (d.section_id.clone(), title)
+        })
+        .collect())
+}
+
+fn purpose_label(lang: Lang, purpose: &str) -> String {
+    t(lang, &format!("purpose_{purpose}"))
+}
+
+fn form(
+    lang: Lang,
+    csrf: &str,
+    recipients: &[(String, String)],
+    sections: &[(String, String)],
+    problem: Option<String>,
+) -> Markup {
+    html! {
+        p.lead { (t(lang, "consent_intro")) }
+        @if let Some(p) = &problem { p.error role="alert" { (p) } }
+        form method="post" action="/student/consent" {
+            input type="hidden" name="csrf" value=(csrf);
+            fieldset.choices {
+                legend { (t(lang, "consent_to_whom")) }
+                @for (id, name) in recipients {
+                    label.choice for=(format!("to-{id}")) {
+                        input type="radio" id=(format!("to-{id}")) name="to" value=(id);
+                        " " (name)
+                    }
+                }
+            }
+            fieldset.choices {
+                legend { (t(lang, "consent_which_parts")) }
+                @for (id, title) in sections {
+                    label.choice for=(format!("part-{id}")) {
+                        input type="checkbox" id=(format!("part-{id}")) name="section" value=(id);
+                        " " (title)
+                    }
+                }
+            }
+            fieldset.choices {
+                legend { (t(lang, "consent_what_for")) }
+                @for purpose in PURPOSES {
+                    label.choice for=(format!("for-{purpose}")) {
+                        input type="radio" id=(format!("for-{purpose}")) name="purpose" value=(purpose);
+                        " " (purpose_label(lang, purpose))
+                    }
+                }
+            }
+            label for="until" { (t(lang, "consent_until")) }
+            input #until type="date" name="until" required;
+            button type="submit" { (t(lang, "consent_next")) }
+        }
+    }
+}
+
+pub async fn consent_page(State(web): State<Shared>, headers: HeaderMap) -> Response {
+    let lang = Lang::of(&headers);
+    let Some((pseudonym, csrf)) = student(&web, &headers).await else {
+        return Redirect::to("/student").into_response();
+    };
+    let sections = match signed_sections(&web, &pseudonym).await {
+        Ok(s) => s,
+        Err(e) => return web.server_error(lang, e),
+    };
+    if sections.is_empty() {
+        return error(
+            lang,
+            &web.school(),
+            StatusCode::CONFLICT,
+            &t(lang, "consent_sign_first"),
+            Some(("/student/passport", &t(lang, "back_to_passport"))),
+        );
+    }
+    let body = form(lang, &csrf, &recipients(&web), &sections, None);
+    respond(
+        StatusCode::OK,
+        page(lang, &web.school(), &t(lang, "consent_title"), body),
+    )
+}
+
+/// The start of `date` (YYYY-MM-DD) in the Netherlands, as the grant's end: it ends when that
+/// day begins, as the page says ("tot 1 augustus 2027").
+fn day_start(date: &str) -> Option<i64> {
+    let format = time::macros::format_description!("[year]-[month]-[day]");
+    let d = time::Date::parse(date.trim(), &format).ok()?;
+    Some(dutch_midnight(d))
+}
+
+pub async fn prepare(
+    State(web): State<Shared>,
+    headers: HeaderMap,
+    Form(fields): Form<Vec<(String, String)>>,
+) -> Response {
+    let lang = Lang::of(&headers);
+    let Some((pseudonym, csrf)) = student(&web, &headers).await else {
+        return Redirect::to("/student").into_response();
+    };
+    let one = |name: &str| {
+        fields
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    };
+    if !csrf_ok(&csrf, one("csrf").unwrap_or_default()) {
+        return error(
+            lang,
+            &web.school(),
+            StatusCode::FORBIDDEN,
+            &t(lang, "error_form_expired"),
+            None,
+        );
+    }
+    let now = web.core.now();
+    let sections_known = match signed_sections(&web, &pseudonym).await {
+        Ok(s) => s,
+        Err(e) => return web.server_error(lang, e),
+    };
+    let recipients = recipients(&web);
+    let chosen: Vec<String> = fields
+        .iter()
+        .filter(|(n, _)| n == "section")
+        .map(|(_, v)| v.clone())
+        .collect();
+    let to = one("to")
+        .and_then(|id| recipients.iter().find(|(o, _)| o == id))
+        .cloned();
+    let purpose = one("purpose")
+        .filter(|p| PURPOSES.contains(p))
+        .map(str::to_string);
+    let until = one("until").and_then(day_start).filter(|u| *u > now);
+    let all_known = !chosen.is_empty()
+        && chosen
+            .iter()
+            .all(|c| sections_known.iter().any(|(id, _)| id == c));
+    let (Some((org, name)), Some(purpose), Some(until), true) = (to, purpose, until, all_known)
+    else {
+        let body = form(
+            lang,
+            &csrf,
+            &recipients,
+            &sections_known,
+            Some(t(lang, "consent_missing")),
+        );
+        return respond(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            page(lang, &web.school(), &t(lang, "consent_title"), body),
+        );
+    };
+    let mut id = [0u8; 8];
+    rand_core::OsRng.fill_bytes(&mut id);
+    let grant = ConsentGrant {
+        grant_id: format!("g-{}", hex::encode(id)),
+        pseudonym: pseudonym.clone(),
+        home_org: web.core.org_id.clone(),
+        recipient_org: org.clone(),
+        sections: chosen.clone(),
+        purpose: purpose.clone(),
+        not_before: now - 60,
+        not_after: until,
+        live: true,
+        issued_at: now,
+    };
+    let bytes = grant.encode_to_vec();
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let review = html! {
+        p.lead {
+            (tf(lang, "consent_review", &[
+                ("org", &name),
+                ("purpose", &purpose_label(lang, &purpose)),
+                ("until", &day(lang, until)),
+            ]))
+        }
+        ul.parts {
+            @for c in &chosen {
+                li data-section=(c) {
+                    (sections_known.iter().find(|(id, _)| id == c).map(|(_, t)| t.as_str()).unwrap_or(c))
+                }
+            }
+        }
+        p { (t(lang, "consent_live")) }
+        div #consent-sign data-body=(b64.encode(&bytes)) data-org=(org) data-purpose=(purpose)
+            data-until=(until) data-live="true" {
+            p #checking aria-live="polite" { (t(lang, "sign_checking")) }
+            button #sign-with-key type="button" disabled { (t(lang, "consent_sign_button")) }
+            p.error #check-failed role="alert" hidden { (t(lang, "sign_check_failed")) }
+            p.error #sign-failed role="alert" hidden { (t(lang, "sign_failed")) }
+            p.error #no-key role="alert" hidden { (t(lang, "student_no_key")) }
+        }
+        p { a.button.secondary href="/student/passport" { (t(lang, "back_to_passport")) } }
+        script src="/assets/student.js" defer {}
+    };
+    web.pending
+        .put(&format!("grant:{pseudonym}"), bytes, Vec::new(), now);
+    respond(
+        StatusCode::OK,
+        page(lang, &web.school(), &t(lang, "consent_title"), review),
+    )
+}
+
+/// Takes the student's signature over the grant they were shown and keeps the grant; the node
+/// checks it against the student's card and the directory.
+pub async fn sign(
+    State(web): State<Shared>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let lang = Lang::of(&headers);
+    let Some((pseudonym, _)) = student(&web, &headers).await else {
+        return refusal(StatusCode::UNAUTHORIZED, &t(lang, "error_sign_in_first"));
+    };
+    let Ok(form) = serde_json::from_slice::<Signature>(&body) else {
+        return refusal(StatusCode::BAD_REQUEST, "expected {\"key\", \"signature\"}");
+    };
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let (Ok(key), Ok(signature)) = (b64.decode(&form.key), b64.decode(&form.signature)) else {
+        return refusal(
+            StatusCode::BAD_REQUEST,
+            "the key or the signature is not base64",
+        );
+    };
+    let Some((grant, _)) = web
+        .pending
+        .take(&format!("grant:{pseudonym}"), web.core.now())
+    else {
+        return refusal(StatusCode::CONFLICT, &t(lang, "sign_failed"));
+    };
+    let signed = Signed {
+        body: grant,
+        sigs: vec![Sig {
+            public_key: key,
+            signature,
+        }],
+    };
+    match web.core.add_grant(&signed).await {
+        Ok(grant_id) => {
+            tracing::info!(grant = %grant_id, "a student gave consent in the browser");
+            Json(serde_json::json!({ "message": t(lang, "consent_given") })).into_response()
+        }
+        Err(NodeError::Store(e)) => {
+            tracing::error!(error = %e, "keeping a grant failed");
+            refusal(StatusCode::INTERNAL_SERVER_ERROR, &t(lang, "error_server"))
+        }
+        Err(e) => {
+            tracing::info!(reason = %e, "a grant was refused");
+            refusal(StatusCode::UNPROCESSABLE_ENTITY, &t(lang, "sign_failed"))
+        }
+    }
+}
