@@ -6,7 +6,7 @@
 // the keyboard alone. Prints what it saw as JSON; the Rust test decides what is right.
 //
 //   node enrol.mjs BASE_URL USER PASSWORD OUT_DIR
-import { readFileSync, mkdirSync } from "node:fs";
+import { readFileSync, mkdirSync, existsSync } from "node:fs";
 import { createRequire } from "node:module";
 import { chromium } from "playwright-core";
 
@@ -201,6 +201,35 @@ await student.waitForFunction(() => document.querySelector("#checking").textCont
 const consentMessage = (await student.textContent("#checking")).trim();
 await look(student, "consent-given");
 
+// The school sends (the Rust test does, once the consent is there). The student follows it in
+// the trail, and once the test has checked what the mbo college holds, withdraws the consent;
+// the college erases and its signed receipt comes back.
+const until = async (page, url, words, what) => {
+  for (let i = 0; i < 120; i++) {
+    await page.goto(url);
+    if ((await page.innerText("main")).includes(words)) return;
+    await page.waitForTimeout(500);
+  }
+  throw new Error(`never saw ${what}`);
+};
+await until(student, base + "/student/trail", "heeft je paspoort ontvangen", "the delivery in the trail");
+await look(student, "trail");
+for (let i = 0; i < 240 && !existsSync(`${outDir}/checked`); i++) await student.waitForTimeout(250);
+await student.goto(base + "/student/consents");
+await student.getByRole("link", { name: "Intrekken" }).focus();
+await student.keyboard.press("Enter");
+await student.waitForSelector("#sign-with-key:not([disabled])", { timeout: 20000 });
+await look(student, "withdraw");
+await student.focus("#sign-with-key");
+await student.keyboard.press("Enter");
+await student.waitForFunction(() => document.querySelector("#checking").textContent.includes("ingetrokken"), null, { timeout: 20000 });
+await look(student, "withdrawn");
+await until(student, base + "/student/consents", "Gewist, met bewijs", "the deletion receipt");
+await look(student, "consents-erased");
+await student.goto(base + "/student/trail");
+const trailText = await student.innerText("main");
+await look(student, "trail-erased");
+
 // Another device, without the key: signing in says kindly what happened.
 const strangerCtx = await context("nl-NL");
 const stranger = await strangerCtx.newPage();
@@ -224,6 +253,7 @@ console.log(JSON.stringify({
   tamperedDisabled,
   signedMessage,
   consentMessage,
+  trailText,
   key,
   reusedStatus: reused.status(),
 }));

@@ -207,6 +207,7 @@ mod tests {
             include_str!("enrol.rs"),
             include_str!("student.rs"),
             include_str!("consent.rs"),
+            include_str!("trail.rs"),
         ];
         for source in sources {
             for part in source

@@ -8,7 +8,8 @@
 //! page), [`staff`] (staff sign-in, sessions, CSRF), [`enrol`] (a mentor invites a student, the
 //! student's browser makes the key, the mentor compares the short code, the card is issued),
 //! [`student`] (the student signs in with that key, fills in and signs the passport),
-//! [`consent`] (the student chooses who may read what, for what, until when, and signs it).
+//! [`consent`] (the student chooses who may read what, for what, until when, and signs it),
+//! [`trail`] (the student's consents, withdrawing one, and where the passport went).
 
 mod consent;
 mod enrol;
@@ -16,6 +17,7 @@ mod i18n;
 mod page;
 mod staff;
 mod student;
+mod trail;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -123,6 +125,13 @@ pub fn router(core: Arc<NodeCore>) -> Router {
             get(consent::consent_page).post(consent::prepare),
         )
         .route("/student/consent/sign", post(consent::sign))
+        .route("/student/consents", get(trail::consents_page))
+        .route(
+            "/student/consents/{grant}/withdraw",
+            get(trail::withdraw_page),
+        )
+        .route("/student/withdraw", post(trail::withdraw))
+        .route("/student/trail", get(trail::trail_page))
         .route("/assets/{name}", get(asset))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -225,6 +225,11 @@ fn passport_form(lang: Lang, csrf: &str, draft: &Draft, problem: Option<String>)
     };
     html! {
         @if let Some(p) = &problem { p.error role="alert" { (p) } }
+        nav.student aria-label=(t(lang, "student_title")) {
+            a.button.secondary href="/student/consents" { (t(lang, "to_consents")) }
+            " "
+            a.button.secondary href="/student/trail" { (t(lang, "to_trail")) }
+        }
         p.hint #saved role="status" { (status) }
         @if let Some(set) = set {
             p.lead { (set.intro) }

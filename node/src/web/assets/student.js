@@ -139,6 +139,23 @@
     return;
   }
 
+  // Withdrawing a consent: the page decodes the revocation and checks it names the consent this
+  // page is about before it signs.
+  const revokeBox = $("revoke-sign");
+  if (revokeBox) {
+    const body = bytes(revokeBox.dataset.body);
+    const button = $("sign-with-key");
+    const check = async () => {
+      let grant = "";
+      for (const [f, v] of fields(body)) if (f === 1) grant = text(v);
+      return grant !== "" && grant === revokeBox.dataset.grant;
+    };
+    guard(check, button);
+    button.addEventListener("click", () =>
+      signAndPost("overstap.v1/revocation", body, "/student/withdraw", button));
+    return;
+  }
+
   // Signing the passport. The page never signs bytes it has not decoded: it reads the protobuf
   // manifest the node prepared, decodes every section from its exact bytes, checks that each
   // section is what the screen shows, word for word, and that its salted digest is the one in

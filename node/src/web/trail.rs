@@ -1,0 +1,234 @@
+//! The student's overview: their consents with what became of each (in force, withdrawn, ended,
+//! erased with proof), withdrawing one with their key (the page decodes the revocation and
+//! checks it names that consent before it signs), and the trail of where the passport went, in
+//! words a student reads, each event marked when the region's hub confirmed it.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use base64::Engine;
+use maud::html;
+use overstap_proto::pb::{Revocation, Sig, Signed};
+use prost::Message;
+
+use super::Shared;
+use super::i18n::{Lang, day, t, tf, when};
+use super::page::{error, page, respond};
+use super::student::{Signature, refusal, student};
+use crate::core::NodeError;
+
+/// An organisation's name from the signed directory (its id until it is there).
+fn org_name(web: &Shared, org: &str) -> String {
+    web.core
+        .directory()
+        .ok()
+        .and_then(|d| d.member(org).ok().map(|m| m.display_name.clone()))
+        .unwrap_or_else(|| org.to_string())
+}
+
+/// A section's title in the student's question sets (its id when unknown).
+fn section_title(id: &str) -> String {
+    overstap_proto::questions::known_sets()
+        .into_iter()
+        .filter_map(|s| overstap_proto::questions::question_set(s).ok())
+        .flat_map(|s| s.sections)
+        .find(|s| s.id == id)
+        .map(|s| s.title)
+        .unwrap_or_else(|| id.to_string())
+}
+
+pub async fn consents_page(State(web): State<Shared>, headers: HeaderMap) -> Response {
+    let lang = Lang::of(&headers);
+    let Some((pseudonym, _)) = student(&web, &headers).await else {
+        return Redirect::to("/student").into_response();
+    };
+    let grants = match web.core.store.grants(Some(&pseudonym)).await {
+        Ok(g) => g,
+        Err(e) => return web.server_error(lang, e),
+    };
+    let body = html! {
+        @if grants.is_empty() {
+            p { (t(lang, "no_consents")) }
+        } @else {
+            ul.cards {
+                @for g in &grants {
+                    li.grant {
+                        h2 { (org_name(&web, &g.recipient_org)) }
+                        dl {
+                            dt { (t(lang, "label_parts")) }
+                            dd { (g.sections.iter().map(|s| section_title(s)).collect::<Vec<_>>().join(", ")) }
+                            dt { (t(lang, "label_purpose")) }
+                            dd { (t(lang, &format!("purpose_{}", g.purpose))) }
+                            dt { (t(lang, "label_until")) }
+                            dd { (day(lang, g.not_after)) }
+                        }
+                        p.state { strong { (t(lang, &format!("grant_{}", g.state))) } }
+                        @if g.state == "active" {
+                            p { a.button.secondary href=(format!("/student/consents/{}/withdraw", g.grant_id)) {
+                                (t(lang, "withdraw_button"))
+                            } }
+                        }
+                    }
+                }
+            }
+        }
+        p { a.button.secondary href="/student/passport" { (t(lang, "back_to_passport")) } }
+    };
+    respond(
+        StatusCode::OK,
+        page(lang, &web.school(), &t(lang, "consents_title"), body),
+    )
+}
+
+pub async fn withdraw_page(
+    State(web): State<Shared>,
+    headers: HeaderMap,
+    Path(grant_id): Path<String>,
+) -> Response {
+    let lang = Lang::of(&headers);
+    let Some((pseudonym, _)) = student(&web, &headers).await else {
+        return Redirect::to("/student").into_response();
+    };
+    let grant = match web.core.store.grant(&grant_id).await {
+        Ok(Some(g)) if g.pseudonym == pseudonym && g.state == "active" => g,
+        Ok(_) => {
+            return error(
+                lang,
+                &web.school(),
+                StatusCode::NOT_FOUND,
+                &t(lang, "error_not_found"),
+                Some(("/student/consents", &t(lang, "consents_title"))),
+            );
+        }
+        Err(e) => return web.server_error(lang, e),
+    };
+    let revocation = Revocation {
+        grant_id: grant.grant_id.clone(),
+        pseudonym: pseudonym.clone(),
+        revoked_at: web.core.now(),
+    };
+    let bytes = revocation.encode_to_vec();
+    let org = org_name(&web, &grant.recipient_org);
+    let body = html! {
+        p.lead { (tf(lang, "withdraw_explain", &[("org", &org)])) }
+        div #revoke-sign data-body=(base64::engine::general_purpose::STANDARD.encode(&bytes))
+            data-grant=(grant.grant_id) {
+            p #checking aria-live="polite" { (t(lang, "sign_checking")) }
+            button #sign-with-key type="button" disabled { (t(lang, "withdraw_sign_button")) }
+            p.error #check-failed role="alert" hidden { (t(lang, "sign_check_failed")) }
+            p.error #sign-failed role="alert" hidden { (t(lang, "sign_failed")) }
+            p.error #no-key role="alert" hidden { (t(lang, "student_no_key")) }
+        }
+        p { a.button.secondary href="/student/consents" { (t(lang, "consents_title")) } }
+        script src="/assets/student.js" defer {}
+    };
+    web.pending.put(
+        &format!("revoke:{pseudonym}"),
+        bytes,
+        Vec::new(),
+        web.core.now(),
+    );
+    respond(
+        StatusCode::OK,
+        page(lang, &web.school(), &t(lang, "withdraw_title"), body),
+    )
+}
+
+/// Takes the student's signature over the revocation they were shown; the node sends it on and
+/// the recipient erases and answers with a signed receipt.
+pub async fn withdraw(
+    State(web): State<Shared>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let lang = Lang::of(&headers);
+    let Some((pseudonym, _)) = student(&web, &headers).await else {
+        return refusal(StatusCode::UNAUTHORIZED, &t(lang, "error_sign_in_first"));
+    };
+    let Ok(form) = serde_json::from_slice::<Signature>(&body) else {
+        return refusal(StatusCode::BAD_REQUEST, "expected {\"key\", \"signature\"}");
+    };
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let (Ok(key), Ok(signature)) = (b64.decode(&form.key), b64.decode(&form.signature)) else {
+        return refusal(
+            StatusCode::BAD_REQUEST,
+            "the key or the signature is not base64",
+        );
+    };
+    let Some((revocation, _)) = web
+        .pending
+        .take(&format!("revoke:{pseudonym}"), web.core.now())
+    else {
+        return refusal(StatusCode::CONFLICT, &t(lang, "sign_failed"));
+    };
+    let signed = Signed {
+        body: revocation,
+        sigs: vec![Sig {
+            public_key: key,
+            signature,
+        }],
+    };
+    match web.core.revoke(&signed).await {
+        Ok((grant_id, _)) => {
+            tracing::info!(grant = %grant_id, "a student withdrew a consent in the browser");
+            Json(serde_json::json!({ "message": t(lang, "withdrawn_done") })).into_response()
+        }
+        Err(NodeError::Store(e)) => {
+            tracing::error!(error = %e, "withdrawing a consent failed");
+            refusal(StatusCode::INTERNAL_SERVER_ERROR, &t(lang, "error_server"))
+        }
+        Err(e) => {
+            tracing::info!(reason = %e, "a withdrawal was refused");
+            refusal(StatusCode::UNPROCESSABLE_ENTITY, &t(lang, "sign_failed"))
+        }
+    }
+}
+
+pub async fn trail_page(State(web): State<Shared>, headers: HeaderMap) -> Response {
+    let lang = Lang::of(&headers);
+    let Some((pseudonym, _)) = student(&web, &headers).await else {
+        return Redirect::to("/student").into_response();
+    };
+    let events = match web.core.trail(&pseudonym).await {
+        Ok(e) => e,
+        Err(e) => return web.server_error(lang, e),
+    };
+    let line = |event: &str, org: &str, detail: &str| {
+        let org = org_name(&web, org);
+        let key = format!("trail_{}", event.replace(' ', "_"));
+        match event {
+            "status" => {
+                let status = detail.split_once(": ").map(|(_, s)| s).unwrap_or(detail);
+                tf(lang, "trail_status", &[("org", &org), ("status", status)])
+            }
+            "consent" | "sent" | "delivered" | "viewed" | "refused" | "revoked"
+            | "revocation sent" | "expired" | "erased" | "replaced" | "new key" => {
+                tf(lang, &key, &[("org", &org)])
+            }
+            other => tf(lang, "trail_other", &[("org", &org), ("event", other)]),
+        }
+    };
+    let body = html! {
+        @if events.is_empty() {
+            p { (t(lang, "trail_empty")) }
+        } @else {
+            ol.trail {
+                @for (row, _, checked, _) in events.iter().rev() {
+                    li {
+                        span.when { (when(lang, row.at)) }
+                        " " (line(&row.event, &row.org, &row.detail))
+                        @if *checked {
+                            " " span.checked { "✓ " (t(lang, "trail_checked")) }
+                        }
+                    }
+                }
+            }
+        }
+        p { a.button.secondary href="/student/passport" { (t(lang, "back_to_passport")) } }
+    };
+    respond(
+        StatusCode::OK,
+        page(lang, &web.school(), &t(lang, "trail_title"), body),
+    )
+}
