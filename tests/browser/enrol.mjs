@@ -243,6 +243,32 @@ const again = await (await context("en-GB")).newPage();
 const reused = await again.goto(link);
 await look(again, "link-used");
 
+// A cheap phone on a slow connection: each page's weight (everything it loads) and its load
+// time with the browser's own throttling (400 kbit/s each way, 400 ms round trips), fresh cache.
+const weights = [];
+for (const path of ["/", "/login", "/student"]) {
+  const ctx = await context("nl-NL");
+  const page = await ctx.newPage();
+  const cdp = await ctx.newCDPSession(page);
+  await cdp.send("Network.enable");
+  await cdp.send("Network.emulateNetworkConditions", {
+    offline: false, latency: 400, downloadThroughput: 50 * 1024, uploadThroughput: 50 * 1024,
+  });
+  await page.goto(base + path, { waitUntil: "load" });
+  const m = await page.evaluate(() => {
+    const nav = performance.getEntriesByType("navigation")[0];
+    const res = performance.getEntriesByType("resource");
+    return {
+      bytes: nav.transferSize + res.reduce((n, r) => n + r.transferSize, 0),
+      ms: Math.round(nav.loadEventEnd - nav.startTime),
+      requests: 1 + res.length,
+    };
+  });
+  weights.push({ path, ...m });
+  await ctx.close();
+}
+seen.weights = weights;
+
 await browser.close();
 console.log(JSON.stringify({
   ...seen,

@@ -300,6 +300,20 @@ async fn a_mentor_enrols_a_student_whose_key_never_leaves_the_browser() {
         text("passport")
     );
     assert!(text("student-no-key").contains("geen sleutel van jou"));
+    // Light pages: what each loads in all, on a throttled connection. The bytes are checked
+    // against a budget; the time is printed (and kept in BENCHMARKS.md), never asserted.
+    for w in seen["weights"].as_array().unwrap() {
+        let bytes = w["bytes"].as_u64().unwrap();
+        println!(
+            "{}: {bytes} bytes in {} requests, loaded in {} ms at 400 kbit/s and 400 ms round trips",
+            w["path"], w["requests"], w["ms"]
+        );
+        assert!(
+            bytes > 0 && bytes < 40_000,
+            "{} weighs {bytes} bytes",
+            w["path"]
+        );
+    }
     // A link works once; the second visit gets a kind page, in the browser's language.
     assert_eq!(seen["reusedStatus"], 410);
     assert!(
