@@ -201,9 +201,17 @@ await student.waitForFunction(() => document.querySelector("#checking").textCont
 const consentMessage = (await student.textContent("#checking")).trim();
 await look(student, "consent-given");
 
-// The school sends (the Rust test does, once the consent is there). The student follows it in
-// the trail, and once the test has checked what the mbo college holds, withdraws the consent;
-// the college erases and its signed receipt comes back.
+// The mentor sees the class, every step of Sam's, and sends the class's passports.
+await mentor.goto(base + "/mentor");
+await look(mentor, "class");
+await mentor.getByRole("button", { name: "Stuur de paspoorten van mijn klas" }).focus();
+await mentor.keyboard.press("Enter");
+await mentor.waitForSelector("section p.done");
+const classSent = (await mentor.textContent("section p.done")).trim();
+await look(mentor, "class-sent");
+
+// The student follows it in the trail, and once the Rust test has checked what the mbo college
+// holds, withdraws the consent; the college erases and its signed receipt comes back.
 const until = async (page, url, words, what) => {
   for (let i = 0; i < 120; i++) {
     await page.goto(url);
@@ -280,6 +288,7 @@ console.log(JSON.stringify({
   signedMessage,
   consentMessage,
   trailText,
+  classSent,
   key,
   reusedStatus: reused.status(),
 }));

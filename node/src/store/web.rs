@@ -248,6 +248,24 @@ impl NodeStore {
         Ok(done.rows_affected() == 1)
     }
 
+    /// A mentor's students, by class and name.
+    pub async fn people_of(&self, mentor: &str) -> Result<Vec<PersonRow>, StoreError> {
+        Ok(sqlx::query(
+            "SELECT pseudonym, name, class_name, mentor FROM people WHERE mentor = $1 ORDER BY class_name, name",
+        )
+        .bind(mentor)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| PersonRow {
+            pseudonym: r.get(0),
+            name: r.get(1),
+            class_name: r.get(2),
+            mentor: r.get(3),
+        })
+        .collect())
+    }
+
     /// Who the student with `pseudonym` is at this school.
     pub async fn person(&self, pseudonym: &str) -> Result<Option<PersonRow>, StoreError> {
         Ok(sqlx::query(

@@ -90,16 +90,125 @@ async fn mentor(web: &Shared, headers: &HeaderMap) -> Result<Staff, Response> {
     }
 }
 
+/// Where one of a mentor's students stands: name, class, and each step of the handover.
+struct Pupil {
+    name: String,
+    class_name: String,
+    filled: bool,
+    signed: Option<u32>,
+    consents: Vec<String>,
+    sent: usize,
+}
+
+/// The mentor's students and where each stands; their active grants, to send.
+async fn class_of(web: &Shared, mentor: &str) -> Result<(Vec<Pupil>, Vec<String>), NodeError> {
+    let mut pupils = Vec::new();
+    let mut active = Vec::new();
+    for p in web.core.store.people_of(mentor).await? {
+        let grants = web.core.store.grants(Some(&p.pseudonym)).await?;
+        active.extend(
+            grants
+                .iter()
+                .filter(|g| g.state == "active")
+                .map(|g| g.grant_id.clone()),
+        );
+        pupils.push(Pupil {
+            filled: web.core.store.draft(&p.pseudonym).await?.is_some(),
+            signed: web
+                .core
+                .store
+                .latest_version(&p.pseudonym)
+                .await?
+                .map(|v| v.version),
+            consents: grants
+                .iter()
+                .filter(|g| g.state == "active")
+                .map(|g| g.recipient_org.clone())
+                .collect(),
+            // Sealed for sending counts: the node pushes it on by itself.
+            sent: grants.iter().filter(|g| g.sent_version.is_some()).count(),
+            name: p.name,
+            class_name: p.class_name,
+        });
+    }
+    Ok((pupils, active))
+}
+
 pub async fn mentor_page(State(web): State<Shared>, headers: HeaderMap) -> Response {
     let lang = Lang::of(&headers);
     let staff = match mentor(&web, &headers).await {
         Ok(s) => s,
         Err(r) => return r,
     };
-    match web.core.store.invitations_of(&staff.username).await {
-        Ok(list) => respond(StatusCode::OK, mentor_view(&web, lang, &staff, &list, None)),
+    let list = match web.core.store.invitations_of(&staff.username).await {
+        Ok(l) => l,
+        Err(e) => return web.server_error(lang, e),
+    };
+    match class_of(&web, &staff.username).await {
+        Ok((pupils, _)) => respond(
+            StatusCode::OK,
+            mentor_view(&web, lang, &staff, &list, &pupils, None, None),
+        ),
         Err(e) => web.server_error(lang, e),
     }
+}
+
+/// Sends the passports of the mentor's students under every consent in force (the school's
+/// `send`): what went before is named, not sealed again.
+pub async fn send_class(
+    State(web): State<Shared>,
+    headers: HeaderMap,
+    Form(form): Form<Confirm>,
+) -> Response {
+    let lang = Lang::of(&headers);
+    let staff = match mentor(&web, &headers).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    if !csrf_ok(&staff.csrf, &form.csrf) {
+        return error(
+            lang,
+            &web.school(),
+            StatusCode::FORBIDDEN,
+            &t(lang, "error_form_expired"),
+            None,
+        );
+    }
+    let active = match class_of(&web, &staff.username).await {
+        Ok((_, active)) => active,
+        Err(e) => return web.server_error(lang, e),
+    };
+    let results = web.core.send_passports(&active, false).await;
+    let pupils = match class_of(&web, &staff.username).await {
+        Ok((pupils, _)) => pupils,
+        Err(e) => return web.server_error(lang, e),
+    };
+    let already = results
+        .iter()
+        .filter(|r| r.as_ref().is_ok_and(|s| s.already_sent))
+        .count();
+    let failed = results.iter().filter(|r| r.is_err()).count();
+    let sent = results.len() - already - failed;
+    tracing::info!(mentor = %staff.username, sent, already, failed, "a mentor sent the class");
+    let list = web
+        .core
+        .store
+        .invitations_of(&staff.username)
+        .await
+        .unwrap_or_default();
+    let message = tf(
+        lang,
+        "send_result",
+        &[
+            ("sent", &sent.to_string()),
+            ("already", &already.to_string()),
+            ("failed", &failed.to_string()),
+        ],
+    );
+    respond(
+        StatusCode::OK,
+        mentor_view(&web, lang, &staff, &list, &pupils, Some(message), None),
+    )
 }
 
 fn mentor_view(
@@ -107,14 +216,63 @@ fn mentor_view(
     lang: Lang,
     staff: &Staff,
     list: &[InvitationRow],
+    pupils: &[Pupil],
+    news: Option<String>,
     problem: Option<String>,
 ) -> Markup {
     let now = web.core.now();
     let hours = INVITATION_HOURS.to_string();
+    let step = |done: bool, label: &str| {
+        html! {
+            li.step.ok[done] {
+                (t(lang, label)) ": "
+                @if done { "✓" } @else { (t(lang, "step_not_yet")) }
+            }
+        }
+    };
     let body = html! {
+        section aria-labelledby="class" {
+            h2 #class { (t(lang, "class_title")) }
+            @if let Some(n) = &news { p.done role="status" { (n) } }
+            @if pupils.is_empty() {
+                p { (t(lang, "no_students")) }
+            } @else {
+                ul.cards {
+                    @for p in pupils {
+                        li.pupil {
+                            strong { (p.name) } " · " (p.class_name)
+                            ul.steps {
+                                (step(true, "step_enrolled"))
+                                (step(p.filled, "step_filled"))
+                                (step(p.signed.is_some(), "step_signed"))
+                                (step(!p.consents.is_empty(), "step_consented"))
+                                (step(p.sent > 0, "step_sent"))
+                            }
+                        }
+                    }
+                }
+                p.hint { (t(lang, "send_class_help")) }
+                form method="post" action="/mentor/send" {
+                    input type="hidden" name="csrf" value=(staff.csrf);
+                    button type="submit" { (t(lang, "send_class")) }
+                }
+            }
+        }
+        (invite_section(lang, staff, &hours, problem))
+        (invitations_section(lang, list, now))
+        form method="post" action="/logout" {
+            input type="hidden" name="csrf" value=(staff.csrf);
+            button.secondary type="submit" { (t(lang, "sign_out")) }
+        }
+    };
+    page(lang, &web.school(), &t(lang, "mentor_title"), body)
+}
+
+fn invite_section(lang: Lang, staff: &Staff, hours: &str, problem: Option<String>) -> Markup {
+    html! {
         section aria-labelledby="invite" {
             h2 #invite { (t(lang, "invite_title")) }
-            p { (tf(lang, "invite_help", &[("hours", &hours)])) }
+            p { (tf(lang, "invite_help", &[("hours", hours)])) }
             @if let Some(p) = &problem { p.error role="alert" { (p) } }
             form method="post" action="/mentor/invite" {
                 input type="hidden" name="csrf" value=(staff.csrf);
@@ -127,6 +285,11 @@ fn mentor_view(
                 button type="submit" { (t(lang, "invite_button")) }
             }
         }
+    }
+}
+
+fn invitations_section(lang: Lang, list: &[InvitationRow], now: i64) -> Markup {
+    html! {
         section aria-labelledby="list" {
             h2 #list { (t(lang, "invitations")) }
             @if list.is_empty() {
@@ -145,12 +308,7 @@ fn mentor_view(
                 }
             }
         }
-        form method="post" action="/logout" {
-            input type="hidden" name="csrf" value=(staff.csrf);
-            button.secondary type="submit" { (t(lang, "sign_out")) }
-        }
-    };
-    page(lang, &web.school(), &t(lang, "mentor_title"), body)
+    }
 }
 
 #[derive(Deserialize)]
@@ -199,9 +357,13 @@ pub async fn invite(
             .invitations_of(&staff.username)
             .await
             .unwrap_or_default();
+        let pupils = class_of(&web, &staff.username)
+            .await
+            .map(|(p, _)| p)
+            .unwrap_or_default();
         return respond(
             StatusCode::UNPROCESSABLE_ENTITY,
-            mentor_view(&web, lang, &staff, &list, Some(problem)),
+            mentor_view(&web, lang, &staff, &list, &pupils, None, Some(problem)),
         );
     }
     let token = random_token();

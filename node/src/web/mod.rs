@@ -103,6 +103,7 @@ pub fn router(core: Arc<NodeCore>) -> Router {
         .route("/logout", post(staff::sign_out))
         .route("/mentor", get(enrol::mentor_page))
         .route("/mentor/invite", post(enrol::invite))
+        .route("/mentor/send", post(enrol::send_class))
         .route("/mentor/invitations/{id}", get(enrol::invitation_page))
         .route(
             "/mentor/invitations/{id}/state",

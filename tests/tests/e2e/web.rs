@@ -60,8 +60,9 @@ async fn a_mentor_enrols_a_student_whose_key_never_leaves_the_browser() {
         .kill_on_drop(true)
         .spawn()
         .expect("node runs (Node.js comes with the machine; ./test installs its packages)");
-    // While the people click: once the student's consent is at the school, the school sends;
-    // the mbo college must hold exactly the chosen part before the student withdraws.
+    // While the people click: once the student's consent is at the school and the mentor has
+    // sent the class, the mbo college must hold exactly the chosen part before the student
+    // withdraws.
     let school = node_pool(&region, SCHOOL).await;
     let mut grant_id = None;
     for _ in 0..600 {
@@ -78,10 +79,12 @@ async fn a_mentor_enrols_a_student_whose_key_never_leaves_the_browser() {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
     let grant_id = grant_id.expect("the student's consent reaches the school within 2 minutes");
-    send(&region, &grant_id).await;
-    eventually("the mbo college holds the consented part", || async {
-        held_sections(&region, overstap_tests::cast::MBO, &grant_id).await == ["wie-ben-ik"]
-    })
+    eventually(
+        "the mentor sends and the mbo college holds the consented part",
+        || async {
+            held_sections(&region, overstap_tests::cast::MBO, &grant_id).await == ["wie-ben-ik"]
+        },
+    )
     .await;
     std::fs::write(shots.join("checked"), b"").unwrap();
     let run = tokio::time::timeout(
@@ -211,6 +214,8 @@ async fn a_mentor_enrols_a_student_whose_key_never_leaves_the_browser() {
             "consent",
             "consent-review",
             "consent-given",
+            "class",
+            "class-sent",
             "trail",
             "withdraw",
             "withdrawn",
