@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use base64::Engine;
 use maud::{Markup, html};
 use overstap_proto::consent::PURPOSES;
-use overstap_proto::pb::{ConsentGrant, Manifest, MemberKind, Sig, Signed};
+use overstap_proto::pb::{ConsentGrant, Manifest, MemberKind, Signed};
 use overstap_proto::questions::question_set;
 use overstap_proto::sign::{Domain, decode_body};
 use prost::Message;
@@ -20,7 +20,7 @@ use super::Shared;
 use super::i18n::{Lang, day, dutch_midnight, t, tf};
 use super::page::{error, page, respond};
 use super::staff::csrf_ok;
-use super::student::{Signature, refusal, student};
+use super::student::{not_signed, signing, student};
 use crate::core::NodeError;
 
 /// The organisations a student can give consent to, by org id and name: mbo colleges,
@@ -272,45 +272,15 @@ pub async fn sign(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let lang = Lang::of(&headers);
-    let Some((pseudonym, _)) = student(&web, &headers).await else {
-        return refusal(StatusCode::UNAUTHORIZED, &t(lang, "error_sign_in_first"));
+    let s = match signing(&web, &headers, &body, |p| format!("grant:{p}")).await {
+        Ok(s) => s,
+        Err(r) => return r,
     };
-    let Ok(form) = serde_json::from_slice::<Signature>(&body) else {
-        return refusal(StatusCode::BAD_REQUEST, "expected {\"key\", \"signature\"}");
-    };
-    let b64 = base64::engine::general_purpose::STANDARD;
-    let (Ok(key), Ok(signature)) = (b64.decode(&form.key), b64.decode(&form.signature)) else {
-        return refusal(
-            StatusCode::BAD_REQUEST,
-            "the key or the signature is not base64",
-        );
-    };
-    let Some((grant, _)) = web
-        .pending
-        .take(&format!("grant:{pseudonym}"), web.core.now())
-    else {
-        return refusal(StatusCode::CONFLICT, &t(lang, "sign_failed"));
-    };
-    let signed = Signed {
-        body: grant,
-        sigs: vec![Sig {
-            public_key: key,
-            signature,
-        }],
-    };
-    match web.core.add_grant(&signed).await {
+    match web.core.add_grant(&s.signed).await {
         Ok(grant_id) => {
             tracing::info!(grant = %grant_id, "a student gave consent in the browser");
-            Json(serde_json::json!({ "message": t(lang, "consent_given") })).into_response()
+            Json(serde_json::json!({ "message": t(s.lang, "consent_given") })).into_response()
         }
-        Err(NodeError::Store(e)) => {
-            tracing::error!(error = %e, "keeping a grant failed");
-            refusal(StatusCode::INTERNAL_SERVER_ERROR, &t(lang, "error_server"))
-        }
-        Err(e) => {
-            tracing::info!(reason = %e, "a grant was refused");
-            refusal(StatusCode::UNPROCESSABLE_ENTITY, &t(lang, "sign_failed"))
-        }
+        Err(e) => not_signed(s.lang, e, "a grant"),
     }
 }

@@ -445,9 +445,75 @@ pub async fn sign_page(State(web): State<Shared>, headers: HeaderMap) -> Respons
 }
 
 #[derive(Deserialize)]
-pub struct Signature {
-    pub(super) key: String,
-    pub(super) signature: String,
+struct Signature {
+    key: String,
+    signature: String,
+}
+
+/// What a student signed in their browser, ready for the core: the `Signed` over exactly what
+/// was prepared for them under `slot` (and its disclosures), and the language; or the refusal
+/// to answer with. Every signing page posts `{key, signature}` here.
+pub(super) struct Signing {
+    pub signed: Signed,
+    pub disclosures: Vec<Disclosure>,
+    pub lang: Lang,
+}
+
+pub(super) async fn signing(
+    web: &Shared,
+    headers: &HeaderMap,
+    body: &[u8],
+    slot: impl Fn(&str) -> String,
+) -> Result<Signing, Response> {
+    let lang = Lang::of(headers);
+    let Some((pseudonym, _)) = student(web, headers).await else {
+        return Err(refusal(
+            StatusCode::UNAUTHORIZED,
+            &t(lang, "error_sign_in_first"),
+        ));
+    };
+    let Ok(form) = serde_json::from_slice::<Signature>(body) else {
+        return Err(refusal(
+            StatusCode::BAD_REQUEST,
+            "expected {\"key\", \"signature\"}",
+        ));
+    };
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let (Ok(key), Ok(signature)) = (b64.decode(&form.key), b64.decode(&form.signature)) else {
+        return Err(refusal(
+            StatusCode::BAD_REQUEST,
+            "the key or the signature is not base64",
+        ));
+    };
+    let Some((prepared, disclosures)) = web.pending.take(&slot(&pseudonym), web.core.now()) else {
+        return Err(refusal(StatusCode::CONFLICT, &t(lang, "sign_failed")));
+    };
+    let signed = Signed {
+        body: prepared,
+        sigs: vec![Sig {
+            public_key: key,
+            signature,
+        }],
+    };
+    Ok(Signing {
+        signed,
+        disclosures,
+        lang,
+    })
+}
+
+/// The answer to a signature the core refused or could not keep.
+pub(super) fn not_signed(lang: Lang, e: NodeError, what: &str) -> Response {
+    match e {
+        NodeError::Store(e) => {
+            tracing::error!(error = %e, "keeping {what} failed");
+            refusal(StatusCode::INTERNAL_SERVER_ERROR, &t(lang, "error_server"))
+        }
+        e => {
+            tracing::info!(reason = %e, "{what} was refused");
+            refusal(StatusCode::UNPROCESSABLE_ENTITY, &t(lang, "sign_failed"))
+        }
+    }
 }
 
 /// Takes the student's signature over the version they were shown, and stores it as their next
@@ -457,31 +523,11 @@ pub async fn sign(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let lang = Lang::of(&headers);
-    let Some((pseudonym, _)) = student(&web, &headers).await else {
-        return refusal(StatusCode::UNAUTHORIZED, &t(lang, "error_sign_in_first"));
+    let s = match signing(&web, &headers, &body, |p| p.to_string()).await {
+        Ok(s) => s,
+        Err(r) => return r,
     };
-    let Ok(form) = serde_json::from_slice::<Signature>(&body) else {
-        return refusal(StatusCode::BAD_REQUEST, "expected {\"key\", \"signature\"}");
-    };
-    let b64 = base64::engine::general_purpose::STANDARD;
-    let (Ok(key), Ok(signature)) = (b64.decode(&form.key), b64.decode(&form.signature)) else {
-        return refusal(
-            StatusCode::BAD_REQUEST,
-            "the key or the signature is not base64",
-        );
-    };
-    let Some((manifest_body, disclosures)) = web.pending.take(&pseudonym, web.core.now()) else {
-        return refusal(StatusCode::CONFLICT, &t(lang, "sign_failed"));
-    };
-    let signed = Signed {
-        body: manifest_body,
-        sigs: vec![Sig {
-            public_key: key,
-            signature,
-        }],
-    };
-    match web.core.store_passport(&signed, &disclosures).await {
+    match web.core.store_passport(&s.signed, &s.disclosures).await {
         Ok(version) => {
             tracing::info!(
                 version,
@@ -489,21 +535,10 @@ pub async fn sign(
             );
             Json(serde_json::json!({
                 "version": version,
-                "message": tf(lang, "signed_done", &[("version", &version.to_string())]),
+                "message": tf(s.lang, "signed_done", &[("version", &version.to_string())]),
             }))
             .into_response()
         }
-        Err(NodeError::Invalid(reason)) | Err(NodeError::Precondition(reason)) => {
-            tracing::info!(%reason, "a passport signature was refused");
-            refusal(StatusCode::UNPROCESSABLE_ENTITY, &t(lang, "sign_failed"))
-        }
-        Err(NodeError::Protocol(e)) => {
-            tracing::info!(reason = %e, "a passport signature was refused");
-            refusal(StatusCode::UNPROCESSABLE_ENTITY, &t(lang, "sign_failed"))
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "storing a signed passport failed");
-            refusal(StatusCode::INTERNAL_SERVER_ERROR, &t(lang, "error_server"))
-        }
+        Err(e) => not_signed(s.lang, e, "a passport signature"),
     }
 }

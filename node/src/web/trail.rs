@@ -9,14 +9,13 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use base64::Engine;
 use maud::html;
-use overstap_proto::pb::{Revocation, Sig, Signed};
+use overstap_proto::pb::Revocation;
 use prost::Message;
 
 use super::Shared;
 use super::i18n::{Lang, day, t, tf, when};
 use super::page::{error, page, respond};
-use super::student::{Signature, refusal, student};
-use crate::core::NodeError;
+use super::student::{not_signed, signing, student};
 
 /// An organisation's name from the signed directory (its id until it is there).
 fn org_name(web: &Shared, org: &str) -> String {
@@ -142,46 +141,16 @@ pub async fn withdraw(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let lang = Lang::of(&headers);
-    let Some((pseudonym, _)) = student(&web, &headers).await else {
-        return refusal(StatusCode::UNAUTHORIZED, &t(lang, "error_sign_in_first"));
+    let s = match signing(&web, &headers, &body, |p| format!("revoke:{p}")).await {
+        Ok(s) => s,
+        Err(r) => return r,
     };
-    let Ok(form) = serde_json::from_slice::<Signature>(&body) else {
-        return refusal(StatusCode::BAD_REQUEST, "expected {\"key\", \"signature\"}");
-    };
-    let b64 = base64::engine::general_purpose::STANDARD;
-    let (Ok(key), Ok(signature)) = (b64.decode(&form.key), b64.decode(&form.signature)) else {
-        return refusal(
-            StatusCode::BAD_REQUEST,
-            "the key or the signature is not base64",
-        );
-    };
-    let Some((revocation, _)) = web
-        .pending
-        .take(&format!("revoke:{pseudonym}"), web.core.now())
-    else {
-        return refusal(StatusCode::CONFLICT, &t(lang, "sign_failed"));
-    };
-    let signed = Signed {
-        body: revocation,
-        sigs: vec![Sig {
-            public_key: key,
-            signature,
-        }],
-    };
-    match web.core.revoke(&signed).await {
+    match web.core.revoke(&s.signed).await {
         Ok((grant_id, _)) => {
             tracing::info!(grant = %grant_id, "a student withdrew a consent in the browser");
-            Json(serde_json::json!({ "message": t(lang, "withdrawn_done") })).into_response()
+            Json(serde_json::json!({ "message": t(s.lang, "withdrawn_done") })).into_response()
         }
-        Err(NodeError::Store(e)) => {
-            tracing::error!(error = %e, "withdrawing a consent failed");
-            refusal(StatusCode::INTERNAL_SERVER_ERROR, &t(lang, "error_server"))
-        }
-        Err(e) => {
-            tracing::info!(reason = %e, "a withdrawal was refused");
-            refusal(StatusCode::UNPROCESSABLE_ENTITY, &t(lang, "sign_failed"))
-        }
+        Err(e) => not_signed(s.lang, e, "a withdrawal"),
     }
 }
 
