@@ -90,6 +90,22 @@ async fn mentor(web: &Shared, headers: &HeaderMap) -> Result<Staff, Response> {
     }
 }
 
+/// [`mentor`] for a form: also its CSRF token must be the session's.
+async fn mentor_posting(web: &Shared, headers: &HeaderMap, csrf: &str) -> Result<Staff, Response> {
+    let staff = mentor(web, headers).await?;
+    if !csrf_ok(&staff.csrf, csrf) {
+        let lang = Lang::of(headers);
+        return Err(error(
+            lang,
+            &web.school(),
+            StatusCode::FORBIDDEN,
+            &t(lang, "error_form_expired"),
+            None,
+        ));
+    }
+    Ok(staff)
+}
+
 /// Where one of a mentor's students stands: name, class, and each step of the handover.
 struct Pupil {
     name: String,
@@ -161,19 +177,10 @@ pub async fn send_class(
     Form(form): Form<Confirm>,
 ) -> Response {
     let lang = Lang::of(&headers);
-    let staff = match mentor(&web, &headers).await {
+    let staff = match mentor_posting(&web, &headers, &form.csrf).await {
         Ok(s) => s,
         Err(r) => return r,
     };
-    if !csrf_ok(&staff.csrf, &form.csrf) {
-        return error(
-            lang,
-            &web.school(),
-            StatusCode::FORBIDDEN,
-            &t(lang, "error_form_expired"),
-            None,
-        );
-    }
     let active = match class_of(&web, &staff.username).await {
         Ok((_, active)) => active,
         Err(e) => return web.server_error(lang, e),
@@ -325,19 +332,10 @@ pub async fn invite(
     Form(form): Form<Invite>,
 ) -> Response {
     let lang = Lang::of(&headers);
-    let staff = match mentor(&web, &headers).await {
+    let staff = match mentor_posting(&web, &headers, &form.csrf).await {
         Ok(s) => s,
         Err(r) => return r,
     };
-    if !csrf_ok(&staff.csrf, &form.csrf) {
-        return error(
-            lang,
-            &web.school(),
-            StatusCode::FORBIDDEN,
-            &t(lang, "error_form_expired"),
-            None,
-        );
-    }
     let now = web.core.now();
     let (name, class_name) = (form.name.trim(), form.class_name.trim());
     let problem =
@@ -537,19 +535,10 @@ pub async fn confirm(
     Form(form): Form<Confirm>,
 ) -> Response {
     let lang = Lang::of(&headers);
-    let staff = match mentor(&web, &headers).await {
+    let staff = match mentor_posting(&web, &headers, &form.csrf).await {
         Ok(s) => s,
         Err(r) => return r,
     };
-    if !csrf_ok(&staff.csrf, &form.csrf) {
-        return error(
-            lang,
-            &web.school(),
-            StatusCode::FORBIDDEN,
-            &t(lang, "error_form_expired"),
-            None,
-        );
-    }
     if let Err(r) = own_invitation(&web, lang, &staff, id).await {
         return r;
     }
