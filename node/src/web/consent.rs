@@ -19,8 +19,7 @@ use rand_core::RngCore;
 use super::Shared;
 use super::i18n::{Lang, day, dutch_midnight, t, tf};
 use super::page::{error, page, respond};
-use super::staff::csrf_ok;
-use super::student::{not_signed, signing, student};
+use super::student::{form_field, not_signed, signing, student, student_form};
 use crate::core::NodeError;
 
 /// The organisations a student can give consent to, by org id and name: mbo colleges,
@@ -160,24 +159,11 @@ pub async fn prepare(
     Form(fields): Form<Vec<(String, String)>>,
 ) -> Response {
     let lang = Lang::of(&headers);
-    let Some((pseudonym, csrf)) = student(&web, &headers).await else {
-        return Redirect::to("/student").into_response();
+    let (pseudonym, csrf) = match student_form(&web, &headers, &fields).await {
+        Ok(s) => s,
+        Err(r) => return r,
     };
-    let one = |name: &str| {
-        fields
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    };
-    if !csrf_ok(&csrf, one("csrf").unwrap_or_default()) {
-        return error(
-            lang,
-            &web.school(),
-            StatusCode::FORBIDDEN,
-            &t(lang, "error_form_expired"),
-            None,
-        );
-    }
+    let one = |name: &str| form_field(&fields, name);
     let now = web.core.now();
     let sections_known = match signed_sections(&web, &pseudonym).await {
         Ok(s) => s,

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::i18n::{Lang, t, tf, when};
-use super::page::{error, page, respond};
+use super::page::{error, form_expired, page, refusal, respond};
 use super::staff::{Staff, csrf_ok, sign_in_first, signed_in};
 use super::{Shared, random_token};
 use crate::core::NodeError;
@@ -95,13 +95,7 @@ async fn mentor_posting(web: &Shared, headers: &HeaderMap, csrf: &str) -> Result
     let staff = mentor(web, headers).await?;
     if !csrf_ok(&staff.csrf, csrf) {
         let lang = Lang::of(headers);
-        return Err(error(
-            lang,
-            &web.school(),
-            StatusCode::FORBIDDEN,
-            &t(lang, "error_form_expired"),
-            None,
-        ));
+        return Err(form_expired(lang, &web.school()));
     }
     Ok(staff)
 }
@@ -640,10 +634,6 @@ pub async fn student_page(
 pub struct KeyIn {
     /// The raw 32-byte Ed25519 public key, base64.
     key: String,
-}
-
-fn refusal(status: StatusCode, reason: &str) -> Response {
-    (status, Json(serde_json::json!({ "error": reason }))).into_response()
 }
 
 pub async fn hand_in_key(

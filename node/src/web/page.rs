@@ -63,3 +63,19 @@ pub fn error(
     };
     respond(status, page(lang, school, &t(lang, "error_title"), body))
 }
+
+/// The page for a form whose CSRF token is not its session's (forged, or from an old page).
+pub fn form_expired(lang: Lang, school: &str) -> Response {
+    error(
+        lang,
+        school,
+        StatusCode::FORBIDDEN,
+        &t(lang, "error_form_expired"),
+        None,
+    )
+}
+
+/// A refusal for the pages' own scripts (JSON): the status and a reason they can show.
+pub fn refusal(status: StatusCode, reason: &str) -> Response {
+    (status, axum::Json(serde_json::json!({ "error": reason }))).into_response()
+}

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::i18n::{Lang, t};
-use super::page::{error, page, respond};
+use super::page::{error, form_expired, page, respond};
 use super::{Shared, random_token};
 use crate::core::people::password_matches;
 use crate::store::SessionRow;
@@ -227,13 +227,7 @@ pub async fn sign_out(
         return Redirect::to("/").into_response();
     };
     if !csrf_ok(&row.csrf, &form.csrf) {
-        return error(
-            lang,
-            &web.school(),
-            StatusCode::FORBIDDEN,
-            &t(lang, "error_form_expired"),
-            None,
-        );
+        return form_expired(lang, &web.school());
     }
     if let Some(id) = cookie_value(&headers, SESSION_COOKIE) {
         let _ = web.core.store.delete_session(&session_hash(id)).await;

@@ -16,7 +16,7 @@ use rand_core::RngCore;
 use serde::Deserialize;
 
 use super::i18n::{Lang, t, tf, when};
-use super::page::{error, page, respond};
+use super::page::{error, form_expired, page, refusal, respond};
 use super::staff::{csrf_ok, session, start_session};
 use super::{Shared, random_token};
 use crate::core::NodeError;
@@ -58,6 +58,30 @@ impl Challenges {
             .filter(|(_, until)| *until > now)
             .map(|(c, _)| c)
     }
+}
+
+/// The value of the form field `name`, if the form has one.
+pub(super) fn form_field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    fields
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// The student who posted `fields` (pseudonym, session CSRF token): signed in, and the form's
+/// CSRF token is the session's; or the page to answer with.
+pub(super) async fn student_form(
+    web: &Shared,
+    headers: &HeaderMap,
+    fields: &[(String, String)],
+) -> Result<(String, String), Response> {
+    let Some((pseudonym, csrf)) = student(web, headers).await else {
+        return Err(Redirect::to("/student").into_response());
+    };
+    if !csrf_ok(&csrf, form_field(fields, "csrf").unwrap_or_default()) {
+        return Err(form_expired(Lang::of(headers), &web.school()));
+    }
+    Ok((pseudonym, csrf))
 }
 
 /// Versions prepared for signing, one per student: the manifest's body and the disclosures,
@@ -144,10 +168,6 @@ pub struct SignIn {
     id: String,
     key: String,
     signature: String,
-}
-
-pub(super) fn refusal(status: StatusCode, reason: &str) -> Response {
-    (status, Json(serde_json::json!({ "error": reason }))).into_response()
 }
 
 pub async fn sign_in(State(web): State<Shared>, body: axum::body::Bytes) -> Response {
@@ -305,24 +325,11 @@ pub async fn save_passport(
     Form(fields): Form<Vec<(String, String)>>,
 ) -> Response {
     let lang = Lang::of(&headers);
-    let Some((pseudonym, csrf)) = student(&web, &headers).await else {
-        return Redirect::to("/student").into_response();
+    let (pseudonym, csrf) = match student_form(&web, &headers, &fields).await {
+        Ok(s) => s,
+        Err(r) => return r,
     };
-    let field = |name: &str| {
-        fields
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    };
-    if !csrf_ok(&csrf, field("csrf").unwrap_or_default()) {
-        return error(
-            lang,
-            &web.school(),
-            StatusCode::FORBIDDEN,
-            &t(lang, "error_form_expired"),
-            None,
-        );
-    }
+    let field = |name: &str| form_field(&fields, name);
     let mut draft = Draft {
         question_set: field("set").unwrap_or(DEFAULT_SET).to_string(),
         answers: BTreeMap::new(),
