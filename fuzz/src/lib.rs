@@ -73,6 +73,7 @@ pub fn fixture() -> &'static Fixture {
             student_key: student.verifying_key().to_bytes().to_vec(),
             birth_month: "2009-01".into(),
             guardian_keys: vec![],
+            device_keys: vec![],
             issued_at: NOW - 1_000,
             retired_keys: vec![overstap_proto::pb::RetiredKey {
                 key: lost.verifying_key().to_bytes().to_vec(),

@@ -1,7 +1,7 @@
 //! Consent grants and revocations: signed by the student (and a guardian under 16), checked by
 //! the sender before anything leaves a node and by the recipient before anything is stored.
 
-use crate::passport::verify_student_signatures;
+use crate::passport::{Signers, verify_signers};
 use crate::pb::{ConsentGrant, Revocation, Signed, StudentCard};
 use crate::sign::{Domain, decode_body};
 use crate::{ProtocolError, UnixTime};
@@ -16,9 +16,19 @@ pub fn verify_grant(
     card: &StudentCard,
     now: UnixTime,
 ) -> Result<ConsentGrant, ProtocolError> {
+    verify_grant_by(signed, card, now, Signers::StudentAndGuardian)
+}
+
+/// [`verify_grant`], with the signatures `rule` asks for.
+pub fn verify_grant_by(
+    signed: &Signed,
+    card: &StudentCard,
+    now: UnixTime,
+    rule: Signers,
+) -> Result<ConsentGrant, ProtocolError> {
     let grant: ConsentGrant = decode_body(Domain::Grant, signed)?;
     check_grant_shape(&grant, card)?;
-    verify_student_signatures(Domain::Grant, signed, card, grant.issued_at, now)?;
+    verify_signers(Domain::Grant, signed, card, grant.issued_at, now, rule)?;
     Ok(grant)
 }
 
@@ -142,7 +152,14 @@ pub fn verify_revocation(
             rev.pseudonym, card.pseudonym
         )));
     }
-    verify_student_signatures(Domain::Revocation, signed, card, rev.revoked_at, now)?;
+    verify_signers(
+        Domain::Revocation,
+        signed,
+        card,
+        rev.revoked_at,
+        now,
+        Signers::StudentOrGuardian,
+    )?;
     Ok(rev)
 }
 
@@ -162,6 +179,7 @@ mod tests {
         let student = generate_signing_key();
         let guardian = generate_signing_key();
         let card = StudentCard {
+            device_keys: Vec::new(),
             pseudonym: "p1".into(),
             home_org: "25LP".into(),
             student_key: student.verifying_key().to_bytes().to_vec(),
@@ -222,6 +240,30 @@ mod tests {
         let signed = sign_message(Domain::Grant, &g, &[&f.student]);
         let err = verify_grant(&signed, &f.card, NOV_2026).unwrap_err();
         assert!(err.to_string().contains("cannot be signed ahead"), "{err}");
+    }
+
+    #[test]
+    fn under_16_the_student_or_a_guardian_alone_withdraws_and_only_the_student_signs_first() {
+        let f = fixture("2011-02");
+        let rev = Revocation {
+            grant_id: "g1".into(),
+            pseudonym: "p1".into(),
+            revoked_at: NOV_2026,
+        };
+        for who in [&f.student, &f.guardian] {
+            let signed = sign_message(Domain::Revocation, &rev, &[who]);
+            assert_eq!(verify_revocation(&signed, &f.card, NOV_2026).unwrap(), rev);
+        }
+        let stranger = generate_signing_key();
+        let signed = sign_message(Domain::Revocation, &rev, &[&stranger]);
+        assert!(verify_revocation(&signed, &f.card, NOV_2026).is_err());
+        // What a home node holds for the guardian: the student's signature, not the guardian's.
+        let by_student = sign_message(Domain::Grant, &grant(), &[&f.student]);
+        verify_grant_by(&by_student, &f.card, NOV_2026, Signers::StudentFirst).unwrap();
+        let by_guardian = sign_message(Domain::Grant, &grant(), &[&f.guardian]);
+        let err = verify_grant_by(&by_guardian, &f.card, NOV_2026, Signers::StudentFirst)
+            .unwrap_err();
+        assert!(matches!(err, ProtocolError::MissingSignature { .. }), "{err}");
     }
 
     #[test]

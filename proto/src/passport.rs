@@ -182,6 +182,24 @@ pub fn verify_card(signed: &Signed, home_key: &VerifyingKey) -> Result<StudentCa
     for g in &card.guardian_keys {
         verifying_key(g, "guardian key")?;
     }
+    if card.device_keys.len() > MAX_DEVICE_KEYS {
+        return Err(ProtocolError::malformed(
+            "student card",
+            format!("more than {MAX_DEVICE_KEYS} device keys"),
+        ));
+    }
+    for (i, d) in card.device_keys.iter().enumerate() {
+        verifying_key(d, "device key")?;
+        if *d == card.student_key
+            || card.guardian_keys.contains(d)
+            || card.device_keys[..i].contains(d)
+        {
+            return Err(ProtocolError::malformed(
+                "student card",
+                "a device key is named twice, or as another key of the card",
+            ));
+        }
+    }
     if card.retired_keys.len() > MAX_RETIRED_KEYS {
         return Err(ProtocolError::malformed(
             "student card",
@@ -205,7 +223,10 @@ pub fn verify_card(signed: &Signed, home_key: &VerifyingKey) -> Result<StudentCa
                 "a key is retired after the card that retires it was issued",
             ));
         }
-        if r.key == card.student_key || card.guardian_keys.contains(&r.key) {
+        if r.key == card.student_key
+            || card.guardian_keys.contains(&r.key)
+            || card.device_keys.contains(&r.key)
+        {
             return Err(ProtocolError::malformed(
                 "student card",
                 "a retired key is still named as a current key",
@@ -217,6 +238,13 @@ pub fn verify_card(signed: &Signed, home_key: &VerifyingKey) -> Result<StudentCa
 
 /// How many lost keys one card may list.
 pub const MAX_RETIRED_KEYS: usize = 32;
+/// How many device keys one card may list besides the student key.
+pub const MAX_DEVICE_KEYS: usize = 8;
+
+/// Every key that signs as the student: the first device's and the other devices'.
+pub fn student_keys(card: &StudentCard) -> impl Iterator<Item = &Vec<u8>> {
+    std::iter::once(&card.student_key).chain(card.device_keys.iter())
+}
 pub const ROLE_STUDENT: &str = "student";
 pub const ROLE_GUARDIAN: &str = "guardian";
 
@@ -271,11 +299,11 @@ pub fn check_card_follows(held: &StudentCard, newer: &StudentCard) -> Result<(),
         )));
     }
     let accounted = |key: &Vec<u8>| {
-        newer.student_key == *key
+        student_keys(newer).any(|k| k == key)
             || newer.guardian_keys.contains(key)
             || newer.retired_keys.iter().any(|r| r.key == *key)
     };
-    if !accounted(&held.student_key) || !held.guardian_keys.iter().all(accounted) {
+    if !student_keys(held).all(accounted) || !held.guardian_keys.iter().all(accounted) {
         return Err(ProtocolError::Consent(format!(
             "the card for student {} drops a key of the card held here without retiring it",
             held.pseudonym
@@ -298,6 +326,20 @@ pub fn check_card_follows(held: &StudentCard, newer: &StudentCard) -> Result<(),
 /// How far ahead of the verifier's clock a signer's date may be (clocks drift).
 pub const MAX_CLOCK_SKEW: i64 = 300;
 
+/// Whose signatures an object about a student needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signers {
+    /// The student's, and a guardian's too while the student is under 16: a passport version
+    /// and a consent.
+    StudentAndGuardian,
+    /// The student's alone: what a home node holds until a guardian co-signs it.
+    StudentFirst,
+    /// The student's or, while the student is under 16, a guardian's on their own: withdrawing
+    /// a consent is as easy as giving it (AVG art. 7(3)), and either of the two who gave it
+    /// may end it.
+    StudentOrGuardian,
+}
+
 /// Checks the student's signature, and a guardian's when the student is under 16 at `at`.
 ///
 /// `at` is the date the signer wrote into the object; it may not lie ahead of the verifier's
@@ -310,6 +352,18 @@ pub fn verify_student_signatures(
     at: UnixTime,
     now: UnixTime,
 ) -> Result<(), ProtocolError> {
+    verify_signers(domain, signed, card, at, now, Signers::StudentAndGuardian)
+}
+
+/// Checks the signatures `rule` asks for, as [`verify_student_signatures`] explains.
+pub fn verify_signers(
+    domain: Domain,
+    signed: &Signed,
+    card: &StudentCard,
+    at: UnixTime,
+    now: UnixTime,
+    rule: Signers,
+) -> Result<(), ProtocolError> {
     if at > now + MAX_CLOCK_SKEW {
         return Err(ProtocolError::Consent(format!(
             "the {} is dated {}, after this node's clock ({}): it cannot be signed ahead",
@@ -318,33 +372,84 @@ pub fn verify_student_signatures(
             crate::format_time(now)
         )));
     }
-    let student = verifying_key(&card.student_key, "student key")?;
-    if let Err(e) = verify_signed_by(domain, signed, &student) {
-        check_retired(domain, signed, card, ROLE_STUDENT, at, e)?;
+    let student = student_signed(domain, signed, card, at);
+    let under_16 = under_16(&card.birth_month, at)?;
+    match rule {
+        Signers::StudentFirst => student,
+        Signers::StudentAndGuardian if !under_16 => student,
+        Signers::StudentAndGuardian => {
+            student.and_then(|()| guardian_signed(domain, signed, card, at))
+        }
+        Signers::StudentOrGuardian if !under_16 => student,
+        Signers::StudentOrGuardian => {
+            student.or_else(|e| guardian_signed(domain, signed, card, at).map_err(|_| e))
+        }
     }
-    if under_16(&card.birth_month, at)? {
-        let mut last_err = None;
-        for g in &card.guardian_keys {
-            match verify_signed_by(domain, signed, &verifying_key(g, "guardian key")?) {
-                Ok(()) => return Ok(()),
-                Err(e) => last_err = Some(e),
+}
+
+/// Whether one of the student's keys (or a retired one, for an object dated before it was
+/// retired) signed.
+fn student_signed(
+    domain: Domain,
+    signed: &Signed,
+    card: &StudentCard,
+    at: UnixTime,
+) -> Result<(), ProtocolError> {
+    // Any of the student's device keys signs as the student; when none did, a bad signature
+    // says more than a missing one.
+    let mut student_err = None;
+    for key in student_keys(card) {
+        match verify_signed_by(domain, signed, &verifying_key(key, "student key")?) {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                let keep = match &student_err {
+                    None => true,
+                    Some(ProtocolError::MissingSignature { .. }) => {
+                        !matches!(e, ProtocolError::MissingSignature { .. })
+                    }
+                    Some(_) => false,
+                };
+                if keep {
+                    student_err = Some(e);
+                }
             }
         }
-        let err = match last_err {
-            Some(ProtocolError::BadSignature { what, detail }) => {
-                ProtocolError::BadSignature { what, detail }
-            }
-            _ => ProtocolError::MissingSignature {
-                what: domain.what(),
-                detail: format!(
-                    "the student is under 16 on {}, so a guardian must co-sign",
-                    crate::format_date(at)
-                ),
-            },
-        };
-        return check_retired(domain, signed, card, ROLE_GUARDIAN, at, err);
     }
-    Ok(())
+    let err = student_err.unwrap_or_else(|| ProtocolError::MissingSignature {
+        what: domain.what(),
+        detail: "the card names no student key".into(),
+    });
+    check_retired(domain, signed, card, ROLE_STUDENT, at, err)
+}
+
+/// Whether one of the card's guardians (or a retired guardian key, for an object dated before
+/// it was retired) signed.
+fn guardian_signed(
+    domain: Domain,
+    signed: &Signed,
+    card: &StudentCard,
+    at: UnixTime,
+) -> Result<(), ProtocolError> {
+    let mut last_err = None;
+    for g in &card.guardian_keys {
+        match verify_signed_by(domain, signed, &verifying_key(g, "guardian key")?) {
+            Ok(()) => return Ok(()),
+            Err(e) => last_err = Some(e),
+        }
+    }
+    let err = match last_err {
+        Some(ProtocolError::BadSignature { what, detail }) => {
+            ProtocolError::BadSignature { what, detail }
+        }
+        _ => ProtocolError::MissingSignature {
+            what: domain.what(),
+            detail: format!(
+                "the student is under 16 on {}, so a guardian must co-sign",
+                crate::format_date(at)
+            ),
+        },
+    };
+    check_retired(domain, signed, card, ROLE_GUARDIAN, at, err)
 }
 
 /// After the current key did not sign: accepts a signature by a retired key of `role` when the
@@ -378,6 +483,16 @@ pub fn verify_manifest(
     card: &StudentCard,
     now: UnixTime,
 ) -> Result<Manifest, ProtocolError> {
+    verify_manifest_by(signed, card, now, Signers::StudentAndGuardian)
+}
+
+/// [`verify_manifest`], with the signatures `rule` asks for.
+pub fn verify_manifest_by(
+    signed: &Signed,
+    card: &StudentCard,
+    now: UnixTime,
+    rule: Signers,
+) -> Result<Manifest, ProtocolError> {
     let manifest: Manifest = decode_body(Domain::Manifest, signed)?;
     if manifest.pseudonym != card.pseudonym {
         return Err(ProtocolError::Disclosure(format!(
@@ -385,7 +500,14 @@ pub fn verify_manifest(
             manifest.pseudonym, card.pseudonym
         )));
     }
-    verify_student_signatures(Domain::Manifest, signed, card, manifest.created_at, now)?;
+    verify_signers(
+        Domain::Manifest,
+        signed,
+        card,
+        manifest.created_at,
+        now,
+        rule,
+    )?;
     Ok(manifest)
 }
 
@@ -477,6 +599,7 @@ mod tests {
         let student = generate_signing_key();
         let guardian = generate_signing_key();
         let card = StudentCard {
+            device_keys: Vec::new(),
             pseudonym: "p1".into(),
             home_org: "25LP".into(),
             student_key: student.verifying_key().to_bytes().to_vec(),
@@ -500,11 +623,68 @@ mod tests {
     }
 
     #[test]
+    fn every_device_key_on_the_card_signs_as_the_student_and_none_can_be_dropped_silently() {
+        let home = generate_signing_key();
+        let phone = generate_signing_key();
+        let laptop = generate_signing_key();
+        let stranger = generate_signing_key();
+        let key = |k: &ed25519_dalek::SigningKey| k.verifying_key().to_bytes().to_vec();
+        let card = StudentCard {
+            pseudonym: "p1".into(),
+            home_org: "25LP".into(),
+            student_key: key(&phone),
+            device_keys: vec![key(&laptop)],
+            birth_month: "2008-06".into(),
+            guardian_keys: vec![],
+            issued_at: 0,
+            retired_keys: Vec::new(),
+        };
+        let signed_card = sign_message(Domain::StudentCard, &card, &[&home]);
+        let card = verify_card(&signed_card, &home.verifying_key()).unwrap();
+        let at = 1_790_000_000;
+        let v = build_version("p1", 1, "s", at, &[section("a", "x")]).unwrap();
+        for device in [&phone, &laptop] {
+            let signed = sign_message(Domain::Manifest, &v.manifest, &[device]);
+            assert_eq!(verify_manifest(&signed, &card, at).unwrap().version, 1);
+        }
+        let err = verify_manifest(
+            &sign_message(Domain::Manifest, &v.manifest, &[&stranger]),
+            &card,
+            at,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, ProtocolError::MissingSignature { .. }),
+            "{err}"
+        );
+        // A forged signature under the laptop's key is named as bad, not as missing.
+        let mut forged = sign_message(Domain::Manifest, &v.manifest, &[&laptop]);
+        forged.sigs[0].signature[0] ^= 1;
+        let err = verify_manifest(&forged, &card, at).unwrap_err();
+        assert!(matches!(err, ProtocolError::BadSignature { .. }), "{err}");
+        // A later card may not drop the laptop without retiring it.
+        let mut newer = card.clone();
+        newer.issued_at = 10;
+        newer.device_keys.clear();
+        let err = check_card_follows(&card, &newer).unwrap_err();
+        assert!(err.to_string().contains("without retiring"), "{err}");
+        // A card naming a device key twice, or the student key again, is malformed.
+        for twice in [vec![key(&laptop), key(&laptop)], vec![key(&phone)]] {
+            let mut bad = card.clone();
+            bad.device_keys = twice;
+            let signed = sign_message(Domain::StudentCard, &bad, &[&home]);
+            let err = verify_card(&signed, &home.verifying_key()).unwrap_err();
+            assert!(err.to_string().contains("named twice"), "{err}");
+        }
+    }
+
+    #[test]
     fn a_key_reported_lost_counts_only_for_what_it_signed_before() {
         let home = generate_signing_key();
         let lost = generate_signing_key();
         let new = generate_signing_key();
         let old_card = StudentCard {
+            device_keys: Vec::new(),
             pseudonym: "p1".into(),
             home_org: "25LP".into(),
             student_key: lost.verifying_key().to_bytes().to_vec(),

@@ -120,6 +120,7 @@ impl NodeCore {
             )));
         }
         Ok(StudentCard {
+            device_keys: Vec::new(),
             pseudonym: format!("pvs-{}", hex::encode(random_bytes::<8>())),
             home_org: self.org_id.clone(),
             student_key: student_key.to_vec(),

@@ -457,6 +457,7 @@ async fn a_school_cannot_learn_what_is_held_for_another_school() {
     let prober = creds(&region, OTHER_MBO);
     let fake_student = overstap_proto::sign::generate_signing_key();
     let card = StudentCard {
+        device_keys: Vec::new(),
         pseudonym: "pvs-0123456789abcdef".into(),
         home_org: OTHER_MBO.into(),
         student_key: fake_student.verifying_key().to_bytes().to_vec(),
