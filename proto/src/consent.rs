@@ -261,9 +261,12 @@ mod tests {
         let by_student = sign_message(Domain::Grant, &grant(), &[&f.student]);
         verify_grant_by(&by_student, &f.card, NOV_2026, Signers::StudentFirst).unwrap();
         let by_guardian = sign_message(Domain::Grant, &grant(), &[&f.guardian]);
-        let err = verify_grant_by(&by_guardian, &f.card, NOV_2026, Signers::StudentFirst)
-            .unwrap_err();
-        assert!(matches!(err, ProtocolError::MissingSignature { .. }), "{err}");
+        let err =
+            verify_grant_by(&by_guardian, &f.card, NOV_2026, Signers::StudentFirst).unwrap_err();
+        assert!(
+            matches!(err, ProtocolError::MissingSignature { .. }),
+            "{err}"
+        );
     }
 
     #[test]

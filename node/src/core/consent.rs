@@ -2,10 +2,11 @@
 //! erasing what a grant brought (with a signed deletion receipt), and the reaper that ends what
 //! ran out.
 
+use overstap_proto::consent::verify_grant_by;
 use overstap_proto::consent::{
     GrantTime, check_in_force, grant_time, verify_grant, verify_revocation, window_time,
 };
-use overstap_proto::passport::refuse_retired_keys;
+use overstap_proto::passport::{Signers, refuse_retired_keys};
 use overstap_proto::pb::payload::Content;
 use overstap_proto::pb::{
     ConsentGrant, DeletionReceipt, EnvelopeKind, MemberKind, Payload, Revocation, RevocationNotice,
@@ -22,10 +23,23 @@ use super::{NodeCore, NodeError, stored};
 impl NodeCore {
     /// Keeps a grant signed by the student (and guardian under 16).
     pub async fn add_grant(&self, signed: &Signed) -> Result<String, NodeError> {
+        self.keep_grant(signed, Signers::StudentAndGuardian, None)
+            .await
+    }
+
+    /// Checks a grant with the signatures `rule` asks for; with `held`, it is held for a
+    /// guardian (and not kept yet), and without, kept. With `drop_held`, the grant a guardian
+    /// just co-signed leaves the held ones in the same transaction.
+    pub(super) async fn keep_grant(
+        &self,
+        signed: &Signed,
+        rule: Signers,
+        drop_held: Option<i64>,
+    ) -> Result<String, NodeError> {
         let probe: ConsentGrant = decode_body(Domain::Grant, signed)?;
         let (_, card) = self.card(&probe.pseudonym).await?;
         refuse_retired_keys(Domain::Grant, signed, &card)?;
-        let grant = verify_grant(signed, &card, self.now())?;
+        let grant = verify_grant_by(signed, &card, self.now(), rule)?;
         if grant.recipient_org == self.org_id {
             return Err(NodeError::Invalid(
                 "a grant to the home school itself is not needed".into(),
@@ -54,6 +68,21 @@ impl NodeCore {
                 ))
             })?;
         let mut tx = self.store.begin().await?;
+        if rule == Signers::StudentFirst {
+            tx.hold_for_guardian(
+                &grant.pseudonym,
+                "consent",
+                &signed.encode_to_vec(),
+                None,
+                self.now(),
+            )
+            .await?;
+            tx.commit().await?;
+            return Ok(grant.grant_id);
+        }
+        if let Some(id) = drop_held {
+            tx.drop_held(id).await?;
+        }
         tx.insert_grant(
             &GrantRow {
                 grant_id: grant.grant_id.clone(),

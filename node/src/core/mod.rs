@@ -11,6 +11,8 @@
 //! - `directory`: installing a newer directory, following a rotation of this node's keys
 //!   ([`KeyFiles`]), signing the student cards again after one.
 //! - `students`: student cards (issued, re-issued after a lost key) and passport versions.
+//! - `keys`: more keys on a card through one-time links (a guardian's, another device's, a new
+//!   one after a loss), and what a student under 16 signed, held until a guardian co-signs.
 //! - `consent`: grants, revocation, erasure with a deletion receipt, and the reaper.
 //! - `send`: sealing into the outbox, sending passports, and the outbox's side of a push.
 //! - `ingest`: taking in from the hub in each sender's order, with held envelopes and runs.
@@ -39,6 +41,7 @@ mod checks;
 mod consent;
 mod directory;
 mod ingest;
+pub mod keys;
 mod log;
 pub mod people;
 mod send;

@@ -1,7 +1,6 @@
 //! The people at a home node: staff accounts of the web app (a role each, the password kept as
-//! an argon2id hash only), finding a student by a device key to sign in with, and a student's
-//! draft answers while they fill in the passport. Names and classes come with enrolment
-//! (`students`).
+//! an argon2id hash only), and a student's draft answers while they fill in the passport. Names
+//! and classes come with enrolment (`students`).
 
 use argon2::Argon2;
 use argon2::password_hash::rand_core::OsRng;
@@ -10,9 +9,8 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use std::collections::BTreeMap;
 
 use overstap_proto::passport::{PassportVersion, build_version};
-use overstap_proto::pb::{Answer, Section, StudentCard};
+use overstap_proto::pb::{Answer, Section};
 use overstap_proto::questions::{SMILEYS, question_set};
-use overstap_proto::sign::{Domain, decode_body};
 use serde::{Deserialize, Serialize};
 
 use crate::store::StaffRow;
@@ -67,18 +65,6 @@ pub struct DraftAnswer {
 }
 
 impl NodeCore {
-    /// The pseudonym of the student whose card names `key` as their key now.
-    pub async fn student_by_key(&self, key: &[u8]) -> Result<Option<String>, NodeError> {
-        for (pseudonym, card) in self.store.student_cards().await? {
-            let signed: overstap_proto::pb::Signed = super::stored(&card, "student card")?;
-            let card: StudentCard = decode_body(Domain::StudentCard, &signed)?;
-            if card.student_key == key {
-                return Ok(Some(pseudonym));
-            }
-        }
-        Ok(None)
-    }
-
     /// Saves a student's draft after checking it against its question set: every section and
     /// question exists, a smiley only where the question has one, no answer too long.
     pub async fn save_draft(&self, pseudonym: &str, draft: &Draft) -> Result<i64, NodeError> {

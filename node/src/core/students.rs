@@ -3,8 +3,8 @@
 
 use overstap_proto::consent::GrantTime;
 use overstap_proto::passport::{
-    ROLE_GUARDIAN, ROLE_STUDENT, parse_birth_month, refuse_retired_keys, verify_card,
-    verify_disclosures, verify_manifest,
+    ROLE_GUARDIAN, ROLE_STUDENT, Signers, parse_birth_month, refuse_retired_keys, verify_card,
+    verify_disclosures, verify_manifest_by,
 };
 use overstap_proto::pb::{Disclosure, Manifest, Signed, StudentCard};
 use overstap_proto::sign::{Domain, decode_body, sign_message, verifying_key};
@@ -45,10 +45,12 @@ impl NodeCore {
     /// compared, in person, the short code of the key the student's browser handed in: the
     /// card, the student's name and class, and the invitation's use are one transaction, so an
     /// invitation issues at most one card.
+    ///
+    /// A student under 16 gets a card only with a guardian's key: the keys handed in through the
+    /// enrolment's guardian links, which the mentor confirmed in the same step, are on it.
     pub async fn enrol_student(
         &self,
         invitation_id: i64,
-        guardian_keys: &[Vec<u8>],
         mentor: &str,
     ) -> Result<Signed, NodeError> {
         let mut tx = self.store.begin().await?;
@@ -79,11 +81,23 @@ impl NodeCore {
                 "this invitation has run out".into(),
             ));
         }
-        let card = self.new_card(student_key, &invitation.birth_month, guardian_keys, mentor)?;
+        let guardians = tx.guardian_keys_of_invitation(invitation_id, now).await?;
+        let guardian_keys: Vec<Vec<u8>> = guardians.iter().filter_map(|l| l.key.clone()).collect();
+        if overstap_proto::passport::under_16(&invitation.birth_month, now)?
+            && guardian_keys.is_empty()
+        {
+            return Err(NodeError::Precondition(
+                "the student is under 16: a parent's key is needed first".into(),
+            ));
+        }
+        let card = self.new_card(student_key, &invitation.birth_month, &guardian_keys, mentor)?;
         let signed = sign_message(Domain::StudentCard, &card, &[&self.key()]);
         tx.insert_student(&card.pseudonym, &signed.encode_to_vec(), mentor, now)
             .await?;
         tx.use_invitation(&invitation, &card.pseudonym, now).await?;
+        for l in &guardians {
+            tx.use_key_link(l.id, &card.pseudonym, now).await?;
+        }
         tx.commit().await?;
         tracing::info!(org = %self.org_id, "student card issued for an invitation");
         Ok(signed)
@@ -168,7 +182,7 @@ impl NodeCore {
             });
         };
         let known = |k: &[u8]| {
-            old.student_key == k
+            overstap_proto::passport::student_keys(&old).any(|s| s == k)
                 || old.guardian_keys.iter().any(|g| g == k)
                 || old.retired_keys.iter().any(|r| r.key == k)
         };
@@ -180,8 +194,12 @@ impl NodeCore {
                         .into(),
                 ));
             }
-            retire(&mut card, &old.student_key, ROLE_STUDENT);
+            // The student's keys on every device go: which device was lost is not known.
+            for k in overstap_proto::passport::student_keys(&old) {
+                retire(&mut card, k, ROLE_STUDENT);
+            }
             card.student_key = key.to_vec();
+            card.device_keys.clear();
         }
         if let Some(guardians) = new_guardians {
             for g in guardians {
@@ -272,10 +290,25 @@ impl NodeCore {
         manifest: &Signed,
         disclosures: &[Disclosure],
     ) -> Result<u32, NodeError> {
+        self.keep_passport(manifest, disclosures, Signers::StudentAndGuardian, None)
+            .await
+    }
+
+    /// Checks a passport version with the signatures `rule` asks for; with
+    /// [`Signers::StudentFirst`] it is held for a guardian (and not kept yet), otherwise kept.
+    /// With `drop_held`, the version a guardian just co-signed leaves the held ones in the same
+    /// transaction.
+    pub(super) async fn keep_passport(
+        &self,
+        manifest: &Signed,
+        disclosures: &[Disclosure],
+        rule: Signers,
+        drop_held: Option<i64>,
+    ) -> Result<u32, NodeError> {
         let probe: Manifest = decode_body(Domain::Manifest, manifest)?;
         let (_, card) = self.card(&probe.pseudonym).await?;
         refuse_retired_keys(Domain::Manifest, manifest, &card)?;
-        let m = verify_manifest(manifest, &card, self.now())?;
+        let m = verify_manifest_by(manifest, &card, self.now(), rule)?;
         let sections = verify_disclosures(&m, disclosures)?;
         if sections.len() != m.digests.len() {
             return Err(NodeError::Invalid(format!(
@@ -298,6 +331,25 @@ impl NodeCore {
             .map(|(s, d)| (s.section_id.clone(), d.encode_to_vec()))
             .collect();
         let mut tx = self.store.begin().await?;
+        if rule == Signers::StudentFirst {
+            let package = overstap_proto::pb::StorePassportRequest {
+                manifest: None,
+                sections: disclosures.to_vec(),
+            };
+            tx.hold_for_guardian(
+                &m.pseudonym,
+                "passport",
+                &manifest.encode_to_vec(),
+                Some(&package.encode_to_vec()),
+                self.now(),
+            )
+            .await?;
+            tx.commit().await?;
+            return Ok(m.version);
+        }
+        if let Some(id) = drop_held {
+            tx.drop_held(id).await?;
+        }
         tx.insert_version(
             &m.pseudonym,
             m.version,

@@ -23,6 +23,7 @@ use sqlx::{Any, AnyPool, Row, Transaction};
 
 mod grants;
 mod inbox;
+mod keys;
 mod log;
 mod outbox;
 mod received;
@@ -31,6 +32,7 @@ mod web;
 
 pub use grants::{GrantRow, TrailRow};
 pub use inbox::{Held, Peer, Processed};
+pub use keys::{HeldRow, KeyLinkRow, LinkRole};
 pub use log::{CHECKPOINT_HISTORY, LogState, Unproven};
 pub use outbox::{OutboxEntry, OutboxRow};
 pub use received::{Erased, Received};

@@ -116,6 +116,17 @@ impl Tx {
     }
 
     /// Puts a re-issued card in place of the student's current one.
+    /// The student's card, read under the writer lock.
+    pub async fn student_card(&mut self, pseudonym: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(
+            sqlx::query("SELECT card FROM students WHERE pseudonym = $1")
+                .bind(pseudonym)
+                .fetch_optional(&mut *self.0)
+                .await?
+                .map(|r| r.get(0)),
+        )
+    }
+
     pub async fn replace_card(&mut self, pseudonym: &str, card: &[u8]) -> Result<(), StoreError> {
         let done = sqlx::query("UPDATE students SET card = $1 WHERE pseudonym = $2")
             .bind(card)

@@ -21,6 +21,7 @@ use super::i18n::{Lang, day, dutch_midnight, t, tf};
 use super::page::{error, page, respond};
 use super::student::{form_field, not_signed, signing, student, student_form};
 use crate::core::NodeError;
+use crate::core::keys::Kept;
 
 /// The organisations a student can give consent to, by org id and name: mbo colleges,
 /// municipalities and other schools in the signed directory.
@@ -45,8 +46,8 @@ fn recipients(web: &Shared) -> Vec<(String, String)> {
     list
 }
 
-/// The sections of the student's newest signed passport, by id and title.
-async fn signed_sections(
+/// The sections of the student's newest stored passport version, by id and title.
+pub(super) async fn section_titles(
     web: &Shared,
     pseudonym: &str,
 ) -> Result<Vec<(String, String)>, NodeError> {
@@ -125,7 +126,7 @@ pub async fn consent_page(State(web): State<Shared>, headers: HeaderMap) -> Resp
     let Some((pseudonym, csrf)) = student(&web, &headers).await else {
         return Redirect::to("/student").into_response();
     };
-    let sections = match signed_sections(&web, &pseudonym).await {
+    let sections = match section_titles(&web, &pseudonym).await {
         Ok(s) => s,
         Err(e) => return web.server_error(lang, e),
     };
@@ -165,7 +166,7 @@ pub async fn prepare(
     };
     let one = |name: &str| form_field(&fields, name);
     let now = web.core.now();
-    let sections_known = match signed_sections(&web, &pseudonym).await {
+    let sections_known = match section_titles(&web, &pseudonym).await {
         Ok(s) => s,
         Err(e) => return web.server_error(lang, e),
     };
@@ -215,31 +216,13 @@ pub async fn prepare(
         issued_at: now,
     };
     let bytes = grant.encode_to_vec();
-    let b64 = base64::engine::general_purpose::STANDARD;
+    let titles: Vec<(String, String)> = sections_known
+        .into_iter()
+        .filter(|(id, _)| chosen.contains(id))
+        .collect();
     let review = html! {
-        p.lead {
-            (tf(lang, "consent_review", &[
-                ("org", &name),
-                ("purpose", &purpose_label(lang, &purpose)),
-                ("until", &day(lang, until)),
-            ]))
-        }
-        ul.parts {
-            @for c in &chosen {
-                li data-section=(c) {
-                    (sections_known.iter().find(|(id, _)| id == c).map(|(_, t)| t.as_str()).unwrap_or(c))
-                }
-            }
-        }
-        p { (t(lang, "consent_live")) }
-        div #consent-sign data-body=(b64.encode(&bytes)) data-org=(org) data-purpose=(purpose)
-            data-until=(until) data-live="true" {
-            p #checking aria-live="polite" { (t(lang, "sign_checking")) }
-            button #sign-with-key type="button" disabled { (t(lang, "consent_sign_button")) }
-            p.error #check-failed role="alert" hidden { (t(lang, "sign_check_failed")) }
-            p.error #sign-failed role="alert" hidden { (t(lang, "sign_failed")) }
-            p.error #no-key role="alert" hidden { (t(lang, "student_no_key")) }
-        }
+        (review(lang, &grant, &name, &titles, "/student/consent/sign", "student",
+            &t(lang, "consent_sign_button")))
         p { a.button.secondary href="/student/passport" { (t(lang, "back_to_passport")) } }
         script src="/assets/student.js" defer {}
     };
@@ -249,6 +232,47 @@ pub async fn prepare(
         StatusCode::OK,
         page(lang, &web.school(), &t(lang, "consent_title"), review),
     )
+}
+
+/// A consent as the one who signs it reads it: to whom, what for, until when, which parts; and
+/// the box whose script checks the grant's bytes against exactly that before it signs.
+pub(super) fn review(
+    lang: Lang,
+    grant: &ConsentGrant,
+    org_name: &str,
+    titles: &[(String, String)],
+    url: &str,
+    slot: &str,
+    button: &str,
+) -> Markup {
+    let bytes = grant.encode_to_vec();
+    let b64 = base64::engine::general_purpose::STANDARD;
+    html! {
+        p.lead {
+            (tf(lang, "consent_review", &[
+                ("org", org_name),
+                ("purpose", &purpose_label(lang, &grant.purpose)),
+                ("until", &day(lang, grant.not_after)),
+            ]))
+        }
+        ul.parts {
+            @for c in &grant.sections {
+                li data-section=(c) {
+                    (titles.iter().find(|(id, _)| id == c).map(|(_, t)| t.as_str()).unwrap_or(c))
+                }
+            }
+        }
+        @if grant.live { p { (t(lang, "consent_live")) } }
+        div #consent-sign data-body=(b64.encode(&bytes)) data-org=(grant.recipient_org)
+            data-purpose=(grant.purpose) data-until=(grant.not_after) data-live=(grant.live)
+            data-url=(url) data-slot=(slot) {
+            p #checking aria-live="polite" { (t(lang, "sign_checking")) }
+            button #sign-with-key type="button" disabled { (button) }
+            p.error #check-failed role="alert" hidden { (t(lang, "sign_check_failed")) }
+            p.error #sign-failed role="alert" hidden { (t(lang, "sign_failed")) }
+            p.error #no-key role="alert" hidden { (t(lang, "student_no_key")) }
+        }
+    }
 }
 
 /// Takes the student's signature over the grant they were shown and keeps the grant; the node
@@ -262,10 +286,14 @@ pub async fn sign(
         Ok(s) => s,
         Err(r) => return r,
     };
-    match web.core.add_grant(&s.signed).await {
-        Ok(grant_id) => {
+    match web.core.student_signed_grant(&s.signed).await {
+        Ok(Kept::Done(grant_id)) => {
             tracing::info!(grant = %grant_id, "a student gave consent in the browser");
             Json(serde_json::json!({ "message": t(s.lang, "consent_given") })).into_response()
+        }
+        Ok(Kept::Held(_)) => {
+            Json(serde_json::json!({ "message": t(s.lang, "consent_waits_for_parent") }))
+                .into_response()
         }
         Err(e) => not_signed(s.lang, e, "a grant"),
     }

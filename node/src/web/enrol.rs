@@ -34,7 +34,7 @@ pub fn short_code(key: &[u8]) -> String {
     format!("{:03} {:03}", n / 1000, n % 1000)
 }
 
-fn token_hash(token: &str) -> Vec<u8> {
+pub(super) fn token_hash(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()
 }
 
@@ -83,7 +83,7 @@ impl Stage {
 }
 
 /// The staff member of this request, or the sign-in page.
-async fn mentor(web: &Shared, headers: &HeaderMap) -> Result<Staff, Response> {
+pub(super) async fn mentor(web: &Shared, headers: &HeaderMap) -> Result<Staff, Response> {
     match signed_in(web, headers).await {
         Some(s) => Ok(s),
         None => Err(sign_in_first(web, Lang::of(headers))),
@@ -91,7 +91,11 @@ async fn mentor(web: &Shared, headers: &HeaderMap) -> Result<Staff, Response> {
 }
 
 /// [`mentor`] for a form: also its CSRF token must be the session's.
-async fn mentor_posting(web: &Shared, headers: &HeaderMap, csrf: &str) -> Result<Staff, Response> {
+pub(super) async fn mentor_posting(
+    web: &Shared,
+    headers: &HeaderMap,
+    csrf: &str,
+) -> Result<Staff, Response> {
     let staff = mentor(web, headers).await?;
     if !csrf_ok(&staff.csrf, csrf) {
         let lang = Lang::of(headers);
@@ -100,196 +104,7 @@ async fn mentor_posting(web: &Shared, headers: &HeaderMap, csrf: &str) -> Result
     Ok(staff)
 }
 
-/// Where one of a mentor's students stands: name, class, and each step of the handover.
-struct Pupil {
-    name: String,
-    class_name: String,
-    filled: bool,
-    signed: Option<u32>,
-    consents: Vec<String>,
-    sent: usize,
-}
-
-/// The mentor's students and where each stands; their active grants, to send.
-async fn class_of(web: &Shared, mentor: &str) -> Result<(Vec<Pupil>, Vec<String>), NodeError> {
-    let mut pupils = Vec::new();
-    let mut active = Vec::new();
-    for p in web.core.store.people_of(mentor).await? {
-        let grants = web.core.store.grants(Some(&p.pseudonym)).await?;
-        active.extend(
-            grants
-                .iter()
-                .filter(|g| g.state == "active")
-                .map(|g| g.grant_id.clone()),
-        );
-        pupils.push(Pupil {
-            filled: web.core.store.draft(&p.pseudonym).await?.is_some(),
-            signed: web
-                .core
-                .store
-                .latest_version(&p.pseudonym)
-                .await?
-                .map(|v| v.version),
-            consents: grants
-                .iter()
-                .filter(|g| g.state == "active")
-                .map(|g| g.recipient_org.clone())
-                .collect(),
-            // Sealed for sending counts: the node pushes it on by itself.
-            sent: grants.iter().filter(|g| g.sent_version.is_some()).count(),
-            name: p.name,
-            class_name: p.class_name,
-        });
-    }
-    Ok((pupils, active))
-}
-
-pub async fn mentor_page(State(web): State<Shared>, headers: HeaderMap) -> Response {
-    let lang = Lang::of(&headers);
-    let staff = match mentor(&web, &headers).await {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
-    let list = match web.core.store.invitations_of(&staff.username).await {
-        Ok(l) => l,
-        Err(e) => return web.server_error(lang, e),
-    };
-    match class_of(&web, &staff.username).await {
-        Ok((pupils, _)) => respond(
-            StatusCode::OK,
-            mentor_view(&web, lang, &staff, &list, &pupils, None, None),
-        ),
-        Err(e) => web.server_error(lang, e),
-    }
-}
-
-/// Sends the passports of the mentor's students under every consent in force (the school's
-/// `send`): what went before is named, not sealed again.
-pub async fn send_class(
-    State(web): State<Shared>,
-    headers: HeaderMap,
-    Form(form): Form<Confirm>,
-) -> Response {
-    let lang = Lang::of(&headers);
-    let staff = match mentor_posting(&web, &headers, &form.csrf).await {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
-    let active = match class_of(&web, &staff.username).await {
-        Ok((_, active)) => active,
-        Err(e) => return web.server_error(lang, e),
-    };
-    let results = web.core.send_passports(&active, false).await;
-    let pupils = match class_of(&web, &staff.username).await {
-        Ok((pupils, _)) => pupils,
-        Err(e) => return web.server_error(lang, e),
-    };
-    let already = results
-        .iter()
-        .filter(|r| r.as_ref().is_ok_and(|s| s.already_sent))
-        .count();
-    let failed = results.iter().filter(|r| r.is_err()).count();
-    let sent = results.len() - already - failed;
-    tracing::info!(mentor = %staff.username, sent, already, failed, "a mentor sent the class");
-    let list = web
-        .core
-        .store
-        .invitations_of(&staff.username)
-        .await
-        .unwrap_or_default();
-    let message = tf(
-        lang,
-        "send_result",
-        &[
-            ("sent", &sent.to_string()),
-            ("already", &already.to_string()),
-            ("failed", &failed.to_string()),
-        ],
-    );
-    respond(
-        StatusCode::OK,
-        mentor_view(&web, lang, &staff, &list, &pupils, Some(message), None),
-    )
-}
-
-fn mentor_view(
-    web: &Shared,
-    lang: Lang,
-    staff: &Staff,
-    list: &[InvitationRow],
-    pupils: &[Pupil],
-    news: Option<String>,
-    problem: Option<String>,
-) -> Markup {
-    let now = web.core.now();
-    let hours = INVITATION_HOURS.to_string();
-    let step = |done: bool, label: &str| {
-        html! {
-            li.step.ok[done] {
-                (t(lang, label)) ": "
-                @if done { "✓" } @else { (t(lang, "step_not_yet")) }
-            }
-        }
-    };
-    let body = html! {
-        section aria-labelledby="class" {
-            h2 #class { (t(lang, "class_title")) }
-            @if let Some(n) = &news { p.done role="status" { (n) } }
-            @if pupils.is_empty() {
-                p { (t(lang, "no_students")) }
-            } @else {
-                ul.cards {
-                    @for p in pupils {
-                        li.pupil {
-                            strong { (p.name) } " · " (p.class_name)
-                            ul.steps {
-                                (step(true, "step_enrolled"))
-                                (step(p.filled, "step_filled"))
-                                (step(p.signed.is_some(), "step_signed"))
-                                (step(!p.consents.is_empty(), "step_consented"))
-                                (step(p.sent > 0, "step_sent"))
-                            }
-                        }
-                    }
-                }
-                p.hint { (t(lang, "send_class_help")) }
-                form method="post" action="/mentor/send" {
-                    input type="hidden" name="csrf" value=(staff.csrf);
-                    button type="submit" { (t(lang, "send_class")) }
-                }
-            }
-        }
-        (invite_section(lang, staff, &hours, problem))
-        (invitations_section(lang, list, now))
-        form method="post" action="/logout" {
-            input type="hidden" name="csrf" value=(staff.csrf);
-            button.secondary type="submit" { (t(lang, "sign_out")) }
-        }
-    };
-    page(lang, &web.school(), &t(lang, "mentor_title"), body)
-}
-
-fn invite_section(lang: Lang, staff: &Staff, hours: &str, problem: Option<String>) -> Markup {
-    html! {
-        section aria-labelledby="invite" {
-            h2 #invite { (t(lang, "invite_title")) }
-            p { (tf(lang, "invite_help", &[("hours", hours)])) }
-            @if let Some(p) = &problem { p.error role="alert" { (p) } }
-            form method="post" action="/mentor/invite" {
-                input type="hidden" name="csrf" value=(staff.csrf);
-                label for="name" { (t(lang, "student_name")) }
-                input #name type="text" name="name" maxlength="100" autocomplete="off" required;
-                label for="class_name" { (t(lang, "class_name")) }
-                input #class_name type="text" name="class_name" maxlength="20" autocomplete="off" required;
-                label for="birth_month" { (t(lang, "birth_month")) }
-                input #birth_month type="month" name="birth_month" placeholder="2009-04" required;
-                button type="submit" { (t(lang, "invite_button")) }
-            }
-        }
-    }
-}
-
-fn invitations_section(lang: Lang, list: &[InvitationRow], now: i64) -> Markup {
+pub(super) fn invitations_section(lang: Lang, list: &[InvitationRow], now: i64) -> Markup {
     html! {
         section aria-labelledby="list" {
             h2 #list { (t(lang, "invitations")) }
@@ -338,8 +153,7 @@ pub async fn invite(
         } else {
             match overstap_proto::passport::under_16(form.birth_month.trim(), now) {
                 Err(_) => Some(t(lang, "invite_bad_month")),
-                Ok(true) => Some(t(lang, "invite_under_16")),
-                Ok(false) => None,
+                Ok(_) => None,
             }
         };
     if let Some(problem) = problem {
@@ -349,13 +163,13 @@ pub async fn invite(
             .invitations_of(&staff.username)
             .await
             .unwrap_or_default();
-        let pupils = class_of(&web, &staff.username)
+        let pupils = super::class::class_of(&web, &staff.username)
             .await
             .map(|(p, _)| p)
             .unwrap_or_default();
         return respond(
             StatusCode::UNPROCESSABLE_ENTITY,
-            mentor_view(&web, lang, &staff, &list, &pupils, None, Some(problem)),
+            super::class::mentor_view(&web, lang, &staff, &list, &pupils, None, Some(problem)),
         );
     }
     let token = random_token();
@@ -380,6 +194,19 @@ pub async fn invite(
     {
         Ok(id) => {
             tracing::info!(mentor = %staff.username, invitation = id, "a student was invited");
+            // Under 16 the card needs a parent's key too: their link is made with the student's.
+            if overstap_proto::passport::under_16(&row.birth_month, now).unwrap_or(true)
+                && let Err(e) = super::keys::new_link(
+                    &web,
+                    crate::store::LinkRole::Guardian,
+                    Some(id),
+                    None,
+                    &staff.username,
+                )
+                .await
+            {
+                return web.server_error(lang, e);
+            }
             Redirect::to(&format!("/mentor/invitations/{id}")).into_response()
         }
         Err(e) => web.server_error(lang, e),
@@ -407,7 +234,7 @@ async fn own_invitation(
 }
 
 /// The address of the web app as the browser reached it (behind a proxy, as the proxy says).
-fn origin(headers: &HeaderMap) -> String {
+pub(super) fn origin(headers: &HeaderMap) -> String {
     let host = headers
         .get("x-forwarded-host")
         .or_else(|| headers.get(axum::http::header::HOST))
@@ -424,7 +251,7 @@ fn origin(headers: &HeaderMap) -> String {
 }
 
 /// A QR code of `text` as inline SVG.
-fn qr_svg(text: &str) -> Option<String> {
+pub(super) fn qr_svg(text: &str) -> Option<String> {
     let code = qrcode::QrCode::new(text.as_bytes()).ok()?;
     let svg = code
         .render::<qrcode::render::svg::Color>()
@@ -453,8 +280,38 @@ pub async fn invitation_page(
     let state = Stage::of(&i, now);
     let until = when(lang, i.expires_at);
     let name = i.name.as_str();
+    let parents = match web.core.store.key_links_of_invitation(id).await {
+        Ok(l) => l,
+        Err(e) => return web.server_error(lang, e),
+    };
+    let parent_keys: Vec<Vec<u8>> = parents.iter().filter_map(|l| l.key.clone()).collect();
+    let waits_for_parent = !parents.is_empty() && parent_keys.is_empty();
     let body = html! {
-        div #watch data-state-url=(format!("/mentor/invitations/{id}/state")) data-state=(state.word()) {
+        div #watch data-state-url=(format!("/mentor/invitations/{id}/state"))
+            data-state=(progress(&i, &parents, now)) {
+            @if state != Stage::Enrolled && !parents.is_empty() {
+                section aria-labelledby="parent" {
+                    h2 #parent { (t(lang, "parent_heading")) }
+                    @for l in &parents {
+                        @match (&l.link_token, &l.key) {
+                            (_, Some(key)) => {
+                                @let code = short_code(key);
+                                p { (t(lang, "parent_compare_code")) }
+                                p.code.parent-code aria-label=(code.replace(' ', "")) { (code) }
+                            }
+                            (Some(token), None) => {
+                                @let link = format!("{}/k/{token}", origin(&headers));
+                                p { (tf(lang, "parent_link_help", &[("name", name)])) }
+                                p.link.parent-link { a href=(link) { (link) } }
+                                @if let Some(svg) = qr_svg(&link) {
+                                    figure.qr role="img" aria-label=(format!("QR-code: {link}")) { (PreEscaped(svg)) }
+                                }
+                            }
+                            (None, None) => {}
+                        }
+                    }
+                }
+            }
             @match state {
                 Stage::Waiting => {
                     @let link = format!("{}/i/{}", origin(&headers), i.link_token.clone().unwrap_or_default());
@@ -468,12 +325,19 @@ pub async fn invitation_page(
                 Stage::Check => {
                     @let code = short_code(i.student_key.as_deref().unwrap_or_default());
                     p { (tf(lang, "compare_code", &[("name", name)])) }
-                    p.code aria-label=(code.replace(' ', "")) { (code) }
-                    form method="post" action=(format!("/mentor/invitations/{id}/confirm")) {
-                        input type="hidden" name="csrf" value=(staff.csrf);
-                        button type="submit" { (t(lang, "codes_match")) }
+                    p.code.student-code aria-label=(code.replace(' ', "")) { (code) }
+                    @if waits_for_parent {
+                        p.hint aria-live="polite" { (t(lang, "parent_waiting")) }
+                    } @else {
+                        form method="post" action=(format!("/mentor/invitations/{id}/confirm")) {
+                            input type="hidden" name="csrf" value=(staff.csrf);
+                            button type="submit" {
+                                @if parent_keys.is_empty() { (t(lang, "codes_match")) }
+                                @else { (t(lang, "codes_match_both")) }
+                            }
+                        }
+                        p.hint { (t(lang, "codes_differ")) }
                     }
-                    p.hint { (t(lang, "codes_differ")) }
                 }
                 Stage::Enrolled => {
                     p.done role="status" { (tf(lang, "enrolled_done", &[("name", name)])) }
@@ -484,7 +348,8 @@ pub async fn invitation_page(
             }
             p { a.button.secondary href="/mentor" { (t(lang, "back_to_students")) } }
         }
-        @if state == Stage::Waiting {
+        @if state == Stage::Waiting || state == Stage::Check && waits_for_parent
+            || parents.iter().any(|l| l.key.is_none()) && state != Stage::Enrolled {
             script src="/assets/enrol.js" defer {}
         }
     };
@@ -511,15 +376,27 @@ pub async fn invitation_state(
         Err(r) => return r,
     };
     match own_invitation(&web, lang, &staff, id).await {
-        Ok(i) => Json(serde_json::json!({ "state": Stage::of(&i, web.core.now()).word() }))
-            .into_response(),
+        Ok(i) => match web.core.store.key_links_of_invitation(id).await {
+            Ok(parents) => {
+                Json(serde_json::json!({ "state": progress(&i, &parents, web.core.now()) }))
+                    .into_response()
+            }
+            Err(e) => web.server_error(lang, e),
+        },
         Err(r) => r,
     }
 }
 
+/// Where an enrolment stands, the parent's key included, as one word the mentor's page
+/// watches: it reloads when the word changes.
+fn progress(i: &InvitationRow, parents: &[crate::store::KeyLinkRow], now: i64) -> String {
+    let parent_keys = parents.iter().filter(|l| l.key.is_some()).count();
+    format!("{}-{parent_keys}", Stage::of(i, now).word())
+}
+
 #[derive(Deserialize)]
 pub struct Confirm {
-    csrf: String,
+    pub(super) csrf: String,
 }
 
 pub async fn confirm(
@@ -536,7 +413,7 @@ pub async fn confirm(
     if let Err(r) = own_invitation(&web, lang, &staff, id).await {
         return r;
     }
-    match web.core.enrol_student(id, &[], &staff.username).await {
+    match web.core.enrol_student(id, &staff.username).await {
         Ok(_) => Redirect::to(&format!("/mentor/invitations/{id}")).into_response(),
         Err(NodeError::Precondition(_)) => {
             // Used, run out, or no key yet: the invitation's own page says which.
@@ -596,6 +473,14 @@ pub async fn student_page(
         _ => i.mentor.clone(),
     };
     let state = Stage::of(&i, web.core.now());
+    // Under 16: the link for a parent, to pass on once the student's key is made.
+    let parent_link = match web.core.store.key_links_of_invitation(i.id).await {
+        Ok(l) => l
+            .iter()
+            .find_map(|l| l.link_token.as_ref())
+            .map(|t| format!("{}/k/{t}", origin(&headers))),
+        Err(e) => return web.server_error(lang, e),
+    };
     let body = html! {
         div #enrol data-token=(token) data-state=(state.word()) {
             p.lead { (tf(lang, "enrol_intro", &[("mentor", &mentor_name)])) }
@@ -609,6 +494,14 @@ pub async fn student_page(
                 p { (t(lang, "enrol_show_code")) }
                 p.code #code {}
                 p.hint aria-live="polite" { (t(lang, "enrol_wait_mentor")) }
+                @if let Some(link) = &parent_link {
+                    h2 { (t(lang, "enrol_parent_heading")) }
+                    p { (t(lang, "enrol_parent_help")) }
+                    p.link.parent-link { a href=(link) { (link) } }
+                    @if let Some(svg) = qr_svg(link) {
+                        figure.qr role="img" aria-label=(format!("QR-code: {link}")) { (PreEscaped(svg)) }
+                    }
+                }
             }
             div #done hidden {
                 p.done role="status" { (t(lang, "enrol_done")) }

@@ -5,15 +5,22 @@
 //! offline. Plain HTTP on loopback; a school puts its own reverse proxy (HTTPS) in front.
 //!
 //! Rooms: [`i18n`] (the words, Dutch and English), [`page`] (the frame and the kind error
-//! page), [`staff`] (staff sign-in, sessions, CSRF), [`enrol`] (a mentor invites a student, the
+//! page), [`staff`] (staff sign-in, sessions, CSRF), [`class`] (the mentor's class and
+//! sending it), [`enrol`] (a mentor invites a student, the
 //! student's browser makes the key, the mentor compares the short code, the card is issued),
 //! [`student`] (the student signs in with that key, fills in and signs the passport),
 //! [`consent`] (the student chooses who may read what, for what, until when, and signs it),
-//! [`trail`] (the student's consents, withdrawing one, and where the passport went).
+//! [`trail`] (the student's consents, withdrawing one, and where the passport went), [`keys`]
+//! (one more key on a card through a one-time link: a parent's, another device's, a new one
+//! after a loss), [`guardian`] (a parent signs in with their own key and co-signs, or declines,
+//! what their student under 16 signed).
 
+mod class;
 mod consent;
 mod enrol;
+mod guardian;
 mod i18n;
+mod keys;
 mod page;
 mod staff;
 mod student;
@@ -101,9 +108,9 @@ pub fn router(core: Arc<NodeCore>) -> Router {
         .route("/", get(home))
         .route("/login", get(staff::sign_in_page).post(staff::sign_in))
         .route("/logout", post(staff::sign_out))
-        .route("/mentor", get(enrol::mentor_page))
+        .route("/mentor", get(class::mentor_page))
         .route("/mentor/invite", post(enrol::invite))
-        .route("/mentor/send", post(enrol::send_class))
+        .route("/mentor/send", post(class::send_class))
         .route("/mentor/invitations/{id}", get(enrol::invitation_page))
         .route(
             "/mentor/invitations/{id}/state",
@@ -133,6 +140,30 @@ pub fn router(core: Arc<NodeCore>) -> Router {
         )
         .route("/student/withdraw", post(trail::withdraw))
         .route("/student/trail", get(trail::trail_page))
+        .route(
+            "/student/devices",
+            get(keys::devices_page).post(keys::student_new_link),
+        )
+        .route("/student/devices/{id}", get(keys::student_link_page))
+        .route("/student/devices/{id}/state", get(keys::student_link_state))
+        .route("/student/devices/{id}/confirm", post(keys::student_confirm))
+        .route("/k/{token}", get(keys::link_page))
+        .route("/k/{token}/key", post(keys::link_key))
+        .route("/k/{token}/state", get(keys::link_state))
+        .route(
+            "/mentor/students/{pseudonym}/keys",
+            post(keys::mentor_new_link),
+        )
+        .route("/mentor/keys/{id}", get(keys::mentor_link_page))
+        .route("/mentor/keys/{id}/state", get(keys::mentor_link_state))
+        .route("/mentor/keys/{id}/confirm", post(keys::mentor_confirm))
+        .route("/guardian", get(guardian::sign_in_page))
+        .route("/guardian/challenge", post(student::challenge))
+        .route("/guardian/sign-in", post(guardian::sign_in))
+        .route("/guardian/waiting", get(guardian::waiting_page))
+        .route("/guardian/waiting/{id}", get(guardian::item_page))
+        .route("/guardian/waiting/{id}/sign", post(guardian::cosign))
+        .route("/guardian/waiting/{id}/decline", post(guardian::decline))
         .route("/assets/{name}", get(asset))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -20,6 +20,7 @@ use super::page::{error, form_expired, page, refusal, respond};
 use super::staff::{csrf_ok, session, start_session};
 use super::{Shared, random_token};
 use crate::core::NodeError;
+use crate::core::keys::Kept;
 use crate::core::people::{Draft, DraftAnswer};
 use overstap_proto::pb::{Disclosure, Section, Sig, Signed};
 use prost::Message;
@@ -171,7 +172,14 @@ pub struct SignIn {
 }
 
 pub async fn sign_in(State(web): State<Shared>, body: axum::body::Bytes) -> Response {
-    let Ok(form) = serde_json::from_slice::<SignIn>(&body) else {
+    sign_in_as(&web, &body, false).await
+}
+
+/// Signs in a student (or, with `guardian`, a guardian) who signed the node's challenge with a
+/// key their card names. A guardian's session is for that guardian's student and is never a
+/// student's session.
+pub(super) async fn sign_in_as(web: &Shared, body: &[u8], guardian: bool) -> Response {
+    let Ok(form) = serde_json::from_slice::<SignIn>(body) else {
         return refusal(
             StatusCode::BAD_REQUEST,
             "expected {\"id\", \"key\", \"signature\"}",
@@ -206,7 +214,7 @@ pub async fn sign_in(State(web): State<Shared>, body: axum::body::Bytes) -> Resp
     {
         return refusal(StatusCode::UNAUTHORIZED, "the signature does not verify");
     }
-    let pseudonym = match web.core.student_by_key(&key).await {
+    let pseudonym = match web.core.student_by_key(&key, guardian).await {
         Ok(Some(p)) => p,
         Ok(None) => {
             return refusal(
@@ -219,10 +227,15 @@ pub async fn sign_in(State(web): State<Shared>, body: axum::body::Bytes) -> Resp
             return refusal(StatusCode::INTERNAL_SERVER_ERROR, "try again in a minute");
         }
     };
-    let ok = Json(serde_json::json!({ "to": "/student/passport" })).into_response();
-    match start_session(&web, &pseudonym, "student", STUDENT_SESSION_SECS, ok).await {
+    let (role, to) = if guardian {
+        ("guardian", "/guardian/waiting")
+    } else {
+        ("student", "/student/passport")
+    };
+    let ok = Json(serde_json::json!({ "to": to })).into_response();
+    match start_session(web, &pseudonym, role, STUDENT_SESSION_SECS, ok).await {
         Ok(r) => {
-            tracing::info!("a student signed in with their key");
+            tracing::info!(role, "signed in with a key");
             r
         }
         Err(e) => {
@@ -236,7 +249,13 @@ fn smiley_label(lang: Lang, smiley: &str) -> String {
     t(lang, &format!("smiley_{smiley}"))
 }
 
-fn passport_form(lang: Lang, csrf: &str, draft: &Draft, problem: Option<String>) -> Markup {
+fn passport_form(
+    lang: Lang,
+    csrf: &str,
+    draft: &Draft,
+    problem: Option<String>,
+    held: Option<(String, bool)>,
+) -> Markup {
     let set = question_set(&draft.question_set).ok();
     let status = if draft.saved_at > 0 {
         tf(lang, "saved_on", &[("when", &when(lang, draft.saved_at))])
@@ -249,6 +268,14 @@ fn passport_form(lang: Lang, csrf: &str, draft: &Draft, problem: Option<String>)
             a.button.secondary href="/student/consents" { (t(lang, "to_consents")) }
             " "
             a.button.secondary href="/student/trail" { (t(lang, "to_trail")) }
+            " "
+            a.button.secondary href="/student/devices" { (t(lang, "to_devices")) }
+        }
+        @if let Some((version, declined)) = &held {
+            p.hint role="status" {
+                @if *declined { (tf(lang, "version_parent_declined", &[("version", version)])) }
+                @else { (tf(lang, "version_waits_for_parent", &[("version", version)])) }
+            }
         }
         p.hint #saved role="status" { (status) }
         @if let Some(set) = set {
@@ -308,15 +335,35 @@ pub async fn passport_page(State(web): State<Shared>, headers: HeaderMap) -> Res
         }),
         Err(e) => return web.server_error(lang, e),
     };
+    let held = match held_version(&web, &pseudonym).await {
+        Ok(h) => h,
+        Err(e) => return web.server_error(lang, e),
+    };
     respond(
         StatusCode::OK,
         page(
             lang,
             &web.school(),
             &t(lang, "student_title"),
-            passport_form(lang, &csrf, &draft, None),
+            passport_form(lang, &csrf, &draft, None, held),
         ),
     )
+}
+
+/// The passport version waiting for a guardian, if any: its number, and whether they declined.
+async fn held_version(web: &Shared, pseudonym: &str) -> Result<Option<(String, bool)>, NodeError> {
+    Ok(web
+        .core
+        .held(pseudonym)
+        .await?
+        .into_iter()
+        .filter(|h| h.kind == "passport")
+        .find_map(|h| {
+            let signed = Signed::decode(h.signed.as_slice()).ok()?;
+            let m: overstap_proto::pb::Manifest =
+                overstap_proto::sign::decode_body(Domain::Manifest, &signed).ok()?;
+            Some((m.version.to_string(), h.declined_at.is_some()))
+        }))
 }
 
 pub async fn save_passport(
@@ -373,7 +420,7 @@ pub async fn save_passport(
                     lang,
                     &web.school(),
                     &t(lang, "student_title"),
-                    passport_form(lang, &csrf, &draft, problem),
+                    passport_form(lang, &csrf, &draft, problem, None),
                 ),
             )
         }
@@ -408,15 +455,32 @@ pub async fn sign_page(State(web): State<Shared>, headers: HeaderMap) -> Respons
         Err(e) => return web.server_error(lang, e),
     };
     let body = version.manifest.encode_to_vec();
-    let b64 = base64::engine::general_purpose::STANDARD;
     let number = version.manifest.version.to_string();
-    let sections: Vec<(Section, &Disclosure)> = version
-        .disclosures
+    let markup = html! {
+        p.lead { (tf(lang, "sign_intro", &[("version", &number)])) }
+        (preview(lang, &version.disclosures))
+        (sign_box(lang, "sign", &body, "/student/sign", "student", &t(lang, "sign_button")))
+        p { a.button.secondary href="/student/passport" { (t(lang, "back_to_passport")) } }
+        p { a.button.secondary href="/student/consent" { (t(lang, "to_consent")) } }
+        script src="/assets/student.js" defer {}
+    };
+    web.pending
+        .put(&pseudonym, body, version.disclosures, web.core.now());
+    respond(
+        StatusCode::OK,
+        page(lang, &web.school(), &t(lang, "sign_title"), markup),
+    )
+}
+
+/// The sections of a passport version as they will be signed, each with its exact bytes and
+/// salt for the page's script to check against what it shows.
+pub(super) fn preview(lang: Lang, disclosures: &[Disclosure]) -> Markup {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let sections: Vec<(Section, &Disclosure)> = disclosures
         .iter()
         .filter_map(|d| Section::decode(d.section.as_slice()).ok().map(|s| (s, d)))
         .collect();
-    let markup = html! {
-        p.lead { (tf(lang, "sign_intro", &[("version", &number)])) }
+    html! {
         @for (section, d) in &sections {
             section.preview aria-labelledby=(format!("p-{}", section.section_id))
                 data-salt=(b64.encode(&d.salt)) data-section=(b64.encode(&d.section)) {
@@ -432,23 +496,30 @@ pub async fn sign_page(State(web): State<Shared>, headers: HeaderMap) -> Respons
                 }
             }
         }
-        div #sign data-body=(b64.encode(&body)) {
+    }
+}
+
+/// The box that checks `body` against the page and signs it with this browser's key in
+/// `slot` ("student" or "guardian"), posting the signature to `url`. `id` says what the
+/// script checks: "sign" (a passport version), "consent-sign" or "revoke-sign".
+pub(super) fn sign_box(
+    lang: Lang,
+    id: &str,
+    body: &[u8],
+    url: &str,
+    slot: &str,
+    button: &str,
+) -> Markup {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    html! {
+        div id=(id) data-body=(b64.encode(body)) data-url=(url) data-slot=(slot) {
             p #checking aria-live="polite" { (t(lang, "sign_checking")) }
-            button #sign-with-key type="button" disabled { (t(lang, "sign_button")) }
+            button #sign-with-key type="button" disabled { (button) }
             p.error #check-failed role="alert" hidden { (t(lang, "sign_check_failed")) }
             p.error #sign-failed role="alert" hidden { (t(lang, "sign_failed")) }
             p.error #no-key role="alert" hidden { (t(lang, "student_no_key")) }
         }
-        p { a.button.secondary href="/student/passport" { (t(lang, "back_to_passport")) } }
-        p { a.button.secondary href="/student/consent" { (t(lang, "to_consent")) } }
-        script src="/assets/student.js" defer {}
-    };
-    web.pending
-        .put(&pseudonym, body, version.disclosures, web.core.now());
-    respond(
-        StatusCode::OK,
-        page(lang, &web.school(), &t(lang, "sign_title"), markup),
-    )
+    }
 }
 
 #[derive(Deserialize)]
@@ -534,18 +605,24 @@ pub async fn sign(
         Ok(s) => s,
         Err(r) => return r,
     };
-    match web.core.store_passport(&s.signed, &s.disclosures).await {
-        Ok(version) => {
-            tracing::info!(
-                version,
-                "a student signed a passport version in the browser"
-            );
+    match web
+        .core
+        .student_signed_passport(&s.signed, &s.disclosures)
+        .await
+    {
+        Ok(Kept::Done(version)) => {
+            tracing::info!(%version, "a student signed a passport version in the browser");
             Json(serde_json::json!({
                 "version": version,
-                "message": tf(s.lang, "signed_done", &[("version", &version.to_string())]),
+                "message": tf(s.lang, "signed_done", &[("version", &version)]),
             }))
             .into_response()
         }
+        Ok(Kept::Held(version)) => Json(serde_json::json!({
+            "version": version,
+            "message": tf(s.lang, "signed_waits_for_parent", &[("version", &version)]),
+        }))
+        .into_response(),
         Err(e) => not_signed(s.lang, e, "a passport signature"),
     }
 }

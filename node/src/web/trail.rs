@@ -46,10 +46,39 @@ pub async fn consents_page(State(web): State<Shared>, headers: HeaderMap) -> Res
         Ok(g) => g,
         Err(e) => return web.server_error(lang, e),
     };
+    let held = match web.core.held(&pseudonym).await {
+        Ok(h) => h,
+        Err(e) => return web.server_error(lang, e),
+    };
+    let waiting: Vec<(String, bool)> = held
+        .iter()
+        .filter(|h| h.kind == "consent")
+        .filter_map(|h| {
+            let signed = overstap_proto::pb::Signed::decode(h.signed.as_slice()).ok()?;
+            let g: overstap_proto::pb::ConsentGrant =
+                overstap_proto::sign::decode_body(overstap_proto::sign::Domain::Grant, &signed)
+                    .ok()?;
+            Some((org_name(&web, &g.recipient_org), h.declined_at.is_some()))
+        })
+        .collect();
     let body = html! {
-        @if grants.is_empty() {
+        @if !waiting.is_empty() {
+            ul.cards {
+                @for (org, declined) in &waiting {
+                    li.grant.held {
+                        h2 { (org) }
+                        p.state { strong {
+                            @if *declined { (t(lang, "grant_parent_declined")) }
+                            @else { (t(lang, "grant_waits_for_parent")) }
+                        } }
+                    }
+                }
+            }
+        }
+        @if grants.is_empty() && waiting.is_empty() {
             p { (t(lang, "no_consents")) }
-        } @else {
+        }
+        @if !grants.is_empty() {
             ul.cards {
                 @for g in &grants {
                     li.grant {
@@ -112,7 +141,7 @@ pub async fn withdraw_page(
     let body = html! {
         p.lead { (tf(lang, "withdraw_explain", &[("org", &org)])) }
         div #revoke-sign data-body=(base64::engine::general_purpose::STANDARD.encode(&bytes))
-            data-grant=(grant.grant_id) {
+            data-grant=(grant.grant_id) data-url="/student/withdraw" data-slot="student" {
             p #checking aria-live="polite" { (t(lang, "sign_checking")) }
             button #sign-with-key type="button" disabled { (t(lang, "withdraw_sign_button")) }
             p.error #check-failed role="alert" hidden { (t(lang, "sign_check_failed")) }

@@ -21,7 +21,10 @@
 
   const root = $("enrol");
   if (!root) return;
-  const token = root.dataset.token;
+  // An invitation (/i/…) or a key link (/k/…): the key is kept under its slot, "student" or
+  // "guardian", so a parent's key and a student's key on one family laptop stay apart.
+  const base = root.dataset.base || `/i/${root.dataset.token}`;
+  const slot = root.dataset.slot || "student";
   const show = (id) => { $(id).hidden = false; };
   const hide = (id) => { $(id).hidden = true; };
   const fail = (id) => { hide("working"); hide("step-make"); hide("step-code"); show(id); };
@@ -42,8 +45,8 @@
     });
   };
   const saveKey = (pair) => inStore("readwrite", (s) =>
-    s.put({ privateKey: pair.privateKey, publicKey: pair.publicKey, made: Date.now() }, "student"));
-  const loadKey = () => inStore("readonly", (s) => s.get("student"));
+    s.put({ privateKey: pair.privateKey, publicKey: pair.publicKey, made: Date.now() }, slot));
+  const loadKey = () => inStore("readonly", (s) => s.get(slot));
 
   const base64 = (bytes) => btoa(String.fromCharCode(...bytes));
   const shortCode = async (raw) => {
@@ -64,7 +67,7 @@
     show("step-code");
     const timer = setInterval(async () => {
       try {
-        const r = await fetch(`/i/${token}/state`);
+        const r = await fetch(`${base}/state`);
         if (!r.ok) return;
         if ((await r.json()).state === "enrolled") {
           clearInterval(timer);
@@ -103,7 +106,7 @@
       await saveKey(pair);
       if (navigator.storage && navigator.storage.persist) navigator.storage.persist();
       const raw = new Uint8Array(await crypto.subtle.exportKey("raw", pair.publicKey));
-      const r = await fetch(`/i/${token}/key`, {
+      const r = await fetch(`${base}/key`, {
         method: "POST",
         headers: { "Content-Type": "application/json" },
         body: JSON.stringify({ key: base64(raw) }),

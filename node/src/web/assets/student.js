@@ -24,12 +24,13 @@
 
   const base64 = (bytes) => btoa(String.fromCharCode(...bytes));
   const bytes = (b64) => Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
-  const loadKey = () => new Promise((resolve, reject) => {
+  // The key kept in `slot`: "student", or "guardian" on a parent's device.
+  const loadKey = (slot) => new Promise((resolve, reject) => {
     const open = indexedDB.open("overstap", 1);
     open.onupgradeneeded = () => open.result.createObjectStore("keys");
     open.onerror = () => reject(open.error);
     open.onsuccess = () => {
-      const get = open.result.transaction("keys").objectStore("keys").get("student");
+      const get = open.result.transaction("keys").objectStore("keys").get(slot || "student");
       get.onsuccess = () => resolve(get.result);
       get.onerror = () => reject(get.error);
     };
@@ -70,13 +71,14 @@
   };
   const text = (b) => new TextDecoder("utf-8", { fatal: true }).decode(b);
 
-  // Signs `body` under `tag` with this device's key and posts the key and signature to `url`;
-  // shows the node's answer in #checking, or why it did not work.
-  const signAndPost = async (tag, body, url, button) => {
+  // Signs `body` under `tag` with this device's key in the box's slot and posts the key and
+  // signature to the box's url; shows the node's answer in #checking, or why it did not work.
+  const signAndPost = async (tag, body, box, button) => {
     $("sign-failed").hidden = true;
     button.disabled = true;
+    const url = box.dataset.url;
     try {
-      const key = await loadKey();
+      const key = await loadKey(box.dataset.slot);
       if (!key) {
         $("no-key").hidden = false;
         return;
@@ -135,7 +137,7 @@
     };
     guard(check, button);
     button.addEventListener("click", () =>
-      signAndPost("overstap.v1/consent-grant", body, "/student/consent/sign", button));
+      signAndPost("overstap.v1/consent-grant", body, consentBox, button));
     return;
   }
 
@@ -152,7 +154,7 @@
     };
     guard(check, button);
     button.addEventListener("click", () =>
-      signAndPost("overstap.v1/revocation", body, "/student/withdraw", button));
+      signAndPost("overstap.v1/revocation", body, revokeBox, button));
     return;
   }
 
@@ -227,12 +229,16 @@
     };
     guard(check, button);
     button.addEventListener("click", () =>
-      signAndPost("overstap.v1/manifest", body, "/student/sign", button));
+      signAndPost("overstap.v1/manifest", body, signBox, button));
     return;
   }
 
   const start = $("sign-in-with-key");
   if (!start) return;
+  // A student signs in at /student/sign-in, a parent at /guardian/sign-in with the parent key.
+  const signIn = $("student-sign-in");
+  const slot = signIn.dataset.slot || "student";
+  const signInUrl = signIn.dataset.url || "/student/sign-in";
   const show = (id) => { $(id).hidden = false; };
   if (!window.crypto || !crypto.subtle || !window.indexedDB) {
     start.hidden = true;
@@ -243,12 +249,12 @@
     $("no-key").hidden = true;
     $("sign-in-failed").hidden = true;
     try {
-      const key = await loadKey();
+      const key = await loadKey(slot);
       if (!key) {
         show("no-key");
         return;
       }
-      const r = await fetch("/student/challenge", { method: "POST" });
+      const r = await fetch(signInUrl.replace(/sign-in$/, "challenge"), { method: "POST" });
       if (!r.ok) throw new Error("no challenge");
       const { id, challenge } = await r.json();
       // The bytes signed: the sign-in domain tag, a zero byte, the node's challenge.
@@ -259,7 +265,7 @@
       message.set(c, tag.length + 1);
       const signature = new Uint8Array(await crypto.subtle.sign("Ed25519", key.privateKey, message));
       const raw = new Uint8Array(await crypto.subtle.exportKey("raw", key.publicKey));
-      const answer = await fetch("/student/sign-in", {
+      const answer = await fetch(signInUrl, {
         method: "POST",
         headers: { "Content-Type": "application/json" },
         body: JSON.stringify({ id, key: base64(raw), signature: base64(signature) }),
