@@ -6,49 +6,11 @@
 // the keyboard alone. Prints what it saw as JSON; the Rust test decides what is right.
 //
 //   node enrol.mjs BASE_URL USER PASSWORD OUT_DIR
-import { readFileSync, mkdirSync, existsSync } from "node:fs";
-import { createRequire } from "node:module";
-import { chromium } from "playwright-core";
+import { existsSync } from "node:fs";
+import { start } from "./lib.mjs";
 
 const [base, user, password, outDir] = process.argv.slice(2);
-mkdirSync(outDir, { recursive: true });
-const require = createRequire(import.meta.url);
-const axeSource = readFileSync(require.resolve("axe-core/axe.min.js"), "utf8");
-
-const browser = await chromium.launch({
-  executablePath: process.env.OVERSTAP_CHROMIUM || "/usr/bin/chromium",
-  headless: true,
-  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-});
-const seen = { pages: [], posts: [], csp: null };
-
-// axe-core is injected by the test, past the page's own content policy (which allows only the
-// site's own scripts); the policy itself is read from the response headers.
-const context = (lang) => browser.newContext({ bypassCSP: true, locale: lang, viewport: { width: 1280, height: 900 } });
-
-async function look(page, name) {
-  const shots = [];
-  for (const [width, height] of [[1280, 900], [390, 844]]) {
-    await page.setViewportSize({ width, height });
-    const path = `${outDir}/${name}-${width}.png`;
-    await page.screenshot({ path, fullPage: true });
-    shots.push(path);
-  }
-  await page.setViewportSize({ width: 1280, height: 900 });
-  await page.addScriptTag({ content: axeSource });
-  const result = await page.evaluate(() => window.axe.run(document, {
-    runOnly: { type: "tag", values: ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"] },
-  }));
-  seen.pages.push({
-    name,
-    url: page.url(),
-    title: await page.title(),
-    text: (await page.innerText("main")).slice(0, 2000),
-    violations: result.violations.map((v) => ({ id: v.id, impact: v.impact, nodes: v.nodes.length, help: v.help })),
-    shots,
-  });
-}
+const { browser, context, look, until, seen } = await start(outDir);
 
 // The mentor, in Dutch.
 const mentorCtx = await context("nl-NL");
@@ -212,14 +174,6 @@ await look(mentor, "class-sent");
 
 // The student follows it in the trail, and once the Rust test has checked what the mbo college
 // holds, withdraws the consent; the college erases and its signed receipt comes back.
-const until = async (page, url, words, what) => {
-  for (let i = 0; i < 120; i++) {
-    await page.goto(url);
-    if ((await page.innerText("main")).includes(words)) return;
-    await page.waitForTimeout(500);
-  }
-  throw new Error(`never saw ${what}`);
-};
 await until(student, base + "/student/trail", "heeft je paspoort ontvangen", "the delivery in the trail");
 await look(student, "trail");
 for (let i = 0; i < 240 && !existsSync(`${outDir}/checked`); i++) await student.waitForTimeout(250);

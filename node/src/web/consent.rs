@@ -221,7 +221,7 @@ pub async fn prepare(
         .filter(|(id, _)| chosen.contains(id))
         .collect();
     let review = html! {
-        (review(lang, &grant, &name, &titles, "/student/consent/sign", "student",
+        (review(lang, &grant, None, &name, &titles, "/student/consent/sign", "student",
             &t(lang, "consent_sign_button")))
         p { a.button.secondary href="/student/passport" { (t(lang, "back_to_passport")) } }
         script src="/assets/student.js" defer {}
@@ -239,6 +239,7 @@ pub async fn prepare(
 pub(super) fn review(
     lang: Lang,
     grant: &ConsentGrant,
+    child: Option<&str>,
     org_name: &str,
     titles: &[(String, String)],
     url: &str,
@@ -249,7 +250,8 @@ pub(super) fn review(
     let b64 = base64::engine::general_purpose::STANDARD;
     html! {
         p.lead {
-            (tf(lang, "consent_review", &[
+            (tf(lang, if child.is_some() { "consent_review_parent" } else { "consent_review" }, &[
+                ("name", child.unwrap_or_default()),
                 ("org", org_name),
                 ("purpose", &purpose_label(lang, &grant.purpose)),
                 ("until", &day(lang, grant.not_after)),

@@ -172,7 +172,7 @@ pub async fn item_page(
                 .unwrap_or_default();
             html! {
                 p { (tf(lang, "parent_consent_asks", &[("name", &name)])) }
-                (review(lang, &grant, &org_name(&web, &grant.recipient_org), &titles, &url,
+                (review(lang, &grant, Some(&name), &org_name(&web, &grant.recipient_org), &titles, &url,
                     "guardian", &t(lang, "parent_cosign_button")))
             }
         }

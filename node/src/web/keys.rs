@@ -121,7 +121,7 @@ pub async fn link_page(
             t(lang, "parent_title"),
             tf(lang, "parent_intro", &[("name", &name)]),
             "guardian",
-            "/ouder",
+            "/guardian",
         ),
         LinkRole::Device => (
             t(lang, "device_title"),

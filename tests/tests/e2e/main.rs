@@ -18,3 +18,4 @@ mod monitoring;
 mod processes;
 mod threats;
 mod web;
+mod web_family;

@@ -11,10 +11,10 @@ use overstap_proto::sign::{Domain, decode_body};
 use overstap_tests::cast::SCHOOL;
 use overstap_tests::*;
 
-const MENTOR: &str = "mentor.devries";
+pub(crate) const MENTOR: &str = "mentor.devries";
 const PASSWORD: &str = "een lang wachtwoord";
 
-async fn add_mentor(region: &overstap_region::Region, user: &str, name: &str) {
+pub(crate) async fn add_mentor(region: &overstap_region::Region, user: &str, name: &str) {
     region
         .api(SCHOOL)
         .await
@@ -41,25 +41,91 @@ fn browser_tests() -> PathBuf {
     dir
 }
 
+/// Starts `script` from `tests/browser/` against the web app at `base`, with the mentor's
+/// account, saving its screenshots in `shots`.
+pub(crate) fn spawn_browser(
+    script: &str,
+    base: &str,
+    shots: &std::path::Path,
+    env: &[(&str, &str)],
+) -> tokio::process::Child {
+    let dir = browser_tests();
+    tokio::process::Command::new("node")
+        .arg(dir.join(script))
+        .args([base, MENTOR, PASSWORD])
+        .arg(shots)
+        .envs(env.iter().copied())
+        .current_dir(&dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node runs (Node.js comes with the machine; ./test installs its packages)")
+}
+
+/// What a browser script saw (its JSON), once it ended well within 4 minutes.
+pub(crate) async fn browser_output(
+    browser: tokio::process::Child,
+    started: std::time::Instant,
+    shots: &std::path::Path,
+) -> serde_json::Value {
+    let run = tokio::time::timeout(
+        std::time::Duration::from_secs(240),
+        browser.wait_with_output(),
+    )
+    .await
+    .expect("the browser test ends within 4 minutes")
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "the browser test failed:\n{stderr}");
+    println!(
+        "browser test: {:.1} s, screenshots in {}",
+        started.elapsed().as_secs_f64(),
+        shots.display()
+    );
+    serde_json::from_slice(&run.stdout).expect("the browser test prints JSON")
+}
+
+/// Every page a browser script looked at: no WCAG 2.1 A/AA violation, its screenshots saved,
+/// and no jargon or hex on the pages named in `people`' screens.
+pub(crate) fn check_pages(seen: &serde_json::Value, people: &[&str]) {
+    for p in seen["pages"].as_array().unwrap() {
+        assert_eq!(
+            p["violations"],
+            serde_json::json!([]),
+            "axe on {}: {}",
+            p["name"],
+            p["violations"]
+        );
+        for shot in p["shots"].as_array().unwrap() {
+            assert!(PathBuf::from(shot.as_str().unwrap()).exists());
+        }
+        if !people.contains(&p["name"].as_str().unwrap()) {
+            continue;
+        }
+        let t = p["text"].as_str().unwrap().to_lowercase();
+        for word in [
+            "pseudoniem",
+            "pvs-",
+            "envelope",
+            "grant",
+            "ed25519",
+            "sha-256",
+        ] {
+            assert!(!t.contains(word), "{} shows {word:?}: {t}", p["name"]);
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mentor_enrols_a_student_whose_key_never_leaves_the_browser() {
     let (_tmp, region) = region().await;
     add_mentor(&region, MENTOR, "Meneer De Vries").await;
     let base = web_url(&region, SCHOOL);
     let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("web");
-    let dir = browser_tests();
     let _ = std::fs::remove_file(shots.join("checked"));
     let started = std::time::Instant::now();
-    let mut browser = tokio::process::Command::new("node")
-        .arg(dir.join("enrol.mjs"))
-        .args([base.as_str(), MENTOR, PASSWORD])
-        .arg(&shots)
-        .current_dir(&dir)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("node runs (Node.js comes with the machine; ./test installs its packages)");
+    let mut browser = spawn_browser("enrol.mjs", &base, &shots, &[]);
     // While the people click: once the student's consent is at the school and the mentor has
     // sent the class, the mbo college must hold exactly the chosen part before the student
     // withdraws.
@@ -93,22 +159,7 @@ async fn a_mentor_enrols_a_student_whose_key_never_leaves_the_browser() {
     )
     .await;
     std::fs::write(shots.join("checked"), b"").unwrap();
-    let run = tokio::time::timeout(
-        std::time::Duration::from_secs(240),
-        browser.wait_with_output(),
-    )
-    .await
-    .expect("the browser test ends within 4 minutes")
-    .unwrap();
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(run.status.success(), "the browser test failed:\n{stderr}");
-    println!(
-        "browser test: {:.1} s, screenshots in {}",
-        started.elapsed().as_secs_f64(),
-        shots.display()
-    );
-    let seen: serde_json::Value =
-        serde_json::from_slice(&run.stdout).expect("the browser test prints JSON");
+    let seen = browser_output(browser, started, &shots).await;
 
     // Both people read the same short code.
     let code = seen["studentCode"].as_str().unwrap();
@@ -231,18 +282,6 @@ async fn a_mentor_enrols_a_student_whose_key_never_leaves_the_browser() {
             "link-used"
         ]
     );
-    for p in pages {
-        assert_eq!(
-            p["violations"],
-            serde_json::json!([]),
-            "axe on {}: {}",
-            p["name"],
-            p["violations"]
-        );
-        for shot in p["shots"].as_array().unwrap() {
-            assert!(PathBuf::from(shot.as_str().unwrap()).exists());
-        }
-    }
     let text = |name: &str| {
         pages.iter().find(|p| p["name"] == name).unwrap()["text"]
             .as_str()
@@ -260,38 +299,29 @@ async fn a_mentor_enrols_a_student_whose_key_never_leaves_the_browser() {
         text("enrol-done")
     );
     assert!(text("enrolled").contains("Sam de Vries is ingeschreven"));
-    // No jargon and no hex on the student's screens.
-    for name in [
-        "enrol",
-        "enrol-code",
-        "enrol-done",
-        "student-sign-in",
-        "passport",
-        "passport-saved",
-        "sign",
-        "signed",
-        "consent",
-        "consent-review",
-        "consent-given",
-        "trail",
-        "withdraw",
-        "withdrawn",
-        "consents-erased",
-        "trail-erased",
-        "student-no-key",
-    ] {
-        let t = text(name).to_lowercase();
-        for word in [
-            "pseudoniem",
-            "pvs-",
-            "envelope",
-            "grant",
-            "ed25519",
-            "sha-256",
-        ] {
-            assert!(!t.contains(word), "{name} shows {word:?}: {t}");
-        }
-    }
+    // No jargon and no hex on the student's screens, no WCAG 2.1 A/AA violation on any page.
+    check_pages(
+        &seen,
+        &[
+            "enrol",
+            "enrol-code",
+            "enrol-done",
+            "student-sign-in",
+            "passport",
+            "passport-saved",
+            "sign",
+            "signed",
+            "consent",
+            "consent-review",
+            "consent-given",
+            "trail",
+            "withdraw",
+            "withdrawn",
+            "consents-erased",
+            "trail-erased",
+            "student-no-key",
+        ],
+    );
     // The student signed in with the browser's key and the answer and smiley were kept, at the
     // school and nowhere else.
     assert_eq!(seen["kept"], "Ik ben Sam. Ik sleutel graag aan brommers.");

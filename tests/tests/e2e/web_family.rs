@@ -1,0 +1,193 @@
+//! A student of 15 with a parent, and a student with two devices, in a real headless Chromium
+//! (`tests/browser/family.mjs`): the parent's key from the parent's own browser, what the
+//! student signs held until the parent co-signs exactly those bytes, and a second device that
+//! signs as the student.
+
+use std::path::PathBuf;
+
+use base64::Engine;
+use overstap_proto::pb::{ConsentGrant, GetStudentRequest, StudentCard};
+use overstap_proto::sign::{Domain, decode_body};
+use overstap_tests::cast::{MBO, SCHOOL};
+use overstap_tests::*;
+
+use crate::web::{MENTOR, add_mentor, browser_output, check_pages, spawn_browser};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parent_co_signs_for_a_student_of_15_on_their_own_device_and_a_second_device_signs() {
+    let (_tmp, region) = region().await;
+    add_mentor(&region, MENTOR, "Mevrouw Jansen").await;
+    let base = web_url(&region, SCHOOL);
+    let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("web-family");
+    let started = std::time::Instant::now();
+    let born = overstap_tests::cast::birth_month(15);
+    let browser = spawn_browser("family.mjs", &base, &shots, &[("BIRTH_MONTH", &born)]);
+    let seen = browser_output(browser, started, &shots).await;
+
+    // Every page: axe clean, photographed, and no jargon on the student's or parent's screens.
+    let pages: Vec<&str> = seen["pages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(pages.len(), 22, "{pages:?}");
+    let people: Vec<&str> = pages
+        .iter()
+        .copied()
+        .filter(|n| {
+            !n.contains("invitation")
+                && !n.contains("compare-both")
+                && !n.contains("waits-for-parent")
+                && *n != "family-class"
+        })
+        .collect();
+    check_pages(&seen, &people);
+
+    // One link for the parent, the same on the mentor's screen and the student's; each person's
+    // code matched; and no card until the parent's key was in.
+    assert_eq!(seen["parentLinkMentor"], seen["parentLinkStudent"]);
+    assert!(seen["parentLinkStudent"].as_str().unwrap().contains("/k/"));
+    assert_eq!(seen["studentCode"], seen["mentorStudentCode"]);
+    assert_eq!(seen["parentCode"], seen["mentorParentCode"]);
+    assert_ne!(seen["studentCode"], seen["parentCode"]);
+    assert_eq!(
+        seen["confirmBeforeParent"], 0,
+        "no confirm button before the parent"
+    );
+
+    // The card: the phone's key, the laptop's key as a device key, the parent's key as a
+    // guardian key; exactly the public halves the browsers hold.
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let key = |name: &str| b64.decode(seen["keys"][name].as_str().unwrap()).unwrap();
+    let school = node_pool(&region, SCHOOL).await;
+    let pseudonym: String =
+        sqlx::query_scalar("SELECT pseudonym FROM people WHERE name = 'Noor Bakker'")
+            .fetch_one(&school)
+            .await
+            .expect("Noor is enrolled");
+    let card = region
+        .api(SCHOOL)
+        .await
+        .unwrap()
+        .get_student(GetStudentRequest {
+            pseudonym: pseudonym.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .card
+        .unwrap();
+    let card: StudentCard = decode_body(Domain::StudentCard, &card).unwrap();
+    assert_eq!(card.student_key, key("phone"));
+    assert_eq!(card.device_keys, [key("laptop")]);
+    assert_eq!(card.guardian_keys, [key("parent")]);
+    assert_eq!(card.birth_month, born);
+    assert_eq!(seen["keys"]["parentHasNoStudentKey"], true);
+
+    // What the student signed waited, and said so; the parent saw exactly it and co-signed.
+    assert!(
+        seen["versionWaits"].as_str().unwrap().contains("ouder"),
+        "{}",
+        seen["versionWaits"]
+    );
+    assert!(
+        seen["parentSawPassport"]
+            .as_str()
+            .unwrap()
+            .contains("Ik ben Noor. Ik teken graag.")
+    );
+    assert!(
+        seen["versionCosigned"]
+            .as_str()
+            .unwrap()
+            .contains("signed too"),
+        "{}",
+        seen["versionCosigned"]
+    );
+    assert!(seen["consentWaits"].as_str().unwrap().contains("ouder"));
+    assert!(
+        seen["consentsWaiting"]
+            .as_str()
+            .unwrap()
+            .contains("Wacht op je ouder")
+    );
+    let asked = seen["parentSawConsent"].as_str().unwrap();
+    for words in [
+        "Techniek College",
+        "Noor's passport",
+        "Wie ben ik?",
+        "Intake",
+        "2027",
+    ] {
+        assert!(
+            asked.contains(words),
+            "the parent did not read {words:?}: {asked}"
+        );
+    }
+    assert!(
+        seen["consentCosigned"]
+            .as_str()
+            .unwrap()
+            .contains("consent counts now")
+    );
+    assert!(
+        seen["studentAsParentUrl"]
+            .as_str()
+            .unwrap()
+            .ends_with("/guardian"),
+        "a student's session is no parent's: {}",
+        seen["studentAsParentUrl"]
+    );
+
+    // The second device: the same code on both screens, and its version counts.
+    assert_eq!(seen["laptopCode"], seen["phoneSeesLaptopCode"]);
+    assert!(seen["laptopSigned"].as_str().unwrap().contains("versie 2"));
+    assert!(
+        seen["version2Cosigned"]
+            .as_str()
+            .unwrap()
+            .contains("signed too")
+    );
+
+    // At the school: two versions, each signed by a student key and the parent; version 2 by
+    // the laptop. Nothing waits any more.
+    let manifests: Vec<Vec<u8>> = sqlx::query_scalar(
+        "SELECT manifest FROM passport_versions WHERE pseudonym = $1 ORDER BY version",
+    )
+    .bind(&pseudonym)
+    .fetch_all(&school)
+    .await
+    .unwrap();
+    assert_eq!(manifests.len(), 2);
+    use prost::Message;
+    let signers = |bytes: &[u8]| -> Vec<Vec<u8>> {
+        overstap_proto::pb::Signed::decode(bytes)
+            .unwrap()
+            .sigs
+            .into_iter()
+            .map(|s| s.public_key)
+            .collect()
+    };
+    assert_eq!(signers(&manifests[0]), [key("phone"), key("parent")]);
+    assert_eq!(signers(&manifests[1]), [key("laptop"), key("parent")]);
+    assert_eq!(node_count(&region, SCHOOL, "held_for_guardian").await, 0);
+    let grant: Vec<u8> = sqlx::query_scalar("SELECT signed FROM grants WHERE pseudonym = $1")
+        .bind(&pseudonym)
+        .fetch_one(&school)
+        .await
+        .unwrap();
+    assert_eq!(signers(&grant), [key("phone"), key("parent")]);
+    let grant: ConsentGrant = decode_body(
+        Domain::Grant,
+        &overstap_proto::pb::Signed::decode(grant.as_slice()).unwrap(),
+    )
+    .unwrap();
+
+    // The mentor sent the class: the mbo college holds exactly the part the parent co-signed.
+    eventually("the mbo college holds the consented part", || async {
+        held_sections(&region, MBO, &grant.grant_id).await == ["wie-ben-ik"]
+    })
+    .await;
+    region.shutdown().await.unwrap();
+}
