@@ -221,8 +221,11 @@ pub async fn prepare(
         .filter(|(id, _)| chosen.contains(id))
         .collect();
     let review = html! {
-        (review(lang, &grant, None, &name, &titles, "/student/consent/sign", "student",
-            &t(lang, "consent_sign_button")))
+        (review(lang, &grant, None, &name, &titles, Signer {
+            url: "/student/consent/sign",
+            slot: "student",
+            button: t(lang, "consent_sign_button"),
+        }))
         p { a.button.secondary href="/student/passport" { (t(lang, "back_to_passport")) } }
         script src="/assets/student.js" defer {}
     };
@@ -234,6 +237,14 @@ pub async fn prepare(
     )
 }
 
+/// Who signs in a sign box: where the signature goes, the browser's key slot ("student" or
+/// "guardian"), and the button's words.
+pub(super) struct Signer<'a> {
+    pub url: &'a str,
+    pub slot: &'a str,
+    pub button: String,
+}
+
 /// A consent as the one who signs it reads it: to whom, what for, until when, which parts; and
 /// the box whose script checks the grant's bytes against exactly that before it signs.
 pub(super) fn review(
@@ -242,10 +253,9 @@ pub(super) fn review(
     child: Option<&str>,
     org_name: &str,
     titles: &[(String, String)],
-    url: &str,
-    slot: &str,
-    button: &str,
+    signer: Signer,
 ) -> Markup {
+    let Signer { url, slot, button } = signer;
     let bytes = grant.encode_to_vec();
     let b64 = base64::engine::general_purpose::STANDARD;
     html! {

@@ -289,29 +289,6 @@ pub async fn invitation_page(
     let body = html! {
         div #watch data-state-url=(format!("/mentor/invitations/{id}/state"))
             data-state=(progress(&i, &parents, now)) {
-            @if state != Stage::Enrolled && !parents.is_empty() {
-                section aria-labelledby="parent" {
-                    h2 #parent { (t(lang, "parent_heading")) }
-                    @for l in &parents {
-                        @match (&l.link_token, &l.key) {
-                            (_, Some(key)) => {
-                                @let code = short_code(key);
-                                p { (t(lang, "parent_compare_code")) }
-                                p.code.parent-code aria-label=(code.replace(' ', "")) { (code) }
-                            }
-                            (Some(token), None) => {
-                                @let link = format!("{}/k/{token}", origin(&headers));
-                                p { (tf(lang, "parent_link_help", &[("name", name)])) }
-                                p.link.parent-link { a href=(link) { (link) } }
-                                @if let Some(svg) = qr_svg(&link) {
-                                    figure.qr role="img" aria-label=(format!("QR-code: {link}")) { (PreEscaped(svg)) }
-                                }
-                            }
-                            (None, None) => {}
-                        }
-                    }
-                }
-            }
             @match state {
                 Stage::Waiting => {
                     @let link = format!("{}/i/{}", origin(&headers), i.link_token.clone().unwrap_or_default());
@@ -344,6 +321,29 @@ pub async fn invitation_page(
                 }
                 Stage::Expired => {
                     p.error { (t(lang, "error_link_expired")) }
+                }
+            }
+            @if state != Stage::Enrolled && !parents.is_empty() {
+                section aria-labelledby="parent" {
+                    h2 #parent { (t(lang, "parent_heading")) }
+                    @for l in &parents {
+                        @match (&l.link_token, &l.key) {
+                            (_, Some(key)) => {
+                                @let code = short_code(key);
+                                p { (t(lang, "parent_compare_code")) }
+                                p.code.parent-code aria-label=(code.replace(' ', "")) { (code) }
+                            }
+                            (Some(token), None) => {
+                                @let link = format!("{}/k/{token}", origin(&headers));
+                                p { (tf(lang, "parent_link_help", &[("name", name)])) }
+                                p.link.parent-link { a href=(link) { (link) } }
+                                @if let Some(svg) = qr_svg(&link) {
+                                    figure.qr role="img" aria-label=(format!("QR-code: {link}")) { (PreEscaped(svg)) }
+                                }
+                            }
+                            (None, None) => {}
+                        }
+                    }
                 }
             }
             p { a.button.secondary href="/mentor" { (t(lang, "back_to_students")) } }

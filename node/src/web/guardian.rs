@@ -13,7 +13,7 @@ use overstap_proto::sign::{Domain, decode_body};
 use serde::Deserialize;
 
 use super::Shared;
-use super::consent::review;
+use super::consent::{Signer, review};
 use super::i18n::{Lang, t, tf, when};
 use super::page::{error, form_expired, page, refusal, respond};
 use super::staff::{csrf_ok, session};
@@ -172,8 +172,11 @@ pub async fn item_page(
                 .unwrap_or_default();
             html! {
                 p { (tf(lang, "parent_consent_asks", &[("name", &name)])) }
-                (review(lang, &grant, Some(&name), &org_name(&web, &grant.recipient_org), &titles, &url,
-                    "guardian", &t(lang, "parent_cosign_button")))
+                (review(lang, &grant, Some(&name), &org_name(&web, &grant.recipient_org), &titles, Signer {
+                    url: &url,
+                    slot: "guardian",
+                    button: t(lang, "parent_cosign_button"),
+                }))
             }
         }
         _ => {

@@ -22,8 +22,10 @@ use crate::core::NodeError;
 use crate::core::keys::Confirmer;
 use crate::store::{KeyLinkRow, LinkRole, StoreError};
 
-/// How long a key link works.
+/// How long a key link works: a parent's link or the mentor's, a few days, like an invitation.
 pub const LINK_HOURS: i64 = 72;
+/// A link a student makes on one device for the other device in their hand.
+pub const DEVICE_LINK_SECS: i64 = 3600;
 
 /// Makes a link for one more key; returns its id.
 pub(super) async fn new_link(
@@ -35,6 +37,11 @@ pub(super) async fn new_link(
 ) -> Result<i64, StoreError> {
     let token = random_token();
     let now = web.core.now();
+    let valid = if made_by == "student" {
+        DEVICE_LINK_SECS
+    } else {
+        LINK_HOURS * 3600
+    };
     let row = KeyLinkRow {
         id: 0,
         role,
@@ -42,7 +49,7 @@ pub(super) async fn new_link(
         pseudonym: pseudonym.map(str::to_string),
         made_by: made_by.to_string(),
         created_at: now,
-        expires_at: now + LINK_HOURS * 3600,
+        expires_at: now + valid,
         key: None,
         used_at: None,
         link_token: Some(token.clone()),

@@ -12,7 +12,7 @@ use overstap_tests::cast::SCHOOL;
 use overstap_tests::*;
 
 pub(crate) const MENTOR: &str = "mentor.devries";
-const PASSWORD: &str = "een lang wachtwoord";
+pub(crate) const PASSWORD: &str = "een lang wachtwoord";
 
 pub(crate) async fn add_mentor(region: &overstap_region::Region, user: &str, name: &str) {
     region
@@ -369,7 +369,7 @@ async fn a_mentor_enrols_a_student_whose_key_never_leaves_the_browser() {
 }
 
 /// A staff session cookie for `user`, signed in over plain HTTP as a browser would.
-async fn sign_in_staff(base: &str, user: &str, password: &str) -> HttpAnswer {
+pub(crate) async fn sign_in_staff(base: &str, user: &str, password: &str) -> HttpAnswer {
     let form = format!("username={user}&password={}", password.replace(' ', "+"));
     http(
         base,
@@ -381,7 +381,7 @@ async fn sign_in_staff(base: &str, user: &str, password: &str) -> HttpAnswer {
     .await
 }
 
-fn session_cookie(a: &HttpAnswer) -> String {
+pub(crate) fn session_cookie(a: &HttpAnswer) -> String {
     a.headers
         .iter()
         .find(|(n, v)| n == "set-cookie" && v.starts_with("overstap_web="))
@@ -389,7 +389,7 @@ fn session_cookie(a: &HttpAnswer) -> String {
         .expect("a session cookie")
 }
 
-fn csrf_of(page: &str) -> String {
+pub(crate) fn csrf_of(page: &str) -> String {
     page.split("name=\"csrf\" value=\"")
         .nth(1)
         .and_then(|r| r.split('"').next())

@@ -191,3 +191,427 @@ async fn a_parent_co_signs_for_a_student_of_15_on_their_own_device_and_a_second_
     .await;
     region.shutdown().await.unwrap();
 }
+
+/// The part of `page` after `marker` up to the next `"`: a link or a data attribute.
+fn attr_after(page: &str, marker: &str) -> String {
+    page.split(marker)
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap_or_else(|| panic!("{marker} in the page: {page}"))
+        .to_string()
+}
+
+/// Signs in at `/{who}/sign-in` with `key`, over a fresh challenge under the sign-in tag.
+async fn key_sign_in(base: &str, who: &str, key: &ed25519_dalek::SigningKey) -> HttpAnswer {
+    use ed25519_dalek::Signer;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let c = http(base, "POST", &format!("/{who}/challenge"), &[], b"").await;
+    let c: serde_json::Value = serde_json::from_str(&c.body).unwrap();
+    let challenge = b64.decode(c["challenge"].as_str().unwrap()).unwrap();
+    let message = overstap_proto::sign::signing_bytes(Domain::SignIn, &challenge);
+    let body = serde_json::json!({
+        "id": c["id"],
+        "key": b64.encode(key.verifying_key().to_bytes()),
+        "signature": b64.encode(key.sign(&message).to_bytes()),
+    });
+    http(
+        base,
+        "POST",
+        &format!("/{who}/sign-in"),
+        &[("Content-Type", "application/json")],
+        body.to_string().as_bytes(),
+    )
+    .await
+}
+
+/// Posts `{key, signature}` over `body` under `domain`, signed by `with`, to `path`.
+async fn post_signature(
+    base: &str,
+    cookie: &str,
+    path: &str,
+    domain: Domain,
+    body: &[u8],
+    with: &ed25519_dalek::SigningKey,
+) -> HttpAnswer {
+    use ed25519_dalek::Signer;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let json = serde_json::json!({
+        "key": b64.encode(with.verifying_key().to_bytes()),
+        "signature": b64.encode(with.sign(&overstap_proto::sign::signing_bytes(domain, body)).to_bytes()),
+    });
+    http(
+        base,
+        "POST",
+        path,
+        &[("Content-Type", "application/json"), ("Cookie", cookie)],
+        json.to_string().as_bytes(),
+    )
+    .await
+}
+
+/// A card under 16 waits for a parent's key; a key link works once and not after it ran out;
+/// only a guardian key on the card co-signs, over exactly the held bytes, in a guardian's
+/// session, which is never a student's; a refused co-signature or a forged decline changes
+/// nothing; a mentor cannot make a key link for another mentor's student.
+#[tokio::test]
+async fn a_parent_and_a_new_device_get_in_only_the_way_the_pages_lead() {
+    use crate::web::{PASSWORD, csrf_of, session_cookie, sign_in_staff};
+    let (_tmp, region) = region().await;
+    add_mentor(&region, MENTOR, "Mevrouw Jansen").await;
+    add_mentor(&region, "mentor.bakker", "Meneer Bakker").await;
+    let base = web_url(&region, SCHOOL);
+    let school = node_pool(&region, SCHOOL).await;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let form_post = |path: String, cookie: String, body: String| {
+        let base = base.clone();
+        async move {
+            http(
+                &base,
+                "POST",
+                &path,
+                &[
+                    ("Content-Type", "application/x-www-form-urlencoded"),
+                    ("Cookie", &cookie),
+                ],
+                body.as_bytes(),
+            )
+            .await
+        }
+    };
+    let key_in = |path: String, key: ed25519_dalek::SigningKey| {
+        let base = base.clone();
+        async move {
+            let b64 = base64::engine::general_purpose::STANDARD;
+            let body = serde_json::json!({ "key": b64.encode(key.verifying_key().to_bytes()) });
+            http(
+                &base,
+                "POST",
+                &path,
+                &[("Content-Type", "application/json")],
+                body.to_string().as_bytes(),
+            )
+            .await
+        }
+    };
+
+    // The mentor invites Kim, 15: a link for Kim and one for a parent.
+    let mentor = session_cookie(&sign_in_staff(&base, MENTOR, PASSWORD).await);
+    let csrf = csrf_of(
+        &http(&base, "GET", "/mentor", &[("Cookie", &mentor)], b"")
+            .await
+            .body,
+    );
+    let made = form_post(
+        "/mentor/invite".into(),
+        mentor.clone(),
+        format!(
+            "csrf={csrf}&name=Kim+de+Wit&class_name=3B&birth_month={}",
+            overstap_tests::cast::birth_month(15)
+        ),
+    )
+    .await;
+    assert_eq!(made.status, 303, "{made:?}");
+    let at = made.header("location").unwrap().to_string();
+    let page = http(&base, "GET", &at, &[("Cookie", &mentor)], b"")
+        .await
+        .body;
+    let student_link = attr_after(&page, "/i/");
+    let parent_link = attr_after(&page, "/k/");
+
+    // Kim's key is in, the parent's is not: confirming issues no card.
+    let kim = overstap_proto::sign::generate_signing_key();
+    assert_eq!(
+        key_in(format!("/i/{student_link}/key"), kim.clone())
+            .await
+            .status,
+        200
+    );
+    let early = form_post(
+        format!("{at}/confirm"),
+        mentor.clone(),
+        format!("csrf={csrf}"),
+    )
+    .await;
+    assert_eq!(early.status, 303);
+    assert_eq!(
+        node_count(&region, SCHOOL, "students").await,
+        0,
+        "no card yet"
+    );
+    let waiting = http(&base, "GET", &at, &[("Cookie", &mentor)], b"")
+        .await
+        .body;
+    assert!(waiting.contains("Wacht op de ouder"), "{waiting}");
+
+    // The parent's key, once: a second key for the same link is refused.
+    let parent = overstap_proto::sign::generate_signing_key();
+    assert_eq!(
+        key_in(format!("/k/{parent_link}/key"), parent.clone())
+            .await
+            .status,
+        200
+    );
+    let again = key_in(
+        format!("/k/{parent_link}/key"),
+        overstap_proto::sign::generate_signing_key(),
+    )
+    .await;
+    assert_eq!(again.status, 409, "{again:?}");
+    let confirmed = form_post(
+        format!("{at}/confirm"),
+        mentor.clone(),
+        format!("csrf={csrf}"),
+    )
+    .await;
+    assert_eq!(confirmed.status, 303);
+    assert_eq!(node_count(&region, SCHOOL, "students").await, 1);
+    let used = http(&base, "GET", &format!("/k/{parent_link}"), &[], b"").await;
+    assert_eq!(used.status, 410);
+    assert!(used.body.contains("al gebruikt"), "{}", used.body);
+    let pseudonym: String = sqlx::query_scalar("SELECT pseudonym FROM people")
+        .fetch_one(&school)
+        .await
+        .unwrap();
+
+    // Kim signs version 1: it is held for the parent, not kept.
+    let kim_cookie = session_cookie(&key_sign_in(&base, "student", &kim).await);
+    let passport = http(
+        &base,
+        "GET",
+        "/student/passport",
+        &[("Cookie", &kim_cookie)],
+        b"",
+    )
+    .await;
+    let kim_csrf = csrf_of(&passport.body);
+    let saved = form_post(
+        "/student/passport".into(),
+        kim_cookie.clone(),
+        format!("csrf={kim_csrf}&set=pvs-mbo-v1&a.wie-ben-ik.over-mij=Ik+ben+Kim"),
+    )
+    .await;
+    assert_eq!(saved.status, 303);
+    let sign_page = http(
+        &base,
+        "GET",
+        "/student/sign",
+        &[("Cookie", &kim_cookie)],
+        b"",
+    )
+    .await;
+    let body = b64
+        .decode(attr_after(&sign_page.body, "id=\"sign\" data-body=\""))
+        .unwrap();
+    let held = post_signature(
+        &base,
+        &kim_cookie,
+        "/student/sign",
+        Domain::Manifest,
+        &body,
+        &kim,
+    )
+    .await;
+    assert_eq!(held.status, 200, "{held:?}");
+    assert!(held.body.contains("ouder"), "{}", held.body);
+    let count = |table: &'static str| {
+        let region = &region;
+        async move { node_count(region, SCHOOL, table).await }
+    };
+    assert_eq!(
+        (
+            count("held_for_guardian").await,
+            count("passport_versions").await
+        ),
+        (1, 0)
+    );
+
+    // Kim's key opens no parent's session, and Kim's session is no parent's.
+    assert_eq!(key_sign_in(&base, "guardian", &kim).await.status, 401);
+    let as_parent = http(
+        &base,
+        "GET",
+        "/guardian/waiting",
+        &[("Cookie", &kim_cookie)],
+        b"",
+    )
+    .await;
+    assert_eq!(as_parent.status, 303);
+    assert_eq!(as_parent.header("location"), Some("/guardian"));
+    // The parent's session is no student's either.
+    let parent_cookie = session_cookie(&key_sign_in(&base, "guardian", &parent).await);
+    let as_student = http(
+        &base,
+        "GET",
+        "/student/passport",
+        &[("Cookie", &parent_cookie)],
+        b"",
+    )
+    .await;
+    assert_eq!(as_student.status, 303);
+    assert_eq!(as_student.header("location"), Some("/student"));
+
+    // What the parent is shown is exactly what Kim signed.
+    let list = http(
+        &base,
+        "GET",
+        "/guardian/waiting",
+        &[("Cookie", &parent_cookie)],
+        b"",
+    )
+    .await;
+    let item = format!(
+        "/guardian/waiting/{}",
+        attr_after(&list.body, "/guardian/waiting/")
+    );
+    let item_page = http(&base, "GET", &item, &[("Cookie", &parent_cookie)], b"").await;
+    assert!(item_page.body.contains("Ik ben Kim"), "{}", item_page.body);
+    let shown = b64
+        .decode(attr_after(&item_page.body, "id=\"sign\" data-body=\""))
+        .unwrap();
+    assert_eq!(shown, body);
+    let parent_csrf = csrf_of(&item_page.body);
+
+    // Refused co-signatures: a stranger's key, Kim's own key, the parent's key over other
+    // bytes, a forged decline. Nothing changes.
+    let sign_at = format!("{item}/sign");
+    let stranger = overstap_proto::sign::generate_signing_key();
+    for (who, bytes) in [
+        (&stranger, &body[..]),
+        (&kim, &body[..]),
+        (&parent, b"other bytes"),
+    ] {
+        let refused = post_signature(
+            &base,
+            &parent_cookie,
+            &sign_at,
+            Domain::Manifest,
+            bytes,
+            who,
+        )
+        .await;
+        assert_eq!(refused.status, 422, "{refused:?}");
+    }
+    let forged = form_post(
+        format!("{item}/decline"),
+        parent_cookie.clone(),
+        "csrf=nope".into(),
+    )
+    .await;
+    assert_eq!(forged.status, 403);
+    let declined: Option<i64> = sqlx::query_scalar("SELECT declined_at FROM held_for_guardian")
+        .fetch_one(&school)
+        .await
+        .unwrap();
+    assert_eq!(declined, None);
+    assert_eq!(
+        (
+            count("held_for_guardian").await,
+            count("passport_versions").await
+        ),
+        (1, 0)
+    );
+
+    // The parent's real co-signature: version 1 counts, nothing waits; the same again is refused.
+    let ok = post_signature(
+        &base,
+        &parent_cookie,
+        &sign_at,
+        Domain::Manifest,
+        &body,
+        &parent,
+    )
+    .await;
+    assert_eq!(ok.status, 200, "{ok:?}");
+    assert_eq!(
+        (
+            count("held_for_guardian").await,
+            count("passport_versions").await
+        ),
+        (0, 1)
+    );
+    let twice = post_signature(
+        &base,
+        &parent_cookie,
+        &sign_at,
+        Domain::Manifest,
+        &body,
+        &parent,
+    )
+    .await;
+    assert_eq!(twice.status, 422);
+    let _ = parent_csrf;
+
+    // Another mentor cannot make a key link for Kim.
+    let other = session_cookie(&sign_in_staff(&base, "mentor.bakker", PASSWORD).await);
+    let other_csrf = csrf_of(
+        &http(&base, "GET", "/mentor", &[("Cookie", &other)], b"")
+            .await
+            .body,
+    );
+    let refused = form_post(
+        format!("/mentor/students/{pseudonym}/keys"),
+        other,
+        format!("csrf={other_csrf}&role=device"),
+    )
+    .await;
+    assert_eq!(refused.status, 404);
+    assert_eq!(count("key_links").await, 1, "only the parent's link");
+
+    // Kim makes a link for a laptop; once it ran out it is refused, and no key goes on the card.
+    let devices = http(
+        &base,
+        "GET",
+        "/student/devices",
+        &[("Cookie", &kim_cookie)],
+        b"",
+    )
+    .await;
+    let made = form_post(
+        "/student/devices".into(),
+        kim_cookie.clone(),
+        format!("csrf={}", csrf_of(&devices.body)),
+    )
+    .await;
+    assert_eq!(made.status, 303);
+    let link_page = http(
+        &base,
+        "GET",
+        made.header("location").unwrap(),
+        &[("Cookie", &kim_cookie)],
+        b"",
+    )
+    .await;
+    let device_link = attr_after(&link_page.body, "/k/");
+    sqlx::query("UPDATE key_links SET expires_at = 1 WHERE role = 'device'")
+        .execute(&school)
+        .await
+        .unwrap();
+    let late = http(&base, "GET", &format!("/k/{device_link}"), &[], b"").await;
+    assert_eq!(late.status, 410);
+    assert!(late.body.contains("verlopen"), "{}", late.body);
+    let late_key = key_in(
+        format!("/k/{device_link}/key"),
+        overstap_proto::sign::generate_signing_key(),
+    )
+    .await;
+    assert_eq!(late_key.status, 410);
+    let card = region
+        .api(SCHOOL)
+        .await
+        .unwrap()
+        .get_student(GetStudentRequest {
+            pseudonym: pseudonym.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .card
+        .unwrap();
+    let card: StudentCard = decode_body(Domain::StudentCard, &card).unwrap();
+    assert!(card.device_keys.is_empty());
+    assert_eq!(
+        card.guardian_keys,
+        [parent.verifying_key().to_bytes().to_vec()]
+    );
+    region.shutdown().await.unwrap();
+}
