@@ -26,6 +26,8 @@ mod staff;
 mod student;
 mod trail;
 
+pub use enrol::short_code;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;

@@ -66,19 +66,7 @@ async fn a_parent_co_signs_for_a_student_of_15_on_their_own_device_and_a_second_
             .fetch_one(&school)
             .await
             .expect("Noor is enrolled");
-    let card = region
-        .api(SCHOOL)
-        .await
-        .unwrap()
-        .get_student(GetStudentRequest {
-            pseudonym: pseudonym.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .card
-        .unwrap();
-    let card: StudentCard = decode_body(Domain::StudentCard, &card).unwrap();
+    let card = card_of(&region, &pseudonym).await;
     assert_eq!(card.student_key, key("phone"));
     assert_eq!(card.device_keys, [key("laptop")]);
     assert_eq!(card.guardian_keys, [key("parent")]);
@@ -595,23 +583,81 @@ async fn a_parent_and_a_new_device_get_in_only_the_way_the_pages_lead() {
     )
     .await;
     assert_eq!(late_key.status, 410);
+    let card = card_of(&region, &pseudonym).await;
+    assert!(card.device_keys.is_empty());
+    assert_eq!(
+        card.guardian_keys,
+        [parent.verifying_key().to_bytes().to_vec()]
+    );
+
+    // Kim lost her phone: the mentor, in person, gives her a new key. The old one is retired
+    // from now, signs nothing new and opens no session; the parent's key stays.
+    let replace = form_post(
+        format!("/mentor/students/{pseudonym}/keys"),
+        mentor.clone(),
+        format!("csrf={csrf}&role=replace"),
+    )
+    .await;
+    assert_eq!(replace.status, 303, "{replace:?}");
+    let at = replace.header("location").unwrap().to_string();
+    let page = http(&base, "GET", &at, &[("Cookie", &mentor)], b"")
+        .await
+        .body;
+    let new_phone = overstap_proto::sign::generate_signing_key();
+    let link = attr_after(&page, "/k/");
+    assert_eq!(
+        key_in(format!("/k/{link}/key"), new_phone.clone())
+            .await
+            .status,
+        200
+    );
+    let page = http(&base, "GET", &at, &[("Cookie", &mentor)], b"")
+        .await
+        .body;
+    let code = overstap_node::web::short_code(&new_phone.verifying_key().to_bytes());
+    assert!(
+        page.contains(&code),
+        "the mentor sees the new key's code {code}: {page}"
+    );
+    let done = form_post(
+        format!("{at}/confirm"),
+        mentor.clone(),
+        format!("csrf={csrf}"),
+    )
+    .await;
+    assert_eq!(done.status, 303);
+    let card = card_of(&region, &pseudonym).await;
+    assert_eq!(
+        card.student_key,
+        new_phone.verifying_key().to_bytes().to_vec()
+    );
+    assert_eq!(card.retired_keys.len(), 1);
+    assert_eq!(
+        card.retired_keys[0].key,
+        kim.verifying_key().to_bytes().to_vec()
+    );
+    assert_eq!(
+        card.guardian_keys,
+        [parent.verifying_key().to_bytes().to_vec()]
+    );
+    assert_eq!(key_sign_in(&base, "student", &kim).await.status, 401);
+    assert_eq!(key_sign_in(&base, "student", &new_phone).await.status, 200);
+    region.shutdown().await.unwrap();
+}
+
+/// The card the school holds for `pseudonym`, through the node's API.
+async fn card_of(region: &overstap_region::Region, pseudonym: &str) -> StudentCard {
     let card = region
         .api(SCHOOL)
         .await
         .unwrap()
         .get_student(GetStudentRequest {
-            pseudonym: pseudonym.clone(),
+            pseudonym: pseudonym.to_string(),
         })
         .await
         .unwrap()
         .into_inner()
         .card
         .unwrap();
-    let card: StudentCard = decode_body(Domain::StudentCard, &card).unwrap();
-    assert!(card.device_keys.is_empty());
-    assert_eq!(
-        card.guardian_keys,
-        [parent.verifying_key().to_bytes().to_vec()]
-    );
-    region.shutdown().await.unwrap();
+    decode_body(Domain::StudentCard, &card).unwrap()
 }
