@@ -606,10 +606,33 @@ pub async fn run(dir: &Path, out: &mut dyn Write, serve: bool) -> anyhow::Result
             .await
             .map_err(explain)?;
         let web = std::fs::read_to_string(region.node_dir(SCHOOL).join("web.url"))?;
+        let web = web.trim();
         story.say(&format!(
-            "The school's web app, where a mentor invites a student and the student's own browser makes the key:\n   {}\n   sign in as: mentor\n   password:   {password}\n   Open the invitation link in another browser (or a private window) to play the student.",
-            web.trim()
+            "The school's web app, where a mentor invites a student and the student's own browser makes the key:\n   {web}\n   the mentor: sign in as mentor, password {password}"
         ));
+        // Two students already invited: one of 15, whose parent joins, and one of 17.
+        for (name, class, age) in [("Noor Bakker", "3A", 15), ("Daan Visser", "4B", 17)] {
+            let invited = region
+                .api(SCHOOL)
+                .await?
+                .invite_student(overstap_proto::pb::InviteStudentRequest {
+                    name: name.into(),
+                    class_name: class.into(),
+                    birth_month: overstap_region::cast::birth_month(age),
+                    mentor: "mentor".into(),
+                })
+                .await
+                .map_err(explain)?
+                .into_inner();
+            story.say(&format!("   {name} ({age}): {web}{}", invited.student_path));
+            if !invited.parent_path.is_empty() {
+                story.say(&format!(
+                    "   a parent of {name}: {web}{}",
+                    invited.parent_path
+                ));
+            }
+        }
+        story.say("   Open each link in a browser of its own (another browser, or a private window): each person's browser makes their own key, and the mentor compares the codes.");
         story.say("Prometheus metrics (plain HTTP, loopback only):");
         for part in ["hub", SCHOOL, MBO] {
             if let Ok(url) = region.metrics_url(part) {

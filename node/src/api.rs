@@ -18,7 +18,8 @@ use overstap_proto::pb::{
     StorePassportResponse, TrailEvent, TrailRequest, TrailResponse,
 };
 use overstap_proto::pb::{
-    AddStaffRequest, AddStaffResponse, ProveEnvelopeRequest, ProveEnvelopeResponse,
+    AddStaffRequest, AddStaffResponse, InviteStudentRequest, InviteStudentResponse,
+    ProveEnvelopeRequest, ProveEnvelopeResponse,
 };
 use prost::Message;
 use rand_core::RngCore;
@@ -305,6 +306,26 @@ impl Node for NodeApi {
             .add_staff(&r.username, &r.display_name, &r.password, &r.role)
             .await?;
         Ok(Response::new(AddStaffResponse {}))
+    }
+
+    async fn invite_student(
+        &self,
+        request: Request<InviteStudentRequest>,
+    ) -> Result<Response<InviteStudentResponse>, Status> {
+        let r = request.into_inner();
+        let invited = self
+            .core
+            .invite_student(&r.name, &r.class_name, &r.birth_month, &r.mentor)
+            .await?;
+        Ok(Response::new(InviteStudentResponse {
+            invitation_id: invited.id,
+            student_path: format!("/i/{}", invited.student_token),
+            parent_path: invited
+                .parent_token
+                .map(|t| format!("/k/{t}"))
+                .unwrap_or_default(),
+            expires_at: invited.expires_at,
+        }))
     }
 
     async fn set_status(

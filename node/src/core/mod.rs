@@ -11,6 +11,8 @@
 //! - `directory`: installing a newer directory, following a rotation of this node's keys
 //!   ([`KeyFiles`]), signing the student cards again after one.
 //! - `students`: student cards (issued, re-issued after a lost key) and passport versions.
+//! - `invite`: one-time links (a mentor's invitation of a student, a parent's link, a link for
+//!   another device) and their tokens.
 //! - `keys`: more keys on a card through one-time links (a guardian's, another device's, a new
 //!   one after a loss), and what a student under 16 signed, held until a guardian co-signs.
 //! - `consent`: grants, revocation, erasure with a deletion receipt, and the reaper.
@@ -41,6 +43,7 @@ mod checks;
 mod consent;
 mod directory;
 mod ingest;
+pub mod invite;
 pub mod keys;
 mod log;
 pub mod people;

@@ -12,15 +12,14 @@ use maud::{Markup, PreEscaped, html};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use super::Shared;
 use super::i18n::{Lang, t, tf, when};
 use super::page::{error, form_expired, page, refusal, respond};
 use super::staff::{Staff, csrf_ok, sign_in_first, signed_in};
-use super::{Shared, random_token};
 use crate::core::NodeError;
 use crate::store::InvitationRow;
 
-/// How long an invitation link works.
-pub const INVITATION_HOURS: i64 = 72;
+pub use crate::core::invite::{INVITATION_HOURS, token_hash};
 
 /// The short code both screens show for a key: six digits from the SHA-256 of a fixed tag and
 /// the public key. The student's browser computes it from the key it made, the mentor's page
@@ -32,10 +31,6 @@ pub fn short_code(key: &[u8]) -> String {
         .finalize();
     let n = u32::from_be_bytes([d[0], d[1], d[2], d[3]]) % 1_000_000;
     format!("{:03} {:03}", n / 1000, n % 1000)
-}
-
-pub(super) fn token_hash(token: &str) -> Vec<u8> {
-    Sha256::digest(token.as_bytes()).to_vec()
 }
 
 /// Where an invitation stands.
@@ -172,43 +167,12 @@ pub async fn invite(
             super::class::mentor_view(&web, lang, &staff, &list, &pupils, None, Some(problem)),
         );
     }
-    let token = random_token();
-    let row = InvitationRow {
-        id: 0,
-        name: name.to_string(),
-        class_name: class_name.to_string(),
-        birth_month: form.birth_month.trim().to_string(),
-        mentor: staff.username.clone(),
-        created_at: now,
-        expires_at: now + INVITATION_HOURS * 3600,
-        student_key: None,
-        pseudonym: None,
-        used_at: None,
-        link_token: Some(token.clone()),
-    };
     match web
         .core
-        .store
-        .insert_invitation(&token_hash(&token), &row)
+        .invite_student(name, class_name, form.birth_month.trim(), &staff.username)
         .await
     {
-        Ok(id) => {
-            tracing::info!(mentor = %staff.username, invitation = id, "a student was invited");
-            // Under 16 the card needs a parent's key too: their link is made with the student's.
-            if overstap_proto::passport::under_16(&row.birth_month, now).unwrap_or(true)
-                && let Err(e) = super::keys::new_link(
-                    &web,
-                    crate::store::LinkRole::Guardian,
-                    Some(id),
-                    None,
-                    &staff.username,
-                )
-                .await
-            {
-                return web.server_error(lang, e);
-            }
-            Redirect::to(&format!("/mentor/invitations/{id}")).into_response()
-        }
+        Ok(invited) => Redirect::to(&format!("/mentor/invitations/{}", invited.id)).into_response(),
         Err(e) => web.server_error(lang, e),
     }
 }

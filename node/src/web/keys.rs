@@ -12,55 +12,28 @@ use base64::Engine;
 use maud::{Markup, PreEscaped, html};
 use serde::Deserialize;
 
+use super::Shared;
 use super::enrol::{mentor, mentor_posting, origin, qr_svg, short_code, token_hash};
 use super::i18n::{Lang, t, tf, when};
 use super::page::{error, page, refusal, respond};
 use super::staff::csrf_ok;
 use super::student::student;
-use super::{Shared, random_token};
 use crate::core::NodeError;
 use crate::core::keys::Confirmer;
 use crate::store::{KeyLinkRow, LinkRole, StoreError};
-
-/// How long a key link works: a parent's link or the mentor's, a few days, like an invitation.
-pub const LINK_HOURS: i64 = 72;
-/// A link a student makes on one device for the other device in their hand.
-pub const DEVICE_LINK_SECS: i64 = 3600;
 
 /// Makes a link for one more key; returns its id.
 pub(super) async fn new_link(
     web: &Shared,
     role: LinkRole,
-    invitation_id: Option<i64>,
     pseudonym: Option<&str>,
     made_by: &str,
-) -> Result<i64, StoreError> {
-    let token = random_token();
-    let now = web.core.now();
-    let valid = if made_by == "student" {
-        DEVICE_LINK_SECS
-    } else {
-        LINK_HOURS * 3600
-    };
-    let row = KeyLinkRow {
-        id: 0,
-        role,
-        invitation_id,
-        pseudonym: pseudonym.map(str::to_string),
-        made_by: made_by.to_string(),
-        created_at: now,
-        expires_at: now + valid,
-        key: None,
-        used_at: None,
-        link_token: Some(token.clone()),
-    };
-    let id = web
+) -> Result<i64, NodeError> {
+    Ok(web
         .core
-        .store
-        .insert_key_link(&token_hash(&token), &row)
-        .await?;
-    tracing::info!(role = role.word(), link = id, "a key link was made");
-    Ok(id)
+        .new_key_link(role, None, pseudonym, made_by)
+        .await?
+        .0)
 }
 
 /// Where a key link stands, as the pages' scripts watch it.
@@ -314,7 +287,7 @@ pub async fn mentor_new_link(
         Ok(_) => return not_found(&web, lang),
         Err(e) => return web.server_error(lang, e),
     }
-    match new_link(&web, role, None, Some(&pseudonym), &staff.username).await {
+    match new_link(&web, role, Some(&pseudonym), &staff.username).await {
         Ok(id) => Redirect::to(&format!("/mentor/keys/{id}")).into_response(),
         Err(e) => web.server_error(lang, e),
     }
@@ -469,7 +442,7 @@ pub async fn student_new_link(
     if !csrf_ok(&csrf, &form.csrf) {
         return super::page::form_expired(lang, &web.school());
     }
-    match new_link(&web, LinkRole::Device, None, Some(&pseudonym), "student").await {
+    match new_link(&web, LinkRole::Device, Some(&pseudonym), "student").await {
         Ok(id) => Redirect::to(&format!("/student/devices/{id}")).into_response(),
         Err(e) => web.server_error(lang, e),
     }

@@ -39,9 +39,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use base64::Engine;
 use maud::html;
-use rand_core::RngCore;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -90,12 +88,7 @@ impl Web {
     }
 }
 
-/// 32 random bytes, base64url: a session id, a CSRF token or an invitation link's token.
-pub fn random_token() -> String {
-    let mut b = [0u8; 32];
-    rand_core::OsRng.fill_bytes(&mut b);
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
-}
+pub use crate::core::invite::random_token;
 
 /// The web app's routes over `core`.
 pub fn router(core: Arc<NodeCore>) -> Router {

@@ -661,3 +661,58 @@ async fn card_of(region: &overstap_region::Region, pseudonym: &str) -> StudentCa
         .unwrap();
     decode_body(Domain::StudentCard, &card).unwrap()
 }
+
+/// `overstap demo --serve`, as a newcomer runs it: once the story is told it prints the school's
+/// web app with a mentor account and two students already invited (one of 15 with a link for
+/// a parent), and each link opens its page.
+#[tokio::test]
+async fn the_demo_serves_links_for_a_mentor_two_students_and_a_parent() {
+    use tokio::io::AsyncBufReadExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut demo = tokio::process::Command::new(env!("CARGO_BIN_EXE_overstap-under-test"))
+        .args(["demo", "--serve", "--dir"])
+        .arg(tmp.path())
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(demo.stdout.take().unwrap()).lines();
+    let mut said = String::new();
+    let read = async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            said.push_str(&line);
+            said.push('\n');
+            if line.starts_with("Press Ctrl-C") {
+                return;
+            }
+        }
+        panic!("the demo ended without serving:\n{said}");
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(180), read)
+        .await
+        .expect("the demo serves within 3 minutes");
+    let after = |marker: &str| {
+        said.split(marker)
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or_else(|| panic!("{marker:?} in what the demo said:\n{said}"))
+            .to_string()
+    };
+    let password = after("sign in as mentor, password ");
+    let noor = after("Noor Bakker (15): ");
+    let parent = after("a parent of Noor Bakker: ");
+    let daan = after("Daan Visser (17): ");
+    let base = noor[..noor.find("/i/").unwrap()].to_string();
+    let path = |link: &str| link[base.len()..].to_string();
+    let page = http(&base, "GET", &path(&noor), &[], b"").await;
+    assert!(page.body.contains("Hoi Noor!"), "{}", page.body);
+    let page = http(&base, "GET", &path(&parent), &[], b"").await;
+    assert!(page.body.contains("Meedoen als ouder"), "{}", page.body);
+    let page = http(&base, "GET", &path(&daan), &[], b"").await;
+    assert!(page.body.contains("Hoi Daan!"), "{}", page.body);
+    let signed_in = crate::web::sign_in_staff(&base, "mentor", &password).await;
+    assert_eq!(signed_in.status, 303, "{signed_in:?}");
+    let _ = demo.kill().await;
+}
