@@ -30,6 +30,7 @@ export async function start(outDir) {
       shots.push(path);
     }
     await page.setViewportSize({ width: 1280, height: 900 });
+    const keyboard = await walk(page);
     await page.addScriptTag({ content: axeSource });
     const result = await page.evaluate(() => window.axe.run(document, {
       runOnly: { type: "tag", values: ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"] },
@@ -40,8 +41,68 @@ export async function start(outDir) {
       title: await page.title(),
       text: (await page.innerText("main")).slice(0, 2000),
       violations: result.violations.map((v) => ({ id: v.id, impact: v.impact, nodes: v.nodes.length, help: v.help })),
+      keyboard,
       shots,
     });
+  }
+
+  // The keyboard alone: Tab from the top of the page until focus comes round again. Every
+  // visible control must be reached (a group of radio buttons once, as Tab does), and each
+  // must show where the focus is.
+  async function walk(page) {
+    await page.evaluate(() => {
+      const mark = (el, i) => el.setAttribute("data-walk", String(i));
+      const visible = (el) => el.offsetParent !== null || el.getClientRects().length > 0;
+      const controls = [...document.querySelectorAll(
+        "a[href], button, input:not([type=hidden]), textarea, select, summary")]
+        .filter((el) => visible(el) && !el.disabled && !el.closest("[hidden]")
+          // Inside a closed <details> only its summary is there, until it is opened.
+          && !(el.closest("details:not([open])") && el.tagName !== "SUMMARY"));
+      for (const el of document.querySelectorAll("[data-walk]")) el.removeAttribute("data-walk");
+      controls.forEach(mark);
+      // Tab starts from the top: from a mark placed first in the page, then taken away.
+      const start = document.createElement("span");
+      start.tabIndex = -1;
+      start.id = "walk-start";
+      document.body.prepend(start);
+      start.focus();
+    });
+    const reached = new Set();
+    const unmarked = [];
+    let noOutline = [];
+    // Until the focus leaves the page (past its last control), as a person tabbing through it.
+    for (let i = 0; i < 120; i++) {
+      await page.keyboard.press("Tab");
+      const at = await page.evaluate(() => {
+        const el = document.activeElement;
+        if (!el || el === document.body) return null;
+        const style = getComputedStyle(el);
+        const shown = (style.outlineStyle !== "none" && parseFloat(style.outlineWidth) > 0)
+          || style.boxShadow !== "none";
+        return {
+          walk: el.getAttribute("data-walk"),
+          radio: el.type === "radio" ? el.name : null,
+          what: `${el.tagName.toLowerCase()} ${el.id || el.name || el.textContent.trim().slice(0, 30)}`,
+          shown,
+        };
+      });
+      if (!at) break;
+      if (at.walk === null) { unmarked.push(at.what); continue; }
+      // A month field takes several Tabs (month, then year); it counts once.
+      if (reached.has(at.walk)) continue;
+      reached.add(at.walk);
+      if (at.radio) reached.add(`radio:${at.radio}`);
+      if (!at.shown) noOutline.push(at.what);
+    }
+    await page.evaluate(() => document.getElementById("walk-start").remove());
+    const unreached = await page.evaluate((reached) => {
+      const done = new Set(reached);
+      return [...document.querySelectorAll("[data-walk]")]
+        .filter((el) => !done.has(el.getAttribute("data-walk"))
+          && !(el.type === "radio" && done.has(`radio:${el.name}`)))
+        .map((el) => `${el.tagName.toLowerCase()} ${el.id || el.name || el.textContent.trim().slice(0, 30)}`);
+    }, [...reached]);
+    return { reached: reached.size, unreached, noOutline };
   }
 
   // Opens `url` again until its main text has `words` (what another person or process does

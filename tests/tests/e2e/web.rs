@@ -87,7 +87,8 @@ pub(crate) async fn browser_output(
 }
 
 /// Every page a browser script looked at: no WCAG 2.1 A/AA violation, its screenshots saved,
-/// and no jargon or hex on the pages named in `people`' screens.
+/// every control reached with Tab and its focus shown, and no jargon or hex on the pages named
+/// in `people`.
 pub(crate) fn check_pages(seen: &serde_json::Value, people: &[&str]) {
     for p in seen["pages"].as_array().unwrap() {
         assert_eq!(
@@ -100,6 +101,20 @@ pub(crate) fn check_pages(seen: &serde_json::Value, people: &[&str]) {
         for shot in p["shots"].as_array().unwrap() {
             assert!(PathBuf::from(shot.as_str().unwrap()).exists());
         }
+        // The keyboard alone reaches every control, and the focus shows where it is.
+        let keys = &p["keyboard"];
+        assert_eq!(
+            keys["unreached"],
+            serde_json::json!([]),
+            "Tab on {}: {keys}",
+            p["name"]
+        );
+        assert_eq!(
+            keys["noOutline"],
+            serde_json::json!([]),
+            "focus on {}: {keys}",
+            p["name"]
+        );
         if !people.contains(&p["name"].as_str().unwrap()) {
             continue;
         }
