@@ -41,7 +41,22 @@ const SETS: &[(&str, &str)] = &[
         "pvs-werk-v1",
         include_str!("../questionsets/pvs-werk-v1.toml"),
     ),
+    (
+        "pvs-mbo-v2",
+        include_str!("../questionsets/pvs-mbo-v2.toml"),
+    ),
+    (
+        "pvs-werk-v2",
+        include_str!("../questionsets/pvs-werk-v2.toml"),
+    ),
 ];
+
+/// The sets a new passport starts from, one per track: to the mbo, or to work.
+pub const CURRENT_SETS: &[(&str, &str)] = &[("mbo", "pvs-mbo-v2"), ("werk", "pvs-werk-v2")];
+
+/// The section with the student's name, date of birth and how to reach them (v2 on), filled in
+/// from the home school's records and shared only by consent.
+pub const PERSONALIA: &str = "personalia";
 
 /// The ids of every question set this build knows.
 pub fn known_sets() -> Vec<&'static str> {
@@ -93,6 +108,19 @@ mod tests {
             for s in &set.sections {
                 assert!(!s.questions.is_empty(), "{id}/{} has no questions", s.id);
             }
+        }
+        for (_, id) in CURRENT_SETS {
+            let set = question_set(id).unwrap();
+            assert_eq!(
+                set.sections[0].id, PERSONALIA,
+                "{id} starts with personalia"
+            );
+            let v1 = question_set(&id.replace("-v2", "-v1")).unwrap();
+            assert_eq!(
+                set.sections[1..].iter().map(|s| &s.id).collect::<Vec<_>>(),
+                v1.sections.iter().map(|s| &s.id).collect::<Vec<_>>(),
+                "{id} is v1 with personalia before it"
+            );
         }
         let werk = question_set("pvs-werk-v1").unwrap();
         assert!(werk.sections.iter().any(|s| s.id == "werkervaring"));

@@ -16,6 +16,15 @@ const press = async (page, locator, key = "Enter") => {
   await locator.focus();
   await page.keyboard.press(key);
 };
+// Saves the passport form and waits until the page is back from the save (the page already
+// says "Opgeslagen" from an earlier save, so the words alone do not tell).
+const save = async (page) => {
+  // The form's answer is a redirect to the passport page again: its load is the one to wait for.
+  await Promise.all([
+    page.waitForEvent("load"),
+    press(page, page.getByRole("button", { name: "Opslaan" })),
+  ]);
+};
 // Waits for the sign box's answer (or its error) and returns what it says.
 const signed = async (page) => {
   await page.waitForSelector("#sign-with-key:not([disabled])", { timeout: 20000 });
@@ -95,10 +104,18 @@ await look(parent, "family-parent-done");
 await phone.goto(base + "/student");
 await press(phone, phone.locator("#sign-in-with-key"));
 await phone.waitForURL("**/student/passport", { timeout: 20000 });
+// The school filled in her name; she chooses the work track and back, keeping what she wrote.
+const prefilled = await phone.inputValue("textarea[name='a.personalia.naam']");
+await look(phone, "family-passport");
+await press(phone, phone.getByRole("button", { name: "Aan het werk" }));
+await phone.waitForSelector("textarea[name='a.werkervaring.stages']", { timeout: 20000 });
+const werkTrack = await phone.innerText("main");
+await press(phone, phone.getByRole("button", { name: "Naar het mbo" }));
+await phone.waitForFunction(() => !document.querySelector("main").innerText.includes("Mijn werkervaring"));
+const keptName = await phone.inputValue("textarea[name='a.personalia.naam']");
 await phone.focus("textarea[name='a.wie-ben-ik.over-mij']");
 await phone.keyboard.type("Ik ben Noor. Ik teken graag.");
-await press(phone, phone.getByRole("button", { name: "Opslaan" }));
-await phone.waitForFunction(() => document.querySelector("#saved").textContent.includes("Opgeslagen"));
+await save(phone);
 await phone.goto(base + "/student/sign");
 const versionWaits = await signed(phone);
 await look(phone, "family-signed-waits");
@@ -133,7 +150,12 @@ await press(phone, phone.locator("#to-30RT"), "Space");
 await press(phone, phone.locator("#part-wie-ben-ik"), "Space");
 await press(phone, phone.locator("#for-intake"), "Space");
 await phone.fill("#until", process.env.UNTIL || "2027-08-01");
+const consentHint = await phone.innerText("form");
 await press(phone, phone.getByRole("button", { name: "Verder" }));
+await phone.waitForSelector("details.preview-recipient");
+await press(phone, phone.locator("details.preview-recipient summary"));
+const recipientPreview = await phone.innerText("details.preview-recipient");
+await look(phone, "family-consent-review");
 const consentWaits = await signed(phone);
 await phone.goto(base + "/student/consents");
 const consentsWaiting = await phone.innerText("main");
@@ -179,8 +201,7 @@ await press(laptop, laptop.locator("#sign-in-with-key"));
 await laptop.waitForURL("**/student/passport", { timeout: 20000 });
 await laptop.focus("textarea[name='a.wie-ben-ik.vrije-tijd']");
 await laptop.keyboard.type("Tekenen en voetbal.");
-await press(laptop, laptop.getByRole("button", { name: "Opslaan" }));
-await laptop.waitForFunction(() => document.querySelector("#saved").textContent.includes("Opgeslagen"));
+await save(laptop);
 await laptop.goto(base + "/student/sign");
 const laptopSigned = await signed(laptop);
 await parent.goto(base + "/guardian/waiting");
@@ -225,4 +246,9 @@ console.log(JSON.stringify({
   laptopSigned,
   version2Cosigned,
   keys,
+  prefilled,
+  werkTrack,
+  keptName,
+  consentHint,
+  recipientPreview,
 }));

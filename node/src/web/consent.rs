@@ -10,8 +10,8 @@ use axum::response::{IntoResponse, Redirect, Response};
 use base64::Engine;
 use maud::{Markup, html};
 use overstap_proto::consent::PURPOSES;
-use overstap_proto::pb::{ConsentGrant, Manifest, MemberKind, Signed};
-use overstap_proto::questions::question_set;
+use overstap_proto::pb::{ConsentGrant, Disclosure, Manifest, MemberKind, Section, Signed};
+use overstap_proto::questions::{PERSONALIA, question_set};
 use overstap_proto::sign::{Domain, decode_body};
 use prost::Message;
 use rand_core::RngCore;
@@ -19,7 +19,7 @@ use rand_core::RngCore;
 use super::Shared;
 use super::i18n::{Lang, day, dutch_midnight, t, tf};
 use super::page::{error, page, respond};
-use super::student::{form_field, not_signed, signing, student, student_form};
+use super::student::{answers, form_field, not_signed, signing, student, student_form};
 use crate::core::NodeError;
 use crate::core::keys::Kept;
 
@@ -102,6 +102,9 @@ fn form(
                     label.choice for=(format!("part-{id}")) {
                         input type="checkbox" id=(format!("part-{id}")) name="section" value=(id);
                         " " (title)
+                    }
+                    @if id == PERSONALIA {
+                        p.hint { (t(lang, "consent_personalia_hint")) }
                     }
                 }
             }
@@ -220,7 +223,26 @@ pub async fn prepare(
         .into_iter()
         .filter(|(id, _)| chosen.contains(id))
         .collect();
+    // What the recipient will see: the chosen parts of the newest version, as they are.
+    let shown: Vec<Section> = match web.core.store.latest_version(&pseudonym).await {
+        Ok(Some(v)) => v
+            .disclosures
+            .iter()
+            .filter_map(|d| Disclosure::decode(d.as_slice()).ok())
+            .filter_map(|d| Section::decode(d.section.as_slice()).ok())
+            .filter(|s| chosen.contains(&s.section_id))
+            .collect(),
+        Ok(None) => Vec::new(),
+        Err(e) => return web.server_error(lang, e),
+    };
     let review = html! {
+        details.preview-recipient {
+            summary { (tf(lang, "consent_preview", &[("org", &name)])) }
+            @for s in &shown {
+                h3 { (s.title) }
+                (answers(lang, s))
+            }
+        }
         (review(lang, &grant, None, &name, &titles, Signer {
             url: "/student/consent/sign",
             slot: "student",

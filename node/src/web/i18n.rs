@@ -130,7 +130,7 @@ fn local(at: i64) -> Option<time::OffsetDateTime> {
     Some(utc + time::Duration::hours(dutch_offset_hours(at)))
 }
 
-fn month_name(lang: Lang, month: time::Month) -> String {
+pub fn month_name(lang: Lang, month: time::Month) -> String {
     t(lang, "months")
         .split(',')
         .nth(u8::from(month) as usize - 1)

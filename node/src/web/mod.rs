@@ -123,6 +123,7 @@ pub fn router(core: Arc<NodeCore>) -> Router {
             get(student::passport_page).post(student::save_passport),
         )
         .route("/student/sign", get(student::sign_page).post(student::sign))
+        .route("/student/track", post(student::choose_track))
         .route(
             "/student/consent",
             get(consent::consent_page).post(consent::prepare),

@@ -10,12 +10,12 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use base64::Engine;
 use maud::{Markup, html};
-use overstap_proto::questions::question_set;
+use overstap_proto::questions::{CURRENT_SETS, PERSONALIA, question_set};
 use overstap_proto::sign::{Domain, signing_bytes, verifying_key};
 use rand_core::RngCore;
 use serde::Deserialize;
 
-use super::i18n::{Lang, t, tf, when};
+use super::i18n::{Lang, month_name, t, tf, when};
 use super::page::{error, form_expired, page, refusal, respond};
 use super::staff::{csrf_ok, session, start_session};
 use super::{Shared, random_token};
@@ -31,8 +31,8 @@ pub const STUDENT_SESSION_SECS: i64 = 4 * 3600;
 const CHALLENGE_SECS: i64 = 300;
 /// Challenges waiting at once; past this, the oldest that ran out are dropped first.
 const MAX_CHALLENGES: usize = 10_000;
-/// The question set a new passport starts from.
-const DEFAULT_SET: &str = "pvs-mbo-v1";
+/// The question set a new passport starts from (the student can switch to the werk track).
+const DEFAULT_SET: &str = "pvs-mbo-v2";
 
 /// Sign-in challenges waiting for a signature: id → (challenge, until).
 #[derive(Default)]
@@ -249,6 +249,24 @@ fn smiley_label(lang: Lang, smiley: &str) -> String {
     t(lang, &format!("smiley_{smiley}"))
 }
 
+/// A smiley as a picture (inline SVG, so nothing is fetched); its words stand beside it, so the
+/// picture itself is hidden from screen readers.
+fn smiley_face(smiley: &str) -> Markup {
+    let mouth = match smiley {
+        "blij" => "M10 19 Q16 26 22 19",
+        "verdrietig" => "M10 24 Q16 17 22 24",
+        _ => "M10 21 L22 21",
+    };
+    html! {
+        svg.face width="32" height="32" viewBox="0 0 32 32" aria-hidden="true" focusable="false" {
+            circle cx="16" cy="16" r="14.5" fill="#ffd23f" stroke="#1d2433" stroke-width="1.5" {}
+            circle cx="11" cy="12.5" r="1.8" fill="#1d2433" {}
+            circle cx="21" cy="12.5" r="1.8" fill="#1d2433" {}
+            path d=(mouth) fill="none" stroke="#1d2433" stroke-width="2" stroke-linecap="round" {}
+        }
+    }
+}
+
 fn passport_form(
     lang: Lang,
     csrf: &str,
@@ -278,7 +296,20 @@ fn passport_form(
             }
         }
         p.hint #saved role="status" { (status) }
-        @if let Some(set) = set {
+        @if let Some(set) = &set {
+            section.track aria-labelledby="track" {
+                h2 #track { (t(lang, "track_question")) }
+                form method="post" action="/student/track" {
+                    input type="hidden" name="csrf" value=(csrf);
+                    @for (track, id) in CURRENT_SETS {
+                        button.choice.chosen[set.id == *id] type="submit" name="set" value=(id)
+                            aria-pressed=(set.id == *id) {
+                            (t(lang, &format!("track_{track}")))
+                        }
+                        " "
+                    }
+                }
+            }
             p.lead { (set.intro) }
             form method="post" action="/student/passport" {
                 input type="hidden" name="csrf" value=(csrf);
@@ -299,11 +330,11 @@ fn passport_form(
                                 @if q.smiley {
                                     fieldset.smileys {
                                         legend { (t(lang, "smiley_question")) }
-                                        @for (smiley, face) in overstap_proto::questions::SMILEYS {
+                                        @for (smiley, _) in overstap_proto::questions::SMILEYS {
                                             @let sid = format!("s.{id}.{smiley}");
                                             label.smiley for=(sid) {
                                                 input type="radio" id=(sid) name=(format!("s.{id}")) value=(smiley) checked[given.smiley == *smiley];
-                                                span aria-hidden="true" { (face) }
+                                                (smiley_face(smiley))
                                                 " " (smiley_label(lang, smiley))
                                             }
                                         }
@@ -329,10 +360,11 @@ pub async fn passport_page(State(web): State<Shared>, headers: HeaderMap) -> Res
         return Redirect::to("/student").into_response();
     };
     let draft = match web.core.draft(&pseudonym).await {
-        Ok(d) => d.unwrap_or(Draft {
-            question_set: DEFAULT_SET.into(),
-            ..Default::default()
-        }),
+        Ok(Some(d)) => d,
+        Ok(None) => match new_draft(&web, lang, &pseudonym, DEFAULT_SET).await {
+            Ok(d) => d,
+            Err(e) => return web.server_error(lang, e),
+        },
         Err(e) => return web.server_error(lang, e),
     };
     let held = match held_version(&web, &pseudonym).await {
@@ -348,6 +380,122 @@ pub async fn passport_page(State(web): State<Shared>, headers: HeaderMap) -> Res
             passport_form(lang, &csrf, &draft, None, held),
         ),
     )
+}
+
+/// A new draft in `set`, with what the school knows filled in where the set asks it: the
+/// student's name and birth month (the student checks it, and shares it only by consent).
+async fn new_draft(
+    web: &Shared,
+    lang: Lang,
+    pseudonym: &str,
+    set: &str,
+) -> Result<Draft, NodeError> {
+    let mut draft = Draft {
+        question_set: set.into(),
+        ..Default::default()
+    };
+    let asks = question_set(set)
+        .map(|s| s.sections.iter().any(|x| x.id == PERSONALIA))
+        .unwrap_or(false);
+    if asks {
+        let (_, card) = web.core.card(pseudonym).await?;
+        let name = web
+            .core
+            .store
+            .person(pseudonym)
+            .await?
+            .map(|p| p.name)
+            .unwrap_or_default();
+        let born = overstap_proto::passport::parse_birth_month(&card.birth_month)
+            .ok()
+            .and_then(|(y, m)| {
+                Some(format!(
+                    "{} {y}",
+                    month_name(lang, time::Month::try_from(m).ok()?)
+                ))
+            })
+            .unwrap_or_default();
+        let section = draft.answers.entry(PERSONALIA.into()).or_default();
+        for (q, a) in [("naam", name), ("geboortedatum", born)] {
+            if !a.is_empty() {
+                section.insert(
+                    q.into(),
+                    DraftAnswer {
+                        answer: a,
+                        smiley: String::new(),
+                    },
+                );
+            }
+        }
+    }
+    Ok(draft)
+}
+
+#[derive(Deserialize)]
+pub struct Track {
+    csrf: String,
+    set: String,
+}
+
+/// The student chooses their track (to the mbo, or to work): the draft moves to that set and
+/// keeps every answer the set still asks.
+pub async fn choose_track(
+    State(web): State<Shared>,
+    headers: HeaderMap,
+    Form(form): Form<Track>,
+) -> Response {
+    let lang = Lang::of(&headers);
+    let Some((pseudonym, csrf)) = student(&web, &headers).await else {
+        return Redirect::to("/student").into_response();
+    };
+    if !csrf_ok(&csrf, &form.csrf) {
+        return form_expired(lang, &web.school());
+    }
+    if !CURRENT_SETS.iter().any(|(_, id)| *id == form.set) {
+        return error(
+            lang,
+            &web.school(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &t(lang, "draft_not_saved"),
+            Some(("/student/passport", &t(lang, "back_to_passport"))),
+        );
+    }
+    let draft = match web.core.draft(&pseudonym).await {
+        Ok(Some(d)) => d,
+        Ok(None) => match new_draft(&web, lang, &pseudonym, &form.set).await {
+            Ok(d) => d,
+            Err(e) => return web.server_error(lang, e),
+        },
+        Err(e) => return web.server_error(lang, e),
+    };
+    let Ok(set) = question_set(&form.set) else {
+        return web.server_error(lang, "a current question set does not load");
+    };
+    let mut moved = Draft {
+        question_set: form.set.clone(),
+        answers: draft.answers,
+        saved_at: 0,
+    };
+    // Only what the new set asks stays (a smiley only where it has one).
+    moved.answers.retain(|section_id, answers| {
+        let Some(section) = set.sections.iter().find(|s| &s.id == section_id) else {
+            return false;
+        };
+        answers.retain(|q, a| {
+            let Some(def) = section.questions.iter().find(|d| &d.id == q) else {
+                return false;
+            };
+            if !def.smiley {
+                a.smiley.clear();
+            }
+            true
+        });
+        !answers.is_empty()
+    });
+    match web.core.save_draft(&pseudonym, &moved).await {
+        Ok(_) => Redirect::to("/student/passport").into_response(),
+        Err(e) => web.server_error(lang, e),
+    }
 }
 
 /// The passport version waiting for a guardian, if any: its number, and whether they declined.
@@ -485,14 +633,21 @@ pub(super) fn preview(lang: Lang, disclosures: &[Disclosure]) -> Markup {
             section.preview aria-labelledby=(format!("p-{}", section.section_id))
                 data-salt=(b64.encode(&d.salt)) data-section=(b64.encode(&d.section)) {
                 h2 #(format!("p-{}", section.section_id)) { (section.title) }
-                @for a in &section.answers {
-                    div.answer data-smiley=(a.smiley) {
-                        p.q { (a.question) }
-                        p.a { (a.answer) }
-                        @if !a.smiley.is_empty() {
-                            p.smiley-shown { (smiley_label(lang, &a.smiley)) }
-                        }
-                    }
+                (answers(lang, section))
+            }
+        }
+    }
+}
+
+/// A section's answers as the student wrote them: each question, the answer, the smiley.
+pub(super) fn answers(lang: Lang, section: &Section) -> Markup {
+    html! {
+        @for a in &section.answers {
+            div.answer data-smiley=(a.smiley) {
+                p.q { (a.question) }
+                p.a { (a.answer) }
+                @if !a.smiley.is_empty() {
+                    p.smiley-shown { (smiley_face(&a.smiley)) " " (smiley_label(lang, &a.smiley)) }
                 }
             }
         }

@@ -31,7 +31,7 @@ async fn a_parent_co_signs_for_a_student_of_15_on_their_own_device_and_a_second_
         .iter()
         .map(|p| p["name"].as_str().unwrap())
         .collect();
-    assert_eq!(pages.len(), 22, "{pages:?}");
+    assert_eq!(pages.len(), 24, "{pages:?}");
     let people: Vec<&str> = pages
         .iter()
         .copied()
@@ -126,6 +126,37 @@ async fn a_parent_co_signs_for_a_student_of_15_on_their_own_device_and_a_second_
             .ends_with("/guardian"),
         "a student's session is no parent's: {}",
         seen["studentAsParentUrl"]
+    );
+
+    // The school's records filled in her name; the werk track asks about work and keeps it.
+    assert_eq!(seen["prefilled"], "Noor Bakker");
+    assert!(
+        seen["werkTrack"]
+            .as_str()
+            .unwrap()
+            .contains("Mijn werkervaring")
+    );
+    assert_eq!(seen["keptName"], "Noor Bakker");
+    // The consent page suggests sharing the name for the intake, and shows what the college
+    // will see: exactly the chosen part.
+    assert!(
+        seen["consentHint"]
+            .as_str()
+            .unwrap()
+            .contains("Dan weten ze dat dit paspoort van jou is")
+    );
+    let preview = seen["recipientPreview"].as_str().unwrap();
+    assert!(
+        preview.contains("Zo ziet Techniek College Zwolle het"),
+        "{preview}"
+    );
+    assert!(
+        preview.contains("Ik ben Noor. Ik teken graag."),
+        "{preview}"
+    );
+    assert!(
+        !preview.contains("Noor Bakker"),
+        "only the chosen part: {preview}"
     );
 
     // The second device: the same code on both screens, and its version counts.
