@@ -266,6 +266,23 @@ impl NodeStore {
         .collect())
     }
 
+    /// Every student of this school, by class and name.
+    pub async fn all_people(&self) -> Result<Vec<PersonRow>, StoreError> {
+        Ok(sqlx::query(
+            "SELECT pseudonym, name, class_name, mentor FROM people ORDER BY class_name, name",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| PersonRow {
+            pseudonym: r.get(0),
+            name: r.get(1),
+            class_name: r.get(2),
+            mentor: r.get(3),
+        })
+        .collect())
+    }
+
     /// Who the student with `pseudonym` is at this school.
     pub async fn person(&self, pseudonym: &str) -> Result<Option<PersonRow>, StoreError> {
         Ok(sqlx::query(

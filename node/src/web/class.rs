@@ -19,6 +19,8 @@ use crate::store::InvitationRow;
 /// Where one of a mentor's students stands: name, class, and each step of the handover.
 pub(super) struct Pupil {
     pseudonym: String,
+    /// Whether the signed-in staff member is this student's mentor (who checks keys in person).
+    own: bool,
     name: String,
     class_name: String,
     filled: bool,
@@ -27,14 +29,20 @@ pub(super) struct Pupil {
     sent: usize,
 }
 
-/// The mentor's students and where each stands; their active grants, to send.
+/// The staff member's students and where each stands, with their active grants to send: a
+/// mentor's own class; for a decaan or an admin, every student of the school.
 pub(super) async fn class_of(
     web: &Shared,
-    mentor: &str,
+    staff: &Staff,
 ) -> Result<(Vec<Pupil>, Vec<String>), NodeError> {
     let mut pupils = Vec::new();
     let mut active = Vec::new();
-    for p in web.core.store.people_of(mentor).await? {
+    let people = if staff.role == "mentor" {
+        web.core.store.people_of(&staff.username).await?
+    } else {
+        web.core.store.all_people().await?
+    };
+    for p in people {
         let grants = web.core.store.grants(Some(&p.pseudonym)).await?;
         active.extend(
             grants
@@ -58,6 +66,7 @@ pub(super) async fn class_of(
             // Sealed for sending counts: the node pushes it on by itself.
             sent: grants.iter().filter(|g| g.sent_version.is_some()).count(),
             pseudonym: p.pseudonym,
+            own: p.mentor == staff.username,
             name: p.name,
             class_name: p.class_name,
         });
@@ -75,7 +84,7 @@ pub async fn mentor_page(State(web): State<Shared>, headers: HeaderMap) -> Respo
         Ok(l) => l,
         Err(e) => return web.server_error(lang, e),
     };
-    match class_of(&web, &staff.username).await {
+    match class_of(&web, &staff).await {
         Ok((pupils, _)) => respond(
             StatusCode::OK,
             mentor_view(&web, lang, &staff, &list, &pupils, None, None),
@@ -96,12 +105,12 @@ pub async fn send_class(
         Ok(s) => s,
         Err(r) => return r,
     };
-    let active = match class_of(&web, &staff.username).await {
+    let active = match class_of(&web, &staff).await {
         Ok((_, active)) => active,
         Err(e) => return web.server_error(lang, e),
     };
     let results = web.core.send_passports(&active, false).await;
-    let pupils = match class_of(&web, &staff.username).await {
+    let pupils = match class_of(&web, &staff).await {
         Ok((pupils, _)) => pupils,
         Err(e) => return web.server_error(lang, e),
     };
@@ -154,7 +163,7 @@ pub(super) fn mentor_view(
     };
     let body = html! {
         section aria-labelledby="class" {
-            h2 #class { (t(lang, "class_title")) }
+            h2 #class { (t(lang, if staff.role == "mentor" { "class_title" } else { "school_title" })) }
             @if let Some(n) = &news { p.done role="status" { (n) } }
             @if pupils.is_empty() {
                 p { (t(lang, "no_students")) }
@@ -170,7 +179,7 @@ pub(super) fn mentor_view(
                                 (step(!p.consents.is_empty(), "step_consented"))
                                 (step(p.sent > 0, "step_sent"))
                             }
-                            details.keys {
+                            @if p.own { details.keys {
                                 summary { (t(lang, "keys_summary")) }
                                 @for (role, label) in [("device", "device_title"), ("replace", "key_lost_button"), ("guardian", "parent_add_button")] {
                                     form method="post" action=(format!("/mentor/students/{}/keys", p.pseudonym)) {
@@ -179,7 +188,7 @@ pub(super) fn mentor_view(
                                         button.secondary type="submit" { (t(lang, label)) }
                                     }
                                 }
-                            }
+                            } }
                         }
                     }
                 }

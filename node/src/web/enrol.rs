@@ -158,7 +158,7 @@ pub async fn invite(
             .invitations_of(&staff.username)
             .await
             .unwrap_or_default();
-        let pupils = super::class::class_of(&web, &staff.username)
+        let pupils = super::class::class_of(&web, &staff)
             .await
             .map(|(p, _)| p)
             .unwrap_or_default();

@@ -30,6 +30,8 @@ const PAUSE_SECS: i64 = 15 * 60;
 pub struct Staff {
     pub username: String,
     pub csrf: String,
+    /// mentor, decaan or admin.
+    pub role: String,
 }
 
 /// Failed sign-ins per user name: how many, since when.
@@ -111,16 +113,17 @@ pub async fn start_session(
     Ok(response)
 }
 
-/// The staff member this request's session belongs to, if it has a live one (a student's
-/// session is no staff member's).
+/// The staff member this request's session belongs to, if it has a live one: only a staff
+/// role counts (a student's or a guardian's session is no staff member's).
 pub async fn signed_in(web: &Shared, headers: &HeaderMap) -> Option<Staff> {
     let row = session(web, headers).await?;
-    if row.role == "student" {
+    if !crate::core::people::ROLES.contains(&row.role.as_str()) {
         return None;
     }
     Some(Staff {
         username: row.who,
         csrf: row.csrf,
+        role: row.role,
     })
 }
 

@@ -456,8 +456,10 @@ async fn a_parent_and_a_new_device_get_in_only_the_way_the_pages_lead() {
     .await;
     assert_eq!(as_parent.status, 303);
     assert_eq!(as_parent.header("location"), Some("/guardian"));
-    // The parent's session is no student's either.
+    // The parent's session is no student's either, nor a staff member's.
     let parent_cookie = session_cookie(&key_sign_in(&base, "guardian", &parent).await);
+    let as_staff = http(&base, "GET", "/mentor", &[("Cookie", &parent_cookie)], b"").await;
+    assert_eq!(as_staff.status, 401, "{as_staff:?}");
     let as_student = http(
         &base,
         "GET",
@@ -673,6 +675,39 @@ async fn a_parent_and_a_new_device_get_in_only_the_way_the_pages_lead() {
     );
     assert_eq!(key_sign_in(&base, "student", &kim).await.status, 401);
     assert_eq!(key_sign_in(&base, "student", &new_phone).await.status, 200);
+
+    // A decaan sees every student of the school, the other mentor only their own class; keys
+    // are the mentor's, who checks them in person.
+    region
+        .api(SCHOOL)
+        .await
+        .unwrap()
+        .add_staff(overstap_proto::pb::AddStaffRequest {
+            username: "decaan.smit".into(),
+            password: PASSWORD.into(),
+            role: "decaan".into(),
+            display_name: "Mevrouw Smit".into(),
+        })
+        .await
+        .unwrap();
+    let decaan = session_cookie(&sign_in_staff(&base, "decaan.smit", PASSWORD).await);
+    let school_page = http(&base, "GET", "/mentor", &[("Cookie", &decaan)], b"")
+        .await
+        .body;
+    assert!(
+        school_page.contains("Alle leerlingen van de school"),
+        "{school_page}"
+    );
+    assert!(school_page.contains("Kim de Wit"), "{school_page}");
+    assert!(
+        !school_page.contains("/keys\""),
+        "no key buttons: {school_page}"
+    );
+    let other = session_cookie(&sign_in_staff(&base, "mentor.bakker", PASSWORD).await);
+    let class_page = http(&base, "GET", "/mentor", &[("Cookie", &other)], b"")
+        .await
+        .body;
+    assert!(!class_page.contains("Kim de Wit"), "{class_page}");
     region.shutdown().await.unwrap();
 }
 
