@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use ed25519_dalek::VerifyingKey;
 use overstap_proto::pb::DashboardToken;
+use overstap_words::{Lang, t};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -143,6 +144,73 @@ async fn sign_out() -> Response {
         .into_response()
 }
 
+#[derive(serde::Deserialize)]
+struct LangChoice {
+    lang: Option<String>,
+}
+
+/// The page, in the visitor's language: `?lang=` (kept in a cookie), else the cookie, else the
+/// browser's, else Dutch. Every `{{key}}` in it is a text from the shared catalogue; the texts
+/// its script draws with travel in a JSON block it reads.
+async fn index(headers: HeaderMap, Query(choice): Query<LangChoice>) -> Response {
+    let chosen = match choice.lang.as_deref() {
+        Some("nl") => Some(Lang::Nl),
+        Some("en") => Some(Lang::En),
+        _ => None,
+    };
+    let lang = chosen.unwrap_or_else(|| Lang::of(&headers));
+    let html = render(lang);
+    let mut response = (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        html,
+    )
+        .into_response();
+    if let Some(l) = chosen
+        && let Ok(v) = HeaderValue::from_str(&format!(
+            "lang={}; Path=/; Max-Age=31536000; Secure; SameSite=Strict",
+            l.tag()
+        ))
+    {
+        response.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    response
+}
+
+/// The page with every `{{key}}` filled in for `lang`.
+fn render(lang: Lang) -> String {
+    let escape = |s: &str| {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+    };
+    let words = serde_json::to_string(&overstap_words::all_with_prefix(lang, "dash_"))
+        .unwrap_or_else(|_| "{}".into())
+        // Inside <script>, no text may close it.
+        .replace("</", "<\\/");
+    let mut out = String::with_capacity(INDEX.len() + words.len());
+    let mut rest = INDEX;
+    while let Some(at) = rest.find("{{") {
+        out.push_str(&rest[..at]);
+        let Some(end) = rest[at..].find("}}") else {
+            break;
+        };
+        let key = &rest[at + 2..at + end];
+        match key {
+            "lang" => out.push_str(lang.tag()),
+            "other_lang" => out.push_str(lang.other().tag()),
+            "words" => out.push_str(&words),
+            key => out.push_str(&escape(&t(lang, key))),
+        }
+        rest = &rest[at + end + 2..];
+    }
+    out.push_str(rest);
+    out
+}
+
 fn asset(content_type: &'static str, body: &'static str) -> Response {
     ([(header::CONTENT_TYPE, content_type)], body).into_response()
 }
@@ -171,10 +239,7 @@ async fn harden(request: axum::extract::Request, next: axum::middleware::Next) -
 
 fn router<S: HubStore>(web: Arc<Web<S>>) -> axum::Router {
     axum::Router::new()
-        .route(
-            "/",
-            get(|| async { asset("text/html; charset=utf-8", INDEX) }),
-        )
+        .route("/", get(index))
         .route(
             "/app.js",
             get(|| async { asset("text/javascript; charset=utf-8", SCRIPT) }),

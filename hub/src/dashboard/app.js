@@ -3,6 +3,11 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
+// The words this page draws with, in the page's language, from the shared catalogue.
+const W = JSON.parse($("words").textContent);
+const say = (key, vars = {}) => (W[key] || key).replace(/\{(\w+)\}/g, (_, n) => String(vars[n] ?? ""));
+const LANG = document.documentElement.lang || "nl";
+const kind = (k) => W[`dash_kind_${k}`] || k;
 const COLORS = ["#1f6feb", "#2da44e", "#bf8700", "#8250df", "#cf222e", "#57606a"];
 
 function el(tag, attrs, ...children) {
@@ -25,10 +30,10 @@ const amount = (v) => (hidden(v) ? 0 : v);
 
 function duration(s) {
   if (s === null || s === undefined) return "–";
-  if (s < 120) return `${s} s`;
-  if (s < 7200) return `${Math.round(s / 60)} min`;
-  if (s < 172800) return `${Math.round(s / 3600)} h`;
-  return `${Math.round(s / 86400)} days`;
+  if (s < 120) return say("dash_secs", { n: s });
+  if (s < 7200) return say("dash_mins", { n: Math.round(s / 60) });
+  if (s < 172800) return say("dash_hours", { n: Math.round(s / 3600) });
+  return say("dash_days", { n: Math.round(s / 86400) });
 }
 
 function show(section) {
@@ -39,17 +44,17 @@ async function signIn(token) {
   const r = await fetch("/api/session", { method: "POST", body: token.trim(), credentials: "same-origin" });
   if (r.status === 204) return null;
   const body = await r.json().catch(() => ({}));
-  return body.error || `the hub answered ${r.status}`;
+  return body.error || say("dash_hub_answered", { n: r.status });
 }
 
 function drawChart(data) {
   const weeks = data.volume.filter((v) => v.granularity === "week" && v.packages !== 0);
   const periods = [...new Set(weeks.map((v) => v.period))].sort();
-  const flows = [...new Set(weeks.map((v) => `${v.from_kind} → ${v.to_kind}`))].sort();
+  const flows = [...new Set(weeks.map((v) => `${kind(v.from_kind)} → ${kind(v.to_kind)}`))].sort();
   const box = $("chart");
   box.replaceChildren();
   if (periods.length === 0) {
-    box.append(el("p", { class: "hint" }, "Nothing was handed over in this period."));
+    box.append(el("p", { class: "hint" }, say("dash_nothing_weeks")));
     return;
   }
   const max = Math.max(data.threshold, ...weeks.map((v) => amount(v.packages)));
@@ -57,7 +62,7 @@ function drawChart(data) {
   const W = Math.max(320, Math.min(960, box.clientWidth - 14)), H = 260, left = 40, bottom = 36, top = 16;
   const group = (W - left - 10) / periods.length;
   const bar = Math.min(38, (group - 8) / flows.length);
-  const chart = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": "Packages per week" });
+  const chart = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": say("dash_per_week") });
   const y = (n) => H - bottom - (n / max) * (H - bottom - top);
   for (const t of [0, Math.round(max / 2), max]) {
     chart.append(svg("line", { x1: left, x2: W - 10, y1: y(t), y2: y(t), stroke: "#dfe3ea" }));
@@ -66,7 +71,7 @@ function drawChart(data) {
   periods.forEach((p, i) => {
     const x0 = left + i * group + (group - bar * flows.length) / 2;
     flows.forEach((f, j) => {
-      const row = weeks.find((v) => v.period === p && `${v.from_kind} → ${v.to_kind}` === f);
+      const row = weeks.find((v) => v.period === p && `${kind(v.from_kind)} → ${kind(v.to_kind)}` === f);
       if (!row) return;
       const v = row.packages;
       const h = hidden(v) ? 4 : H - bottom - y(v);
@@ -98,14 +103,14 @@ function drawFlows(data) {
   const senders = [...new Map(data.pairs.filter((p) => p.from_kind === "school")
     .map((p) => [p.from_org, p.from_name])).entries()];
   const receivers = [...new Map(data.pairs.filter((p) => p.from_kind === "school")
-    .map((p) => [p.to_org, `${p.to_name} (${p.to_kind})`])).entries()];
+    .map((p) => [p.to_org, `${p.to_name} (${kind(p.to_kind)})`])).entries()];
   const table = $("flows");
   table.replaceChildren();
   if (senders.length === 0) {
-    table.append(el("tr", {}, el("td", {}, "No school handed anything over in this period.")));
+    table.append(el("tr", {}, el("td", {}, say("dash_no_school"))));
     return;
   }
-  table.append(el("tr", {}, el("th", {}, "From ↓ to →"), ...receivers.map(([id, name]) => el("th", { title: name }, `${id} ${name}`))));
+  table.append(el("tr", {}, el("th", {}, say("dash_from_to")), ...receivers.map(([id, name]) => el("th", { title: name }, `${id} ${name}`))));
   for (const [from, name] of senders) {
     const cells = receivers.map(([to]) => {
       const p = data.pairs.find((x) => x.from_org === from && x.to_org === to);
@@ -118,32 +123,33 @@ function drawFlows(data) {
 
 function drawWaiting(data) {
   const table = $("waiting");
-  table.replaceChildren(el("tr", {}, el("th", {}, "Organisation"), el("th", {}, "Under a day"),
-    el("th", {}, "1–7 days"), el("th", {}, "Over 7 days"), el("th", {}, "")));
+  table.replaceChildren(el("tr", {}, el("th", {}, say("dash_organisation")), el("th", {}, say("dash_under_day")),
+    el("th", {}, say("dash_days_1_7")), el("th", {}, say("dash_over_7")), el("th", {}, say("dash_risk_column"))));
   if (data.waiting.length === 0) {
-    table.append(el("tr", {}, el("td", {}, "Nothing is waiting.")));
+    table.append(el("tr", {}, el("td", {}, say("dash_nothing_waits"))));
   }
   for (const w of data.waiting) {
     const cell = (key, v) => el("td", { class: hidden(v) ? "small" : "", "data-testid": `waiting-${w.org_id}-${key}` }, String(v));
     table.append(el("tr", {},
       el("td", {}, `${w.org_id} ${w.name}`),
       cell("day", w.under_1_day), cell("week", w.from_1_to_7_days), cell("older", w.over_7_days),
-      el("td", {}, w.at_risk ? el("span", { class: "badge", "data-testid": `risk-${w.org_id}` }, "at risk") : "")));
+      el("td", {}, w.at_risk ? el("span", { class: "badge", "data-testid": `risk-${w.org_id}` }, say("dash_at_risk_badge")) : "")));
   }
 }
 
 function render(data) {
   $("who").hidden = false;
-  document.querySelector("[data-testid=signed-in-as]").textContent = `Signed in as ${data.signed_in_as}`;
-  const day = (t) => new Date(t * 1000).toISOString().slice(0, 10);
-  document.querySelector("[data-testid=period]").textContent = `From ${day(data.since)} to ${day(data.until)}.`;
-  for (const t of document.querySelectorAll(".threshold")) t.textContent = String(data.threshold);
+  document.querySelector("[data-testid=signed-in-as]").textContent = say("dash_signed_in_as", { org: data.signed_in_as });
+  const day = (t) => new Date(t * 1000).toLocaleDateString(LANG === "nl" ? "nl-NL" : "en-GB",
+    { day: "numeric", month: "long", year: "numeric", timeZone: "Europe/Amsterdam" });
+  document.querySelector("[data-testid=period]").textContent = say("dash_period", { from: day(data.since), to: day(data.until) });
+  $("flows-hint").textContent = say("dash_flows_hint", { threshold: data.threshold });
   const set = (id, v) => { document.querySelector(`[data-testid=${id}]`).textContent = String(v); };
   const packages = data.kinds.find((k) => k.kind === "package");
   set("total-packages", packages ? packages.envelopes : 0);
   const lat = data.ack_latency;
-  set("median", lat.median_secs === null ? `${lat.acked} picked up` : duration(lat.median_secs));
-  set("p90", lat.p90_secs === null ? "too few to say how fast" : `90% within ${duration(lat.p90_secs)}`);
+  set("median", lat.median_secs === null ? say("dash_picked_up", { n: lat.acked }) : duration(lat.median_secs));
+  set("p90", lat.p90_secs === null ? say("dash_too_few") : say("dash_p90", { time: duration(lat.p90_secs) }));
   const risk = data.waiting.filter((w) => w.at_risk).length;
   set("at-risk", risk);
   document.querySelector("[data-testid=at-risk]").classList.toggle("alert", risk > 0);
@@ -165,7 +171,7 @@ async function load() {
   }
   if (!r.ok) {
     const body = await r.json().catch(() => ({}));
-    $("problem").textContent = body.error || `The hub answered ${r.status}.`;
+    $("problem").textContent = body.error || say("dash_hub_answered", { n: r.status });
     $("problem").hidden = false;
     return;
   }

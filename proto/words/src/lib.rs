@@ -76,6 +76,15 @@ struct Entry {
     en: String,
 }
 
+/// Every text whose key starts with `prefix`, in `lang`, by key: what a page's script needs.
+pub fn all_with_prefix(lang: Lang, prefix: &str) -> BTreeMap<String, String> {
+    CATALOGUE
+        .keys()
+        .filter(|k| k.starts_with(prefix))
+        .map(|k| (k.clone(), t(lang, k)))
+        .collect()
+}
+
 /// Whether the catalogue has a text under `key`.
 pub fn has(key: &str) -> bool {
     CATALOGUE.contains_key(key)

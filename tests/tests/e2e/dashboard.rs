@@ -174,6 +174,32 @@ async fn the_dashboard_shows_the_known_mix_in_a_real_browser() {
         println!("dashboard screenshot: {}", path.display());
     }
 
+    // As a coordinator reads it: in Dutch, and in English at the switch; every page without a
+    // WCAG 2.1 A/AA violation, walked with Tab alone, photographed at 1280 and 390 px.
+    let shots = dir.join("dashboard");
+    let started = std::time::Instant::now();
+    let link = format!("{url}#token={token}");
+    let run = crate::web::spawn_script("dashboard.mjs", &[&link, &shots.to_string_lossy()], &[]);
+    let seen = crate::web::browser_output(run, started, &shots).await;
+    crate::web::check_pages(&seen, &["dashboard", "dashboard-en", "dashboard-sign-in"]);
+    let dutch = seen["dutch"].as_str().unwrap();
+    for words in [
+        "Paspoorten overgedragen",
+        "Van scholen naar mbo's en gemeenten",
+        "Ingelogd als RMC01",
+        "Wacht op ophalen",
+    ] {
+        assert!(dutch.contains(words), "{words:?} in {dutch}");
+    }
+    let english = seen["english"].as_str().unwrap();
+    assert!(english.contains("Passports handed over"), "{english}");
+    let sign_in = seen["signIn"].as_str().unwrap();
+    assert!(sign_in.contains("inloglink"), "{sign_in}");
+    assert!(
+        !sign_in.contains("overstap authority"),
+        "no command for a coordinator: {sign_in}"
+    );
+
     // Without a session the page shows the sign-in form and no number.
     let anonymous = browse(&url, None).await;
     assert!(

@@ -49,11 +49,20 @@ pub(crate) fn spawn_browser(
     shots: &std::path::Path,
     env: &[(&str, &str)],
 ) -> tokio::process::Child {
+    let shots = shots.to_string_lossy();
+    spawn_script(script, &[base, MENTOR, PASSWORD, &shots], env)
+}
+
+/// Starts `script` from `tests/browser/` with `args`.
+pub(crate) fn spawn_script(
+    script: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> tokio::process::Child {
     let dir = browser_tests();
     tokio::process::Command::new("node")
         .arg(dir.join(script))
-        .args([base, MENTOR, PASSWORD])
-        .arg(shots)
+        .args(args)
         .envs(env.iter().copied())
         .current_dir(&dir)
         .stdout(std::process::Stdio::piped())
