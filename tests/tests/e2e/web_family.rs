@@ -562,6 +562,92 @@ async fn a_parent_and_a_new_device_get_in_only_the_way_the_pages_lead() {
     assert_eq!(twice.status, 422);
     let _ = parent_csrf;
 
+    // Kim consents to the college; the parent says no. Nothing is kept, and Kim reads why.
+    let consent_page = http(
+        &base,
+        "GET",
+        "/student/consent",
+        &[("Cookie", &kim_cookie)],
+        b"",
+    )
+    .await;
+    let review = form_post(
+        "/student/consent".into(),
+        kim_cookie.clone(),
+        format!(
+            "csrf={}&to={MBO}&section=wie-ben-ik&purpose=intake&until=2027-08-01",
+            csrf_of(&consent_page.body)
+        ),
+    )
+    .await;
+    assert_eq!(review.status, 200, "{review:?}");
+    let grant_body = b64
+        .decode(attr_after(&review.body, "id=\"consent-sign\" data-body=\""))
+        .unwrap();
+    let held = post_signature(
+        &base,
+        &kim_cookie,
+        "/student/consent/sign",
+        Domain::Grant,
+        &grant_body,
+        &kim,
+    )
+    .await;
+    assert_eq!(held.status, 200, "{held:?}");
+    let list = http(
+        &base,
+        "GET",
+        "/guardian/waiting",
+        &[("Cookie", &parent_cookie)],
+        b"",
+    )
+    .await;
+    let item = format!(
+        "/guardian/waiting/{}",
+        attr_after(&list.body, "/guardian/waiting/")
+    );
+    let item_page = http(&base, "GET", &item, &[("Cookie", &parent_cookie)], b"").await;
+    assert!(
+        item_page.body.contains("Techniek College Zwolle"),
+        "{}",
+        item_page.body
+    );
+    let declined = form_post(
+        format!("{item}/decline"),
+        parent_cookie.clone(),
+        format!("csrf={}", csrf_of(&item_page.body)),
+    )
+    .await;
+    assert_eq!(declined.status, 303, "{declined:?}");
+    assert_eq!(count("grants").await, 0);
+    let consents = http(
+        &base,
+        "GET",
+        "/student/consents",
+        &[("Cookie", &kim_cookie)],
+        b"",
+    )
+    .await;
+    assert!(
+        consents.body.contains("Je ouder zei nee"),
+        "{}",
+        consents.body
+    );
+    let again = post_signature(
+        &base,
+        &parent_cookie,
+        &format!("{item}/sign"),
+        Domain::Grant,
+        &grant_body,
+        &parent,
+    )
+    .await;
+    assert_eq!(
+        again.status, 422,
+        "a declined consent is not co-signed after all"
+    );
+    assert_eq!(count("grants").await, 0);
+
     // Another mentor cannot make a key link for Kim.
     let other = session_cookie(&sign_in_staff(&base, "mentor.bakker", PASSWORD).await);
     let other_csrf = csrf_of(
