@@ -172,6 +172,7 @@ pub async fn run_with_clock(
             web::start(
                 listen,
                 config.web_url_file.as_deref(),
+                config.web_tls.as_ref(),
                 core.clone(),
                 stop_rx.clone(),
             )

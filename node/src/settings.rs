@@ -74,6 +74,12 @@ pub struct Settings {
     /// A file to write the web app's address to once bound (useful with port 0).
     #[serde(default)]
     pub web_url_file: Option<PathBuf>,
+    /// The school's own certificate chain and key for the web app (PEM), for HTTPS without a
+    /// reverse proxy; then `web_listen` may be any address. Both or neither.
+    #[serde(default)]
+    pub web_tls_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub web_tls_key: Option<PathBuf>,
 }
 
 /// Every field of [`Settings`] and its kind, for the `OVERSTAP_*` environment variables.
@@ -99,6 +105,8 @@ pub const FIELDS: &[(&str, FieldKind)] = &[
     ("tls_cert", FieldKind::Text),
     ("tls_key", FieldKind::Text),
     ("web_listen", FieldKind::Text),
+    ("web_tls_cert", FieldKind::Text),
+    ("web_tls_key", FieldKind::Text),
     ("web_url_file", FieldKind::Text),
 ];
 
@@ -179,9 +187,14 @@ impl Settings {
                 *p = base.join(&*p);
             }
         }
-        for p in [&mut s.metrics_addr_file, &mut s.web_url_file]
-            .into_iter()
-            .flatten()
+        for p in [
+            &mut s.metrics_addr_file,
+            &mut s.web_url_file,
+            &mut s.web_tls_cert,
+            &mut s.web_tls_key,
+        ]
+        .into_iter()
+        .flatten()
         {
             if p.is_relative() {
                 *p = base.join(&*p);
@@ -262,6 +275,16 @@ impl Settings {
             metrics_addr_file: self.metrics_addr_file.clone(),
             web_listen: self.web_listen,
             web_url_file: self.web_url_file.clone(),
+            web_tls: match (&self.web_tls_cert, &self.web_tls_key) {
+                (Some(cert), Some(key)) => Some(crate::web::tls::WebTls {
+                    cert_pem: read(cert, "web app certificate")?,
+                    key_pem: read(key, "web app key")?,
+                }),
+                (None, None) => None,
+                _ => anyhow::bail!(
+                    "set both web_tls_cert and web_tls_key (the school's certificate and key), or neither"
+                ),
+            },
         })
     }
 }
@@ -295,6 +318,8 @@ pub struct NodeConfig {
     pub metrics_addr_file: Option<PathBuf>,
     pub web_listen: Option<SocketAddr>,
     pub web_url_file: Option<PathBuf>,
+    /// The school's certificate and key for HTTPS, when the web app is to speak it itself.
+    pub web_tls: Option<crate::web::tls::WebTls>,
 }
 
 impl std::fmt::Debug for NodeConfig {
@@ -323,6 +348,8 @@ mod tests {
         s.metrics_addr_file = Some("m".into());
         s.web_listen = Some(d_api());
         s.web_url_file = Some("w".into());
+        s.web_tls_cert = Some("c".into());
+        s.web_tls_key = Some("k".into());
         let table = toml::Table::try_from(&s).unwrap();
         let mut expected: Vec<(String, FieldKind)> =
             FIELDS.iter().map(|(k, t)| (k.to_string(), *t)).collect();

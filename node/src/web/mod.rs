@@ -24,6 +24,7 @@ mod keys;
 mod page;
 mod staff;
 mod student;
+pub mod tls;
 mod trail;
 
 pub use enrol::short_code;
@@ -52,6 +53,8 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024;
 /// The web app's state: the node's core and what sign-in needs.
 pub struct Web {
     core: Arc<NodeCore>,
+    /// Whether the web app speaks HTTPS itself (with the school's certificate).
+    https: bool,
     attempts: staff::Attempts,
     challenges: student::Challenges,
     pending: student::Pending,
@@ -90,10 +93,12 @@ impl Web {
 
 pub use crate::core::invite::random_token;
 
-/// The web app's routes over `core`.
-pub fn router(core: Arc<NodeCore>) -> Router {
+/// The web app's routes over `core`; `https` when it speaks TLS itself (then browsers are told
+/// to keep to HTTPS).
+pub fn router(core: Arc<NodeCore>, https: bool) -> Router {
     let web = Arc::new(Web {
         core,
+        https,
         attempts: Default::default(),
         challenges: Default::default(),
         pending: Default::default(),
@@ -168,34 +173,53 @@ pub fn router(core: Arc<NodeCore>) -> Router {
 }
 
 /// Serves the web app on `listen` until `stop` turns true; writes its address to `url_file`.
+/// With the school's certificate (`tls`) it speaks HTTPS on any address; without, plain HTTP on
+/// loopback only, behind the school's own HTTPS reverse proxy.
 pub async fn start(
     listen: SocketAddr,
     url_file: Option<&Path>,
+    tls: Option<&tls::WebTls>,
     core: Arc<NodeCore>,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<JoinHandle<()>> {
-    if !listen.ip().is_loopback() {
+    if tls.is_none() && !listen.ip().is_loopback() {
         anyhow::bail!(
-            "web_listen {listen} is not a loopback address: the web app speaks plain HTTP, so it \
-             listens on this machine only, behind the school's own HTTPS reverse proxy"
+            "web_listen {listen} is not a loopback address: without the school's certificate \
+             (web_tls_cert and web_tls_key) the web app speaks plain HTTP, so it listens on this \
+             machine only, behind the school's own HTTPS reverse proxy"
         );
     }
+    let config = tls.map(tls::server_config).transpose()?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding the web app to {listen}"))?;
     let addr = listener.local_addr()?;
+    let scheme = if config.is_some() { "https" } else { "http" };
     if let Some(path) = url_file {
-        std::fs::write(path, format!("http://{addr}\n"))
+        std::fs::write(path, format!("{scheme}://{addr}\n"))
             .with_context(|| format!("writing {}", path.display()))?;
     }
-    tracing::info!(%addr, "web app serving");
-    let app = router(core);
+    tracing::info!(%addr, scheme, "web app serving");
+    let app = router(core, config.is_some());
+    let shutdown = async move {
+        let _ = stop.wait_for(|v| *v).await;
+    };
     Ok(tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|v| *v).await;
-            })
-            .await;
+        let served = match config {
+            Some(config) => match tls::TlsListener::new(listener, config) {
+                Ok(listener) => {
+                    axum::serve(listener, app)
+                        .with_graceful_shutdown(shutdown)
+                        .await
+                }
+                Err(e) => Err(e),
+            },
+            None => {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+            }
+        };
         if let Err(e) = served {
             tracing::error!(error = %e, "the web app stopped");
         }
@@ -245,6 +269,12 @@ async fn frame(State(web): State<Shared>, mut request: Request, next: Next) -> R
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
+    if web.https {
+        h.insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=31536000"),
+        );
+    }
     if let Some(l) = chosen
         && let Ok(v) = HeaderValue::from_str(&format!(
             "lang={l}; Path=/; Max-Age=31536000; SameSite=Strict"

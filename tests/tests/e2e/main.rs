@@ -19,3 +19,4 @@ mod processes;
 mod threats;
 mod web;
 mod web_family;
+mod web_tls;
