@@ -23,13 +23,14 @@ use super::student::{answers, form_field, not_signed, signing, student, student_
 use crate::core::NodeError;
 use crate::core::keys::Kept;
 
-/// The organisations a student can give consent to, by org id and name: mbo colleges,
-/// municipalities and other schools in the signed directory.
-fn recipients(web: &Shared) -> Vec<(String, String)> {
+/// The organisations a student can give consent to, from the signed directory: mbo colleges,
+/// municipalities and other schools, each with its kind ("mbo", "municipality", "school"), by
+/// kind and name.
+fn recipients_by_kind(web: &Shared) -> Vec<(String, String, &'static str)> {
     let Ok(dir) = web.core.directory() else {
         return Vec::new();
     };
-    let mut list: Vec<(String, String)> = dir
+    let mut list: Vec<(String, String, &'static str)> = dir
         .directory
         .members
         .iter()
@@ -40,9 +41,16 @@ fn recipients(web: &Shared) -> Vec<(String, String)> {
                     MemberKind::Mbo | MemberKind::Municipality | MemberKind::School
                 )
         })
-        .map(|m| (m.org_id.clone(), m.display_name.clone()))
+        .map(|m| {
+            let kind = match m.kind() {
+                MemberKind::Mbo => "mbo",
+                MemberKind::Municipality => "municipality",
+                _ => "school",
+            };
+            (m.org_id.clone(), m.display_name.clone(), kind)
+        })
         .collect();
-    list.sort_by(|a, b| a.1.cmp(&b.1));
+    list.sort_by(|a, b| (a.2, &a.1).cmp(&(b.2, &b.1)));
     list
 }
 
@@ -78,7 +86,7 @@ fn purpose_label(lang: Lang, purpose: &str) -> String {
 fn form(
     lang: Lang,
     csrf: &str,
-    recipients: &[(String, String)],
+    recipients: &[(String, String, &'static str)],
     sections: &[(String, String)],
     problem: Option<String>,
 ) -> Markup {
@@ -89,10 +97,10 @@ fn form(
             input type="hidden" name="csrf" value=(csrf);
             fieldset.choices {
                 legend { (t(lang, "consent_to_whom")) }
-                @for (id, name) in recipients {
+                @for (id, name, kind) in recipients {
                     label.choice for=(format!("to-{id}")) {
                         input type="radio" id=(format!("to-{id}")) name="to" value=(id);
-                        " " (name)
+                        span { (name) " " span.kind { "(" (t(lang, &format!("kind_{kind}"))) ")" } }
                     }
                 }
             }
@@ -142,7 +150,7 @@ pub async fn consent_page(State(web): State<Shared>, headers: HeaderMap) -> Resp
             Some(("/student/passport", &t(lang, "back_to_passport"))),
         );
     }
-    let body = form(lang, &csrf, &recipients(&web), &sections, None);
+    let body = form(lang, &csrf, &recipients_by_kind(&web), &sections, None);
     respond(
         StatusCode::OK,
         page(lang, &web.school(), &t(lang, "consent_title"), body),
@@ -173,15 +181,15 @@ pub async fn prepare(
         Ok(s) => s,
         Err(e) => return web.server_error(lang, e),
     };
-    let recipients = recipients(&web);
+    let recipients = recipients_by_kind(&web);
     let chosen: Vec<String> = fields
         .iter()
         .filter(|(n, _)| n == "section")
         .map(|(_, v)| v.clone())
         .collect();
     let to = one("to")
-        .and_then(|id| recipients.iter().find(|(o, _)| o == id))
-        .cloned();
+        .and_then(|id| recipients.iter().find(|(o, _, _)| o == id))
+        .map(|(o, n, _)| (o.clone(), n.clone()));
     let purpose = one("purpose")
         .filter(|p| PURPOSES.contains(p))
         .map(str::to_string);

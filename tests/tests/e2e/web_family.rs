@@ -145,6 +145,13 @@ async fn a_parent_co_signs_for_a_student_of_15_on_their_own_device_and_a_second_
             .unwrap()
             .contains("Dan weten ze dat dit paspoort van jou is")
     );
+    // Each organisation by name and kind.
+    let form = seen["consentHint"].as_str().unwrap();
+    assert!(
+        form.contains("Techniek College Zwolle (mbo-school)"),
+        "{form}"
+    );
+    assert!(form.contains("(gemeente)"), "{form}");
     let preview = seen["recipientPreview"].as_str().unwrap();
     assert!(
         preview.contains("Zo ziet Techniek College Zwolle het"),
@@ -867,4 +874,136 @@ async fn the_demo_serves_links_for_a_mentor_two_students_and_a_parent() {
     let signed_in = crate::web::sign_in_staff(&base, "mentor", &password).await;
     assert_eq!(signed_in.status, 303, "{signed_in:?}");
     let _ = demo.kill().await;
+}
+
+/// Two students of one school: whatever the second one asks for (the first one's consent, the
+/// link for the first one's new device, their answers), nothing of the first one's comes back.
+#[tokio::test]
+async fn a_student_never_sees_another_students_passport() {
+    use crate::web::csrf_of;
+    let (_tmp, region) = region().await;
+    add_mentor(&region, MENTOR, "Mevrouw Jansen").await;
+    let base = web_url(&region, SCHOOL);
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let (ana, bo) = (
+        overstap_proto::sign::generate_signing_key(),
+        overstap_proto::sign::generate_signing_key(),
+    );
+    for key in [&ana, &bo] {
+        region
+            .api(SCHOOL)
+            .await
+            .unwrap()
+            .register_student(overstap_proto::pb::RegisterStudentRequest {
+                student_key: key.verifying_key().to_bytes().to_vec(),
+                birth_month: overstap_tests::cast::birth_month(17),
+                guardian_keys: vec![],
+                staff_user: MENTOR.into(),
+            })
+            .await
+            .unwrap();
+    }
+    let post = |path: String, cookie: String, body: String| {
+        let base = base.clone();
+        async move {
+            http(
+                &base,
+                "POST",
+                &path,
+                &[
+                    ("Content-Type", "application/x-www-form-urlencoded"),
+                    ("Cookie", &cookie),
+                ],
+                body.as_bytes(),
+            )
+            .await
+        }
+    };
+    let get = |path: String, cookie: String| {
+        let base = base.clone();
+        async move { http(&base, "GET", &path, &[("Cookie", &cookie)], b"").await }
+    };
+
+    // Ana writes, signs, consents, and makes a link for her laptop.
+    let a = crate::web::session_cookie(&key_sign_in(&base, "student", &ana).await);
+    let csrf = csrf_of(&get("/student/passport".into(), a.clone()).await.body);
+    let secret = "Alleen+voor+Ana+bestemd";
+    post(
+        "/student/passport".into(),
+        a.clone(),
+        format!("csrf={csrf}&set=pvs-mbo-v2&a.wie-ben-ik.over-mij={secret}"),
+    )
+    .await;
+    let sign = get("/student/sign".into(), a.clone()).await;
+    let body = b64
+        .decode(attr_after(&sign.body, "id=\"sign\" data-body=\""))
+        .unwrap();
+    let signed = post_signature(&base, &a, "/student/sign", Domain::Manifest, &body, &ana).await;
+    assert_eq!(signed.status, 200, "{signed:?}");
+    let review = post(
+        "/student/consent".into(),
+        a.clone(),
+        format!("csrf={csrf}&to={MBO}&section=wie-ben-ik&purpose=intake&until=2027-08-01"),
+    )
+    .await;
+    let grant = b64
+        .decode(attr_after(&review.body, "id=\"consent-sign\" data-body=\""))
+        .unwrap();
+    let given = post_signature(
+        &base,
+        &a,
+        "/student/consent/sign",
+        Domain::Grant,
+        &grant,
+        &ana,
+    )
+    .await;
+    assert_eq!(given.status, 200, "{given:?}");
+    let grant_id: String = sqlx::query_scalar("SELECT grant_id FROM grants")
+        .fetch_one(&node_pool(&region, SCHOOL).await)
+        .await
+        .unwrap();
+    let made = post("/student/devices".into(), a.clone(), format!("csrf={csrf}")).await;
+    let ana_link = made.header("location").unwrap().to_string();
+
+    // Bo, signed in with his own key, asks for all of it.
+    let b = crate::web::session_cookie(&key_sign_in(&base, "student", &bo).await);
+    let bo_csrf = csrf_of(&get("/student/passport".into(), b.clone()).await.body);
+    for path in [
+        "/student/passport".to_string(),
+        "/student/consents".to_string(),
+        "/student/trail".to_string(),
+        "/student/sign".to_string(),
+        format!("/student/consents/{grant_id}/withdraw"),
+        ana_link.clone(),
+        format!("{ana_link}/state"),
+    ] {
+        let page = get(path.clone(), b.clone()).await;
+        assert!(
+            !page.body.contains("Alleen voor Ana") && !page.body.contains("Techniek College"),
+            "{path} shows Bo something of Ana's: {}",
+            page.body
+        );
+    }
+    assert_eq!(
+        get(format!("/student/consents/{grant_id}/withdraw"), b.clone())
+            .await
+            .status,
+        404
+    );
+    assert_eq!(get(ana_link.clone(), b.clone()).await.status, 404);
+    let confirm = post(
+        format!("{ana_link}/confirm"),
+        b.clone(),
+        format!("csrf={bo_csrf}"),
+    )
+    .await;
+    assert_eq!(confirm.status, 404);
+    // Nothing Bo did touched Ana's consent.
+    let state: String = sqlx::query_scalar("SELECT state FROM grants")
+        .fetch_one(&node_pool(&region, SCHOOL).await)
+        .await
+        .unwrap();
+    assert_eq!(state, "active");
+    region.shutdown().await.unwrap();
 }
