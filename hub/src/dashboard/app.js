@@ -148,19 +148,31 @@ function render(data) {
   const packages = data.kinds.find((k) => k.kind === "package");
   set("total-packages", packages ? packages.envelopes : 0);
   const lat = data.ack_latency;
-  set("median", lat.median_secs === null ? say("dash_picked_up", { n: lat.acked }) : duration(lat.median_secs));
-  set("p90", lat.p90_secs === null ? say("dash_too_few") : say("dash_p90", { time: duration(lat.p90_secs) }));
+  // A time in the card, or a dash: a count of pick-ups is no time.
+  set("median", lat.median_secs === null ? "–" : duration(lat.median_secs));
+  set("p90", lat.p90_secs === null
+    ? `${say("dash_too_few")} (${say("dash_picked_up", { n: lat.acked })})`
+    : say("dash_p90", { time: duration(lat.p90_secs) }));
   const risk = data.waiting.filter((w) => w.at_risk).length;
   set("at-risk", risk);
   document.querySelector("[data-testid=at-risk]").classList.toggle("alert", risk > 0);
   set("erasures", data.erasures);
   set("expiries", data.expiries);
   set("revocations", data.revocations);
+  // Shown first, so the chart is drawn at the width it is shown at; drawn again when that changes.
+  show("report");
   drawChart(data);
   drawFlows(data);
   drawWaiting(data);
-  show("report");
+  shownData = data;
 }
+
+let shownData = null;
+let resizing = null;
+window.addEventListener("resize", () => {
+  clearTimeout(resizing);
+  resizing = setTimeout(() => { if (shownData) drawChart(shownData); }, 150);
+});
 
 async function load() {
   const r = await fetch("/api/stats", { credentials: "same-origin" });
