@@ -92,7 +92,7 @@ fn summary(web: &Shared, lang: Lang, row: &HeldRow) -> String {
 
 pub async fn waiting_page(State(web): State<Shared>, headers: HeaderMap) -> Response {
     let lang = Lang::of(&headers);
-    let Some((pseudonym, _)) = guardian(&web, &headers).await else {
+    let Some((pseudonym, csrf)) = guardian(&web, &headers).await else {
         return Redirect::to("/guardian").into_response();
     };
     let held = match web.core.held(&pseudonym).await {
@@ -111,6 +111,10 @@ pub async fn waiting_page(State(web): State<Shared>, headers: HeaderMap) -> Resp
                     li { a href=(format!("/guardian/waiting/{}", h.id)) { (summary(&web, lang, h)) } }
                 }
             }
+        }
+        form method="post" action="/logout" {
+            input type="hidden" name="csrf" value=(csrf);
+            button.secondary type="submit" { (t(lang, "sign_out")) }
         }
     };
     respond(

@@ -350,6 +350,10 @@ fn passport_form(
                 p { a.button.secondary href="/student/sign" { (t(lang, "to_sign")) } }
             }
         }
+        form method="post" action="/logout" {
+            input type="hidden" name="csrf" value=(csrf);
+            button.secondary type="submit" { (t(lang, "sign_out")) }
+        }
         script src="/assets/student.js" defer {}
     }
 }

@@ -1005,5 +1005,11 @@ async fn a_student_never_sees_another_students_passport() {
         .await
         .unwrap();
     assert_eq!(state, "active");
+    // Bo signs out (the button under his passport); his cookie opens nothing after.
+    let out = post("/logout".into(), b.clone(), format!("csrf={bo_csrf}")).await;
+    assert_eq!(out.status, 303, "{out:?}");
+    let after = get("/student/passport".into(), b.clone()).await;
+    assert_eq!(after.status, 303);
+    assert_eq!(after.header("location"), Some("/student"));
     region.shutdown().await.unwrap();
 }
