@@ -210,6 +210,14 @@ await parent.waitForURL("**/guardian/waiting/*");
 const version2Cosigned = await signed(parent);
 await parent.goto(base + "/guardian/waiting");
 await look(parent, "family-parent-nothing-waits");
+// The parent can withdraw the consent alone too (the test looks, and leaves it in force).
+await press(parent, parent.getByRole("link", { name: "See or withdraw consents" }));
+await parent.waitForURL("**/guardian/consents");
+await look(parent, "family-parent-consents");
+await press(parent, parent.getByRole("link", { name: "Withdraw" }));
+await parent.waitForSelector("#sign-with-key:not([disabled])", { timeout: 20000 });
+await look(parent, "family-parent-withdraw");
+const parentWithdrawPage = await parent.innerText("main");
 
 // The mentor sends the class.
 await mentor.goto(base + "/mentor");
@@ -251,4 +259,5 @@ console.log(JSON.stringify({
   keptName,
   consentHint,
   recipientPreview,
+  parentWithdrawPage,
 }));

@@ -112,6 +112,7 @@ pub async fn waiting_page(State(web): State<Shared>, headers: HeaderMap) -> Resp
                 }
             }
         }
+        p { a.button.secondary href="/guardian/consents" { (t(lang, "parent_to_consents")) } }
         form method="post" action="/logout" {
             input type="hidden" name="csrf" value=(csrf);
             button.secondary type="submit" { (t(lang, "sign_out")) }

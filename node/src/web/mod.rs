@@ -165,6 +165,12 @@ pub fn router(core: Arc<NodeCore>, https: bool) -> Router {
         .route("/guardian/waiting/{id}", get(guardian::item_page))
         .route("/guardian/waiting/{id}/sign", post(guardian::cosign))
         .route("/guardian/waiting/{id}/decline", post(guardian::decline))
+        .route("/guardian/consents", get(trail::guardian_consents_page))
+        .route(
+            "/guardian/consents/{grant}/withdraw",
+            get(trail::guardian_withdraw_page),
+        )
+        .route("/guardian/withdraw", post(trail::guardian_withdraw))
         .route("/assets/{name}", get(asset))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

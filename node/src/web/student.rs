@@ -122,8 +122,40 @@ impl Pending {
 
 /// The student this request's session belongs to: their pseudonym and the session's CSRF token.
 pub(super) async fn student(web: &Shared, headers: &HeaderMap) -> Option<(String, String)> {
-    let row = session(web, headers).await?;
-    (row.role == "student").then_some((row.who, row.csrf))
+    Who::Student.of(web, headers).await
+}
+
+/// Who signs in with a key: the student, or a guardian (for their student). Their pages live
+/// under their own path and sign with the key in their own slot of the browser.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Who {
+    Student,
+    Guardian,
+}
+
+impl Who {
+    /// The session's role, the pages' base path and the browser's key slot.
+    pub fn word(self) -> &'static str {
+        match self {
+            Who::Student => "student",
+            Who::Guardian => "guardian",
+        }
+    }
+
+    /// Where this person's pages start, and where they sign in.
+    pub fn home(self) -> &'static str {
+        match self {
+            Who::Student => "/student/passport",
+            Who::Guardian => "/guardian/waiting",
+        }
+    }
+
+    /// The student's pseudonym and the CSRF token of this request's session, when it is this
+    /// kind of person's.
+    pub async fn of(self, web: &Shared, headers: &HeaderMap) -> Option<(String, String)> {
+        let row = session(web, headers).await?;
+        (row.role == self.word()).then_some((row.who, row.csrf))
+    }
 }
 
 pub async fn sign_in_page(State(web): State<Shared>, headers: HeaderMap) -> Response {
@@ -702,8 +734,19 @@ pub(super) async fn signing(
     body: &[u8],
     slot: impl Fn(&str) -> String,
 ) -> Result<Signing, Response> {
+    signing_as(Who::Student, web, headers, body, slot).await
+}
+
+/// [`signing`] for `who`: the session must be theirs.
+pub(super) async fn signing_as(
+    who: Who,
+    web: &Shared,
+    headers: &HeaderMap,
+    body: &[u8],
+    slot: impl Fn(&str) -> String,
+) -> Result<Signing, Response> {
     let lang = Lang::of(headers);
-    let Some((pseudonym, _)) = student(web, headers).await else {
+    let Some((pseudonym, _)) = who.of(web, headers).await else {
         return Err(refusal(
             StatusCode::UNAUTHORIZED,
             &t(lang, "error_sign_in_first"),

@@ -15,7 +15,7 @@ use prost::Message;
 use super::Shared;
 use super::i18n::{Lang, day, t, tf, when};
 use super::page::{error, page, respond};
-use super::student::{not_signed, signing, student};
+use super::student::{Who, not_signed, signing_as, student};
 
 /// An organisation's name from the signed directory (its id until it is there).
 fn org_name(web: &Shared, org: &str) -> String {
@@ -24,6 +24,31 @@ fn org_name(web: &Shared, org: &str) -> String {
         .ok()
         .and_then(|d| d.member(org).ok().map(|m| m.display_name.clone()))
         .unwrap_or_else(|| org.to_string())
+}
+
+/// The student's first name, for a guardian to read.
+async fn first_name(web: &Shared, pseudonym: &str) -> String {
+    match web.core.store.person(pseudonym).await {
+        Ok(Some(p)) => p
+            .name
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_string(),
+        _ => String::new(),
+    }
+}
+
+/// "My consents" for the student; "Noor's consents" for a guardian.
+async fn consents_title(web: &Shared, lang: Lang, who: Who, pseudonym: &str) -> String {
+    match who {
+        Who::Student => t(lang, "consents_title"),
+        Who::Guardian => tf(
+            lang,
+            "parent_consents_title",
+            &[("name", &first_name(web, pseudonym).await)],
+        ),
+    }
 }
 
 /// A section's title in the student's question sets (its id when unknown).
@@ -38,9 +63,20 @@ fn section_title(id: &str) -> String {
 }
 
 pub async fn consents_page(State(web): State<Shared>, headers: HeaderMap) -> Response {
-    let lang = Lang::of(&headers);
-    let Some((pseudonym, _)) = student(&web, &headers).await else {
-        return Redirect::to("/student").into_response();
+    consents(&web, &headers, Who::Student).await
+}
+
+pub async fn guardian_consents_page(State(web): State<Shared>, headers: HeaderMap) -> Response {
+    consents(&web, &headers, Who::Guardian).await
+}
+
+/// The student's consents, for the student or for a guardian: what became of each, what waits
+/// for a guardian, and a way to withdraw each one in force.
+async fn consents(web: &Shared, headers: &HeaderMap, who: Who) -> Response {
+    let lang = Lang::of(headers);
+    let base = format!("/{}", who.word());
+    let Some((pseudonym, _)) = who.of(web, headers).await else {
+        return Redirect::to(&base).into_response();
     };
     let grants = match web.core.store.grants(Some(&pseudonym)).await {
         Ok(g) => g,
@@ -58,7 +94,7 @@ pub async fn consents_page(State(web): State<Shared>, headers: HeaderMap) -> Res
             let g: overstap_proto::pb::ConsentGrant =
                 overstap_proto::sign::decode_body(overstap_proto::sign::Domain::Grant, &signed)
                     .ok()?;
-            Some((org_name(&web, &g.recipient_org), h.declined_at.is_some()))
+            Some((org_name(web, &g.recipient_org), h.declined_at.is_some()))
         })
         .collect();
     let body = html! {
@@ -82,7 +118,7 @@ pub async fn consents_page(State(web): State<Shared>, headers: HeaderMap) -> Res
             ul.cards {
                 @for g in &grants {
                     li.grant {
-                        h2 { (org_name(&web, &g.recipient_org)) }
+                        h2 { (org_name(web, &g.recipient_org)) }
                         dl {
                             dt { (t(lang, "label_parts")) }
                             dd { (g.sections.iter().map(|s| section_title(s)).collect::<Vec<_>>().join(", ")) }
@@ -93,7 +129,7 @@ pub async fn consents_page(State(web): State<Shared>, headers: HeaderMap) -> Res
                         }
                         p.state { strong { (t(lang, &format!("grant_{}", g.state))) } }
                         @if g.state == "active" {
-                            p { a.button.secondary href=(format!("/student/consents/{}/withdraw", g.grant_id)) {
+                            p { a.button.secondary href=(format!("{base}/consents/{}/withdraw", g.grant_id)) {
                                 (t(lang, "withdraw_button"))
                             } }
                         }
@@ -101,11 +137,16 @@ pub async fn consents_page(State(web): State<Shared>, headers: HeaderMap) -> Res
                 }
             }
         }
-        p { a.button.secondary href="/student/passport" { (t(lang, "back_to_passport")) } }
+        p { a.button.secondary href=(who.home()) { (t(lang, "back")) } }
     };
     respond(
         StatusCode::OK,
-        page(lang, &web.school(), &t(lang, "consents_title"), body),
+        page(
+            lang,
+            &web.school(),
+            &consents_title(web, lang, who, &pseudonym).await,
+            body,
+        ),
     )
 }
 
@@ -114,11 +155,26 @@ pub async fn withdraw_page(
     headers: HeaderMap,
     Path(grant_id): Path<String>,
 ) -> Response {
-    let lang = Lang::of(&headers);
-    let Some((pseudonym, _)) = student(&web, &headers).await else {
-        return Redirect::to("/student").into_response();
+    withdrawing(&web, &headers, &grant_id, Who::Student).await
+}
+
+pub async fn guardian_withdraw_page(
+    State(web): State<Shared>,
+    headers: HeaderMap,
+    Path(grant_id): Path<String>,
+) -> Response {
+    withdrawing(&web, &headers, &grant_id, Who::Guardian).await
+}
+
+/// The page that withdraws one consent in force, for the student or for a guardian alone.
+async fn withdrawing(web: &Shared, headers: &HeaderMap, grant_id: &str, who: Who) -> Response {
+    let lang = Lang::of(headers);
+    let base = format!("/{}", who.word());
+    let Some((pseudonym, _)) = who.of(web, headers).await else {
+        return Redirect::to(&base).into_response();
     };
-    let grant = match web.core.store.grant(&grant_id).await {
+    let title = consents_title(web, lang, who, &pseudonym).await;
+    let grant = match web.core.store.grant(grant_id).await {
         Ok(Some(g)) if g.pseudonym == pseudonym && g.state == "active" => g,
         Ok(_) => {
             return error(
@@ -126,7 +182,7 @@ pub async fn withdraw_page(
                 &web.school(),
                 StatusCode::NOT_FOUND,
                 &t(lang, "error_not_found"),
-                Some(("/student/consents", &t(lang, "consents_title"))),
+                Some((&format!("{base}/consents"), &title)),
             );
         }
         Err(e) => return web.server_error(lang, e),
@@ -137,22 +193,26 @@ pub async fn withdraw_page(
         revoked_at: web.core.now(),
     };
     let bytes = revocation.encode_to_vec();
-    let org = org_name(&web, &grant.recipient_org);
+    let org = org_name(web, &grant.recipient_org);
     let body = html! {
-        p.lead { (tf(lang, "withdraw_explain", &[("org", &org)])) }
+        @if who == Who::Guardian {
+            p.lead { (tf(lang, "withdraw_explain_parent", &[("org", &org), ("name", &first_name(web, &pseudonym).await)])) }
+        } @else {
+            p.lead { (tf(lang, "withdraw_explain", &[("org", &org)])) }
+        }
         div #revoke-sign data-body=(base64::engine::general_purpose::STANDARD.encode(&bytes))
-            data-grant=(grant.grant_id) data-url="/student/withdraw" data-slot="student" {
+            data-grant=(grant.grant_id) data-url=(format!("{base}/withdraw")) data-slot=(who.word()) {
             p #checking aria-live="polite" { (t(lang, "sign_checking")) }
             button #sign-with-key type="button" disabled { (t(lang, "withdraw_sign_button")) }
             p.error #check-failed role="alert" hidden { (t(lang, "sign_check_failed")) }
             p.error #sign-failed role="alert" hidden { (t(lang, "sign_failed")) }
-            p.error #no-key role="alert" hidden { (t(lang, "student_no_key")) }
+            p.error #no-key role="alert" hidden { (t(lang, if who == Who::Guardian { "parent_no_key" } else { "student_no_key" })) }
         }
-        p { a.button.secondary href="/student/consents" { (t(lang, "consents_title")) } }
+        p { a.button.secondary href=(format!("{base}/consents")) { (title) } }
         script src="/assets/student.js" defer {}
     };
     web.pending.put(
-        &format!("revoke:{pseudonym}"),
+        &format!("revoke:{}:{pseudonym}", who.word()),
         bytes,
         Vec::new(),
         web.core.now(),
@@ -170,13 +230,30 @@ pub async fn withdraw(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let s = match signing(&web, &headers, &body, |p| format!("revoke:{p}")).await {
+    withdrawn(&web, &headers, &body, Who::Student).await
+}
+
+pub async fn guardian_withdraw(
+    State(web): State<Shared>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    withdrawn(&web, &headers, &body, Who::Guardian).await
+}
+
+/// A withdrawal signed by the student, or by a guardian alone (the protocol takes either).
+async fn withdrawn(web: &Shared, headers: &HeaderMap, body: &[u8], who: Who) -> Response {
+    let s = match signing_as(who, web, headers, body, |p| {
+        format!("revoke:{}:{p}", who.word())
+    })
+    .await
+    {
         Ok(s) => s,
         Err(r) => return r,
     };
     match web.core.revoke(&s.signed).await {
         Ok((grant_id, _)) => {
-            tracing::info!(grant = %grant_id, "a student withdrew a consent in the browser");
+            tracing::info!(grant = %grant_id, who = who.word(), "a consent was withdrawn in the browser");
             Json(serde_json::json!({ "message": t(s.lang, "withdrawn_done") })).into_response()
         }
         Err(e) => not_signed(s.lang, e, "a withdrawal"),

@@ -31,7 +31,7 @@ async fn a_parent_co_signs_for_a_student_of_15_on_their_own_device_and_a_second_
         .iter()
         .map(|p| p["name"].as_str().unwrap())
         .collect();
-    assert_eq!(pages.len(), 24, "{pages:?}");
+    assert_eq!(pages.len(), 26, "{pages:?}");
     let people: Vec<&str> = pages
         .iter()
         .copied()
@@ -164,6 +164,13 @@ async fn a_parent_co_signs_for_a_student_of_15_on_their_own_device_and_a_second_
     assert!(
         !preview.contains("Noor Bakker"),
         "only the chosen part: {preview}"
+    );
+
+    // The parent may withdraw alone: the page says to whom it is, and its check passed.
+    let withdraw = seen["parentWithdrawPage"].as_str().unwrap();
+    assert!(
+        withdraw.contains("the consent Noor gave Techniek College Zwolle"),
+        "{withdraw}"
     );
 
     // The second device: the same code on both screens, and its version counts.
@@ -654,6 +661,125 @@ async fn a_parent_and_a_new_device_get_in_only_the_way_the_pages_lead() {
         "a declined consent is not co-signed after all"
     );
     assert_eq!(count("grants").await, 0);
+
+    // Kim consents again and the parent co-signs; then the parent alone withdraws it, as the
+    // protocol allows either of the two who gave it. Kim's key is not needed for that.
+    let consent_page = http(
+        &base,
+        "GET",
+        "/student/consent",
+        &[("Cookie", &kim_cookie)],
+        b"",
+    )
+    .await;
+    let review = form_post(
+        "/student/consent".into(),
+        kim_cookie.clone(),
+        format!(
+            "csrf={}&to={MBO}&section=wie-ben-ik&purpose=intake&until=2027-08-01",
+            csrf_of(&consent_page.body)
+        ),
+    )
+    .await;
+    let grant_body = b64
+        .decode(attr_after(&review.body, "id=\"consent-sign\" data-body=\""))
+        .unwrap();
+    let held = post_signature(
+        &base,
+        &kim_cookie,
+        "/student/consent/sign",
+        Domain::Grant,
+        &grant_body,
+        &kim,
+    )
+    .await;
+    assert_eq!(held.status, 200, "{held:?}");
+    let list = http(
+        &base,
+        "GET",
+        "/guardian/waiting",
+        &[("Cookie", &parent_cookie)],
+        b"",
+    )
+    .await;
+    let item = format!(
+        "/guardian/waiting/{}",
+        attr_after(&list.body, "/guardian/waiting/")
+    );
+    let ok = post_signature(
+        &base,
+        &parent_cookie,
+        &format!("{item}/sign"),
+        Domain::Grant,
+        &grant_body,
+        &parent,
+    )
+    .await;
+    assert_eq!(ok.status, 200, "{ok:?}");
+    let consents = http(
+        &base,
+        "GET",
+        "/guardian/consents",
+        &[("Cookie", &parent_cookie)],
+        b"",
+    )
+    .await;
+    let withdraw_at = format!(
+        "/guardian/consents/{}",
+        attr_after(&consents.body, "/guardian/consents/")
+    );
+    let page = http(
+        &base,
+        "GET",
+        &withdraw_at,
+        &[("Cookie", &parent_cookie)],
+        b"",
+    )
+    .await;
+    let revocation = b64
+        .decode(attr_after(&page.body, "id=\"revoke-sign\" data-body=\""))
+        .unwrap();
+    // A stranger's signature on it is refused; the parent's counts.
+    let refused = post_signature(
+        &base,
+        &parent_cookie,
+        "/guardian/withdraw",
+        Domain::Revocation,
+        &revocation,
+        &stranger,
+    )
+    .await;
+    assert_eq!(refused.status, 422, "{refused:?}");
+    let state = || async {
+        sqlx::query_scalar::<_, String>("SELECT state FROM grants")
+            .fetch_one(&school)
+            .await
+            .unwrap()
+    };
+    assert_eq!(state().await, "active");
+    // A refused signature used up what the page prepared: the page is opened again.
+    let page = http(
+        &base,
+        "GET",
+        &withdraw_at,
+        &[("Cookie", &parent_cookie)],
+        b"",
+    )
+    .await;
+    let revocation = b64
+        .decode(attr_after(&page.body, "id=\"revoke-sign\" data-body=\""))
+        .unwrap();
+    let withdrawn = post_signature(
+        &base,
+        &parent_cookie,
+        "/guardian/withdraw",
+        Domain::Revocation,
+        &revocation,
+        &parent,
+    )
+    .await;
+    assert_eq!(withdrawn.status, 200, "{withdrawn:?}");
+    assert_eq!(state().await, "revoked");
 
     // Another mentor cannot make a key link for Kim.
     let other = session_cookie(&sign_in_staff(&base, "mentor.bakker", PASSWORD).await);
