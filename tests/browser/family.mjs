@@ -219,6 +219,23 @@ await parent.waitForSelector("#sign-with-key:not([disabled])", { timeout: 20000 
 await look(parent, "family-parent-withdraw");
 const parentWithdrawPage = await parent.innerText("main");
 
+// Noor's brother Sem, 14, is invited too: the parent's phone hands in the same parent key
+// again, so it keeps working for Noor.
+await mentor.goto(base + "/mentor");
+await mentor.focus("#name");
+await mentor.keyboard.type("Sem Bakker");
+await mentor.keyboard.press("Tab");
+await mentor.keyboard.type("2A");
+await mentor.fill("#birth_month", process.env.SIBLING_BIRTH_MONTH);
+await mentor.focus("#birth_month");
+await mentor.keyboard.press("Enter");
+await mentor.waitForURL("**/mentor/invitations/*");
+const siblingParentLink = await mentor.getAttribute(".parent-link a", "href");
+await parent.goto(siblingParentLink);
+await press(parent, parent.locator("#make-key"));
+await parent.waitForSelector("#step-code:not([hidden])", { timeout: 20000 });
+const siblingParentCode = (await parent.textContent("#code")).trim();
+
 // The mentor sends the class.
 await mentor.goto(base + "/mentor");
 await look(mentor, "family-class");
@@ -260,4 +277,5 @@ console.log(JSON.stringify({
   consentHint,
   recipientPreview,
   parentWithdrawPage,
+  siblingParentCode,
 }));

@@ -34,25 +34,40 @@ pub enum Confirmer<'a> {
 
 impl NodeCore {
     /// The pseudonym of the student whose card names `key` as a student key (any device) or,
-    /// with `guardian`, as a guardian key.
+    /// with `guardian`, as a guardian key (of several children, one for whom something waits).
     pub async fn student_by_key(
         &self,
         key: &[u8],
         guardian: bool,
     ) -> Result<Option<String>, NodeError> {
+        let mut found = Vec::new();
         for (pseudonym, card) in self.store.student_cards().await? {
             let signed: Signed = stored(&card, "student card")?;
             let card: StudentCard = decode_body(Domain::StudentCard, &signed)?;
-            let found = if guardian {
+            let names = if guardian {
                 card.guardian_keys.iter().any(|g| g == key)
             } else {
                 student_keys(&card).any(|k| k == key)
             };
-            if found {
-                return Ok(Some(pseudonym));
+            if names {
+                found.push(pseudonym);
             }
         }
-        Ok(None)
+        // A parent's one key may be on the cards of several children: the one for whom
+        // something waits comes first.
+        for p in &found {
+            if guardian
+                && self
+                    .store
+                    .held_for_guardian(p)
+                    .await?
+                    .iter()
+                    .any(|h| h.declined_at.is_none())
+            {
+                return Ok(Some(p.clone()));
+            }
+        }
+        Ok(found.into_iter().next())
     }
 
     /// Whether the student is under 16 today, so a guardian must co-sign.

@@ -21,7 +21,13 @@ async fn a_parent_co_signs_for_a_student_of_15_on_their_own_device_and_a_second_
     let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("web-family");
     let started = std::time::Instant::now();
     let born = overstap_tests::cast::birth_month(15);
-    let browser = spawn_browser("family.mjs", &base, &shots, &[("BIRTH_MONTH", &born)]);
+    let sibling = overstap_tests::cast::birth_month(14);
+    let browser = spawn_browser(
+        "family.mjs",
+        &base,
+        &shots,
+        &[("BIRTH_MONTH", &born), ("SIBLING_BIRTH_MONTH", &sibling)],
+    );
     let seen = browser_output(browser, started, &shots).await;
 
     // Every page: axe clean, photographed, and no jargon on the student's or parent's screens.
@@ -172,6 +178,10 @@ async fn a_parent_co_signs_for_a_student_of_15_on_their_own_device_and_a_second_
         withdraw.contains("the consent Noor gave Techniek College Zwolle"),
         "{withdraw}"
     );
+
+    // A second child's parent link, opened on the parent's phone, hands in the same key (the
+    // same code), and Noor's card keeps it.
+    assert_eq!(seen["siblingParentCode"], seen["parentCode"]);
 
     // The second device: the same code on both screens, and its version counts.
     assert_eq!(seen["laptopCode"], seen["phoneSeesLaptopCode"]);

@@ -95,15 +95,18 @@
   $("make-key").addEventListener("click", async () => {
     hide("step-make");
     show("working");
-    let pair;
+    // A parent's key is the parent's, for each of their children at this school: a browser
+    // that already holds one hands in that key again rather than replace it.
+    let pair = slot === "guardian" ? await loadKey().catch(() => null) : null;
+    const fresh = !pair;
     try {
-      pair = await crypto.subtle.generateKey({ name: "Ed25519" }, false, ["sign", "verify"]);
+      if (fresh) pair = await crypto.subtle.generateKey({ name: "Ed25519" }, false, ["sign", "verify"]);
     } catch (_) {
       fail("no-webcrypto");
       return;
     }
     try {
-      await saveKey(pair);
+      if (fresh) await saveKey(pair);
       if (navigator.storage && navigator.storage.persist) navigator.storage.persist();
       const raw = new Uint8Array(await crypto.subtle.exportKey("raw", pair.publicKey));
       const r = await fetch(`${base}/key`, {
