@@ -487,6 +487,27 @@ pub async fn student_page(
     )
 }
 
+/// The public key a page hands in (`{"key": base64}`), checked to be an Ed25519 key; or the
+/// refusal that says what is wrong with it.
+pub(super) fn public_key_in(body: &[u8]) -> Result<Vec<u8>, Response> {
+    let Ok(KeyIn { key }) = serde_json::from_slice::<KeyIn>(body) else {
+        return Err(refusal(
+            StatusCode::BAD_REQUEST,
+            "expected {\"key\": \"<base64>\"}",
+        ));
+    };
+    let Ok(key) = base64::engine::general_purpose::STANDARD.decode(key.trim()) else {
+        return Err(refusal(StatusCode::BAD_REQUEST, "the key is not base64"));
+    };
+    if overstap_proto::sign::verifying_key(&key, "public key").is_err() {
+        return Err(refusal(
+            StatusCode::BAD_REQUEST,
+            "the key is not a 32-byte Ed25519 public key",
+        ));
+    }
+    Ok(key)
+}
+
 #[derive(Deserialize)]
 pub struct KeyIn {
     /// The raw 32-byte Ed25519 public key, base64.
@@ -504,18 +525,10 @@ pub async fn hand_in_key(
         Ok(i) => i,
         Err(_) => return refusal(StatusCode::GONE, &t(lang, "enrol_failed")),
     };
-    let Ok(KeyIn { key }) = serde_json::from_slice::<KeyIn>(&body) else {
-        return refusal(StatusCode::BAD_REQUEST, "expected {\"key\": \"<base64>\"}");
+    let key = match public_key_in(&body) {
+        Ok(k) => k,
+        Err(r) => return r,
     };
-    let Ok(key) = base64::engine::general_purpose::STANDARD.decode(key.trim()) else {
-        return refusal(StatusCode::BAD_REQUEST, "the key is not base64");
-    };
-    if overstap_proto::sign::verifying_key(&key, "student key").is_err() {
-        return refusal(
-            StatusCode::BAD_REQUEST,
-            "the key is not a 32-byte Ed25519 public key",
-        );
-    }
     match web
         .core
         .store

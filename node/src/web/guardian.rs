@@ -52,28 +52,6 @@ pub async fn sign_in(State(web): State<Shared>, body: axum::body::Bytes) -> Resp
     sign_in_as(&web, &body, true).await
 }
 
-/// The student's first name, for the guardian to read.
-async fn child(web: &Shared, pseudonym: &str) -> String {
-    match web.core.store.person(pseudonym).await {
-        Ok(Some(p)) => p
-            .name
-            .split_whitespace()
-            .next()
-            .unwrap_or_default()
-            .to_string(),
-        _ => String::new(),
-    }
-}
-
-/// The organisation's name in the directory, or its id.
-fn org_name(web: &Shared, org: &str) -> String {
-    web.core
-        .directory()
-        .ok()
-        .and_then(|d| d.member(org).ok().map(|m| m.display_name.clone()))
-        .unwrap_or_else(|| org.to_string())
-}
-
 /// One line about a held item: what it is and since when it waits.
 fn summary(web: &Shared, lang: Lang, row: &HeldRow) -> String {
     let since = when(lang, row.held_at);
@@ -82,7 +60,7 @@ fn summary(web: &Shared, lang: Lang, row: &HeldRow) -> String {
         "consent" => {
             let org = signed
                 .and_then(|s| decode_body::<ConsentGrant>(Domain::Grant, &s).ok())
-                .map(|g| org_name(web, &g.recipient_org))
+                .map(|g| web.org_name(&g.recipient_org))
                 .unwrap_or_default();
             tf(lang, "held_consent", &[("org", &org), ("since", &since)])
         }
@@ -99,7 +77,7 @@ pub async fn waiting_page(State(web): State<Shared>, headers: HeaderMap) -> Resp
         Ok(h) => h,
         Err(e) => return web.server_error(lang, e),
     };
-    let name = child(&web, &pseudonym).await;
+    let name = web.first_name(&pseudonym).await;
     let open: Vec<&HeldRow> = held.iter().filter(|h| h.declined_at.is_none()).collect();
     let body = html! {
         p.lead { (tf(lang, "parent_waiting_intro", &[("name", &name)])) }
@@ -165,7 +143,7 @@ pub async fn item_page(
     let Some(signed) = Signed::decode_from(&row.signed) else {
         return web.server_error(lang, "a held signature does not decode");
     };
-    let name = child(&web, &pseudonym).await;
+    let name = web.first_name(&pseudonym).await;
     let url = format!("/guardian/waiting/{id}/sign");
     let what = match row.kind.as_str() {
         "consent" => {
@@ -177,7 +155,7 @@ pub async fn item_page(
                 .unwrap_or_default();
             html! {
                 p { (tf(lang, "parent_consent_asks", &[("name", &name)])) }
-                (review(lang, &grant, Some(&name), &org_name(&web, &grant.recipient_org), &titles, Signer {
+                (review(lang, &grant, Some(&name), &web.org_name(&grant.recipient_org), &titles, Signer {
                     url: &url,
                     slot: "guardian",
                     button: t(lang, "parent_cosign_button"),

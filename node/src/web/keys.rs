@@ -8,12 +8,11 @@ use axum::Json;
 use axum::extract::{Form, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
-use base64::Engine;
 use maud::{Markup, PreEscaped, html};
 use serde::Deserialize;
 
 use super::Shared;
-use super::enrol::{mentor, mentor_posting, origin, qr_svg, short_code, token_hash};
+use super::enrol::{mentor, mentor_posting, origin, public_key_in, qr_svg, short_code, token_hash};
 use super::i18n::{Lang, t, tf, when};
 use super::page::{error, page, refusal, respond};
 use super::staff::csrf_ok;
@@ -143,12 +142,6 @@ pub async fn link_page(
     respond(StatusCode::OK, page(lang, &web.school(), &title, body))
 }
 
-#[derive(Deserialize)]
-pub struct KeyIn {
-    /// The raw 32-byte Ed25519 public key, base64.
-    key: String,
-}
-
 /// Takes the public key the browser made for a link, once.
 pub async fn link_key(
     State(web): State<Shared>,
@@ -160,18 +153,10 @@ pub async fn link_key(
     let Ok(l) = link_of_token(&web, lang, &token).await else {
         return refusal(StatusCode::GONE, &t(lang, "enrol_failed"));
     };
-    let Ok(KeyIn { key }) = serde_json::from_slice::<KeyIn>(&body) else {
-        return refusal(StatusCode::BAD_REQUEST, "expected {\"key\": \"<base64>\"}");
+    let key = match public_key_in(&body) {
+        Ok(k) => k,
+        Err(r) => return r,
     };
-    let Ok(key) = base64::engine::general_purpose::STANDARD.decode(key.trim()) else {
-        return refusal(StatusCode::BAD_REQUEST, "the key is not base64");
-    };
-    if overstap_proto::sign::verifying_key(&key, "new key").is_err() {
-        return refusal(
-            StatusCode::BAD_REQUEST,
-            "the key is not a 32-byte Ed25519 public key",
-        );
-    }
     match web
         .core
         .store

@@ -67,15 +67,29 @@ pub type Shared = Arc<Web>;
 impl Web {
     /// This school's name, as the signed directory has it (its org id until one is there).
     fn school(&self) -> String {
+        self.org_name(&self.core.org_id)
+    }
+
+    /// An organisation's name from the signed directory (its id until it is there).
+    fn org_name(&self, org: &str) -> String {
         self.core
             .directory()
             .ok()
-            .and_then(|d| {
-                d.member(&self.core.org_id)
-                    .ok()
-                    .map(|m| m.display_name.clone())
-            })
-            .unwrap_or_else(|| self.core.org_id.clone())
+            .and_then(|d| d.member(org).ok().map(|m| m.display_name.clone()))
+            .unwrap_or_else(|| org.to_string())
+    }
+
+    /// A student's first name, for their parent to read (the whole name stays with the school).
+    async fn first_name(&self, pseudonym: &str) -> String {
+        match self.core.store.person(pseudonym).await {
+            Ok(Some(p)) => p
+                .name
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_string(),
+            _ => String::new(),
+        }
     }
 
     /// The page for a fault of ours: logged with its detail, shown kindly without it.

@@ -17,28 +17,6 @@ use super::i18n::{Lang, day, t, tf, when};
 use super::page::{error, page, respond};
 use super::student::{Who, not_signed, signing_as, student};
 
-/// An organisation's name from the signed directory (its id until it is there).
-fn org_name(web: &Shared, org: &str) -> String {
-    web.core
-        .directory()
-        .ok()
-        .and_then(|d| d.member(org).ok().map(|m| m.display_name.clone()))
-        .unwrap_or_else(|| org.to_string())
-}
-
-/// The student's first name, for a guardian to read.
-async fn first_name(web: &Shared, pseudonym: &str) -> String {
-    match web.core.store.person(pseudonym).await {
-        Ok(Some(p)) => p
-            .name
-            .split_whitespace()
-            .next()
-            .unwrap_or_default()
-            .to_string(),
-        _ => String::new(),
-    }
-}
-
 /// "My consents" for the student; "Noor's consents" for a guardian.
 async fn consents_title(web: &Shared, lang: Lang, who: Who, pseudonym: &str) -> String {
     match who {
@@ -46,7 +24,7 @@ async fn consents_title(web: &Shared, lang: Lang, who: Who, pseudonym: &str) -> 
         Who::Guardian => tf(
             lang,
             "parent_consents_title",
-            &[("name", &first_name(web, pseudonym).await)],
+            &[("name", &web.first_name(pseudonym).await)],
         ),
     }
 }
@@ -94,7 +72,7 @@ async fn consents(web: &Shared, headers: &HeaderMap, who: Who) -> Response {
             let g: overstap_proto::pb::ConsentGrant =
                 overstap_proto::sign::decode_body(overstap_proto::sign::Domain::Grant, &signed)
                     .ok()?;
-            Some((org_name(web, &g.recipient_org), h.declined_at.is_some()))
+            Some((web.org_name(&g.recipient_org), h.declined_at.is_some()))
         })
         .collect();
     let body = html! {
@@ -118,7 +96,7 @@ async fn consents(web: &Shared, headers: &HeaderMap, who: Who) -> Response {
             ul.cards {
                 @for g in &grants {
                     li.grant {
-                        h2 { (org_name(web, &g.recipient_org)) }
+                        h2 { (web.org_name(&g.recipient_org)) }
                         dl {
                             dt { (t(lang, "label_parts")) }
                             dd { (g.sections.iter().map(|s| section_title(s)).collect::<Vec<_>>().join(", ")) }
@@ -193,10 +171,10 @@ async fn withdrawing(web: &Shared, headers: &HeaderMap, grant_id: &str, who: Who
         revoked_at: web.core.now(),
     };
     let bytes = revocation.encode_to_vec();
-    let org = org_name(web, &grant.recipient_org);
+    let org = web.org_name(&grant.recipient_org);
     let body = html! {
         @if who == Who::Guardian {
-            p.lead { (tf(lang, "withdraw_explain_parent", &[("org", &org), ("name", &first_name(web, &pseudonym).await)])) }
+            p.lead { (tf(lang, "withdraw_explain_parent", &[("org", &org), ("name", &web.first_name(&pseudonym).await)])) }
         } @else {
             p.lead { (tf(lang, "withdraw_explain", &[("org", &org)])) }
         }
@@ -270,7 +248,7 @@ pub async fn trail_page(State(web): State<Shared>, headers: HeaderMap) -> Respon
         Err(e) => return web.server_error(lang, e),
     };
     let line = |event: &str, org: &str, detail: &str| {
-        let org = org_name(&web, org);
+        let org = web.org_name(org);
         let key = format!("trail_{}", event.replace(' ', "_"));
         match event {
             "status" => {

@@ -267,6 +267,43 @@ async fn key_sign_in(base: &str, who: &str, key: &ed25519_dalek::SigningKey) -> 
     .await
 }
 
+/// The student of `cookie` asks the college (MBO) to read "Wie ben ik?" for the intake, and
+/// signs the grant the page prepared with `key`; the grant's bytes.
+async fn consent_signed_by(base: &str, cookie: &str, key: &ed25519_dalek::SigningKey) -> Vec<u8> {
+    use crate::web::csrf_of;
+    let page = http(base, "GET", "/student/consent", &[("Cookie", cookie)], b"").await;
+    let form = format!(
+        "csrf={}&to={MBO}&section=wie-ben-ik&purpose=intake&until=2027-08-01",
+        csrf_of(&page.body)
+    );
+    let review = http(
+        base,
+        "POST",
+        "/student/consent",
+        &[
+            ("Content-Type", "application/x-www-form-urlencoded"),
+            ("Cookie", cookie),
+        ],
+        form.as_bytes(),
+    )
+    .await;
+    assert_eq!(review.status, 200, "{review:?}");
+    let body = base64::engine::general_purpose::STANDARD
+        .decode(attr_after(&review.body, "id=\"consent-sign\" data-body=\""))
+        .unwrap();
+    let signed = post_signature(
+        base,
+        cookie,
+        "/student/consent/sign",
+        Domain::Grant,
+        &body,
+        key,
+    )
+    .await;
+    assert_eq!(signed.status, 200, "{signed:?}");
+    body
+}
+
 /// Posts `{key, signature}` over `body` under `domain`, signed by `with`, to `path`.
 async fn post_signature(
     base: &str,
@@ -587,37 +624,7 @@ async fn a_parent_and_a_new_device_get_in_only_the_way_the_pages_lead() {
     let _ = parent_csrf;
 
     // Kim consents to the college; the parent says no. Nothing is kept, and Kim reads why.
-    let consent_page = http(
-        &base,
-        "GET",
-        "/student/consent",
-        &[("Cookie", &kim_cookie)],
-        b"",
-    )
-    .await;
-    let review = form_post(
-        "/student/consent".into(),
-        kim_cookie.clone(),
-        format!(
-            "csrf={}&to={MBO}&section=wie-ben-ik&purpose=intake&until=2027-08-01",
-            csrf_of(&consent_page.body)
-        ),
-    )
-    .await;
-    assert_eq!(review.status, 200, "{review:?}");
-    let grant_body = b64
-        .decode(attr_after(&review.body, "id=\"consent-sign\" data-body=\""))
-        .unwrap();
-    let held = post_signature(
-        &base,
-        &kim_cookie,
-        "/student/consent/sign",
-        Domain::Grant,
-        &grant_body,
-        &kim,
-    )
-    .await;
-    assert_eq!(held.status, 200, "{held:?}");
+    let grant_body = consent_signed_by(&base, &kim_cookie, &kim).await;
     let list = http(
         &base,
         "GET",
@@ -674,36 +681,7 @@ async fn a_parent_and_a_new_device_get_in_only_the_way_the_pages_lead() {
 
     // Kim consents again and the parent co-signs; then the parent alone withdraws it, as the
     // protocol allows either of the two who gave it. Kim's key is not needed for that.
-    let consent_page = http(
-        &base,
-        "GET",
-        "/student/consent",
-        &[("Cookie", &kim_cookie)],
-        b"",
-    )
-    .await;
-    let review = form_post(
-        "/student/consent".into(),
-        kim_cookie.clone(),
-        format!(
-            "csrf={}&to={MBO}&section=wie-ben-ik&purpose=intake&until=2027-08-01",
-            csrf_of(&consent_page.body)
-        ),
-    )
-    .await;
-    let grant_body = b64
-        .decode(attr_after(&review.body, "id=\"consent-sign\" data-body=\""))
-        .unwrap();
-    let held = post_signature(
-        &base,
-        &kim_cookie,
-        "/student/consent/sign",
-        Domain::Grant,
-        &grant_body,
-        &kim,
-    )
-    .await;
-    assert_eq!(held.status, 200, "{held:?}");
+    let grant_body = consent_signed_by(&base, &kim_cookie, &kim).await;
     let list = http(
         &base,
         "GET",
@@ -1076,25 +1054,7 @@ async fn a_student_never_sees_another_students_passport() {
         .unwrap();
     let signed = post_signature(&base, &a, "/student/sign", Domain::Manifest, &body, &ana).await;
     assert_eq!(signed.status, 200, "{signed:?}");
-    let review = post(
-        "/student/consent".into(),
-        a.clone(),
-        format!("csrf={csrf}&to={MBO}&section=wie-ben-ik&purpose=intake&until=2027-08-01"),
-    )
-    .await;
-    let grant = b64
-        .decode(attr_after(&review.body, "id=\"consent-sign\" data-body=\""))
-        .unwrap();
-    let given = post_signature(
-        &base,
-        &a,
-        "/student/consent/sign",
-        Domain::Grant,
-        &grant,
-        &ana,
-    )
-    .await;
-    assert_eq!(given.status, 200, "{given:?}");
+    consent_signed_by(&base, &a, &ana).await;
     let grant_id: String = sqlx::query_scalar("SELECT grant_id FROM grants")
         .fetch_one(&node_pool(&region, SCHOOL).await)
         .await
