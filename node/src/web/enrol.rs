@@ -487,23 +487,17 @@ pub async fn student_page(
     )
 }
 
-/// The public key a page hands in (`{"key": base64}`), checked to be an Ed25519 key; or the
-/// refusal that says what is wrong with it.
-pub(super) fn public_key_in(body: &[u8]) -> Result<Vec<u8>, Response> {
+/// The public key a page hands in (`{"key": base64}`), checked to be an Ed25519 key; or what
+/// is wrong with it, for the refusal.
+pub(super) fn public_key_in(body: &[u8]) -> Result<Vec<u8>, &'static str> {
     let Ok(KeyIn { key }) = serde_json::from_slice::<KeyIn>(body) else {
-        return Err(refusal(
-            StatusCode::BAD_REQUEST,
-            "expected {\"key\": \"<base64>\"}",
-        ));
+        return Err("expected {\"key\": \"<base64>\"}");
     };
     let Ok(key) = base64::engine::general_purpose::STANDARD.decode(key.trim()) else {
-        return Err(refusal(StatusCode::BAD_REQUEST, "the key is not base64"));
+        return Err("the key is not base64");
     };
     if overstap_proto::sign::verifying_key(&key, "public key").is_err() {
-        return Err(refusal(
-            StatusCode::BAD_REQUEST,
-            "the key is not a 32-byte Ed25519 public key",
-        ));
+        return Err("the key is not a 32-byte Ed25519 public key");
     }
     Ok(key)
 }
@@ -527,7 +521,7 @@ pub async fn hand_in_key(
     };
     let key = match public_key_in(&body) {
         Ok(k) => k,
-        Err(r) => return r,
+        Err(reason) => return refusal(StatusCode::BAD_REQUEST, reason),
     };
     match web
         .core

@@ -155,7 +155,7 @@ pub async fn link_key(
     };
     let key = match public_key_in(&body) {
         Ok(k) => k,
-        Err(r) => return r,
+        Err(reason) => return refusal(StatusCode::BAD_REQUEST, reason),
     };
     match web
         .core
