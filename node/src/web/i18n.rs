@@ -14,6 +14,7 @@ mod tests {
             include_str!("staff.rs"),
             include_str!("enrol.rs"),
             include_str!("student.rs"),
+            include_str!("passport.rs"),
             include_str!("consent.rs"),
             include_str!("trail.rs"),
             include_str!("class.rs"),

@@ -8,7 +8,8 @@
 //! page), [`staff`] (staff sign-in, sessions, CSRF), [`class`] (the mentor's class and
 //! sending it), [`enrol`] (a mentor invites a student, the
 //! student's browser makes the key, the mentor compares the short code, the card is issued),
-//! [`student`] (the student signs in with that key, fills in and signs the passport),
+//! [`student`] (the student signs in with that key and signs), [`passport`] (the passport
+//! form, its track and drafts),
 //! [`consent`] (the student chooses who may read what, for what, until when, and signs it),
 //! [`trail`] (the student's consents, withdrawing one, and where the passport went), [`keys`]
 //! (one more key on a card through a one-time link: a parent's, another device's, a new one
@@ -22,6 +23,7 @@ mod guardian;
 mod i18n;
 mod keys;
 mod page;
+mod passport;
 mod staff;
 mod student;
 pub mod tls;
@@ -139,10 +141,10 @@ pub fn router(core: Arc<NodeCore>, https: bool) -> Router {
         .route("/student/sign-in", post(student::sign_in))
         .route(
             "/student/passport",
-            get(student::passport_page).post(student::save_passport),
+            get(passport::passport_page).post(passport::save_passport),
         )
         .route("/student/sign", get(student::sign_page).post(student::sign))
-        .route("/student/track", post(student::choose_track))
+        .route("/student/track", post(passport::choose_track))
         .route(
             "/student/consent",
             get(consent::consent_page).post(consent::prepare),
