@@ -18,5 +18,7 @@ mod monitoring;
 mod processes;
 mod threats;
 mod web;
+mod web_doors;
 mod web_family;
+mod web_parents;
 mod web_tls;
