@@ -163,8 +163,8 @@ impl NodeCore {
 
     /// A guardian declined the held item `id`: it stays, marked, so the student reads it.
     pub async fn decline(&self, pseudonym: &str, id: i64) -> Result<(), NodeError> {
-        self.held_row(pseudonym, id).await?;
         let mut tx = self.store.begin().await?;
+        open_held(tx.held(id, pseudonym).await?)?;
         tx.decline_held(id, self.now()).await?;
         tx.commit().await?;
         tracing::info!("a guardian declined");
@@ -172,16 +172,13 @@ impl NodeCore {
     }
 
     async fn held_row(&self, pseudonym: &str, id: i64) -> Result<HeldRow, NodeError> {
-        let mut tx = self.store.begin().await?;
-        let row = tx.held(id, pseudonym).await?;
-        tx.commit().await?;
-        match row {
-            Some(r) if r.declined_at.is_none() => Ok(r),
-            Some(_) => Err(NodeError::Precondition("this was declined already".into())),
-            None => Err(NodeError::NotFound(
-                "nothing waits for a guardian under that number".into(),
-            )),
-        }
+        let row = self
+            .store
+            .held_for_guardian(pseudonym)
+            .await?
+            .into_iter()
+            .find(|h| h.id == id);
+        open_held(row)
     }
 
     /// Adds the key handed in through the link `link_id` to its student's card, once a person
@@ -189,8 +186,10 @@ impl NodeCore {
     /// loss (which retires every student key the card had). The new card, the trail and the
     /// link's use are one transaction.
     pub async fn add_link_key(&self, link_id: i64, by: Confirmer<'_>) -> Result<Signed, NodeError> {
-        let link = self
-            .store
+        let now = self.now() + 1;
+        // Read under the writer lock: a link adds one key, once.
+        let mut tx = self.store.begin().await?;
+        let link = tx
             .key_link(link_id)
             .await?
             .ok_or_else(|| NodeError::NotFound(format!("no key link {link_id}")))?;
@@ -210,13 +209,6 @@ impl NodeCore {
                 ));
             }
         };
-        let now = self.now() + 1;
-        let mut tx = self.store.begin().await?;
-        // Read again under the writer lock: a link adds one key, once.
-        let link = tx
-            .key_link(link_id)
-            .await?
-            .ok_or_else(|| NodeError::NotFound(format!("no key link {link_id}")))?;
         if link.used_at.is_some() {
             return Err(NodeError::Precondition("this link has been used".into()));
         }
@@ -305,5 +297,16 @@ impl NodeCore {
         tx.commit().await?;
         tracing::info!(role = link.role.word(), "a key joined a student's card");
         Ok(signed)
+    }
+}
+
+/// A held item that still waits for a guardian, or why it does not.
+fn open_held(row: Option<HeldRow>) -> Result<HeldRow, NodeError> {
+    match row {
+        Some(r) if r.declined_at.is_none() => Ok(r),
+        Some(_) => Err(NodeError::Precondition("this was declined already".into())),
+        None => Err(NodeError::NotFound(
+            "nothing waits for a guardian under that number".into(),
+        )),
     }
 }

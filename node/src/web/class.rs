@@ -9,10 +9,10 @@ use axum::response::Response;
 use maud::{Markup, html};
 
 use super::Shared;
-use super::enrol::{Confirm, INVITATION_HOURS, invitations_section, mentor, mentor_posting};
+use super::enrol::{INVITATION_HOURS, invitations_section, mentor, mentor_posting};
 use super::i18n::{Lang, t, tf};
 use super::page::{page, respond};
-use super::staff::Staff;
+use super::staff::{Staff, WithCsrf};
 use crate::core::NodeError;
 use crate::store::InvitationRow;
 
@@ -98,7 +98,7 @@ pub async fn mentor_page(State(web): State<Shared>, headers: HeaderMap) -> Respo
 pub async fn send_class(
     State(web): State<Shared>,
     headers: HeaderMap,
-    Form(form): Form<Confirm>,
+    Form(form): Form<WithCsrf>,
 ) -> Response {
     let lang = Lang::of(&headers);
     let staff = match mentor_posting(&web, &headers, &form.csrf).await {

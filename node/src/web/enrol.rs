@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use super::Shared;
 use super::i18n::{Lang, t, tf, when};
 use super::page::{error, form_expired, page, refusal, respond};
-use super::staff::{Staff, csrf_ok, sign_in_first, signed_in};
+use super::staff::{Staff, WithCsrf, csrf_ok, sign_in_first, signed_in};
 use crate::core::NodeError;
 use crate::store::InvitationRow;
 
@@ -358,16 +358,11 @@ fn progress(i: &InvitationRow, parents: &[crate::store::KeyLinkRow], now: i64) -
     format!("{}-{parent_keys}", Stage::of(i, now).word())
 }
 
-#[derive(Deserialize)]
-pub struct Confirm {
-    pub(super) csrf: String,
-}
-
 pub async fn confirm(
     State(web): State<Shared>,
     headers: HeaderMap,
     Path(id): Path<i64>,
-    Form(form): Form<Confirm>,
+    Form(form): Form<WithCsrf>,
 ) -> Response {
     let lang = Lang::of(&headers);
     let staff = match mentor_posting(&web, &headers, &form.csrf).await {

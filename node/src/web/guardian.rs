@@ -16,7 +16,7 @@ use super::Shared;
 use super::consent::{Signer, review};
 use super::i18n::{Lang, t, tf, when};
 use super::page::{error, form_expired, page, refusal, respond};
-use super::staff::{csrf_ok, session};
+use super::staff::{WithCsrf, csrf_ok, session};
 use super::student::{preview, sign_box, sign_in_as};
 use crate::core::NodeError;
 use crate::store::HeldRow;
@@ -242,16 +242,11 @@ pub async fn cosign(
     }
 }
 
-#[derive(Deserialize)]
-pub struct Decline {
-    csrf: String,
-}
-
 pub async fn decline(
     State(web): State<Shared>,
     headers: HeaderMap,
     Path(id): Path<i64>,
-    Form(form): Form<Decline>,
+    Form(form): Form<WithCsrf>,
 ) -> Response {
     let lang = Lang::of(&headers);
     let (_, pseudonym, csrf) = match held_item(&web, &headers, id).await {

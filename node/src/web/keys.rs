@@ -15,7 +15,7 @@ use super::Shared;
 use super::enrol::{mentor, mentor_posting, origin, public_key_in, qr_svg, short_code, token_hash};
 use super::i18n::{Lang, t, tf, when};
 use super::page::{error, page, refusal, respond};
-use super::staff::csrf_ok;
+use super::staff::{Staff, WithCsrf, csrf_ok};
 use super::student::student;
 use crate::core::NodeError;
 use crate::core::keys::Confirmer;
@@ -294,14 +294,14 @@ async fn mentors_link(
     headers: &HeaderMap,
     id: i64,
     csrf: Option<&str>,
-) -> Result<(KeyLinkRow, String), Response> {
+) -> Result<(KeyLinkRow, Staff), Response> {
     let lang = Lang::of(headers);
     let staff = match csrf {
         Some(c) => mentor_posting(web, headers, c).await?,
         None => mentor(web, headers).await?,
     };
     match web.core.store.key_link(id).await {
-        Ok(Some(l)) if l.made_by == staff.username && l.pseudonym.is_some() => Ok((l, staff.csrf)),
+        Ok(Some(l)) if l.made_by == staff.username && l.pseudonym.is_some() => Ok((l, staff)),
         Ok(_) => Err(not_found(web, lang)),
         Err(e) => Err(web.server_error(lang, e)),
     }
@@ -313,14 +313,14 @@ pub async fn mentor_link_page(
     Path(id): Path<i64>,
 ) -> Response {
     let lang = Lang::of(&headers);
-    let (l, csrf) = match mentors_link(&web, &headers, id, None).await {
+    let (l, staff) = match mentors_link(&web, &headers, id, None).await {
         Ok(x) => x,
         Err(r) => return r,
     };
     let name = first_name(&web, &l).await.unwrap_or_default();
     let at = format!("/mentor/keys/{id}");
     let back = ("/mentor", t(lang, "back_to_students"));
-    let body = maker_view(lang, &headers, &l, &at, &csrf, web.core.now(), back);
+    let body = maker_view(lang, &headers, &l, &at, &staff.csrf, web.core.now(), back);
     let title = format!("{} · {name}", link_title(lang, l.role));
     respond(StatusCode::OK, page(lang, &web.school(), &title, body))
 }
@@ -338,25 +338,17 @@ pub async fn mentor_link_state(
     }
 }
 
-#[derive(Deserialize)]
-pub struct Confirm {
-    csrf: String,
-}
-
 pub async fn mentor_confirm(
     State(web): State<Shared>,
     headers: HeaderMap,
     Path(id): Path<i64>,
-    Form(form): Form<Confirm>,
+    Form(form): Form<WithCsrf>,
 ) -> Response {
     let lang = Lang::of(&headers);
-    let staff = match mentor_posting(&web, &headers, &form.csrf).await {
-        Ok(s) => s,
+    let staff = match mentors_link(&web, &headers, id, Some(&form.csrf)).await {
+        Ok((_, staff)) => staff,
         Err(r) => return r,
     };
-    if let Err(r) = mentors_link(&web, &headers, id, Some(&form.csrf)).await {
-        return r;
-    }
     confirmed(
         &web,
         lang,
@@ -418,7 +410,7 @@ pub async fn devices_page(State(web): State<Shared>, headers: HeaderMap) -> Resp
 pub async fn student_new_link(
     State(web): State<Shared>,
     headers: HeaderMap,
-    Form(form): Form<Confirm>,
+    Form(form): Form<WithCsrf>,
 ) -> Response {
     let lang = Lang::of(&headers);
     let Some((pseudonym, csrf)) = student(&web, &headers).await else {
@@ -490,7 +482,7 @@ pub async fn student_confirm(
     State(web): State<Shared>,
     headers: HeaderMap,
     Path(id): Path<i64>,
-    Form(form): Form<Confirm>,
+    Form(form): Form<WithCsrf>,
 ) -> Response {
     let lang = Lang::of(&headers);
     let (_, pseudonym, csrf) = match students_link(&web, &headers, id).await {

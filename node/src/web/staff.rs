@@ -217,7 +217,7 @@ pub async fn sign_in(
 
 #[derive(Deserialize)]
 pub struct WithCsrf {
-    csrf: String,
+    pub(super) csrf: String,
 }
 
 pub async fn sign_out(
