@@ -25,7 +25,7 @@ use prost::Message;
 use rand_core::RngCore;
 use tonic::{Request, Response, Status};
 
-use crate::core::{MAX_SEND_PASSPORTS, NodeCore, NodeError, stored};
+use crate::core::{MAX_SEND_PASSPORTS, NodeCore, NodeError, TERMINAL_ROLE, stored};
 use crate::store::{Received, StoreError};
 
 impl From<NodeError> for Status {
@@ -276,7 +276,10 @@ impl Node for NodeApi {
         request: Request<ShowPassportRequest>,
     ) -> Result<Response<ShowPassportResponse>, Status> {
         let r = request.into_inner();
-        let (received, sections) = self.core.view(&r.grant_id, &r.staff_user).await?;
+        let (received, sections) = self
+            .core
+            .view(&r.grant_id, &r.staff_user, TERMINAL_ROLE)
+            .await?;
         Ok(Response::new(ShowPassportResponse {
             item: Some(item(&received)),
             question_set: received.question_set.clone(),
@@ -317,6 +320,10 @@ impl Node for NodeApi {
             .core
             .invite_student(&r.name, &r.class_name, &r.birth_month, &r.mentor)
             .await?;
+        let detail = format!("{} ({})", r.name.trim(), r.class_name.trim());
+        self.core
+            .audit(&r.mentor, TERMINAL_ROLE, "invite", "", &detail)
+            .await?;
         Ok(Response::new(InviteStudentResponse {
             invitation_id: invited.id,
             student_path: format!("/i/{}", invited.student_token),
@@ -334,7 +341,7 @@ impl Node for NodeApi {
     ) -> Result<Response<SetStatusResponse>, Status> {
         let r = request.into_inner();
         self.core
-            .set_status(&r.grant_id, &r.status, &r.staff_user)
+            .set_status(&r.grant_id, &r.status, &r.staff_user, TERMINAL_ROLE)
             .await?;
         Ok(Response::new(SetStatusResponse {}))
     }

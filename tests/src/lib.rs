@@ -194,6 +194,33 @@ pub struct Student {
 }
 
 pub async fn student(region: &Region, birth_month: &str, guardian: Option<&SigningKey>) -> Student {
+    let answers: Answers = serde_json::from_str(cast::SAM_ANSWERS).expect("answers");
+    student_on(region, birth_month, guardian, "pvs-mbo-v1", &answers).await
+}
+
+/// Like [`student`], on the newest mbo set with the school's personalia section filled in:
+/// `name` is the student's name a recipient reads where the student shares that section.
+pub async fn student_named(region: &Region, birth_month: &str, name: &str) -> Student {
+    let mut answers: Answers = serde_json::from_str(cast::SAM_ANSWERS).expect("answers");
+    let personalia = serde_json::json!({
+        "naam": name,
+        "geboortedatum": birth_month,
+        "bereikbaar": "via mijn mentor",
+    });
+    answers.insert(
+        "personalia".into(),
+        serde_json::from_value(personalia).expect("personalia"),
+    );
+    student_on(region, birth_month, None, "pvs-mbo-v2", &answers).await
+}
+
+async fn student_on(
+    region: &Region,
+    birth_month: &str,
+    guardian: Option<&SigningKey>,
+    set_id: &str,
+    answers: &Answers,
+) -> Student {
     let mut api = region.api(SCHOOL).await.expect("api");
     let key = overstap_proto::sign::generate_signing_key();
     let card = api
@@ -211,11 +238,9 @@ pub async fn student(region: &Region, birth_month: &str, guardian: Option<&Signi
         .card
         .expect("card");
     let wallet = Wallet::new(key, card).expect("wallet");
-    let answers: Answers = serde_json::from_str(cast::SAM_ANSWERS).expect("answers");
-    let draft = draft_from_answers("pvs-mbo-v1", &answers).expect("draft");
+    let draft = draft_from_answers(set_id, answers).expect("draft");
     let sections = overstap_region::passport::to_sections(&draft);
-    let version =
-        build_version(&wallet.pseudonym, 1, "pvs-mbo-v1", now(), &sections).expect("version");
+    let version = build_version(&wallet.pseudonym, 1, set_id, now(), &sections).expect("version");
     let mut keys = vec![&wallet.key];
     keys.extend(guardian);
     let manifest = sign_message(Domain::Manifest, &version.manifest, &keys);
@@ -305,8 +330,19 @@ pub async fn grant(
     req: &GrantRequest,
     guardian: Option<&SigningKey>,
 ) -> String {
+    grant_on(region, w, "pvs-mbo-v1", req, guardian).await
+}
+
+/// [`grant`] for a passport on the question set `set_id`.
+pub async fn grant_on(
+    region: &Region,
+    w: &Wallet,
+    set_id: &str,
+    req: &GrantRequest,
+    guardian: Option<&SigningKey>,
+) -> String {
     let mut api = region.api(SCHOOL).await.expect("api");
-    let signed = make_grant(w, "pvs-mbo-v1", req, guardian, now()).expect("grant");
+    let signed = make_grant(w, set_id, req, guardian, now()).expect("grant");
     upload_grant(&mut api, signed).await.expect("upload")
 }
 

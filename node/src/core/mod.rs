@@ -49,6 +49,8 @@ mod log;
 pub mod people;
 mod send;
 mod status;
+
+pub use status::TERMINAL_ROLE;
 mod students;
 
 pub use directory::KeyFiles;

@@ -17,9 +17,16 @@ use crate::store::StaffRow;
 
 use super::{NodeCore, NodeError};
 
-/// The roles a staff account can have: a mentor enrols and follows their own students, a
-/// decaan follows every handover of the school, an admin manages accounts.
-pub const ROLES: &[&str] = &["mentor", "decaan", "admin"];
+/// The roles a staff account can have. At a school: a mentor enrols and follows their own
+/// students, a decaan follows every handover of the school. At a college or municipality: an
+/// intaker (or doorstroomcoach) and a consultant (werkconsulent) read the passports that
+/// arrived and set their status. An admin reads the audit of what staff did.
+pub const ROLES: &[&str] = &["mentor", "decaan", "intaker", "consultant", "admin"];
+
+/// The roles that read received passports.
+pub const READERS: &[&str] = &["intaker", "consultant"];
+/// The roles that follow handovers from the school.
+pub const FOLLOWERS: &[&str] = &["mentor", "decaan"];
 
 /// The shortest password a staff account may have.
 pub const MIN_PASSWORD_CHARS: usize = 10;

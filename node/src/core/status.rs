@@ -8,7 +8,7 @@ use overstap_proto::pb::{
 };
 use overstap_proto::sign::{Domain, decode_body, open_signed, verifying_key};
 
-use crate::store::{GrantRow, Received, TrailRow, Tx};
+use crate::store::{AuditRow, GrantRow, Received, TrailRow, Tx};
 
 use super::{NodeCore, NodeError, STATUSES, stored};
 
@@ -54,10 +54,12 @@ impl NodeCore {
 
     /// Shows a received passport to a staff member: logs the view, moves the status to gelezen
     /// on the first view, and reports the view to the home school.
+    /// `role` is the role the staff member acts in (for the audit).
     pub async fn view(
         &self,
         grant_id: &str,
         staff_user: &str,
+        role: &str,
     ) -> Result<(Received, Vec<Section>), NodeError> {
         let staff_user = staff_user.trim();
         if staff_user.is_empty() {
@@ -97,6 +99,8 @@ impl NodeCore {
         let now = self.now();
         let mut tx = self.store.begin().await?;
         tx.log_view(grant_id, staff_user, now).await?;
+        tx.audit(&audit_row(now, staff_user, role, "view", grant_id, ""))
+            .await?;
         tx.set_received_status(grant_id, &received.status).await?;
         self.report_status_in(&mut tx, &received, &received.status, vec![now])
             .await?;
@@ -111,6 +115,7 @@ impl NodeCore {
         grant_id: &str,
         status: &str,
         staff_user: &str,
+        role: &str,
     ) -> Result<(), NodeError> {
         if !STATUSES.contains(&status) {
             return Err(NodeError::Invalid(format!(
@@ -123,16 +128,41 @@ impl NodeCore {
                 "name the staff member who sets the status".into(),
             ));
         }
-        let received = self.store.received(grant_id).await?.ok_or_else(|| {
-            NodeError::NotFound(format!("no passport under grant {grant_id} at this node"))
-        })?;
+        // Like a view: after its consent ended a passport takes no status.
+        let now = self.now();
+        let received = self
+            .store
+            .received(grant_id)
+            .await?
+            .filter(|r| now < r.not_after)
+            .ok_or_else(|| {
+                NodeError::NotFound(format!("no passport under grant {grant_id} at this node"))
+            })?;
         let mut tx = self.store.begin().await?;
         tx.set_received_status(grant_id, status).await?;
+        tx.audit(&audit_row(
+            now, staff_user, role, "status", grant_id, status,
+        ))
+        .await?;
         self.report_status_in(&mut tx, &received, status, vec![])
             .await?;
         tx.commit().await?;
         self.outbox_wake.notify_one();
         Ok(())
+    }
+
+    /// Notes a staff action that is no change of its own (a sign-in, an invitation sent by a
+    /// page): `action` one word, `subject` what it was about.
+    pub async fn audit(
+        &self,
+        who: &str,
+        role: &str,
+        action: &str,
+        subject: &str,
+        detail: &str,
+    ) -> Result<(), NodeError> {
+        let row = audit_row(self.now(), who, role, action, subject, detail);
+        Ok(self.store.audit(&row).await?)
     }
 
     pub(super) async fn report_status_in(
@@ -163,5 +193,27 @@ impl NodeCore {
         )
         .await?;
         Ok(())
+    }
+}
+
+/// The role of a staff member who acts through the node's local API (the `overstap` command on
+/// the node's own machine), for the audit.
+pub const TERMINAL_ROLE: &str = "terminal";
+
+pub(super) fn audit_row(
+    at: i64,
+    who: &str,
+    role: &str,
+    action: &str,
+    subject: &str,
+    detail: &str,
+) -> AuditRow {
+    AuditRow {
+        at,
+        who: who.trim().to_string(),
+        role: role.to_string(),
+        action: action.to_string(),
+        subject: subject.to_string(),
+        detail: detail.to_string(),
     }
 }

@@ -21,6 +21,7 @@
 use sqlx::any::AnyPoolOptions;
 use sqlx::{Any, AnyPool, Row, Transaction};
 
+mod audit;
 mod grants;
 mod inbox;
 mod keys;
@@ -30,6 +31,7 @@ mod received;
 mod students;
 mod web;
 
+pub use audit::AuditRow;
 pub use grants::{GrantRow, TrailRow};
 pub use inbox::{Held, Peer, Processed};
 pub use keys::{HeldRow, KeyLinkRow, LinkRole};

@@ -121,8 +121,8 @@ impl NodeStore {
             .execute(&self.pool)
             .await?;
         sqlx::query(
-            "INSERT INTO web_sessions (id_hash, who, role, csrf, created_at, expires_at)
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO web_sessions (id_hash, who, role, csrf, created_at, expires_at, last_seen)
+             VALUES ($1, $2, $3, $4, $5, $6, $5)",
         )
         .bind(id_hash)
         .bind(&s.who)
@@ -135,20 +135,37 @@ impl NodeStore {
         Ok(())
     }
 
-    /// The live session with this id hash, if any.
+    /// The live session with this id hash, if any: not past its end, and used within the last
+    /// `idle` seconds. Using it keeps it alive (noted at most once a minute, so reading a page
+    /// seldom writes).
     pub async fn session(
         &self,
         id_hash: &[u8],
         now: i64,
+        idle: i64,
     ) -> Result<Option<SessionRow>, StoreError> {
-        Ok(sqlx::query(
-            "SELECT who, role, csrf, expires_at FROM web_sessions WHERE id_hash = $1 AND expires_at > $2",
+        let Some(r) = sqlx::query(
+            "SELECT who, role, csrf, expires_at, last_seen FROM web_sessions
+             WHERE id_hash = $1 AND expires_at > $2 AND last_seen > $3",
         )
         .bind(id_hash)
         .bind(now)
+        .bind(now - idle)
         .fetch_optional(&self.pool)
         .await?
-        .map(|r| SessionRow {
+        else {
+            return Ok(None);
+        };
+        let last_seen: i64 = r.get(4);
+        if now - last_seen >= 60 {
+            let _writer = self.writer.lock().await;
+            sqlx::query("UPDATE web_sessions SET last_seen = $1 WHERE id_hash = $2")
+                .bind(now)
+                .bind(id_hash)
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(Some(SessionRow {
             who: r.get(0),
             role: r.get(1),
             csrf: r.get(2),

@@ -12,7 +12,7 @@ use super::Shared;
 use super::enrol::{INVITATION_HOURS, invitations_section, mentor, mentor_posting};
 use super::i18n::{Lang, t, tf};
 use super::page::{page, respond};
-use super::staff::{Staff, WithCsrf};
+use super::staff::{Staff, WithCsrf, staff_nav};
 use crate::core::NodeError;
 use crate::store::InvitationRow;
 
@@ -121,6 +121,8 @@ pub async fn send_class(
     let failed = results.iter().filter(|r| r.is_err()).count();
     let sent = results.len() - already - failed;
     tracing::info!(mentor = %staff.username, sent, already, failed, "a mentor sent the class");
+    let detail = format!("{sent} sent, {already} already sent, {failed} failed");
+    web.note(&staff, "push", "", &detail).await;
     let list = web
         .core
         .store
@@ -201,11 +203,8 @@ pub(super) fn mentor_view(
         }
         (invite_section(lang, staff, &hours, problem))
         (invitations_section(lang, list, now))
-        form method="post" action="/logout" {
-            input type="hidden" name="csrf" value=(staff.csrf);
-            button.secondary type="submit" { (t(lang, "sign_out")) }
-        }
     };
+    let body = html! { (staff_nav(lang, staff)) (body) };
     page(lang, &web.school(), &t(lang, "mentor_title"), body)
 }
 

@@ -15,8 +15,9 @@ use sha2::{Digest, Sha256};
 use super::Shared;
 use super::i18n::{Lang, t, tf, when};
 use super::page::{error, form_expired, page, refusal, respond};
-use super::staff::{Staff, WithCsrf, csrf_ok, sign_in_first, signed_in};
+use super::staff::{Staff, WithCsrf, csrf_ok, staff_in};
 use crate::core::NodeError;
+use crate::core::people::FOLLOWERS;
 use crate::store::InvitationRow;
 
 pub use crate::core::invite::{INVITATION_HOURS, token_hash};
@@ -77,12 +78,9 @@ impl Stage {
     }
 }
 
-/// The staff member of this request, or the sign-in page.
+/// The mentor or decaan of this request; the sign-in page, or a refusal for another role.
 pub(super) async fn mentor(web: &Shared, headers: &HeaderMap) -> Result<Staff, Response> {
-    match signed_in(web, headers).await {
-        Some(s) => Ok(s),
-        None => Err(sign_in_first(web, Lang::of(headers))),
-    }
+    staff_in(web, headers, FOLLOWERS).await
 }
 
 /// [`mentor`] for a form: also its CSRF token must be the session's.
@@ -172,7 +170,11 @@ pub async fn invite(
         .invite_student(name, class_name, form.birth_month.trim(), &staff.username)
         .await
     {
-        Ok(invited) => Redirect::to(&format!("/mentor/invitations/{}", invited.id)).into_response(),
+        Ok(invited) => {
+            let detail = format!("{name} ({class_name})");
+            web.note(&staff, "invite", "", &detail).await;
+            Redirect::to(&format!("/mentor/invitations/{}", invited.id)).into_response()
+        }
         Err(e) => web.server_error(lang, e),
     }
 }
@@ -369,11 +371,16 @@ pub async fn confirm(
         Ok(s) => s,
         Err(r) => return r,
     };
-    if let Err(r) = own_invitation(&web, lang, &staff, id).await {
-        return r;
-    }
+    let invitation = match own_invitation(&web, lang, &staff, id).await {
+        Ok(i) => i,
+        Err(r) => return r,
+    };
     match web.core.enrol_student(id, &staff.username).await {
-        Ok(_) => Redirect::to(&format!("/mentor/invitations/{id}")).into_response(),
+        Ok(_) => {
+            let detail = format!("{} ({})", invitation.name, invitation.class_name);
+            web.note(&staff, "enrol", "", &detail).await;
+            Redirect::to(&format!("/mentor/invitations/{id}")).into_response()
+        }
         Err(NodeError::Precondition(_)) => {
             // Used, run out, or no key yet: the invitation's own page says which.
             Redirect::to(&format!("/mentor/invitations/{id}")).into_response()

@@ -273,7 +273,10 @@ pub async fn mentor_new_link(
         Err(e) => return web.server_error(lang, e),
     }
     match new_link(&web, role, Some(&pseudonym), &staff.username).await {
-        Ok(id) => Redirect::to(&format!("/mentor/keys/{id}")).into_response(),
+        Ok(id) => {
+            web.note(&staff, "key-link", &pseudonym, &form.role).await;
+            Redirect::to(&format!("/mentor/keys/{id}")).into_response()
+        }
         Err(e) => web.server_error(lang, e),
     }
 }
@@ -345,18 +348,18 @@ pub async fn mentor_confirm(
     Form(form): Form<WithCsrf>,
 ) -> Response {
     let lang = Lang::of(&headers);
-    let staff = match mentors_link(&web, &headers, id, Some(&form.csrf)).await {
-        Ok((_, staff)) => staff,
+    let (link, staff) = match mentors_link(&web, &headers, id, Some(&form.csrf)).await {
+        Ok(x) => x,
         Err(r) => return r,
     };
-    confirmed(
-        &web,
-        lang,
-        id,
-        Confirmer::Staff(&staff.username),
-        &format!("/mentor/keys/{id}"),
-    )
-    .await
+    let subject = link.pseudonym.clone().unwrap_or_default();
+    let at = format!("/mentor/keys/{id}");
+    let r = confirmed(&web, lang, id, Confirmer::Staff(&staff.username), &at).await;
+    if r.status().is_redirection() {
+        web.note(&staff, "key-confirm", &subject, &format!("{:?}", link.role))
+            .await;
+    }
+    r
 }
 
 /// Puts a link's key on the card and goes back to the link's page, which says it is done.

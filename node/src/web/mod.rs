@@ -14,13 +14,19 @@
 //! [`trail`] (the student's consents, withdrawing one, and where the passport went), [`keys`]
 //! (one more key on a card through a one-time link: a parent's, another device's, a new one
 //! after a loss), [`guardian`] (a parent signs in with their own key and co-signs, or declines,
-//! what their student under 16 signed).
+//! what their student under 16 signed). The receiving side: [`inbox`] (an intaker or
+//! consultant reads what arrived and sets its status), [`handovers`] (the school's handovers
+//! for a mentor or decaan, with the drop-out flag, and CSV), [`audit`] (what staff did, for the
+//! admin).
 
+mod audit;
 mod class;
 mod consent;
 mod enrol;
 mod guardian;
+mod handovers;
 mod i18n;
+mod inbox;
 mod keys;
 mod page;
 mod passport;
@@ -91,6 +97,18 @@ impl Web {
                 .unwrap_or_default()
                 .to_string(),
             _ => String::new(),
+        }
+    }
+
+    /// Notes what a staff member did in the audit. The action itself has happened; a note that
+    /// cannot be written is logged as an error for the node's admin.
+    async fn note(&self, staff: &staff::Staff, action: &str, subject: &str, detail: &str) {
+        if let Err(e) = self
+            .core
+            .audit(&staff.username, &staff.role, action, subject, detail)
+            .await
+        {
+            tracing::error!(error = %e, %action, "a staff action could not be noted in the audit");
         }
     }
 
@@ -187,6 +205,13 @@ pub fn router(core: Arc<NodeCore>, https: bool) -> Router {
             get(trail::guardian_withdraw_page),
         )
         .route("/guardian/withdraw", post(trail::guardian_withdraw))
+        .route("/inbox", get(inbox::inbox_page))
+        .route("/inbox/{grant}", get(inbox::passport_page))
+        .route("/inbox/{grant}/status", post(inbox::set_status))
+        .route("/handovers", get(handovers::handovers_page))
+        .route("/handovers.csv", get(handovers::handovers_csv))
+        .route("/audit", get(audit::audit_page))
+        .route("/audit.csv", get(audit::audit_csv))
         .route("/assets/{name}", get(asset))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -309,8 +334,8 @@ async fn frame(State(web): State<Shared>, mut request: Request, next: Next) -> R
 
 async fn home(State(web): State<Shared>, headers: HeaderMap) -> Response {
     let lang = Lang::of(&headers);
-    if staff::signed_in(&web, &headers).await.is_some() {
-        return Redirect::to("/mentor").into_response();
+    if let Some(s) = staff::signed_in(&web, &headers).await {
+        return Redirect::to(staff::home_of(&s.role)).into_response();
     }
     let school = web.school();
     let body = html! {

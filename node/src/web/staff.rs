@@ -21,6 +21,8 @@ use crate::store::SessionRow;
 pub const SESSION_COOKIE: &str = "overstap_web";
 /// How long a staff session lasts: a working day.
 pub const SESSION_SECS: i64 = 10 * 3600;
+/// A session that nobody used for this long ends (on a shared computer too): an hour.
+pub const IDLE_SECS: i64 = 3600;
 /// Wrong passwords for one user name before sign-in pauses, and for how long.
 const MAX_FAILURES: u32 = 5;
 const PAUSE_SECS: i64 = 15 * 60;
@@ -79,7 +81,7 @@ pub async fn session(web: &Shared, headers: &HeaderMap) -> Option<SessionRow> {
     let id = cookie_value(headers, SESSION_COOKIE)?;
     web.core
         .store
-        .session(&session_hash(id), web.core.now())
+        .session(&session_hash(id), web.core.now(), IDLE_SECS)
         .await
         .ok()?
 }
@@ -127,6 +129,58 @@ pub async fn signed_in(web: &Shared, headers: &HeaderMap) -> Option<Staff> {
     })
 }
 
+/// The signed-in staff member if their role may open this page; otherwise the answer to give:
+/// the sign-in page without a session, and for a role the page is not for a refusal that
+/// is the same whatever the page would have shown (it is given before anything is looked up).
+pub async fn staff_in(
+    web: &Shared,
+    headers: &HeaderMap,
+    roles: &[&str],
+) -> Result<Staff, Response> {
+    let lang = Lang::of(headers);
+    let Some(staff) = signed_in(web, headers).await else {
+        return Err(sign_in_first(web, lang));
+    };
+    if !roles.contains(&staff.role.as_str()) {
+        return Err(error(
+            lang,
+            &web.school(),
+            StatusCode::FORBIDDEN,
+            &t(lang, "error_not_your_page"),
+            Some((home_of(&staff.role), &t(lang, "to_my_page"))),
+        ));
+    }
+    Ok(staff)
+}
+
+/// The page a staff member starts from, by role.
+pub fn home_of(role: &str) -> &'static str {
+    match role {
+        "intaker" | "consultant" => "/inbox",
+        "admin" => "/audit",
+        _ => "/mentor",
+    }
+}
+
+/// The staff pages' own menu: the pages this role may open, and signing out.
+pub fn staff_nav(lang: Lang, staff: &Staff) -> maud::Markup {
+    let links: &[(&str, &str)] = match staff.role.as_str() {
+        "intaker" | "consultant" => &[("/inbox", "nav_inbox")],
+        "admin" => &[("/audit", "nav_audit")],
+        "decaan" => &[("/mentor", "nav_school"), ("/handovers", "nav_handovers")],
+        _ => &[("/mentor", "nav_class"), ("/handovers", "nav_handovers")],
+    };
+    html! {
+        nav.staff aria-label=(t(lang, "nav_label")) {
+            @for (href, key) in links { a href=(href) { (t(lang, key)) } }
+            form method="post" action="/logout" {
+                input type="hidden" name="csrf" value=(staff.csrf);
+                button.link type="submit" { (t(lang, "sign_out")) }
+            }
+        }
+    }
+}
+
 /// Whether a form's CSRF token is the session's (`expected`).
 pub fn csrf_ok(expected: &str, token: &str) -> bool {
     use subtle_eq::eq;
@@ -142,8 +196,8 @@ mod subtle_eq {
 
 pub async fn sign_in_page(State(web): State<Shared>, headers: HeaderMap) -> Response {
     let lang = Lang::of(&headers);
-    if signed_in(&web, &headers).await.is_some() {
-        return Redirect::to("/mentor").into_response();
+    if let Some(staff) = signed_in(&web, &headers).await {
+        return Redirect::to(home_of(&staff.role)).into_response();
     }
     respond(StatusCode::OK, sign_in_form(&web, lang, None))
 }
@@ -208,7 +262,14 @@ pub async fn sign_in(
     };
     web.attempts.succeeded(&user);
     tracing::info!(user = %account.username, role = %account.role, "staff signed in");
-    let to = Redirect::to("/mentor").into_response();
+    if let Err(e) = web
+        .core
+        .audit(&account.username, &account.role, "sign-in", "", "")
+        .await
+    {
+        return web.server_error(lang, e);
+    }
+    let to = Redirect::to(home_of(&account.role)).into_response();
     match start_session(&web, &account.username, &account.role, SESSION_SECS, to).await {
         Ok(r) => r,
         Err(e) => web.server_error(lang, e),

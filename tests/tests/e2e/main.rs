@@ -20,5 +20,6 @@ mod threats;
 mod web;
 mod web_doors;
 mod web_family;
+mod web_inbox;
 mod web_parents;
 mod web_tls;

@@ -1,0 +1,266 @@
+//! The receiving side in a browser's requests: an intaker at the college finds a passport by the
+//! student's name, reads it (logged, seen at the school), plans the intake (the status travels
+//! back to the school's handovers page), and after the student withdraws consent reads the
+//! erasure instead; who may open which page; the admin's audit.
+
+use overstap_proto::pb::AddStaffRequest;
+use overstap_region::passport::{make_revocation, revoke};
+use overstap_tests::cast::{MBO, SCHOOL};
+use overstap_tests::*;
+
+use crate::web::{PASSWORD, csrf_of, session_cookie, sign_in_staff};
+
+async fn add_staff(region: &overstap_region::Region, org: &str, user: &str, role: &str) {
+    region
+        .api(org)
+        .await
+        .unwrap()
+        .add_staff(AddStaffRequest {
+            username: user.into(),
+            password: PASSWORD.into(),
+            role: role.into(),
+            display_name: user.into(),
+        })
+        .await
+        .expect("a staff account is added");
+}
+
+/// Signs `user` in at `base`; their session cookie.
+async fn signed_in(base: &str, user: &str) -> String {
+    let answer = sign_in_staff(base, user, PASSWORD).await;
+    assert_eq!(answer.status, 303, "{answer:?}");
+    session_cookie(&answer)
+}
+
+async fn get(base: &str, path: &str, cookie: &str) -> HttpAnswer {
+    http(base, "GET", path, &[("Cookie", cookie)], b"").await
+}
+
+async fn post_form(base: &str, path: &str, cookie: &str, form: &str) -> HttpAnswer {
+    http(
+        base,
+        "POST",
+        path,
+        &[
+            ("Content-Type", "application/x-www-form-urlencoded"),
+            ("Cookie", cookie),
+        ],
+        form.as_bytes(),
+    )
+    .await
+}
+
+async fn received_status(region: &overstap_region::Region, grant_id: &str) -> String {
+    sqlx::query_scalar::<_, String>("SELECT status FROM received WHERE grant_id = $1")
+        .bind(grant_id)
+        .fetch_one(&node_pool(region, MBO).await)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_intaker_finds_reads_and_plans_a_passport_and_the_school_sees_it_until_it_is_erased() {
+    let (_tmp, region) = region().await;
+    add_staff(&region, MBO, "intake.jansen", "intaker").await;
+    add_staff(&region, MBO, "mentor.mbo", "mentor").await;
+    add_staff(&region, MBO, "beheer", "admin").await;
+    add_staff(&region, SCHOOL, "decaan.smit", "decaan").await;
+    let college = web_url(&region, MBO);
+    let school = web_url(&region, SCHOOL);
+
+    // Sam shares their name and "Wie ben ik?" with the college for the intake.
+    let sam = student_named(&region, &cast::birth_month(17), "Sam de Boer").await;
+    let grant_id = grant_on(
+        &region,
+        &sam.wallet,
+        "pvs-mbo-v2",
+        &grant_request(MBO, &["personalia", "wie-ben-ik"], "intake", 30),
+        None,
+    )
+    .await;
+    send(&region, &grant_id).await;
+    eventually("the passport is at the college", || async {
+        node_count(&region, MBO, "received").await == 1
+    })
+    .await;
+
+    // The intaker finds it by name, and only by a name that matches.
+    let intaker = signed_in(&college, "intake.jansen").await;
+    let list = get(&college, "/inbox?q=sam", &intaker).await;
+    assert_eq!(list.status, 200, "{list:?}");
+    assert!(list.body.contains("Sam de Boer"), "{}", list.body);
+    assert!(list.body.contains("1 paspoorten gevonden"), "{}", list.body);
+    let none = get(&college, "/inbox?q=noor", &intaker).await;
+    assert!(none.body.contains("0 paspoorten gevonden"), "{}", none.body);
+    let other_purpose = get(&college, "/inbox?purpose=werk", &intaker).await;
+    assert!(!other_purpose.body.contains("Sam de Boer"));
+    let new_ones = get(&college, "/inbox?status=ontvangen&age=week", &intaker).await;
+    assert!(new_ones.body.contains("Sam de Boer"), "{}", new_ones.body);
+
+    // A mentor at the college gets the same refusal for a passport that exists and one that
+    // does not, and the refusal shows nothing of it.
+    let mentor = signed_in(&college, "mentor.mbo").await;
+    let real = get(&college, &format!("/inbox/{grant_id}"), &mentor).await;
+    let made_up = get(&college, "/inbox/no-such-grant", &mentor).await;
+    assert_eq!(real.status, 403);
+    assert_eq!(made_up.status, 403);
+    assert_eq!(real.body, made_up.body);
+    assert!(
+        real.body.contains("hoort niet bij jouw werk"),
+        "{}",
+        real.body
+    );
+    assert!(!real.body.contains("Sam"));
+    assert_eq!(get(&college, "/inbox", &mentor).await.status, 403);
+    // ... and the intaker is refused the school side's pages and the audit.
+    assert_eq!(get(&college, "/handovers", &intaker).await.status, 403);
+    assert_eq!(get(&college, "/handovers.csv", &intaker).await.status, 403);
+    assert_eq!(get(&college, "/audit", &intaker).await.status, 403);
+    assert_eq!(get(&college, "/mentor", &intaker).await.status, 403);
+    // Without a session: the sign-in page.
+    assert_eq!(get(&college, "/inbox", "").await.status, 401);
+
+    // Reading it: as Sam wrote it, only what Sam shared; the view moves it to "gelezen".
+    let page = get(&college, &format!("/inbox/{grant_id}"), &intaker).await;
+    assert_eq!(page.status, 200, "{page:?}");
+    assert_eq!(page.header("cache-control"), Some("no-store"));
+    for seen in [
+        "Paspoort van Sam de Boer",
+        "Wie ben ik?",
+        "Ik ben Sam.",
+        "Ik sleutel aan brommers met mijn oom.",
+        "Blij",
+    ] {
+        assert!(page.body.contains(seen), "{seen:?} in {}", page.body);
+    }
+    assert!(
+        !page.body.contains("Wat kan ik?"),
+        "a section Sam did not share"
+    );
+    assert_eq!(received_status(&region, &grant_id).await, "gelezen");
+
+    // Bad status forms change nothing.
+    let csrf = csrf_of(&page.body);
+    let path = format!("/inbox/{grant_id}/status");
+    let forged = post_form(&college, &path, &intaker, "csrf=forged&status=gestart").await;
+    assert_eq!(forged.status, 403);
+    let made_up = post_form(
+        &college,
+        &path,
+        &intaker,
+        &format!("csrf={csrf}&status=afgewezen"),
+    )
+    .await;
+    assert_eq!(made_up.status, 422);
+    assert!(made_up.body.contains("Kies eerst een stand"), "{made_up:?}");
+    let by_mentor = post_form(
+        &college,
+        &path,
+        &mentor,
+        &format!("csrf={csrf}&status=gestart"),
+    )
+    .await;
+    assert_eq!(by_mentor.status, 403);
+    assert_eq!(received_status(&region, &grant_id).await, "gelezen");
+
+    // Planning the intake: saved, said so, and the school hears of it.
+    let planned = post_form(
+        &college,
+        &path,
+        &intaker,
+        &format!("csrf={csrf}&status=intake+gepland"),
+    )
+    .await;
+    assert_eq!(planned.status, 303, "{planned:?}");
+    let back = get(&college, planned.header("location").unwrap(), &intaker).await;
+    assert!(
+        back.body
+            .contains("Opgeslagen: Sam de Boer staat nu op ‘Intake gepland’"),
+        "{}",
+        back.body
+    );
+    eventually("the school hears of the intake", || async {
+        handover(&region, &grant_id)
+            .await
+            .is_some_and(|h| h.status == "intake gepland" && h.views >= 1)
+    })
+    .await;
+
+    // The decaan's handovers page and its CSV show it.
+    let decaan = signed_in(&school, "decaan.smit").await;
+    let table = get(&school, "/handovers", &decaan).await;
+    assert_eq!(table.status, 200, "{table:?}");
+    assert!(table.body.contains("Intake gepland"), "{}", table.body);
+    assert!(table.body.contains("Loopt"), "{}", table.body);
+    let csv = get(&school, "/handovers.csv", &decaan).await;
+    assert_eq!(csv.header("content-type"), Some("text/csv; charset=utf-8"));
+    let lines: Vec<&str> = csv.body.lines().collect();
+    assert_eq!(
+        lines[0],
+        "name,class,pseudonym,to,purpose,consent,status,sent_at,needs_a_look"
+    );
+    assert_eq!(lines.len(), 2, "{}", csv.body);
+    assert!(
+        lines[1].contains(",intake,active,intake gepland,") && lines[1].ends_with(",no"),
+        "{}",
+        lines[1]
+    );
+
+    // Sam withdraws consent: the next request shows the erasure and when, not the passport.
+    let mut api = region.api(SCHOOL).await.unwrap();
+    revoke(
+        &mut api,
+        make_revocation(&sam.wallet, &grant_id, None, now()).unwrap(),
+    )
+    .await
+    .unwrap();
+    eventually("the college erases the passport", || async {
+        node_count(&region, MBO, "received").await == 0
+    })
+    .await;
+    let erased = get(&college, &format!("/inbox/{grant_id}"), &intaker).await;
+    assert_eq!(erased.status, 410, "{erased:?}");
+    assert!(
+        erased
+            .body
+            .contains("De leerling heeft de toestemming ingetrokken"),
+        "{}",
+        erased.body
+    );
+    assert!(!erased.body.contains("Ik ben Sam"));
+    let list = get(&college, "/inbox", &intaker).await;
+    assert!(!list.body.contains("Sam de Boer"));
+    // Setting a status on an erased passport shows the erasure too, and stores nothing.
+    let late = post_form(
+        &college,
+        &path,
+        &intaker,
+        &format!("csrf={csrf}&status=gestart"),
+    )
+    .await;
+    assert_eq!(late.status, 410);
+
+    // The admin's audit names who did what, on the page and in the CSV.
+    let admin = signed_in(&college, "beheer").await;
+    let audit = get(&college, "/audit", &admin).await;
+    assert_eq!(audit.status, 200, "{audit:?}");
+    for seen in [
+        "intake.jansen",
+        "Ingelogd",
+        "Paspoort gelezen",
+        "Stand gezet",
+    ] {
+        assert!(audit.body.contains(seen), "{seen:?} in {}", audit.body);
+    }
+    let csv = get(&college, "/audit.csv?who=intake.jansen", &admin).await;
+    let actions: Vec<String> = csv
+        .body
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(3).unwrap().to_string())
+        .collect();
+    // Newest first: the status, the view, the sign-in (the list after saving is no view, and
+    // the refused forms did nothing).
+    assert_eq!(actions, ["status", "view", "sign-in"], "{}", csv.body);
+    assert!(csv.body.contains(&format!(",{grant_id},intake gepland")));
+}
