@@ -173,6 +173,7 @@ pub async fn run_with_clock(
                 listen,
                 config.web_url_file.as_deref(),
                 config.web_tls.as_ref(),
+                config.oidc.clone(),
                 core.clone(),
                 stop_rx.clone(),
             )

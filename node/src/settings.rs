@@ -80,6 +80,10 @@ pub struct Settings {
     pub web_tls_cert: Option<PathBuf>,
     #[serde(default)]
     pub web_tls_key: Option<PathBuf>,
+    /// Staff sign in with their organisation's own account (OpenID Connect) when set; local
+    /// accounts stay as a fallback. Set in node.toml only (a table, not an environment variable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oidc: Option<crate::web::oidc::OidcSettings>,
 }
 
 /// Every field of [`Settings`] and its kind, for the `OVERSTAP_*` environment variables.
@@ -200,6 +204,11 @@ impl Settings {
                 *p = base.join(&*p);
             }
         }
+        if let Some(o) = s.oidc.as_mut()
+            && o.client_secret_file.is_relative()
+        {
+            o.client_secret_file = base.join(&o.client_secret_file);
+        }
         s.database_url = rebase_sqlite_url(&s.database_url, &base);
         Ok(s)
     }
@@ -275,6 +284,10 @@ impl Settings {
             metrics_addr_file: self.metrics_addr_file.clone(),
             web_listen: self.web_listen,
             web_url_file: self.web_url_file.clone(),
+            oidc: match &self.oidc {
+                Some(o) => Some(o.resolve()?),
+                None => None,
+            },
             web_tls: match (&self.web_tls_cert, &self.web_tls_key) {
                 (Some(cert), Some(key)) => Some(crate::web::tls::WebTls {
                     cert_pem: read(cert, "web app certificate")?,
@@ -320,6 +333,8 @@ pub struct NodeConfig {
     pub web_url_file: Option<PathBuf>,
     /// The school's certificate and key for HTTPS, when the web app is to speak it itself.
     pub web_tls: Option<crate::web::tls::WebTls>,
+    /// Sign-in through the organisation's identity provider, with its client secret read.
+    pub oidc: Option<crate::web::oidc::OidcConfig>,
 }
 
 impl std::fmt::Debug for NodeConfig {

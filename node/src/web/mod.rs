@@ -28,6 +28,7 @@ mod handovers;
 mod i18n;
 mod inbox;
 mod keys;
+pub mod oidc;
 mod page;
 mod passport;
 mod staff;
@@ -63,6 +64,8 @@ pub struct Web {
     core: Arc<NodeCore>,
     /// Whether the web app speaks HTTPS itself (with the school's certificate).
     https: bool,
+    /// Staff sign-in through the organisation's identity provider, when configured.
+    oidc: Option<oidc::Oidc>,
     attempts: staff::Attempts,
     challenges: student::Challenges,
     pending: student::Pending,
@@ -128,11 +131,12 @@ impl Web {
 pub use crate::core::invite::random_token;
 
 /// The web app's routes over `core`; `https` when it speaks TLS itself (then browsers are told
-/// to keep to HTTPS).
-pub fn router(core: Arc<NodeCore>, https: bool) -> Router {
+/// to keep to HTTPS); `oidc` when staff sign in through their organisation's provider.
+pub fn router(core: Arc<NodeCore>, https: bool, oidc: Option<oidc::Oidc>) -> Router {
     let web = Arc::new(Web {
         core,
         https,
+        oidc,
         attempts: Default::default(),
         challenges: Default::default(),
         pending: Default::default(),
@@ -142,6 +146,8 @@ pub fn router(core: Arc<NodeCore>, https: bool) -> Router {
         .route("/", get(home))
         .route("/login", get(staff::sign_in_page).post(staff::sign_in))
         .route("/logout", post(staff::sign_out))
+        .route("/login/oidc", get(oidc::start))
+        .route("/login/oidc/callback", get(oidc::callback))
         .route("/mentor", get(class::mentor_page))
         .route("/mentor/invite", post(enrol::invite))
         .route("/mentor/send", post(class::send_class))
@@ -226,6 +232,7 @@ pub async fn start(
     listen: SocketAddr,
     url_file: Option<&Path>,
     tls: Option<&tls::WebTls>,
+    oidc: Option<oidc::OidcConfig>,
     core: Arc<NodeCore>,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<JoinHandle<()>> {
@@ -247,7 +254,8 @@ pub async fn start(
             .with_context(|| format!("writing {}", path.display()))?;
     }
     tracing::info!(%addr, scheme, "web app serving");
-    let app = router(core, config.is_some());
+    let oidc = oidc.map(oidc::Oidc::new).transpose()?;
+    let app = router(core, config.is_some(), oidc);
     let shutdown = async move {
         let _ = stop.wait_for(|v| *v).await;
     };

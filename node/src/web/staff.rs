@@ -11,7 +11,7 @@ use maud::html;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use super::i18n::{Lang, t};
+use super::i18n::{Lang, t, tf};
 use super::page::{error, form_expired, page, respond};
 use super::{Shared, random_token};
 use crate::core::people::password_matches;
@@ -205,6 +205,10 @@ pub async fn sign_in_page(State(web): State<Shared>, headers: HeaderMap) -> Resp
 fn sign_in_form(web: &Shared, lang: Lang, problem: Option<String>) -> maud::Markup {
     let body = html! {
         @if let Some(p) = &problem { p.error role="alert" { (p) } }
+        @if let Some(o) = &web.oidc {
+            p { a.button href="/login/oidc" { (tf(lang, "oidc_button", &[("provider", o.display_name())])) } }
+            h2 { (t(lang, "oidc_or_local")) }
+        }
         form method="post" action="/login" {
             label for="username" { (t(lang, "username")) }
             input #username type="text" name="username" autocomplete="username" required;

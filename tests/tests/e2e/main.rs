@@ -21,5 +21,6 @@ mod web;
 mod web_doors;
 mod web_family;
 mod web_inbox;
+mod web_oidc;
 mod web_parents;
 mod web_tls;
