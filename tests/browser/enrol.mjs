@@ -3,9 +3,12 @@
 // key; both read the short code; the mentor confirms. The student then signs in with that key
 // and fills in the passport. Every page is looked at at 1280 and 390
 // px (screenshots) and checked with axe-core for WCAG 2.1 A and AA. The forms are filled with
-// the keyboard alone. Prints what it saw as JSON; the Rust test decides what is right.
+// the keyboard alone. Then the receiving side: an intaker at the college signs in through the
+// college's identity provider, reads the passport and plans the intake, which the school's
+// handovers page and the student's trail show. Prints what it saw as JSON; the Rust test
+// decides what is right.
 //
-//   node enrol.mjs BASE_URL USER PASSWORD OUT_DIR
+//   COLLEGE_URL=… IDP_LOGIN=… COLLEGE_ADMIN=… node enrol.mjs BASE_URL USER PASSWORD OUT_DIR
 import { existsSync } from "node:fs";
 import { start } from "./lib.mjs";
 
@@ -148,6 +151,8 @@ await student.waitForURL("**/student/consent");
 await look(student, "consent");
 await student.focus("#to-30RT");
 await student.keyboard.press("Space");
+await student.focus("#part-personalia");
+await student.keyboard.press("Space");
 await student.focus("#part-wie-ben-ik");
 await student.keyboard.press("Space");
 await student.focus("#for-intake");
@@ -176,6 +181,47 @@ await look(mentor, "class-sent");
 // holds, withdraws the consent; the college erases and its signed receipt comes back.
 await until(student, base + "/student/trail", "heeft je paspoort ontvangen", "the delivery in the trail");
 await look(student, "trail");
+
+// The college: the intaker signs in with the college's own account (a real OpenID provider,
+// started by the Rust test, stands in for SURFconext), finds Sam by name, reads the passport
+// and plans the intake.
+const college = process.env.COLLEGE_URL;
+const intakerCtx = await context("nl-NL");
+const intaker = await intakerCtx.newPage();
+await intaker.goto(college + "/login");
+await look(intaker, "college-sign-in");
+await intaker.getByRole("link", { name: "Inloggen met SURFconext" }).focus();
+await intaker.keyboard.press("Enter");
+await intaker.waitForSelector("#login");
+await intaker.focus("#login");
+await intaker.keyboard.type(process.env.IDP_LOGIN);
+await intaker.keyboard.press("Enter");
+await intaker.waitForURL("**/inbox", { timeout: 20000 });
+await look(intaker, "inbox");
+await intaker.focus("#q");
+await intaker.keyboard.type("sam");
+await intaker.keyboard.press("Enter");
+await intaker.waitForURL("**/inbox?*");
+await intaker.getByRole("link", { name: "Sam de Vries" }).focus();
+await intaker.keyboard.press("Enter");
+await intaker.waitForURL("**/inbox/*");
+const passportUrl = intaker.url();
+const passportText = await intaker.innerText("main");
+await look(intaker, "inbox-passport");
+await intaker.getByLabel("Intake gepland").focus();
+await intaker.keyboard.press("Space");
+await intaker.getByRole("button", { name: "Opslaan" }).focus();
+await intaker.keyboard.press("Enter");
+await intaker.waitForURL("**/inbox?set=*");
+const intakeSaved = (await intaker.textContent("p.done")).trim();
+await look(intaker, "inbox-saved");
+
+// The school: the mentor's handovers page and the student's trail show the intake.
+await until(mentor, base + "/handovers", "Intake gepland", "the intake on the handovers page");
+const handoversText = await mentor.innerText("main");
+await look(mentor, "handovers");
+await until(student, base + "/student/trail", "intake gepland", "the intake in the trail");
+await look(student, "trail-intake");
 for (let i = 0; i < 240 && !existsSync(`${outDir}/checked`); i++) await student.waitForTimeout(250);
 await student.goto(base + "/student/consents");
 await student.getByRole("link", { name: "Intrekken" }).focus();
@@ -191,6 +237,23 @@ await look(student, "consents-erased");
 await student.goto(base + "/student/trail");
 const trailText = await student.innerText("main");
 await look(student, "trail-erased");
+
+// The intaker's passport page now says it was erased, and when; the college's admin (a local
+// account) reads in the audit who read it and planned the intake.
+await intaker.goto(passportUrl);
+const erasedText = await intaker.innerText("main");
+await look(intaker, "inbox-erased");
+const adminCtx = await context("nl-NL");
+const admin = await adminCtx.newPage();
+await admin.goto(college + "/login");
+await admin.focus("#username");
+await admin.keyboard.type(process.env.COLLEGE_ADMIN);
+await admin.keyboard.press("Tab");
+await admin.keyboard.type(password);
+await admin.keyboard.press("Enter");
+await admin.waitForURL("**/audit");
+const auditText = await admin.innerText("main");
+await look(admin, "audit");
 
 // Another device, without the key: signing in says kindly what happened.
 const strangerCtx = await context("nl-NL");
@@ -243,6 +306,11 @@ console.log(JSON.stringify({
   consentMessage,
   trailText,
   classSent,
+  passportText,
+  intakeSaved,
+  handoversText,
+  erasedText,
+  auditText,
   key,
   reusedStatus: reused.status(),
 }));

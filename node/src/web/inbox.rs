@@ -168,24 +168,27 @@ pub async fn inbox_page(
             (select(&t(lang, "inbox_age"), "age", &filter.age, &ages))
             button type="submit" { (t(lang, "inbox_filter_button")) }
         }
-        p role="status" { (tf(lang, "inbox_count", &[("n", &rows.len().to_string())])) }
+        p role="status" {
+            @if rows.len() == 1 { (t(lang, "inbox_count_one")) }
+            @else { (tf(lang, "inbox_count", &[("n", &rows.len().to_string())])) }
+        }
         @if rows.is_empty() {
             p { (t(lang, "inbox_empty")) }
         } @else {
-            ul.cards.inbox {
+            ul.inbox {
                 @for (r, name) in &rows {
                     li {
                         a href=(format!("/inbox/{}", r.grant_id)) {
-                            strong { (name.clone().unwrap_or_else(|| t(lang, "inbox_no_name"))) }
+                            (name.clone().unwrap_or_else(|| t(lang, "inbox_no_name")))
                         }
                         @if name.is_none() { " " span.pseudonym { (r.pseudonym) } }
-                        br;
-                        (tf(lang, "inbox_line", &[
-                            ("school", &web.org_name(&r.from_org)),
-                            ("purpose", &purpose_label(lang, &r.purpose)),
-                            ("when", &when(lang, r.received_at)),
-                        ]))
-                        br;
+                        p {
+                            (tf(lang, "inbox_line", &[
+                                ("school", &web.org_name(&r.from_org)),
+                                ("purpose", &purpose_label(lang, &r.purpose)),
+                                ("when", &when(lang, r.received_at)),
+                            ]))
+                        }
                         span.status { (status_label(lang, &r.status)) }
                     }
                 }

@@ -29,6 +29,27 @@ pub(crate) async fn add_mentor(region: &overstap_region::Region, user: &str, nam
         .expect("a staff account is added");
 }
 
+/// Adds a staff account with `role` at `org`'s node, with the tests' password.
+pub(crate) async fn add_staff_at(
+    region: &overstap_region::Region,
+    org: &str,
+    user: &str,
+    role: &str,
+) {
+    region
+        .api(org)
+        .await
+        .unwrap()
+        .add_staff(AddStaffRequest {
+            username: user.into(),
+            password: PASSWORD.into(),
+            role: role.into(),
+            display_name: user.into(),
+        })
+        .await
+        .expect("a staff account is added");
+}
+
 /// The browser test's folder, with its npm packages installed (`./test` installs them).
 fn browser_tests() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("browser");
@@ -143,13 +164,22 @@ pub(crate) fn check_pages(seen: &serde_json::Value, people: &[&str]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mentor_enrols_a_student_whose_key_never_leaves_the_browser() {
-    let (_tmp, region) = region().await;
+    let (_tmp, mut region) = region().await;
     add_mentor(&region, MENTOR, "Meneer De Vries").await;
+    // The college signs its staff in through its identity provider (a real one, started here);
+    // its admin has a local account.
+    let (_idp, college) = crate::web_oidc::college_with_idp(&mut region).await;
+    add_staff_at(&region, overstap_tests::cast::MBO, "beheer", "admin").await;
     let base = web_url(&region, SCHOOL);
     let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("web");
     let _ = std::fs::remove_file(shots.join("checked"));
     let started = std::time::Instant::now();
-    let mut browser = spawn_browser("enrol.mjs", &base, &shots, &[]);
+    let env = [
+        ("COLLEGE_URL", college.as_str()),
+        ("IDP_LOGIN", "ilse"),
+        ("COLLEGE_ADMIN", "beheer"),
+    ];
+    let mut browser = spawn_browser("enrol.mjs", &base, &shots, &env);
     // While the people click: once the student's consent is at the school and the mentor has
     // sent the class, the mbo college must hold exactly the chosen part before the student
     // withdraws.
@@ -178,7 +208,8 @@ async fn a_mentor_enrols_a_student_whose_key_never_leaves_the_browser() {
     eventually(
         "the mentor sends and the mbo college holds the consented part",
         || async {
-            held_sections(&region, overstap_tests::cast::MBO, &grant_id).await == ["wie-ben-ik"]
+            held_sections(&region, overstap_tests::cast::MBO, &grant_id).await
+                == ["personalia", "wie-ben-ik"]
         },
     )
     .await;
@@ -298,10 +329,18 @@ async fn a_mentor_enrols_a_student_whose_key_never_leaves_the_browser() {
             "class",
             "class-sent",
             "trail",
+            "college-sign-in",
+            "inbox",
+            "inbox-passport",
+            "inbox-saved",
+            "handovers",
+            "trail-intake",
             "withdraw",
             "withdrawn",
             "consents-erased",
             "trail-erased",
+            "inbox-erased",
+            "audit",
             "student-no-key",
             "link-used"
         ]
@@ -339,13 +378,60 @@ async fn a_mentor_enrols_a_student_whose_key_never_leaves_the_browser() {
             "consent-review",
             "consent-given",
             "trail",
+            "trail-intake",
             "withdraw",
             "withdrawn",
             "consents-erased",
             "trail-erased",
             "student-no-key",
+            "inbox",
+            "inbox-passport",
+            "inbox-saved",
+            "handovers",
         ],
     );
+    // The receiving side: the intaker read the passport as Sam wrote it, under Sam's name, and
+    // planned the intake; the school's handovers page and Sam's trail show it; once Sam
+    // withdrew, the intaker's page shows the erasure; the college's audit names the intaker.
+    let said = |k: &str| seen[k].as_str().unwrap().to_string();
+    for words in ["Paspoort van Sam de Vries", "Wie ben ik?", "Ik ben Sam."] {
+        assert!(
+            said("passportText").contains(words),
+            "{words:?}: {}",
+            said("passportText")
+        );
+    }
+    assert!(!said("passportText").contains("Wat kan ik?"));
+    assert!(said("intakeSaved").contains("Sam de Vries staat nu op ‘Intake gepland’"));
+    assert!(
+        said("handoversText").contains("Sam de Vries"),
+        "{}",
+        said("handoversText")
+    );
+    assert!(said("handoversText").contains("Intake gepland"));
+    assert!(
+        text("trail-intake").contains("intake gepland"),
+        "{}",
+        text("trail-intake")
+    );
+    assert!(
+        said("erasedText").contains("De leerling heeft de toestemming ingetrokken"),
+        "{}",
+        said("erasedText")
+    );
+    assert!(!said("erasedText").contains("Ik ben Sam"));
+    for words in [
+        "ilse@roc-example.nl",
+        "Paspoort gelezen",
+        "Stand gezet",
+        "Ingelogd",
+    ] {
+        assert!(
+            said("auditText").contains(words),
+            "{words:?}: {}",
+            said("auditText")
+        );
+    }
     // The student signed in with the browser's key and the answer and smiley were kept, at the
     // school and nowhere else.
     assert_eq!(seen["kept"], "Ik ben Sam. Ik sleutel graag aan brommers.");

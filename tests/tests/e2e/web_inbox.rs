@@ -3,27 +3,11 @@
 //! back to the school's handovers page), and after the student withdraws consent reads the
 //! erasure instead; who may open which page; the admin's audit.
 
-use overstap_proto::pb::AddStaffRequest;
 use overstap_region::passport::{make_revocation, revoke};
 use overstap_tests::cast::{MBO, SCHOOL};
 use overstap_tests::*;
 
-use crate::web::{PASSWORD, csrf_of, session_cookie, sign_in_staff};
-
-async fn add_staff(region: &overstap_region::Region, org: &str, user: &str, role: &str) {
-    region
-        .api(org)
-        .await
-        .unwrap()
-        .add_staff(AddStaffRequest {
-            username: user.into(),
-            password: PASSWORD.into(),
-            role: role.into(),
-            display_name: user.into(),
-        })
-        .await
-        .expect("a staff account is added");
-}
+use crate::web::{PASSWORD, add_staff_at, csrf_of, session_cookie, sign_in_staff};
 
 /// Signs `user` in at `base`; their session cookie.
 async fn signed_in(base: &str, user: &str) -> String {
@@ -61,10 +45,10 @@ async fn received_status(region: &overstap_region::Region, grant_id: &str) -> St
 #[tokio::test]
 async fn an_intaker_finds_reads_and_plans_a_passport_and_the_school_sees_it_until_it_is_erased() {
     let (_tmp, region) = region().await;
-    add_staff(&region, MBO, "intake.jansen", "intaker").await;
-    add_staff(&region, MBO, "mentor.mbo", "mentor").await;
-    add_staff(&region, MBO, "beheer", "admin").await;
-    add_staff(&region, SCHOOL, "decaan.smit", "decaan").await;
+    add_staff_at(&region, MBO, "intake.jansen", "intaker").await;
+    add_staff_at(&region, MBO, "mentor.mbo", "mentor").await;
+    add_staff_at(&region, MBO, "beheer", "admin").await;
+    add_staff_at(&region, SCHOOL, "decaan.smit", "decaan").await;
     let college = web_url(&region, MBO);
     let school = web_url(&region, SCHOOL);
 
@@ -89,7 +73,7 @@ async fn an_intaker_finds_reads_and_plans_a_passport_and_the_school_sees_it_unti
     let list = get(&college, "/inbox?q=sam", &intaker).await;
     assert_eq!(list.status, 200, "{list:?}");
     assert!(list.body.contains("Sam de Boer"), "{}", list.body);
-    assert!(list.body.contains("1 paspoorten gevonden"), "{}", list.body);
+    assert!(list.body.contains("1 paspoort gevonden"), "{}", list.body);
     let none = get(&college, "/inbox?q=noor", &intaker).await;
     assert!(none.body.contains("0 paspoorten gevonden"), "{}", none.body);
     let other_purpose = get(&college, "/inbox?purpose=werk", &intaker).await;
