@@ -5,7 +5,8 @@
 //
 // The argument is the JSON itself (when it starts with "{") or the path of a file holding it:
 //   { "clients":  [{ "client_id": "...", "client_secret": "...", "redirect_uris": ["http://127.0.0.1:N/..."] }],
-//     "accounts": { "<login>": { "name": "...", "email": "...", <any other claim>: ... } } }
+//     "accounts": { "<login>": { "name": "...", "email": "...", <any other claim>: ... } },
+//     "userinfo_only": ["<claim>", ...] }     (optional: claims left out of the ID token)
 //
 // It listens on a free port of 127.0.0.1 over plain HTTP, prints one line to stdout,
 //   {"issuer":"http://127.0.0.1:NNNNN"}
@@ -37,6 +38,8 @@ console.info = console.log = console.error;
 const arg = process.argv[2] ?? "";
 const config = JSON.parse(arg.trimStart().startsWith("{") ? arg : readFileSync(arg, "utf8"));
 const accounts = config.accounts ?? {};
+// Claims that go to userinfo only, as SURFconext sends most of them: never in the ID token.
+const userinfoOnly = new Set(config.userinfo_only ?? []);
 const released = [...new Set(Object.values(accounts).flatMap(Object.keys))];
 
 // The issuer must name the port, which is known only once listening; requests cannot come
@@ -74,7 +77,11 @@ provider = new Provider(issuer, {
   },
   async findAccount(_ctx, login) {
     if (!Object.hasOwn(accounts, login)) return undefined;
-    return { accountId: login, claims: async () => ({ ...accounts[login], sub: login }) };
+    return {
+      accountId: login,
+      claims: async (use) => Object.fromEntries(Object.entries({ ...accounts[login], sub: login })
+        .filter(([k]) => use !== "id_token" || !userinfoOnly.has(k))),
+    };
   },
   // No consent screen: every grant is widened to what the client asks for.
   async loadExistingGrant(ctx) {

@@ -432,6 +432,18 @@ async fn a_mentor_enrols_a_student_whose_key_never_leaves_the_browser() {
             said("auditText")
         );
     }
+    // The school's audit holds what the mentor did, in order.
+    let actions: Vec<String> =
+        sqlx::query_scalar("SELECT action FROM staff_audit WHERE who = $1 ORDER BY id")
+            .bind(MENTOR)
+            .fetch_all(&school)
+            .await
+            .unwrap();
+    assert_eq!(
+        actions,
+        ["sign-in", "invite", "enrol", "push"],
+        "{actions:?}"
+    );
     // The student signed in with the browser's key and the answer and smiley were kept, at the
     // school and nowhere else.
     assert_eq!(seen["kept"], "Ik ben Sam. Ik sleutel graag aan brommers.");

@@ -48,6 +48,7 @@ async fn an_intaker_finds_reads_and_plans_a_passport_and_the_school_sees_it_unti
     add_staff_at(&region, MBO, "intake.jansen", "intaker").await;
     add_staff_at(&region, MBO, "mentor.mbo", "mentor").await;
     add_staff_at(&region, MBO, "beheer", "admin").await;
+    add_staff_at(&region, MBO, "consulent.de.jong", "consultant").await;
     add_staff_at(&region, SCHOOL, "decaan.smit", "decaan").await;
     let college = web_url(&region, MBO);
     let school = web_url(&region, SCHOOL);
@@ -101,6 +102,10 @@ async fn an_intaker_finds_reads_and_plans_a_passport_and_the_school_sees_it_unti
     assert_eq!(get(&college, "/handovers.csv", &intaker).await.status, 403);
     assert_eq!(get(&college, "/audit", &intaker).await.status, 403);
     assert_eq!(get(&college, "/mentor", &intaker).await.status, 403);
+    // A consultant reads received passports too.
+    let consultant = signed_in(&college, "consulent.de.jong").await;
+    let theirs = get(&college, "/inbox", &consultant).await;
+    assert!(theirs.body.contains("Sam de Boer"), "{}", theirs.body);
     // Without a session: the sign-in page.
     assert_eq!(get(&college, "/inbox", "").await.status, 401);
 
@@ -247,4 +252,23 @@ async fn an_intaker_finds_reads_and_plans_a_passport_and_the_school_sees_it_unti
     // the refused forms did nothing).
     assert_eq!(actions, ["status", "view", "sign-in"], "{}", csv.body);
     assert!(csv.body.contains(&format!(",{grant_id},intake gepland")));
+}
+
+#[tokio::test]
+async fn a_staff_session_ends_after_an_idle_hour_and_lives_while_it_is_used() {
+    let (_tmp, region, clock) = region_with_clock().await;
+    add_staff_at(&region, MBO, "intake.jansen", "intaker").await;
+    let college = web_url(&region, MBO);
+    let cookie = signed_in(&college, "intake.jansen").await;
+    // Used every 40 minutes: it stays (each use counts as the last one).
+    for _ in 0..3 {
+        clock.advance(40 * 60);
+        let page = get(&college, "/inbox", &cookie).await;
+        assert_eq!(page.status, 200, "after 40 minutes: {page:?}");
+    }
+    // Then an hour and a minute untouched: it has ended, and says to sign in again.
+    clock.advance(61 * 60);
+    let page = get(&college, "/inbox", &cookie).await;
+    assert_eq!(page.status, 401);
+    assert!(page.body.contains("Log eerst in"), "{}", page.body);
 }

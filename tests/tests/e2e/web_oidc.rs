@@ -17,8 +17,8 @@ pub(crate) struct Idp {
 }
 
 /// Starts the provider with SURFconext-like accounts: an intaker of the college, someone of
-/// another college, and a student of the college (no staff affiliation). `redirect` is the
-/// node's callback.
+/// another college, and a student of the college (no staff affiliation), whose organisation
+/// and affiliations only the userinfo endpoint tells. `redirect` is the node's callback.
 pub(crate) async fn start_idp(redirect: &str) -> Idp {
     use tokio::io::AsyncBufReadExt;
     let org = |o: &str, affiliations: &[&str], name: &str| {
@@ -40,6 +40,8 @@ pub(crate) async fn start_idp(redirect: &str) -> Idp {
             "piet": org("other-college.nl", &["employee"], "Piet Smit"),
             "sam": org(COLLEGE_DOMAIN, &["student"], "Sam de Boer"),
         },
+        // Like SURFconext: the organisation and affiliations come from userinfo only.
+        "userinfo_only": ["schac_home_organization", "edu_person_affiliations"],
     });
     let mut child = crate::web::spawn_script("idp.mjs", &[&config.to_string()], &[]);
     let out = child.stdout.take().unwrap();
