@@ -592,23 +592,35 @@ pub async fn run(dir: &Path, out: &mut dyn Write, serve: bool) -> anyhow::Result
             "The same numbers on the command line:\n   OVERSTAP_NODE_DIR={} overstap stats --by kind",
             region.node_dir(COORDINATOR).display()
         ));
-        // The school's web app, with a mentor account to try it with.
+        // The school's web app, with a mentor's and a decaan's account to try it with, and the
+        // college's, with an intaker's (one password for the three).
         let password = overstap_node::web::random_token();
-        region
-            .api(SCHOOL)
-            .await?
-            .add_staff(overstap_proto::pb::AddStaffRequest {
-                username: "mentor".into(),
-                password: password.clone(),
-                role: "mentor".into(),
-                display_name: "Meneer De Vries".into(),
-            })
-            .await
-            .map_err(explain)?;
+        for (org, user, role, name) in [
+            (SCHOOL, "mentor", "mentor", "Meneer De Vries"),
+            (SCHOOL, "decaan", "decaan", "Mevrouw Smit"),
+            (MBO, "intake.jansen", "intaker", "Ilse Jansen"),
+        ] {
+            region
+                .api(org)
+                .await?
+                .add_staff(overstap_proto::pb::AddStaffRequest {
+                    username: user.into(),
+                    password: password.clone(),
+                    role: role.into(),
+                    display_name: name.into(),
+                })
+                .await
+                .map_err(explain)?;
+        }
         let web = std::fs::read_to_string(region.node_dir(SCHOOL).join("web.url"))?;
         let web = web.trim();
+        let college = std::fs::read_to_string(region.node_dir(MBO).join("web.url"))?;
         story.say(&format!(
-            "The school's web app, where a mentor invites a student and the student's own browser makes the key:\n   {web}\n   the mentor: sign in as mentor, password {password}"
+            "The college's web app, where an intaker reads what arrived and plans the intake:\n   {}\n   sign in as intake.jansen, password {password}",
+            college.trim()
+        ));
+        story.say(&format!(
+            "The school's web app, where a mentor invites a student and the student's own browser makes the key:\n   {web}\n   the mentor: sign in as mentor; the decaan (every handover of the school): as decaan; password {password}"
         ));
         // Two students already invited: one of 15, whose parent joins, and one of 17.
         for (name, class, age) in [("Noor Bakker", "3A", 15), ("Daan Visser", "4B", 17)] {

@@ -240,7 +240,7 @@ async fn a_parent_co_signs_for_a_student_of_15_on_their_own_device_and_a_second_
 /// web app with a mentor account and two students already invited (one of 15 with a link for
 /// a parent), and each link opens its page.
 #[tokio::test]
-async fn the_demo_serves_links_for_a_mentor_two_students_and_a_parent() {
+async fn the_demo_serves_links_for_a_mentor_two_students_a_parent_a_decaan_and_an_intaker() {
     use tokio::io::AsyncBufReadExt;
     let tmp = tempfile::tempdir().unwrap();
     let mut demo = tokio::process::Command::new(env!("CARGO_BIN_EXE_overstap-under-test"))
@@ -274,7 +274,8 @@ async fn the_demo_serves_links_for_a_mentor_two_students_and_a_parent() {
             .unwrap_or_else(|| panic!("{marker:?} in what the demo said:\n{said}"))
             .to_string()
     };
-    let password = after("sign in as mentor, password ");
+    let password = after("sign in as intake.jansen, password ");
+    let college = after("where an intaker reads what arrived and plans the intake:\n   ");
     let noor = after("Noor Bakker (15): ");
     let parent = after("a parent of Noor Bakker: ");
     let daan = after("Daan Visser (17): ");
@@ -288,5 +289,16 @@ async fn the_demo_serves_links_for_a_mentor_two_students_and_a_parent() {
     assert!(page.body.contains("Hoi Daan!"), "{}", page.body);
     let signed_in = crate::web::sign_in_staff(&base, "mentor", &password).await;
     assert_eq!(signed_in.status, 303, "{signed_in:?}");
+    let decaan = crate::web::sign_in_staff(&base, "decaan", &password).await;
+    assert_eq!(decaan.status, 303, "{decaan:?}");
+    let cookie = crate::web::session_cookie(&decaan);
+    let table = http(&base, "GET", "/handovers", &[("Cookie", &cookie)], b"").await;
+    assert!(table.body.contains("Intake gepland"), "{}", table.body);
+    // The college: the intaker finds the passport the story left there, with its intake.
+    let intaker = crate::web::sign_in_staff(&college, "intake.jansen", &password).await;
+    assert_eq!(intaker.header("location"), Some("/inbox"), "{intaker:?}");
+    let cookie = crate::web::session_cookie(&intaker);
+    let inbox = http(&college, "GET", "/inbox", &[("Cookie", &cookie)], b"").await;
+    assert!(inbox.body.contains("Intake gepland"), "{}", inbox.body);
     let _ = demo.kill().await;
 }
