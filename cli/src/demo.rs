@@ -190,6 +190,7 @@ pub async fn run(dir: &Path, out: &mut dyn Write, serve: bool) -> anyhow::Result
         not_before: now() - 60,
         not_after: until,
         live: false,
+        may_fetch: false,
     };
     let g_sam_mbo = upload_grant(
         &mut school,

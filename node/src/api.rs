@@ -18,7 +18,8 @@ use overstap_proto::pb::{
     StorePassportResponse, TrailEvent, TrailRequest, TrailResponse,
 };
 use overstap_proto::pb::{
-    AddStaffRequest, AddStaffResponse, InviteStudentRequest, InviteStudentResponse,
+    AddStaffRequest, AddStaffResponse, FetchPassportRequest, FetchPassportResponse, FetchableGrant,
+    FetchableRequest, FetchableResponse, InviteStudentRequest, InviteStudentResponse,
     ProveEnvelopeRequest, ProveEnvelopeResponse,
 };
 use prost::Message;
@@ -309,6 +310,54 @@ impl Node for NodeApi {
             .add_staff(&r.username, &r.display_name, &r.password, &r.role)
             .await?;
         Ok(Response::new(AddStaffResponse {}))
+    }
+
+    async fn fetchable(
+        &self,
+        _request: Request<FetchableRequest>,
+    ) -> Result<Response<FetchableResponse>, Status> {
+        let rows = self
+            .core
+            .store
+            .fetchables()
+            .await
+            .map_err(NodeError::from)?;
+        Ok(Response::new(FetchableResponse {
+            grants: rows
+                .into_iter()
+                .map(|f| FetchableGrant {
+                    grant_id: f.grant_id,
+                    from_org: f.from_org,
+                    pseudonym: f.pseudonym,
+                    purpose: f.purpose,
+                    sections: f.sections,
+                    not_after: f.not_after,
+                    asked_at: f.asked_at.unwrap_or(0),
+                    refused: f.refused.unwrap_or_default(),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn fetch_passport(
+        &self,
+        request: Request<FetchPassportRequest>,
+    ) -> Result<Response<FetchPassportResponse>, Status> {
+        let r = request.into_inner();
+        if r.staff_user.trim().is_empty() {
+            return Err(NodeError::Invalid(
+                "name the staff member who fetches the passport (it is logged)".into(),
+            )
+            .into());
+        }
+        let (envelope_id, home_org) = self
+            .core
+            .pull(&r.grant_id, &r.staff_user, TERMINAL_ROLE)
+            .await?;
+        Ok(Response::new(FetchPassportResponse {
+            envelope_id,
+            home_org,
+        }))
     }
 
     async fn invite_student(

@@ -209,6 +209,7 @@ mod tests {
             not_after: NOV_2026 + 86_400,
             live: false,
             issued_at: NOV_2026,
+            may_fetch: false,
         }
     }
 

@@ -363,6 +363,7 @@ pub fn kind_name(kind: i32) -> &'static str {
         Ok(EnvelopeKind::Revocation) => "revocation",
         Ok(EnvelopeKind::DeletionReceipt) => "deletion_receipt",
         Ok(EnvelopeKind::Status) => "status",
+        Ok(EnvelopeKind::PullRequest) => "pull_request",
         Ok(EnvelopeKind::Unspecified) | Err(_) => "unknown",
     }
 }

@@ -320,6 +320,7 @@ pub fn grant_request(to: &str, sections: &[&str], purpose: &str, days: i64) -> G
         not_before: now() - 60,
         not_after: now() + days * 86_400,
         live: false,
+        may_fetch: false,
     }
 }
 

@@ -68,6 +68,7 @@ async fn prepare(region: &Region, n: usize, first: usize) -> anyhow::Result<Vec<
             not_before: now - 60,
             not_after: now + 30 * 86_400,
             live: false,
+            may_fetch: false,
         };
         let grant = make_grant(&wallet, "pvs-mbo-v1", &req, None, now)?;
         grants.push((upload_grant(&mut api, grant).await?, mbo));

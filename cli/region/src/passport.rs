@@ -289,6 +289,8 @@ pub struct GrantRequest {
     pub not_before: UnixTime,
     pub not_after: UnixTime,
     pub live: bool,
+    /// The recipient may fetch the passport itself while the grant lasts.
+    pub may_fetch: bool,
 }
 
 /// Makes and signs a grant, refusing anything the recipient would refuse.
@@ -351,6 +353,7 @@ pub fn make_grant(
         not_after: req.not_after,
         live: req.live,
         issued_at: now,
+        may_fetch: req.may_fetch,
     };
     let mut keys = vec![&wallet.key];
     keys.extend(guardian);

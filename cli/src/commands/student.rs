@@ -147,6 +147,10 @@ pub enum ConsentCmd {
         /// Later passport versions follow this grant.
         #[arg(long)]
         live: bool,
+        /// The recipient may also fetch the passport itself while the grant lasts (a pull);
+        /// the home node tells it so.
+        #[arg(long)]
+        may_fetch: bool,
         /// The guardian's key file; needed when the student is under 16.
         #[arg(long)]
         guardian_key: Option<PathBuf>,
@@ -362,6 +366,7 @@ pub(super) async fn consent(cmd: ConsentCmd) -> anyhow::Result<()> {
             until,
             from,
             live,
+            may_fetch,
             guardian_key,
             node,
         } => {
@@ -394,6 +399,7 @@ pub(super) async fn consent(cmd: ConsentCmd) -> anyhow::Result<()> {
                     .unwrap_or_else(now),
                 not_after: parse_date(&until)?,
                 live,
+                may_fetch,
             };
             let signed = make_grant(&w, &set, &req, guardian.as_ref(), now())?;
             let id = upload_grant(&mut api, signed).await?;

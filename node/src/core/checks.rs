@@ -179,6 +179,9 @@ impl NodeCore {
                 let grant_id = tx
                     .mark_refused(from, &r.refused_envelope_id, &r.reason)
                     .await?;
+                if let Some(id) = &grant_id {
+                    tx.pull_refused(id, &r.reason).await?;
+                }
                 if let Some(g) = match grant_id {
                     Some(id) => tx.grant(&id).await?,
                     None => None,
@@ -222,6 +225,21 @@ impl NodeCore {
                 Ok(Outcome::Noted("resend request"))
             }
             Some(Content::Skip(_)) => Ok(Outcome::Noted("skip")),
+            Some(Content::Pull(req)) => {
+                let evidence = (
+                    receipt.map(|r| r.encode_to_vec()),
+                    opened.signed_payload.encode_to_vec(),
+                );
+                self.answer_pull_in(tx, header, req, evidence).await
+            }
+            Some(Content::Notice(n)) => match self.check_notice(signed_under, from, n) {
+                Ok(f) => {
+                    tx.keep_fetchable(&f).await?;
+                    tracing::info!(org = %self.org_id, %from, grant = %f.grant_id, "a passport may be fetched");
+                    Ok(Outcome::Noted("notice"))
+                }
+                Err(e) => self.refuse_in(tx, dir, header, None, e.to_string()).await,
+            },
             None => {
                 self.refuse_in(tx, dir, header, None, "payload has no content".into())
                     .await

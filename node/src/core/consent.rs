@@ -37,7 +37,7 @@ impl NodeCore {
         drop_held: Option<i64>,
     ) -> Result<String, NodeError> {
         let probe: ConsentGrant = decode_body(Domain::Grant, signed)?;
-        let (_, card) = self.card(&probe.pseudonym).await?;
+        let (card_signed, card) = self.card(&probe.pseudonym).await?;
         refuse_retired_keys(Domain::Grant, signed, &card)?;
         let grant = verify_grant_by(signed, &card, self.now(), rule)?;
         if grant.recipient_org == self.org_id {
@@ -127,7 +127,14 @@ impl NodeCore {
             ..Default::default()
         })
         .await?;
+        if grant.may_fetch {
+            self.notice_in(&mut tx, &grant, signed, &card_signed)
+                .await?;
+        }
         tx.commit().await?;
+        if grant.may_fetch {
+            self.outbox_wake.notify_one();
+        }
         Ok(grant.grant_id)
     }
 
@@ -253,6 +260,9 @@ impl NodeCore {
             reason: reason.to_string(),
         };
         let signed = sign_message(Domain::DeletionReceipt, &receipt, &[&self.key()]);
+        if reason != "superseded" {
+            tx.drop_fetchable(grant_id).await?;
+        }
         if reason != "superseded" && erase == Erase::Yes {
             tx.erase_received(&Erased {
                 grant_id: grant_id.to_string(),
@@ -314,6 +324,9 @@ impl NodeCore {
                 }
             }
         }
+        let mut tx = self.store.begin().await?;
+        tx.drop_fetchables_ended(now).await?;
+        tx.commit().await?;
         for g in self.store.grants_expired(now).await? {
             let _no_push = self.push_gate.write().await;
             let mut tx = self.store.begin().await?;

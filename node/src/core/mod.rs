@@ -47,9 +47,11 @@ pub mod invite;
 pub mod keys;
 mod log;
 pub mod people;
+mod pull;
 mod send;
 mod status;
 
+pub use pull::PULL_REFUSED;
 pub use status::TERMINAL_ROLE;
 mod students;
 

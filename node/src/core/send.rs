@@ -269,7 +269,12 @@ impl NodeCore {
     /// Seals one grant's package into the outbox, or queues it unsealed while the grant is not
     /// in force yet. A live grant sends the student's newest passport version, any other the
     /// version it was given for.
-    async fn send_one_in(&self, tx: &mut Tx, g: &GrantRow, again: bool) -> Result<Sent, NodeError> {
+    pub(super) async fn send_one_in(
+        &self,
+        tx: &mut Tx,
+        g: &GrantRow,
+        again: bool,
+    ) -> Result<Sent, NodeError> {
         let version = if g.live {
             self.store
                 .latest_version(&g.pseudonym)

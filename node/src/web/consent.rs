@@ -127,6 +127,17 @@ fn form(
             }
             label for="until" { (t(lang, "consent_until")) }
             input #until type="date" name="until" required;
+            fieldset.choices {
+                legend { (t(lang, "consent_how")) }
+                label.choice for="how-fetch" {
+                    input type="radio" id="how-fetch" name="how" value="fetch" checked;
+                    " " (t(lang, "consent_how_fetch"))
+                }
+                label.choice for="how-send" {
+                    input type="radio" id="how-send" name="how" value="send";
+                    " " (t(lang, "consent_how_send"))
+                }
+            }
             button type="submit" { (t(lang, "consent_next")) }
         }
     }
@@ -225,6 +236,13 @@ pub async fn prepare(
         not_after: until,
         live: true,
         issued_at: now,
+        // The student chose; without a choice (an older page), the college may fetch for an
+        // intake, which is when it moves first.
+        may_fetch: match one("how") {
+            Some("send") => false,
+            Some(_) => true,
+            None => purpose == "intake",
+        },
     };
     let bytes = grant.encode_to_vec();
     let titles: Vec<(String, String)> = sections_known
@@ -305,8 +323,10 @@ pub(super) fn review(
             }
         }
         @if grant.live { p { (t(lang, "consent_live")) } }
+        @if grant.may_fetch { p { (tf(lang, "consent_may_fetch", &[("org", org_name)])) } }
         div #consent-sign data-body=(b64.encode(&bytes)) data-org=(grant.recipient_org)
             data-purpose=(grant.purpose) data-until=(grant.not_after) data-live=(grant.live)
+            data-fetch=(grant.may_fetch)
             data-url=(url) data-slot=(slot) {
             p #checking aria-live="polite" { (t(lang, "sign_checking")) }
             button #sign-with-key type="button" disabled { (button) }

@@ -213,6 +213,7 @@ pub(crate) fn raw_grant(
         not_after: until,
         live: false,
         issued_at: now(),
+        may_fetch: false,
     };
     let mut keys = vec![&w.key];
     keys.extend(guardian);

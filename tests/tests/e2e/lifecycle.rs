@@ -24,6 +24,7 @@ pub(crate) fn request(
         not_before: from,
         not_after: until,
         live,
+        may_fetch: false,
     }
 }
 

@@ -16,6 +16,7 @@ mod log;
 mod model;
 mod monitoring;
 mod processes;
+mod pull;
 mod threats;
 mod web;
 mod web_doors;

@@ -288,6 +288,7 @@ async fn run(ops: Vec<Op>) -> Result<(), String> {
                     not_before: now - 60,
                     not_after: now + hours * 3600,
                     live: *live,
+                    may_fetch: false,
                 };
                 let signed = make_grant(&sam.wallet, "pvs-mbo-v1", &req, None, now)
                     .map_err(|e| e.to_string())?;

@@ -113,25 +113,28 @@
   });
 
   // Consent. The page decodes the grant the node prepared and checks that it names exactly the
-  // organisation, the parts, the purpose and the end date this page shows, before it signs.
+  // organisation, the parts, the purpose, the end date and whether they may fetch it, as this
+  // page shows them, before it signs.
   const consentBox = $("consent-sign");
   if (consentBox) {
     const body = bytes(consentBox.dataset.body);
     const button = $("sign-with-key");
     const check = async () => {
-      const g = { org: "", sections: [], purpose: "", until: 0n, live: false };
+      const g = { org: "", sections: [], purpose: "", until: 0n, live: false, fetch: false };
       for (const [f, v] of fields(body)) {
         if (f === 4) g.org = text(v);
         else if (f === 5) g.sections.push(text(v));
         else if (f === 6) g.purpose = text(v);
         else if (f === 8) g.until = v;
         else if (f === 9) g.live = v === 1n;
+        else if (f === 11) g.fetch = v === 1n;
       }
       const shown = [...document.querySelectorAll("ul.parts li")].map((li) => li.dataset.section);
       return g.org === consentBox.dataset.org
         && g.purpose === consentBox.dataset.purpose
         && g.until === BigInt(consentBox.dataset.until)
         && g.live === (consentBox.dataset.live === "true")
+        && g.fetch === (consentBox.dataset.fetch === "true")
         && g.sections.length === shown.length
         && g.sections.every((s, i) => s === shown[i]);
     };

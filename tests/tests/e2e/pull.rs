@@ -1,0 +1,319 @@
+//! Recipients pull: a college the student let fetch learns so from the school's notice, asks,
+//! and gets the passport (the newest version of a live grant) without anyone at the school
+//! acting; and every pull the school may not serve gets one and the same refusal.
+
+use overstap_proto::passport::build_version;
+use overstap_proto::pb::{
+    FetchPassportRequest, FetchableGrant, FetchableRequest, StorePassportRequest, TrailRequest,
+};
+use overstap_proto::sign::{Domain, sign_message};
+use overstap_region::passport::{
+    Answers, draft_from_answers, make_revocation, revoke, to_sections,
+};
+use overstap_region::wallet::Wallet;
+use overstap_tests::cast::{GEMEENTE, MBO, SCHOOL};
+use overstap_tests::*;
+
+async fn fetchable(region: &overstap_region::Region, org: &str) -> Vec<FetchableGrant> {
+    region
+        .api(org)
+        .await
+        .unwrap()
+        .fetchable(FetchableRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .grants
+}
+
+async fn fetch(
+    region: &overstap_region::Region,
+    org: &str,
+    grant_id: &str,
+) -> Result<String, tonic::Status> {
+    region
+        .api(org)
+        .await
+        .unwrap()
+        .fetch_passport(FetchPassportRequest {
+            grant_id: grant_id.into(),
+            staff_user: "intake.jansen".into(),
+        })
+        .await
+        .map(|r| r.into_inner().home_org)
+}
+
+async fn received_version(region: &overstap_region::Region, org: &str, grant_id: &str) -> i64 {
+    sqlx::query_scalar::<_, i64>("SELECT version FROM received WHERE grant_id = $1")
+        .bind(grant_id)
+        .fetch_optional(&node_pool(region, org).await)
+        .await
+        .unwrap()
+        .unwrap_or(0)
+}
+
+/// Signs and stores version `n` of the student's passport at the school, "over-mij" changed.
+async fn store_version(region: &overstap_region::Region, w: &Wallet, n: u32, about_me: &str) {
+    let mut answers: Answers = serde_json::from_str(cast::SAM_ANSWERS).unwrap();
+    answers.get_mut("wie-ben-ik").unwrap().insert(
+        "over-mij".into(),
+        serde_json::from_value(serde_json::json!(about_me)).unwrap(),
+    );
+    let draft = draft_from_answers("pvs-mbo-v1", &answers).unwrap();
+    let version =
+        build_version(&w.pseudonym, n, "pvs-mbo-v1", now(), &to_sections(&draft)).unwrap();
+    region
+        .api(SCHOOL)
+        .await
+        .unwrap()
+        .store_passport(StorePassportRequest {
+            manifest: Some(sign_message(Domain::Manifest, &version.manifest, &[&w.key])),
+            sections: version.disclosures,
+        })
+        .await
+        .unwrap();
+}
+
+async fn trail_events(region: &overstap_region::Region, pseudonym: &str) -> Vec<String> {
+    region
+        .api(SCHOOL)
+        .await
+        .unwrap()
+        .trail(TrailRequest {
+            pseudonym: pseudonym.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .events
+        .into_iter()
+        .map(|e| format!("{} {}", e.event, e.detail))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_college_fetches_what_the_student_let_it_fetch_without_the_school_sending() {
+    let (_tmp, region) = region().await;
+    let sam = student(&region, &cast::birth_month(17), None).await;
+    let mut req = grant_request(MBO, &["wie-ben-ik"], "intake", 30);
+    req.live = true;
+    req.may_fetch = true;
+    let grant_id = grant(&region, &sam.wallet, &req, None).await;
+
+    // The school's notice: the college may fetch; it holds the grant, and no passport.
+    eventually("the college hears it may fetch", || async {
+        fetchable(&region, MBO).await.len() == 1
+    })
+    .await;
+    let notice = &fetchable(&region, MBO).await[0];
+    assert_eq!(notice.grant_id, grant_id);
+    assert_eq!(notice.from_org, SCHOOL);
+    assert_eq!(notice.sections, ["wie-ben-ik"]);
+    assert_eq!(notice.asked_at, 0);
+    assert_eq!(node_count(&region, MBO, "received").await, 0);
+    assert_eq!(node_count(&region, MBO, "received_sections").await, 0);
+
+    // The college asks; the school answers on its own with exactly the consented part.
+    assert_eq!(fetch(&region, MBO, &grant_id).await.unwrap(), SCHOOL);
+    eventually("the fetched passport is at the college", || async {
+        held_sections(&region, MBO, &grant_id).await == ["wie-ben-ik"]
+    })
+    .await;
+    assert_eq!(received_version(&region, MBO, &grant_id).await, 1);
+    eventually("the school's trail shows the fetch", || async {
+        trail_events(&region, &sam.wallet.pseudonym)
+            .await
+            .iter()
+            .any(|e| e == &format!("fetched {MBO} fetched version 1"))
+    })
+    .await;
+
+    // Sam updates the passport; the school sends nothing; the college fetches version 2.
+    store_version(
+        &region,
+        &sam.wallet,
+        2,
+        "Ik ben Sam, en nu ook stagiair bij een garage.",
+    )
+    .await;
+    fetch(&region, MBO, &grant_id).await.unwrap();
+    eventually("the college holds the newest version", || async {
+        received_version(&region, MBO, &grant_id).await == 2
+    })
+    .await;
+    let audit: Vec<String> =
+        sqlx::query_scalar("SELECT action FROM staff_audit WHERE who = 'intake.jansen'")
+            .fetch_all(&node_pool(&region, MBO).await)
+            .await
+            .unwrap();
+    assert_eq!(audit, ["pull", "pull"]);
+
+    // A grant the student did not make live stops at the version consented to.
+    let mut fixed = grant_request(MBO, &["wie-ben-ik"], "begeleiding", 30);
+    fixed.may_fetch = true;
+    let fixed_id = grant(&region, &sam.wallet, &fixed, None).await;
+    eventually("the second notice", || async {
+        fetchable(&region, MBO).await.len() == 2
+    })
+    .await;
+    store_version(&region, &sam.wallet, 3, "Versie drie.").await;
+    fetch(&region, MBO, &fixed_id).await.unwrap();
+    eventually("the fixed grant's passport is at the college", || async {
+        received_version(&region, MBO, &fixed_id).await > 0
+    })
+    .await;
+    assert_eq!(received_version(&region, MBO, &fixed_id).await, 2);
+
+    // Withdrawn: the college's notice goes with the passport.
+    let mut school = region.api(SCHOOL).await.unwrap();
+    revoke(
+        &mut school,
+        make_revocation(&sam.wallet, &grant_id, None, now()).unwrap(),
+    )
+    .await
+    .unwrap();
+    eventually("the notice and the passport are gone", || async {
+        fetchable(&region, MBO).await.len() == 1
+            && received_version(&region, MBO, &grant_id).await == 0
+    })
+    .await;
+    let gone = fetch(&region, MBO, &grant_id).await.unwrap_err();
+    assert_eq!(gone.code(), tonic::Code::NotFound, "{gone:?}");
+    region.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn every_pull_the_school_may_not_serve_gets_the_same_refusal_and_nothing() {
+    let (_tmp, region) = region().await;
+    let sam = student(&region, &cast::birth_month(17), None).await;
+    let mut to_mbo = grant_request(MBO, &["wie-ben-ik"], "intake", 30);
+    to_mbo.may_fetch = true;
+    let fetch_id = grant(&region, &sam.wallet, &to_mbo, None).await;
+    let send_only = grant(
+        &region,
+        &sam.wallet,
+        &grant_request(GEMEENTE, &["wie-ben-ik"], "werk", 30),
+        None,
+    )
+    .await;
+    let mut to_gemeente = grant_request(GEMEENTE, &["wat-kan-ik"], "werk", 30);
+    to_gemeente.may_fetch = true;
+    let gm_id = grant(&region, &sam.wallet, &to_gemeente, None).await;
+    eventually("both notices arrive", || async {
+        fetchable(&region, MBO).await.len() == 1 && fetchable(&region, GEMEENTE).await.len() == 1
+    })
+    .await;
+    // No notice for the grant the student did not let them fetch.
+    assert_eq!(fetchable(&region, GEMEENTE).await[0].grant_id, gm_id);
+    let packages_before = school_packages(&region).await;
+
+    // What a dishonest or confused member asks for, through its own node: a notice row made by
+    // hand, so the node seals a real pull request for it.
+    let mut answers = Vec::new();
+    for (org, grant, copy_of, purpose) in [
+        // another member's grant
+        (GEMEENTE, fetch_id.as_str(), gm_id.as_str(), "intake"),
+        // a grant the student did not let it fetch
+        (GEMEENTE, send_only.as_str(), gm_id.as_str(), "werk"),
+        // a grant that does not exist
+        (MBO, "g-made-up", fetch_id.as_str(), "intake"),
+    ] {
+        forge(&region, org, grant, copy_of, purpose).await;
+        fetch(&region, org, grant).await.unwrap();
+        answers.push(refusal(&region, org, grant).await);
+    }
+    // Its own grant, for another purpose than the grant's.
+    set_purpose(&region, &fetch_id, "werk").await;
+    fetch(&region, MBO, &fetch_id).await.unwrap();
+    answers.push(refusal(&region, MBO, &fetch_id).await);
+    set_purpose(&region, &fetch_id, "intake").await;
+
+    // After Sam withdrew, with the notice it kept a copy of.
+    forge(&region, MBO, "g-kept", &fetch_id, "intake").await;
+    let mut school = region.api(SCHOOL).await.unwrap();
+    revoke(
+        &mut school,
+        make_revocation(&sam.wallet, &fetch_id, None, now()).unwrap(),
+    )
+    .await
+    .unwrap();
+    eventually("the college drops its notice", || async {
+        fetchable(&region, MBO)
+            .await
+            .iter()
+            .all(|f| f.grant_id != fetch_id)
+    })
+    .await;
+    sqlx::query("UPDATE fetchable SET grant_id = $1, refused = NULL WHERE grant_id = 'g-kept'")
+        .bind(&fetch_id)
+        .execute(&node_pool(&region, MBO).await)
+        .await
+        .unwrap();
+    fetch(&region, MBO, &fetch_id).await.unwrap();
+    answers.push(refusal(&region, MBO, &fetch_id).await);
+
+    // One refusal for all, which names nothing; and nothing was sent.
+    assert_eq!(answers.len(), 5);
+    for a in &answers {
+        assert_eq!(a, overstap_node::core::PULL_REFUSED);
+    }
+    assert_eq!(school_packages(&region).await, packages_before);
+    assert_eq!(node_count(&region, GEMEENTE, "received").await, 0);
+    assert_eq!(node_count(&region, MBO, "received").await, 0);
+    region.shutdown().await.unwrap();
+}
+
+/// A notice row at `org` for `grant`, copied from its row for `copy_of`, with `purpose`.
+async fn forge(
+    region: &overstap_region::Region,
+    org: &str,
+    grant: &str,
+    copy_of: &str,
+    purpose: &str,
+) {
+    let made = sqlx::query(
+        "INSERT INTO fetchable (grant_id, from_org, pseudonym, purpose, sections, not_before, \
+         not_after, card, grant_signed, noticed_at) SELECT $1, from_org, pseudonym, $2, sections, \
+         not_before, not_after, card, grant_signed, noticed_at FROM fetchable WHERE grant_id = $3",
+    )
+    .bind(grant)
+    .bind(purpose)
+    .bind(copy_of)
+    .execute(&node_pool(region, org).await)
+    .await
+    .unwrap()
+    .rows_affected();
+    assert_eq!(made, 1, "{org} holds a notice for {copy_of}");
+}
+
+async fn set_purpose(region: &overstap_region::Region, grant: &str, purpose: &str) {
+    sqlx::query("UPDATE fetchable SET purpose = $1 WHERE grant_id = $2")
+        .bind(purpose)
+        .bind(grant)
+        .execute(&node_pool(region, MBO).await)
+        .await
+        .unwrap();
+}
+
+/// The school's answer to `org`'s pull under `grant`, once it is back.
+async fn refusal(region: &overstap_region::Region, org: &str, grant: &str) -> String {
+    let answered = || async {
+        fetchable(region, org)
+            .await
+            .into_iter()
+            .find(|f| f.grant_id == grant && !f.refused.is_empty())
+    };
+    eventually("the school's refusal", || async {
+        answered().await.is_some()
+    })
+    .await;
+    answered().await.unwrap().refused
+}
+
+/// The packages the school has sealed.
+async fn school_packages(region: &overstap_region::Region) -> i64 {
+    sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM outbox WHERE kind = 1")
+        .fetch_one(&node_pool(region, SCHOOL).await)
+        .await
+        .unwrap()
+}
