@@ -1,6 +1,8 @@
 //! Output for people: received passports with headings, questions, answers and smileys; lists.
 
-use overstap_proto::pb::{Handover, InboxItem, OutboxItem, ShowPassportResponse, TrailEvent};
+use overstap_proto::pb::{
+    FetchableGrant, Handover, InboxItem, OutboxItem, ShowPassportResponse, TrailEvent,
+};
 use overstap_proto::questions::smiley_face;
 use overstap_proto::{format_date, format_time};
 
@@ -66,6 +68,33 @@ pub fn inbox(items: &[InboxItem]) -> String {
             i.status
         ));
         out.push_str(&format!("{:<20} sections: {}\n", "", i.sections.join(", ")));
+    }
+    out
+}
+
+pub fn fetchable(grants: &[FetchableGrant]) -> String {
+    if grants.is_empty() {
+        return "No student has let this node fetch a passport.\n".into();
+    }
+    let mut out = format!(
+        "{:<20} {:<20} {:<8} {:<12} {:<11} {}\n",
+        "GRANT", "STUDENT", "FROM", "PURPOSE", "UNTIL", "ASKED"
+    );
+    for g in grants {
+        let asked = match (g.asked_at, g.refused.as_str()) {
+            (0, _) => "not yet".to_string(),
+            (at, "") => format_time(at),
+            (_, refused) => format!("refused: {refused}"),
+        };
+        out.push_str(&format!(
+            "{:<20} {:<20} {:<8} {:<12} {:<11} {asked}\n",
+            g.grant_id,
+            g.pseudonym,
+            g.from_org,
+            g.purpose,
+            format_date(g.not_after),
+        ));
+        out.push_str(&format!("{:<20} sections: {}\n", "", g.sections.join(", ")));
     }
     out
 }

@@ -2,7 +2,9 @@
 //! and values as the JSON (times in Unix seconds, a list of sections joined with `;`), so a
 //! spreadsheet and a program read the same thing.
 
-use overstap_proto::pb::{Handover, InboxItem, OutboxItem, ShowPassportResponse, TrailEvent};
+use overstap_proto::pb::{
+    FetchableGrant, Handover, InboxItem, OutboxItem, ShowPassportResponse, TrailEvent,
+};
 use overstap_proto::questions::QuestionSet;
 use serde_json::{Value, json};
 
@@ -12,6 +14,24 @@ pub fn inbox_item(i: &InboxItem) -> Value {
         "sections": i.sections, "received_at": i.received_at, "not_after": i.not_after, "status": i.status,
     })
 }
+
+pub fn fetchable(g: &FetchableGrant) -> Value {
+    json!({
+        "grant_id": g.grant_id, "pseudonym": g.pseudonym, "from_org": g.from_org, "purpose": g.purpose,
+        "sections": g.sections, "not_after": g.not_after, "asked_at": g.asked_at, "refused": g.refused,
+    })
+}
+
+pub const FETCHABLE_COLUMNS: &[&str] = &[
+    "grant_id",
+    "pseudonym",
+    "from_org",
+    "purpose",
+    "sections",
+    "not_after",
+    "asked_at",
+    "refused",
+];
 
 pub fn outbox_item(i: &OutboxItem) -> Value {
     json!({

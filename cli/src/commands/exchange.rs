@@ -4,8 +4,9 @@
 use anyhow::bail;
 use clap::{Args, Subcommand};
 use overstap_proto::pb::{
-    HandoversRequest, InboxRequest, NodeStatusRequest, OutboxRequest, SendPassportRequest,
-    SendPassportsRequest, SetStatusRequest, ShowPassportRequest,
+    FetchPassportRequest, FetchableRequest, HandoversRequest, InboxRequest, NodeStatusRequest,
+    OutboxRequest, SendPassportRequest, SendPassportsRequest, SetStatusRequest,
+    ShowPassportRequest,
 };
 use overstap_region::client::explain;
 
@@ -42,6 +43,22 @@ pub struct InboxArgs {
 
 #[derive(Args)]
 pub struct HandoversArgs {
+    /// table for people; csv or json for programs and spreadsheets.
+    #[arg(long, value_enum, default_value_t = ListFormat::Table)]
+    format: ListFormat,
+    #[command(flatten)]
+    node: NodeOpts,
+}
+
+#[derive(Args)]
+pub struct PullArgs {
+    /// Ask the student's school for the passport under this consent (g-…, as the list shows
+    /// it); without it, list the consents this node may fetch under.
+    #[arg(long)]
+    grant: Option<String>,
+    /// Your name or staff id, logged with the request.
+    #[arg(long, env = "OVERSTAP_STAFF")]
+    staff: Option<String>,
     /// table for people; csv or json for programs and spreadsheets.
     #[arg(long, value_enum, default_value_t = ListFormat::Table)]
     format: ListFormat,
@@ -243,6 +260,49 @@ pub(super) async fn handovers(HandoversArgs { format, node }: HandoversArgs) -> 
         render_data::handover,
         render_data::HANDOVER_COLUMNS,
     )
+}
+
+pub(super) async fn pull(
+    PullArgs {
+        grant,
+        staff,
+        format,
+        node,
+    }: PullArgs,
+) -> anyhow::Result<()> {
+    let mut api = node.api().await?;
+    let Some(grant_id) = grant else {
+        let grants = api
+            .fetchable(FetchableRequest {})
+            .await
+            .map_err(explain)?
+            .into_inner()
+            .grants;
+        return print_list(
+            format,
+            &grants,
+            |g: &[_]| render::fetchable(g),
+            render_data::fetchable,
+            render_data::FETCHABLE_COLUMNS,
+        );
+    };
+    let Some(staff_user) = staff else {
+        bail!("say who is asking (--staff NAME or OVERSTAP_STAFF): every request is logged");
+    };
+    let asked = api
+        .fetch_passport(FetchPassportRequest {
+            grant_id: grant_id.clone(),
+            staff_user,
+        })
+        .await
+        .map_err(explain)?
+        .into_inner();
+    println!(
+        "Asked {} for the passport under {grant_id}. It arrives like a sent one: see `overstap inbox`. \
+         If the school says no, `overstap pull` shows it.",
+        asked.home_org
+    );
+    Ok(())
 }
 
 pub(super) async fn status(

@@ -87,6 +87,9 @@ pub enum Command {
     Send(exchange::SendArgs),
     /// Received passports; --show one (the view is logged with your name).
     Inbox(exchange::InboxArgs),
+    /// Fetch a passport the student let this node fetch, without waiting for the school to send
+    /// it (--grant); without --grant, the consents this node may fetch under.
+    Pull(exchange::PullArgs),
     /// The school's handovers: to whom, consent state, the recipient's status, age, views.
     Handovers(exchange::HandoversArgs),
     /// Set the status of a received passport (reported back to the school).
@@ -192,6 +195,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Consent(cmd) => student::consent(cmd).await,
         Command::Send(args) => exchange::send(args).await,
         Command::Inbox(args) => exchange::inbox(args).await,
+        Command::Pull(args) => exchange::pull(args).await,
         Command::Handovers(args) => exchange::handovers(args).await,
         Command::Status(args) => exchange::status(args).await,
         Command::Outbox(args) => exchange::outbox(args).await,

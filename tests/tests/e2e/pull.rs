@@ -43,6 +43,23 @@ async fn fetch(
         .map(|r| r.into_inner().home_org)
 }
 
+/// Runs the `overstap` CLI against the college's node; what it printed.
+async fn overstap(region: &overstap_region::Region, args: &[&str]) -> String {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_overstap-under-test"))
+        .args(args)
+        .arg("--node-dir")
+        .arg(region.node_dir(MBO))
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "overstap {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 async fn received_version(region: &overstap_region::Region, org: &str, grant_id: &str) -> i64 {
     sqlx::query_scalar::<_, i64>("SELECT version FROM received WHERE grant_id = $1")
         .bind(grant_id)
@@ -136,7 +153,20 @@ async fn a_college_fetches_what_the_student_let_it_fetch_without_the_school_send
         "Ik ben Sam, en nu ook stagiair bij een garage.",
     )
     .await;
-    fetch(&region, MBO, &grant_id).await.unwrap();
+    // This time as a person at the college does it, with the CLI: the list, then the request.
+    let listed = overstap(&region, &["pull", "--format", "json"]).await;
+    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(listed[0]["grant_id"], grant_id.as_str());
+    assert!(listed[0]["asked_at"].as_i64().unwrap() > 0);
+    let said = overstap(
+        &region,
+        &["pull", "--grant", &grant_id, "--staff", "intake.jansen"],
+    )
+    .await;
+    assert!(
+        said.contains(&format!("Asked {SCHOOL} for the passport under {grant_id}")),
+        "{said}"
+    );
     eventually("the college holds the newest version", || async {
         received_version(&region, MBO, &grant_id).await == 2
     })
