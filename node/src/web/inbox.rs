@@ -20,7 +20,7 @@ use super::staff::{Staff, csrf_ok, staff_in, staff_nav};
 use super::student::answers;
 use crate::core::people::READERS;
 use crate::core::{NodeError, STATUSES};
-use crate::store::Received;
+use crate::store::{Fetchable, Received};
 
 /// The statuses an intaker sets (the first two come by themselves: received, read).
 const SETTABLE: &[&str] = &["intake gepland", "gestart", "niet gestart"];
@@ -51,6 +51,9 @@ pub struct Filter {
     /// The passport whose status was just set, to say so.
     #[serde(default)]
     set: String,
+    /// The passport just asked for, to say so.
+    #[serde(default)]
+    asked: String,
 }
 
 impl Filter {
@@ -107,6 +110,14 @@ pub async fn inbox_page(
         Ok(a) => a,
         Err(e) => return web.server_error(lang, e),
     };
+    // What the college may fetch and does not hold yet.
+    let fetchable: Vec<Fetchable> = match web.core.store.fetchables().await {
+        Ok(f) => f
+            .into_iter()
+            .filter(|f| !all.iter().any(|r| r.grant_id == f.grant_id))
+            .collect(),
+        Err(e) => return web.server_error(lang, e),
+    };
     let now = web.core.now();
     let mut rows: Vec<(Received, Option<String>)> = all
         .into_iter()
@@ -158,6 +169,33 @@ pub async fn inbox_page(
     let body = html! {
         (staff_nav(lang, &staff))
         @if let Some(s) = &saved { p.done role="status" { (s) } }
+        @if !filter.asked.is_empty() { p.done role="status" { (t(lang, "fetch_asked")) } }
+        @if !fetchable.is_empty() {
+            section aria-labelledby="fetchable-title" {
+                h2 #fetchable-title { (t(lang, "fetch_title")) }
+                p { (t(lang, "fetch_help")) }
+                ul.inbox {
+                    @for f in &fetchable {
+                        li {
+                            strong { (tf(lang, "fetch_student_of", &[("school", &web.org_name(&f.from_org))])) }
+                            " " span.pseudonym { (f.pseudonym) }
+                            p { (tf(lang, "fetch_line", &[
+                                ("purpose", &purpose_label(lang, &f.purpose)),
+                                ("n", &f.sections.len().to_string()),
+                                ("until", &day(lang, f.not_after)),
+                            ])) }
+                            @if f.refused.is_some() {
+                                p.error { (t(lang, "fetch_refused")) }
+                            } @else if let Some(at) = f.asked_at {
+                                p { (tf(lang, "fetch_asked_at", &[("when", &when(lang, at))])) }
+                            }
+                            (fetch_button(lang, &staff, &f.grant_id, "fetch_button"))
+                        }
+                    }
+                }
+            }
+            h2 { (t(lang, "inbox_received_title")) }
+        }
         form.filters method="get" action="/inbox" role="search" {
             div.filter {
                 label for="q" { (t(lang, "inbox_search")) }
@@ -199,6 +237,62 @@ pub async fn inbox_page(
         StatusCode::OK,
         page(lang, &web.school(), &t(lang, "inbox_title"), body),
     )
+}
+
+/// The button that asks the student's school for the passport under `grant_id`.
+fn fetch_button(lang: Lang, staff: &Staff, grant_id: &str, words: &str) -> Markup {
+    html! {
+        form method="post" action=(format!("/inbox/fetch/{grant_id}")) {
+            input type="hidden" name="csrf" value=(staff.csrf);
+            button.secondary type="submit" { (t(lang, words)) }
+        }
+    }
+}
+
+/// Whether the student let this node fetch what it holds under `r`'s grant.
+fn may_fetch(r: &Received) -> bool {
+    overstap_proto::pb::Signed::decode(r.grant_signed.as_slice())
+        .ok()
+        .and_then(|s| {
+            overstap_proto::sign::decode_body::<overstap_proto::pb::ConsentGrant>(
+                overstap_proto::sign::Domain::Grant,
+                &s,
+            )
+            .ok()
+        })
+        .is_some_and(|g| g.may_fetch)
+}
+
+/// POST /inbox/fetch/{grant}: asks the student's school for the passport (a pull).
+pub async fn fetch(
+    State(web): State<Shared>,
+    headers: HeaderMap,
+    Path(grant_id): Path<String>,
+    Form(form): Form<super::staff::WithCsrf>,
+) -> Response {
+    let lang = Lang::of(&headers);
+    let staff = match staff_in(&web, &headers, READERS).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    if !csrf_ok(&staff.csrf, &form.csrf) {
+        return form_expired(lang, &web.school());
+    }
+    match web.core.pull(&grant_id, &staff.username, &staff.role).await {
+        Ok(_) => Redirect::to(&format!("/inbox?asked={grant_id}")).into_response(),
+        Err(NodeError::NotFound(_)) => gone(&web, lang, &grant_id).await,
+        Err(NodeError::Precondition(reason)) => {
+            tracing::info!(grant = %grant_id, %reason, "a pull was not asked for");
+            error(
+                lang,
+                &web.school(),
+                StatusCode::CONFLICT,
+                &t(lang, "fetch_not_now"),
+                Some(("/inbox", &t(lang, "inbox_back"))),
+            )
+        }
+        Err(e) => web.server_error(lang, e),
+    }
 }
 
 /// What stands where a passport stood once it is gone: erased (the student withdrew consent,
@@ -308,6 +402,10 @@ fn passport_view(
             }
         }
         p.hint { (t(lang, "inbox_only_shared")) }
+        @if may_fetch(r) {
+            p { (t(lang, "fetch_newest_help")) }
+            (fetch_button(lang, staff, &r.grant_id, "fetch_newest"))
+        }
         p { a.button.secondary href="/inbox" { (t(lang, "inbox_back")) } }
     };
     page(lang, &web.school(), &title, body)

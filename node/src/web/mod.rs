@@ -214,6 +214,7 @@ pub fn router(core: Arc<NodeCore>, https: bool, oidc: Option<oidc::Oidc>) -> Rou
         .route("/inbox", get(inbox::inbox_page))
         .route("/inbox/{grant}", get(inbox::passport_page))
         .route("/inbox/{grant}/status", post(inbox::set_status))
+        .route("/inbox/fetch/{grant}", post(inbox::fetch))
         .route("/handovers", get(handovers::handovers_page))
         .route("/handovers.csv", get(handovers::handovers_csv))
         .route("/audit", get(audit::audit_page))

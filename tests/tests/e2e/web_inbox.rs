@@ -272,3 +272,80 @@ async fn a_staff_session_ends_after_an_idle_hour_and_lives_while_it_is_used() {
     assert_eq!(page.status, 401);
     assert!(page.body.contains("Log eerst in"), "{}", page.body);
 }
+
+#[tokio::test]
+async fn an_intaker_fetches_a_passport_the_student_let_the_college_fetch() {
+    let (_tmp, region) = region().await;
+    add_staff_at(&region, MBO, "intake.jansen", "intaker").await;
+    add_staff_at(&region, MBO, "mentor.mbo", "mentor").await;
+    let college = web_url(&region, MBO);
+    let sam = student_named(&region, &cast::birth_month(17), "Sam de Boer").await;
+    let mut req = grant_request(MBO, &["personalia", "wie-ben-ik"], "intake", 30);
+    req.may_fetch = true;
+    req.live = true;
+    let grant_id = grant_on(&region, &sam.wallet, "pvs-mbo-v2", &req, None).await;
+    let intaker = signed_in(&college, "intake.jansen").await;
+    eventually("the college may fetch", || async {
+        get(&college, "/inbox", &intaker)
+            .await
+            .body
+            .contains("Je mag ophalen")
+    })
+    .await;
+    let list = get(&college, "/inbox", &intaker).await;
+    assert!(
+        list.body.contains("Leerling van Vmbo De Brug"),
+        "{}",
+        list.body
+    );
+    assert!(
+        !list.body.contains("Sam de Boer"),
+        "no name before the passport is here"
+    );
+    let csrf = csrf_of(&list.body);
+    let path = format!("/inbox/fetch/{grant_id}");
+
+    // A mentor, or a forged form, asks for nothing.
+    let mentor = signed_in(&college, "mentor.mbo").await;
+    let by_mentor = post_form(&college, &path, &mentor, &format!("csrf={csrf}")).await;
+    assert_eq!(by_mentor.status, 403);
+    assert_eq!(
+        post_form(&college, &path, &intaker, "csrf=forged")
+            .await
+            .status,
+        403
+    );
+    assert_eq!(
+        node_count(&region, SCHOOL, "trail").await,
+        1,
+        "only the consent"
+    );
+
+    let asked = post_form(&college, &path, &intaker, &format!("csrf={csrf}")).await;
+    assert_eq!(asked.status, 303, "{asked:?}");
+    let back = get(&college, asked.header("location").unwrap(), &intaker).await;
+    assert!(back.body.contains("Gevraagd."), "{}", back.body);
+    eventually("the fetched passport is in the list, by name", || async {
+        get(&college, "/inbox", &intaker)
+            .await
+            .body
+            .contains("Sam de Boer")
+    })
+    .await;
+    let page = get(&college, &format!("/inbox/{grant_id}"), &intaker).await;
+    assert!(
+        page.body.contains("Haal de nieuwste versie op"),
+        "{}",
+        page.body
+    );
+    // A grant that does not exist: the kind "not here" page.
+    let csrf = csrf_of(&page.body);
+    let made_up = post_form(
+        &college,
+        "/inbox/fetch/g-made-up",
+        &intaker,
+        &format!("csrf={csrf}"),
+    )
+    .await;
+    assert_eq!(made_up.status, 404);
+}
