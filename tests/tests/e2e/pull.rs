@@ -347,3 +347,42 @@ async fn school_packages(region: &overstap_region::Region) -> i64 {
         .await
         .unwrap()
 }
+
+#[tokio::test]
+async fn a_pull_asked_while_the_school_is_offline_is_answered_once_it_is_back_and_stored_once() {
+    let (_tmp, mut region) = region().await;
+    let sam = student(&region, &cast::birth_month(17), None).await;
+    let mut req = grant_request(MBO, &["wie-ben-ik"], "intake", 30);
+    req.may_fetch = true;
+    let grant_id = grant(&region, &sam.wallet, &req, None).await;
+    eventually("the notice", || async {
+        fetchable(&region, MBO).await.len() == 1
+    })
+    .await;
+    region.stop_node(SCHOOL).await.unwrap();
+    fetch(&region, MBO, &grant_id).await.unwrap();
+    // The request waits in the school's mailbox at the hub; the college stops before any
+    // answer, and both come back.
+    eventually("the request is at the hub", || async {
+        hub_mailbox(&region, SCHOOL).await.len() == 1
+    })
+    .await;
+    region.stop_node(MBO).await.unwrap();
+    region.start_node(SCHOOL).await.unwrap();
+    region.start_node(MBO).await.unwrap();
+    eventually("the passport is at the college", || async {
+        received_version(&region, MBO, &grant_id).await == 1
+    })
+    .await;
+    // Once: one package sealed, one passport held, one fetch in the trail.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(school_packages(&region).await, 1);
+    assert_eq!(node_count(&region, MBO, "received").await, 1);
+    let fetched = trail_events(&region, &sam.wallet.pseudonym)
+        .await
+        .into_iter()
+        .filter(|e| e.starts_with("fetched"))
+        .count();
+    assert_eq!(fetched, 1);
+    region.shutdown().await.unwrap();
+}
