@@ -18,9 +18,10 @@ use overstap_proto::pb::{
     StorePassportResponse, TrailEvent, TrailRequest, TrailResponse,
 };
 use overstap_proto::pb::{
-    AddStaffRequest, AddStaffResponse, FetchPassportRequest, FetchPassportResponse, FetchableGrant,
-    FetchableRequest, FetchableResponse, InviteStudentRequest, InviteStudentResponse,
-    ProveEnvelopeRequest, ProveEnvelopeResponse,
+    AddPickupCodeRequest, AddPickupCodeResponse, AddStaffRequest, AddStaffResponse,
+    FetchPassportRequest, FetchPassportResponse, FetchableGrant, FetchableRequest,
+    FetchableResponse, InviteStudentRequest, InviteStudentResponse, ProveEnvelopeRequest,
+    ProveEnvelopeResponse, RedeemPickupCodeRequest,
 };
 use prost::Message;
 use rand_core::RngCore;
@@ -353,6 +354,36 @@ impl Node for NodeApi {
         let (envelope_id, home_org) = self
             .core
             .pull(&r.grant_id, &r.staff_user, TERMINAL_ROLE)
+            .await?;
+        Ok(Response::new(FetchPassportResponse {
+            envelope_id,
+            home_org,
+        }))
+    }
+
+    async fn add_pickup_code(
+        &self,
+        request: Request<AddPickupCodeRequest>,
+    ) -> Result<Response<AddPickupCodeResponse>, Status> {
+        let code = required(request.into_inner().code, "code")?;
+        self.core.add_pickup_code(&code).await?;
+        Ok(Response::new(AddPickupCodeResponse {}))
+    }
+
+    async fn redeem_pickup_code(
+        &self,
+        request: Request<RedeemPickupCodeRequest>,
+    ) -> Result<Response<FetchPassportResponse>, Status> {
+        let r = request.into_inner();
+        if r.staff_user.trim().is_empty() {
+            return Err(NodeError::Invalid(
+                "name the staff member who redeems the code (it is logged)".into(),
+            )
+            .into());
+        }
+        let (envelope_id, home_org) = self
+            .core
+            .redeem_pickup_code(&r.code, &r.staff_user, TERMINAL_ROLE)
             .await?;
         Ok(Response::new(FetchPassportResponse {
             envelope_id,

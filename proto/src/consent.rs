@@ -2,7 +2,7 @@
 //! the sender before anything leaves a node and by the recipient before anything is stored.
 
 use crate::passport::{Signers, verify_signers};
-use crate::pb::{ConsentGrant, Revocation, Signed, StudentCard};
+use crate::pb::{ConsentGrant, PickupCode, Revocation, Signed, StudentCard};
 use crate::sign::{Domain, decode_body};
 use crate::{ProtocolError, UnixTime};
 
@@ -163,6 +163,78 @@ pub fn verify_revocation(
     Ok(rev)
 }
 
+/// The longest a pickup code may live: long enough to show at an intake, short enough that
+/// a code seen over a shoulder is soon worth nothing.
+pub const PICKUP_CODE_MAX_SECS: i64 = 3600;
+
+/// The symbols of a pickup code: digits and capitals without 0, 1, I and O, which are read
+/// wrong aloud and on paper. Eight of them are 40 bits.
+const PICKUP_ALPHABET: &[u8; 32] = b"23456789ABCDEFGHJKLMNPQRSTUVWXYZ";
+
+/// A new pickup code, as a person reads it: "K7QM-3XPA".
+pub fn new_pickup_code() -> String {
+    let mut bytes = [0u8; 8];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut bytes);
+    let symbols: String = bytes
+        .iter()
+        .map(|b| PICKUP_ALPHABET[(b & 31) as usize] as char)
+        .collect();
+    format!("{}-{}", &symbols[..4], &symbols[4..])
+}
+
+/// A code in its plain form: upper case, only its symbols (spaces and dashes typed or read
+/// along are dropped).
+pub fn plain_pickup_code(code: &str) -> String {
+    code.chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .map(|c| c.to_ascii_uppercase())
+        .collect()
+}
+
+/// The SHA-256 of a code's plain form: what the home node keeps and compares.
+pub fn pickup_code_digest(code: &str) -> Vec<u8> {
+    use sha2::Digest;
+    sha2::Sha256::digest(plain_pickup_code(code).as_bytes()).to_vec()
+}
+
+/// Verifies a student's pickup code against their card: the student's (or, like a withdrawal,
+/// a guardian's) signature, the student, a digest, and an end within the hour after it was made.
+pub fn verify_pickup_code(
+    signed: &Signed,
+    card: &StudentCard,
+    now: UnixTime,
+) -> Result<PickupCode, ProtocolError> {
+    let code: PickupCode = decode_body(Domain::PickupCode, signed)?;
+    if code.pseudonym != card.pseudonym {
+        return Err(ProtocolError::Consent(format!(
+            "pickup code is for student {}, the card is for {}",
+            code.pseudonym, card.pseudonym
+        )));
+    }
+    if code.code_sha256.len() != 32 {
+        return Err(ProtocolError::Malformed {
+            what: "pickup code",
+            detail: "code_sha256 must be 32 bytes".into(),
+        });
+    }
+    let life = code.expires_at - code.issued_at;
+    if life <= 0 || life > PICKUP_CODE_MAX_SECS || code.expires_at <= now {
+        return Err(ProtocolError::Consent(format!(
+            "pickup code must end in the future, at most {} minutes after it was made",
+            PICKUP_CODE_MAX_SECS / 60
+        )));
+    }
+    verify_signers(
+        Domain::PickupCode,
+        signed,
+        card,
+        code.issued_at,
+        now,
+        Signers::StudentOrGuardian,
+    )?;
+    Ok(code)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -211,6 +283,22 @@ mod tests {
             issued_at: NOV_2026,
             may_fetch: false,
         }
+    }
+
+    #[test]
+    fn a_pickup_code_is_read_the_same_however_it_is_typed() {
+        let code = new_pickup_code();
+        assert_eq!(code.len(), 9);
+        assert!(
+            code.chars()
+                .all(|c| c == '-' || PICKUP_ALPHABET.contains(&(c as u8)))
+        );
+        let typed = format!(" {} ", code.to_lowercase().replace('-', " "));
+        assert_eq!(pickup_code_digest(&typed), pickup_code_digest(&code));
+        assert_ne!(
+            pickup_code_digest("K7QM-3XPA"),
+            pickup_code_digest("K7QM-3XPB")
+        );
     }
 
     #[test]

@@ -27,6 +27,8 @@ pub enum Domain {
     /// A student's or guardian's browser signing the node's sign-in challenge: a tag of its
     /// own, so a sign-in signature can never count as a document signature.
     SignIn,
+    /// A student's single-use pickup code for one grant (its hash, its end).
+    PickupCode,
 }
 
 impl Domain {
@@ -44,6 +46,7 @@ impl Domain {
             Domain::Receipt => b"overstap.v1/receipt",
             Domain::DashboardToken => b"overstap.v1/dashboard-token",
             Domain::SignIn => b"overstap.v1/sign-in",
+            Domain::PickupCode => b"overstap.v1/pickup-code",
         }
     }
 
@@ -61,6 +64,7 @@ impl Domain {
             Domain::Receipt => "receipt",
             Domain::DashboardToken => "dashboard token",
             Domain::SignIn => "sign-in challenge",
+            Domain::PickupCode => "pickup code",
         }
     }
 }
@@ -233,6 +237,7 @@ mod tests {
             Domain::Receipt,
             Domain::DashboardToken,
             Domain::SignIn,
+            Domain::PickupCode,
         ];
         // Every variant is listed: adding one without a tag of its own fails to compile here.
         for d in all {
@@ -247,7 +252,8 @@ mod tests {
                 | Domain::Payload
                 | Domain::Receipt
                 | Domain::DashboardToken
-                | Domain::SignIn => {}
+                | Domain::SignIn
+                | Domain::PickupCode => {}
             }
         }
         for (i, a) in all.iter().enumerate() {

@@ -363,6 +363,34 @@ pub fn make_grant(
     Ok(signed)
 }
 
+/// Makes a pickup code for one of the student's grants, valid for `minutes`, signed by the
+/// student: the code to show (the school's id first, "25LP-K7QM-3XPA") and the signed code
+/// for the home node.
+pub fn make_pickup_code(
+    wallet: &Wallet,
+    grant_id: &str,
+    minutes: i64,
+    now: UnixTime,
+) -> anyhow::Result<(String, Signed)> {
+    use overstap_proto::consent::{PICKUP_CODE_MAX_SECS, new_pickup_code, pickup_code_digest};
+    if minutes < 1 || minutes * 60 > PICKUP_CODE_MAX_SECS {
+        bail!(
+            "a pickup code lives 1 to {} minutes",
+            PICKUP_CODE_MAX_SECS / 60
+        );
+    }
+    let code = new_pickup_code();
+    let body = overstap_proto::pb::PickupCode {
+        grant_id: grant_id.to_string(),
+        pseudonym: wallet.pseudonym.clone(),
+        code_sha256: pickup_code_digest(&code),
+        issued_at: now,
+        expires_at: now + minutes * 60,
+    };
+    let signed = sign_message(Domain::PickupCode, &body, &[&wallet.key]);
+    Ok((format!("{}-{code}", wallet.home_org), signed))
+}
+
 /// Signs the withdrawal of a grant (with the guardian under 16). Revoking is as easy as
 /// granting: one signature, one command.
 pub fn make_revocation(

@@ -5,8 +5,8 @@ use anyhow::bail;
 use clap::{Args, Subcommand};
 use overstap_proto::pb::{
     FetchPassportRequest, FetchableRequest, HandoversRequest, InboxRequest, NodeStatusRequest,
-    OutboxRequest, SendPassportRequest, SendPassportsRequest, SetStatusRequest,
-    ShowPassportRequest,
+    OutboxRequest, RedeemPickupCodeRequest, SendPassportRequest, SendPassportsRequest,
+    SetStatusRequest, ShowPassportRequest,
 };
 use overstap_region::client::explain;
 
@@ -53,9 +53,12 @@ pub struct HandoversArgs {
 #[derive(Args)]
 pub struct PullArgs {
     /// Ask the student's school for the passport under this consent (g-…, as the list shows
-    /// it); without it, list the consents this node may fetch under.
-    #[arg(long)]
+    /// it); without it (and without --code), list the consents this node may fetch under.
+    #[arg(long, conflicts_with = "code")]
     grant: Option<String>,
+    /// Fetch with the pickup code a student shows you ("25LP-K7QM-3XPA").
+    #[arg(long)]
+    code: Option<String>,
     /// Your name or staff id, logged with the request.
     #[arg(long, env = "OVERSTAP_STAFF")]
     staff: Option<String>,
@@ -265,12 +268,28 @@ pub(super) async fn handovers(HandoversArgs { format, node }: HandoversArgs) -> 
 pub(super) async fn pull(
     PullArgs {
         grant,
+        code,
         staff,
         format,
         node,
     }: PullArgs,
 ) -> anyhow::Result<()> {
     let mut api = node.api().await?;
+    if let Some(code) = code {
+        let Some(staff_user) = staff else {
+            bail!("say who is asking (--staff NAME or OVERSTAP_STAFF): every request is logged");
+        };
+        let asked = api
+            .redeem_pickup_code(RedeemPickupCodeRequest { code, staff_user })
+            .await
+            .map_err(explain)?
+            .into_inner();
+        println!(
+            "Asked {} with the student's code. The passport arrives like a sent one: see `overstap inbox`.",
+            asked.home_org
+        );
+        return Ok(());
+    }
     let Some(grant_id) = grant else {
         let grants = api
             .fetchable(FetchableRequest {})

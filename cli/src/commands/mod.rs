@@ -90,6 +90,9 @@ pub enum Command {
     /// Fetch a passport the student let this node fetch, without waiting for the school to send
     /// it (--grant); without --grant, the consents this node may fetch under.
     Pull(exchange::PullArgs),
+    /// A student's single-use code for one consent, to show at the intake: the recipient
+    /// fetches the passport with it (`overstap pull --code`).
+    PickupCode(student::PickupCodeArgs),
     /// The school's handovers: to whom, consent state, the recipient's status, age, views.
     Handovers(exchange::HandoversArgs),
     /// Set the status of a received passport (reported back to the school).
@@ -196,6 +199,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Send(args) => exchange::send(args).await,
         Command::Inbox(args) => exchange::inbox(args).await,
         Command::Pull(args) => exchange::pull(args).await,
+        Command::PickupCode(args) => student::pickup_code(args).await,
         Command::Handovers(args) => exchange::handovers(args).await,
         Command::Status(args) => exchange::status(args).await,
         Command::Outbox(args) => exchange::outbox(args).await,

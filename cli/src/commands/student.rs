@@ -4,15 +4,16 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use overstap_proto::pb::{
-    GetStudentRequest, Manifest, RegisterStudentRequest, ReplaceStudentKeyRequest, TrailRequest,
+    AddPickupCodeRequest, GetStudentRequest, Manifest, RegisterStudentRequest,
+    ReplaceStudentKeyRequest, TrailRequest,
 };
 use overstap_proto::sign::{Domain, decode_body};
 use overstap_region::client::{Api, explain};
 use overstap_region::passport::{
-    GrantRequest, draft_from_answers, fill_interactive, make_grant, make_revocation, parse_date,
-    revoke, sign_passport, upload_grant,
+    GrantRequest, draft_from_answers, fill_interactive, make_grant, make_pickup_code,
+    make_revocation, parse_date, revoke, sign_passport, upload_grant,
 };
 use overstap_region::wallet::{Wallet, load_key, new_guardian_key};
 
@@ -171,6 +172,37 @@ pub enum ConsentCmd {
         #[command(flatten)]
         node: NodeOpts,
     },
+}
+
+#[derive(Args)]
+pub struct PickupCodeArgs {
+    /// The student's wallet file (key and card), as `student new` wrote it.
+    #[arg(long)]
+    wallet: PathBuf,
+    /// The consent the code lets its recipient fetch under (g-…).
+    #[arg(long)]
+    grant: String,
+    /// How long the code works, in minutes (at most 60).
+    #[arg(long, default_value_t = 15)]
+    minutes: i64,
+    #[command(flatten)]
+    node: NodeOpts,
+}
+
+pub(super) async fn pickup_code(args: PickupCodeArgs) -> anyhow::Result<()> {
+    let w = Wallet::load(&args.wallet)?;
+    let (shown, signed) = make_pickup_code(&w, &args.grant, args.minutes, now())?;
+    args.node
+        .api()
+        .await?
+        .add_pickup_code(AddPickupCodeRequest { code: Some(signed) })
+        .await
+        .map_err(explain)?;
+    println!(
+        "Show this code at the intake; it works once, for {} minutes:\n\n   {shown}\n",
+        args.minutes
+    );
+    Ok(())
 }
 
 pub(super) async fn guardian(cmd: GuardianCmd) -> anyhow::Result<()> {

@@ -182,6 +182,8 @@ impl NodeCore {
                 if let Some(id) = &grant_id {
                     tx.pull_refused(id, &r.reason).await?;
                 }
+                tx.code_pull_refused(&r.refused_envelope_id, &r.reason)
+                    .await?;
                 if let Some(g) = match grant_id {
                     Some(id) => tx.grant(&id).await?,
                     None => None,

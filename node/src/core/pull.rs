@@ -4,21 +4,30 @@
 //! the consented one otherwise), or with one refusal whatever the reason. At the recipient: the
 //! notice is checked and kept, and a pull is an envelope to the home school like any other.
 
-use overstap_proto::consent::{check_in_force, verify_grant};
+use overstap_proto::consent::{
+    check_in_force, pickup_code_digest, plain_pickup_code, verify_grant, verify_pickup_code,
+};
 use overstap_proto::directory::VerifiedDirectory;
-use overstap_proto::passport::verify_card;
+use overstap_proto::passport::{refuse_retired_keys, verify_card};
 use overstap_proto::pb::payload::Content;
 use overstap_proto::pb::{
-    ConsentGrant, EnvelopeHeader, EnvelopeKind, GrantNotice, Payload, PullRequest, Refusal, Signed,
+    ConsentGrant, EnvelopeHeader, EnvelopeKind, GrantNotice, Payload, PickupCode, PullRequest,
+    Refusal, Signed,
 };
 use overstap_proto::sign::{Domain, decode_body};
 use overstap_proto::{ProtocolError, format_date};
 use prost::Message;
 
-use crate::store::{Fetchable, TrailRow, Tx};
+use crate::store::{Fetchable, GrantRow, TrailRow, Tx};
 
 use super::status::audit_row;
 use super::{NodeCore, NodeError, Outcome, stored};
+
+/// How many symbols a pickup code has (after the school's id).
+const PICKUP_CODE_LEN: usize = 8;
+/// Wrong pickup codes one member may bring in a quarter of an hour before its codes pause.
+const PICKUP_MAX_FAILURES: i64 = 5;
+const PICKUP_PAUSE_SECS: i64 = 15 * 60;
 
 /// The one answer to a pull the home node will not serve, whatever the reason: no such grant,
 /// another recipient's, another purpose, withdrawn, run out, not fetchable. So a pull tells
@@ -142,6 +151,7 @@ impl NodeCore {
                     content: Some(Content::Pull(PullRequest {
                         grant_id: grant_id.to_string(),
                         purpose,
+                        pickup_code: String::new(),
                     })),
                     ..Default::default()
                 },
@@ -156,6 +166,129 @@ impl NodeCore {
         Ok((sealed.envelope_id, home))
     }
 
+    /// Home side: keeps a student's signed pickup code for one of their grants that is in
+    /// force. Returns when it ends.
+    pub async fn add_pickup_code(&self, signed: &Signed) -> Result<i64, NodeError> {
+        let probe: PickupCode = decode_body(Domain::PickupCode, signed)?;
+        let (_, card) = self.card(&probe.pseudonym).await?;
+        refuse_retired_keys(Domain::PickupCode, signed, &card)?;
+        let code = verify_pickup_code(signed, &card, self.now())?;
+        let mut tx = self.store.begin().await?;
+        let g = tx
+            .grant(&code.grant_id)
+            .await?
+            .filter(|g| g.pseudonym == code.pseudonym)
+            .ok_or_else(|| {
+                NodeError::NotFound(format!("no grant {} of this student", code.grant_id))
+            })?;
+        self.grant_allows(&g).await?;
+        tx.add_pickup_code(
+            &code.code_sha256,
+            &code.grant_id,
+            &signed.encode_to_vec(),
+            code.expires_at,
+            self.now(),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(code.expires_at)
+    }
+
+    /// Recipient side: redeems a student's pickup code as they show it ("25LP-K7QM-3XPA": the
+    /// school's id, then the code) with a pull to that school. Returns the request's envelope
+    /// id and the school.
+    pub async fn redeem_pickup_code(
+        &self,
+        shown: &str,
+        staff_user: &str,
+        role: &str,
+    ) -> Result<(Vec<u8>, String), NodeError> {
+        let plain = plain_pickup_code(shown);
+        let not_a_code = || {
+            NodeError::Invalid(
+                "a pickup code is the school's id and eight letters and digits, like 25LP-K7QM-3XPA"
+                    .into(),
+            )
+        };
+        if plain.len() <= PICKUP_CODE_LEN {
+            return Err(not_a_code());
+        }
+        let (school, code) = plain.split_at(plain.len() - PICKUP_CODE_LEN);
+        let dir = self.directory()?;
+        let home = dir
+            .directory
+            .members
+            .iter()
+            .find(|m| plain_pickup_code(&m.org_id) == school)
+            .map(|m| m.org_id.clone())
+            .ok_or_else(|| NodeError::NotFound(format!("no school {school} in this region")))?;
+        if home == self.org_id {
+            return Err(not_a_code());
+        }
+        let now = self.now();
+        let mut tx = self.store.begin().await?;
+        let sealed = self
+            .seal_in(
+                &mut tx,
+                &home,
+                EnvelopeKind::PullRequest,
+                None,
+                Payload {
+                    content: Some(Content::Pull(PullRequest {
+                        pickup_code: code.to_string(),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                },
+                None,
+            )
+            .await?;
+        tx.code_pull_asked(&sealed.envelope_id, &home, staff_user, now)
+            .await?;
+        tx.audit(&audit_row(now, staff_user, role, "pull-code", "", &home))
+            .await?;
+        tx.commit().await?;
+        self.outbox_wake.notify_one();
+        Ok((sealed.envelope_id, home))
+    }
+
+    /// Home side: the grant a pull with a pickup code names, if the code is good for `from`
+    /// now (it is then used up); why not otherwise. Wrong codes count against `from`.
+    async fn grant_of_code(
+        &self,
+        tx: &mut Tx,
+        from: &str,
+        code: &str,
+    ) -> Result<Result<GrantRow, String>, NodeError> {
+        let now = self.now();
+        let since = now - PICKUP_PAUSE_SECS;
+        if tx.pickup_failures(from, since).await? >= PICKUP_MAX_FAILURES {
+            return Ok(Err("too many wrong pickup codes from this member".into()));
+        }
+        let digest = pickup_code_digest(code);
+        let row = tx.pickup_code(&digest).await?;
+        let found = match &row {
+            Some(r) if r.used_at.is_some() => Err("the code was used already".to_string()),
+            Some(r) if now >= r.expires_at => Err("the code ran out".to_string()),
+            Some(r) => match tx.grant(&r.grant_id).await? {
+                Some(g) if g.recipient_org == from => Ok(g),
+                Some(_) => Err("the code is for another recipient".to_string()),
+                None => Err("the code's grant is gone".to_string()),
+            },
+            None => Err("no such code".to_string()),
+        };
+        match found {
+            Ok(g) => {
+                tx.use_pickup_code(&digest, from, now).await?;
+                Ok(Ok(g))
+            }
+            Err(why) => {
+                tx.pickup_failed(from, now, since).await?;
+                Ok(Err(why))
+            }
+        }
+    }
+
     /// Home side: answers a pull on its own, with the package a push would send, or refuses
     /// with [`PULL_REFUSED`] whatever the reason (the reason is logged here only).
     pub(super) async fn answer_pull_in(
@@ -166,12 +299,26 @@ impl NodeCore {
         receipt_and_evidence: (Option<Vec<u8>>, Vec<u8>),
     ) -> Result<Outcome, NodeError> {
         let from = &header.from_org;
-        let g = match tx.grant(&req.grant_id).await? {
-            Some(g) if g.recipient_org == *from && g.purpose == req.purpose => Some(g),
-            _ => None,
+        let with_code = !req.pickup_code.is_empty();
+        let (g, code_refused) = if with_code {
+            match self.grant_of_code(tx, from, &req.pickup_code).await? {
+                Ok(g) => (Some(g), None),
+                Err(why) => (None, Some(why)),
+            }
+        } else {
+            let g = match tx.grant(&req.grant_id).await? {
+                Some(g) if g.recipient_org == *from && g.purpose == req.purpose => Some(g),
+                _ => None,
+            };
+            (g, None)
         };
         let why_not = match &g {
-            None => Some("no grant of this recipient and purpose".to_string()),
+            None => Some(
+                code_refused.unwrap_or_else(|| "no grant of this recipient and purpose".into()),
+            ),
+            // The student's code is their say-so for this fetch, whatever the grant says of
+            // fetching; the grant must still be in force.
+            Some(g) if with_code => self.grant_allows(g).await.err().map(|e| e.to_string()),
             Some(g) => {
                 let grant: ConsentGrant =
                     decode_body(Domain::Grant, &stored::<Signed>(&g.signed, "grant")?)?;
@@ -211,7 +358,14 @@ impl NodeCore {
             org: from.clone(),
             event: "fetched".into(),
             at: self.now(),
-            detail: format!("{from} fetched version {}", sent.version),
+            detail: if with_code {
+                format!(
+                    "{from} fetched version {} with your pickup code",
+                    sent.version
+                )
+            } else {
+                format!("{from} fetched version {}", sent.version)
+            },
             envelope_id: Some(header.envelope_id.clone()),
             hub_receipt,
             evidence: Some(evidence),

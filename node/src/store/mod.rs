@@ -38,7 +38,7 @@ pub use inbox::{Held, Peer, Processed};
 pub use keys::{HeldRow, KeyLinkRow, LinkRole};
 pub use log::{CHECKPOINT_HISTORY, LogState, Unproven};
 pub use outbox::{OutboxEntry, OutboxRow};
-pub use pull::Fetchable;
+pub use pull::{Fetchable, PickupRow};
 pub use received::{Erased, Received};
 pub use students::StoredVersion;
 pub use web::{InvitationRow, PersonRow, SessionRow, StaffRow};

@@ -139,3 +139,145 @@ impl Tx {
         Ok(())
     }
 }
+
+/// A student's pickup code as the home node keeps it.
+#[derive(Debug, Clone)]
+pub struct PickupRow {
+    pub grant_id: String,
+    pub expires_at: i64,
+    pub used_at: Option<i64>,
+}
+
+impl NodeStore {
+    /// The recipient's pulls with a code: (envelope id, school, asked at, refusal), newest first.
+    pub async fn code_pulls(
+        &self,
+    ) -> Result<Vec<(Vec<u8>, String, i64, Option<String>)>, StoreError> {
+        Ok(sqlx::query(
+            "SELECT envelope_id, home_org, asked_at, refused FROM code_pulls ORDER BY asked_at DESC",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect())
+    }
+}
+
+impl Tx {
+    /// Keeps a pickup code; the same code twice is a conflict.
+    pub async fn add_pickup_code(
+        &mut self,
+        digest: &[u8],
+        grant_id: &str,
+        signed: &[u8],
+        expires_at: i64,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO pickup_codes (code_sha256, grant_id, signed, expires_at, created_at)
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(digest)
+        .bind(grant_id)
+        .bind(signed)
+        .bind(expires_at)
+        .bind(now)
+        .execute(&mut *self.0)
+        .await
+        .map_err(|e| super::conflict(e, "this pickup code".into()))?;
+        Ok(())
+    }
+
+    pub async fn pickup_code(&mut self, digest: &[u8]) -> Result<Option<PickupRow>, StoreError> {
+        Ok(sqlx::query(
+            "SELECT grant_id, expires_at, used_at FROM pickup_codes WHERE code_sha256 = $1",
+        )
+        .bind(digest)
+        .fetch_optional(&mut *self.0)
+        .await?
+        .map(|r| PickupRow {
+            grant_id: r.get(0),
+            expires_at: r.get(1),
+            used_at: r.get(2),
+        }))
+    }
+
+    pub async fn use_pickup_code(
+        &mut self,
+        digest: &[u8],
+        by: &str,
+        at: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE pickup_codes SET used_at = $1, used_by = $2 WHERE code_sha256 = $3")
+            .bind(at)
+            .bind(by)
+            .bind(digest)
+            .execute(&mut *self.0)
+            .await?;
+        Ok(())
+    }
+
+    /// Notes a wrong code from `org`, and how many it brought since `since` (this one too).
+    pub async fn pickup_failed(
+        &mut self,
+        org: &str,
+        at: i64,
+        since: i64,
+    ) -> Result<i64, StoreError> {
+        sqlx::query("DELETE FROM pickup_failures WHERE at < $1")
+            .bind(since)
+            .execute(&mut *self.0)
+            .await?;
+        sqlx::query("INSERT INTO pickup_failures (org, at) VALUES ($1, $2)")
+            .bind(org)
+            .bind(at)
+            .execute(&mut *self.0)
+            .await?;
+        self.pickup_failures(org, since).await
+    }
+
+    pub async fn pickup_failures(&mut self, org: &str, since: i64) -> Result<i64, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT COUNT(*) FROM pickup_failures WHERE org = $1 AND at >= $2")
+                .bind(org)
+                .bind(since)
+                .fetch_one(&mut *self.0)
+                .await?,
+        )
+    }
+
+    /// Recipient side: this node asked `home_org` with a code, in envelope `envelope_id`.
+    pub async fn code_pull_asked(
+        &mut self,
+        envelope_id: &[u8],
+        home_org: &str,
+        by: &str,
+        at: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO code_pulls (envelope_id, home_org, asked_at, asked_by) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(envelope_id)
+        .bind(home_org)
+        .bind(at)
+        .bind(by)
+        .execute(&mut *self.0)
+        .await?;
+        Ok(())
+    }
+
+    /// Recipient side: the school refused the pull in `envelope_id` (if it was one with a code).
+    pub async fn code_pull_refused(
+        &mut self,
+        envelope_id: &[u8],
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE code_pulls SET refused = $1 WHERE envelope_id = $2")
+            .bind(reason)
+            .bind(envelope_id)
+            .execute(&mut *self.0)
+            .await?;
+        Ok(())
+    }
+}

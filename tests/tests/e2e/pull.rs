@@ -386,3 +386,154 @@ async fn a_pull_asked_while_the_school_is_offline_is_answered_once_it_is_back_an
     assert_eq!(fetched, 1);
     region.shutdown().await.unwrap();
 }
+
+/// Redeems `code` at `org`; the pull request's envelope id.
+async fn redeem(region: &overstap_region::Region, org: &str, code: &str) -> Vec<u8> {
+    region
+        .api(org)
+        .await
+        .unwrap()
+        .redeem_pickup_code(overstap_proto::pb::RedeemPickupCodeRequest {
+            code: code.into(),
+            staff_user: "intake.jansen".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .envelope_id
+}
+
+/// The school's refusal of the code pull in `envelope`, once it is back.
+async fn code_refusal(region: &overstap_region::Region, org: &str, envelope: &[u8]) -> String {
+    let pool = node_pool(region, org).await;
+    let answered = || async {
+        sqlx::query_scalar::<_, Option<String>>(
+            "SELECT refused FROM code_pulls WHERE envelope_id = $1",
+        )
+        .bind(envelope)
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    eventually("the school's refusal", || async {
+        answered().await.is_some()
+    })
+    .await;
+    answered().await.unwrap()
+}
+
+async fn add_code(
+    region: &overstap_region::Region,
+    signed: overstap_proto::pb::Signed,
+) -> Result<(), tonic::Status> {
+    region
+        .api(SCHOOL)
+        .await
+        .unwrap()
+        .add_pickup_code(overstap_proto::pb::AddPickupCodeRequest { code: Some(signed) })
+        .await
+        .map(|_| ())
+}
+
+#[tokio::test]
+async fn a_pickup_code_fetches_once_for_its_recipient_and_wrong_codes_pause_the_guesser() {
+    use overstap_region::passport::make_pickup_code;
+    let (_tmp, region) = region().await;
+    let sam = student(&region, &cast::birth_month(17), None).await;
+    // Sam chose "the school sends it": the college holds no notice, only Sam's code.
+    let grant_id = grant(
+        &region,
+        &sam.wallet,
+        &grant_request(MBO, &["wie-ben-ik"], "intake", 30),
+        None,
+    )
+    .await;
+    let gm_grant = grant(
+        &region,
+        &sam.wallet,
+        &grant_request(GEMEENTE, &["wat-kan-ik"], "werk", 30),
+        None,
+    )
+    .await;
+
+    // What the school will not keep: a code signed by someone else, one for another student's
+    // grant, one that lives two hours.
+    let (_, genuine) = make_pickup_code(&sam.wallet, &grant_id, 15, now()).unwrap();
+    let body: overstap_proto::pb::PickupCode =
+        overstap_proto::sign::decode_body(Domain::PickupCode, &genuine).unwrap();
+    let forged = sign_message(
+        Domain::PickupCode,
+        &body,
+        &[&overstap_proto::sign::generate_signing_key()],
+    );
+    let e = add_code(&region, forged).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("missing signature on pickup code"), "{e:?}");
+    let (_, two_hours) = make_pickup_code(&sam.wallet, &grant_id, 60, now() - 3600).unwrap();
+    let late = add_code(&region, two_hours).await.unwrap_err();
+    assert!(
+        late.message().contains("at most 60 minutes after it was made"),
+        "{late:?}"
+    );
+    let noor = student(&region, &cast::birth_month(17), None).await;
+    let (_, for_another) = make_pickup_code(&noor.wallet, &grant_id, 15, now()).unwrap();
+    let other = add_code(&region, for_another).await.unwrap_err();
+    assert_eq!(other.code(), tonic::Code::NotFound, "{other:?}");
+    assert_eq!(node_count(&region, SCHOOL, "pickup_codes").await, 0);
+
+    let (shown, signed) = make_pickup_code(&sam.wallet, &grant_id, 15, now()).unwrap();
+    add_code(&region, signed).await.unwrap();
+    assert!(shown.starts_with(&format!("{SCHOOL}-")), "{shown}");
+
+    // The municipality brings Sam's code for the college: refused, and the code still works.
+    let wrong_member = redeem(&region, GEMEENTE, &shown).await;
+    assert_eq!(
+        code_refusal(&region, GEMEENTE, &wrong_member).await,
+        overstap_node::core::PULL_REFUSED
+    );
+    // The college, typing it as people do: fetched, once.
+    redeem(&region, MBO, &shown.to_lowercase().replace('-', " ")).await;
+    eventually("the passport is at the college", || async {
+        held_sections(&region, MBO, &grant_id).await == ["wie-ben-ik"]
+    })
+    .await;
+    assert!(
+        trail_events(&region, &sam.wallet.pseudonym)
+            .await
+            .contains(&format!(
+                "fetched {MBO} fetched version 1 with your pickup code"
+            ))
+    );
+    let again = redeem(&region, MBO, &shown).await;
+    assert_eq!(
+        code_refusal(&region, MBO, &again).await,
+        overstap_node::core::PULL_REFUSED
+    );
+
+    // A code that ran out.
+    let (short, signed) = make_pickup_code(&sam.wallet, &grant_id, 1, now() - 57).unwrap();
+    add_code(&region, signed).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    let expired = redeem(&region, MBO, &short).await;
+    assert_eq!(
+        code_refusal(&region, MBO, &expired).await,
+        overstap_node::core::PULL_REFUSED
+    );
+
+    // Guessing: the municipality's wrong codes (one above, four more) pause its codes, so its
+    // own good code is refused too.
+    let (good, signed) = make_pickup_code(&sam.wallet, &gm_grant, 15, now()).unwrap();
+    add_code(&region, signed).await.unwrap();
+    for guess in ["2222-2222", "3333-3333", "4444-4444", "5555-5555"] {
+        let e = redeem(&region, GEMEENTE, &format!("{SCHOOL}-{guess}")).await;
+        code_refusal(&region, GEMEENTE, &e).await;
+    }
+    let paused = redeem(&region, GEMEENTE, &good).await;
+    assert_eq!(
+        code_refusal(&region, GEMEENTE, &paused).await,
+        overstap_node::core::PULL_REFUSED
+    );
+    assert_eq!(node_count(&region, GEMEENTE, "received").await, 0);
+    assert_eq!(node_count(&region, MBO, "received").await, 1);
+    region.shutdown().await.unwrap();
+}
