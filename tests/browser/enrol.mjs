@@ -222,6 +222,27 @@ const handoversText = await mentor.innerText("main");
 await look(mentor, "handovers");
 await until(student, base + "/student/trail", "intake gepland", "the intake in the trail");
 await look(student, "trail-intake");
+
+// At the intake Sam makes a pickup code on the phone and reads it out; the intaker types it,
+// and the college fetches the passport with it.
+await student.goto(base + "/student/consents");
+await student.getByRole("link", { name: "Maak een ophaalcode" }).focus();
+await student.keyboard.press("Enter");
+await student.waitForURL("**/student/pickup/*");
+await look(student, "pickup");
+await student.focus("#make-code");
+await student.keyboard.press("Enter");
+await student.waitForSelector("#pickup-code:not([hidden])", { timeout: 20000 });
+const pickupCode = (await student.textContent("#pickup-code")).trim();
+await look(student, "pickup-made");
+await intaker.goto(college + "/inbox");
+await intaker.focus("#code");
+await intaker.keyboard.type(pickupCode.toLowerCase());
+await intaker.keyboard.press("Enter");
+await intaker.waitForURL("**/inbox?asked=code");
+await look(intaker, "inbox-code-asked");
+await until(student, base + "/student/trail", "met jouw ophaalcode", "the fetch with the code in the trail");
+const trailCodeText = await student.innerText("main");
 for (let i = 0; i < 240 && !existsSync(`${outDir}/checked`); i++) await student.waitForTimeout(250);
 await student.goto(base + "/student/consents");
 await student.getByRole("link", { name: "Intrekken" }).focus();
@@ -308,6 +329,8 @@ console.log(JSON.stringify({
   classSent,
   passportText,
   intakeSaved,
+  pickupCode,
+  trailCodeText,
   handoversText,
   erasedText,
   auditText,

@@ -41,8 +41,12 @@ impl NodeCore {
         match &opened.payload.content {
             Some(Content::Package(p)) => {
                 match self.check_package(tx, signed_under, opened, p).await? {
-                    Ok((received, superseded)) => {
+                    Ok((mut received, superseded)) => {
                         let grant_id = received.grant_id.clone();
+                        // Fetched or sent again: what the staff set (an intake planned) stays.
+                        if let Some(held) = tx.received(&grant_id).await? {
+                            received.status = held.status;
+                        }
                         tx.store_received(&received).await?;
                         if superseded {
                             self.erase_in(
@@ -139,7 +143,15 @@ impl NodeCore {
                 else {
                     return Ok(Outcome::Noted("status for a grant not held here"));
                 };
-                tx.set_grant_status(&g.grant_id, &st.status, st.at, st.viewed_at.len() as u32)
+                // A version received again ("ontvangen") does not undo what the recipient set
+                // since (gelezen, an intake planned): the trail still gets the delivery.
+                let status =
+                    if st.status == "ontvangen" && !matches!(g.status.as_str(), "" | "ontvangen") {
+                        ""
+                    } else {
+                        st.status.as_str()
+                    };
+                tx.set_grant_status(&g.grant_id, status, st.at, st.viewed_at.len() as u32)
                     .await?;
                 let mut events: Vec<(String, i64, String)> = Vec::new();
                 for at in &st.viewed_at {

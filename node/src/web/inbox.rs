@@ -110,6 +110,15 @@ pub async fn inbox_page(
         Ok(a) => a,
         Err(e) => return web.server_error(lang, e),
     };
+    let now = web.core.now();
+    // Pulls with a student's code the school said no to, in the last day.
+    let code_refusals: Vec<_> = match web.core.store.code_pulls().await {
+        Ok(c) => c
+            .into_iter()
+            .filter(|(_, _, at, refused)| refused.is_some() && now - at < 86_400)
+            .collect(),
+        Err(e) => return web.server_error(lang, e),
+    };
     // What the college may fetch and does not hold yet.
     let fetchable: Vec<Fetchable> = match web.core.store.fetchables().await {
         Ok(f) => f
@@ -118,7 +127,6 @@ pub async fn inbox_page(
             .collect(),
         Err(e) => return web.server_error(lang, e),
     };
-    let now = web.core.now();
     let mut rows: Vec<(Received, Option<String>)> = all
         .into_iter()
         .filter(|r| now < r.not_after)
@@ -170,6 +178,20 @@ pub async fn inbox_page(
         (staff_nav(lang, &staff))
         @if let Some(s) = &saved { p.done role="status" { (s) } }
         @if !filter.asked.is_empty() { p.done role="status" { (t(lang, "fetch_asked")) } }
+        section.pickup aria-labelledby="code-title" {
+            h2 #code-title { (t(lang, "pickup_have_code")) }
+            @for (_, school, at, _) in code_refusals.iter() {
+                p.error { (tf(lang, "pickup_refused", &[("school", &web.org_name(school)), ("when", &when(lang, *at))])) }
+            }
+            form method="post" action="/inbox/code" {
+                input type="hidden" name="csrf" value=(staff.csrf);
+                label for="code" { (t(lang, "pickup_code_label")) }
+                p.hint #code-hint { (t(lang, "pickup_code_hint")) }
+                input #code type="text" name="code" autocomplete="off" autocapitalize="characters"
+                    spellcheck="false" maxlength="48" aria-describedby="code-hint" required;
+                button type="submit" { (t(lang, "pickup_redeem")) }
+            }
+        }
         @if !fetchable.is_empty() {
             section aria-labelledby="fetchable-title" {
                 h2 #fetchable-title { (t(lang, "fetch_title")) }

@@ -17,7 +17,8 @@
 //! what their student under 16 signed). The receiving side: [`inbox`] (an intaker or
 //! consultant reads what arrived and sets its status), [`handovers`] (the school's handovers
 //! for a mentor or decaan, with the drop-out flag, and CSV), [`audit`] (what staff did, for the
-//! admin).
+//! admin); [`pickup`] (a student's pickup code, made and signed on their device, and the
+//! intaker typing it in).
 
 mod audit;
 mod class;
@@ -31,6 +32,7 @@ mod keys;
 pub mod oidc;
 mod page;
 mod passport;
+mod pickup;
 mod staff;
 mod student;
 pub mod tls;
@@ -215,6 +217,10 @@ pub fn router(core: Arc<NodeCore>, https: bool, oidc: Option<oidc::Oidc>) -> Rou
         .route("/inbox/{grant}", get(inbox::passport_page))
         .route("/inbox/{grant}/status", post(inbox::set_status))
         .route("/inbox/fetch/{grant}", post(inbox::fetch))
+        .route("/inbox/code", post(pickup::redeem))
+        .route("/student/pickup/prepare", post(pickup::prepare))
+        .route("/student/pickup/sign", post(pickup::sign))
+        .route("/student/pickup/{grant}", get(pickup::pickup_page))
         .route("/handovers", get(handovers::handovers_page))
         .route("/handovers.csv", get(handovers::handovers_csv))
         .route("/audit", get(audit::audit_page))

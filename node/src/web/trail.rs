@@ -107,6 +107,11 @@ async fn consents(web: &Shared, headers: &HeaderMap, who: Who) -> Response {
                         }
                         p.state { strong { (t(lang, &format!("grant_{}", g.state))) } }
                         @if g.state == "active" {
+                            @if who == Who::Student {
+                                p { a.button href=(format!("/student/pickup/{}", g.grant_id)) {
+                                    (t(lang, "pickup_link"))
+                                } }
+                            }
                             p { a.button.secondary href=(format!("{base}/consents/{}/withdraw", g.grant_id)) {
                                 (t(lang, "withdraw_button"))
                             } }
@@ -259,6 +264,10 @@ pub async fn trail_page(State(web): State<Shared>, headers: HeaderMap) -> Respon
             | "revocation sent" | "expired" | "erased" | "replaced" | "new key" => {
                 tf(lang, &key, &[("org", &org)])
             }
+            "fetched" if detail.ends_with("with your pickup code") => {
+                tf(lang, "trail_fetched_code", &[("org", &org)])
+            }
+            "fetched" => tf(lang, "trail_fetched", &[("org", &org)]),
             other => tf(lang, "trail_other", &[("org", &org), ("event", other)]),
         }
     };

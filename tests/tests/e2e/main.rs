@@ -24,4 +24,5 @@ mod web_family;
 mod web_inbox;
 mod web_oidc;
 mod web_parents;
+mod web_story;
 mod web_tls;

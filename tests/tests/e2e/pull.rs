@@ -145,6 +145,24 @@ async fn a_college_fetches_what_the_student_let_it_fetch_without_the_school_send
     })
     .await;
 
+    region
+        .api(MBO)
+        .await
+        .unwrap()
+        .set_status(overstap_proto::pb::SetStatusRequest {
+            grant_id: grant_id.clone(),
+            status: "intake gepland".into(),
+            staff_user: "intake.jansen".into(),
+        })
+        .await
+        .unwrap();
+    eventually("the school hears of the intake", || async {
+        handover(&region, &grant_id)
+            .await
+            .is_some_and(|h| h.status == "intake gepland")
+    })
+    .await;
+
     // Sam updates the passport; the school sends nothing; the college fetches version 2.
     store_version(
         &region,
@@ -171,12 +189,31 @@ async fn a_college_fetches_what_the_student_let_it_fetch_without_the_school_send
         received_version(&region, MBO, &grant_id).await == 2
     })
     .await;
+    // The intake the college planned before stays planned, there and at the school.
+    let status_at_college =
+        sqlx::query_scalar::<_, String>("SELECT status FROM received WHERE grant_id = $1")
+            .bind(&grant_id)
+            .fetch_one(&node_pool(&region, MBO).await)
+            .await
+            .unwrap();
+    assert_eq!(status_at_college, "intake gepland");
+    eventually("the school hears of version 2", || async {
+        trail_events(&region, &sam.wallet.pseudonym)
+            .await
+            .iter()
+            .any(|e| e == &format!("delivered {MBO} received version 2 and checked it"))
+    })
+    .await;
+    assert_eq!(
+        handover(&region, &grant_id).await.unwrap().status,
+        "intake gepland"
+    );
     let audit: Vec<String> =
         sqlx::query_scalar("SELECT action FROM staff_audit WHERE who = 'intake.jansen'")
             .fetch_all(&node_pool(&region, MBO).await)
             .await
             .unwrap();
-    assert_eq!(audit, ["pull", "pull"]);
+    assert_eq!(audit, ["pull", "status", "pull"]);
 
     // A grant the student did not make live stops at the version consented to.
     let mut fixed = grant_request(MBO, &["wie-ben-ik"], "begeleiding", 30);
@@ -468,11 +505,15 @@ async fn a_pickup_code_fetches_once_for_its_recipient_and_wrong_codes_pause_the_
     );
     let e = add_code(&region, forged).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
-    assert!(e.message().contains("missing signature on pickup code"), "{e:?}");
+    assert!(
+        e.message().contains("missing signature on pickup code"),
+        "{e:?}"
+    );
     let (_, two_hours) = make_pickup_code(&sam.wallet, &grant_id, 60, now() - 3600).unwrap();
     let late = add_code(&region, two_hours).await.unwrap_err();
     assert!(
-        late.message().contains("at most 60 minutes after it was made"),
+        late.message()
+            .contains("at most 60 minutes after it was made"),
         "{late:?}"
     );
     let noor = student(&region, &cast::birth_month(17), None).await;

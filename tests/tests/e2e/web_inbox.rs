@@ -3,6 +3,7 @@
 //! back to the school's handovers page), and after the student withdraws consent reads the
 //! erasure instead; who may open which page; the admin's audit.
 
+use overstap_proto::sign::Domain;
 use overstap_region::passport::{make_revocation, revoke};
 use overstap_tests::cast::{MBO, SCHOOL};
 use overstap_tests::*;
@@ -348,4 +349,182 @@ async fn an_intaker_fetches_a_passport_the_student_let_the_college_fetch() {
     )
     .await;
     assert_eq!(made_up.status, 404);
+}
+
+#[tokio::test]
+async fn pickup_codes_refuse_bad_input_on_both_sides_and_keep_nothing() {
+    use crate::web_doors::{key_sign_in, post_signature};
+    use base64::Engine;
+    let (_tmp, region) = region().await;
+    add_staff_at(&region, MBO, "intake.jansen", "intaker").await;
+    let school = web_url(&region, SCHOOL);
+    let college = web_url(&region, MBO);
+    let sam = student(&region, &cast::birth_month(17), None).await;
+    let noor = student(&region, &cast::birth_month(17), None).await;
+    let sams = grant(
+        &region,
+        &sam.wallet,
+        &grant_request(MBO, &["wie-ben-ik"], "intake", 30),
+        None,
+    )
+    .await;
+    let noors = grant(
+        &region,
+        &noor.wallet,
+        &grant_request(MBO, &["wie-ben-ik"], "intake", 30),
+        None,
+    )
+    .await;
+    let cookie = session_cookie(&key_sign_in(&school, "student", &sam.wallet.key).await);
+    let json = |path: &str, body: serde_json::Value| {
+        let (school, cookie) = (school.clone(), cookie.clone());
+        let path = path.to_string();
+        async move {
+            http(
+                &school,
+                "POST",
+                &path,
+                &[("Content-Type", "application/json"), ("Cookie", &cookie)],
+                body.to_string().as_bytes(),
+            )
+            .await
+        }
+    };
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let digest = b64.encode([7u8; 32]);
+
+    // Noor's consent is not Sam's to make a code for; a digest must be 32 bytes; a signature
+    // with nothing prepared, or by a key not on the card, keeps nothing.
+    assert_eq!(
+        get(&school, &format!("/student/pickup/{noors}"), &cookie)
+            .await
+            .status,
+        404
+    );
+    let theirs = json(
+        "/student/pickup/prepare",
+        serde_json::json!({"grant": noors, "digest": digest}),
+    )
+    .await;
+    assert_eq!(theirs.status, 404, "{theirs:?}");
+    let short = json(
+        "/student/pickup/prepare",
+        serde_json::json!({"grant": sams, "digest": b64.encode([7u8; 8])}),
+    )
+    .await;
+    assert_eq!(short.status, 400);
+    let nothing = json(
+        "/student/pickup/sign",
+        serde_json::json!({"key": "", "signature": ""}),
+    )
+    .await;
+    assert!(nothing.status >= 400, "{nothing:?}");
+    let prepared = json(
+        "/student/pickup/prepare",
+        serde_json::json!({"grant": sams, "digest": digest}),
+    )
+    .await;
+    assert_eq!(prepared.status, 200, "{prepared:?}");
+    let body: serde_json::Value = serde_json::from_str(&prepared.body).unwrap();
+    let body = b64.decode(body["body"].as_str().unwrap()).unwrap();
+    let stranger = overstap_proto::sign::generate_signing_key();
+    let forged = post_signature(
+        &school,
+        &cookie,
+        "/student/pickup/sign",
+        Domain::PickupCode,
+        &body,
+        &stranger,
+    )
+    .await;
+    assert_eq!(forged.status, 422, "{forged:?}");
+    assert_eq!(node_count(&region, SCHOOL, "pickup_codes").await, 0);
+    // Prepared again and signed with Sam's key: kept.
+    let again = body_again(&school, &cookie, &sams, &digest).await;
+    let kept = post_signature(
+        &school,
+        &cookie,
+        "/student/pickup/sign",
+        Domain::PickupCode,
+        &again,
+        &sam.wallet.key,
+    )
+    .await;
+    assert_eq!(kept.status, 200, "{kept:?}");
+    assert_eq!(node_count(&region, SCHOOL, "pickup_codes").await, 1);
+
+    // The intaker's side: no code, someone's made-up school, a forged form.
+    let intaker = signed_in(&college, "intake.jansen").await;
+    let page = get(&college, "/inbox", &intaker).await;
+    let csrf = csrf_of(&page.body);
+    let not_a_code = post_form(
+        &college,
+        "/inbox/code",
+        &intaker,
+        &format!("csrf={csrf}&code=hallo"),
+    )
+    .await;
+    assert_eq!(not_a_code.status, 422);
+    assert!(
+        not_a_code.body.contains("Dat is geen ophaalcode"),
+        "{}",
+        not_a_code.body
+    );
+    let nowhere = post_form(
+        &college,
+        "/inbox/code",
+        &intaker,
+        &format!("csrf={csrf}&code=ZZ99-K7QM-3XPA"),
+    )
+    .await;
+    assert_eq!(nowhere.status, 404);
+    assert!(
+        nowhere
+            .body
+            .contains("De school aan het begin van de code kennen we niet")
+    );
+    let forged = post_form(
+        &college,
+        "/inbox/code",
+        &intaker,
+        &format!("csrf=forged&code={SCHOOL}-K7QM-3XPA"),
+    )
+    .await;
+    assert_eq!(forged.status, 403);
+    assert_eq!(node_count(&region, MBO, "code_pulls").await, 0);
+    // A wrong code that is well formed goes to the school, which says no; the page says so.
+    let wrong = post_form(
+        &college,
+        "/inbox/code",
+        &intaker,
+        &format!("csrf={csrf}&code={SCHOOL}-K7QM-3XPA"),
+    )
+    .await;
+    assert_eq!(wrong.status, 303);
+    eventually("the school's refusal shows", || async {
+        get(&college, "/inbox", &intaker)
+            .await
+            .body
+            .contains("De school gaf het paspoort niet")
+    })
+    .await;
+}
+
+/// Prepares Sam's code object again and returns its bytes (what the page would sign).
+async fn body_again(school: &str, cookie: &str, grant: &str, digest: &str) -> Vec<u8> {
+    use base64::Engine;
+    let a = http(
+        school,
+        "POST",
+        "/student/pickup/prepare",
+        &[("Content-Type", "application/json"), ("Cookie", cookie)],
+        serde_json::json!({"grant": grant, "digest": digest})
+            .to_string()
+            .as_bytes(),
+    )
+    .await;
+    let v: serde_json::Value = serde_json::from_str(&a.body).unwrap();
+    base64::engine::general_purpose::STANDARD
+        .decode(v["body"].as_str().unwrap())
+        .unwrap()
 }

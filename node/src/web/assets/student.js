@@ -112,6 +112,61 @@
     $("check-failed").hidden = false;
   });
 
+  // A pickup code: made here and never sent; only its SHA-256 goes to the node, which prepares
+  // the code object. The page checks that it names this consent and this digest and ends
+  // within the minutes the page says, signs it, and only then shows the code.
+  const pickup = $("pickup");
+  if (pickup) {
+    const button = $("make-code");
+    if (!window.crypto || !crypto.subtle) {
+      $("no-webcrypto").hidden = false;
+      button.disabled = true;
+      return;
+    }
+    button.addEventListener("click", async () => {
+      $("check-failed").hidden = true;
+      $("sign-failed").hidden = true;
+      button.disabled = true;
+      try {
+        const alphabet = "23456789ABCDEFGHJKLMNPQRSTUVWXYZ";
+        const code = [...crypto.getRandomValues(new Uint8Array(8))]
+          .map((b) => alphabet[b & 31]).join("");
+        const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", utf8(code)));
+        const r = await fetch(pickup.dataset.prepare, {
+          method: "POST",
+          headers: { "Content-Type": "application/json" },
+          body: JSON.stringify({ grant: pickup.dataset.grant, digest: base64(digest) }),
+        });
+        if (!r.ok) throw new Error("prepare");
+        const body = bytes((await r.json()).body);
+        const c = { grant: "", digest: new Uint8Array(), issued: 0n, expires: 0n };
+        for (const [f, v] of fields(body)) {
+          if (f === 1) c.grant = text(v);
+          else if (f === 3) c.digest = v;
+          else if (f === 4) c.issued = v;
+          else if (f === 5) c.expires = v;
+        }
+        const same = c.digest.length === 32 && c.digest.every((b, i) => b === digest[i]);
+        const life = c.expires - c.issued;
+        if (c.grant !== pickup.dataset.grant || !same || life <= 0n
+          || life > BigInt(pickup.dataset.minutes) * 60n) {
+          $("check-failed").hidden = false;
+          return;
+        }
+        await signAndPost("overstap.v1/pickup-code", body, pickup, button);
+        if (button.hidden) {
+          const shown = $("pickup-code");
+          shown.textContent = `${pickup.dataset.school}-${code.slice(0, 4)}-${code.slice(4)}`;
+          shown.hidden = false;
+        }
+      } catch (_) {
+        $("sign-failed").hidden = false;
+        button.disabled = false;
+      }
+    });
+    return;
+  }
+
   // Consent. The page decodes the grant the node prepared and checks that it names exactly the
   // organisation, the parts, the purpose, the end date and whether they may fetch it, as this
   // page shows them, before it signs.
