@@ -413,6 +413,40 @@ mod tests {
         assert_eq!(weeks[0].envelopes.unwrap().value, 8);
     }
 
+    #[test]
+    fn pulls_are_counted_beside_pushes_and_few_are_suppressed() {
+        let t = 1_763_800_000;
+        let stats = |pulls: i64| {
+            let mut accepted: Vec<_> = (0..6)
+                .map(|i| meta("25LP", "30RT", EnvelopeKind::Package, t + i, Some(t + i)))
+                .collect();
+            accepted.extend(
+                (0..pulls).map(|i| meta("30RT", "25LP", EnvelopeKind::PullRequest, t + i, None)),
+            );
+            aggregate(&Input {
+                accepted: &accepted,
+                unacked: &[],
+                directory: None,
+                since: t - DAY,
+                until: t + DAY,
+                now: t,
+                threshold: 5,
+            })
+        };
+        let kind = |s: &StatsResponse, k: &str| {
+            s.kinds
+                .iter()
+                .find(|r| r.kind == k)
+                .and_then(|r| r.envelopes)
+        };
+        let many = stats(7);
+        assert_eq!(kind(&many, "pull_request").unwrap().value, 7);
+        assert_eq!(kind(&many, "package").unwrap().value, 6);
+        let few = stats(2);
+        let pulls = kind(&few, "pull_request").unwrap();
+        assert!(pulls.suppressed && pulls.value == 0);
+    }
+
     /// Found in review: with packages sent but none picked up, the median's rank panicked.
     #[test]
     fn a_period_with_nothing_picked_up_has_no_times() {

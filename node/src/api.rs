@@ -446,6 +446,7 @@ impl Node for NodeApi {
                     sent_at: g.sent_at.unwrap_or(0),
                     not_after: g.not_after,
                     views: g.views,
+                    fetched_at: g.fetched_at.unwrap_or(0),
                 })
                 .collect(),
         }))

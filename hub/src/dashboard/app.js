@@ -147,6 +147,9 @@ function render(data) {
   const set = (id, v) => { document.querySelector(`[data-testid=${id}]`).textContent = String(v); };
   const packages = data.kinds.find((k) => k.kind === "package");
   set("total-packages", packages ? packages.envelopes : 0);
+  // Pulls beside pushes: how often a recipient asked for a passport itself.
+  const pulls = data.kinds.find((k) => k.kind === "pull_request");
+  set("pulls", pulls ? pulls.envelopes : 0);
   const lat = data.ack_latency;
   // A time in the card, or a dash: a count of pick-ups is no time.
   set("median", lat.median_secs === null ? "–" : duration(lat.median_secs));

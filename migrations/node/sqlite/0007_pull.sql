@@ -48,3 +48,6 @@ CREATE TABLE code_pulls (
     asked_by    TEXT    NOT NULL,
     refused     TEXT
 );
+
+-- Home side: when the recipient last fetched under a grant (a pull), for the handovers page.
+ALTER TABLE grants ADD COLUMN fetched_at INTEGER;

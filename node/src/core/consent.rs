@@ -101,6 +101,7 @@ impl NodeCore {
                 status: String::new(),
                 status_at: None,
                 views: 0,
+                fetched_at: None,
             },
             self.now(),
         )

@@ -24,6 +24,8 @@ pub struct GrantRow {
     pub status: String,
     pub status_at: Option<i64>,
     pub views: u32,
+    /// When the recipient last fetched under this grant (a pull), if it did.
+    pub fetched_at: Option<i64>,
 }
 
 /// One event of a student's trail.
@@ -41,7 +43,7 @@ pub struct TrailRow {
 }
 
 const GRANT_COLUMNS: &str = "grant_id, pseudonym, recipient_org, purpose, sections, not_before, not_after, live, \
-     passport_version, signed, state, sent_version, sent_at, status, status_at, views";
+     passport_version, signed, state, sent_version, sent_at, status, status_at, views, fetched_at";
 
 fn grant_row(r: &AnyRow) -> GrantRow {
     GrantRow {
@@ -61,6 +63,7 @@ fn grant_row(r: &AnyRow) -> GrantRow {
         status: r.get(13),
         status_at: r.get(14),
         views: r.get::<i64, _>(15) as u32,
+        fetched_at: r.get(16),
     }
 }
 
@@ -197,6 +200,16 @@ impl Tx {
         .bind(grant_id)
         .execute(&mut *self.0)
         .await?;
+        Ok(())
+    }
+
+    /// The recipient fetched under `grant_id` at `at`.
+    pub async fn set_fetched(&mut self, grant_id: &str, at: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE grants SET fetched_at = $1 WHERE grant_id = $2")
+            .bind(at)
+            .bind(grant_id)
+            .execute(&mut *self.0)
+            .await?;
         Ok(())
     }
 

@@ -31,6 +31,8 @@ struct Row {
     consent: String,
     status: String,
     sent_at: Option<i64>,
+    /// When the recipient last fetched the passport itself.
+    fetched_at: Option<i64>,
     flagged: bool,
 }
 
@@ -80,6 +82,7 @@ async fn rows(web: &Shared, staff: &Staff, sort: &str) -> Result<Vec<Row>, crate
                 },
                 status: g.status.clone(),
                 sent_at: g.sent_at,
+                fetched_at: g.fetched_at,
                 flagged: flagged(g, now),
             })
         })
@@ -176,10 +179,18 @@ pub async fn handovers_page(
                                 td { (r.to) }
                                 td { (consent_label(lang, &r.consent)) }
                                 td { (status_words(lang, &r.status)) }
-                                td { @match r.sent_at {
-                                    Some(at) => { span title=(when(lang, at)) { (ago(lang, now, at)) } }
-                                    None => { (t(lang, "handovers_not_sent")) }
-                                } }
+                                td {
+                                    @match r.sent_at {
+                                        Some(at) => { span title=(when(lang, at)) { (ago(lang, now, at)) } }
+                                        None => { (t(lang, "handovers_not_sent")) }
+                                    }
+                                    @if let Some(at) = r.fetched_at {
+                                        br;
+                                        span title=(when(lang, at)) {
+                                            (tf(lang, "handovers_fetched", &[("ago", &ago(lang, now, at))]))
+                                        }
+                                    }
+                                }
                             }
                         }
                     }
@@ -250,10 +261,12 @@ pub async fn handovers_csv(
         Ok(r) => r,
         Err(e) => return web.server_error(lang, e),
     };
-    let mut out =
-        String::from("name,class,pseudonym,to,purpose,consent,status,sent_at,needs_a_look\n");
+    let mut out = String::from(
+        "name,class,pseudonym,to,purpose,consent,status,sent_at,fetched_at,needs_a_look\n",
+    );
     for r in &rows {
         let sent = r.sent_at.map(rfc3339).unwrap_or_default();
+        let fetched = r.fetched_at.map(rfc3339).unwrap_or_default();
         let fields = [
             r.name.as_str(),
             &r.class_name,
@@ -263,6 +276,7 @@ pub async fn handovers_csv(
             &r.consent,
             &r.status,
             &sent,
+            &fetched,
             if r.flagged { "yes" } else { "no" },
         ];
         let line: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
@@ -295,6 +309,7 @@ mod tests {
             status: status.into(),
             status_at: None,
             views,
+            fetched_at: None,
         }
     }
 

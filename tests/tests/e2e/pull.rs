@@ -137,6 +137,8 @@ async fn a_college_fetches_what_the_student_let_it_fetch_without_the_school_send
     })
     .await;
     assert_eq!(received_version(&region, MBO, &grant_id).await, 1);
+    // The school's handovers say the college fetched it (and when).
+    assert!(handover(&region, &grant_id).await.unwrap().fetched_at > 0);
     eventually("the school's trail shows the fetch", || async {
         trail_events(&region, &sam.wallet.pseudonym)
             .await

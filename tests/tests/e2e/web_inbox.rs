@@ -187,7 +187,7 @@ async fn an_intaker_finds_reads_and_plans_a_passport_and_the_school_sees_it_unti
     let lines: Vec<&str> = csv.body.lines().collect();
     assert_eq!(
         lines[0],
-        "name,class,pseudonym,to,purpose,consent,status,sent_at,needs_a_look"
+        "name,class,pseudonym,to,purpose,consent,status,sent_at,fetched_at,needs_a_look"
     );
     assert_eq!(lines.len(), 2, "{}", csv.body);
     assert!(
