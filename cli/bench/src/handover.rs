@@ -44,12 +44,22 @@ pub struct HandoverBench {
     pub latency_max_ms: f64,
 }
 
-const SCHOOL: &str = "25LP";
-const MBOS: [&str; 5] = ["30RT", "27XK", "26AB", "28CD", "29EF"];
+pub(crate) const SCHOOL: &str = "25LP";
+pub(crate) const MBOS: [&str; 5] = ["30RT", "27XK", "26AB", "28CD", "29EF"];
 
 /// `n` students of 17 registered at the school with a passport each, and a consent for one of
 /// the mbo colleges (in turn); returns (grant id, mbo) pairs.
 async fn prepare(region: &Region, n: usize, first: usize) -> anyhow::Result<Vec<(String, usize)>> {
+    prepare_grants(region, n, first, false).await
+}
+
+/// [`prepare`], with consents that let the college fetch (`may_fetch`) or not.
+pub(crate) async fn prepare_grants(
+    region: &Region,
+    n: usize,
+    first: usize,
+    may_fetch: bool,
+) -> anyhow::Result<Vec<(String, usize)>> {
     let mut api = region.api(SCHOOL).await?;
     let answers: Answers = serde_json::from_str(SAM_ANSWERS)?;
     let draft = draft_from_answers("pvs-mbo-v1", &answers)?;
@@ -68,7 +78,7 @@ async fn prepare(region: &Region, n: usize, first: usize) -> anyhow::Result<Vec<
             not_before: now - 60,
             not_after: now + 30 * 86_400,
             live: false,
-            may_fetch: false,
+            may_fetch,
         };
         let grant = make_grant(&wallet, "pvs-mbo-v1", &req, None, now)?;
         grants.push((upload_grant(&mut api, grant).await?, mbo));
@@ -77,7 +87,7 @@ async fn prepare(region: &Region, n: usize, first: usize) -> anyhow::Result<Vec<
 }
 
 /// Packages stored at each mbo node, read from its database.
-async fn stored(pools: &[AnyPool]) -> anyhow::Result<usize> {
+pub(crate) async fn stored(pools: &[AnyPool]) -> anyhow::Result<usize> {
     let mut total = 0;
     for p in pools {
         let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM received")
@@ -90,7 +100,7 @@ async fn stored(pools: &[AnyPool]) -> anyhow::Result<usize> {
 
 /// Waits until no node has anything left to send and the school has stopped taking in answers
 /// (the same count for three looks, 100 ms apart).
-async fn settle(region: &Region, school: &AnyPool) -> anyhow::Result<()> {
+pub(crate) async fn settle(region: &Region, school: &AnyPool) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(120);
     let (mut last, mut same) = (None, 0);
     loop {
@@ -219,11 +229,62 @@ pub async fn handover_bench(
         out,
         "Timing {samples} handovers one by one at {rate:.0}/s ({which})..."
     )?;
+    let api = region.api(SCHOOL).await?;
+    let mut ms = time_one_by_one(&pools, later, gap, |grant_id, _| {
+        let mut api = api.clone();
+        async move {
+            api.send_passport(SendPassportRequest {
+                grant_id,
+                ..Default::default()
+            })
+            .await?;
+            Ok(())
+        }
+    })
+    .await?;
+    ms.sort_by(|a, b| a.total_cmp(b));
+    let pick = |q: f64| ms[((ms.len() as f64 * q).ceil() as usize).clamp(1, ms.len()) - 1];
+    let (p50, p99, max) = (pick(0.50), pick(0.99), pick(1.0));
+    writeln!(
+        out,
+        "  p50 {p50:.1} ms, p99 {p99:.1} ms, slowest {max:.1} ms"
+    )?;
+    for p in pools {
+        p.close().await;
+    }
+    school.close().await;
+    region.shutdown().await?;
+    Ok(HandoverBench {
+        cohort,
+        mbo_nodes: MBOS.len(),
+        cohort_seconds,
+        cohort_per_s,
+        mbo_envelopes_per_commit,
+        samples,
+        latency_rate_per_s: rate,
+        latency_p50_ms: p50,
+        latency_p99_ms: p99,
+        latency_max_ms: max,
+    })
+}
+
+/// Starts each of `later` (grant id, mbo) with `start(grant id, mbo)`, one every `gap`, and times each from its
+/// start until its row is in the receiving mbo's database; the times in ms, in start order.
+pub(crate) async fn time_one_by_one<F, Fut>(
+    pools: &[AnyPool],
+    later: Vec<(String, usize)>,
+    gap: Duration,
+    mut start: F,
+) -> anyhow::Result<Vec<f64>>
+where
+    F: FnMut(String, usize) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
     // One watcher looks for every handover under way, at each mbo that has one, once a
     // millisecond: a watcher per handover would load the machine more the slower handovers get.
     let (started_tx, mut started_rx) =
         tokio::sync::mpsc::unbounded_channel::<(String, usize, Instant)>();
-    let watch_pools = pools.clone();
+    let watch_pools = pools.to_vec();
     let watcher = tokio::spawn(async move {
         let mut under_way: Vec<Vec<(String, Instant)>> = vec![Vec::new(); watch_pools.len()];
         let mut ms = Vec::new();
@@ -270,43 +331,14 @@ pub async fn handover_bench(
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     });
-    let mut api = region.api(SCHOOL).await?;
     let mut next = Instant::now();
     for (grant_id, mbo) in later {
         tokio::time::sleep_until(next.into()).await;
         next += gap;
-        let start = Instant::now();
-        api.send_passport(SendPassportRequest {
-            grant_id: grant_id.clone(),
-            ..Default::default()
-        })
-        .await?;
-        started_tx.send((grant_id, mbo, start))?;
+        let at = Instant::now();
+        start(grant_id.clone(), mbo).await?;
+        started_tx.send((grant_id, mbo, at))?;
     }
     drop(started_tx);
-    let mut ms = watcher.await??;
-    ms.sort_by(|a, b| a.total_cmp(b));
-    let pick = |q: f64| ms[((ms.len() as f64 * q).ceil() as usize).clamp(1, ms.len()) - 1];
-    let (p50, p99, max) = (pick(0.50), pick(0.99), pick(1.0));
-    writeln!(
-        out,
-        "  p50 {p50:.1} ms, p99 {p99:.1} ms, slowest {max:.1} ms"
-    )?;
-    for p in pools {
-        p.close().await;
-    }
-    school.close().await;
-    region.shutdown().await?;
-    Ok(HandoverBench {
-        cohort,
-        mbo_nodes: MBOS.len(),
-        cohort_seconds,
-        cohort_per_s,
-        mbo_envelopes_per_commit,
-        samples,
-        latency_rate_per_s: rate,
-        latency_p50_ms: p50,
-        latency_p99_ms: p99,
-        latency_max_ms: max,
-    })
+    watcher.await?
 }

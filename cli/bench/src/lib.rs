@@ -6,6 +6,7 @@
 //!   the same machine and, where one runs, NATS JetStream ([`nats`]).
 //! - [`subscribers`]: many members subscribed at once, the hub's fan-out.
 //! - [`handover`]: a whole handover — a cohort sealed, pushed, taken in — and its latency.
+//! - [`pull`]: recipients pulling, beside the school pushing, and a pull's latency.
 //! - [`log`]: the Merkle log's appends and proofs.
 #![forbid(unsafe_code)]
 
@@ -13,4 +14,5 @@ pub mod handover;
 pub mod hub;
 pub mod log;
 pub mod nats;
+pub mod pull;
 pub mod subscribers;

@@ -49,6 +49,20 @@ pub enum BenchCmd {
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
+    /// Recipients pulling in one region (a school and five mbo colleges): a cohort fetched by
+    /// the colleges beside a cohort pushed by the school (pull ÷ push rate), then the round
+    /// trip of single pulls at half the pull rate (p50, p99).
+    Pull {
+        /// Passports in each cohort (one pulled, one pushed).
+        #[arg(long, default_value_t = 500)]
+        cohort: usize,
+        /// Pulls timed one by one afterwards.
+        #[arg(long, default_value_t = 200)]
+        samples: usize,
+        /// table for people, json for programs.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
     /// The hub's resident memory with every member of a large region subscribed and idle (the
     /// `overstap-hub` binary as a process of its own; build it first).
     Subscribers {
@@ -146,6 +160,38 @@ pub(super) async fn bench(cmd: BenchCmd) -> anyhow::Result<()> {
                     b.mbo_nodes,
                     b.cohort_seconds,
                     b.cohort_per_s,
+                    b.samples,
+                    b.latency_rate_per_s,
+                    b.latency_p50_ms,
+                    b.latency_p99_ms
+                ),
+            }
+            Ok(())
+        }
+
+        BenchCmd::Pull {
+            cohort,
+            samples,
+            format,
+        } => {
+            let b = overstap_bench::pull::pull_bench(
+                cohort.max(1),
+                samples.max(1),
+                &mut std::io::stderr(),
+            )
+            .await?;
+            match format {
+                Format::Json => json(&b)?,
+                Format::Table => println!(
+                    "{} passports fetched by {} colleges in {:.2} s ({:.0}/s), {} pushed in {:.2} s ({:.0}/s): pull ÷ push {:.2}; {} single pulls at {:.0}/s: p50 {:.1} ms, p99 {:.1} ms",
+                    b.cohort,
+                    b.mbo_nodes,
+                    b.pull_seconds,
+                    b.pull_per_s,
+                    b.cohort,
+                    b.push_seconds,
+                    b.push_per_s,
+                    b.pull_to_push,
                     b.samples,
                     b.latency_rate_per_s,
                     b.latency_p50_ms,

@@ -54,6 +54,20 @@ async fn the_handover_benchmark_stores_every_passport_it_sends() {
 }
 
 #[tokio::test]
+async fn the_pull_benchmark_stores_every_passport_pulled_and_pushed() {
+    let _heavy = overstap_tests::HEAVY.lock().await;
+    let mut out = Vec::new();
+    let b = overstap_bench::pull::pull_bench(20, 5, &mut out)
+        .await
+        .unwrap();
+    let said = String::from_utf8(out).unwrap();
+    assert!(said.contains("all stored at the colleges"), "{said}");
+    assert!(b.pull_per_s > 0.0 && b.push_per_s > 0.0);
+    assert!((b.pull_to_push - b.pull_per_s / b.push_per_s).abs() < 1e-9);
+    assert!(b.latency_p50_ms > 0.0 && b.latency_p99_ms >= b.latency_p50_ms);
+}
+
+#[tokio::test]
 async fn the_subscribers_benchmark_counts_every_subscription_at_the_hub() {
     let mut out = Vec::new();
     let b = subscribers_bench(
