@@ -311,6 +311,11 @@ impl Region {
 
 /// Registers a student with a signed passport and gives `n` grants to the mbo college.
 async fn make_grants(dir: &Path, n: usize) -> Vec<String> {
+    make_grants_that(dir, n, false).await
+}
+
+/// [`make_grants`], with grants that let the college fetch (`may_fetch`) or not.
+async fn make_grants_that(dir: &Path, n: usize, may_fetch: bool) -> Vec<String> {
     let mut api = connect_dir(&dir.join(SCHOOL)).await.unwrap();
     let key = overstap_proto::sign::generate_signing_key();
     let card = api
@@ -334,14 +339,11 @@ async fn make_grants(dir: &Path, n: usize) -> Vec<String> {
         .unwrap();
     let mut ids = Vec::with_capacity(n);
     for _ in 0..n {
-        let signed = overstap_region::passport::make_grant(
-            &wallet,
-            "pvs-mbo-v1",
-            &grant_request(MBO, &["wie-ben-ik", "wat-heb-ik-nodig"], "intake", 30),
-            None,
-            now(),
-        )
-        .unwrap();
+        let mut req = grant_request(MBO, &["wie-ben-ik", "wat-heb-ik-nodig"], "intake", 30);
+        req.may_fetch = may_fetch;
+        let signed =
+            overstap_region::passport::make_grant(&wallet, "pvs-mbo-v1", &req, None, now())
+                .unwrap();
         ids.push(
             overstap_region::passport::upload_grant(&mut api, signed)
                 .await
@@ -425,6 +427,59 @@ async fn a_node_killed_mid_ingest_loses_nothing_and_imports_nothing_twice() {
     );
     let _ = at_kill;
     check_exactly_once(&r, &ids).await;
+}
+
+/// The college pulls 200 passports; the school is killed (SIGKILL) while it answers, then the
+/// college while it takes them in. Each pull is answered once and each passport stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulls_cut_off_by_killed_nodes_are_answered_once_and_stored_once() {
+    const PULLS: usize = 200;
+    let _turn = HEAVY.lock().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut r = Region::start(tmp.path()).await;
+    let ids = make_grants_that(tmp.path(), PULLS, true).await;
+    let mbo = r.node_pool(MBO).await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let notices: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM fetchable")
+            .fetch_one(&mbo)
+            .await
+            .unwrap();
+        if notices as usize == PULLS {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{notices} of {PULLS} notices in 2 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut college = connect_dir(&tmp.path().join(MBO)).await.unwrap();
+    for id in &ids {
+        college
+            .fetch_passport(overstap_proto::pb::FetchPassportRequest {
+                grant_id: id.clone(),
+                staff_user: "intake.jansen".into(),
+            })
+            .await
+            .unwrap();
+    }
+    r.wait_inbox(MBO, 20, Duration::from_secs(120)).await;
+    r.kill_node(SCHOOL).await;
+    r.start_node(SCHOOL).await;
+    r.wait_inbox(MBO, 100, Duration::from_secs(180)).await;
+    r.kill_node(MBO).await;
+    r.start_node(MBO).await;
+    r.wait_inbox(MBO, PULLS as u64, Duration::from_secs(300))
+        .await;
+    check_exactly_once(&r, &ids).await;
+    // Each pull was answered once: one fetch in the school's trail per grant.
+    let school = r.node_pool(SCHOOL).await;
+    let fetched: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM trail WHERE event = 'fetched'")
+        .fetch_one(&school)
+        .await
+        .unwrap();
+    assert_eq!(fetched as usize, PULLS);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
