@@ -135,11 +135,7 @@ pub async fn handover_bench(
     out: &mut dyn Write,
 ) -> anyhow::Result<HandoverBench> {
     let tmp = tempfile::tempdir()?;
-    let mut orgs = vec![Org::new(SCHOOL, MemberKind::School, "Vmbo De Brug")];
-    for (i, id) in MBOS.iter().enumerate() {
-        orgs.push(Org::new(id, MemberKind::Mbo, &format!("Mbo {}", i + 1)));
-    }
-    let region = Region::start(tmp.path(), &orgs).await?;
+    let region = start_region(tmp.path()).await?;
     writeln!(
         out,
         "A region of one school and {} mbo colleges; registering {} students with a passport and \
@@ -242,9 +238,7 @@ pub async fn handover_bench(
         }
     })
     .await?;
-    ms.sort_by(|a, b| a.total_cmp(b));
-    let pick = |q: f64| ms[((ms.len() as f64 * q).ceil() as usize).clamp(1, ms.len()) - 1];
-    let (p50, p99, max) = (pick(0.50), pick(0.99), pick(1.0));
+    let (p50, p99, max) = percentiles(&mut ms);
     writeln!(
         out,
         "  p50 {p50:.1} ms, p99 {p99:.1} ms, slowest {max:.1} ms"
@@ -341,4 +335,20 @@ where
     }
     drop(started_tx);
     watcher.await?
+}
+
+/// The region of these benchmarks: a school and the five mbo colleges, in `dir`.
+pub(crate) async fn start_region(dir: &std::path::Path) -> anyhow::Result<Region> {
+    let mut orgs = vec![Org::new(SCHOOL, MemberKind::School, "Vmbo De Brug")];
+    for (i, id) in MBOS.iter().enumerate() {
+        orgs.push(Org::new(id, MemberKind::Mbo, &format!("Mbo {}", i + 1)));
+    }
+    Region::start(dir, &orgs).await
+}
+
+/// p50, p99 and the slowest of `ms` (nearest rank), sorting it.
+pub(crate) fn percentiles(ms: &mut [f64]) -> (f64, f64, f64) {
+    ms.sort_by(|a, b| a.total_cmp(b));
+    let pick = |q: f64| ms[((ms.len() as f64 * q).ceil() as usize).clamp(1, ms.len()) - 1];
+    (pick(0.50), pick(0.99), pick(1.0))
 }

@@ -18,12 +18,14 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
-use overstap_proto::pb::{FetchPassportRequest, MemberKind, SendPassportsRequest};
+use overstap_proto::pb::{FetchPassportRequest, SendPassportsRequest};
 use serde::Serialize;
 use sqlx::AnyPool;
 
-use crate::handover::{MBOS, SCHOOL, prepare_grants, settle, stored, time_one_by_one};
-use overstap_region::region::{Org, Region, database_pool};
+use crate::handover::{
+    MBOS, SCHOOL, percentiles, prepare_grants, settle, start_region, stored, time_one_by_one,
+};
+use overstap_region::region::database_pool;
 
 #[derive(Debug, Serialize)]
 pub struct PullBench {
@@ -75,11 +77,7 @@ pub async fn pull_bench(
     out: &mut dyn Write,
 ) -> anyhow::Result<PullBench> {
     let tmp = tempfile::tempdir()?;
-    let mut orgs = vec![Org::new(SCHOOL, MemberKind::School, "Vmbo De Brug")];
-    for (i, id) in MBOS.iter().enumerate() {
-        orgs.push(Org::new(id, MemberKind::Mbo, &format!("Mbo {}", i + 1)));
-    }
-    let region = Region::start(tmp.path(), &orgs).await?;
+    let region = start_region(tmp.path()).await?;
     writeln!(
         out,
         "A region of one school and {} mbo colleges; registering {} students with a passport and \
@@ -189,9 +187,7 @@ pub async fn pull_bench(
         },
     )
     .await?;
-    ms.sort_by(|a, b| a.total_cmp(b));
-    let pick = |q: f64| ms[((ms.len() as f64 * q).ceil() as usize).clamp(1, ms.len()) - 1];
-    let (p50, p99, max) = (pick(0.50), pick(0.99), pick(1.0));
+    let (p50, p99, max) = percentiles(&mut ms);
     writeln!(
         out,
         "  p50 {p50:.1} ms, p99 {p99:.1} ms, slowest {max:.1} ms"

@@ -15,8 +15,8 @@ use serde::Deserialize;
 
 use super::Shared;
 use super::i18n::{Lang, day, t, tf, when};
-use super::page::{error, form_expired, page, respond};
-use super::staff::{Staff, csrf_ok, staff_in, staff_nav};
+use super::page::{error, page, respond};
+use super::staff::{Staff, staff_in, staff_nav, staff_posting};
 use super::student::answers;
 use crate::core::people::READERS;
 use crate::core::{NodeError, STATUSES};
@@ -293,13 +293,10 @@ pub async fn fetch(
     Form(form): Form<super::staff::WithCsrf>,
 ) -> Response {
     let lang = Lang::of(&headers);
-    let staff = match staff_in(&web, &headers, READERS).await {
+    let staff = match staff_posting(&web, &headers, READERS, &form.csrf).await {
         Ok(s) => s,
         Err(r) => return r,
     };
-    if !csrf_ok(&staff.csrf, &form.csrf) {
-        return form_expired(lang, &web.school());
-    }
     match web.core.pull(&grant_id, &staff.username, &staff.role).await {
         Ok(_) => Redirect::to(&format!("/inbox?asked={grant_id}")).into_response(),
         Err(NodeError::NotFound(_)) => gone(&web, lang, &grant_id).await,
@@ -447,13 +444,10 @@ pub async fn set_status(
     Form(form): Form<StatusForm>,
 ) -> Response {
     let lang = Lang::of(&headers);
-    let staff = match staff_in(&web, &headers, READERS).await {
+    let staff = match staff_posting(&web, &headers, READERS, &form.csrf).await {
         Ok(s) => s,
         Err(r) => return r,
     };
-    if !csrf_ok(&staff.csrf, &form.csrf) {
-        return form_expired(lang, &web.school());
-    }
     if !SETTABLE.contains(&form.status.as_str()) {
         return error(
             lang,

@@ -16,8 +16,8 @@ use serde::Deserialize;
 
 use super::Shared;
 use super::i18n::{Lang, t, tf, when};
-use super::page::{error, form_expired, page, refusal, respond};
-use super::staff::{csrf_ok, staff_in};
+use super::page::{error, page, refusal, respond};
+use super::staff::staff_posting;
 use super::student::{not_signed, signing, student};
 use crate::core::NodeError;
 use crate::core::people::READERS;
@@ -174,13 +174,10 @@ pub async fn redeem(
     Form(form): Form<Redeem>,
 ) -> Response {
     let lang = Lang::of(&headers);
-    let staff = match staff_in(&web, &headers, READERS).await {
+    let staff = match staff_posting(&web, &headers, READERS, &form.csrf).await {
         Ok(s) => s,
         Err(r) => return r,
     };
-    if !csrf_ok(&staff.csrf, &form.csrf) {
-        return form_expired(lang, &web.school());
-    }
     let back = Some(("/inbox", t(lang, "inbox_back")));
     let back = back.as_ref().map(|(h, w)| (*h, w.as_str()));
     match web

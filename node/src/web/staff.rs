@@ -153,6 +153,20 @@ pub async fn staff_in(
     Ok(staff)
 }
 
+/// [`staff_in`] for a form: also its CSRF token must be the session's.
+pub async fn staff_posting(
+    web: &Shared,
+    headers: &HeaderMap,
+    roles: &[&str],
+    csrf: &str,
+) -> Result<Staff, Response> {
+    let staff = staff_in(web, headers, roles).await?;
+    if !csrf_ok(&staff.csrf, csrf) {
+        return Err(form_expired(Lang::of(headers), &web.school()));
+    }
+    Ok(staff)
+}
+
 /// The page a staff member starts from, by role.
 pub fn home_of(role: &str) -> &'static str {
     match role {
