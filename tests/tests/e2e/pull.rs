@@ -580,3 +580,45 @@ async fn a_pickup_code_fetches_once_for_its_recipient_and_wrong_codes_pause_the_
     assert_eq!(node_count(&region, MBO, "received").await, 1);
     region.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_grant_that_ran_out_lets_nobody_fetch_and_its_notice_goes() {
+    let (_tmp, region, clock) = region_with_clock().await;
+    let sam = student(&region, &cast::birth_month(17), None).await;
+    let mut req = grant_request(MBO, &["wie-ben-ik"], "intake", 1);
+    req.may_fetch = true;
+    let grant_id = grant(&region, &sam.wallet, &req, None).await;
+    eventually("the notice", || async {
+        fetchable(&region, MBO).await.len() == 1
+    })
+    .await;
+    // A day and a bit later the college's reaper drops the notice, and the college's own node
+    // will not ask.
+    clock.advance(2 * 86_400);
+    eventually("the notice is dropped", || async {
+        fetchable(&region, MBO).await.is_empty()
+    })
+    .await;
+    let gone = fetch(&region, MBO, &grant_id).await.unwrap_err();
+    assert_eq!(gone.code(), tonic::Code::NotFound, "{gone:?}");
+    // A college that kept a copy of the notice (and moved its end) still gets the refusal.
+    sqlx::query(
+        "INSERT INTO fetchable (grant_id, from_org, pseudonym, purpose, sections, not_before, \
+         not_after, card, grant_signed, noticed_at) VALUES ($1, $2, $3, 'intake', 'wie-ben-ik', 0, $4, $5, $5, 0)",
+    )
+    .bind(&grant_id)
+    .bind(SCHOOL)
+    .bind(&sam.wallet.pseudonym)
+    .bind(clock.now() + 86_400)
+    .bind(Vec::<u8>::new())
+    .execute(&node_pool(&region, MBO).await)
+    .await
+    .unwrap();
+    fetch(&region, MBO, &grant_id).await.unwrap();
+    assert_eq!(
+        refusal(&region, MBO, &grant_id).await,
+        overstap_node::core::PULL_REFUSED
+    );
+    assert_eq!(node_count(&region, MBO, "received").await, 0);
+    region.shutdown().await.unwrap();
+}
