@@ -2,10 +2,12 @@
 //! tokio runtime, calling the same [`NodeCore`] as the local gRPC API (no SQL in a handler).
 //! Pages are rendered on the server (maud); the only script makes and uses the student's key,
 //! which never leaves the student's browser. Every asset is compiled in: a region may run
-//! offline. Plain HTTP on loopback; a school puts its own reverse proxy (HTTPS) in front.
+//! offline. Plain HTTP on loopback behind the school's own reverse proxy, or HTTPS with the
+//! school's certificate ([`tls`]).
 //!
 //! Rooms: [`i18n`] (the words, Dutch and English), [`page`] (the frame and the kind error
-//! page), [`staff`] (staff sign-in, sessions, CSRF), [`class`] (the mentor's class and
+//! page), [`staff`] (staff sign-in, sessions, CSRF, which role opens which page), [`oidc`]
+//! (staff sign-in through the organisation's identity provider), [`class`] (the mentor's class and
 //! sending it), [`enrol`] (a mentor invites a student, the
 //! student's browser makes the key, the mentor compares the short code, the card is issued),
 //! [`student`] (the student signs in with that key and signs), [`passport`] (the passport
