@@ -622,3 +622,72 @@ async fn a_grant_that_ran_out_lets_nobody_fetch_and_its_notice_goes() {
     assert_eq!(node_count(&region, MBO, "received").await, 0);
     region.shutdown().await.unwrap();
 }
+
+/// A member that floods the school with pulls (150 of them, through its own node, under a hub
+/// limit of 40 calls a second per member): the school's honest push to another college and that
+/// college's own pull both go through, and every flooding pull gets its one refusal.
+#[tokio::test]
+async fn a_flood_of_pulls_from_one_member_meets_the_hubs_limits_and_honest_handovers_go_on() {
+    let (_tmp, mut region) = region().await;
+    region
+        .set_hub_limits(overstap_hub::limits::Limits {
+            requests_per_second: 40,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let sam = student(&region, &cast::birth_month(17), None).await;
+    let mut to_gemeente = grant_request(GEMEENTE, &["wat-kan-ik"], "werk", 30);
+    to_gemeente.may_fetch = true;
+    let gm_id = grant(&region, &sam.wallet, &to_gemeente, None).await;
+    let mut to_mbo = grant_request(MBO, &["wie-ben-ik"], "intake", 30);
+    to_mbo.may_fetch = true;
+    let mbo_id = grant(&region, &sam.wallet, &to_mbo, None).await;
+    eventually("the notices", || async {
+        fetchable(&region, GEMEENTE).await.len() == 1 && fetchable(&region, MBO).await.len() == 1
+    })
+    .await;
+    const FLOOD: usize = 150;
+    for i in 0..FLOOD {
+        forge(&region, GEMEENTE, &format!("g-flood-{i}"), &gm_id, "werk").await;
+        fetch(&region, GEMEENTE, &format!("g-flood-{i}"))
+            .await
+            .unwrap();
+    }
+    // Meanwhile: the school pushes to the college, and the college pulls.
+    let pushed = hand_over(&region, MBO).await;
+    fetch(&region, MBO, &mbo_id).await.unwrap();
+    eventually("the honest push and pull arrive", || async {
+        !held_sections(&region, MBO, &pushed).await.is_empty()
+            && received_version(&region, MBO, &mbo_id).await == 1
+    })
+    .await;
+    // In the end every flooding pull was answered with the one refusal and nothing else. (The
+    // member's node sends its pulls in batches of up to 64 envelopes a call, so its calls may
+    // stay under the hub's limit; the hub's rate-limit refusals are printed, not asserted.)
+    let metrics = scrape(&region.metrics_url("hub").unwrap()).await;
+    let limited: f64 = metrics
+        .iter()
+        .filter(|(k, _)| k.starts_with("overstap_hub_rejections") && k.contains("rate_limited"))
+        .map(|(_, v)| v)
+        .sum();
+    let refused = || async {
+        fetchable(&region, GEMEENTE)
+            .await
+            .iter()
+            .filter(|f| f.refused == overstap_node::core::PULL_REFUSED)
+            .count()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while refused().await < FLOOD {
+        let n = refused().await;
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{n} of {FLOOD} flooding pulls refused after two minutes"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(node_count(&region, GEMEENTE, "received").await, 0);
+    println!("hub rate-limit refusals while the member flooded: {limited}");
+    region.shutdown().await.unwrap();
+}
