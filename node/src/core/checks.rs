@@ -41,12 +41,8 @@ impl NodeCore {
         match &opened.payload.content {
             Some(Content::Package(p)) => {
                 match self.check_package(tx, signed_under, opened, p).await? {
-                    Ok((mut received, superseded)) => {
+                    Ok((received, superseded)) => {
                         let grant_id = received.grant_id.clone();
-                        // Fetched or sent again: what the staff set (an intake planned) stays.
-                        if let Some(held) = tx.received(&grant_id).await? {
-                            received.status = held.status;
-                        }
                         tx.store_received(&received).await?;
                         if superseded {
                             self.erase_in(
@@ -263,7 +259,8 @@ impl NodeCore {
 
     /// Everything a recipient checks before it stores one byte of a package. The outer error is
     /// the node's own trouble (retry later); the inner one is a refusal. The flag says the
-    /// package replaces an older version held under the same grant.
+    /// package replaces an older version held under the same grant; a package under a grant
+    /// held already (fetched or sent again) keeps the status the staff set there.
     async fn check_package(
         &self,
         tx: &mut Tx,
@@ -274,7 +271,7 @@ impl NodeCore {
         let held = self
             .held_card(tx, &opened.header.from_org, p.card.as_ref())
             .await?;
-        let received = match self.check_package_rules(dir, opened, p, held) {
+        let mut received = match self.check_package_rules(dir, opened, p, held) {
             Ok(r) => r,
             Err(e) => return Ok(Err(e)),
         };
@@ -309,6 +306,7 @@ impl NodeCore {
                 ))));
             }
             superseded = held.version < received.version;
+            received.status = held.status;
         }
         Ok(Ok((received, superseded)))
     }

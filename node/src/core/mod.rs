@@ -51,7 +51,7 @@ mod pull;
 mod send;
 mod status;
 
-pub use pull::PULL_REFUSED;
+pub use pull::{PULL_REFUSED, lets_fetch};
 pub use status::TERMINAL_ROLE;
 mod students;
 

@@ -23,6 +23,13 @@ use crate::store::{Fetchable, GrantRow, TrailRow, Tx};
 use super::status::audit_row;
 use super::{NodeCore, NodeError, Outcome, stored};
 
+/// Whether a stored signed grant lets its recipient fetch (`may_fetch`).
+pub fn lets_fetch(grant_signed: &[u8]) -> Result<bool, NodeError> {
+    let grant: ConsentGrant =
+        decode_body(Domain::Grant, &stored::<Signed>(grant_signed, "grant")?)?;
+    Ok(grant.may_fetch)
+}
+
 /// How many symbols a pickup code has (after the school's id).
 const PICKUP_CODE_LEN: usize = 8;
 /// Wrong pickup codes one member may bring in a quarter of an hour before its codes pause.
@@ -123,9 +130,7 @@ impl NodeCore {
                 let r = self.store.received(grant_id).await?.ok_or_else(|| {
                     NodeError::NotFound(format!("no grant {grant_id} lets this node fetch"))
                 })?;
-                let grant: ConsentGrant =
-                    decode_body(Domain::Grant, &stored::<Signed>(&r.grant_signed, "grant")?)?;
-                if !grant.may_fetch {
+                if !lets_fetch(&r.grant_signed)? {
                     return Err(NodeError::Precondition(format!(
                         "the student did not let this node fetch under grant {grant_id}: ask the school to send it"
                     )));
@@ -320,9 +325,7 @@ impl NodeCore {
             // fetching; the grant must still be in force.
             Some(g) if with_code => self.grant_allows(g).await.err().map(|e| e.to_string()),
             Some(g) => {
-                let grant: ConsentGrant =
-                    decode_body(Domain::Grant, &stored::<Signed>(&g.signed, "grant")?)?;
-                if !grant.may_fetch {
+                if !lets_fetch(&g.signed)? {
                     Some("the student did not let it fetch".into())
                 } else {
                     self.grant_allows(g).await.err().map(|e| e.to_string())

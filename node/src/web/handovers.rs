@@ -99,6 +99,19 @@ async fn rows(web: &Shared, staff: &Staff, sort: &str) -> Result<Vec<Row>, crate
     Ok(out)
 }
 
+/// The mentor or decaan of this request and their rows; or the page to answer with.
+async fn staff_rows(
+    web: &Shared,
+    headers: &HeaderMap,
+    sort: &str,
+) -> Result<(Staff, Vec<Row>), Response> {
+    let staff = staff_in(web, headers, FOLLOWERS).await?;
+    match rows(web, &staff, sort).await {
+        Ok(rows) => Ok((staff, rows)),
+        Err(e) => Err(web.server_error(Lang::of(headers), e)),
+    }
+}
+
 fn consent_label(lang: Lang, state: &str) -> String {
     t(lang, &format!("handovers_consent_{state}"))
 }
@@ -126,13 +139,9 @@ pub async fn handovers_page(
     Query(sort): Query<Sort>,
 ) -> Response {
     let lang = Lang::of(&headers);
-    let staff = match staff_in(&web, &headers, FOLLOWERS).await {
-        Ok(s) => s,
+    let (staff, rows) = match staff_rows(&web, &headers, &sort.sort).await {
+        Ok(x) => x,
         Err(r) => return r,
-    };
-    let rows = match rows(&web, &staff, &sort.sort).await {
-        Ok(r) => r,
-        Err(e) => return web.server_error(lang, e),
     };
     let now = web.core.now();
     let flagged = rows.iter().filter(|r| r.flagged).count();
@@ -252,14 +261,9 @@ pub async fn handovers_csv(
     headers: HeaderMap,
     Query(sort): Query<Sort>,
 ) -> Response {
-    let lang = Lang::of(&headers);
-    let staff = match staff_in(&web, &headers, FOLLOWERS).await {
-        Ok(s) => s,
+    let (_, rows) = match staff_rows(&web, &headers, &sort.sort).await {
+        Ok(x) => x,
         Err(r) => return r,
-    };
-    let rows = match rows(&web, &staff, &sort.sort).await {
-        Ok(r) => r,
-        Err(e) => return web.server_error(lang, e),
     };
     let mut out = String::from(
         "name,class,pseudonym,to,purpose,consent,status,sent_at,fetched_at,needs_a_look\n",

@@ -19,7 +19,7 @@ use super::page::{error, page, respond};
 use super::staff::{Staff, staff_in, staff_nav, staff_posting};
 use super::student::answers;
 use crate::core::people::READERS;
-use crate::core::{NodeError, STATUSES};
+use crate::core::{NodeError, STATUSES, lets_fetch};
 use crate::store::{Fetchable, Received};
 
 /// The statuses an intaker sets (the first two come by themselves: received, read).
@@ -271,20 +271,6 @@ fn fetch_button(lang: Lang, staff: &Staff, grant_id: &str, words: &str) -> Marku
     }
 }
 
-/// Whether the student let this node fetch what it holds under `r`'s grant.
-fn may_fetch(r: &Received) -> bool {
-    overstap_proto::pb::Signed::decode(r.grant_signed.as_slice())
-        .ok()
-        .and_then(|s| {
-            overstap_proto::sign::decode_body::<overstap_proto::pb::ConsentGrant>(
-                overstap_proto::sign::Domain::Grant,
-                &s,
-            )
-            .ok()
-        })
-        .is_some_and(|g| g.may_fetch)
-}
-
 /// POST /inbox/fetch/{grant}: asks the student's school for the passport (a pull).
 pub async fn fetch(
     State(web): State<Shared>,
@@ -317,8 +303,8 @@ pub async fn fetch(
 /// What stands where a passport stood once it is gone: erased (the student withdrew consent,
 /// or it ran out) and when; or a kind "not here".
 async fn gone(web: &Shared, lang: Lang, grant_id: &str) -> Response {
-    let back = Some(("/inbox", t(lang, "inbox_back")));
-    let back = back.as_ref().map(|(h, w)| (*h, w.as_str()));
+    let back_words = t(lang, "inbox_back");
+    let back = Some(("/inbox", back_words.as_str()));
     match web.core.store.erased(grant_id).await {
         Ok(Some(e)) => {
             let key = if e.reason == "revoked" {
@@ -421,7 +407,7 @@ fn passport_view(
             }
         }
         p.hint { (t(lang, "inbox_only_shared")) }
-        @if may_fetch(r) {
+        @if lets_fetch(&r.grant_signed).unwrap_or(false) {
             p { (t(lang, "fetch_newest_help")) }
             (fetch_button(lang, staff, &r.grant_id, "fetch_newest"))
         }

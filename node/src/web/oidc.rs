@@ -28,7 +28,7 @@ use sha2::{Digest, Sha256};
 
 use super::i18n::{Lang, t, tf};
 use super::page::{error, page, respond};
-use super::staff::{SESSION_SECS, home_of, start_session};
+use super::staff::{SESSION_SECS, cookie_value, home_of, start_session};
 use super::{Shared, random_token};
 
 /// The `[oidc]` table of node.toml.
@@ -436,15 +436,6 @@ fn has_value(claims: &Map<String, Value>, claim: &str, value: &str) -> bool {
     }
 }
 
-fn binding_cookie(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|c| c.trim().strip_prefix(BINDING_COOKIE)?.strip_prefix('='))
-}
-
 fn no_oidc(web: &Shared, lang: Lang) -> Response {
     error(
         lang,
@@ -518,7 +509,12 @@ pub async fn callback(
     }
     let now = web.core.now();
     let (username, role) = match oidc
-        .finish(now, &q.code, &q.state, binding_cookie(&headers))
+        .finish(
+            now,
+            &q.code,
+            &q.state,
+            cookie_value(&headers, BINDING_COOKIE),
+        )
         .await
     {
         Ok(x) => x,

@@ -178,8 +178,8 @@ pub async fn redeem(
         Ok(s) => s,
         Err(r) => return r,
     };
-    let back = Some(("/inbox", t(lang, "inbox_back")));
-    let back = back.as_ref().map(|(h, w)| (*h, w.as_str()));
+    let back_words = t(lang, "inbox_back");
+    let back = Some(("/inbox", back_words.as_str()));
     match web
         .core
         .redeem_pickup_code(&form.code, &staff.username, &staff.role)
