@@ -13,7 +13,7 @@ import { existsSync } from "node:fs";
 import { start } from "./lib.mjs";
 
 const [base, user, password, outDir] = process.argv.slice(2);
-const { browser, context, look, until, seen } = await start(outDir);
+const { browser, context, look, until, camera, seen } = await start(outDir);
 
 // The mentor, in Dutch.
 const mentorCtx = await context("nl-NL");
@@ -229,6 +229,7 @@ await student.goto(base + "/student/consents");
 await student.getByRole("link", { name: "Maak een ophaalcode" }).focus();
 await student.keyboard.press("Enter");
 await student.waitForURL("**/student/pickup/*");
+const pickupUrl = student.url();
 await look(student, "pickup");
 await student.focus("#make-code");
 await student.keyboard.press("Enter");
@@ -242,7 +243,34 @@ await intaker.keyboard.press("Enter");
 await intaker.waitForURL("**/inbox?asked=code");
 await look(intaker, "inbox-code-asked");
 await until(student, base + "/student/trail", "met jouw ophaalcode", "the fetch with the code in the trail");
-const trailCodeText = await student.innerText("main");
+
+// At a second meeting Sam shows the QR code of a new code; the intaker's laptop camera reads
+// it off the phone's screen and the college fetches with it, no typing.
+await student.goto(pickupUrl);
+await student.focus("#make-code");
+await student.keyboard.press("Enter");
+await student.waitForSelector("#pickup-qr:not([hidden])", { timeout: 20000 });
+await look(student, "pickup-qr");
+await student.setViewportSize({ width: 390, height: 844 });
+const shownCode = (await student.textContent("#pickup-code")).trim();
+const cameraBrowser = await camera(student, await student.locator("#pickup-qr").screenshot(), "pickup-qr");
+const scannerCtx = await cameraBrowser.newContext({
+  locale: "nl-NL", viewport: { width: 1280, height: 900 }, storageState: await intakerCtx.storageState(),
+});
+await scannerCtx.grantPermissions(["camera"], { origin: new URL(college).origin });
+const scanner = await scannerCtx.newPage();
+await scanner.goto(college + "/inbox");
+await scanner.getByRole("button", { name: "Scan de QR-code met de camera" }).focus();
+await scanner.keyboard.press("Enter");
+await scanner.waitForURL("**/inbox?asked=code", { timeout: 20000 });
+await cameraBrowser.close();
+let trailCodeText = "";
+for (let i = 0; i < 120; i++) {
+  await student.goto(base + "/student/trail");
+  trailCodeText = await student.innerText("main");
+  if (trailCodeText.split("met jouw ophaalcode").length > 2) break;
+  await student.waitForTimeout(500);
+}
 for (let i = 0; i < 240 && !existsSync(`${outDir}/checked`); i++) await student.waitForTimeout(250);
 await student.goto(base + "/student/consents");
 await student.getByRole("link", { name: "Intrekken" }).focus();
@@ -330,6 +358,7 @@ console.log(JSON.stringify({
   passportText,
   intakeSaved,
   pickupCode,
+  shownCode,
   trailCodeText,
   handoversText,
   erasedText,

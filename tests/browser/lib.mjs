@@ -1,7 +1,7 @@
 // What the browser tests share: Debian's headless Chromium through playwright-core, a fresh
 // profile per person, and `look`, which photographs a page at 1280 and 390 px and checks it
 // with axe-core for WCAG 2.1 A and AA, keeping what it saw for the Rust test to judge.
-import { readFileSync, mkdirSync } from "node:fs";
+import { readFileSync, mkdirSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { chromium } from "playwright-core";
 
@@ -9,12 +9,13 @@ export async function start(outDir) {
   mkdirSync(outDir, { recursive: true });
   const require = createRequire(import.meta.url);
   const axeSource = readFileSync(require.resolve("axe-core/axe.min.js"), "utf8");
-  const browser = await chromium.launch({
+  const launch = (more = []) => chromium.launch({
     executablePath: process.env.OVERSTAP_CHROMIUM || "/usr/bin/chromium",
     headless: true,
     args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-      "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+      "--disable-background-networking", "--disable-component-update", "--disable-sync", ...more],
   });
+  const browser = await launch();
   const seen = { pages: [], posts: [], csp: null };
 
   // axe-core is injected by the test, past the page's own content policy (which allows only
@@ -138,5 +139,41 @@ export async function start(outDir) {
     }, slot);
   }
 
-  return { browser, context, look, until, publicKey, seen };
+  // A second Chromium whose camera films `shot` (a PNG of what a screen shows): Chromium's own
+  // fake camera plays a Y4M file, made here from the picture's pixels, grey, centred on white
+  // in a 640 × 480 frame. The pixels are read by decoding the PNG in `page`.
+  async function camera(page, shot, name) {
+    const [w, h] = [640, 480];
+    const grey = await page.evaluate(async ({ png, w, h }) => {
+      const img = new Image();
+      img.src = `data:image/png;base64,${png}`;
+      await img.decode();
+      const canvas = document.createElement("canvas");
+      canvas.width = w;
+      canvas.height = h;
+      const ctx = canvas.getContext("2d");
+      ctx.fillStyle = "#fff";
+      ctx.fillRect(0, 0, w, h);
+      const scale = Math.min(1, (h - 40) / img.height, (w - 40) / img.width);
+      const [iw, ih] = [img.width * scale, img.height * scale];
+      ctx.drawImage(img, (w - iw) / 2, (h - ih) / 2, iw, ih);
+      const rgba = ctx.getImageData(0, 0, w, h).data;
+      const y = new Uint8Array(w * h);
+      for (let i = 0; i < w * h; i++) {
+        y[i] = Math.round(0.299 * rgba[4 * i] + 0.587 * rgba[4 * i + 1] + 0.114 * rgba[4 * i + 2]);
+      }
+      let out = "";
+      for (let i = 0; i < y.length; i += 8192) out += String.fromCharCode(...y.subarray(i, i + 8192));
+      return btoa(out);
+    }, { png: shot.toString("base64"), w, h });
+    const frame = Buffer.concat([
+      Buffer.from("FRAME\n"), Buffer.from(grey, "base64"), Buffer.alloc(w * h / 2, 128),
+    ]);
+    const path = `${outDir}/${name}.y4m`;
+    writeFileSync(path, Buffer.concat([Buffer.from(`YUV4MPEG2 W${w} H${h} F30:1 Ip A1:1 C420jpeg\n`), frame]));
+    return launch(["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+      `--use-file-for-fake-video-capture=${path}`]);
+  }
+
+  return { browser, context, look, until, publicKey, camera, seen };
 }

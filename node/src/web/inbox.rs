@@ -191,6 +191,16 @@ pub async fn inbox_page(
                     spellcheck="false" maxlength="48" aria-describedby="code-hint" required;
                 button type="submit" { (t(lang, "pickup_redeem")) }
             }
+            // The camera reader: shown by scan.js where the browser has a camera to ask for.
+            div #scanner data-reader="/assets/jsQR.js" data-found=(t(lang, "scan_found")) {
+                button.secondary #scan type="button" hidden { (t(lang, "scan_start")) }
+                p #scan-help hidden { (t(lang, "scan_help")) }
+                video #scan-video playsinline muted hidden aria-label=(t(lang, "scan_video")) {}
+                button.secondary #scan-stop type="button" hidden { (t(lang, "scan_stop")) }
+                p.done #scan-status role="status" hidden {}
+                p.error #scan-failed role="alert" hidden { (t(lang, "scan_no_camera")) }
+                p.error #scan-wrong role="alert" hidden { (t(lang, "scan_not_a_code")) }
+            }
         }
         @if !fetchable.is_empty() {
             section aria-labelledby="fetchable-title" {
@@ -254,6 +264,7 @@ pub async fn inbox_page(
                 }
             }
         }
+        script src="/assets/scan.js" defer {}
     };
     respond(
         StatusCode::OK,

@@ -399,6 +399,23 @@ const ASSETS: &[(&str, &str, &str)] = &[
         include_str!("assets/student.js"),
     ),
     (
+        "scan.js",
+        "text/javascript; charset=utf-8",
+        include_str!("assets/scan.js"),
+    ),
+    // Vendored, with their licences beside them in assets/vendor: a QR code maker for the
+    // student's phone (MIT) and a QR code reader for the intaker's camera (Apache-2.0).
+    (
+        "qrcodegen.js",
+        "text/javascript; charset=utf-8",
+        include_str!("assets/vendor/qrcodegen.js"),
+    ),
+    (
+        "jsQR.js",
+        "text/javascript; charset=utf-8",
+        include_str!("assets/vendor/jsQR.js"),
+    ),
+    (
         "manifest.json",
         "application/manifest+json",
         include_str!("assets/manifest.json"),

@@ -70,6 +70,7 @@ pub async fn pickup_page(
             button #make-code type="button" { (t(lang, "pickup_make")) }
             p #checking aria-live="polite" hidden {}
             p.code #pickup-code hidden {}
+            figure.qr #pickup-qr role="img" aria-label=(t(lang, "pickup_qr")) hidden {}
             p.error #check-failed role="alert" hidden { (t(lang, "sign_check_failed")) }
             p.error #sign-failed role="alert" hidden { (t(lang, "sign_failed")) }
             p.error #no-key role="alert" hidden { (t(lang, "student_no_key")) }
@@ -77,6 +78,7 @@ pub async fn pickup_page(
         }
         p.hint { (t(lang, "pickup_once")) }
         p { a.button.secondary href="/student/consents" { (t(lang, "back")) } }
+        script src="/assets/qrcodegen.js" defer {}
         script src="/assets/student.js" defer {}
     };
     respond(

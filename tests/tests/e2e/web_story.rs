@@ -93,7 +93,8 @@ async fn a_mentor_enrols_a_student_whose_key_never_leaves_the_browser() {
 
     // What the student's browser sent: the public key once (to enrol), then a sign-in (a
     // challenge asked for, and the public key with a signature), the answers, and the passport
-    // signature. Nothing else, and no key material but the public key.
+    // signature, the consent, two pickup codes (a digest each) and the withdrawal. Nothing else,
+    // and no key material but the public key.
     let posts = seen["posts"].as_array().unwrap();
     let paths: Vec<String> = posts
         .iter()
@@ -102,7 +103,7 @@ async fn a_mentor_enrols_a_student_whose_key_never_leaves_the_browser() {
             url[url.find("/student").or_else(|| url.find("/i/")).unwrap()..].to_string()
         })
         .collect();
-    assert_eq!(paths.len(), 10, "{posts:?}");
+    assert_eq!(paths.len(), 12, "{posts:?}");
     assert!(
         paths[0].starts_with("/i/") && paths[0].ends_with("/key"),
         "{paths:?}"
@@ -116,6 +117,8 @@ async fn a_mentor_enrols_a_student_whose_key_never_leaves_the_browser() {
             "/student/sign",
             "/student/consent",
             "/student/consent/sign",
+            "/student/pickup/prepare",
+            "/student/pickup/sign",
             "/student/pickup/prepare",
             "/student/pickup/sign",
             "/student/withdraw"
@@ -194,6 +197,7 @@ async fn a_mentor_enrols_a_student_whose_key_never_leaves_the_browser() {
             "pickup",
             "pickup-made",
             "inbox-code-asked",
+            "pickup-qr",
             "withdraw",
             "withdrawn",
             "consents-erased",
@@ -250,6 +254,7 @@ async fn a_mentor_enrols_a_student_whose_key_never_leaves_the_browser() {
             "pickup",
             "pickup-made",
             "inbox-code-asked",
+            "pickup-qr",
         ],
     );
     // The receiving side: the intaker read the passport as Sam wrote it, under Sam's name, and
@@ -280,7 +285,19 @@ async fn a_mentor_enrols_a_student_whose_key_never_leaves_the_browser() {
         code.starts_with(&format!("{SCHOOL}-")) && code.len() == SCHOOL.len() + 10,
         "{code}"
     );
-    assert!(said("trailCodeText").contains("met jouw ophaalcode"));
+    // A second code, shown as a QR code on the phone and read by the laptop's camera: the
+    // college fetched with it too, so the trail names two fetches with a code.
+    let shown = said("shownCode");
+    assert!(
+        shown.starts_with(&format!("{SCHOOL}-")) && shown != code,
+        "{shown}"
+    );
+    assert_eq!(
+        said("trailCodeText").matches("met jouw ophaalcode").count(),
+        2,
+        "{}",
+        said("trailCodeText")
+    );
     for words in ["Paspoort van Sam de Vries", "Wie ben ik?", "Ik ben Sam."] {
         assert!(
             said("passportText").contains(words),

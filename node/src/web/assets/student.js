@@ -112,6 +112,35 @@
     $("check-failed").hidden = false;
   });
 
+  // The code as a QR code, drawn here (the node never knows the code): dark squares as one
+  // SVG path, with the four-module quiet zone a camera needs around it.
+  const showQr = (value, figure) => {
+    if (!figure || !window.qrcodegen) return;
+    const qr = qrcodegen.QrCode.encodeText(value, qrcodegen.QrCode.Ecc.MEDIUM);
+    const size = qr.size + 8;
+    let d = "";
+    for (let y = 0; y < qr.size; y++) {
+      for (let x = 0; x < qr.size; x++) {
+        if (qr.getModule(x, y)) d += `M${x + 4} ${y + 4}h1v1h-1z`;
+      }
+    }
+    const ns = "http://www.w3.org/2000/svg";
+    const svg = document.createElementNS(ns, "svg");
+    svg.setAttribute("viewBox", `0 0 ${size} ${size}`);
+    svg.setAttribute("shape-rendering", "crispEdges");
+    svg.setAttribute("aria-hidden", "true");
+    const back = document.createElementNS(ns, "rect");
+    back.setAttribute("width", String(size));
+    back.setAttribute("height", String(size));
+    back.setAttribute("fill", "#fff");
+    const dark = document.createElementNS(ns, "path");
+    dark.setAttribute("d", d);
+    dark.setAttribute("fill", "#000");
+    svg.append(back, dark);
+    figure.replaceChildren(svg);
+    figure.hidden = false;
+  };
+
   // A pickup code: made here and never sent; only its SHA-256 goes to the node, which prepares
   // the code object. The page checks that it names this consent and this digest and ends
   // within the minutes the page says, signs it, and only then shows the code.
@@ -158,6 +187,7 @@
           const shown = $("pickup-code");
           shown.textContent = `${pickup.dataset.school}-${code.slice(0, 4)}-${code.slice(4)}`;
           shown.hidden = false;
+          showQr(shown.textContent, $("pickup-qr"));
         }
       } catch (_) {
         $("sign-failed").hidden = false;
