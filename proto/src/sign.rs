@@ -29,6 +29,8 @@ pub enum Domain {
     SignIn,
     /// A student's single-use pickup code for one grant (its hash, its end).
     PickupCode,
+    /// A member's request to join the region or to rotate its keys.
+    MembershipRequest,
 }
 
 impl Domain {
@@ -47,6 +49,7 @@ impl Domain {
             Domain::DashboardToken => b"overstap.v1/dashboard-token",
             Domain::SignIn => b"overstap.v1/sign-in",
             Domain::PickupCode => b"overstap.v1/pickup-code",
+            Domain::MembershipRequest => b"overstap.v1/membership-request",
         }
     }
 
@@ -65,6 +68,7 @@ impl Domain {
             Domain::DashboardToken => "dashboard token",
             Domain::SignIn => "sign-in challenge",
             Domain::PickupCode => "pickup code",
+            Domain::MembershipRequest => "membership request",
         }
     }
 }
@@ -238,6 +242,7 @@ mod tests {
             Domain::DashboardToken,
             Domain::SignIn,
             Domain::PickupCode,
+            Domain::MembershipRequest,
         ];
         // Every variant is listed: adding one without a tag of its own fails to compile here.
         for d in all {
@@ -253,7 +258,8 @@ mod tests {
                 | Domain::Receipt
                 | Domain::DashboardToken
                 | Domain::SignIn
-                | Domain::PickupCode => {}
+                | Domain::PickupCode
+                | Domain::MembershipRequest => {}
             }
         }
         for (i, a) in all.iter().enumerate() {

@@ -20,7 +20,8 @@ use overstap_proto::pb::{MemberKind, SubscribeRequest};
 use prost::Message;
 use serde::Serialize;
 
-use overstap_region::authority::{Admission, Authority};
+use overstap_region::authority::Authority;
+use overstap_region::member::{self, Admission};
 
 #[derive(Debug, Serialize)]
 pub struct SubscribersBench {
@@ -91,29 +92,35 @@ pub async fn subscribers_bench(
     )?;
     let authority = Authority::init(&dir.join("authority"), "bench")?;
     let hub_dir = dir.join("hub");
-    authority.admit(&Admission {
-        org_id: "HUB".into(),
-        kind: MemberKind::Hub,
-        name: "Regionale hub".into(),
-        hosts: vec!["localhost".into(), "127.0.0.1".into()],
-        hub_url: String::new(),
-        hub_name: "localhost".into(),
-        listen: "127.0.0.1:0".into(),
-        out: hub_dir.clone(),
-    })?;
+    member::join(
+        &authority,
+        &Admission {
+            org_id: "HUB".into(),
+            kind: MemberKind::Hub,
+            name: "Regionale hub".into(),
+            hosts: vec!["localhost".into(), "127.0.0.1".into()],
+            hub_url: String::new(),
+            hub_name: "localhost".into(),
+            listen: "127.0.0.1:0".into(),
+            out: hub_dir.clone(),
+        },
+    )?;
     let started = Instant::now();
     let ids: Vec<String> = (0..members).map(|i| format!("M{i:05}")).collect();
     for (i, id) in ids.iter().enumerate() {
-        authority.admit(&Admission {
-            org_id: id.clone(),
-            kind: MemberKind::Mbo,
-            name: format!("Member {i}"),
-            hosts: vec![],
-            hub_url: String::new(),
-            hub_name: "localhost".into(),
-            listen: String::new(),
-            out: dir.join(id),
-        })?;
+        member::join(
+            &authority,
+            &Admission {
+                org_id: id.clone(),
+                kind: MemberKind::Mbo,
+                name: format!("Member {i}"),
+                hosts: vec![],
+                hub_url: String::new(),
+                hub_name: "localhost".into(),
+                listen: String::new(),
+                out: dir.join(id),
+            },
+        )?;
         if (i + 1) % 500 == 0 {
             writeln!(
                 out,

@@ -3,6 +3,7 @@
 //!
 //! Layout:
 //! - [`authority`]: the regional authority (keys, CA, signed directory, admitting members).
+//! - [`member`]: a member making its own keys and its requests to join or rotate.
 //! - [`wallet`]: the student's own key and card; guardian keys.
 //! - [`passport`]: filling in, signing and consenting, on the student's side.
 //! - [`client`]: reaching a node's local API.
@@ -14,6 +15,7 @@
 pub mod authority;
 pub mod cast;
 pub mod client;
+pub mod member;
 pub mod passport;
 pub mod region;
 pub mod wallet;

@@ -13,8 +13,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::authority::{Admission, Authority};
+use crate::authority::Authority;
 use crate::client::{Api, connect_dir};
+use crate::member::{self, Admission};
 
 /// A running process-like part of the region, with its own stop switch.
 struct Running {
@@ -253,27 +254,33 @@ impl Region {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let hub_addr = listener.local_addr()?;
         let hub_url = format!("https://{hub_addr}");
-        authority.admit(&Admission {
-            org_id: "HUB".into(),
-            kind: MemberKind::Hub,
-            name: "Regionale hub".into(),
-            hosts: vec!["localhost".into(), "127.0.0.1".into()],
-            hub_url: hub_url.clone(),
-            hub_name: "localhost".into(),
-            listen: hub_addr.to_string(),
-            out: dir.join("hub"),
-        })?;
-        for org in orgs {
-            authority.admit(&Admission {
-                org_id: org.id.clone(),
-                kind: org.kind,
-                name: org.name.clone(),
-                hosts: vec![],
+        member::join(
+            &authority,
+            &Admission {
+                org_id: "HUB".into(),
+                kind: MemberKind::Hub,
+                name: "Regionale hub".into(),
+                hosts: vec!["localhost".into(), "127.0.0.1".into()],
                 hub_url: hub_url.clone(),
                 hub_name: "localhost".into(),
-                listen: String::new(),
-                out: dir.join(&org.id),
-            })?;
+                listen: hub_addr.to_string(),
+                out: dir.join("hub"),
+            },
+        )?;
+        for org in orgs {
+            member::join(
+                &authority,
+                &Admission {
+                    org_id: org.id.clone(),
+                    kind: org.kind,
+                    name: org.name.clone(),
+                    hosts: vec![],
+                    hub_url: hub_url.clone(),
+                    hub_name: "localhost".into(),
+                    listen: String::new(),
+                    out: dir.join(&org.id),
+                },
+            )?;
         }
         if let Some(url) = database {
             let toml = dir.join("hub").join("hub.toml");
@@ -596,16 +603,19 @@ impl Region {
 
     /// Admits a new member while the region runs, publishes the directory, starts its node.
     pub async fn admit_and_start(&mut self, org: Org) -> anyhow::Result<()> {
-        self.authority.admit(&Admission {
-            org_id: org.id.clone(),
-            kind: org.kind,
-            name: org.name.clone(),
-            hosts: vec![],
-            hub_url: self.hub_url.clone(),
-            hub_name: "localhost".into(),
-            listen: String::new(),
-            out: self.dir.join(&org.id),
-        })?;
+        member::join(
+            &self.authority,
+            &Admission {
+                org_id: org.id.clone(),
+                kind: org.kind,
+                name: org.name.clone(),
+                hosts: vec![],
+                hub_url: self.hub_url.clone(),
+                hub_name: "localhost".into(),
+                listen: String::new(),
+                out: self.dir.join(&org.id),
+            },
+        )?;
         self.publish_directory().await?;
         self.orgs.push(org.clone());
         self.start_node(&org.id).await

@@ -3,11 +3,14 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use clap::Subcommand;
-use overstap_proto::directory::{kind_name, parse_kind};
-use overstap_region::authority::{Admission, Authority};
+use overstap_proto::directory::kind_name;
+use overstap_proto::pb::{MemberKind, MembershipRequest, Signed};
+use overstap_proto::sign::{Domain, decode_body};
+use overstap_region::authority::Authority;
 use overstap_region::client::explain;
+use overstap_region::member;
 
 use super::{Format, json};
 
@@ -25,36 +28,23 @@ pub enum AuthorityCmd {
         #[arg(long, default_value = "regio")]
         region: String,
     },
-    /// Admit a member: issue its credentials and sign a new directory version.
+    /// Admit a member by the request it made with `overstap member init`: issue its TLS
+    /// certificate and sign a new directory version. Nothing secret is written.
     Admit {
         /// The authority's folder (its key, the region's CA and the directory), as `authority init`
         /// made it.
         #[arg(long)]
         dir: PathBuf,
-        /// BRIN code (25LP), municipality code (GM0193), or the hub's id.
+        /// The member's request (membership-request.signed).
         #[arg(long)]
-        org: String,
-        /// school, mbo, municipality, coordinator or hub.
+        request: PathBuf,
+        /// The fingerprint the member read out by phone; asked for when not given.
         #[arg(long)]
-        kind: String,
-        /// The member's name as people know it (e.g. "Vmbo De Brug").
-        #[arg(long)]
-        name: String,
-        /// Where to write the member's credentials (default DIR/members/ORG).
+        fingerprint: Option<String>,
+        /// Where to write the certificate, the CA and the authority's public key for the member
+        /// (default: beside the request).
         #[arg(long)]
         out: Option<PathBuf>,
-        /// The hub's address, written into a node's node.toml.
-        #[arg(long, default_value = "https://127.0.0.1:7443")]
-        hub_url: String,
-        /// The hub's name in its certificate (one of its --host names), written into node.toml.
-        #[arg(long, default_value = "localhost")]
-        hub_name: String,
-        /// Where the hub listens, written into hub.toml.
-        #[arg(long, default_value = "127.0.0.1:7443")]
-        listen: String,
-        /// Host names and addresses for the hub's certificate.
-        #[arg(long = "host", default_values_t = vec!["localhost".to_string(), "127.0.0.1".to_string()])]
-        hosts: Vec<String>,
     },
     /// Hand the newest signed directory to a running hub.
     Publish {
@@ -82,18 +72,16 @@ pub enum AuthorityCmd {
         #[arg(long)]
         org: String,
     },
-    /// Give a member new keys; writes them into its credentials folder.
+    /// Accept a member's new keys, by the request it made with `overstap member rotate`
+    /// (signed by its current key and the new one).
     Rotate {
         /// The authority's folder (its key, the region's CA and the directory), as `authority init`
         /// made it.
         #[arg(long)]
         dir: PathBuf,
-        /// The member's org id.
+        /// The member's rotation request (rotation-request.signed).
         #[arg(long)]
-        org: String,
-        /// The member's credentials folder (the one `admit --out` wrote).
-        #[arg(long)]
-        member_dir: PathBuf,
+        request: PathBuf,
     },
     /// Show the directory.
     Show {
@@ -133,32 +121,39 @@ pub(super) async fn authority(cmd: AuthorityCmd) -> anyhow::Result<()> {
         }
         AuthorityCmd::Admit {
             dir,
-            org,
-            kind,
-            name,
+            request,
+            fingerprint,
             out,
-            hub_url,
-            hub_name,
-            listen,
-            hosts,
         } => {
             let a = Authority::open(&dir)?;
-            let kind = parse_kind(&kind)?;
-            let out = out.unwrap_or_else(|| dir.join("members").join(&org));
-            a.admit(&Admission {
-                org_id: org.clone(),
-                kind,
-                name,
-                hosts,
-                hub_url,
-                hub_name,
-                listen,
-                out: out.clone(),
-            })?;
-            let v = a.directory()?.version();
+            let signed = member::read_request(&request)?;
+            let summary = request_summary(&signed)?;
+            let heard = match fingerprint {
+                Some(f) => f,
+                None => {
+                    use std::io::IsTerminal;
+                    if !std::io::stdin().is_terminal() {
+                        bail!(
+                            "give the fingerprint the member read out with --fingerprint (nothing to ask it from here)"
+                        );
+                    }
+                    eprintln!("{summary}");
+                    eprint!("Type the fingerprint the member reads out to you: ");
+                    let mut line = String::new();
+                    std::io::stdin().read_line(&mut line)?;
+                    line
+                }
+            };
+            let out = out.unwrap_or_else(|| {
+                request
+                    .parent()
+                    .map(|p| p.to_path_buf())
+                    .unwrap_or_default()
+            });
+            a.admit_request(&signed, &heard, &out)?;
             println!(
-                "{org} admitted as {}; credentials in {}; directory version {v}.",
-                kind_name(kind),
+                "{summary}\nAdmitted; directory version {}. Send tls/cert.pem, tls/ca.pem and authority.pub from {} to the member (nothing in it is secret).",
+                a.directory()?.version(),
                 out.display()
             );
             println!(
@@ -204,16 +199,12 @@ pub(super) async fn authority(cmd: AuthorityCmd) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        AuthorityCmd::Rotate {
-            dir,
-            org,
-            member_dir,
-        } => {
+        AuthorityCmd::Rotate { dir, request } => {
             let a = Authority::open(&dir)?;
-            a.rotate(&org, &member_dir)?;
+            let signed = member::read_request(&request)?;
+            a.rotate_request(&signed)?;
             println!(
-                "{org} has new keys in {}; directory version {}. Publish it; the node follows without a restart.",
-                member_dir.display(),
+                "The new keys are in directory version {}. Publish it; the member's node takes them in use without a restart.",
                 a.directory()?.version()
             );
             Ok(())
@@ -251,4 +242,25 @@ pub(super) async fn authority(cmd: AuthorityCmd) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// What a request asks for, for the coordinator to read before comparing the fingerprint.
+fn request_summary(signed: &Signed) -> anyhow::Result<String> {
+    let r: MembershipRequest = decode_body(Domain::MembershipRequest, signed)
+        .context("this is not a membership request")?;
+    let kind = MemberKind::try_from(r.kind).unwrap_or(MemberKind::Unspecified);
+    let mut out = format!(
+        "{} asks to join as {}: {}.",
+        r.org_id,
+        kind_name(kind),
+        r.display_name
+    );
+    if !r.hosts.is_empty() {
+        out.push_str(&format!(" Host names: {}.", r.hosts.join(", ")));
+    }
+    out.push_str(&format!(
+        "\nFingerprint of this request: {}",
+        member::fingerprint(signed)
+    ));
+    Ok(out)
 }

@@ -1,7 +1,7 @@
 //! The `overstap` command line: parsing and dispatch. Each command is a few lines over the
 //! libraries (`overstap-region` for what the parties do, `overstap-bench` for load runs).
 //!
-//! Rooms: [`authority`] (the regional authority), [`student`] (the student's and guardian's side),
+//! Rooms: [`authority`] (the regional authority), [`member`] (a member making its own keys), [`student`] (the student's and guardian's side),
 //! [`exchange`] (sending, inbox, handovers, statuses, outbox, node state), [`log`] (the hub's
 //! log as this node checks it), [`staff`] (the web app's staff accounts), [`bench`] (load runs);
 //! stats, health and the demo are here.
@@ -10,6 +10,7 @@ mod authority;
 mod bench;
 mod exchange;
 mod log;
+mod member;
 mod staff;
 mod student;
 
@@ -70,6 +71,9 @@ pub enum Command {
     /// The regional authority: keys, the region's TLS CA and the signed directory.
     #[command(subcommand)]
     Authority(authority::AuthorityCmd),
+    /// A member's own keys, made on its own machine, and its requests to join or rotate.
+    #[command(subcommand)]
+    Member(member::MemberCmd),
     /// A guardian's key, for students under 16.
     #[command(subcommand)]
     Guardian(student::GuardianCmd),
@@ -192,6 +196,7 @@ pub(super) fn json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Authority(cmd) => authority::authority(cmd).await,
+        Command::Member(cmd) => member::member(cmd),
         Command::Guardian(cmd) => student::guardian(cmd).await,
         Command::Student(cmd) => student::student(cmd).await,
         Command::Passport(cmd) => student::passport(cmd).await,

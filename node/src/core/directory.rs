@@ -1,6 +1,7 @@
 //! The signed directory and this node's own keys: installing a newer directory, following a
-//! rotation of this node's keys (re-reading its key files), and signing its student cards again
-//! after its signing key was rotated.
+//! rotation of this node's keys (taking the `.next` key files `overstap member rotate` made in
+//! use once a directory names them), and signing its student cards again after its signing key
+//! was rotated.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -29,6 +30,42 @@ impl KeyFiles {
         let mut p = self.encryption.clone().into_os_string();
         p.push(".previous");
         PathBuf::from(p)
+    }
+
+    /// The next key, made by `overstap member rotate` beside the current one and taken in use
+    /// when a directory names it.
+    pub fn next(path: &std::path::Path) -> PathBuf {
+        let mut p = path.to_path_buf().into_os_string();
+        p.push(".next");
+        PathBuf::from(p)
+    }
+
+    /// Puts the next key (`path.next`) in place of the current one if `wanted` says it is the
+    /// one the directory names; the current key is kept as `keep_as` first (the encryption
+    /// key, for envelopes already on their way). Each step is a whole file, so a crash in
+    /// between leaves a state this repeats from.
+    fn promote(
+        path: &std::path::Path,
+        keep_as: Option<&std::path::Path>,
+        what: &'static str,
+        wanted: impl Fn(&[u8; 32]) -> bool,
+    ) -> Result<(), NodeError> {
+        let next = Self::next(path);
+        let Ok(key) = Self::read(&next, what) else {
+            return Ok(());
+        };
+        if !wanted(&key) {
+            return Ok(());
+        }
+        let io =
+            |e: std::io::Error| NodeError::Invalid(format!("taking the new {what} in use: {e}"));
+        if let Some(keep) = keep_as
+            && let Ok(current) = std::fs::read(path)
+        {
+            crate::write_secret(keep, &current)
+                .map_err(|e| NodeError::Invalid(format!("keeping the previous {what}: {e:#}")))?;
+        }
+        std::fs::rename(&next, path).map_err(io)
     }
 
     fn read(path: &std::path::Path, what: &'static str) -> Result<[u8; 32], NodeError> {
@@ -78,6 +115,15 @@ impl NodeCore {
             .iter()
             .any(|k| k.key_id() == me.encryption_key_id);
         if !known && !me.encryption_key_id.is_empty() {
+            KeyFiles::promote(
+                &files.encryption,
+                Some(&files.previous_encryption()),
+                "encryption key",
+                |k| {
+                    EncryptionKeyPair::from_secret(k)
+                        .is_ok_and(|pair| pair.key_id() == me.encryption_key_id)
+                },
+            )?;
             let mut keys = vec![EncryptionKeyPair::from_secret(&KeyFiles::read(
                 &files.encryption,
                 "encryption key",
@@ -99,6 +145,13 @@ impl NodeCore {
             }
         }
         if self.key().verifying_key().as_bytes().as_slice() != me.signing_key.as_slice() {
+            KeyFiles::promote(&files.signing, None, "signing key", |k| {
+                SigningKey::from_bytes(k)
+                    .verifying_key()
+                    .as_bytes()
+                    .as_slice()
+                    == me.signing_key.as_slice()
+            })?;
             let key = SigningKey::from_bytes(&KeyFiles::read(&files.signing, "signing key")?);
             if key.verifying_key().as_bytes().as_slice() == me.signing_key.as_slice() {
                 tracing::info!(org = %self.org_id, "new signing key in use");

@@ -6,7 +6,8 @@ use overstap_proto::pb::{
     Envelope, EnvelopeHeader, GetDirectoryRequest, MemberKind, NodeStatusRequest, SendBatchRequest,
 };
 use overstap_proto::sign::{Domain, decode_body, sign_message};
-use overstap_region::authority::{Admission, Authority};
+use overstap_region::authority::Authority;
+use overstap_region::member::{self, Admission};
 use overstap_tests::cast::{GEMEENTE, MBO, SCHOOL, birth_month};
 use overstap_tests::*;
 
@@ -36,8 +37,9 @@ pub(crate) async fn nothing_stored_at_hub(region: &overstap_region::region::Regi
 async fn a_certificate_from_another_ca_is_refused_at_the_handshake() {
     let (tmp, region) = region().await;
     let foreign = Authority::init(&tmp.path().join("foreign-authority"), "elders").unwrap();
-    foreign
-        .admit(&Admission {
+    member::join(
+        &foreign,
+        &Admission {
             org_id: SCHOOL.into(),
             kind: MemberKind::School,
             name: "Impostor".into(),
@@ -46,8 +48,9 @@ async fn a_certificate_from_another_ca_is_refused_at_the_handshake() {
             hub_name: "localhost".into(),
             listen: String::new(),
             out: tmp.path().join("impostor"),
-        })
-        .unwrap();
+        },
+    )
+    .unwrap();
     let mut link = creds(&region, SCHOOL).link;
     link.cert_pem = std::fs::read(tmp.path().join("impostor/tls/cert.pem")).unwrap();
     link.key_pem = std::fs::read(tmp.path().join("impostor/tls/key.pem")).unwrap();

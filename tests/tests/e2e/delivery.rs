@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use overstap_proto::pb::{MemberKind, SendPassportRequest, SetStatusRequest, ShowPassportRequest};
+use overstap_region::member;
 use overstap_region::passport::{make_revocation, revoke};
 use overstap_tests::cast::{GEMEENTE, MBO, SCHOOL, birth_month};
 use overstap_tests::*;
@@ -187,7 +188,7 @@ async fn directory_changes_reach_every_node_without_a_restart() {
     .await;
 
     // The mbo's keys are rotated; it follows without a restart and keeps receiving.
-    region.authority.rotate(MBO, &region.node_dir(MBO)).unwrap();
+    member::rotate_and_accept(&region.authority, &region.node_dir(MBO), MBO).unwrap();
     region.publish_directory_to(&[SCHOOL, MBO]).await.unwrap();
     let after = grant(
         &region,

@@ -103,6 +103,64 @@ async fn the_demo_story_passes_and_the_hub_holds_no_plaintext() {
         mbo.windows(8).any(|w| w == b"brommers"),
         "the mbo's database should hold Sam's answer"
     );
+
+    // Every member made its keys in its own folder: no file the authority holds has a private
+    // key of any member, in the hex of the key files, as raw bytes, or as a TLS key.
+    let mut secrets: Vec<(String, Vec<u8>)> = Vec::new();
+    for member in std::fs::read_dir(tmp.path()).unwrap() {
+        let folder = member.unwrap().path();
+        for file in ["keys/signing.key", "keys/encryption.key", "tls/key.pem"] {
+            let Ok(text) = std::fs::read_to_string(folder.join(file)) else {
+                continue;
+            };
+            let name = format!("{}/{file}", folder.display());
+            if let Ok(raw) = hex::decode(text.trim()) {
+                secrets.push((name.clone(), raw));
+            } else {
+                let body: String = text.lines().filter(|l| !l.starts_with("-----")).collect();
+                use base64::Engine;
+                let der = base64::engine::general_purpose::STANDARD
+                    .decode(&body)
+                    .unwrap();
+                // The private scalar, in the PKCS#8 DER: ECPrivateKey's version 1, then an
+                // octet string of 32 bytes.
+                let at = der
+                    .windows(5)
+                    .position(|w| w == [0x02, 0x01, 0x01, 0x04, 0x20])
+                    .expect("an EC private key")
+                    + 5;
+                secrets.push((format!("{name} (scalar)"), der[at..at + 32].to_vec()));
+                secrets.push((name.clone(), body.into_bytes()));
+            }
+            secrets.push((format!("{name} (hex)"), text.trim().as_bytes().to_vec()));
+        }
+    }
+    let members_with_keys = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().join("keys/signing.key").exists())
+        .count();
+    assert!(
+        members_with_keys >= 4,
+        "the hub and every node hold their own keys"
+    );
+    let mut authority_files = vec![tmp.path().join("authority")];
+    let mut scanned = 0;
+    while let Some(path) = authority_files.pop() {
+        if path.is_dir() {
+            authority_files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+            continue;
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        scanned += 1;
+        for (name, secret) in &secrets {
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_slice()),
+                "{} holds the private key {name}",
+                path.display()
+            );
+        }
+    }
+    assert!(scanned >= 5, "the authority's folder holds its files");
 }
 
 #[tokio::test]

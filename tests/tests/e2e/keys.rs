@@ -8,6 +8,7 @@ use overstap_proto::pb::{ReplaceStudentKeyRequest, StudentCard};
 use overstap_proto::sign::{
     Domain, decode_body, generate_signing_key, sign_message, verifying_key,
 };
+use overstap_region::member;
 use overstap_region::passport::{make_grant, make_revocation, revoke, upload_grant};
 use overstap_region::wallet::Wallet;
 use overstap_tests::cast::{GEMEENTE, MBO, SCHOOL, birth_month};
@@ -268,7 +269,7 @@ async fn after_a_rotation_the_old_signing_key_is_refused_and_what_was_in_flight_
         .unwrap();
 
     for org in [MBO, SCHOOL] {
-        region.authority.rotate(org, &region.node_dir(org)).unwrap();
+        member::rotate_and_accept(&region.authority, &region.node_dir(org), org).unwrap();
     }
     let v = region.publish_directory().await.unwrap();
     assert_ne!(
@@ -360,10 +361,7 @@ async fn after_the_schools_key_rotation_its_students_cards_still_hold() {
         .card
         .unwrap();
 
-    region
-        .authority
-        .rotate(SCHOOL, &region.node_dir(SCHOOL))
-        .unwrap();
+    member::rotate_and_accept(&region.authority, &region.node_dir(SCHOOL), SCHOOL).unwrap();
     region.publish_directory_to(&[SCHOOL]).await.unwrap();
     let new_key = verifying_key(&member(&region, SCHOOL).signing_key, "school key").unwrap();
     let card_after = api

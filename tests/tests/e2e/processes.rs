@@ -6,8 +6,9 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use overstap_proto::pb::{MemberKind, NodeStatusRequest, SendPassportRequest};
-use overstap_region::authority::{Admission, Authority};
+use overstap_region::authority::Authority;
 use overstap_region::client::connect_dir;
+use overstap_region::member::{self, Admission};
 use overstap_tests::cast::{MBO, SCHOOL, birth_month};
 use overstap_tests::*;
 use sqlx::Row;
@@ -29,16 +30,19 @@ struct Region {
 }
 
 fn admit(auth: &Authority, dir: &Path, org: &str, kind: MemberKind) {
-    auth.admit(&Admission {
-        org_id: org.into(),
-        kind,
-        name: org.into(),
-        hosts: vec!["localhost".into(), "127.0.0.1".into()],
-        hub_url: "https://127.0.0.1:1".into(),
-        hub_name: "localhost".into(),
-        listen: "127.0.0.1:0".into(),
-        out: dir.join(org),
-    })
+    member::join(
+        auth,
+        &Admission {
+            org_id: org.into(),
+            kind,
+            name: org.into(),
+            hosts: vec!["localhost".into(), "127.0.0.1".into()],
+            hub_url: "https://127.0.0.1:1".into(),
+            hub_name: "localhost".into(),
+            listen: "127.0.0.1:0".into(),
+            out: dir.join(org),
+        },
+    )
     .unwrap();
 }
 
