@@ -61,6 +61,7 @@ pub fn fixture() -> &'static Fixture {
                 member("25LP", MemberKind::School, &school, &enc(7)),
                 member("30RT", MemberKind::Mbo, &mbo, &mbo_enc),
             ],
+            ended_sessions: vec![],
         };
         let signed = sign_message(Domain::Directory, &directory, &[&authority]);
         let directory = VerifiedDirectory::verify(&signed, &authority.verifying_key(), 0)

@@ -158,6 +158,7 @@ mod tests {
             version,
             issued_at: 0,
             members: vec![member("25LP"), member("GM0193")],
+            ended_sessions: vec![],
         }
     }
 

@@ -407,6 +407,7 @@ mod tests {
             version: 1,
             issued_at: 0,
             members: orgs.iter().map(|o| member(o)).collect(),
+            ended_sessions: vec![],
         };
         VerifiedDirectory::verify(
             &sign_message(Domain::Directory, &d, &[&authority]),

@@ -1,13 +1,14 @@
 //! Dashboard sessions: the authority vouches, with a signed token, that a coordinator may see
 //! the region's statistics in a browser until a given time. The hub accepts a token only while
-//! it has not expired and the directory still lists its holder as a coordinator.
+//! it has not expired, the directory does not list it as ended, and the directory still lists
+//! its holder as a coordinator.
 
 use base64::Engine;
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use prost::Message;
 
 use crate::directory::{VerifiedDirectory, kind_name};
-use crate::pb::{DashboardToken, MemberKind, Signed};
+use crate::pb::{DashboardToken, EndedSessions, MemberKind, Signed};
 use crate::sign::{Domain, open_signed, sign_message};
 use crate::{ProtocolError, UnixTime, format_time};
 
@@ -19,6 +20,24 @@ const MAX_TOKEN_LEN: usize = 1_024;
 
 fn b64() -> base64::engine::GeneralPurpose {
     base64::engine::general_purpose::URL_SAFE_NO_PAD
+}
+
+/// Reads a token's fields after checking the authority's signature (not its time): which
+/// session `authority end-sessions --token` ends.
+pub fn read_token(text: &str, authority: &VerifyingKey) -> Result<DashboardToken, ProtocolError> {
+    let text = text.trim();
+    if text.len() > MAX_TOKEN_LEN {
+        return Err(ProtocolError::malformed(
+            "dashboard token",
+            format!("{} characters is longer than any token", text.len()),
+        ));
+    }
+    let bytes = b64()
+        .decode(text)
+        .map_err(|e| ProtocolError::malformed("dashboard token", e))?;
+    let signed = Signed::decode(bytes.as_slice())
+        .map_err(|e| ProtocolError::malformed("dashboard token", e))?;
+    open_signed(Domain::DashboardToken, &signed, authority)
 }
 
 /// A token for `org_id`, valid from `now` for `hours`, as URL-safe text.
@@ -44,27 +63,22 @@ pub fn issue_token(
     Ok(b64().encode(sign_message(Domain::DashboardToken, &token, &[authority]).encode_to_vec()))
 }
 
-/// Checks a token: the authority's signature, its time, and that the directory lists its holder
-/// as a coordinator now.
+/// Whether `e` ends the session `token`.
+pub fn ends(e: &EndedSessions, token: &DashboardToken) -> bool {
+    e.org_id == token.org_id
+        && ((!e.nonce.is_empty() && e.nonce == token.nonce)
+            || (e.issued_up_to > 0 && token.issued_at <= e.issued_up_to))
+}
+
+/// Checks a token: the authority's signature, its time, that the authority did not end it,
+/// and that the directory lists its holder as a coordinator now.
 pub fn verify_token(
     text: &str,
     authority: &VerifyingKey,
     directory: &VerifiedDirectory,
     now: UnixTime,
 ) -> Result<DashboardToken, ProtocolError> {
-    let text = text.trim();
-    if text.len() > MAX_TOKEN_LEN {
-        return Err(ProtocolError::malformed(
-            "dashboard token",
-            format!("{} characters is longer than any token", text.len()),
-        ));
-    }
-    let bytes = b64()
-        .decode(text)
-        .map_err(|e| ProtocolError::malformed("dashboard token", e))?;
-    let signed = Signed::decode(bytes.as_slice())
-        .map_err(|e| ProtocolError::malformed("dashboard token", e))?;
-    let token: DashboardToken = open_signed(Domain::DashboardToken, &signed, authority)?;
+    let token = read_token(text, authority)?;
     if now >= token.expires_at {
         return Err(ProtocolError::malformed(
             "dashboard token",
@@ -75,6 +89,20 @@ pub fn verify_token(
         return Err(ProtocolError::malformed(
             "dashboard token",
             "it was issued in the future",
+        ));
+    }
+    if let Some(e) = directory
+        .directory
+        .ended_sessions
+        .iter()
+        .find(|e| ends(e, &token))
+    {
+        return Err(ProtocolError::malformed(
+            "dashboard token",
+            format!(
+                "the region's authority ended this session at {}",
+                format_time(e.ended_at)
+            ),
         ));
     }
     let member = directory.member(&token.org_id)?;

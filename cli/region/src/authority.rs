@@ -14,7 +14,7 @@ use overstap_node::write_secret;
 use overstap_proto::config::parse_key_hex;
 use overstap_proto::directory::{VerifiedDirectory, validate_org_id};
 use overstap_proto::envelope::key_id_of;
-use overstap_proto::pb::{Directory, Member, MemberKind, MembershipRequest, Signed};
+use overstap_proto::pb::{Directory, EndedSessions, Member, MemberKind, MembershipRequest, Signed};
 use overstap_proto::sign::{
     Domain, decode_body, generate_signing_key, sign_message, verify_signed_by, verifying_key,
 };
@@ -81,6 +81,7 @@ impl Authority {
             version: 1,
             issued_at: member::now(),
             members: vec![],
+            ended_sessions: vec![],
         })?;
         Ok(authority)
     }
@@ -130,14 +131,58 @@ impl Authority {
                 overstap_proto::directory::kind_name(member)
             );
         }
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)?
-            .as_secs() as i64;
+        // A session issued in the second its coordinator's sessions were ended would be ended
+        // with them: it starts a second later.
+        let ended_up_to = self
+            .directory()?
+            .directory
+            .ended_sessions
+            .iter()
+            .filter(|e| e.org_id == org_id)
+            .map(|e| e.issued_up_to)
+            .max()
+            .unwrap_or(0);
+        let issued = member::now().max(ended_up_to + 1);
         let mut nonce = [0u8; 16];
         rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce);
         Ok(overstap_proto::session::issue_token(
-            &self.key, org_id, now, hours, nonce,
+            &self.key, org_id, issued, hours, nonce,
         )?)
+    }
+
+    /// Ends dashboard sessions of the coordinator `org_id` before they run out: the one whose
+    /// token is `token`, or every one issued until now. Signs a new directory version; the hub
+    /// refuses those sessions once it holds it. Ends that no session could outlive any more
+    /// are dropped from the directory here.
+    pub fn end_sessions(&self, org_id: &str, token: Option<&str>) -> anyhow::Result<Signed> {
+        let mut next = self.directory()?.directory;
+        if !next.members.iter().any(|m| m.org_id == org_id) {
+            bail!("{org_id} is not a member of the region");
+        }
+        let now = member::now();
+        let (issued_up_to, nonce) = match token {
+            Some(t) => {
+                let t = overstap_proto::session::read_token(t, &self.key.verifying_key())
+                    .context("this is not a dashboard token of this authority")?;
+                if t.org_id != org_id {
+                    bail!("this token is {}'s, not {org_id}'s", t.org_id);
+                }
+                (0, t.nonce)
+            }
+            None => (now, Vec::new()),
+        };
+        let longest = i64::from(overstap_proto::session::MAX_HOURS) * 3_600;
+        next.ended_sessions
+            .retain(|e| e.ended_at + longest + overstap_proto::passport::MAX_CLOCK_SKEW > now);
+        next.ended_sessions.push(EndedSessions {
+            org_id: org_id.to_string(),
+            issued_up_to,
+            nonce,
+            ended_at: now,
+        });
+        next.version += 1;
+        next.issued_at = now;
+        self.write_directory(&next)
     }
 
     pub fn signed_directory(&self) -> anyhow::Result<Signed> {

@@ -83,6 +83,20 @@ pub enum AuthorityCmd {
         #[arg(long)]
         request: PathBuf,
     },
+    /// End a coordinator's dashboard sessions before they run out (a lost laptop, a
+    /// coordinator who left): every session issued until now, or the one of --token.
+    EndSessions {
+        /// The authority's folder (its key, the region's CA and the directory), as `authority init`
+        /// made it.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The coordinator's org id.
+        #[arg(long)]
+        org: String,
+        /// End only the session of this token.
+        #[arg(long)]
+        token: Option<String>,
+    },
     /// Show the directory.
     Show {
         /// The authority's folder (its key, the region's CA and the directory), as `authority init`
@@ -206,6 +220,21 @@ pub(super) async fn authority(cmd: AuthorityCmd) -> anyhow::Result<()> {
             println!(
                 "The new keys are in directory version {}. Publish it; the member's node takes them in use without a restart.",
                 a.directory()?.version()
+            );
+            Ok(())
+        }
+        AuthorityCmd::EndSessions { dir, org, token } => {
+            let a = Authority::open(&dir)?;
+            a.end_sessions(&org, token.as_deref())?;
+            println!(
+                "{} of {org} ended in directory version {}. Publish it (overstap authority publish); the hub refuses {} from then on.",
+                if token.is_some() {
+                    "That session"
+                } else {
+                    "Every dashboard session"
+                },
+                a.directory()?.version(),
+                if token.is_some() { "it" } else { "them" }
             );
             Ok(())
         }

@@ -230,8 +230,9 @@ async fn the_dashboard_shows_the_known_mix_in_a_real_browser() {
 }
 
 /// Only a token the authority signed, for a coordinator the directory lists now, opens the
-/// statistics: one signed with another key, one issued in the future, and a good one after its
-/// coordinator was removed from the region are each refused with the reason.
+/// statistics: one signed with another key, one issued in the future, one the authority ended,
+/// and a good one after its coordinator was removed from the region are each refused with the
+/// reason.
 #[tokio::test]
 async fn a_forged_future_dated_or_revoked_dashboard_token_opens_nothing() {
     let (_tmp, mut region) = region().await;
@@ -256,10 +257,34 @@ async fn a_forged_future_dated_or_revoked_dashboard_token_opens_nothing() {
         assert!(!body.contains("total"), "{what}: no number in {body}");
     }
 
+    // The authority ends one session (by its token), then every session of the coordinator:
+    // each opens nothing once the hub holds the directory, and a new session still works.
+    let other = region.authority.dashboard_token("RMC01", 1).unwrap();
+    region
+        .authority
+        .end_sessions("RMC01", Some(&other))
+        .unwrap();
+    region.publish_directory().await.unwrap();
+    let (status, body) = https(&region, &get_stats(Some(&other))).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("authority ended this session"), "{body}");
+    let (status, body) = https(&region, &get_stats(Some(&token))).await;
+    assert_eq!(status, 200, "only the one session ended: {body}");
+    region.authority.end_sessions("RMC01", None).unwrap();
+    region.publish_directory().await.unwrap();
+    let (status, body) = https(&region, &get_stats(Some(&token))).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("authority ended this session"), "{body}");
+    let fresh = region.authority.dashboard_token("RMC01", 1).unwrap();
+    let (status, body) = https(&region, &get_stats(Some(&fresh))).await;
+    assert_eq!(status, 200, "a session issued after the end: {body}");
+    // A token of one coordinator cannot end another's sessions.
+    assert!(region.authority.end_sessions("25LP", Some(&fresh)).is_err());
+
     // The coordinator is removed: its token, good until now, opens nothing from then on.
     region.authority.remove("RMC01").unwrap();
     region.publish_directory().await.unwrap();
-    let (status, body) = https(&region, &get_stats(Some(&token))).await;
+    let (status, body) = https(&region, &get_stats(Some(&fresh))).await;
     assert_eq!(status, 401, "{body}");
     assert!(body.contains("unknown member RMC01"), "{body}");
     region.shutdown().await.unwrap();
