@@ -105,6 +105,20 @@ impl Authority {
         })
     }
 
+    /// The newest signed directory in `dir`, checked against the `authority.pub` beside it: what
+    /// `authority publish` hands to the hub. Needs no private key, so the two public files can
+    /// be carried from an offline authority to a machine that reaches the hub.
+    pub fn published_directory(dir: &Path) -> anyhow::Result<Signed> {
+        let public = std::fs::read_to_string(dir.join("authority.pub"))
+            .with_context(|| format!("reading {}/authority.pub", dir.display()))?;
+        let key = verifying_key(&parse_key_hex(&public, "authority key")?, "authority key")?;
+        let bytes = std::fs::read(dir.join("directory.signed"))
+            .with_context(|| format!("reading {}/directory.signed", dir.display()))?;
+        let signed = Signed::decode(bytes.as_slice())
+            .context("directory.signed is not a signed directory")?;
+        Ok(VerifiedDirectory::verify(&signed, &key, 0)?.signed)
+    }
+
     /// The newest directory this authority signed.
     pub fn directory(&self) -> anyhow::Result<VerifiedDirectory> {
         let bytes =
@@ -251,6 +265,11 @@ impl Authority {
         }
         if kind == MemberKind::Hub && current.members.iter().any(|m| m.kind() == MemberKind::Hub) {
             bail!("the region already has a hub");
+        }
+        if kind == MemberKind::Hub
+            && !(r.encryption_key.is_empty() && r.encryption_key_id.is_empty())
+        {
+            bail!("a hub has no encryption key: nothing is sealed to it");
         }
         if kind != MemberKind::Hub {
             if r.encryption_key.len() != 32 || key_id_of(&r.encryption_key) != r.encryption_key_id {
@@ -539,7 +558,10 @@ mod tests {
         let auth = Authority::init(&tmp.path().join("auth"), "test").unwrap();
         let a = admission(tmp.path(), "30RT", MemberKind::Mbo);
         join(&auth, &a).unwrap();
-        let request = rotate(&a.out, "30RT").unwrap();
+        let request = rotate(&a.out, "30RT", false).unwrap();
+        // Next keys are waiting: a second rotation is refused unless asked for again.
+        let e = format!("{:#}", rotate(&a.out, "30RT", false).unwrap_err());
+        assert!(e.contains("--again"), "{e}");
         let new = key_in(&a.out, "keys/signing.key.next");
         let before = auth.directory().unwrap().version();
         // Signed by the new key alone.

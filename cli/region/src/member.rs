@@ -175,8 +175,14 @@ fn read_signing_key(path: &Path) -> anyhow::Result<SigningKey> {
 /// writes the rotation request, signed by the current signing key and the new one. `org_id`
 /// is the member's, as the directory lists it. Until a directory names the new keys the node
 /// goes on with the current ones; rotating again replaces the `.next` keys.
-pub fn rotate(dir: &Path, org_id: &str) -> anyhow::Result<Signed> {
+pub fn rotate(dir: &Path, org_id: &str, again: bool) -> anyhow::Result<Signed> {
     let current = read_signing_key(&dir.join("keys/signing.key"))?;
+    if dir.join("keys/signing.key.next").exists() && !again {
+        bail!(
+            "{} already holds next keys from an earlier rotation that the node has not taken in use. If the authority accepted that request, publish the directory and wait: making new ones now would leave the node unable to follow. If it did not, run this again with --again",
+            dir.display()
+        );
+    }
     if !dir.join("keys/encryption.key").exists() {
         bail!(
             "{} holds no encryption key: the hub's keys are changed by admitting a new hub",
@@ -242,6 +248,6 @@ pub fn rotate_and_accept(
     dir: &Path,
     org_id: &str,
 ) -> anyhow::Result<Signed> {
-    let request = rotate(dir, org_id)?;
+    let request = rotate(dir, org_id, false)?;
     authority.rotate_request(&request)
 }

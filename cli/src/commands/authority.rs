@@ -20,8 +20,6 @@ pub enum AuthorityCmd {
     Init {
         /// A new folder for the authority's key, the region's CA and the directory; keep it
         /// offline.
-        /// The authority's folder (its key, the region's CA and the directory), as `authority init`
-        /// made it.
         #[arg(long)]
         dir: PathBuf,
         /// The region's name, in the directory and in every log checkpoint (e.g. ijssel-vecht).
@@ -48,14 +46,14 @@ pub enum AuthorityCmd {
     },
     /// Hand the newest signed directory to a running hub.
     Publish {
-        /// The authority's folder (its key, the region's CA and the directory), as `authority init`
-        /// made it.
+        /// A folder with the authority's directory.signed and authority.pub: the authority's
+        /// own folder, or a copy of those two public files carried from an offline machine.
         #[arg(long)]
         dir: PathBuf,
         /// The hub's address (https://host:port).
         #[arg(long)]
         hub_url: String,
-        /// A member's credentials folder to connect with (its tls/ folder is used).
+        /// A member's own folder to connect with (its tls/ folder is used), such as the hub's.
         #[arg(long)]
         via: PathBuf,
         /// The hub's name in its certificate.
@@ -166,8 +164,13 @@ pub(super) async fn authority(cmd: AuthorityCmd) -> anyhow::Result<()> {
             });
             a.admit_request(&signed, &heard, &out)?;
             println!(
-                "{summary}\nAdmitted; directory version {}. Send tls/cert.pem, tls/ca.pem and authority.pub from {} to the member (nothing in it is secret).",
+                "{summary}\nAdmitted; directory version {}. Send tls/cert.pem, tls/ca.pem and authority.pub{} from {} to the member (nothing in it is secret).",
                 a.directory()?.version(),
+                if out.join("hub.toml").exists() || out.join("directory.signed").exists() {
+                    ", and to the hub directory.signed"
+                } else {
+                    ""
+                },
                 out.display()
             );
             println!(
@@ -182,7 +185,7 @@ pub(super) async fn authority(cmd: AuthorityCmd) -> anyhow::Result<()> {
             via,
             hub_name,
         } => {
-            let a = Authority::open(&dir)?;
+            let signed = Authority::published_directory(&dir)?;
             let read = |f: &str| {
                 std::fs::read(via.join("tls").join(f))
                     .with_context(|| format!("reading {}/tls/{f}", via.display()))
@@ -196,7 +199,7 @@ pub(super) async fn authority(cmd: AuthorityCmd) -> anyhow::Result<()> {
             };
             let mut hub = overstap_proto::pb::hub_client::HubClient::new(link.channel()?);
             let v = hub
-                .publish_directory(a.signed_directory()?)
+                .publish_directory(signed)
                 .await
                 .map_err(explain)?
                 .into_inner()

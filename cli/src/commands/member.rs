@@ -46,6 +46,10 @@ pub enum MemberCmd {
         /// This member's org id.
         #[arg(long)]
         org: String,
+        /// Make next keys again although earlier ones wait (only when the authority did not
+        /// accept that earlier request).
+        #[arg(long)]
+        again: bool,
     },
 }
 
@@ -88,8 +92,8 @@ pub(super) fn member(cmd: MemberCmd) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        MemberCmd::Rotate { dir, org } => {
-            member::rotate(&dir, &org)?;
+        MemberCmd::Rotate { dir, org, again } => {
+            member::rotate(&dir, &org, again)?;
             println!(
                 "New keys for {org} are made beside the current ones in {}/keys (*.next).",
                 dir.display()
