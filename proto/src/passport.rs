@@ -174,6 +174,22 @@ pub fn under_16(birth_month: &str, at: UnixTime) -> Result<bool, ProtocolError> 
     Ok(at < sixteen)
 }
 
+/// A student's card index: HMAC-SHA256 keyed with the pseudonym over a fixed tag. Every card the
+/// home node issues or replaces is logged at the hub under it (by the card's hash), so the
+/// student can list every card ever issued in their name; the hub never sees the pseudonym.
+pub fn card_index(pseudonym: &str) -> [u8; 32] {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<Sha256>::new_from_slice(pseudonym.as_bytes())
+        .expect("HMAC takes a key of any length");
+    mac.update(b"overstap.v1/card-index");
+    mac.finalize().into_bytes().into()
+}
+
+/// The hash a card is logged under: SHA-256 of the signed card as encoded.
+pub fn card_sha256(signed: &Signed) -> [u8; 32] {
+    Sha256::digest(signed.encode_to_vec()).into()
+}
+
 /// Verifies a student card issued by the home node whose signing key is `home_key`.
 pub fn verify_card(signed: &Signed, home_key: &VerifyingKey) -> Result<StudentCard, ProtocolError> {
     let card: StudentCard = open_signed(Domain::StudentCard, signed, home_key)?;

@@ -400,6 +400,18 @@ impl Hub for Noop {
     ) -> Result<Response<pb::GetDirectoryResponse>, Status> {
         noop()
     }
+    async fn log_card(
+        &self,
+        _: Request<pb::LogCardRequest>,
+    ) -> Result<Response<pb::LogCardResponse>, Status> {
+        noop()
+    }
+    async fn card_history(
+        &self,
+        _: Request<pb::CardHistoryRequest>,
+    ) -> Result<Response<pb::CardHistoryResponse>, Status> {
+        noop()
+    }
     async fn publish_directory(
         &self,
         _: Request<pb::Signed>,

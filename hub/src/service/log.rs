@@ -7,8 +7,9 @@ use overstap_proto::log::{
     Hash, LogEntry, MemoryTree, leaf_hash, sign_checkpoint, stored_hash_count,
 };
 use overstap_proto::pb::{
-    AddCosignatureResponse, CheckpointResponse, ConsistencyRequest, GetCheckpointRequest,
-    InclusionRequest, LogEntriesRequest, LogEntriesResponse, MemberKind, ProofResponse,
+    AddCosignatureResponse, CardHistoryRequest, CardHistoryResponse, CheckpointResponse,
+    ConsistencyRequest, GetCheckpointRequest, InclusionRequest, LogCardRequest, LogCardResponse,
+    LogEntriesRequest, LogEntriesResponse, MemberKind, ProofResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -239,6 +240,67 @@ impl<S: HubStore> HubService<S> {
                 .filter(|e| e.log_index < size)
                 .map(entry_of)
                 .collect(),
+        }))
+    }
+}
+
+impl<S: HubStore> HubService<S> {
+    /// A home node logs a student card it issued: a card index and a card hash, 32 bytes each.
+    /// Only nodes (schools, colleges, municipalities) issue cards.
+    pub(super) async fn do_log_card(
+        &self,
+        request: Request<LogCardRequest>,
+    ) -> Result<Response<LogCardResponse>, Status> {
+        let caller = self.caller(&request)?;
+        if matches!(caller.kind(), MemberKind::Hub | MemberKind::Coordinator) {
+            return Err(HubError::Invalid(format!(
+                "{} is a {}; only a node that issues student cards logs them",
+                caller.org_id,
+                overstap_proto::directory::kind_name(caller.kind())
+            ))
+            .into());
+        }
+        let r = request.into_inner();
+        if r.card_index.len() != 32 || r.card_sha256.len() != 32 {
+            return Err(HubError::Invalid(format!(
+                "a card record is a 32-byte card index and a 32-byte card hash, not {} and {} bytes",
+                r.card_index.len(),
+                r.card_sha256.len()
+            ))
+            .into());
+        }
+        let log_index = self
+            .state
+            .store
+            .log_card(&caller.org_id, &r.card_index, &r.card_sha256, now())
+            .await
+            .map_err(HubError::from)?;
+        Ok(Response::new(LogCardResponse { log_index }))
+    }
+
+    /// Every card logged under one index, with its log index, oldest first.
+    pub(super) async fn do_card_history(
+        &self,
+        request: Request<CardHistoryRequest>,
+    ) -> Result<Response<CardHistoryResponse>, Status> {
+        self.caller(&request)?;
+        let r = request.into_inner();
+        if r.card_index.len() != 32 {
+            return Err(HubError::Invalid(format!(
+                "a card index is 32 bytes, not {}",
+                r.card_index.len()
+            ))
+            .into());
+        }
+        let events = self
+            .state
+            .store
+            .card_events(&r.card_index)
+            .await
+            .map_err(HubError::from)?;
+        Ok(Response::new(CardHistoryResponse {
+            log_indexes: events.iter().map(|e| e.log_index).collect(),
+            entries: events.iter().map(entry_of).collect(),
         }))
     }
 }

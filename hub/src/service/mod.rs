@@ -28,8 +28,9 @@ use crate::metrics::HubMetrics;
 use crate::store::{HubStore, StoreError};
 use overstap_proto::log::{Hash, MemoryTree};
 use overstap_proto::pb::{
-    AddCosignatureResponse, CheckpointResponse, ConsistencyRequest, GetCheckpointRequest,
-    InclusionRequest, LogEntriesRequest, LogEntriesResponse, ProofResponse,
+    AddCosignatureResponse, CardHistoryRequest, CardHistoryResponse, CheckpointResponse,
+    ConsistencyRequest, GetCheckpointRequest, InclusionRequest, LogCardRequest, LogCardResponse,
+    LogEntriesRequest, LogEntriesResponse, ProofResponse,
 };
 
 mod directory;
@@ -369,5 +370,19 @@ impl<S: HubStore> Hub for HubService<S> {
         request: Request<LogEntriesRequest>,
     ) -> Result<Response<LogEntriesResponse>, Status> {
         self.do_get_log_entries(request).await
+    }
+
+    async fn log_card(
+        &self,
+        request: Request<LogCardRequest>,
+    ) -> Result<Response<LogCardResponse>, Status> {
+        self.do_log_card(request).await
+    }
+
+    async fn card_history(
+        &self,
+        request: Request<CardHistoryRequest>,
+    ) -> Result<Response<CardHistoryResponse>, Status> {
+        self.do_card_history(request).await
     }
 }

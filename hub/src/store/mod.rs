@@ -311,6 +311,20 @@ pub trait HubStore: Send + Sync + 'static {
     /// Events from `start`, at most `limit`.
     async fn events(&self, start: u64, limit: u32) -> Result<Vec<Event>, StoreError>;
 
+    /// Logs a student card `from_org` issued (event `card`, the index in `envelope_id`, the
+    /// card's hash in `body_sha256`) and returns its log index; the same record again returns
+    /// the index it got the first time.
+    async fn log_card(
+        &self,
+        from_org: &str,
+        card_index: &[u8],
+        card_sha256: &[u8],
+        at: i64,
+    ) -> Result<u64, StoreError>;
+
+    /// Every card logged under `card_index`, oldest first.
+    async fn card_events(&self, card_index: &[u8]) -> Result<Vec<Event>, StoreError>;
+
     /// Every stored hash of the log's tree, in index order.
     async fn log_hashes(&self) -> Result<Vec<[u8; 32]>, StoreError>;
 
@@ -435,6 +449,29 @@ pub(crate) mod conformance {
         );
         assert_eq!(s.mailbox("MBO1", 0, 10).await.unwrap().len(), 2);
         assert_eq!(s.mailbox("GM0193", 0, 10).await.unwrap().len(), 1);
+    }
+
+    /// A card is logged once (the same record again gets its first log index), after what the
+    /// log held, and listed by its index only, oldest first.
+    pub async fn cards_are_logged_once_and_listed_by_index(s: &impl HubStore) {
+        accept_once(s).await;
+        let first = s.log_card("25LP", &[1; 32], &[7; 32], 100).await.unwrap();
+        assert_eq!(first, 1, "after the envelope's send event");
+        assert_eq!(
+            s.log_card("25LP", &[1; 32], &[7; 32], 101).await.unwrap(),
+            first
+        );
+        let other = s.log_card("25LP", &[2; 32], &[8; 32], 102).await.unwrap();
+        let again = s.log_card("25LP", &[1; 32], &[9; 32], 103).await.unwrap();
+        assert_eq!((other, again), (2, 3));
+        let listed = s.card_events(&[1; 32]).await.unwrap();
+        let seen: Vec<_> = listed
+            .iter()
+            .map(|e| (e.log_index, e.event.as_str(), e.body_sha256[0], e.at))
+            .collect();
+        assert_eq!(seen, [(1, "card", 7, 100), (3, "card", 9, 103)]);
+        assert!(s.card_events(&[3; 32]).await.unwrap().is_empty());
+        assert_eq!(s.events(0, 10).await.unwrap().len(), 4);
     }
 
     pub async fn accept_is_idempotent_and_ack_logs_delivery(s: &impl HubStore) {

@@ -213,19 +213,55 @@ impl HubStore for SqliteStore {
         .bind(limit as i64)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| Event {
-                log_index: r.get::<i64, _>(0) as u64,
-                event: r.get(1),
-                envelope_kind: r.get(2),
-                from_org: r.get(3),
-                to_org: r.get(4),
-                envelope_id: r.get(5),
-                body_sha256: r.get(6),
-                at: r.get(7),
-            })
-            .collect())
+        Ok(rows.iter().map(event_of).collect())
+    }
+
+    async fn log_card(
+        &self,
+        from_org: &str,
+        card_index: &[u8],
+        card_sha256: &[u8],
+        at: i64,
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let before: Option<i64> = sqlx::query_scalar(
+            "SELECT log_index FROM events WHERE event = 'card' AND envelope_id = ? AND from_org = ? AND body_sha256 = ?",
+        )
+        .bind(card_index)
+        .bind(from_org)
+        .bind(card_sha256)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(i) = before {
+            return Ok(i as u64);
+        }
+        let next: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(log_index) + 1, 0) FROM events")
+            .fetch_one(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO events (log_index, event, envelope_kind, from_org, to_org, envelope_id, body_sha256, at)
+             VALUES (?, 'card', 0, ?, '', ?, ?, ?)",
+        )
+        .bind(next)
+        .bind(from_org)
+        .bind(card_index)
+        .bind(card_sha256)
+        .bind(at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(next as u64)
+    }
+
+    async fn card_events(&self, card_index: &[u8]) -> Result<Vec<Event>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT log_index, event, envelope_kind, from_org, to_org, envelope_id, body_sha256, at
+             FROM events WHERE event = 'card' AND envelope_id = ? ORDER BY log_index",
+        )
+        .bind(card_index)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(event_of).collect())
     }
 
     async fn log_hashes(&self) -> Result<Vec<[u8; 32]>, StoreError> {
@@ -328,6 +364,21 @@ fn checkpoint_row(r: &sqlx::sqlite::SqliteRow) -> Checkpoint {
     }
 }
 
+/// An `events` row, selected as `log_index, event, envelope_kind, from_org, to_org,
+/// envelope_id, body_sha256, at`.
+fn event_of(r: &sqlx::sqlite::SqliteRow) -> Event {
+    Event {
+        log_index: r.get::<i64, _>(0) as u64,
+        event: r.get(1),
+        envelope_kind: r.get(2),
+        from_org: r.get(3),
+        to_org: r.get(4),
+        envelope_id: r.get(5),
+        body_sha256: r.get(6),
+        at: r.get(7),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -336,6 +387,12 @@ mod tests {
     async fn accept_is_idempotent_and_ack_logs_delivery() {
         let s = SqliteStore::open("sqlite::memory:").await.unwrap();
         super::super::conformance::accept_is_idempotent_and_ack_logs_delivery(&s).await;
+    }
+
+    #[tokio::test]
+    async fn cards_are_logged_once_and_listed_by_index() {
+        let s = SqliteStore::open("sqlite::memory:").await.unwrap();
+        super::super::conformance::cards_are_logged_once_and_listed_by_index(&s).await;
     }
 
     #[tokio::test]

@@ -483,6 +483,20 @@ impl<S: overstap_hub::HubStore> overstap_proto::pb::hub_server::Hub for ForkingH
         self.honest.get_directory(r).await
     }
 
+    async fn log_card(
+        &self,
+        r: tonic::Request<overstap_proto::pb::LogCardRequest>,
+    ) -> Result<tonic::Response<overstap_proto::pb::LogCardResponse>, tonic::Status> {
+        self.honest.log_card(r).await
+    }
+
+    async fn card_history(
+        &self,
+        r: tonic::Request<overstap_proto::pb::CardHistoryRequest>,
+    ) -> Result<tonic::Response<overstap_proto::pb::CardHistoryResponse>, tonic::Status> {
+        self.honest.card_history(r).await
+    }
+
     async fn publish_directory(
         &self,
         r: tonic::Request<overstap_proto::pb::Signed>,
