@@ -15,7 +15,8 @@ use overstap_proto::pb::{
     RevokeGrantRequest, RevokeGrantResponse, SendPassportRequest, SendPassportResponse,
     SendPassportResult, SendPassportsRequest, SendPassportsResponse, SetStatusRequest,
     SetStatusResponse, ShowPassportRequest, ShowPassportResponse, Signed, StorePassportRequest,
-    StorePassportResponse, TrailEvent, TrailRequest, TrailResponse,
+    StorePassportResponse, StudentCardsRequest, StudentCardsResponse, TrailEvent, TrailRequest,
+    TrailResponse,
 };
 use overstap_proto::pb::{
     AddPickupCodeRequest, AddPickupCodeResponse, AddStaffRequest, AddStaffResponse,
@@ -475,6 +476,18 @@ impl Node for NodeApi {
             alarm: alarm.is_some(),
             alarm_reason: alarm.unwrap_or_default(),
         }))
+    }
+
+    async fn student_cards(
+        &self,
+        request: Request<StudentCardsRequest>,
+    ) -> Result<Response<StudentCardsResponse>, Status> {
+        let pseudonym = request.into_inner().pseudonym;
+        Ok(Response::new(
+            self.core
+                .student_cards(&pseudonym, self.hub.clone())
+                .await?,
+        ))
     }
 
     async fn log_history(

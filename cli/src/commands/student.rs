@@ -79,6 +79,18 @@ pub enum StudentCmd {
         #[command(flatten)]
         node: NodeOpts,
     },
+    /// Every card the hub's log lists under the student's name (by a keyed hash, never the
+    /// name): a card you do not know means someone made a key for you.
+    Cards {
+        /// The student's wallet file (key and card), as `student new` wrote it.
+        #[arg(long)]
+        wallet: PathBuf,
+        /// table for people, json for programs.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+        #[command(flatten)]
+        node: NodeOpts,
+    },
 }
 
 #[derive(Subcommand)]
@@ -293,6 +305,67 @@ pub(super) async fn student(cmd: StudentCmd) -> anyhow::Result<()> {
             Ok(())
         }
 
+        StudentCmd::Cards {
+            wallet,
+            format,
+            node,
+        } => {
+            let w = Wallet::load(&wallet)?;
+            let listed = node
+                .api()
+                .await?
+                .student_cards(overstap_proto::pb::StudentCardsRequest {
+                    pseudonym: w.pseudonym.clone(),
+                })
+                .await
+                .map_err(explain)?
+                .into_inner();
+            let mine = overstap_proto::passport::card_sha256(&w.card).to_vec();
+            let unknown = listed
+                .cards
+                .iter()
+                .filter(|c| !c.issued_here || (c.card_sha256 != mine && c.current))
+                .count();
+            if format == Format::Json {
+                return json(&serde_json::json!({
+                    "cards": listed.cards.iter().map(|c| serde_json::json!({
+                        "log_index": c.log_index, "from_org": c.from_org,
+                        "card_sha256": hex::encode(&c.card_sha256), "at": c.at,
+                        "issued_here": c.issued_here, "current": c.current,
+                        "this_wallet": c.card_sha256 == mine,
+                    })).collect::<Vec<_>>(),
+                    "missing": listed.missing.iter().map(hex::encode).collect::<Vec<_>>(),
+                    "unknown": unknown,
+                }));
+            }
+            println!(
+                "Cards in the hub's log for this student ({}):",
+                listed.cards.len()
+            );
+            for c in &listed.cards {
+                let what = if c.card_sha256 == mine {
+                    "the card in this wallet"
+                } else if !c.issued_here {
+                    "NOT A CARD YOUR SCHOOL ISSUED: someone made a key for you; tell your mentor"
+                } else if c.current {
+                    "your card now, but NOT the one in this wallet: a new key was made for you; if not by you, tell your mentor"
+                } else {
+                    "an earlier card (a key you replaced)"
+                };
+                println!(
+                    "  {}  from {}: {what}",
+                    overstap_proto::format_time(c.at),
+                    c.from_org
+                );
+            }
+            if !listed.missing.is_empty() {
+                println!(
+                    "The hub's log leaves out {} card(s) your school recorded there: the hub is not keeping its log honestly.",
+                    listed.missing.len()
+                );
+            }
+            Ok(())
+        }
         StudentCmd::Trail {
             wallet,
             format,

@@ -182,7 +182,8 @@ impl NodeCore {
                 sigs: Vec::new(),
             };
             add_signature(Domain::StudentCard, &mut again, &key);
-            tx.replace_card(&pseudonym, &again.encode_to_vec()).await?;
+            tx.replace_card(&pseudonym, &again.encode_to_vec(), self.now())
+                .await?;
             count += 1;
         }
         tx.commit().await?;

@@ -282,7 +282,8 @@ impl NodeCore {
         };
         let signed = sign_message(Domain::StudentCard, &card, &[&self.key()]);
         overstap_proto::passport::verify_card(&signed, &self.key().verifying_key())?;
-        tx.replace_card(&pseudonym, &signed.encode_to_vec()).await?;
+        tx.replace_card(&pseudonym, &signed.encode_to_vec(), self.now())
+            .await?;
         tx.add_trail(&TrailRow {
             pseudonym: pseudonym.clone(),
             org: self.org_id.clone(),

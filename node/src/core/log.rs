@@ -96,3 +96,53 @@ impl NodeCore {
         Ok(m.encode())
     }
 }
+
+impl NodeCore {
+    /// Key transparency for a student: every card the hub's log holds under the student's card
+    /// index, each marked as issued here (and whether it is the card now), and the cards this
+    /// node recorded there that the log's listing leaves out. A card from another node, or one
+    /// with a hash this node never issued, is a key the student should not find.
+    pub async fn student_cards(
+        &self,
+        pseudonym: &str,
+        hub: tonic::transport::Channel,
+    ) -> Result<overstap_proto::pb::StudentCardsResponse, NodeError> {
+        use overstap_proto::pb::{CardHistoryRequest, LoggedCard, StudentCardsResponse};
+        let current = self
+            .store
+            .student_card(pseudonym)
+            .await?
+            .map(|c| <sha2::Sha256 as sha2::Digest>::digest(c).to_vec());
+        let ours = self.store.cards_of(pseudonym).await?;
+        let history = overstap_proto::pb::hub_client::HubClient::new(hub)
+            .card_history(CardHistoryRequest {
+                card_index: overstap_proto::passport::card_index(pseudonym).to_vec(),
+            })
+            .await
+            .map_err(|s| {
+                NodeError::Invalid(format!("the hub did not list the cards: {}", s.message()))
+            })?
+            .into_inner();
+        let cards: Vec<LoggedCard> = history
+            .entries
+            .iter()
+            .zip(&history.log_indexes)
+            .map(|(e, i)| LoggedCard {
+                log_index: *i,
+                from_org: e.from_org.clone(),
+                card_sha256: e.body_sha256.clone(),
+                at: e.at,
+                issued_here: e.from_org == self.org_id
+                    && ours.iter().any(|c| c.card_sha256 == e.body_sha256),
+                current: current.as_ref() == Some(&e.body_sha256),
+            })
+            .collect();
+        let missing = ours
+            .iter()
+            .filter(|c| c.log_index.is_some())
+            .filter(|c| !cards.iter().any(|l| l.card_sha256 == c.card_sha256))
+            .map(|c| c.card_sha256.clone())
+            .collect();
+        Ok(StudentCardsResponse { cards, missing })
+    }
+}

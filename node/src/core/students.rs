@@ -252,7 +252,8 @@ impl NodeCore {
         // Signed under the writer lock, as in `register_student`.
         let mut tx = self.store.begin().await?;
         let signed = sign_message(Domain::StudentCard, &card, &[&self.key()]);
-        tx.replace_card(pseudonym, &signed.encode_to_vec()).await?;
+        tx.replace_card(pseudonym, &signed.encode_to_vec(), self.now())
+            .await?;
         tx.add_trail(&TrailRow {
             pseudonym: pseudonym.to_string(),
             org: self.org_id.clone(),

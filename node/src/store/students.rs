@@ -94,6 +94,63 @@ impl NodeStore {
     }
 }
 
+/// A card this node issued, as its log records it.
+#[derive(Debug, Clone)]
+pub struct LoggedCard {
+    pub card_sha256: Vec<u8>,
+    pub card_index: Vec<u8>,
+    pub made_at: i64,
+    /// The hub's log index, once recorded there.
+    pub log_index: Option<u64>,
+}
+
+fn logged_card(r: &sqlx::any::AnyRow) -> LoggedCard {
+    LoggedCard {
+        card_sha256: r.get(0),
+        card_index: r.get(1),
+        made_at: r.get(2),
+        log_index: r.get::<Option<i64>, _>(3).map(|i| i as u64),
+    }
+}
+
+impl NodeStore {
+    /// Cards not yet recorded at the hub, oldest first, at most `limit`.
+    pub async fn cards_to_log(&self, limit: i64) -> Result<Vec<LoggedCard>, StoreError> {
+        Ok(sqlx::query(
+            "SELECT card_sha256, card_index, made_at, log_index FROM card_log WHERE log_index IS NULL ORDER BY made_at LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(logged_card)
+        .collect())
+    }
+
+    /// Every card this node issued to `pseudonym`, oldest first.
+    pub async fn cards_of(&self, pseudonym: &str) -> Result<Vec<LoggedCard>, StoreError> {
+        Ok(sqlx::query(
+            "SELECT card_sha256, card_index, made_at, log_index FROM card_log WHERE pseudonym = $1 ORDER BY made_at, log_index",
+        )
+        .bind(pseudonym)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(logged_card)
+        .collect())
+    }
+
+    /// The hub recorded the card `card_sha256` at `log_index`.
+    pub async fn card_logged(&self, card_sha256: &[u8], log_index: u64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE card_log SET log_index = $1 WHERE card_sha256 = $2")
+            .bind(log_index as i64)
+            .bind(card_sha256)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
+
 impl Tx {
     pub async fn insert_student(
         &mut self,
@@ -112,6 +169,22 @@ impl Tx {
         .execute(&mut *self.0)
         .await
         .map_err(|e| conflict(e, format!("student {pseudonym}")))?;
+        self.card_made(pseudonym, card, at).await
+    }
+
+    /// Notes a card this node issued, to be recorded in the hub's log by the log loop.
+    async fn card_made(&mut self, pseudonym: &str, card: &[u8], at: i64) -> Result<(), StoreError> {
+        use sha2::Digest;
+        sqlx::query(
+            "INSERT INTO card_log (card_sha256, card_index, pseudonym, made_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (card_sha256) DO NOTHING",
+        )
+        .bind(sha2::Sha256::digest(card).to_vec())
+        .bind(overstap_proto::passport::card_index(pseudonym).to_vec())
+        .bind(pseudonym)
+        .bind(at)
+        .execute(&mut *self.0)
+        .await?;
         Ok(())
     }
 
@@ -127,7 +200,12 @@ impl Tx {
         )
     }
 
-    pub async fn replace_card(&mut self, pseudonym: &str, card: &[u8]) -> Result<(), StoreError> {
+    pub async fn replace_card(
+        &mut self,
+        pseudonym: &str,
+        card: &[u8],
+        at: i64,
+    ) -> Result<(), StoreError> {
         let done = sqlx::query("UPDATE students SET card = $1 WHERE pseudonym = $2")
             .bind(card)
             .bind(pseudonym)
@@ -136,7 +214,7 @@ impl Tx {
         if done.rows_affected() != 1 {
             return Err(StoreError::Database(sqlx::Error::RowNotFound));
         }
-        Ok(())
+        self.card_made(pseudonym, card, at).await
     }
 
     pub async fn insert_version(

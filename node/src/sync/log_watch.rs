@@ -26,11 +26,39 @@ pub(super) async fn log_loop(
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
+        if let Err(e) = log_cards(&core, &mut client).await {
+            tracing::warn!(org = %core.org_id, error = %e, "student cards were not all recorded in the log; again next round");
+        }
         if let Err(e) = check_log(&core, &mut client).await {
             tracing::warn!(org = %core.org_id, error = %e, "the log check did not complete; it runs again");
         }
         if sleep_or_stop(interval, &mut shutdown).await {
             return;
+        }
+    }
+}
+
+/// Records at the hub every student card this node issued that is not in the log yet (by its
+/// card index and hash), and keeps the log index each got. A card is noted in the same
+/// transaction that issues it, so a crash in between only delays its record.
+pub async fn log_cards(core: &NodeCore, client: &mut HubClient<Channel>) -> anyhow::Result<usize> {
+    let mut recorded = 0;
+    loop {
+        let waiting = core.store.cards_to_log(100).await?;
+        if waiting.is_empty() {
+            return Ok(recorded);
+        }
+        for card in waiting {
+            let log_index = client
+                .log_card(overstap_proto::pb::LogCardRequest {
+                    card_index: card.card_index,
+                    card_sha256: card.card_sha256.clone(),
+                })
+                .await?
+                .into_inner()
+                .log_index;
+            core.store.card_logged(&card.card_sha256, log_index).await?;
+            recorded += 1;
         }
     }
 }

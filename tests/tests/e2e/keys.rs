@@ -198,6 +198,122 @@ async fn a_student_who_lost_a_key_gets_a_new_card_and_the_old_key_signs_nothing_
     region.shutdown().await.unwrap();
 }
 
+/// Key transparency for students: every card the school issues is in the hub's log under the
+/// student's card index (a keyed hash; the log holds no pseudonym), so the student sees a new
+/// key was made, and a card another member logs under their index shows as one the school did
+/// not issue. A malformed record is refused with the reason and logs nothing.
+#[tokio::test]
+async fn every_card_of_a_student_is_in_the_hubs_log_and_one_someone_else_logged_shows() {
+    use overstap_proto::pb::{LogCardRequest, LogEntriesRequest, StudentCardsRequest};
+    let (_tmp, region) = region().await;
+    let sam = student(&region, &birth_month(17), None).await;
+    let pseudonym = sam.wallet.pseudonym.clone();
+    let mut api = region.api(SCHOOL).await.unwrap();
+    let new_key = generate_signing_key();
+    let reply = api
+        .replace_student_key(new_key_request(&pseudonym, &new_key))
+        .await
+        .unwrap()
+        .into_inner();
+    let cards = || {
+        let mut api = api.clone();
+        let pseudonym = pseudonym.clone();
+        async move {
+            api.student_cards(StudentCardsRequest { pseudonym })
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    eventually("both cards are in the hub's log", || async {
+        cards().await.cards.len() == 2
+    })
+    .await;
+    let listed = cards().await;
+    let first = overstap_proto::passport::card_sha256(&sam.wallet.card).to_vec();
+    let second = overstap_proto::passport::card_sha256(reply.card.as_ref().unwrap()).to_vec();
+    let seen: Vec<_> = listed
+        .cards
+        .iter()
+        .map(|c| {
+            (
+                c.card_sha256.clone(),
+                c.from_org.as_str(),
+                c.issued_here,
+                c.current,
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [(first, SCHOOL, true, false), (second, SCHOOL, true, true)]
+    );
+    assert!(listed.missing.is_empty());
+
+    // The mbo (which knows Sam's pseudonym from a handover) logs a card of its own under Sam's
+    // index: Sam's listing shows it, from the mbo, not issued by the school.
+    let mut mbo_hub = hub_client(&creds(&region, MBO));
+    let index = overstap_proto::passport::card_index(&pseudonym).to_vec();
+    mbo_hub
+        .log_card(LogCardRequest {
+            card_index: index.clone(),
+            card_sha256: vec![9; 32],
+        })
+        .await
+        .unwrap();
+    let e = mbo_hub
+        .log_card(LogCardRequest {
+            card_index: index[..31].to_vec(),
+            card_sha256: vec![9; 32],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(
+        e.message().contains("32-byte card index"),
+        "{}",
+        e.message()
+    );
+    let listed = cards().await;
+    assert_eq!(listed.cards.len(), 3, "the malformed record logged nothing");
+    let rogue = &listed.cards[2];
+    assert_eq!(
+        (rogue.from_org.as_str(), rogue.issued_here, rogue.current),
+        (MBO, false, false)
+    );
+
+    // The log's entries (once the hub took them into its tree) hold the index and the hashes,
+    // never the pseudonym.
+    let entries = || {
+        let mut hub = mbo_hub.clone();
+        async move {
+            hub.get_log_entries(LogEntriesRequest {
+                start: 0,
+                limit: 1_000,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .entries
+        }
+    };
+    eventually("the three cards are in the log's tree", || async {
+        entries().await.iter().filter(|e| e.event == "card").count() == 3
+    })
+    .await;
+    let entries = entries().await;
+    for e in &entries {
+        let bytes = overstap_proto::log::entry_bytes(e);
+        assert!(
+            !bytes
+                .windows(pseudonym.len())
+                .any(|w| w == pseudonym.as_bytes()),
+            "a log entry holds the pseudonym"
+        );
+    }
+    region.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn a_student_under_16_keeps_a_guardian_on_the_new_card() {
     let (_tmp, region) = region().await;
