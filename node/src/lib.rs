@@ -175,6 +175,7 @@ pub async fn run_with_clock(
                 config.web_tls.as_ref(),
                 config.oidc.clone(),
                 core.clone(),
+                hub_channel.clone(),
                 stop_rx.clone(),
             )
             .await

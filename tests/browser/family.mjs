@@ -193,6 +193,10 @@ await press(phone, phone.getByRole("button", { name: "Ja, de codes zijn gelijk" 
 await phone.waitForSelector("p.done", { timeout: 20000 });
 await laptop.waitForSelector("#done:not([hidden])", { timeout: 20000 });
 await look(laptop, "family-device-done");
+// The phone's devices page shows, from the region's log, that Noor's keys changed: now, and before.
+await until(phone, base + "/student/devices", "Eerder", "the key change in the log");
+const keyLog = await phone.innerText("section[aria-labelledby=key-log]");
+await look(phone, "family-devices-log");
 
 // The laptop signs in with its own key and signs version 2, which the parent co-signs.
 await press(laptop, laptop.getByRole("link", { name: "Verder" }));
@@ -278,4 +282,5 @@ console.log(JSON.stringify({
   recipientPreview,
   parentWithdrawPage,
   siblingParentCode,
+  keyLog,
 }));

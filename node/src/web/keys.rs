@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use super::Shared;
 use super::enrol::{mentor, mentor_posting, origin, public_key_in, qr_svg, short_code, token_hash};
-use super::i18n::{Lang, t, tf, when};
+use super::i18n::{Lang, day, t, tf, when};
 use super::page::{error, page, refusal, respond};
 use super::staff::{Staff, WithCsrf, csrf_ok};
 use super::student::student;
@@ -401,12 +401,55 @@ pub async fn devices_page(State(web): State<Shared>, headers: HeaderMap) -> Resp
             button type="submit" { (t(lang, "devices_add")) }
         }
         p.hint { (t(lang, "devices_shared_computer")) }
+        (key_log(&web, lang, &pseudonym).await)
         p { a.button.secondary href="/student/passport" { (t(lang, "back_to_passport")) } }
     };
     respond(
         StatusCode::OK,
         page(lang, &web.school(), &t(lang, "devices_title"), body),
     )
+}
+
+/// Every time the student's card changed (a key made, added or replaced), as the region's log
+/// holds it: by date and by whom, the card now marked, and a card their school did not make,
+/// or one the log leaves out, named with what to do.
+async fn key_log(web: &Shared, lang: Lang, pseudonym: &str) -> Markup {
+    let listed = match web.core.student_cards(pseudonym, web.hub.clone()).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e, "the key log could not be read from the hub");
+            return html! {
+                section aria-labelledby="key-log" {
+                    h2 #key-log { (t(lang, "key_log_title")) }
+                    p.hint { (t(lang, "key_log_unreachable")) }
+                }
+            };
+        }
+    };
+    html! {
+        section aria-labelledby="key-log" {
+            h2 #key-log { (t(lang, "key_log_title")) }
+            p { (t(lang, "key_log_why")) }
+            ul.key-log {
+                @for c in listed.cards.iter().rev() {
+                    li {
+                        strong { (day(lang, c.at)) } " · " (web.org_name(&c.from_org))
+                        " "
+                        @if !c.issued_here {
+                            span.error { (t(lang, "key_log_foreign")) }
+                        } @else if c.current {
+                            span.status { (t(lang, "key_log_current")) }
+                        } @else {
+                            span.status { (t(lang, "key_log_earlier")) }
+                        }
+                    }
+                }
+            }
+            @if !listed.missing.is_empty() {
+                p.error role="alert" { (t(lang, "key_log_missing")) }
+            }
+        }
+    }
 }
 
 /// A student, on a device with a key, makes a link for another device of theirs.

@@ -75,6 +75,8 @@ pub struct Web {
     pending: student::Pending,
     /// A hash checked when a user name does not exist, so sign-in takes the same time.
     dummy_hash: String,
+    /// The link to the hub, for what a page reads from the hub's log.
+    hub: tonic::transport::Channel,
 }
 
 pub type Shared = Arc<Web>;
@@ -136,9 +138,15 @@ pub use crate::core::invite::random_token;
 
 /// The web app's routes over `core`; `https` when it speaks TLS itself (then browsers are told
 /// to keep to HTTPS); `oidc` when staff sign in through their organisation's provider.
-pub fn router(core: Arc<NodeCore>, https: bool, oidc: Option<oidc::Oidc>) -> Router {
+pub fn router(
+    core: Arc<NodeCore>,
+    https: bool,
+    oidc: Option<oidc::Oidc>,
+    hub: tonic::transport::Channel,
+) -> Router {
     let web = Arc::new(Web {
         core,
+        hub,
         https,
         oidc,
         attempts: Default::default(),
@@ -243,6 +251,7 @@ pub async fn start(
     tls: Option<&tls::WebTls>,
     oidc: Option<oidc::OidcConfig>,
     core: Arc<NodeCore>,
+    hub: tonic::transport::Channel,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<JoinHandle<()>> {
     if tls.is_none() && !listen.ip().is_loopback() {
@@ -264,7 +273,7 @@ pub async fn start(
     }
     tracing::info!(%addr, scheme, "web app serving");
     let oidc = oidc.map(oidc::Oidc::new).transpose()?;
-    let app = router(core, config.is_some(), oidc);
+    let app = router(core, config.is_some(), oidc, hub);
     let shutdown = async move {
         let _ = stop.wait_for(|v| *v).await;
     };

@@ -38,7 +38,7 @@ async fn a_parent_co_signs_for_a_student_of_15_on_their_own_device_and_a_second_
         .iter()
         .map(|p| p["name"].as_str().unwrap())
         .collect();
-    assert_eq!(pages.len(), 26, "{pages:?}");
+    assert_eq!(pages.len(), 27, "{pages:?}");
     let people: Vec<&str> = pages
         .iter()
         .copied()
@@ -75,6 +75,19 @@ async fn a_parent_co_signs_for_a_student_of_15_on_their_own_device_and_a_second_
             .expect("Noor is enrolled");
     let card = card_of(&region, &pseudonym).await;
     assert_eq!(card.student_key, key("phone"));
+    // The devices page lists each change of Noor's card from the region's log, newest first:
+    // the card with the laptop's key now, the card she enrolled with before, both the school's.
+    let key_log = seen["keyLog"].as_str().unwrap();
+    assert!(
+        key_log.contains("Wanneer veranderden je sleutels?"),
+        "{key_log}"
+    );
+    assert_eq!(key_log.matches("Zo is het nu").count(), 1, "{key_log}");
+    assert!(
+        key_log.find("Zo is het nu") < key_log.find("Eerder"),
+        "{key_log}"
+    );
+    assert!(!key_log.contains("niet gedaan"), "{key_log}");
     assert_eq!(card.device_keys, [key("laptop")]);
     assert_eq!(card.guardian_keys, [key("parent")]);
     assert_eq!(card.birth_month, born);
