@@ -10,6 +10,7 @@ mod dashboard;
 mod delivery;
 mod deploy;
 mod handover;
+mod joining;
 mod keys;
 mod lifecycle;
 mod log;
