@@ -50,10 +50,12 @@ pub async fn fetch(node_dir: &Path, since: UnixTime) -> anyhow::Result<StatsResp
         .into_inner())
 }
 
-/// A count as every output shows it: the number, or "<5" below the threshold.
+/// A count as every output shows it: the number, "<5" below the threshold, or "x" for one
+/// hidden so that a small count cannot be worked out from it.
 pub fn shown(c: &Option<Count>, threshold: u32) -> String {
     match c {
         Some(c) if !c.suppressed => c.value.to_string(),
+        Some(c) if c.protects => "x".into(),
         _ => format!("<{threshold}"),
     }
 }
@@ -232,17 +234,11 @@ mod tests {
     use super::*;
     use overstap_proto::pb::{PairRow, WaitingRow};
 
-    fn count(v: u64) -> Option<Count> {
-        Some(Count {
-            value: v,
-            suppressed: false,
-        })
-    }
-
     fn hidden() -> Option<Count> {
         Some(Count {
             value: 0,
             suppressed: true,
+            protects: false,
         })
     }
 
@@ -255,7 +251,11 @@ mod tests {
                 from_name: "Vmbo, \"De Brug\"".into(),
                 to_org: "30RT".into(),
                 packages: hidden(),
-                envelopes: count(12),
+                envelopes: Some(Count {
+                    value: 0,
+                    suppressed: true,
+                    protects: true,
+                }),
                 ..Default::default()
             }],
             waiting: vec![WaitingRow {
@@ -269,12 +269,13 @@ mod tests {
         let csv = render(&s, By::Pair, ReportFormat::Csv).unwrap();
         assert_eq!(
             csv.lines().nth(1).unwrap(),
-            "25LP,\"Vmbo, \"\"De Brug\"\"\",,30RT,,,<5,12"
+            "25LP,\"Vmbo, \"\"De Brug\"\"\",,30RT,,,<5,x"
         );
         let json: serde_json::Value =
             serde_json::from_str(&render(&s, By::Pair, ReportFormat::Json).unwrap()).unwrap();
         assert_eq!(json["pairs"][0]["packages"], "<5");
-        assert_eq!(json["pairs"][0]["envelopes"], 12);
+        // Hidden to protect a small count: "x", never "<5" (it is not small) and never its value.
+        assert_eq!(json["pairs"][0]["envelopes"], "x");
         assert_eq!(json["waiting"][0]["over_7_days"], "<5");
         assert_eq!(json["ack_latency"]["median_secs"], serde_json::Value::Null);
         let table = render(&s, By::Pair, ReportFormat::Table).unwrap();

@@ -15,6 +15,9 @@ use overstap_proto::pb::{
 use tonic::{Request, Response, Status};
 
 use crate::service::{HubError, HubService};
+use suppress::{Hide, Sum};
+
+pub mod suppress;
 use crate::store::{EnvelopeMeta, HubStore};
 
 /// Counts below this are shown as "<5" unless the settings say otherwise.
@@ -36,23 +39,26 @@ pub struct Input<'a> {
     pub threshold: u32,
 }
 
-/// Aggregates, with every count from one up to the threshold suppressed.
+/// Days are counted only for a period up to this long; a longer one has weeks and months.
+const MAX_DAYS: i64 = 31 * DAY;
+
+/// The counts of one answer before suppression, each a cell, and the sums a reader can check
+/// them by.
+#[derive(Default)]
+struct Cells {
+    values: Vec<u64>,
+}
+
+impl Cells {
+    fn add(&mut self, v: u64) -> usize {
+        self.values.push(v);
+        self.values.len() - 1
+    }
+}
+
+/// Aggregates, with every count from one up to the threshold suppressed, and every count that
+/// would give one of those away by adding and subtracting (see [`suppress`]).
 pub fn aggregate(input: &Input<'_>) -> StatsResponse {
-    // Zero is shown: it identifies nobody, and "nobody waits" is what a coordinator needs to
-    // read. One up to the threshold is hidden.
-    let count = |v: u64| {
-        if v > 0 && v < u64::from(input.threshold) {
-            Count {
-                value: 0,
-                suppressed: true,
-            }
-        } else {
-            Count {
-                value: v,
-                suppressed: false,
-            }
-        }
-    };
     let member = |org: &str| -> (String, String) {
         match input.directory.and_then(|d| d.member(org).ok()) {
             Some(m) => (m.display_name.clone(), kind_name(m.kind()).to_string()),
@@ -60,16 +66,26 @@ pub fn aggregate(input: &Input<'_>) -> StatsResponse {
         }
     };
     let is_package = |e: &EnvelopeMeta| e.kind == EnvelopeKind::Package as i32;
+    let with_days = input.until - input.since <= MAX_DAYS;
 
     let mut volume: BTreeMap<(&str, String, String, String), (u64, u64)> = BTreeMap::new();
     let mut pairs: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
     let mut kinds: BTreeMap<&str, u64> = BTreeMap::new();
+    // Each day's week and month, for the sums days make.
+    let mut day_of: BTreeMap<String, (String, String)> = BTreeMap::new();
     let mut waits = Vec::new();
     let (mut erasures, mut expiries, mut revocations) = (0, 0, 0);
     for e in input.accepted {
         let package = u64::from(is_package(e));
         let (from_kind, to_kind) = (member(&e.from_org).1, member(&e.to_org).1);
-        for (granularity, period) in periods(e.received_at) {
+        let [day, week, month] = periods(e.received_at);
+        if with_days {
+            day_of.insert(day.1.clone(), (week.1.clone(), month.1.clone()));
+        }
+        for (granularity, period) in [day, week, month] {
+            if granularity == "day" && !with_days {
+                continue;
+            }
             let v = volume
                 .entry((granularity, period, from_kind.clone(), to_kind.clone()))
                 .or_default();
@@ -97,18 +113,6 @@ pub fn aggregate(input: &Input<'_>) -> StatsResponse {
         }
     }
     waits.sort_unstable();
-    let rank = |q: f64| {
-        let n = waits.len();
-        waits[((q * n as f64).ceil() as usize).clamp(1, n) - 1]
-    };
-    let acked = count(waits.len() as u64);
-    // Times only from enough picked-up packages (none at all, or too few to show, say nothing).
-    let timed = !acked.suppressed && !waits.is_empty();
-    let ack_latency = AckLatency {
-        median_secs: if timed { rank(0.5) } else { 0 },
-        p90_secs: if timed { rank(0.9) } else { 0 },
-        acked: Some(acked),
-    };
 
     let mut waiting: BTreeMap<&str, [u64; 3]> = BTreeMap::new();
     for e in input.unacked {
@@ -123,6 +127,143 @@ pub fn aggregate(input: &Input<'_>) -> StatsResponse {
         waiting.entry(&e.to_org).or_default()[bucket] += 1;
     }
 
+    // Every count a cell; then the sums between them.
+    let mut cells = Cells::default();
+    let volume: Vec<_> = volume
+        .into_iter()
+        .map(|(key, (e, p))| (key, cells.add(e), cells.add(p)))
+        .collect();
+    let pairs: Vec<_> = pairs
+        .into_iter()
+        .map(|((from, to), (e, p))| {
+            let kinds = (member(&from).1, member(&to).1);
+            (from, to, kinds, cells.add(e), cells.add(p))
+        })
+        .collect();
+    let kinds: Vec<_> = kinds
+        .into_iter()
+        .map(|(kind, n)| (kind, cells.add(n)))
+        .collect();
+    let acked = cells.add(waits.len() as u64);
+    let waiting: Vec<_> = waiting
+        .into_iter()
+        .map(|(org, [day, week, older])| {
+            (
+                org,
+                [cells.add(day), cells.add(week), cells.add(older)],
+                older > 0,
+            )
+        })
+        .collect();
+    let (erasures, expiries, revocations) = (
+        cells.add(erasures),
+        cells.add(expiries),
+        cells.add(revocations),
+    );
+
+    let mut sums: Vec<Sum> = Vec::new();
+    // All flows add up to the kinds' total; the packages of the flows to the package kind.
+    let kind_cell = |k: &str| kinds.iter().find(|(n, _)| *n == k).map(|(_, c)| *c);
+    let mut total: Sum = pairs.iter().map(|p| (p.3, 1)).collect();
+    total.extend(kinds.iter().map(|(_, c)| (*c, -1)));
+    sums.push(total);
+    let mut packages: Sum = pairs.iter().map(|p| (p.4, 1)).collect();
+    packages.extend(kind_cell("package").map(|c| (c, -1)));
+    sums.push(packages);
+    // Erasures and revocations are kinds of their own.
+    sums.push(
+        [(erasures, 1)]
+            .into_iter()
+            .chain(kind_cell("deletion_receipt").map(|c| (c, -1)))
+            .collect(),
+    );
+    sums.push(
+        [(revocations, 1)]
+            .into_iter()
+            .chain(kind_cell("revocation").map(|c| (c, -1)))
+            .collect(),
+    );
+    // For each kind of flow: its flows add up to its periods of each granularity, and its
+    // days to their weeks and months.
+    let flow_kinds: std::collections::BTreeSet<(String, String)> =
+        pairs.iter().map(|p| p.2.clone()).collect();
+    for (fk, tk) in &flow_kinds {
+        let of_kind =
+            |v: &&((&str, String, String, String), usize, usize)| v.0.2 == *fk && v.0.3 == *tk;
+        for which in [0, 1] {
+            let pick = |e: usize, p: usize| if which == 0 { e } else { p };
+            let flows: Sum = pairs
+                .iter()
+                .filter(|p| p.2 == (fk.clone(), tk.clone()))
+                .map(|p| (pick(p.3, p.4), 1))
+                .collect();
+            for g in ["day", "week", "month"] {
+                let mut sum = flows.clone();
+                sum.extend(
+                    volume
+                        .iter()
+                        .filter(of_kind)
+                        .filter(|v| v.0.0 == g)
+                        .map(|v| (pick(v.1, v.2), -1)),
+                );
+                if sum.len() > flows.len() {
+                    sums.push(sum);
+                }
+            }
+            for (whole, at) in [("week", 0), ("month", 1)] {
+                for v in volume.iter().filter(of_kind).filter(|v| v.0.0 == whole) {
+                    let mut sum: Sum = vec![(pick(v.1, v.2), 1)];
+                    sum.extend(
+                        volume
+                            .iter()
+                            .filter(of_kind)
+                            .filter(|d| d.0.0 == "day")
+                            .filter(|d| {
+                                day_of
+                                    .get(&d.0.1)
+                                    .map(|w| if at == 0 { &w.0 } else { &w.1 })
+                                    == Some(&v.0.1)
+                            })
+                            .map(|d| (pick(d.1, d.2), -1)),
+                    );
+                    if sum.len() > 1 {
+                        sums.push(sum);
+                    }
+                }
+            }
+        }
+    }
+    let hide = suppress::suppress(&cells.values, &sums, input.threshold);
+    let count = |c: usize| match hide[c] {
+        Hide::Shown => Count {
+            value: cells.values[c],
+            suppressed: false,
+            protects: false,
+        },
+        Hide::Small => Count {
+            value: 0,
+            suppressed: true,
+            protects: false,
+        },
+        Hide::Complement => Count {
+            value: 0,
+            suppressed: true,
+            protects: true,
+        },
+    };
+
+    // Times only from enough picked-up packages (none at all, or too few to show, say nothing).
+    let timed = hide[acked] == Hide::Shown && !waits.is_empty();
+    let rank = |q: f64| {
+        let n = waits.len();
+        waits[((q * n as f64).ceil() as usize).clamp(1, n) - 1]
+    };
+    let ack_latency = AckLatency {
+        median_secs: if timed { rank(0.5) } else { 0 },
+        p90_secs: if timed { rank(0.9) } else { 0 },
+        acked: Some(count(acked)),
+    };
+
     StatsResponse {
         since: input.since,
         until: input.until,
@@ -130,7 +271,7 @@ pub fn aggregate(input: &Input<'_>) -> StatsResponse {
         volume: volume
             .into_iter()
             .map(
-                |((granularity, period, from_kind, to_kind), (e, p))| VolumeRow {
+                |((granularity, period, from_kind, to_kind), e, p)| VolumeRow {
                     granularity: granularity.into(),
                     period,
                     from_kind,
@@ -142,7 +283,7 @@ pub fn aggregate(input: &Input<'_>) -> StatsResponse {
             .collect(),
         pairs: pairs
             .into_iter()
-            .map(|((from, to), (e, p))| {
+            .map(|(from, to, _, e, p)| {
                 let (from_name, from_kind) = member(&from);
                 let (to_name, to_kind) = member(&to);
                 PairRow {
@@ -167,7 +308,7 @@ pub fn aggregate(input: &Input<'_>) -> StatsResponse {
         ack_latency: Some(ack_latency),
         waiting: waiting
             .into_iter()
-            .map(|(org, [day, week, older])| {
+            .map(|(org, [day, week, older], at_risk)| {
                 let (name, kind) = member(org);
                 WaitingRow {
                     org_id: org.into(),
@@ -176,7 +317,7 @@ pub fn aggregate(input: &Input<'_>) -> StatsResponse {
                     under_1_day: Some(count(day)),
                     from_1_to_7_days: Some(count(week)),
                     over_7_days: Some(count(older)),
-                    at_risk: older > 0,
+                    at_risk,
                 }
             })
             .collect(),
@@ -292,10 +433,12 @@ impl<S: HubStore> Stats for StatsService<S> {
     }
 }
 
-/// A count for JSON: the number, or the text "<5" below the threshold.
+/// A count for JSON: the number, the text "<5" below the threshold, or "x" for a count hidden
+/// so that a small one cannot be worked out from it.
 fn json_count(c: &Option<Count>, threshold: u32) -> serde_json::Value {
     match c {
         Some(c) if !c.suppressed => serde_json::json!(c.value),
+        Some(c) if c.protects => serde_json::json!("x"),
         _ => serde_json::json!(format!("<{threshold}")),
     }
 }
@@ -346,140 +489,4 @@ pub fn to_json(s: &StatsResponse) -> serde_json::Value {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn meta(from: &str, to: &str, kind: EnvelopeKind, at: i64, acked: Option<i64>) -> EnvelopeMeta {
-        EnvelopeMeta {
-            from_org: from.into(),
-            to_org: to.into(),
-            kind: kind as i32,
-            received_at: at,
-            acked_at: acked,
-            erasure_reason: String::new(),
-        }
-    }
-
-    #[test]
-    fn counts_below_the_threshold_are_suppressed_everywhere() {
-        let t = 1_763_800_000; // 2025-11-22
-        let mut accepted: Vec<_> = (0..6)
-            .map(|i| {
-                meta(
-                    "25LP",
-                    "30RT",
-                    EnvelopeKind::Package,
-                    t + i,
-                    Some(t + i + 10 * i),
-                )
-            })
-            .collect();
-        accepted.push(meta("25LP", "27XK", EnvelopeKind::Package, t, None));
-        let mut erased = meta("30RT", "25LP", EnvelopeKind::DeletionReceipt, t, Some(t));
-        erased.erasure_reason = "expired".into();
-        accepted.push(erased);
-        let unacked = vec![meta(
-            "25LP",
-            "27XK",
-            EnvelopeKind::Package,
-            t - 8 * DAY,
-            None,
-        )];
-        let s = aggregate(&Input {
-            accepted: &accepted,
-            unacked: &unacked,
-            directory: None,
-            since: t - DAY,
-            until: t + DAY,
-            now: t,
-            threshold: 5,
-        });
-        let pair = |to: &str| s.pairs.iter().find(|p| p.to_org == to).unwrap();
-        assert_eq!(pair("30RT").packages.unwrap().value, 6);
-        assert!(pair("27XK").packages.unwrap().suppressed);
-        assert_eq!(pair("27XK").packages.unwrap().value, 0, "no value leaks");
-        let latency = s.ack_latency.unwrap();
-        // Waits of 0, 10, 20, 30, 40, 50 s: nearest-rank median 20, p90 50.
-        assert_eq!((latency.median_secs, latency.p90_secs), (20, 50));
-        assert!(s.expiries.unwrap().suppressed && s.erasures.unwrap().suppressed);
-        let w = &s.waiting[0];
-        assert!(w.at_risk && w.over_7_days.unwrap().suppressed);
-        let weeks: Vec<_> = s
-            .volume
-            .iter()
-            .filter(|v| v.granularity == "week")
-            .collect();
-        assert_eq!(weeks[0].period, "2025-W47");
-        assert_eq!(weeks[0].envelopes.unwrap().value, 8);
-    }
-
-    #[test]
-    fn pulls_are_counted_beside_pushes_and_few_are_suppressed() {
-        let t = 1_763_800_000;
-        let stats = |pulls: i64| {
-            let mut accepted: Vec<_> = (0..6)
-                .map(|i| meta("25LP", "30RT", EnvelopeKind::Package, t + i, Some(t + i)))
-                .collect();
-            accepted.extend(
-                (0..pulls).map(|i| meta("30RT", "25LP", EnvelopeKind::PullRequest, t + i, None)),
-            );
-            aggregate(&Input {
-                accepted: &accepted,
-                unacked: &[],
-                directory: None,
-                since: t - DAY,
-                until: t + DAY,
-                now: t,
-                threshold: 5,
-            })
-        };
-        let kind = |s: &StatsResponse, k: &str| {
-            s.kinds
-                .iter()
-                .find(|r| r.kind == k)
-                .and_then(|r| r.envelopes)
-        };
-        let many = stats(7);
-        assert_eq!(kind(&many, "pull_request").unwrap().value, 7);
-        assert_eq!(kind(&many, "package").unwrap().value, 6);
-        let few = stats(2);
-        let pulls = kind(&few, "pull_request").unwrap();
-        assert!(pulls.suppressed && pulls.value == 0);
-    }
-
-    /// Found in review: with packages sent but none picked up, the median's rank panicked.
-    #[test]
-    fn a_period_with_nothing_picked_up_has_no_times() {
-        let t = 1_763_800_000;
-        let accepted: Vec<_> = (0..6)
-            .map(|i| meta("25LP", "30RT", EnvelopeKind::Package, t + i, None))
-            .collect();
-        let s = aggregate(&Input {
-            accepted: &accepted,
-            unacked: &accepted,
-            directory: None,
-            since: t - DAY,
-            until: t + DAY,
-            now: t,
-            threshold: 5,
-        });
-        let latency = s.ack_latency.unwrap();
-        assert_eq!(latency.acked.unwrap().value, 0);
-        assert_eq!((latency.median_secs, latency.p90_secs), (0, 0));
-        assert_eq!(
-            to_json(&s)["ack_latency"]["median_secs"],
-            serde_json::Value::Null
-        );
-        assert_eq!(s.waiting[0].under_1_day.unwrap().value, 6);
-    }
-
-    #[test]
-    fn periods_follow_iso_weeks_across_the_new_year() {
-        // 2027-01-01 is a Friday in ISO week 53 of 2026.
-        let t = 1_798_761_600;
-        let [day, week, month] = periods(t);
-        assert_eq!(day.1, "2027-01-01");
-        assert_eq!(week.1, "2026-W53");
-        assert_eq!(month.1, "2027-01");
-    }
-}
+mod tests;

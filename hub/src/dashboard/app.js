@@ -1,5 +1,6 @@
 // The coordinators' dashboard: signs in with a dashboard token, reads /api/stats, and draws the
-// region's exchange. Counts below the threshold arrive as text ("<5") and are shown as they are.
+// region's exchange. Counts below the threshold arrive as text ("<5"), and counts hidden so that
+// a small one cannot be worked out as "x"; both are shown as they are.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
