@@ -112,24 +112,12 @@ impl Authority {
         let public = std::fs::read_to_string(dir.join("authority.pub"))
             .with_context(|| format!("reading {}/authority.pub", dir.display()))?;
         let key = verifying_key(&parse_key_hex(&public, "authority key")?, "authority key")?;
-        let bytes = std::fs::read(dir.join("directory.signed"))
-            .with_context(|| format!("reading {}/directory.signed", dir.display()))?;
-        let signed = Signed::decode(bytes.as_slice())
-            .context("directory.signed is not a signed directory")?;
-        Ok(VerifiedDirectory::verify(&signed, &key, 0)?.signed)
+        Ok(read_directory(dir, &key)?.signed)
     }
 
     /// The newest directory this authority signed.
     pub fn directory(&self) -> anyhow::Result<VerifiedDirectory> {
-        let bytes =
-            std::fs::read(self.dir.join("directory.signed")).context("reading directory.signed")?;
-        let signed = Signed::decode(bytes.as_slice())
-            .context("directory.signed is not a signed directory")?;
-        Ok(VerifiedDirectory::verify(
-            &signed,
-            &self.key.verifying_key(),
-            0,
-        )?)
+        read_directory(&self.dir, &self.key.verifying_key())
     }
 
     /// A dashboard session token for the coordinator `org_id`, valid for `hours`.
@@ -394,6 +382,18 @@ impl Authority {
     }
 }
 
+/// `dir/directory.signed`, checked against the authority's public `key`.
+fn read_directory(
+    dir: &Path,
+    key: &ed25519_dalek::VerifyingKey,
+) -> anyhow::Result<VerifiedDirectory> {
+    let bytes = std::fs::read(dir.join("directory.signed"))
+        .with_context(|| format!("reading {}/directory.signed", dir.display()))?;
+    let signed =
+        Signed::decode(bytes.as_slice()).context("directory.signed is not a signed directory")?;
+    Ok(VerifiedDirectory::verify(&signed, key, 0)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -438,6 +438,8 @@ mod tests {
         join(&auth, &admission(tmp.path(), "25LP", MemberKind::School)).unwrap();
         let d = auth.directory().unwrap();
         assert_eq!(d.version(), 3);
+        // What `authority publish` hands in needs the public files only, and is the same.
+        assert_eq!(Authority::published_directory(&auth.dir).unwrap(), d.signed);
         assert_eq!(d.directory.members.len(), 2);
         // The member's own folder: its keys, made there, 0600; the certificate the authority
         // issued is for the member's own TLS key, and the directory lists its own keys.

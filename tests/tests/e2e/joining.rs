@@ -72,9 +72,15 @@ fn a_school_joins_with_keys_made_on_its_own_machine_and_a_fingerprint_read_out()
     assert!(!said.contains(signing.trim()), "{said}");
     let request = school.join("membership-request.signed");
     let r = request.to_str().unwrap();
+    // The coordinator admits the request, with the fingerprint the school read out (or none).
+    let admit = |heard: Option<&str>| {
+        let mut args = vec!["authority", "admit", "--dir", a, "--request", r];
+        args.extend(heard.map(|f| ["--fingerprint", f]).into_iter().flatten());
+        overstap(&args)
+    };
 
     // Without the fingerprint, and with nobody at a terminal to type it: refused, named.
-    let out = overstap(&["authority", "admit", "--dir", a, "--request", r]);
+    let out = admit(None);
     assert!(!out.status.success());
     assert!(
         text(&out.stderr).contains("--fingerprint"),
@@ -87,16 +93,7 @@ fn a_school_joins_with_keys_made_on_its_own_machine_and_a_fingerprint_read_out()
         &fingerprint[..1],
         if &fingerprint[..1] == "1" { "2" } else { "1" },
     );
-    let out = overstap(&[
-        "authority",
-        "admit",
-        "--dir",
-        a,
-        "--request",
-        r,
-        "--fingerprint",
-        &wrong,
-    ]);
+    let out = admit(Some(&wrong));
     assert!(!out.status.success());
     let e = text(&out.stderr);
     assert!(
@@ -107,16 +104,7 @@ fn a_school_joins_with_keys_made_on_its_own_machine_and_a_fingerprint_read_out()
     assert!(!school.join("tls/cert.pem").exists());
 
     // Read out right: admitted; the answer (public files only) lands beside the request.
-    let out = overstap(&[
-        "authority",
-        "admit",
-        "--dir",
-        a,
-        "--request",
-        r,
-        "--fingerprint",
-        &fingerprint,
-    ]);
+    let out = admit(Some(&fingerprint));
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("25LP asks to join as school: Vmbo De Brug"));
     assert_eq!(directory_version(&auth), 2);
@@ -124,16 +112,7 @@ fn a_school_joins_with_keys_made_on_its_own_machine_and_a_fingerprint_read_out()
         assert!(school.join(f).exists(), "{f}");
     }
     // The same request again: 25LP is a member already.
-    let out = overstap(&[
-        "authority",
-        "admit",
-        "--dir",
-        a,
-        "--request",
-        r,
-        "--fingerprint",
-        &fingerprint,
-    ]);
+    let out = admit(Some(&fingerprint));
     assert!(!out.status.success());
     assert!(
         text(&out.stderr).contains("already a member"),
