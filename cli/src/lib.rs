@@ -4,6 +4,7 @@
 //! Layout:
 //! - [`commands`]: argument parsing and dispatch.
 //! - [`demo`]: the story of a warm handover, checked step by step.
+//! - [`demo_year`]: a school year of traffic in a larger region, for the dashboard.
 //! - [`audit`]: rebuilding the hub's log from its entries and checking it.
 //! - [`stats`]: the coordinator's figures from the hub.
 //! - [`health`]: `overstap health`, for container engines and systemd.
@@ -17,6 +18,7 @@
 pub mod audit;
 pub mod commands;
 pub mod demo;
+pub mod demo_year;
 pub mod health;
 pub mod render;
 pub mod render_data;

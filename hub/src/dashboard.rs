@@ -21,9 +21,12 @@ use crate::stats::StatsService;
 use crate::store::HubStore;
 use crate::tls::Greeted;
 
+mod export;
+
 const INDEX: &str = include_str!("dashboard/index.html");
 const SCRIPT: &str = include_str!("dashboard/app.js");
 const STYLE: &str = include_str!("dashboard/app.css");
+const PRINT_SCRIPT: &str = include_str!("dashboard/print.js");
 
 /// The cookie that carries a session token.
 pub const COOKIE: &str = "overstap_session";
@@ -83,7 +86,7 @@ impl<S: HubStore> Web<S> {
             token,
             &self.authority,
             &directory,
-            crate::service::now(),
+            self.stats.hub().state().now(),
         )
         .map_err(|e| refuse(StatusCode::UNAUTHORIZED, e))
     }
@@ -91,8 +94,48 @@ impl<S: HubStore> Web<S> {
 
 #[derive(serde::Deserialize)]
 struct Period {
+    /// A school year ("2025-2026") or a quarter ("2026-Q1").
+    period: Option<String>,
+    /// Or: from this time (Unix seconds) until now; neither: the last 365 days.
     #[serde(default)]
     since: i64,
+    lang: Option<String>,
+}
+
+impl<S: HubStore> Web<S> {
+    /// The statistics of the period asked for, as JSON, for the session's coordinator; with
+    /// the period's name and the periods there are to choose from.
+    async fn period_json(
+        &self,
+        headers: &HeaderMap,
+        asked: &Period,
+    ) -> Result<(serde_json::Value, String, DashboardToken), Refusal> {
+        let session = self.session(headers)?;
+        let (name, since, until) = match asked.period.as_deref().filter(|p| !p.is_empty()) {
+            Some(name) => {
+                let p = crate::stats::period::Period::parse(name)
+                    .map_err(|e| refuse(StatusCode::BAD_REQUEST, e))?;
+                (p.name, p.since, p.until)
+            }
+            None => (String::new(), asked.since, 0),
+        };
+        let stats = match self.stats.compute(&session.org_id, since, until).await {
+            Ok(s) => s,
+            Err(status) if status.code() == tonic::Code::InvalidArgument => {
+                return Err(refuse(StatusCode::BAD_REQUEST, status.message()));
+            }
+            Err(status) => return Err(refuse(StatusCode::SERVICE_UNAVAILABLE, status.message())),
+        };
+        let mut body = crate::stats::to_json(&stats);
+        body["signed_in_as"] = session.org_id.clone().into();
+        body["period"] = name.clone().into();
+        body["periods"] = crate::stats::period::Period::choices(self.stats.hub().state().now())
+            .into_iter()
+            .map(|p| p.name)
+            .collect::<Vec<_>>()
+            .into();
+        Ok((body, name, session))
+    }
 }
 
 async fn stats<S: HubStore>(
@@ -100,20 +143,66 @@ async fn stats<S: HubStore>(
     Query(period): Query<Period>,
     headers: HeaderMap,
 ) -> Response {
-    let session = match web.session(&headers) {
-        Ok(s) => s,
-        Err(r) => return r.into_response(),
+    match web.period_json(&headers, &period).await {
+        Ok((body, ..)) => ([(header::CACHE_CONTROL, "no-store")], axum::Json(body)).into_response(),
+        Err(r) => r.into_response(),
+    }
+}
+
+/// The period's numbers as CSV, to download.
+async fn export_csv<S: HubStore>(
+    State(web): State<Arc<Web<S>>>,
+    Query(period): Query<Period>,
+    headers: HeaderMap,
+) -> Response {
+    match web.period_json(&headers, &period).await {
+        Ok((body, name, _)) => {
+            let label = if name.is_empty() { "last-year" } else { &name };
+            let disposition = format!("attachment; filename=\"overstap-{label}.csv\"");
+            (
+                [
+                    (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
+                    (header::CACHE_CONTROL, "no-store".to_string()),
+                    (header::CONTENT_DISPOSITION, disposition),
+                ],
+                export::csv(&body, label),
+            )
+                .into_response()
+        }
+        Err(r) => r.into_response(),
+    }
+}
+
+/// The period's numbers as a page to print.
+async fn print<S: HubStore>(
+    State(web): State<Arc<Web<S>>>,
+    Query(period): Query<Period>,
+    headers: HeaderMap,
+) -> Response {
+    let lang = match period.lang.as_deref() {
+        Some("en") => Lang::En,
+        Some("nl") => Lang::Nl,
+        _ => Lang::of(&headers),
     };
-    match web.stats.compute(&session.org_id, period.since, 0).await {
-        Ok(s) => {
-            let mut body = crate::stats::to_json(&s);
-            body["signed_in_as"] = session.org_id.into();
-            ([(header::CACHE_CONTROL, "no-store")], axum::Json(body)).into_response()
+    match web.period_json(&headers, &period).await {
+        Ok((body, name, session)) => {
+            let today = crate::stats::periods(web.stats.hub().state().now())[0]
+                .1
+                .clone();
+            (
+                [
+                    (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+                    (header::CACHE_CONTROL, "no-store"),
+                ],
+                export::print_page(lang, &body, &name, &session.org_id, &today),
+            )
+                .into_response()
         }
-        Err(status) if status.code() == tonic::Code::InvalidArgument => {
-            refuse(StatusCode::BAD_REQUEST, status.message()).into_response()
+        Err(r) if r.0 == StatusCode::UNAUTHORIZED => {
+            // A person followed a link: the dashboard's page, where they can sign in.
+            (StatusCode::SEE_OTHER, [(header::LOCATION, "/")]).into_response()
         }
-        Err(status) => refuse(StatusCode::SERVICE_UNAVAILABLE, status.message()).into_response(),
+        Err(r) => r.into_response(),
     }
 }
 
@@ -122,7 +211,7 @@ async fn sign_in<S: HubStore>(State(web): State<Arc<Web<S>>>, body: String) -> R
     let token = body.trim();
     match web.check(token) {
         Ok(t) => {
-            let max_age = (t.expires_at - crate::service::now()).max(0);
+            let max_age = (t.expires_at - web.stats.hub().state().now()).max(0);
             let cookie = format!(
                 "{COOKIE}={token}; Max-Age={max_age}; Path=/; Secure; HttpOnly; SameSite=Strict"
             );
@@ -248,7 +337,13 @@ fn router<S: HubStore>(web: Arc<Web<S>>) -> axum::Router {
             "/app.css",
             get(|| async { asset("text/css; charset=utf-8", STYLE) }),
         )
+        .route(
+            "/print.js",
+            get(|| async { asset("text/javascript; charset=utf-8", PRINT_SCRIPT) }),
+        )
         .route("/api/stats", get(stats::<S>))
+        .route("/api/export.csv", get(export_csv::<S>))
+        .route("/print", get(print::<S>))
         .route("/api/session", post(sign_in::<S>).delete(sign_out))
         .layer(axum::middleware::from_fn(harden))
         .with_state(web)

@@ -101,6 +101,7 @@ pub async fn serve_wrapped<S: HubStore, H: Hub>(
         config.max_envelope_bytes,
         config.limits,
         stop_rx.clone(),
+        config.clock.clone(),
     )
     .await?;
     // Hubs sharing one PostgreSQL database hear of each other's arrivals (LISTEN/NOTIFY).

@@ -250,6 +250,7 @@ impl Settings {
                 idle_timeout_secs: self.idle_timeout_secs,
                 greeting_timeout_secs: self.greeting_timeout_secs,
             },
+            clock: crate::service::Clock::system(),
         })
     }
 }
@@ -273,6 +274,8 @@ pub struct HubConfig {
     pub dashboard_listen: Option<SocketAddr>,
     pub dashboard_addr_file: Option<PathBuf>,
     pub limits: crate::limits::Limits,
+    /// The wall clock, unless a demo or test moves time.
+    pub clock: crate::service::Clock,
 }
 
 #[cfg(test)]

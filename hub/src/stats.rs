@@ -9,14 +9,15 @@ use overstap_proto::directory::{VerifiedDirectory, kind_name};
 use overstap_proto::envelope::kind_name as envelope_kind;
 use overstap_proto::pb::stats_server::Stats;
 use overstap_proto::pb::{
-    AckLatency, Count, EnvelopeKind, EnvelopeKindRow, MemberKind, PairRow, StatsRequest,
-    StatsResponse, VolumeRow, WaitingRow,
+    AckLatency, Count, DropoutRow, EnvelopeKind, EnvelopeKindRow, MemberKind, PairRow, PickupRow,
+    StatsRequest, StatsResponse, VolumeRow, WaitingRow,
 };
 use tonic::{Request, Response, Status};
 
 use crate::service::{HubError, HubService};
 use suppress::{Hide, Sum};
 
+pub mod period;
 pub mod suppress;
 use crate::store::{EnvelopeMeta, HubStore};
 
@@ -74,11 +75,15 @@ pub fn aggregate(input: &Input<'_>) -> StatsResponse {
     // Each day's week and month, for the sums days make.
     let mut day_of: BTreeMap<String, (String, String)> = BTreeMap::new();
     let mut waits = Vec::new();
+    // Per month handed over, the times to pick-up; per receiver, [handed over, late, not yet].
+    let mut month_waits: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    let mut dropouts: BTreeMap<String, [u64; 3]> = BTreeMap::new();
     let (mut erasures, mut expiries, mut revocations) = (0, 0, 0);
     for e in input.accepted {
         let package = u64::from(is_package(e));
         let (from_kind, to_kind) = (member(&e.from_org).1, member(&e.to_org).1);
         let [day, week, month] = periods(e.received_at);
+        let month_of = month.1.clone();
         if with_days {
             day_of.insert(day.1.clone(), (week.1.clone(), month.1.clone()));
         }
@@ -106,10 +111,22 @@ pub fn aggregate(input: &Input<'_>) -> StatsResponse {
             Ok(EnvelopeKind::Revocation) => revocations += 1,
             _ => {}
         }
-        if package == 1
-            && let Some(acked) = e.acked_at
-        {
-            waits.push((acked - e.received_at).max(0));
+        if package == 1 {
+            let d = dropouts.entry(e.to_org.clone()).or_default();
+            d[0] += 1;
+            match e.acked_at {
+                Some(acked) => {
+                    let wait = (acked - e.received_at).max(0);
+                    waits.push(wait);
+                    month_waits.entry(month_of.clone()).or_default().push(wait);
+                    d[1] += u64::from(wait > 7 * DAY);
+                }
+                None if input.now - e.received_at > 7 * DAY => {
+                    d[1] += 1;
+                    d[2] += 1;
+                }
+                None => {}
+            }
         }
     }
     waits.sort_unstable();
@@ -145,6 +162,18 @@ pub fn aggregate(input: &Input<'_>) -> StatsResponse {
         .map(|(kind, n)| (kind, cells.add(n)))
         .collect();
     let acked = cells.add(waits.len() as u64);
+    let pickup: Vec<_> = month_waits
+        .into_iter()
+        .map(|(month, mut w)| {
+            w.sort_unstable();
+            let c = cells.add(w.len() as u64);
+            (month, c, w)
+        })
+        .collect();
+    let dropouts: Vec<_> = dropouts
+        .into_iter()
+        .map(|(org, [all, late, never])| (org, [cells.add(all), cells.add(late), cells.add(never)]))
+        .collect();
     let waiting: Vec<_> = waiting
         .into_iter()
         .map(|(org, [day, week, older])| {
@@ -170,6 +199,17 @@ pub fn aggregate(input: &Input<'_>) -> StatsResponse {
     let mut packages: Sum = pairs.iter().map(|p| (p.4, 1)).collect();
     packages.extend(kind_cell("package").map(|c| (c, -1)));
     sums.push(packages);
+    // The months' pick-ups add up to all pick-ups; a receiver's packages to its column of flows.
+    if !pickup.is_empty() {
+        let mut months: Sum = pickup.iter().map(|p| (p.1, 1)).collect();
+        months.push((acked, -1));
+        sums.push(months);
+    }
+    for (org, [all, _, _]) in &dropouts {
+        let mut column: Sum = vec![(*all, 1)];
+        column.extend(pairs.iter().filter(|p| p.1 == *org).map(|p| (p.4, -1)));
+        sums.push(column);
+    }
     // Erasures and revocations are kinds of their own.
     sums.push(
         [(erasures, 1)]
@@ -254,13 +294,9 @@ pub fn aggregate(input: &Input<'_>) -> StatsResponse {
 
     // Times only from enough picked-up packages (none at all, or too few to show, say nothing).
     let timed = hide[acked] == Hide::Shown && !waits.is_empty();
-    let rank = |q: f64| {
-        let n = waits.len();
-        waits[((q * n as f64).ceil() as usize).clamp(1, n) - 1]
-    };
     let ack_latency = AckLatency {
-        median_secs: if timed { rank(0.5) } else { 0 },
-        p90_secs: if timed { rank(0.9) } else { 0 },
+        median_secs: if timed { rank(&waits, 0.5) } else { 0 },
+        p90_secs: if timed { rank(&waits, 0.9) } else { 0 },
         acked: Some(count(acked)),
     };
 
@@ -324,7 +360,39 @@ pub fn aggregate(input: &Input<'_>) -> StatsResponse {
         erasures: Some(count(erasures)),
         expiries: Some(count(expiries)),
         revocations: Some(count(revocations)),
+        pickup: pickup
+            .into_iter()
+            .map(|(period, c, w)| {
+                let timed = hide[c] == Hide::Shown && !w.is_empty();
+                PickupRow {
+                    period,
+                    acked: Some(count(c)),
+                    median_secs: if timed { rank(&w, 0.5) } else { 0 },
+                    p90_secs: if timed { rank(&w, 0.9) } else { 0 },
+                }
+            })
+            .collect(),
+        dropouts: dropouts
+            .into_iter()
+            .map(|(org, [all, late, never])| {
+                let (name, kind) = member(&org);
+                DropoutRow {
+                    org_id: org,
+                    name,
+                    kind,
+                    packages: Some(count(all)),
+                    late: Some(count(late)),
+                    not_picked_up: Some(count(never)),
+                }
+            })
+            .collect(),
     }
+}
+
+/// The `q` quantile of sorted, non-empty `waits` (nearest rank).
+fn rank(waits: &[i64], q: f64) -> i64 {
+    let n = waits.len();
+    waits[((q * n as f64).ceil() as usize).clamp(1, n) - 1]
 }
 
 /// The day ("2026-11-22"), ISO week ("2026-W47") and month ("2026-11") a time falls in, UTC.
@@ -370,7 +438,7 @@ impl<S: HubStore> StatsService<S> {
         since: i64,
         until: i64,
     ) -> Result<StatsResponse, Status> {
-        let now = crate::service::now();
+        let now = self.hub.state().now();
         // Up to and including this second.
         if since < 0 || until < 0 {
             return Err(Status::invalid_argument(
@@ -485,6 +553,19 @@ pub fn to_json(s: &StatsResponse) -> serde_json::Value {
         "erasures": json_count(&s.erasures, t),
         "expiries": json_count(&s.expiries, t),
         "revocations": json_count(&s.revocations, t),
+        "pickup": s.pickup.iter().map(|p| {
+            let timed = p.acked.as_ref().is_some_and(|a| !a.suppressed && a.value > 0);
+            json!({
+                "period": p.period, "acked": json_count(&p.acked, t),
+                "median_secs": timed.then_some(p.median_secs),
+                "p90_secs": timed.then_some(p.p90_secs),
+            })
+        }).collect::<Vec<_>>(),
+        "dropouts": s.dropouts.iter().map(|d| json!({
+            "org_id": d.org_id, "name": d.name, "kind": d.kind,
+            "packages": json_count(&d.packages, t), "late": json_count(&d.late, t),
+            "not_picked_up": json_count(&d.not_picked_up, t),
+        })).collect::<Vec<_>>(),
     })
 }
 

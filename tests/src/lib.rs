@@ -348,26 +348,7 @@ pub async fn grant_on(
 }
 
 /// A clock the test moves forward: real time plus an offset.
-#[derive(Clone, Default)]
-pub struct TestClock {
-    offset: std::sync::Arc<std::sync::atomic::AtomicI64>,
-}
-
-impl TestClock {
-    pub fn now(&self) -> i64 {
-        now() + self.offset.load(std::sync::atomic::Ordering::SeqCst)
-    }
-
-    pub fn advance(&self, secs: i64) {
-        self.offset
-            .fetch_add(secs, std::sync::atomic::Ordering::SeqCst);
-    }
-
-    pub fn as_clock(&self) -> overstap_node::Clock {
-        let c = self.clone();
-        std::sync::Arc::new(move || c.now())
-    }
-}
+pub use overstap_region::year::MovedClock as TestClock;
 
 /// A region whose nodes run on a clock the test moves.
 pub async fn region_with_clock() -> (tempfile::TempDir, Region, TestClock) {

@@ -10,6 +10,7 @@
 //! - [`region`]: a whole region on one machine (authority, hub, nodes on `127.0.0.1:0`),
 //!   re-exported here as [`Region`] and [`Org`].
 //! - [`cast`]: the demo region's members and students.
+//! - [`year`]: a larger region and a school year of traffic through it, on a moved clock.
 #![forbid(unsafe_code)]
 
 pub mod authority;
@@ -19,5 +20,6 @@ pub mod member;
 pub mod passport;
 pub mod region;
 pub mod wallet;
+pub mod year;
 
 pub use region::{Org, Region};

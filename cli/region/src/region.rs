@@ -208,7 +208,7 @@ impl Region {
         Self::start_with_clock(dir, orgs, overstap_node::system_clock()).await
     }
 
-    /// Like [`Region::start`], with every node on the given clock (tests move time forward).
+    /// Like [`Region::start`], with the hub and every node on the given clock (tests and the year demo move time).
     pub async fn start_with_clock(
         dir: &Path,
         orgs: &[Org],
@@ -373,6 +373,7 @@ impl Region {
         let mut config = settings.resolve()?;
         config.directory = Some(self.authority.signed_directory()?);
         config.integrate_log = self.hub_log;
+        config.clock = overstap_hub::service::Clock(self.clock.clone());
         if let Some(limits) = self.hub_limits {
             config.limits = limits;
         }

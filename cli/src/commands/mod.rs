@@ -144,6 +144,17 @@ pub enum Command {
         /// Keep the region running after the story, for the CLI to explore.
         #[arg(long)]
         serve: bool,
+        /// Run a school year of traffic in a larger region instead (10 schools, 4 mbo colleges,
+        /// 3 municipalities, 1,500 handovers), for the coordinators' dashboard. Takes a minute
+        /// or two.
+        #[arg(long)]
+        year: bool,
+        /// With --year: three schools, two colleges, a municipality and 160 handovers.
+        #[arg(long, requires = "year")]
+        small: bool,
+        /// With --year: this many handovers instead.
+        #[arg(long, requires = "year")]
+        handovers: Option<usize>,
     },
 }
 
@@ -230,7 +241,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", crate::stats::render(&stats, by, format)?);
             Ok(())
         }
-        Command::Demo { dir, serve } => {
+        Command::Demo {
+            dir,
+            serve,
+            year,
+            small,
+            handovers,
+        } => {
             let (dir, _keep) = match dir {
                 Some(d) => {
                     if d.exists() && std::fs::read_dir(&d)?.next().is_some() {
@@ -248,7 +265,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     (t.path().to_path_buf(), Some(t))
                 }
             };
-            demo::run(&dir, &mut std::io::stdout(), serve).await?;
+            if year {
+                crate::demo_year::run(&dir, &mut std::io::stdout(), serve, small, handovers)
+                    .await?;
+            } else {
+                demo::run(&dir, &mut std::io::stdout(), serve).await?;
+            }
             Ok(())
         }
     }

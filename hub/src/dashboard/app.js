@@ -48,56 +48,154 @@ async function signIn(token) {
   return body.error || say("dash_hub_answered", { n: r.status });
 }
 
-function drawChart(data) {
-  const weeks = data.volume.filter((v) => v.granularity === "week" && v.packages !== 0);
-  const periods = [...new Set(weeks.map((v) => v.period))].sort();
-  const flows = [...new Set(weeks.map((v) => `${kind(v.from_kind)} → ${kind(v.to_kind)}`))].sort();
-  const box = $("chart");
+const DAY = 86400;
+const MONTHS = say("dash_months_short").split(" ");
+
+// The months from `since` up to `until`, as "2025-09", so a school year has all twelve on its axis.
+function monthsOf(since, until) {
+  const out = [];
+  const d = new Date(since * 1000);
+  let y = d.getUTCFullYear(), m = d.getUTCMonth();
+  while (Date.UTC(y, m, 1) / 1000 < until && out.length < 40) {
+    out.push(`${y}-${String(m + 1).padStart(2, "0")}`);
+    m += 1;
+    if (m === 12) { m = 0; y += 1; }
+  }
+  return out;
+}
+
+const periodName = (p) => {
+  const [a, b] = p.split("-");
+  if (b && b.startsWith("Q")) return say("dash_quarter", { q: b.slice(1), year: a });
+  if (b) return say("dash_school_year", { from: a, to: b });
+  return say("dash_last_year");
+};
+const axisLabel = (p) => /^\d{4}-\d{2}$/.test(p) ? MONTHS[Number(p.slice(5)) - 1] : p.replace(/^\d{4}-/, "");
+
+// A bar chart drawn at the width it is shown at (1:1, so its 12 px text stays 12 px): one group
+// per period, one bar per series; a hidden count is a light stub without height. Under it, the
+// same numbers as a table.
+function barChart(box, { periods, series, format, testid, caption }) {
   box.replaceChildren();
-  if (periods.length === 0) {
-    box.append(el("p", { class: "hint" }, say("dash_nothing_weeks")));
-    return;
-  }
-  const max = Math.max(data.threshold, ...weeks.map((v) => amount(v.packages)));
-  // Drawn at the width it is shown at, so its text stays readable on a phone.
-  const W = Math.max(320, Math.min(960, box.clientWidth - 14)), H = 260, left = 40, bottom = 36, top = 16;
-  const group = (W - left - 10) / periods.length;
-  const bar = Math.min(38, (group - 8) / flows.length);
-  const chart = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": say("dash_per_week") });
+  const values = series.flatMap((s) => periods.map((p) => s.values.get(p)).filter((v) => v !== undefined && !hidden(v)));
+  const max = Math.max(1, ...values);
+  const W = Math.max(300, Math.min(960, box.clientWidth - 14)), H = 240, left = 56, bottom = 34, top = 20;
+  const group = (W - left - 8) / periods.length;
+  const bar = Math.max(2, Math.min(34, (group - 4) / series.length));
+  const labelled = bar >= 26;
+  const chart = svg("svg", { width: W, height: H, viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": caption });
   const y = (n) => H - bottom - (n / max) * (H - bottom - top);
-  for (const t of [0, Math.round(max / 2), max]) {
-    chart.append(svg("line", { x1: left, x2: W - 10, y1: y(t), y2: y(t), stroke: "#dfe3ea" }));
-    chart.append(svg("text", { x: left - 6, y: y(t) + 4, "text-anchor": "end", "font-size": 11, fill: "#5b6478" }, String(t)));
+  for (const t of [0, max / 2, max]) {
+    chart.append(svg("line", { x1: left, x2: W - 8, y1: y(t), y2: y(t), stroke: "#dfe3ea" }));
+    chart.append(svg("text", { x: left - 6, y: y(t) + 4, "text-anchor": "end", "font-size": 12, fill: "#5b6478" }, format(t, true)));
   }
+  const every = Math.ceil(periods.length / Math.max(1, Math.floor((W - left) / 34)));
   periods.forEach((p, i) => {
-    const x0 = left + i * group + (group - bar * flows.length) / 2;
-    flows.forEach((f, j) => {
-      const row = weeks.find((v) => v.period === p && `${kind(v.from_kind)} → ${kind(v.to_kind)}` === f);
-      if (!row) return;
-      const v = row.packages;
-      const h = hidden(v) ? 4 : H - bottom - y(v);
+    const x0 = left + i * group + (group - bar * series.length) / 2;
+    series.forEach((s, j) => {
+      const v = s.values.get(p);
+      if (v === undefined) return;
+      const h = hidden(v) ? 3 : H - bottom - y(v);
       const x = x0 + j * bar;
       chart.append(svg("rect", {
-        x, y: H - bottom - h, width: bar - 2, height: h, rx: 2,
-        fill: COLORS[j % COLORS.length], "fill-opacity": hidden(v) ? 0.35 : 1,
+        x, y: H - bottom - h, width: Math.max(1, bar - 2), height: h, rx: 2,
+        fill: s.color, "fill-opacity": hidden(v) ? 0.35 : 1,
       }));
-      chart.append(svg("text", {
-        x: x + (bar - 2) / 2, y: H - bottom - h - 4, "text-anchor": "middle", "font-size": 11,
-        fill: "#1d2433", "data-testid": `week-${p}-${row.from_kind}-${row.to_kind}`,
-      }, String(v)));
+      if (labelled) {
+        chart.append(svg("text", { x: x + (bar - 2) / 2, y: H - bottom - h - 4, "text-anchor": "middle", "font-size": 12, fill: "#1d2433" },
+          hidden(v) ? String(v) : format(v, false)));
+      }
     });
-    chart.append(svg("text", { x: left + i * group + group / 2, y: H - bottom + 16, "text-anchor": "middle", "font-size": 11, fill: "#5b6478" }, p));
+    if (i % every === 0) {
+      chart.append(svg("text", { x: left + i * group + group / 2, y: H - bottom + 18, "text-anchor": "middle", "font-size": 12, fill: "#5b6478" }, axisLabel(p)));
+    }
   });
   box.append(chart);
   const legend = el("div", { class: "legend" });
-  flows.forEach((f, j) => {
+  for (const s of series) {
     const swatch = el("i");
-    swatch.setAttribute("data-color", COLORS[j % COLORS.length]);
-    legend.append(el("span", {}, swatch, f));
-  });
+    swatch.setAttribute("data-color", s.color);
+    legend.append(el("span", {}, swatch, s.name));
+  }
   box.append(legend);
   // Colours go through the DOM, not an inline style attribute, so the strict CSP holds.
-  for (const s of legend.querySelectorAll("i")) s.style.background = s.getAttribute("data-color");
+  for (const sw of legend.querySelectorAll("i")) sw.style.background = sw.getAttribute("data-color");
+  // The numbers themselves, for a screen reader and for whoever wants them exact.
+  const table = el("table", { "data-testid": `${testid}-table` });
+  table.append(el("tr", {}, el("th", { scope: "col" }, say("dash_print_month")), ...series.map((s) => el("th", { scope: "col" }, s.name))));
+  for (const p of periods) {
+    table.append(el("tr", {}, el("th", { scope: "row" }, p),
+      ...series.map((s) => {
+        const v = s.values.get(p);
+        return el("td", { "data-testid": `${testid}-${p}-${s.key}` }, v === undefined ? "0" : hidden(v) ? String(v) : format(v, false));
+      })));
+  }
+  const details = el("details", {}, el("summary", {}, say("dash_show_numbers")), el("div", { class: "scroll", tabindex: "0", role: "region", "aria-label": caption }, table));
+  box.append(details);
+}
+
+function drawChart(data) {
+  const long = data.until - data.since > 120 * DAY;
+  const g = long ? "month" : "week";
+  $("volume-title").textContent = say(long ? "dash_per_month" : "dash_per_week");
+  const rows = data.volume.filter((v) => v.granularity === g);
+  const flows = [...new Set(rows.filter((v) => v.packages !== 0).map((v) => `${v.from_kind}>${v.to_kind}`))].sort();
+  const box = $("chart");
+  if (flows.length === 0) {
+    box.replaceChildren(el("p", { class: "hint" }, say("dash_nothing_weeks")));
+    return;
+  }
+  const periods = long ? monthsOf(data.since, data.until) : [...new Set(rows.map((v) => v.period))].sort();
+  const series = flows.map((f, j) => {
+    const [from, to] = f.split(">");
+    const values = new Map(rows.filter((v) => v.from_kind === from && v.to_kind === to).map((v) => [v.period, v.packages]));
+    return { key: `${from}-${to}`, name: `${kind(from)} → ${kind(to)}`, color: COLORS[j % COLORS.length], values };
+  });
+  barChart(box, { periods, series, testid: "volume", caption: $("volume-title").textContent,
+    format: (v, axis) => String(axis ? Math.round(v) : v) });
+}
+
+function drawPickup(data) {
+  const box = $("pickup");
+  if (data.pickup.length === 0) {
+    box.replaceChildren(el("p", { class: "hint" }, say("dash_nothing_weeks")));
+    return;
+  }
+  const periods = data.until - data.since > 120 * DAY ? monthsOf(data.since, data.until) : data.pickup.map((p) => p.period);
+  const secs = (key) => new Map(data.pickup.map((p) => [p.period, p[key] === null ? say("dash_pickup_too_few") : p[key]]));
+  barChart(box, {
+    periods, testid: "pickup", caption: say("dash_pickup"),
+    series: [
+      { key: "median", name: say("dash_pickup_median"), color: COLORS[0], values: secs("median_secs") },
+      { key: "p90", name: say("dash_pickup_p90"), color: COLORS[2], values: secs("p90_secs") },
+    ],
+    format: (v) => duration(Math.round(v)),
+  });
+}
+
+function drawDropouts(data) {
+  const table = $("dropouts");
+  table.replaceChildren(el("tr", {}, el("th", {}, say("dash_organisation")), el("th", {}, say("dash_packages")),
+    el("th", {}, say("dash_late")), el("th", {}, say("dash_not_picked_up"))));
+  if (data.dropouts.length === 0) {
+    table.append(el("tr", {}, el("td", {}, say("dash_no_dropouts"))));
+  }
+  const weight = (v) => (hidden(v) ? 0.5 : v);
+  const rows = [...data.dropouts].sort((a, b) => weight(b.not_picked_up) - weight(a.not_picked_up) || weight(b.late) - weight(a.late));
+  for (const d of rows) {
+    const cell = (key, v) => el("td", { class: hidden(v) ? "small" : "", "data-testid": `dropout-${d.org_id}-${key}` }, String(v));
+    const name = el("td", {}, `${d.org_id} ${d.name} `);
+    if (d.not_picked_up !== 0) name.append(el("span", { class: "badge" }, say("dash_at_risk_badge")));
+    table.append(el("tr", {}, name, cell("packages", d.packages), cell("late", d.late), cell("never", d.not_picked_up)));
+  }
+}
+
+// Under a table wider than its box, a line says how to see the rest.
+function scrollHints() {
+  for (const box of document.querySelectorAll("#report > .scroll")) {
+    const hint = box.nextElementSibling;
+    if (hint && hint.classList.contains("scroll-hint")) hint.hidden = box.scrollWidth <= box.clientWidth + 1;
+  }
 }
 
 function drawFlows(data) {
@@ -144,7 +242,15 @@ function render(data) {
   const day = (t) => new Date(t * 1000).toLocaleDateString(LANG === "nl" ? "nl-NL" : "en-GB",
     { day: "numeric", month: "long", year: "numeric", timeZone: "Europe/Amsterdam" });
   document.querySelector("[data-testid=period]").textContent = say("dash_period", { from: day(data.since), to: day(data.until) });
-  $("flows-hint").textContent = say("dash_flows_hint", { threshold: data.threshold });
+  $("legend").textContent = say("dash_legend", { threshold: data.threshold });
+  const choice = $("period");
+  choice.replaceChildren(el("option", { value: "" }, say("dash_last_year")),
+    ...data.periods.map((p) => el("option", { value: p }, periodName(p))));
+  if (data.period && !data.periods.includes(data.period)) choice.append(el("option", { value: data.period }, periodName(data.period)));
+  choice.value = data.period || "";
+  const query = data.period ? `?period=${encodeURIComponent(data.period)}` : "";
+  $("csv").href = `/api/export.csv${query}`;
+  $("print").href = `/print${query}${query ? "&" : "?"}lang=${LANG}`;
   const set = (id, v) => { document.querySelector(`[data-testid=${id}]`).textContent = String(v); };
   const packages = data.kinds.find((k) => k.kind === "package");
   set("total-packages", packages ? packages.envelopes : 0);
@@ -166,8 +272,11 @@ function render(data) {
   // Shown first, so the chart is drawn at the width it is shown at; drawn again when that changes.
   show("report");
   drawChart(data);
+  drawPickup(data);
+  drawDropouts(data);
   drawFlows(data);
   drawWaiting(data);
+  scrollHints();
   shownData = data;
 }
 
@@ -175,11 +284,20 @@ let shownData = null;
 let resizing = null;
 window.addEventListener("resize", () => {
   clearTimeout(resizing);
-  resizing = setTimeout(() => { if (shownData) drawChart(shownData); }, 150);
+  resizing = setTimeout(() => {
+    if (!shownData) return;
+    drawChart(shownData);
+    drawPickup(shownData);
+    scrollHints();
+  }, 150);
 });
 
+// The period asked for in the address (?period=2025-2026), or the last twelve months.
+let period = new URLSearchParams(location.search).get("period") || "";
+
 async function load() {
-  const r = await fetch("/api/stats", { credentials: "same-origin" });
+  const query = period ? `?period=${encodeURIComponent(period)}` : "";
+  const r = await fetch(`/api/stats${query}`, { credentials: "same-origin" });
   if (r.status === 401) {
     $("who").hidden = true;
     show("signin");
@@ -198,7 +316,7 @@ async function start() {
   // A link with #token=… signs in once; the token then leaves the address bar.
   const m = location.hash.match(/token=([A-Za-z0-9_-]+)/);
   if (m) {
-    history.replaceState(null, "", location.pathname);
+    history.replaceState(null, "", location.pathname + location.search);
     const problem = await signIn(m[1]);
     if (problem) $("signin-error").textContent = problem;
   }
@@ -211,6 +329,14 @@ $("signin-form").addEventListener("submit", async (e) => {
   $("signin-error").textContent = problem || "";
   if (!problem) await load();
 });
+$("period").addEventListener("change", async (e) => {
+  period = e.target.value;
+  const url = new URL(location.href);
+  if (period) url.searchParams.set("period", period); else url.searchParams.delete("period");
+  history.replaceState(null, "", url);
+  await load();
+});
+$("period-form").addEventListener("submit", (e) => e.preventDefault());
 $("signout").addEventListener("click", async () => {
   await fetch("/api/session", { method: "DELETE", credentials: "same-origin" });
   await load();

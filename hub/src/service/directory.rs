@@ -12,7 +12,7 @@ use overstap_proto::pb::{
 use prost::Message;
 use tonic::{Request, Response, Status};
 
-use super::{HubError, HubService, now};
+use super::{HubError, HubService};
 use crate::store::HubStore;
 
 /// A directory as the store keeps it, decoded and checked against the authority's key.
@@ -42,7 +42,7 @@ impl<S: HubStore> HubService<S> {
         let version = verified.version();
         self.state
             .store
-            .save_directory(version, &signed.encode_to_vec(), now())
+            .save_directory(version, &signed.encode_to_vec(), self.state.now())
             .await?;
         self.install(verified);
         tracing::info!(version, "directory installed");

@@ -13,7 +13,7 @@ use overstap_proto::pb::{
 };
 use tonic::{Request, Response, Status};
 
-use super::{HubError, HubService, now};
+use super::{HubError, HubService};
 use crate::store::{Checkpoint as StoredCheckpoint, Event, HubStore};
 
 impl<S: HubStore> HubService<S> {
@@ -65,7 +65,7 @@ impl<S: HubStore> HubService<S> {
                 size: tree.size(),
                 root: root.0,
                 note,
-                at: now(),
+                at: self.state.now(),
             };
             self.state.store.integrate(first_hash, &added, &cp).await?;
             Ok::<_, HubError>(cp.size)
@@ -153,7 +153,7 @@ impl<S: HubStore> HubService<S> {
             &hub_id,
             &witness_key,
             &caller.org_id,
-            now().max(0) as u64 + 300,
+            self.state.now().max(0) as u64 + 300,
         )
         .map_err(HubError::from)?;
         let (size, _) = overstap_proto::log::checkpoint_claims(&request.get_ref().note)
@@ -171,7 +171,7 @@ impl<S: HubStore> HubService<S> {
         }
         self.state
             .store
-            .add_cosignature(size, &caller.org_id, &cosig.line, now())
+            .add_cosignature(size, &caller.org_id, &cosig.line, self.state.now())
             .await
             .map_err(HubError::from)?;
         tracing::info!(witness = %caller.org_id, size, "checkpoint cosigned");
@@ -272,7 +272,12 @@ impl<S: HubStore> HubService<S> {
         let log_index = self
             .state
             .store
-            .log_card(&caller.org_id, &r.card_index, &r.card_sha256, now())
+            .log_card(
+                &caller.org_id,
+                &r.card_index,
+                &r.card_sha256,
+                self.state.now(),
+            )
             .await
             .map_err(HubError::from)?;
         Ok(Response::new(LogCardResponse { log_index }))

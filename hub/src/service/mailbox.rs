@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use super::{HubError, HubService, now};
+use super::{HubError, HubService};
 use crate::store::HubStore;
 
 impl<S: HubStore> HubService<S> {
@@ -148,7 +148,7 @@ impl<S: HubStore> HubService<S> {
                 HubError::Invalid(format!("at most 10000 ids per ack, got {}", ids.len())).into(),
             );
         }
-        let at = now();
+        let at = self.state.now();
         let accepted_at = self
             .state
             .store

@@ -164,9 +164,15 @@ pub struct HubState<S> {
     waiting: Counter,
     /// Envelopes on their way to the group commit.
     commits: mpsc::Sender<CommitJob>,
+    clock: Clock,
 }
 
 impl<S> HubState<S> {
+    /// The hub's time now, in whole seconds.
+    pub fn now(&self) -> UnixTime {
+        self.clock.now()
+    }
+
     /// The signal subscribers to `org`'s mailbox wait on.
     fn mailbox_signal(&self, org: &str) -> watch::Sender<u64> {
         let mut map = self.mailboxes.lock().unwrap_or_else(|p| p.into_inner());
@@ -189,11 +195,36 @@ impl<S> Clone for HubService<S> {
     }
 }
 
-pub(crate) fn now() -> UnixTime {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+/// The hub's clock: the wall clock in service; the demo's school year moves it.
+#[derive(Clone)]
+pub struct Clock(pub Arc<dyn Fn() -> UnixTime + Send + Sync>);
+
+impl Clock {
+    /// The wall clock, in whole seconds.
+    pub fn system() -> Self {
+        Clock(Arc::new(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0)
+        }))
+    }
+
+    pub fn now(&self) -> UnixTime {
+        (self.0)()
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Clock::system()
+    }
+}
+
+impl std::fmt::Debug for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Clock({})", self.now())
+    }
 }
 
 impl<S: HubStore> HubService<S> {
@@ -206,6 +237,7 @@ impl<S: HubStore> HubService<S> {
         max_body: usize,
         limits: Limits,
         shutdown: watch::Receiver<bool>,
+        clock: Clock,
     ) -> Result<Self, HubError> {
         let waiting = Counter::default();
         for (org, depth) in store.mailbox_depths().await? {
@@ -240,6 +272,7 @@ impl<S: HubStore> HubService<S> {
                 subscriptions: Counter::default(),
                 waiting,
                 commits,
+                clock,
             }),
         };
         tokio::spawn(group_commit(Arc::downgrade(&service.state), jobs));

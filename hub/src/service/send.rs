@@ -14,7 +14,7 @@ use prost::Message;
 use tokio::sync::mpsc;
 use tonic::Status;
 
-use super::{HubError, HubService, HubState, now};
+use super::{HubError, HubService, HubState};
 use crate::store::{Accepted, HubStore, NewEnvelope, ReceiptSigner, StoreError};
 
 /// The most envelopes one commit takes.
@@ -171,7 +171,7 @@ impl<S: HubStore> HubService<S> {
             body_len: header.body_len,
             body_sha256: header.body_sha256.clone(),
             encoded: env.encode_to_vec(),
-            received_at: now(),
+            received_at: self.state.now(),
             erasure_reason: header.erasure_reason.clone(),
         };
         let hub_id = self.state.hub_id.clone();

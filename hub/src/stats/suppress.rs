@@ -10,9 +10,10 @@
 //! to the hidden cells (reduced row echelon form: its pivot row has no other entry).
 //!
 //! Complements are chosen among the shown counts linked to a determined cell through sums and
-//! hidden cells (in a sum with it where there is one): above zero first, the smallest that with
-//! the small count makes at least twice the threshold less one (so the pair's total leaves the
-//! small count its whole range 1..threshold), else the largest; zeros last.
+//! hidden cells (in a sum with it where there is one), also where the determination comes through
+//! a longer chain: above zero first, the smallest that with the small count makes at least twice
+//! the threshold less one (so the pair's total leaves the small count its whole range
+//! 1..threshold), else the largest; zeros last.
 
 /// Whether a count is shown, hidden because it is small, or hidden to protect one that is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,7 +56,8 @@ pub fn suppress(values: &[u64], sums: &[Sum], threshold: u32) -> Vec<Hide> {
             // Every determined cell already had a second hidden cell in each of its sums: the
             // determination comes through a longer chain; hide beside the first one anyway.
             let mut chain = linked(determined[0], &hide, sums);
-            chain.sort_by_key(|&c| (values[c] == 0, std::cmp::Reverse(values[c])));
+            let room = room(values[determined[0]], t);
+            chain.sort_by_key(|&c| preference(values[c], room));
             match chain.first() {
                 Some(&c) => hide[c] = Hide::Complement,
                 None => return hide,
@@ -87,23 +89,31 @@ fn hide_complement(cell: usize, values: &[u64], hide: &mut [Hide], sums: &[Sum],
     } else {
         direct
     };
-    // Enough room: with a complement of at least this, the small count's whole range 1..t-1
-    // stays possible even to a reader who knows a complement is at least t.
-    let room = (2 * t - 1).saturating_sub(values[cell]).max(t);
-    candidates.sort_by_key(|&c| {
-        let v = values[c];
-        match v {
-            0 => (3, 0),
-            v if v >= room => (0, v),
-            v => (1, u64::MAX - v),
-        }
-    });
+    let room = room(values[cell], t);
+    candidates.sort_by_key(|&c| preference(values[c], room));
     match candidates.first() {
         Some(&c) => {
             hide[c] = Hide::Complement;
             true
         }
         None => false,
+    }
+}
+
+/// Enough room: with a complement of at least this, the small count's whole range 1..t-1 stays
+/// possible even to a reader who knows a complement is at least t.
+fn room(small: u64, t: u64) -> u64 {
+    (2 * t - 1).saturating_sub(small).max(t)
+}
+
+/// The order complements are chosen in (lowest first): the smallest count that leaves room,
+/// else the largest below it, zeros last. The smallest that serves hides the least: a total of
+/// the period is the last a coordinator should lose.
+fn preference(v: u64, room: u64) -> (u8, u64) {
+    match v {
+        0 => (3, 0),
+        v if v >= room => (0, v),
+        v => (1, u64::MAX - v),
     }
 }
 

@@ -261,7 +261,24 @@ mod secondary {
         let erasures = add(&s.erasures, "erasures".into());
         let revocations = add(&s.revocations, "revocations".into());
         add(&s.expiries, "expiries".into());
-        add(&s.ack_latency.as_ref().unwrap().acked, "acked".into());
+        let acked = add(&s.ack_latency.as_ref().unwrap().acked, "acked".into());
+        let months: Vec<usize> = s
+            .pickup
+            .iter()
+            .map(|p| add(&p.acked, format!("picked up {}", p.period)))
+            .collect();
+        let dropouts: Vec<_> = s
+            .dropouts
+            .iter()
+            .map(|d| {
+                add(&d.late, format!("late {}", d.org_id));
+                add(&d.not_picked_up, format!("not picked up {}", d.org_id));
+                (
+                    d.org_id.clone(),
+                    add(&d.packages, format!("to {}", d.org_id)),
+                )
+            })
+            .collect();
         for w in &s.waiting {
             add(&w.under_1_day, format!("waiting {} day", w.org_id));
             add(&w.from_1_to_7_days, format!("waiting {} week", w.org_id));
@@ -288,6 +305,24 @@ mod secondary {
                 .chain(kind("revocation"))
                 .collect(),
         ];
+        if !months.is_empty() {
+            sums.push(
+                months
+                    .iter()
+                    .map(|&m| (m, 1))
+                    .chain([(acked, -1)])
+                    .collect(),
+            );
+        }
+        for (org, all) in dropouts {
+            let column = s.pairs.iter().zip(&pairs).filter(|(p, _)| p.to_org == org);
+            sums.push(
+                [(all, 1)]
+                    .into_iter()
+                    .chain(column.map(|(_, c)| (c.3, -1)))
+                    .collect(),
+            );
+        }
         let flow_kinds: std::collections::BTreeSet<_> =
             pairs.iter().map(|p| (p.0.clone(), p.1.clone())).collect();
         for (fk, tk) in flow_kinds {
@@ -379,7 +414,9 @@ mod secondary {
                 .enumerate()
                 .map(|(i, &(from, to, kind, day, acked))| {
                     let at = since + day * DAY + i as i64;
-                    let mut e = meta(ORGS[from].0, ORGS[to].0, KINDS[kind], at, acked.then_some(at + 60));
+                    // Some picked up late, after more than 7 days.
+                    let wait = if i % 3 == 0 { 9 * DAY } else { 60 };
+                    let mut e = meta(ORGS[from].0, ORGS[to].0, KINDS[kind], at, acked.then_some(at + wait));
                     if KINDS[kind] == EnvelopeKind::DeletionReceipt && i % 2 == 0 {
                         e.erasure_reason = "expired".into();
                     }
@@ -393,7 +430,7 @@ mod secondary {
                 directory: Some(&dir),
                 since,
                 until: since + days * DAY,
-                now: since + days * DAY,
+                now: since + days * DAY + 3 * DAY,
                 threshold,
             });
             let (cells, sums) = attack(&s);

@@ -156,8 +156,8 @@ async fn the_dashboard_shows_the_known_mix_in_a_real_browser() {
     assert_eq!(shown(&dom, "at-risk"), "0");
     assert_eq!(shown(&dom, "erasures"), "0");
     assert_eq!(shown(&dom, &format!("waiting-{MBO}-older")), "0");
-    let week = overstap_hub::stats::periods(now())[1].1.clone();
-    assert_eq!(shown(&dom, &format!("week-{week}-school-mbo")), "9");
+    let month = overstap_hub::stats::periods(now())[2].1.clone();
+    assert_eq!(shown(&dom, &format!("volume-{month}-school-mbo")), "9");
 
     // Pictures of the page, at laptop and at phone width, for people to look at.
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
@@ -189,7 +189,7 @@ async fn the_dashboard_shows_the_known_mix_in_a_real_browser() {
         "Paspoorten overgedragen",
         "Van scholen naar mbo's en gemeenten",
         "Ingelogd als RMC01",
-        "Wacht op ophalen",
+        "Wacht nu op ophalen",
     ] {
         assert!(dutch.contains(words), "{words:?} in {dutch}");
     }

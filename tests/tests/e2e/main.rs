@@ -7,6 +7,7 @@ mod bad_input;
 mod bad_input_node;
 mod benches;
 mod dashboard;
+mod dashboard_year;
 mod delivery;
 mod deploy;
 mod handover;
