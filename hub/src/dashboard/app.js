@@ -31,6 +31,7 @@ const amount = (v) => (hidden(v) ? 0 : v);
 
 function duration(s) {
   if (s === null || s === undefined) return "–";
+  if (s < 60) return say("dash_under_minute");
   if (s < 120) return say("dash_secs", { n: s });
   if (s < 7200) return say("dash_mins", { n: Math.round(s / 60) });
   if (s < 172800) return say("dash_hours", { n: Math.round(s / 3600) });
@@ -75,14 +76,15 @@ const axisLabel = (p) => /^\d{4}-\d{2}$/.test(p) ? MONTHS[Number(p.slice(5)) - 1
 // A bar chart drawn at the width it is shown at (1:1, so its 12 px text stays 12 px): one group
 // per period, one bar per series; a hidden count is a light stub without height. Under it, the
 // same numbers as a table.
-function barChart(box, { periods, series, format, testid, caption }) {
+function barChart(box, { periods, series, format, testid, caption, left = 44 }) {
   box.replaceChildren();
   const values = series.flatMap((s) => periods.map((p) => s.values.get(p)).filter((v) => v !== undefined && !hidden(v)));
   const max = Math.max(1, ...values);
-  const W = Math.max(300, Math.min(960, box.clientWidth - 14)), H = 240, left = 56, bottom = 34, top = 20;
+  const W = Math.max(280, Math.min(960, box.clientWidth - 14)), H = 240, bottom = 34, top = 20;
   const group = (W - left - 8) / periods.length;
   const bar = Math.max(2, Math.min(34, (group - 4) / series.length));
-  const labelled = bar >= 26;
+  // A value is written over its bar only where it fits.
+  const fits = (text, small) => text.length * 7 <= bar + (small ? 0 : 4);
   const chart = svg("svg", { width: W, height: H, viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": caption });
   const y = (n) => H - bottom - (n / max) * (H - bottom - top);
   for (const t of [0, max / 2, max]) {
@@ -101,9 +103,9 @@ function barChart(box, { periods, series, format, testid, caption }) {
         x, y: H - bottom - h, width: Math.max(1, bar - 2), height: h, rx: 2,
         fill: s.color, "fill-opacity": hidden(v) ? 0.35 : 1,
       }));
-      if (labelled) {
-        chart.append(svg("text", { x: x + (bar - 2) / 2, y: H - bottom - h - 4, "text-anchor": "middle", "font-size": 12, fill: "#1d2433" },
-          hidden(v) ? String(v) : format(v, false)));
+      const label = hidden(v) ? String(v) : format(v, false);
+      if (fits(label, hidden(v))) {
+        chart.append(svg("text", { x: x + (bar - 2) / 2, y: H - bottom - h - 4, "text-anchor": "middle", "font-size": 12, fill: "#1d2433" }, label));
       }
     });
     if (i % every === 0) {
@@ -170,6 +172,7 @@ function drawPickup(data) {
       { key: "p90", name: say("dash_pickup_p90"), color: COLORS[2], values: secs("p90_secs") },
     ],
     format: (v) => duration(Math.round(v)),
+    left: 70,
   });
 }
 
@@ -281,15 +284,17 @@ function render(data) {
 }
 
 let shownData = null;
-let resizing = null;
+let resizing = false;
+// Drawn again at the new width before the next frame is painted.
 window.addEventListener("resize", () => {
-  clearTimeout(resizing);
-  resizing = setTimeout(() => {
-    if (!shownData) return;
+  if (resizing || !shownData) return;
+  resizing = true;
+  requestAnimationFrame(() => {
+    resizing = false;
     drawChart(shownData);
     drawPickup(shownData);
     scrollHints();
-  }, 150);
+  });
 });
 
 // The period asked for in the address (?period=2025-2026), or the last twelve months.

@@ -164,6 +164,9 @@ pub fn duration(lang: Lang, secs: &Value) -> String {
     let Some(s) = secs.as_i64() else {
         return "–".into();
     };
+    if s < 60 {
+        return t(lang, "dash_under_minute");
+    }
     let (key, n) = if s < 120 {
         ("dash_secs", s)
     } else if s < 7_200 {
@@ -202,6 +205,41 @@ pub fn month_label(lang: Lang, month: &str) -> String {
     }
 }
 
+/// A day "2026-12-07" in words: "7 december 2026".
+pub fn day_label(lang: Lang, day: &str) -> String {
+    match day.rsplit_once('-') {
+        Some((month, d)) => {
+            format!("{} {}", d.trim_start_matches('0'), month_label(lang, month))
+        }
+        None => day.to_string(),
+    }
+}
+
+/// A table under its heading; the columns in `names` hold names, read from the left.
+fn table(h: &mut String, caption: &str, head: &[String], rows: &[Vec<String>], names: &[usize]) {
+    let class = |i: usize| {
+        if names.contains(&i) {
+            " class=\"name\""
+        } else {
+            ""
+        }
+    };
+    h.push_str(&format!("<h2>{}</h2><table>", escape(caption)));
+    h.push_str("<tr>");
+    for (i, c) in head.iter().enumerate() {
+        h.push_str(&format!("<th scope=\"col\"{}>{}</th>", class(i), escape(c)));
+    }
+    h.push_str("</tr>");
+    for r in rows {
+        h.push_str("<tr>");
+        for (i, c) in r.iter().enumerate() {
+            h.push_str(&format!("<td{}>{}</td>", class(i), escape(c)));
+        }
+        h.push_str("</tr>");
+    }
+    h.push_str("</table>");
+}
+
 /// The printable page of one period: every table of the dashboard, as plain tables.
 pub fn print_page(lang: Lang, data: &Value, period: &str, org: &str, today: &str) -> String {
     let w = |k: &str| escape(&t(lang, k));
@@ -214,33 +252,17 @@ pub fn print_page(lang: Lang, data: &Value, period: &str, org: &str, today: &str
         w("dash_title"),
     ));
     h.push_str(&format!(
-        "<h1>{} <span>{label}</span></h1><p class=\"hint\">{}</p><p class=\"no-print\"><button type=\"button\" id=\"print\">{}</button> <a href=\"/?period={}\">{}</a></p>",
+        "<h1>Overstap {} <span>{label}</span></h1><p class=\"hint\">{}</p><p class=\"no-print\"><button type=\"button\" id=\"print\">{}</button> <a href=\"/?period={}\">{}</a></p>",
         w("dash_region"),
         escape(
             &t(lang, "dash_print_made")
                 .replace("{org}", org)
-                .replace("{date}", today)
+                .replace("{date}", &day_label(lang, today))
         ),
         w("dash_print_button"),
         escape(period),
         w("dash_print_back"),
     ));
-    let table = |h: &mut String, caption: &str, head: &[String], rows: &[Vec<String>]| {
-        h.push_str(&format!("<h2>{}</h2><table>", escape(caption)));
-        h.push_str("<tr>");
-        for c in head {
-            h.push_str(&format!("<th scope=\"col\">{}</th>", escape(c)));
-        }
-        h.push_str("</tr>");
-        for r in rows {
-            h.push_str("<tr>");
-            for c in r {
-                h.push_str(&format!("<td>{}</td>", escape(c)));
-            }
-            h.push_str("</tr>");
-        }
-        h.push_str("</table>");
-    };
     let kinds_total = |k: &str| {
         data["kinds"]
             .as_array()
@@ -262,9 +284,10 @@ pub fn print_page(lang: Lang, data: &Value, period: &str, org: &str, today: &str
                 duration(lang, &latency["median_secs"]),
             ],
             vec![t(lang, "dash_erasures"), text(&data["erasures"])],
-            vec![t(lang, "dash_expired"), text(&data["expiries"])],
-            vec![t(lang, "dash_withdrawn"), text(&data["revocations"])],
+            vec![t(lang, "dash_print_expired"), text(&data["expiries"])],
+            vec![t(lang, "dash_print_withdrawn"), text(&data["revocations"])],
         ],
+        &[],
     );
     // Per month (or week) and kind of flow.
     let volume: Vec<&Value> = data["volume"]
@@ -275,6 +298,7 @@ pub fn print_page(lang: Lang, data: &Value, period: &str, org: &str, today: &str
         .collect();
     let flows: std::collections::BTreeSet<(String, String)> = volume
         .iter()
+        .filter(|v| v["packages"] != 0)
         .map(|v| (text(&v["from_kind"]), text(&v["to_kind"])))
         .collect();
     let months: std::collections::BTreeSet<String> =
@@ -303,7 +327,7 @@ pub fn print_page(lang: Lang, data: &Value, period: &str, org: &str, today: &str
             r
         })
         .collect();
-    table(&mut h, &t(lang, "dash_per_month"), &head, &rows);
+    table(&mut h, &t(lang, "dash_per_month"), &head, &rows, &[]);
     let pairs: Vec<Vec<String>> = data["pairs"]
         .as_array()
         .into_iter()
@@ -326,6 +350,7 @@ pub fn print_page(lang: Lang, data: &Value, period: &str, org: &str, today: &str
             t(lang, "dash_packages"),
         ],
         &pairs,
+        &[1],
     );
     let pickup: Vec<Vec<String>> = data["pickup"]
         .as_array()
@@ -350,6 +375,7 @@ pub fn print_page(lang: Lang, data: &Value, period: &str, org: &str, today: &str
             t(lang, "dash_pickup_p90"),
         ],
         &pickup,
+        &[],
     );
     let dropouts: Vec<Vec<String>> = data["dropouts"]
         .as_array()
@@ -374,6 +400,7 @@ pub fn print_page(lang: Lang, data: &Value, period: &str, org: &str, today: &str
             t(lang, "dash_not_picked_up"),
         ],
         &dropouts,
+        &[],
     );
     h.push_str(&format!(
         "<p class=\"hint\">{}</p></main></body></html>",
