@@ -93,16 +93,7 @@ pub async fn serve_wrapped<S: HubStore, H: Hub>(
     wrap: impl FnOnce(HubService<S>) -> H,
 ) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let service = HubService::new(
-        store,
-        config.hub_id.clone(),
-        config.signing_key.clone(),
-        config.authority,
-        config.max_envelope_bytes,
-        config.limits,
-        stop_rx.clone(),
-        config.clock.clone(),
-    )
+    let service = HubService::new(store, &config, stop_rx.clone())
     .await?;
     // Hubs sharing one PostgreSQL database hear of each other's arrivals (LISTEN/NOTIFY).
     if let Some(arrivals) = service.state().store.arrivals().await? {

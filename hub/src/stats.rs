@@ -26,6 +26,10 @@ pub const DEFAULT_THRESHOLD: u32 = 5;
 
 const DAY: i64 = 86_400;
 
+/// A passport picked up without an intake status this many days after it was handed over is on
+/// the drop-out list.
+pub const INTAKE_DAYS: i64 = 14;
+
 /// What one statistics answer is made from.
 #[derive(Debug)]
 pub struct Input<'a> {
@@ -33,6 +37,8 @@ pub struct Input<'a> {
     pub accepted: &'a [EnvelopeMeta],
     /// Envelopes not picked up yet, however old.
     pub unacked: &'a [EnvelopeMeta],
+    /// Per package (envelope id), when the hub took in the first intake status about it.
+    pub intakes: &'a BTreeMap<Vec<u8>, i64>,
     pub directory: Option<&'a VerifiedDirectory>,
     pub since: i64,
     pub until: i64,
@@ -75,9 +81,10 @@ pub fn aggregate(input: &Input<'_>) -> StatsResponse {
     // Each day's week and month, for the sums days make.
     let mut day_of: BTreeMap<String, (String, String)> = BTreeMap::new();
     let mut waits = Vec::new();
-    // Per month handed over, the times to pick-up; per receiver, [handed over, late, not yet].
+    // Per month handed over, the times to pick-up; per receiver, [handed over, late, not yet,
+    // picked up without an intake status 14 days on].
     let mut month_waits: BTreeMap<String, Vec<i64>> = BTreeMap::new();
-    let mut dropouts: BTreeMap<String, [u64; 3]> = BTreeMap::new();
+    let mut dropouts: BTreeMap<String, [u64; 4]> = BTreeMap::new();
     let (mut erasures, mut expiries, mut revocations) = (0, 0, 0);
     for e in input.accepted {
         let package = u64::from(is_package(e));
@@ -120,6 +127,9 @@ pub fn aggregate(input: &Input<'_>) -> StatsResponse {
                     waits.push(wait);
                     month_waits.entry(month_of.clone()).or_default().push(wait);
                     d[1] += u64::from(wait > 7 * DAY);
+                    let due = e.received_at + INTAKE_DAYS * DAY;
+                    let intake = input.intakes.get(&e.envelope_id).is_some_and(|&t| t <= due);
+                    d[3] += u64::from(due <= input.now && !intake);
                 }
                 None if input.now - e.received_at > 7 * DAY => {
                     d[1] += 1;
@@ -172,7 +182,10 @@ pub fn aggregate(input: &Input<'_>) -> StatsResponse {
         .collect();
     let dropouts: Vec<_> = dropouts
         .into_iter()
-        .map(|(org, [all, late, never])| (org, [cells.add(all), cells.add(late), cells.add(never)]))
+        .map(|(org, [all, late, never, no_intake])| {
+            let cells = [all, late, never, no_intake].map(|v| cells.add(v));
+            (org, cells)
+        })
         .collect();
     let waiting: Vec<_> = waiting
         .into_iter()
@@ -205,7 +218,7 @@ pub fn aggregate(input: &Input<'_>) -> StatsResponse {
         months.push((acked, -1));
         sums.push(months);
     }
-    for (org, [all, _, _]) in &dropouts {
+    for (org, [all, ..]) in &dropouts {
         let mut column: Sum = vec![(*all, 1)];
         column.extend(pairs.iter().filter(|p| p.1 == *org).map(|p| (p.4, -1)));
         sums.push(column);
@@ -374,7 +387,7 @@ pub fn aggregate(input: &Input<'_>) -> StatsResponse {
             .collect(),
         dropouts: dropouts
             .into_iter()
-            .map(|(org, [all, late, never])| {
+            .map(|(org, [all, late, never, no_intake])| {
                 let (name, kind) = member(&org);
                 DropoutRow {
                     org_id: org,
@@ -383,6 +396,7 @@ pub fn aggregate(input: &Input<'_>) -> StatsResponse {
                     packages: Some(count(all)),
                     late: Some(count(late)),
                     not_picked_up: Some(count(never)),
+                    no_intake: Some(count(no_intake)),
                 }
             })
             .collect(),
@@ -457,16 +471,27 @@ impl<S: HubStore> StatsService<S> {
             )));
         }
         let store = &self.hub.state().store;
-        let accepted = store
-            .envelopes_between(since, until)
+        // From the period's start until now: the period's envelopes, and the intake statuses
+        // about its packages, which may come after it ended.
+        let mut accepted = store
+            .envelopes_between(since, until.max(now + 1))
             .await
             .map_err(HubError::from)?;
+        let mut intakes: BTreeMap<Vec<u8>, i64> = BTreeMap::new();
+        for e in accepted.iter().filter(|e| !e.about_package.is_empty()) {
+            let first = intakes
+                .entry(e.about_package.clone())
+                .or_insert(e.received_at);
+            *first = (*first).min(e.received_at);
+        }
+        accepted.retain(|e| e.received_at < until);
         let unacked = store.unacked().await.map_err(HubError::from)?;
         let directory = self.hub.directory().ok();
         tracing::info!(coordinator = %who, since, until, "statistics read");
         Ok(aggregate(&Input {
             accepted: &accepted,
             unacked: &unacked,
+            intakes: &intakes,
             directory: directory.as_deref(),
             since,
             until,
@@ -565,6 +590,7 @@ pub fn to_json(s: &StatsResponse) -> serde_json::Value {
             "org_id": d.org_id, "name": d.name, "kind": d.kind,
             "packages": json_count(&d.packages, t), "late": json_count(&d.late, t),
             "not_picked_up": json_count(&d.not_picked_up, t),
+            "no_intake": json_count(&d.no_intake, t),
         })).collect::<Vec<_>>(),
     })
 }

@@ -122,8 +122,35 @@ pub fn seal(
         &signed_payload,
         sender_key,
         recipient,
-        erasure_reason(&payload),
+        Claims {
+            erasure_reason: erasure_reason(&payload),
+            about_package: about_package(&payload),
+        },
     )
+}
+
+/// What a header says about its content, for coordinators: checked against the content by the
+/// recipient.
+#[derive(Default)]
+struct Claims {
+    erasure_reason: String,
+    about_package: Vec<u8>,
+}
+
+/// The statuses of the intake itself, after the recipient took a passport in and read it.
+pub const INTAKE_STATUSES: [&str; 3] = ["intake gepland", "gestart", "niet gestart"];
+
+/// What the header of an envelope with this payload says about the package an intake status is
+/// about: its envelope id for an intake status, or nothing.
+pub fn about_package(payload: &Payload) -> Vec<u8> {
+    match &payload.content {
+        Some(crate::pb::payload::Content::Status(st))
+            if INTAKE_STATUSES.contains(&st.status.as_str()) =>
+        {
+            st.package_envelope_id.clone()
+        }
+        _ => Vec::new(),
+    }
 }
 
 /// What the header of an envelope with this payload says about an erasure: the reason of the
@@ -148,7 +175,13 @@ pub fn seal_signed(
     sender_key: &SigningKey,
     recipient: &Member,
 ) -> Result<Envelope, ProtocolError> {
-    seal_with_reason(out, signed_payload, sender_key, recipient, String::new())
+    seal_with_reason(
+        out,
+        signed_payload,
+        sender_key,
+        recipient,
+        Claims::default(),
+    )
 }
 
 fn seal_with_reason(
@@ -156,7 +189,7 @@ fn seal_with_reason(
     signed_payload: &Signed,
     sender_key: &SigningKey,
     recipient: &Member,
-    erasure_reason: String,
+    claims: Claims,
 ) -> Result<Envelope, ProtocolError> {
     let mut header = EnvelopeHeader {
         envelope_id: out.envelope_id.to_vec(),
@@ -167,7 +200,8 @@ fn seal_with_reason(
         created_at: out.created_at,
         body_len: 0,
         body_sha256: Vec::new(),
-        erasure_reason,
+        erasure_reason: claims.erasure_reason,
+        about_package: claims.about_package,
     };
     let pk = <KemT as Kem>::PublicKey::from_bytes(&recipient.encryption_key)
         .map_err(|e| ProtocolError::malformed("recipient encryption key", e))?;
@@ -227,6 +261,18 @@ pub fn verify_header(
             header.erasure_reason,
             kind_name(header.kind),
             ERASURE_REASONS.join(", ")
+        )));
+    }
+    let about_fits = match header.about_package.len() {
+        0 => true,
+        16 => header.kind() == EnvelopeKind::Status,
+        _ => false,
+    };
+    if !about_fits {
+        return Err(ProtocolError::Envelope(format!(
+            "the header names a package of {} bytes on a {} envelope: only an intake status names one, by its 16-byte envelope id",
+            header.about_package.len(),
+            kind_name(header.kind)
         )));
     }
     if envelope.body.len() > max_body {
@@ -324,6 +370,13 @@ pub fn open(
             "the header says the erasure reason is {:?}, the receipt inside says {:?}",
             header.erasure_reason,
             erasure_reason(&payload)
+        )));
+    }
+    if header.about_package != about_package(&payload) {
+        return Err(ProtocolError::Open(format!(
+            "the header says the status is about package {}, the status inside says {}",
+            hex::encode(&header.about_package),
+            hex::encode(about_package(&payload))
         )));
     }
     if payload.recipient_org != my_org {
@@ -626,6 +679,83 @@ mod tests {
             };
             let err = verify_header(&env, &dir, 1 << 20).unwrap_err().to_string();
             assert!(err.contains("erasure reason"), "{how}: {err}");
+        }
+    }
+
+    #[test]
+    fn an_intake_status_names_its_package_in_the_header_and_the_content_must_agree() {
+        let (a, b) = (org("25LP"), org("30RT"));
+        let dir = region(&[&a, &b]);
+        let status = |text: &str| {
+            let mut p = status_payload(text);
+            if let Some(Content::Status(st)) = p.content.as_mut() {
+                st.package_envelope_id = vec![7; 16];
+            }
+            p
+        };
+        let out = |kind, payload| Outgoing {
+            envelope_id: [4; 16],
+            from_org: b.id,
+            kind,
+            created_at: 5,
+            payload,
+        };
+        let env = seal(
+            out(EnvelopeKind::Status, status("intake gepland")),
+            &b.sign,
+            &member(&a),
+        )
+        .unwrap();
+        assert_eq!(
+            verify_header(&env, &dir, 1 << 20).unwrap().about_package,
+            vec![7; 16]
+        );
+        assert!(open(&env, &dir, "25LP", &[&a.enc], 1 << 20).is_ok());
+        // "ontvangen" is no intake status: the header names nothing.
+        let env = seal(
+            out(EnvelopeKind::Status, status("ontvangen")),
+            &b.sign,
+            &member(&a),
+        )
+        .unwrap();
+        assert!(
+            verify_header(&env, &dir, 1 << 20)
+                .unwrap()
+                .about_package
+                .is_empty()
+        );
+        // An intake status whose header leaves its package out does not open.
+        let mut payload = status("gestart");
+        payload.from_org = b.id.into();
+        payload.recipient_org = a.id.into();
+        payload.envelope_id = vec![4; 16];
+        let signed = sign_message(Domain::Payload, &payload, &[&b.sign]);
+        let env = seal_signed(
+            &out(EnvelopeKind::Status, payload),
+            &signed,
+            &b.sign,
+            &member(&a),
+        )
+        .unwrap();
+        let err = open(&env, &dir, "25LP", &[&a.enc], 1 << 20)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("the status inside says 0707"), "{err}");
+        // A package that names a package, or a short id, is refused before anything is opened.
+        for (kind, id) in [
+            (EnvelopeKind::Package, vec![7; 16]),
+            (EnvelopeKind::Status, vec![7; 5]),
+        ] {
+            let payload = status("gestart");
+            let signed = sign_message(Domain::Payload, &payload, &[&b.sign]);
+            let claims = Claims {
+                about_package: id,
+                ..Default::default()
+            };
+            let env = seal_with_reason(&out(kind, payload), &signed, &b.sign, &member(&a), claims)
+                .unwrap();
+            let err = verify_header(&env, &dir, 1 << 20).unwrap_err().to_string();
+            assert!(err.contains("only an intake status names one"), "{err}");
         }
     }
 }

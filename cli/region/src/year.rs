@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use overstap_proto::UnixTime;
-use overstap_proto::pb::{MemberKind, NodeStatusRequest, SendPassportRequest};
+use overstap_proto::pb::{MemberKind, NodeStatusRequest, SendPassportRequest, SetStatusRequest};
 use serde::{Deserialize, Serialize};
 
 use crate::cast::{NOOR_ANSWERS, SAM_ANSWERS, register};
@@ -171,6 +171,8 @@ pub struct Handed {
     pub picked_up_at: Option<UnixTime>,
     /// When the student withdrew the consent, if they did.
     pub withdrawn_at: Option<UnixTime>,
+    /// When the recipient's intaker reported the intake planned, if they did.
+    pub intake_at: Option<UnixTime>,
     /// When the consent ends.
     pub consent_ends: UnixTime,
 }
@@ -307,6 +309,8 @@ struct Planned {
     to: usize,
     withdraw_after_days: Option<i64>,
     short_consent: bool,
+    /// Days after the handover that the intaker plans the intake, if ever.
+    intake_after_days: Option<i64>,
 }
 
 fn plan_handovers(plan: &YearPlan) -> Vec<Planned> {
@@ -336,12 +340,23 @@ fn plan_handovers(plan: &YearPlan) -> Vec<Planned> {
             let to = dice.pick(&receiver_weights);
             let withdraw_after_days = dice.chance(0.04).then(|| 3 + (dice.next() % 10) as i64);
             let short_consent = dice.chance(0.06);
+            // Most intakes are planned within two weeks; some later, some never.
+            let intake_after_days = if dice.chance(0.85) {
+                Some(if dice.chance(0.06) {
+                    16 + (dice.next() % 5) as i64
+                } else {
+                    1 + (dice.next() % 12) as i64
+                })
+            } else {
+                None
+            };
             Planned {
                 day,
                 school,
                 to,
                 withdraw_after_days,
                 short_consent,
+                intake_after_days,
             }
         })
         .collect();
@@ -514,6 +529,9 @@ pub async fn run(
     let june = time::Date::from_calendar_date(plan.school_year + 1, time::Month::June, 1)?;
     // Withdrawals waiting for their day: (day, wallet, grant, handover).
     let mut withdrawals: Vec<(time::Date, Wallet, String, usize)> = Vec::new();
+    // Intakes to plan from their day on, once the recipient has the passport: (day, grant,
+    // handover).
+    let mut intakes: Vec<(time::Date, String, usize)> = Vec::new();
 
     clock.set(midnight(first) + 8 * 3_600);
     if let Some(weekly) = plan.weekly() {
@@ -588,9 +606,13 @@ pub async fn run(
                 sent_at: now,
                 picked_up_at: None,
                 withdrawn_at: None,
+                intake_at: None,
                 consent_ends,
             });
             year.waiting.entry(to.into()).or_default().push(index);
+            if let Some(after) = p.intake_after_days {
+                intakes.push((day + time::Duration::days(after), grant_id.clone(), index));
+            }
             if let Some(after) = p.withdraw_after_days {
                 withdrawals.push((day + time::Duration::days(after), wallet, grant_id, index));
             }
@@ -608,6 +630,33 @@ pub async fn run(
             revoke(year.api(&wallet.home_org).await?, signed).await?;
             year.handed[index].withdrawn_at = Some(now);
         }
+        year.settle().await?;
+        // Three o'clock: intakers plan the intakes due, where the passport is in and not
+        // withdrawn; a recipient that is away plans them when it is back.
+        clock.set(midnight(day) + 15 * 3_600);
+        let mut later = Vec::new();
+        for (due, grant_id, index) in std::mem::take(&mut intakes) {
+            let h = &year.handed[index];
+            if h.withdrawn_at.is_some() {
+                continue;
+            }
+            let to = h.to.clone();
+            if due > day || h.picked_up_at.is_none() || year.down.contains(&to) {
+                later.push((due, grant_id, index));
+                continue;
+            }
+            year.api(&to)
+                .await?
+                .set_status(SetStatusRequest {
+                    grant_id,
+                    status: "intake gepland".into(),
+                    staff_user: "intake".into(),
+                })
+                .await
+                .map_err(explain)?;
+            year.handed[index].intake_at = Some(clock.now());
+        }
+        intakes = later;
         year.settle().await?;
         // Friday, four o'clock: the weekly municipality collects.
         clock.set(midnight(day) + 16 * 3_600);

@@ -179,17 +179,19 @@ function drawPickup(data) {
 function drawDropouts(data) {
   const table = $("dropouts");
   table.replaceChildren(el("tr", {}, el("th", {}, say("dash_organisation")), el("th", {}, say("dash_packages")),
-    el("th", {}, say("dash_late")), el("th", {}, say("dash_not_picked_up"))));
+    el("th", {}, say("dash_late")), el("th", {}, say("dash_not_picked_up")), el("th", {}, say("dash_no_intake"))));
   if (data.dropouts.length === 0) {
     table.append(el("tr", {}, el("td", {}, say("dash_no_dropouts"))));
   }
   const weight = (v) => (hidden(v) ? 0.5 : v);
-  const rows = [...data.dropouts].sort((a, b) => weight(b.not_picked_up) - weight(a.not_picked_up) || weight(b.late) - weight(a.late));
+  const rows = [...data.dropouts].sort((a, b) => weight(b.not_picked_up) - weight(a.not_picked_up)
+    || weight(b.no_intake) - weight(a.no_intake) || weight(b.late) - weight(a.late));
   for (const d of rows) {
     const cell = (key, v) => el("td", { class: hidden(v) ? "small" : "", "data-testid": `dropout-${d.org_id}-${key}` }, String(v));
     const name = el("td", {}, `${d.org_id} ${d.name} `);
     if (d.not_picked_up !== 0) name.append(el("span", { class: "badge" }, say("dash_at_risk_badge")));
-    table.append(el("tr", {}, name, cell("packages", d.packages), cell("late", d.late), cell("never", d.not_picked_up)));
+    table.append(el("tr", {}, name, cell("packages", d.packages), cell("late", d.late), cell("never", d.not_picked_up),
+      cell("nointake", d.no_intake)));
   }
 }
 

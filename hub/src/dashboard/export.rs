@@ -121,7 +121,7 @@ pub fn csv(data: &Value, period: &str) -> String {
     }
     for d in data["dropouts"].as_array().into_iter().flatten() {
         let (org, name) = (s(d, "org_id"), s(d, "name"));
-        for measure in ["packages", "late", "not_picked_up"] {
+        for measure in ["packages", "late", "not_picked_up", "no_intake"] {
             row([
                 "dropout",
                 period,
@@ -387,6 +387,7 @@ pub fn print_page(lang: Lang, data: &Value, period: &str, org: &str, today: &str
                 text(&d["packages"]),
                 text(&d["late"]),
                 text(&d["not_picked_up"]),
+                text(&d["no_intake"]),
             ]
         })
         .collect();
@@ -398,6 +399,7 @@ pub fn print_page(lang: Lang, data: &Value, period: &str, org: &str, today: &str
             t(lang, "dash_packages"),
             t(lang, "dash_late"),
             t(lang, "dash_not_picked_up"),
+            t(lang, "dash_no_intake"),
         ],
         &dropouts,
         &[],

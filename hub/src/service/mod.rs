@@ -231,13 +231,8 @@ impl<S: HubStore> HubService<S> {
     /// Builds the service and loads the newest stored directory.
     pub async fn new(
         store: S,
-        hub_id: String,
-        key: SigningKey,
-        authority: VerifyingKey,
-        max_body: usize,
-        limits: Limits,
+        config: &crate::HubConfig,
         shutdown: watch::Receiver<bool>,
-        clock: Clock,
     ) -> Result<Self, HubError> {
         let waiting = Counter::default();
         for (org, depth) in store.mailbox_depths().await? {
@@ -251,28 +246,28 @@ impl<S: HubStore> HubService<S> {
             .unwrap_or(0);
         let log = MemoryTree::from_stored(hashes.into_iter().map(Hash).collect(), size);
         let directory = match store.directory().await? {
-            Some(bytes) => Some(Arc::new(stored_directory(&bytes, &authority)?)),
+            Some(bytes) => Some(Arc::new(stored_directory(&bytes, &config.authority)?)),
             None => None,
         };
         let (commits, jobs) = mpsc::channel(4 * MAX_COMMIT_BATCH);
         let service = HubService {
             state: Arc::new(HubState {
                 store,
-                hub_id,
-                key,
-                authority,
-                max_body,
+                hub_id: config.hub_id.clone(),
+                key: config.signing_key.clone(),
+                authority: config.authority,
+                max_body: config.max_envelope_bytes,
                 directory: RwLock::new(directory),
                 mailboxes: Mutex::new(HashMap::new()),
                 log: tokio::sync::Mutex::new(log),
                 shutdown,
                 metrics: HubMetrics::default(),
-                limits,
+                limits: config.limits,
                 rate: RateLimiter::default(),
                 subscriptions: Counter::default(),
                 waiting,
                 commits,
-                clock,
+                clock: config.clock.clone(),
             }),
         };
         tokio::spawn(group_commit(Arc::downgrade(&service.state), jobs));

@@ -173,6 +173,7 @@ impl<S: HubStore> HubService<S> {
             encoded: env.encode_to_vec(),
             received_at: self.state.now(),
             erasure_reason: header.erasure_reason.clone(),
+            about_package: header.about_package.clone(),
         };
         let hub_id = self.state.hub_id.clone();
         let key = self.state.key.clone();

@@ -11,6 +11,8 @@ fn meta(from: &str, to: &str, kind: EnvelopeKind, at: i64, acked: Option<i64>) -
         received_at: at,
         acked_at: acked,
         erasure_reason: String::new(),
+        envelope_id: format!("{from}>{to}@{at}").into_bytes(),
+        about_package: Vec::new(),
     }
 }
 
@@ -42,6 +44,7 @@ fn counts_below_the_threshold_are_suppressed_everywhere() {
     let s = aggregate(&Input {
         accepted: &accepted,
         unacked: &unacked,
+        intakes: &BTreeMap::new(),
         directory: None,
         since: t - DAY,
         until: t + DAY,
@@ -102,6 +105,7 @@ fn pulls_are_counted_beside_pushes_and_few_are_suppressed() {
         aggregate(&Input {
             accepted: &accepted,
             unacked: &[],
+            intakes: &BTreeMap::new(),
             directory: None,
             since: t - DAY,
             until: t + DAY,
@@ -133,6 +137,7 @@ fn a_period_with_nothing_picked_up_has_no_times() {
     let s = aggregate(&Input {
         accepted: &accepted,
         unacked: &accepted,
+        intakes: &BTreeMap::new(),
         directory: None,
         since: t - DAY,
         until: t + DAY,
@@ -185,7 +190,7 @@ mod secondary {
         EnvelopeKind::DeletionReceipt,
     ];
 
-    fn directory() -> VerifiedDirectory {
+    pub(super) fn directory() -> VerifiedDirectory {
         let key = overstap_proto::sign::generate_signing_key();
         let d = Directory {
             region: "test".into(),
@@ -273,6 +278,7 @@ mod secondary {
             .map(|d| {
                 add(&d.late, format!("late {}", d.org_id));
                 add(&d.not_picked_up, format!("not picked up {}", d.org_id));
+                add(&d.no_intake, format!("no intake {}", d.org_id));
                 (
                     d.org_id.clone(),
                     add(&d.packages, format!("to {}", d.org_id)),
@@ -427,6 +433,7 @@ mod secondary {
             let s = aggregate(&Input {
                 accepted: &accepted,
                 unacked: &[],
+                intakes: &BTreeMap::new(),
                 directory: Some(&dir),
                 since,
                 until: since + days * DAY,
@@ -455,4 +462,47 @@ mod secondary {
             );
         }
     }
+}
+
+#[test]
+fn a_passport_picked_up_without_an_intake_status_in_14_days_is_on_the_drop_out_list() {
+    let dir = secondary::directory();
+    let day0 = 1_767_225_600; // 2026-01-01
+    let packages: Vec<EnvelopeMeta> = (0..12)
+        .map(|i| {
+            meta(
+                "25LP",
+                "30RT",
+                EnvelopeKind::Package,
+                day0 + i,
+                Some(day0 + i + 60),
+            )
+        })
+        .collect();
+    // Seven got an intake status in time, two too late (day 15), three none.
+    let mut intakes = BTreeMap::new();
+    for (i, p) in packages.iter().enumerate() {
+        match i {
+            0..7 => intakes.insert(p.envelope_id.clone(), day0 + 3 * DAY),
+            7..9 => intakes.insert(p.envelope_id.clone(), day0 + 15 * DAY),
+            _ => None,
+        };
+    }
+    let at = |now: i64| {
+        aggregate(&Input {
+            accepted: &packages,
+            unacked: &[],
+            intakes: &intakes,
+            directory: Some(&dir),
+            since: day0,
+            until: day0 + 31 * DAY,
+            now,
+            threshold: 5,
+        })
+        .dropouts[0]
+            .no_intake
+    };
+    assert_eq!(at(day0 + 20 * DAY).map(|c| c.value), Some(5));
+    // Before the 14 days are up nobody is late yet.
+    assert_eq!(at(day0 + 10 * DAY).map(|c| c.value), Some(0));
 }

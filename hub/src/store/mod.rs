@@ -55,6 +55,8 @@ pub struct NewEnvelope {
     pub received_at: i64,
     /// Deletion receipts only: the erasure reason their header states.
     pub erasure_reason: String,
+    /// Intake statuses only: the package the status is about.
+    pub about_package: Vec<u8>,
 }
 
 /// What the statistics count of one envelope: who, what kind, when, and whether it was picked up.
@@ -66,6 +68,9 @@ pub struct EnvelopeMeta {
     pub received_at: i64,
     pub acked_at: Option<i64>,
     pub erasure_reason: String,
+    pub envelope_id: Vec<u8>,
+    /// Intake statuses only: the package the status is about (empty otherwise).
+    pub about_package: Vec<u8>,
 }
 
 /// The outcome of storing an envelope.
@@ -171,7 +176,7 @@ pub(crate) fn plan_batch(
 
 /// The three multi-row inserts of a group commit, for either database: `events`, `envelopes`
 /// and `mailbox` (which returns each envelope id's mailbox number and recipient). At most 256
-/// rows of 10 values: inside SQLite's 32,766 variables and PostgreSQL's 65,535.
+/// rows of 11 values: inside SQLite's 32,766 variables and PostgreSQL's 65,535.
 pub(crate) fn batch_inserts<'a, DB>(rows: &'a [NewRow]) -> [sqlx::QueryBuilder<'a, DB>; 3]
 where
     DB: sqlx::Database,
@@ -180,6 +185,7 @@ where
     &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
     &'a String: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
     &'a Vec<u8>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    Option<&'a Vec<u8>>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
 {
     let mut events = sqlx::QueryBuilder::new(
         "INSERT INTO events (log_index, event, envelope_kind, from_org, to_org, envelope_id, body_sha256, at) ",
@@ -195,7 +201,7 @@ where
             .push_bind(r.env.received_at);
     });
     let mut envelopes = sqlx::QueryBuilder::new(
-        "INSERT INTO envelopes (envelope_id, header_sha256, from_org, to_org, kind, body_len, received_at, log_index, receipt, erasure_reason) ",
+        "INSERT INTO envelopes (envelope_id, header_sha256, from_org, to_org, kind, body_len, received_at, log_index, receipt, erasure_reason, about_package) ",
     );
     envelopes.push_values(rows, |mut b, r| {
         b.push_bind(&r.env.envelope_id)
@@ -207,7 +213,8 @@ where
             .push_bind(r.env.received_at)
             .push_bind(r.log_index)
             .push_bind(&r.receipt)
-            .push_bind(&r.env.erasure_reason);
+            .push_bind(&r.env.erasure_reason)
+            .push_bind((!r.env.about_package.is_empty()).then_some(&r.env.about_package));
     });
     let mut mailbox =
         sqlx::QueryBuilder::new("INSERT INTO mailbox (to_org, envelope_id, envelope) ");
@@ -394,6 +401,7 @@ pub(crate) mod conformance {
             encoded: vec![1, 2, 3],
             received_at: 100,
             erasure_reason: String::new(),
+            about_package: Vec::new(),
         }
     }
 
@@ -515,6 +523,18 @@ pub(crate) mod conformance {
         let meta = s.envelopes_between(0, 1_000).await.unwrap();
         assert_eq!(meta.len(), 1);
         assert_eq!(meta[0].acked_at, Some(200));
+        assert_eq!(
+            (meta[0].envelope_id.clone(), meta[0].about_package.len()),
+            (vec![1; 16], 0)
+        );
+        // An intake status keeps the package it names, for the statistics.
+        let mut status = env(2, "25LP");
+        status.kind = 4;
+        status.about_package = vec![1; 16];
+        s.accept(status, &signer).await.unwrap();
+        let meta = s.envelopes_between(0, 1_000).await.unwrap();
+        let status = meta.iter().find(|m| m.kind == 4).unwrap();
+        assert_eq!(status.about_package, vec![1; 16]);
 
         // The Merkle log: hashes and a checkpoint go in together, then cosignatures once each.
         let cp = Checkpoint {

@@ -58,7 +58,8 @@ impl PostgresStore {
     }
 }
 
-const META_COLUMNS: &str = "from_org, to_org, kind, received_at, acked_at, erasure_reason";
+const META_COLUMNS: &str =
+    "from_org, to_org, kind, received_at, acked_at, erasure_reason, envelope_id, about_package";
 
 fn envelope_meta(r: &PgRow) -> EnvelopeMeta {
     EnvelopeMeta {
@@ -68,6 +69,8 @@ fn envelope_meta(r: &PgRow) -> EnvelopeMeta {
         received_at: r.get(3),
         acked_at: r.get(4),
         erasure_reason: r.get(5),
+        envelope_id: r.get(6),
+        about_package: r.get::<Option<Vec<u8>>, _>(7).unwrap_or_default(),
     }
 }
 

@@ -139,6 +139,15 @@ impl NodeCore {
                 else {
                     return Ok(Outcome::Noted("status for a grant not held here"));
                 };
+                // An intake status names the package it is about (for the coordinators' counts,
+                // see `EnvelopeHeader.about_package`): one this school sent for the grant.
+                if !header.about_package.is_empty()
+                    && !tx.sent_package(&g.grant_id, &header.about_package).await?
+                {
+                    return Ok(Outcome::Noted(
+                        "intake status about a package this node did not send for the grant",
+                    ));
+                }
                 // A version received again ("ontvangen") does not undo what the recipient set
                 // since (gelezen, an intake planned): the trail still gets the delivery.
                 let status =

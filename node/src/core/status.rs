@@ -186,6 +186,7 @@ impl NodeCore {
                     at: self.now(),
                     viewed_at,
                     version: r.version,
+                    package_envelope_id: r.envelope_id.clone(),
                 })),
                 ..Default::default()
             },

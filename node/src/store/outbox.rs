@@ -209,6 +209,23 @@ impl Tx {
         Ok(())
     }
 
+    /// Whether this node sent the package `envelope_id` for `grant_id`.
+    pub async fn sent_package(
+        &mut self,
+        grant_id: &str,
+        envelope_id: &[u8],
+    ) -> Result<bool, StoreError> {
+        Ok(sqlx::query(
+            "SELECT 1 FROM outbox WHERE envelope_id = $1 AND grant_id = $2 AND kind = $3",
+        )
+        .bind(envelope_id)
+        .bind(grant_id)
+        .bind(overstap_proto::pb::EnvelopeKind::Package as i32)
+        .fetch_optional(&mut *self.0)
+        .await?
+        .is_some())
+    }
+
     pub async fn delete_outbox(&mut self, seq: i64) -> Result<(), StoreError> {
         sqlx::query("DELETE FROM outbox WHERE seq = $1")
             .bind(seq)

@@ -128,7 +128,7 @@ async fn a_coordinator_reads_a_school_year_with_the_numbers_of_its_traffic() {
     }
     // Per receiver: the passports it never picked up.
     let off = &never[0].to;
-    assert_eq!(n(&format!("dropout-{off}-never")), never.len().to_string());
+    agrees(&n(&format!("dropout-{off}-never")), never.len(), "never picked up");
     agrees(
         &n(&format!("dropout-{off}-packages")),
         handed.iter().filter(|h| &h.to == off).count(),
@@ -139,6 +139,25 @@ async fn a_coordinator_reads_a_school_year_with_the_numbers_of_its_traffic() {
             assert_eq!(n(&format!("dropout-{org}-never")), "0", "{org}");
         }
     }
+    // Per receiver: the passports picked up without an intake planned within 14 days.
+    let mut no_intake_shown = 0;
+    for (org, _, kind) in &traffic.members {
+        if kind == "school" || kind == "coordinator" {
+            continue;
+        }
+        let truth = handed
+            .iter()
+            .filter(|h| &h.to == org && h.picked_up_at.is_some())
+            .filter(|h| h.intake_at.is_none_or(|t| t > h.sent_at + 14 * 86_400))
+            .count();
+        let shown = n(&format!("dropout-{org}-nointake"));
+        agrees(&shown, truth, &format!("no intake at {org}"));
+        no_intake_shown += usize::from(shown.parse::<usize>().is_ok_and(|v| v > 0));
+    }
+    assert!(
+        no_intake_shown > 0,
+        "a receiver shows passports without an intake"
+    );
     // The words a coordinator reads.
     let text = seen["text"].as_str().unwrap();
     for words in [
@@ -147,6 +166,7 @@ async fn a_coordinator_reads_a_school_year_with_the_numbers_of_its_traffic() {
         "Hoe snel werden paspoorten opgehaald?",
         "Niet op tijd opgehaald",
         "Nog steeds niet",
+        "Geen intake na 14 dagen",
         "Download de cijfers",
     ] {
         assert!(text.contains(words), "{words:?} in {text}");
