@@ -93,8 +93,7 @@ pub async fn serve_wrapped<S: HubStore, H: Hub>(
     wrap: impl FnOnce(HubService<S>) -> H,
 ) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let service = HubService::new(store, &config, stop_rx.clone())
-    .await?;
+    let service = HubService::new(store, &config, stop_rx.clone()).await?;
     // Hubs sharing one PostgreSQL database hear of each other's arrivals (LISTEN/NOTIFY).
     if let Some(arrivals) = service.state().store.arrivals().await? {
         service.watch_arrivals(arrivals);

@@ -426,6 +426,39 @@ impl Year<'_> {
         self.settle().await
     }
 
+    /// Plans the intakes due by `day` at the recipients that run and hold the passport; the
+    /// others wait in `intakes`. A withdrawn consent has no intake.
+    async fn plan_intakes(
+        &mut self,
+        intakes: &mut Vec<(time::Date, String, usize)>,
+        day: time::Date,
+    ) -> anyhow::Result<()> {
+        let mut later = Vec::new();
+        for (due, grant_id, index) in std::mem::take(intakes) {
+            let h = &self.handed[index];
+            if h.withdrawn_at.is_some() {
+                continue;
+            }
+            let to = h.to.clone();
+            if due > day || h.picked_up_at.is_none() || self.down.contains(&to) {
+                later.push((due, grant_id, index));
+                continue;
+            }
+            self.api(&to)
+                .await?
+                .set_status(SetStatusRequest {
+                    grant_id,
+                    status: "intake gepland".into(),
+                    staff_user: "intake".into(),
+                })
+                .await
+                .map_err(explain)?;
+            self.handed[index].intake_at = Some(self.clock.now());
+        }
+        *intakes = later;
+        Ok(())
+    }
+
     /// Waits until every running node has sent what it had to send and taken in what waited for
     /// it; whatever a running recipient took in is picked up now.
     async fn settle(&mut self) -> anyhow::Result<()> {
@@ -634,29 +667,7 @@ pub async fn run(
         // Three o'clock: intakers plan the intakes due, where the passport is in and not
         // withdrawn; a recipient that is away plans them when it is back.
         clock.set(midnight(day) + 15 * 3_600);
-        let mut later = Vec::new();
-        for (due, grant_id, index) in std::mem::take(&mut intakes) {
-            let h = &year.handed[index];
-            if h.withdrawn_at.is_some() {
-                continue;
-            }
-            let to = h.to.clone();
-            if due > day || h.picked_up_at.is_none() || year.down.contains(&to) {
-                later.push((due, grant_id, index));
-                continue;
-            }
-            year.api(&to)
-                .await?
-                .set_status(SetStatusRequest {
-                    grant_id,
-                    status: "intake gepland".into(),
-                    staff_user: "intake".into(),
-                })
-                .await
-                .map_err(explain)?;
-            year.handed[index].intake_at = Some(clock.now());
-        }
-        intakes = later;
+        year.plan_intakes(&mut intakes, day).await?;
         year.settle().await?;
         // Friday, four o'clock: the weekly municipality collects.
         clock.set(midnight(day) + 16 * 3_600);
@@ -664,6 +675,7 @@ pub async fn run(
             && let Some(org) = plan.weekly()
         {
             year.start(org).await?;
+            year.plan_intakes(&mut intakes, day).await?;
             year.stop(org).await?;
         }
         day = day.next_day().context("the calendar ends")?;

@@ -9,11 +9,12 @@
 //! hidden cell is determined when its unit vector lies in the row space of the sums restricted
 //! to the hidden cells (reduced row echelon form: its pivot row has no other entry).
 //!
-//! Complements are chosen among the shown counts linked to a determined cell through sums and
-//! hidden cells (in a sum with it where there is one), also where the determination comes through
-//! a longer chain: above zero first, the smallest that with the small count makes at least twice
-//! the threshold less one (so the pair's total leaves the small count its whole range
-//! 1..threshold), else the largest; zeros last.
+//! Complements are chosen in the sums that give a hidden cell away (where it is the only hidden
+//! cell), one that closes the most of them first; where a cell is given away only through a longer
+//! chain of sums, among the shown counts linked to it. Above zero first, the smallest that with
+//! the small count makes at least twice the threshold less one (so the pair's total leaves the
+//! small count its whole range 1..threshold), else the largest; zeros last. The smallest that
+//! serves hides the least, so the period's totals are the last to go.
 
 /// Whether a count is shown, hidden because it is small, or hidden to protect one that is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,43 +55,67 @@ pub fn suppress(values: &[u64], sums: &[Sum], threshold: u32) -> Vec<Hide> {
         }
         if !hid_any {
             // Every determined cell already had a second hidden cell in each of its sums: the
-            // determination comes through a longer chain; hide beside the first one anyway.
-            let mut chain = linked(determined[0], &hide, sums);
-            let room = room(values[determined[0]], t);
+            // determination comes through a longer chain. Of the cells linked to the first one,
+            // hide the first (in order of preference) that leaves it undetermined: hiding
+            // another count of the same chain would leave the chain as tight as it was.
+            let target = determined[0];
+            let mut chain = linked(target, &hide, sums);
+            let room = room(values[target], t);
             chain.sort_by_key(|&c| preference(values[c], room));
-            match chain.first() {
-                Some(&c) => hide[c] = Hide::Complement,
+            let frees = |c: usize, hide: &mut Vec<Hide>| {
+                hide[c] = Hide::Complement;
+                let freed = !self::determined(hide, sums).contains(&target);
+                hide[c] = Hide::Shown;
+                freed
+            };
+            let pick = chain
+                .iter()
+                .take(MAX_TRIALS)
+                .copied()
+                .find(|&c| frees(c, &mut hide))
+                .or(chain.first().copied());
+            match pick {
+                Some(c) => hide[c] = Hide::Complement,
                 None => return hide,
             }
         }
     }
 }
 
-/// Hides one more cell beside `cell`: a shown cell in a sum with it, else one linked to it
-/// through sums and hidden cells; above zero first (the smallest that leaves a small count its
-/// whole range beside it, else the largest), zeros last. Returns whether a cell was hidden.
+/// How many complements are tried for a cell given away through a chain of sums before the
+/// first in order of preference is taken anyway.
+const MAX_TRIALS: usize = 40;
+
+/// Hides one more cell beside `cell`: a shown cell in a sum where `cell` is the only hidden one
+/// (one that closes the most such sums first); above zero first (the smallest that leaves a small count its whole range beside it, else the
+/// largest), zeros last. Returns whether a cell was hidden.
 fn hide_complement(cell: usize, values: &[u64], hide: &mut [Hide], sums: &[Sum], t: u64) -> bool {
-    let direct: Vec<usize> = sums
+    let with_cell = || sums.iter().filter(|s| s.iter().any(|(c, _)| *c == cell));
+    // The sums that give the cell away: those where it is the only hidden one. A complement
+    // from one of them (one in more of them first) closes them; one from elsewhere would not.
+    let lonely: Vec<&Sum> = with_cell()
+        .filter(|s| s.iter().filter(|(c, _)| hide[*c] != Hide::Shown).count() == 1)
+        .collect();
+    let room = room(values[cell], t);
+    if lonely.is_empty() {
+        // Each of its sums has another hidden cell already (one hidden this round, perhaps):
+        // the determination comes through a longer chain, which the caller handles.
+        return false;
+    }
+    let mut candidates: Vec<usize> = lonely
         .iter()
-        .filter(|s| s.iter().any(|(c, _)| *c == cell))
         .flat_map(|s| s.iter().map(|(c, _)| *c))
         .filter(|c| hide[*c] == Hide::Shown)
         .collect();
-    // A complement hidden this round may already sit in a sum with this cell.
-    let covered = sums
-        .iter()
-        .filter(|s| s.iter().any(|(c, _)| *c == cell))
-        .all(|s| s.iter().filter(|(c, _)| hide[*c] != Hide::Shown).count() > 1);
-    if covered && !direct.is_empty() {
-        return false;
-    }
-    let mut candidates = if direct.is_empty() {
-        linked(cell, hide, sums)
-    } else {
-        direct
+    candidates.sort_unstable();
+    candidates.dedup();
+    let closes = |c: usize| {
+        lonely
+            .iter()
+            .filter(|s| s.iter().any(|(x, _)| *x == c))
+            .count()
     };
-    let room = room(values[cell], t);
-    candidates.sort_by_key(|&c| preference(values[c], room));
+    candidates.sort_by_key(|&c| (std::cmp::Reverse(closes(c)), preference(values[c], room)));
     match candidates.first() {
         Some(&c) => {
             hide[c] = Hide::Complement;

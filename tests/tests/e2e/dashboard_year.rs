@@ -128,7 +128,11 @@ async fn a_coordinator_reads_a_school_year_with_the_numbers_of_its_traffic() {
     }
     // Per receiver: the passports it never picked up.
     let off = &never[0].to;
-    agrees(&n(&format!("dropout-{off}-never")), never.len(), "never picked up");
+    agrees(
+        &n(&format!("dropout-{off}-never")),
+        never.len(),
+        "never picked up",
+    );
     agrees(
         &n(&format!("dropout-{off}-packages")),
         handed.iter().filter(|h| &h.to == off).count(),
