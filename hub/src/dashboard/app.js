@@ -26,6 +26,8 @@ function svg(tag, attrs, text) {
 }
 
 const hidden = (v) => typeof v === "string";
+// A count as people read it here: "1.500" in Dutch, "1,500" in English; "<5" and "x" as they are.
+const num = (v) => (typeof v === "number" ? v.toLocaleString(LANG === "nl" ? "nl-NL" : "en-GB") : String(v));
 // For drawing only: a hidden count is drawn as a stub, never as a guess of its value.
 const amount = (v) => (hidden(v) ? 0 : v);
 
@@ -154,7 +156,7 @@ function drawChart(data) {
     return { key: `${from}-${to}`, name: `${kind(from)} → ${kind(to)}`, color: COLORS[j % COLORS.length], values };
   });
   barChart(box, { periods, series, testid: "volume", caption: $("volume-title").textContent,
-    format: (v, axis) => String(axis ? Math.round(v) : v) });
+    format: (v, axis) => num(axis ? Math.round(v) : v) });
 }
 
 function drawPickup(data) {
@@ -187,7 +189,7 @@ function drawDropouts(data) {
   const rows = [...data.dropouts].sort((a, b) => weight(b.not_picked_up) - weight(a.not_picked_up)
     || weight(b.no_intake) - weight(a.no_intake) || weight(b.late) - weight(a.late));
   for (const d of rows) {
-    const cell = (key, v) => el("td", { class: hidden(v) ? "small" : "", "data-testid": `dropout-${d.org_id}-${key}` }, String(v));
+    const cell = (key, v) => el("td", { class: hidden(v) ? "small" : "", "data-testid": `dropout-${d.org_id}-${key}` }, num(v));
     const name = el("td", {}, `${d.org_id} ${d.name} `);
     if (d.not_picked_up !== 0) name.append(el("span", { class: "badge" }, say("dash_at_risk_badge")));
     table.append(el("tr", {}, name, cell("packages", d.packages), cell("late", d.late), cell("never", d.not_picked_up),
@@ -219,7 +221,7 @@ function drawFlows(data) {
     const cells = receivers.map(([to]) => {
       const p = data.pairs.find((x) => x.from_org === from && x.to_org === to);
       const v = p ? p.packages : 0;
-      return el("td", { class: hidden(v) ? "small" : "", "data-testid": `flow-${from}-${to}` }, String(v));
+      return el("td", { class: hidden(v) ? "small" : "", "data-testid": `flow-${from}-${to}` }, num(v));
     });
     table.append(el("tr", {}, el("td", {}, `${from} ${name}`), ...cells));
   }
@@ -233,7 +235,7 @@ function drawWaiting(data) {
     table.append(el("tr", {}, el("td", {}, say("dash_nothing_waits"))));
   }
   for (const w of data.waiting) {
-    const cell = (key, v) => el("td", { class: hidden(v) ? "small" : "", "data-testid": `waiting-${w.org_id}-${key}` }, String(v));
+    const cell = (key, v) => el("td", { class: hidden(v) ? "small" : "", "data-testid": `waiting-${w.org_id}-${key}` }, num(v));
     table.append(el("tr", {},
       el("td", {}, `${w.org_id} ${w.name}`),
       cell("day", w.under_1_day), cell("week", w.from_1_to_7_days), cell("older", w.over_7_days),
@@ -256,7 +258,7 @@ function render(data) {
   const query = data.period ? `?period=${encodeURIComponent(data.period)}` : "";
   $("csv").href = `/api/export.csv${query}`;
   $("print").href = `/print${query}${query ? "&" : "?"}lang=${LANG}`;
-  const set = (id, v) => { document.querySelector(`[data-testid=${id}]`).textContent = String(v); };
+  const set = (id, v) => { document.querySelector(`[data-testid=${id}]`).textContent = num(v); };
   const packages = data.kinds.find((k) => k.kind === "package");
   set("total-packages", packages ? packages.envelopes : 0);
   // Pulls beside pushes: how often a recipient asked for a passport itself.

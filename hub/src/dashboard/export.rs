@@ -14,6 +14,23 @@ fn text(v: &Value) -> String {
     }
 }
 
+/// A count for people: "1.500" in Dutch, "1,500" in English; "<5" and "x" as they are.
+fn count(lang: Lang, v: &Value) -> String {
+    let Some(n) = v.as_u64() else {
+        return text(v);
+    };
+    let digits = n.to_string();
+    let mark = if lang == Lang::Nl { '.' } else { ',' };
+    let mut out = String::new();
+    for (i, d) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(mark);
+        }
+        out.push(d);
+    }
+    out
+}
+
 /// One CSV field: quoted when it must be, and a field a spreadsheet would run as a formula
 /// starts with an apostrophe.
 fn field(s: &str) -> String {
@@ -267,7 +284,7 @@ pub fn print_page(lang: Lang, data: &Value, period: &str, org: &str, today: &str
         data["kinds"]
             .as_array()
             .and_then(|a| a.iter().find(|r| r["kind"] == k))
-            .map(|r| text(&r["envelopes"]))
+            .map(|r| count(lang, &r["envelopes"]))
             .unwrap_or_else(|| "0".into())
     };
     let latency = &data["ack_latency"];
@@ -278,14 +295,23 @@ pub fn print_page(lang: Lang, data: &Value, period: &str, org: &str, today: &str
         &[
             vec![t(lang, "dash_packages"), kinds_total("package")],
             vec![t(lang, "dash_print_pulls"), kinds_total("pull_request")],
-            vec![t(lang, "dash_print_picked_up"), text(&latency["acked"])],
+            vec![
+                t(lang, "dash_print_picked_up"),
+                count(lang, &latency["acked"]),
+            ],
             vec![
                 t(lang, "dash_median"),
                 duration(lang, &latency["median_secs"]),
             ],
-            vec![t(lang, "dash_erasures"), text(&data["erasures"])],
-            vec![t(lang, "dash_print_expired"), text(&data["expiries"])],
-            vec![t(lang, "dash_print_withdrawn"), text(&data["revocations"])],
+            vec![t(lang, "dash_erasures"), count(lang, &data["erasures"])],
+            vec![
+                t(lang, "dash_print_expired"),
+                count(lang, &data["expiries"]),
+            ],
+            vec![
+                t(lang, "dash_print_withdrawn"),
+                count(lang, &data["revocations"]),
+            ],
         ],
         &[],
     );
@@ -321,7 +347,7 @@ pub fn print_page(lang: Lang, data: &Value, period: &str, org: &str, today: &str
                             && text(&v["from_kind"]) == *f
                             && text(&v["to_kind"]) == *to
                     })
-                    .map(|v| text(&v["packages"]))
+                    .map(|v| count(lang, &v["packages"]))
                     .unwrap_or_else(|| "0".into())
             }));
             r
@@ -337,7 +363,7 @@ pub fn print_page(lang: Lang, data: &Value, period: &str, org: &str, today: &str
             vec![
                 format!("{} {}", text(&p["from_org"]), text(&p["from_name"])),
                 format!("{} {}", text(&p["to_org"]), text(&p["to_name"])),
-                text(&p["packages"]),
+                count(lang, &p["packages"]),
             ]
         })
         .collect();
@@ -359,7 +385,7 @@ pub fn print_page(lang: Lang, data: &Value, period: &str, org: &str, today: &str
         .map(|p| {
             vec![
                 month_label(lang, &text(&p["period"])),
-                text(&p["acked"]),
+                count(lang, &p["acked"]),
                 duration(lang, &p["median_secs"]),
                 duration(lang, &p["p90_secs"]),
             ]
@@ -384,10 +410,10 @@ pub fn print_page(lang: Lang, data: &Value, period: &str, org: &str, today: &str
         .map(|d| {
             vec![
                 format!("{} {}", text(&d["org_id"]), text(&d["name"])),
-                text(&d["packages"]),
-                text(&d["late"]),
-                text(&d["not_picked_up"]),
-                text(&d["no_intake"]),
+                count(lang, &d["packages"]),
+                count(lang, &d["late"]),
+                count(lang, &d["not_picked_up"]),
+                count(lang, &d["no_intake"]),
             ]
         })
         .collect();
@@ -427,5 +453,13 @@ mod tests {
         );
         assert_eq!(field("<5"), "<5");
         assert_eq!(field("-1"), "'-1");
+    }
+
+    #[test]
+    fn counts_read_in_the_page_language() {
+        assert_eq!(count(Lang::Nl, &serde_json::json!(1500)), "1.500");
+        assert_eq!(count(Lang::En, &serde_json::json!(1234567)), "1,234,567");
+        assert_eq!(count(Lang::Nl, &serde_json::json!(999)), "999");
+        assert_eq!(count(Lang::Nl, &serde_json::json!("<5")), "<5");
     }
 }
