@@ -21,13 +21,14 @@ pub enum ReportFormat {
     Json,
 }
 
-/// Which view of the exchange: organisation pairs, member kinds over time, or who has
-/// envelopes waiting.
+/// Which view of the exchange: organisation pairs, member kinds over time, who has envelopes
+/// waiting, or the drop-out list per receiver.
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
 pub enum By {
     Pair,
     Kind,
     Waiting,
+    Dropout,
 }
 
 /// `--since`: a date (`2026-09-01`) or a number of days back (`30d`).
@@ -40,11 +41,15 @@ pub fn parse_since(s: &str, now: UnixTime) -> anyhow::Result<UnixTime> {
 }
 
 /// Asks the hub, as the coordinator whose node lives in `node_dir`.
-pub async fn fetch(node_dir: &Path, since: UnixTime) -> anyhow::Result<StatsResponse> {
+pub async fn fetch(
+    node_dir: &Path,
+    since: UnixTime,
+    until: UnixTime,
+) -> anyhow::Result<StatsResponse> {
     let link = hub_link_of(node_dir)?;
     let mut client = StatsClient::new(link.channel()?);
     Ok(client
-        .get_stats(StatsRequest { since, until: 0 })
+        .get_stats(StatsRequest { since, until })
         .await
         .map_err(explain)?
         .into_inner())
@@ -114,6 +119,22 @@ pub fn render(s: &StatsResponse, by: By, format: ReportFormat) -> anyhow::Result
                     )?;
                 }
             }
+            By::Dropout => {
+                out.push_str("org_id,name,kind,packages,late,not_picked_up,no_intake\n");
+                for d in &s.dropouts {
+                    writeln!(
+                        out,
+                        "{},{},{},{},{},{},{}",
+                        csv_field(&d.org_id),
+                        csv_field(&d.name),
+                        d.kind,
+                        c(&d.packages),
+                        c(&d.late),
+                        c(&d.not_picked_up),
+                        c(&d.no_intake)
+                    )?;
+                }
+            }
             By::Waiting => {
                 out.push_str("org_id,name,kind,under_1_day,from_1_to_7_days,over_7_days,at_risk\n");
                 for w in &s.waiting {
@@ -178,6 +199,24 @@ pub fn render(s: &StatsResponse, by: By, format: ReportFormat) -> anyhow::Result
                     }
                 }
                 By::Waiting => {}
+                By::Dropout => {
+                    writeln!(
+                        out,
+                        "\nNot picked up in time: handed over / not within 7 days / still not / no intake after 14 days"
+                    )?;
+                    for d in &s.dropouts {
+                        writeln!(
+                            out,
+                            "  {:<8} {:<32} {:>6} / {:>5} / {:>5} / {:>5}",
+                            d.org_id,
+                            d.name,
+                            c(&d.packages),
+                            c(&d.late),
+                            c(&d.not_picked_up),
+                            c(&d.no_intake)
+                        )?;
+                    }
+                }
             }
             writeln!(
                 out,
@@ -281,6 +320,29 @@ mod tests {
         let table = render(&s, By::Pair, ReportFormat::Table).unwrap();
         assert!(table.contains("AT RISK"), "{table}");
         assert!(table.contains("<5"), "{table}");
+        let mut s = s;
+        s.dropouts = vec![overstap_proto::pb::DropoutRow {
+            org_id: "GM0148".into(),
+            name: "Gemeente Dalfsen".into(),
+            kind: "municipality".into(),
+            packages: Some(Count {
+                value: 12,
+                ..Default::default()
+            }),
+            late: hidden(),
+            not_picked_up: hidden(),
+            no_intake: Some(Count {
+                value: 0,
+                ..Default::default()
+            }),
+        }];
+        let csv = render(&s, By::Dropout, ReportFormat::Csv).unwrap();
+        assert_eq!(
+            csv.lines().nth(1).unwrap(),
+            "GM0148,Gemeente Dalfsen,municipality,12,<5,<5,0"
+        );
+        let table = render(&s, By::Dropout, ReportFormat::Table).unwrap();
+        assert!(table.contains("GM0148   Gemeente Dalfsen"), "{table}");
     }
 
     #[test]

@@ -119,10 +119,14 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = crate::stats::ReportFormat::Table)]
         format: crate::stats::ReportFormat,
         /// From this date (YYYY-MM-DD) or this many days back (30d); a year when not given.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "period")]
         since: Option<String>,
-        /// pair (per pair of organisations), kind (per week, by kind of member) or waiting
-        /// (what waits to be picked up).
+        /// A school year (2025-2026, from 1 August) or a quarter (2026-Q1), as the dashboard
+        /// and its CSV export count them.
+        #[arg(long)]
+        period: Option<String>,
+        /// pair (per pair of organisations), kind (per week, by kind of member), waiting (what
+        /// waits to be picked up) or dropout (per receiver: not picked up in time, no intake).
         #[arg(long, value_enum, default_value_t = crate::stats::By::Pair)]
         by: crate::stats::By,
         /// The coordinator's node folder: its TLS identity is what the hub lets in.
@@ -227,17 +231,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Stats {
             format,
             since,
+            period,
             by,
             node_dir,
         } => {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)?
                 .as_secs() as i64;
-            let since = match since {
-                Some(s) => crate::stats::parse_since(&s, now)?,
-                None => 0,
+            let (since, until) = match (since, period) {
+                (Some(s), _) => (crate::stats::parse_since(&s, now)?, 0),
+                (None, Some(p)) => {
+                    let p = overstap_hub::stats::period::Period::parse(&p)
+                        .map_err(anyhow::Error::msg)?;
+                    (p.since, p.until)
+                }
+                (None, None) => (0, 0),
             };
-            let stats = crate::stats::fetch(&node_dir, since).await?;
+            let stats = crate::stats::fetch(&node_dir, since, until).await?;
             print!("{}", crate::stats::render(&stats, by, format)?);
             Ok(())
         }

@@ -205,7 +205,7 @@ async fn a_coordinator_sees_the_known_mix_and_small_counts_read_below_five() {
     })
     .await;
 
-    let stats = overstap_cli::stats::fetch(&region.node_dir("RMC01"), 0)
+    let stats = overstap_cli::stats::fetch(&region.node_dir("RMC01"), 0, 0)
         .await
         .unwrap();
     assert_eq!(stats.threshold, 5);
