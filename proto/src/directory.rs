@@ -14,6 +14,9 @@ use crate::sign::{Domain, open_signed, verifying_key};
 pub struct VerifiedDirectory {
     pub directory: Directory,
     pub signed: Signed,
+    /// Each member's signing key, decompressed once for this version: every signature checked
+    /// under the directory would otherwise decompress its signer's key again.
+    signing_keys: std::collections::HashMap<String, VerifyingKey>,
 }
 
 impl VerifiedDirectory {
@@ -31,16 +34,16 @@ impl VerifiedDirectory {
                 held: held_version,
             });
         }
-        let mut seen = std::collections::HashSet::new();
+        let mut signing_keys = std::collections::HashMap::new();
         for m in &directory.members {
             validate_org_id(&m.org_id)?;
-            if !seen.insert(m.org_id.as_str()) {
+            let key = verifying_key(&m.signing_key, "member signing key")?;
+            if signing_keys.insert(m.org_id.clone(), key).is_some() {
                 return Err(ProtocolError::Malformed {
                     what: "directory",
                     detail: format!("member {} is listed twice", m.org_id),
                 });
             }
-            verifying_key(&m.signing_key, "member signing key")?;
             if m.kind() != MemberKind::Hub && m.encryption_key.len() != 32 {
                 return Err(ProtocolError::Malformed {
                     what: "directory",
@@ -51,6 +54,7 @@ impl VerifiedDirectory {
         Ok(VerifiedDirectory {
             directory,
             signed: signed.clone(),
+            signing_keys,
         })
     }
 
@@ -75,7 +79,10 @@ impl VerifiedDirectory {
     }
 
     pub fn signing_key_of(&self, org_id: &str) -> Result<VerifyingKey, ProtocolError> {
-        verifying_key(&self.member(org_id)?.signing_key, "member signing key")
+        self.signing_keys
+            .get(org_id)
+            .copied()
+            .ok_or_else(|| ProtocolError::UnknownMember(org_id.to_string()))
     }
 
     /// The hub's receipt-signing key (the one member of kind hub).

@@ -315,6 +315,18 @@ pub fn open(
     max_body: usize,
 ) -> Result<Opened, ProtocolError> {
     let header = verify_header(envelope, directory, max_body)?;
+    open_verified(envelope, header, directory, my_org, keys)
+}
+
+/// [`open`] for an envelope whose header [`verify_header`] has just returned, under the same
+/// directory: the header's signature is not checked a second time.
+pub fn open_verified(
+    envelope: &Envelope,
+    header: EnvelopeHeader,
+    directory: &VerifiedDirectory,
+    my_org: &str,
+    keys: &[&EncryptionKeyPair],
+) -> Result<Opened, ProtocolError> {
     if header.to_org != my_org {
         return Err(ProtocolError::Open(format!(
             "envelope is addressed to {}, this node is {}",

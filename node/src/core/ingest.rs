@@ -4,7 +4,7 @@
 
 use overstap_proto::ProtocolError;
 use overstap_proto::directory::VerifiedDirectory;
-use overstap_proto::envelope::{EncryptionKeyPair, Opened, open, verify_header};
+use overstap_proto::envelope::{EncryptionKeyPair, Opened, open, open_verified, verify_header};
 use overstap_proto::pb::payload::Content;
 use overstap_proto::pb::{Envelope, EnvelopeHeader, EnvelopeKind, Payload, ResendRequest, Signed};
 use overstap_proto::sign::{Domain, decode_body};
@@ -267,7 +267,7 @@ impl NodeCore {
         // sender's key rotation for an envelope that was in flight across it.
         let mut sealed_under = None;
         let checked = match verify_header(envelope, &dir, self.max_body) {
-            Ok(_) => Ok(()),
+            Ok(header) => Ok(Some(header)),
             Err(
                 e @ (ProtocolError::MissingSignature { .. } | ProtocolError::BadSignature { .. }),
             ) => {
@@ -277,43 +277,51 @@ impl NodeCore {
                 {
                     Some(older) => {
                         sealed_under = Some(older);
-                        Ok(())
+                        Ok(None)
                     }
                     None => Err(e),
                 }
             }
             Err(e) => Err(e),
         };
-        if let Err(e) = checked {
-            // An unknown sender may be a new member, and a signature that does not verify may be
-            // a rotated key: both mean "fetch the directory and try once more" first.
-            if let ProtocolError::UnknownMember(org) = &e {
-                return Err(NodeError::StaleDirectory(org.clone()));
+        let verified = match checked {
+            Ok(header) => header,
+            Err(e) => {
+                // An unknown sender may be a new member, and a signature that does not verify may be
+                // a rotated key: both mean "fetch the directory and try once more" first.
+                if let ProtocolError::UnknownMember(org) = &e {
+                    return Err(NodeError::StaleDirectory(org.clone()));
+                }
+                if matches!(
+                    e,
+                    ProtocolError::BadSignature { .. } | ProtocolError::MissingSignature { .. }
+                ) && !from_held
+                {
+                    return Err(NodeError::StaleDirectory(claimed.from_org.clone()));
+                }
+                let reason = e.to_string();
+                let mut tx = self.store.begin().await?;
+                tx.insert_processed(&processed("dropped", reason.clone()))
+                    .await?;
+                tx.commit().await?;
+                tracing::warn!(org = %self.org_id, %reason, "envelope dropped");
+                return Ok((Outcome::Dropped(reason), None));
             }
-            if matches!(
-                e,
-                ProtocolError::BadSignature { .. } | ProtocolError::MissingSignature { .. }
-            ) && !from_held
-            {
-                return Err(NodeError::StaleDirectory(claimed.from_org.clone()));
-            }
-            let reason = e.to_string();
-            let mut tx = self.store.begin().await?;
-            tx.insert_processed(&processed("dropped", reason.clone()))
-                .await?;
-            tx.commit().await?;
-            tracing::warn!(org = %self.org_id, %reason, "envelope dropped");
-            return Ok((Outcome::Dropped(reason), None));
-        }
+        };
         let keys = read_lock(&self.encryption_keys);
         let key_refs: Vec<&EncryptionKeyPair> = keys.iter().collect();
-        let opened = match open(
-            envelope,
-            sealed_under.as_ref().unwrap_or(&dir),
-            &self.org_id,
-            &key_refs,
-            self.max_body,
-        ) {
+        // The header was checked just above under the current directory: not a second time.
+        let opened = match verified {
+            Some(header) => open_verified(envelope, header, &dir, &self.org_id, &key_refs),
+            None => open(
+                envelope,
+                sealed_under.as_ref().unwrap_or(&dir),
+                &self.org_id,
+                &key_refs,
+                self.max_body,
+            ),
+        };
+        let opened = match opened {
             Ok(o) => o,
             Err(e) => {
                 let mut tx = self.store.begin().await?;
