@@ -46,6 +46,8 @@ fuzz_target!(|data: &[u8]| {
                 body_len: rest.len() as u64,
                 body_sha256: sha2::Sha256::digest(rest).to_vec(),
                 erasure_reason: String::new(),
+                // A package named or not, of any length up to 19 bytes.
+                about_package: rest.iter().take(rest.len() % 20).copied().collect(),
             };
             Envelope {
                 header: Some(sign_message(Domain::EnvelopeHeader, &header, &[&f.school])),
