@@ -190,8 +190,37 @@ pub fn card_sha256(signed: &Signed) -> [u8; 32] {
     Sha256::digest(signed.encode_to_vec()).into()
 }
 
+/// Cards that verified, by the SHA-256 of the home key and the signed card: a card travels in
+/// every package, grant and revocation, and is checked each time. What verified once under a
+/// key verifies again (the check is a pure function of the bytes), so the answer is kept.
+/// Bounded: emptied when full.
+static VERIFIED_CARDS: std::sync::OnceLock<
+    std::sync::Mutex<std::collections::HashMap<[u8; 32], StudentCard>>,
+> = std::sync::OnceLock::new();
+const MAX_VERIFIED_CARDS: usize = 4_096;
+
 /// Verifies a student card issued by the home node whose signing key is `home_key`.
 pub fn verify_card(signed: &Signed, home_key: &VerifyingKey) -> Result<StudentCard, ProtocolError> {
+    use prost::Message;
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(home_key.as_bytes());
+    h.update(signed.encode_to_vec());
+    let id: [u8; 32] = h.finalize().into();
+    let cards = VERIFIED_CARDS.get_or_init(Default::default);
+    if let Some(card) = cards.lock().unwrap_or_else(|p| p.into_inner()).get(&id) {
+        return Ok(card.clone());
+    }
+    let card = check_card(signed, home_key)?;
+    let mut cards = cards.lock().unwrap_or_else(|p| p.into_inner());
+    if cards.len() >= MAX_VERIFIED_CARDS {
+        cards.clear();
+    }
+    cards.insert(id, card.clone());
+    Ok(card)
+}
+
+fn check_card(signed: &Signed, home_key: &VerifyingKey) -> Result<StudentCard, ProtocolError> {
     let card: StudentCard = open_signed(Domain::StudentCard, signed, home_key)?;
     verifying_key(&card.student_key, "student key")?;
     parse_birth_month(&card.birth_month)?;
@@ -607,6 +636,30 @@ mod tests {
         assert!(under_16("2010-12", t(2026, 12, 31)).unwrap());
         assert!(!under_16("2010-12", t(2027, 1, 1)).unwrap());
         assert!(under_16("2013-13", 0).is_err());
+    }
+
+    #[test]
+    fn a_card_verified_once_is_remembered_and_nothing_else_is() {
+        let (home, other) = (generate_signing_key(), generate_signing_key());
+        let card = StudentCard {
+            pseudonym: "p-remembered".into(),
+            home_org: "25LP".into(),
+            student_key: generate_signing_key().verifying_key().to_bytes().to_vec(),
+            birth_month: "2009-03".into(),
+            ..Default::default()
+        };
+        let signed = sign_message(Domain::StudentCard, &card, &[&home]);
+        let first = verify_card(&signed, &home.verifying_key()).unwrap();
+        assert_eq!(verify_card(&signed, &home.verifying_key()).unwrap(), first);
+        // The same card under another key, and the card changed after it verified, are checked
+        // and refused.
+        assert!(verify_card(&signed, &other.verifying_key()).is_err());
+        let mut changed = signed.clone();
+        changed.body.push(0);
+        assert!(verify_card(&changed, &home.verifying_key()).is_err());
+        let mut resigned = signed.clone();
+        resigned.sigs[0].signature[0] ^= 1;
+        assert!(verify_card(&resigned, &home.verifying_key()).is_err());
     }
 
     #[test]

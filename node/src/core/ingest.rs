@@ -66,9 +66,10 @@ impl NodeCore {
                         envelope.header.as_ref()?,
                     )
                     .ok()?;
-                    verify_header(envelope, &dir, self.max_body).ok()?;
+                    // Checked once: `open_verified` does not check the header again.
+                    let header = verify_header(envelope, &dir, self.max_body).ok()?;
                     let opened =
-                        open(envelope, &dir, &self.org_id, &key_refs, self.max_body).ok()?;
+                        open_verified(envelope, header, &dir, &self.org_id, &key_refs).ok()?;
                     Some((claimed, opened))
                 })
                 .collect()
