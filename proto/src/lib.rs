@@ -58,6 +58,22 @@ pub fn format_time(t: UnixTime) -> String {
     }
 }
 
+/// A CSV field for a spreadsheet: quoted when it holds a separator, a quote or a line break
+/// (RFC 4180), and a field a spreadsheet would run as a formula starts with an apostrophe. The
+/// web app's and the dashboard's exports use it.
+pub fn spreadsheet_field(s: &str) -> String {
+    let s = if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{s}")
+    } else {
+        s.to_string()
+    };
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s
+    }
+}
+
 /// Formats a Unix time as `YYYY-MM-DD` for people.
 pub fn format_date(t: UnixTime) -> String {
     match time::OffsetDateTime::from_unix_timestamp(t) {
@@ -68,5 +84,24 @@ pub fn format_date(t: UnixTime) -> String {
             dt.day()
         ),
         Err(_) => format!("@{t}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::spreadsheet_field;
+
+    #[test]
+    fn a_spreadsheet_field_is_quoted_and_never_a_formula() {
+        assert_eq!(spreadsheet_field("Sam"), "Sam");
+        assert_eq!(spreadsheet_field("de Vries, Sam"), "\"de Vries, Sam\"");
+        assert_eq!(spreadsheet_field("=HYPERLINK(1)"), "'=HYPERLINK(1)");
+        assert_eq!(spreadsheet_field("a\"b"), "\"a\"\"b\"");
+        assert_eq!(spreadsheet_field("<5"), "<5");
+        assert_eq!(spreadsheet_field("-1"), "'-1");
+        assert_eq!(
+            spreadsheet_field("=HYPERLINK(\"x\")"),
+            "\"'=HYPERLINK(\"\"x\"\")\""
+        );
     }
 }

@@ -8,11 +8,12 @@ use maud::html;
 use serde::Deserialize;
 
 use super::Shared;
-use super::handovers::{csv_field, csv_response, rfc3339};
+use super::handovers::{csv_response, rfc3339};
 use super::i18n::{Lang, t, tf, when};
 use super::page::{page, respond};
 use super::staff::{staff_in, staff_nav};
 use crate::store::AuditRow;
+use overstap_proto::spreadsheet_field;
 
 /// How far back the audit pages look, and the most rows they show.
 const DAYS: i64 = 90;
@@ -125,7 +126,7 @@ pub async fn audit_csv(
     for r in &rows {
         let at = rfc3339(r.at);
         let fields = [&at, &r.who, &r.role, &r.action, &r.subject, &r.detail];
-        let line: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
+        let line: Vec<String> = fields.iter().map(|f| spreadsheet_field(f)).collect();
         out.push_str(&line.join(","));
         out.push('\n');
     }

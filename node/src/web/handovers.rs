@@ -9,6 +9,8 @@ use axum::response::{IntoResponse, Response};
 use maud::html;
 use serde::Deserialize;
 
+use overstap_proto::spreadsheet_field;
+
 use super::Shared;
 use super::i18n::{Lang, t, tf, when};
 use super::page::{page, respond};
@@ -215,21 +217,6 @@ pub async fn handovers_page(
     )
 }
 
-/// A CSV field: quoted when it holds a separator, a quote or a line break, and a field that a
-/// spreadsheet would take for a formula starts with a quote mark.
-pub(super) fn csv_field(s: &str) -> String {
-    let s = if s.starts_with(['=', '+', '-', '@']) {
-        format!("'{s}")
-    } else {
-        s.to_string()
-    };
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s
-    }
-}
-
 /// A moment as RFC 3339 in UTC, for a program to read.
 pub(super) fn rfc3339(at: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(at)
@@ -283,7 +270,7 @@ pub async fn handovers_csv(
             &fetched,
             if r.flagged { "yes" } else { "no" },
         ];
-        let line: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
+        let line: Vec<String> = fields.iter().map(|f| spreadsheet_field(f)).collect();
         out.push_str(&line.join(","));
         out.push('\n');
     }
@@ -329,13 +316,5 @@ mod tests {
         ));
         assert!(!flagged(&grant("active", None, "", 0), now));
         assert!(!flagged(&grant("revoked", Some(30), "", 0), now));
-    }
-
-    #[test]
-    fn a_csv_field_is_quoted_and_never_a_formula() {
-        assert_eq!(csv_field("Sam"), "Sam");
-        assert_eq!(csv_field("de Vries, Sam"), "\"de Vries, Sam\"");
-        assert_eq!(csv_field("=HYPERLINK(1)"), "'=HYPERLINK(1)");
-        assert_eq!(csv_field("a\"b"), "\"a\"\"b\"");
     }
 }
