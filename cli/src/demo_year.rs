@@ -9,8 +9,8 @@ use std::time::Instant;
 use overstap_region::region::Region;
 use overstap_region::year::{self, MovedClock, YEAR_COORDINATOR, YearPlan};
 
-/// Runs the year in a region under `dir`, writes what it handed over to `year-traffic.json`
-/// there, and prints the dashboard's link; with `serve`, keeps the region running until Ctrl-C.
+/// Runs the year in a region under `dir` and writes what it handed over to `year-traffic.json`
+/// there; with `serve`, prints the dashboard's link and keeps the region running until Ctrl-C.
 pub async fn run(
     dir: &Path,
     out: &mut dyn Write,
@@ -100,6 +100,13 @@ pub async fn run(
         "What was handed over, for checking: {}",
         dir.join("year-traffic.json").display()
     )?;
+    if !serve {
+        writeln!(
+            out,
+            "Run it with --serve to keep the region running and open the coordinators' dashboard."
+        )?;
+        return region.shutdown().await;
+    }
     let token = region.authority.dashboard_token(YEAR_COORDINATOR, 12)?;
     writeln!(
         out,
@@ -111,10 +118,8 @@ pub async fn run(
         region.dashboard_url()?,
         traffic.school_year
     )?;
-    if serve {
-        writeln!(out, "Press Ctrl-C to stop.")?;
-        out.flush()?;
-        let _ = tokio::signal::ctrl_c().await;
-    }
+    writeln!(out, "Press Ctrl-C to stop.")?;
+    out.flush()?;
+    let _ = tokio::signal::ctrl_c().await;
     region.shutdown().await
 }
