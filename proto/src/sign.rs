@@ -7,6 +7,7 @@
 
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use prost::Message;
+use sha2::{Digest, Sha256};
 
 use crate::ProtocolError;
 use crate::pb::{Sig, Signed};
@@ -142,6 +143,27 @@ pub fn verify_signed_by(
                 what: domain.what(),
                 detail: format!("signature must be 64 bytes, got {}", sig.signature.len()),
             })?;
+    // A manifest or a grant travels in every package and is checked by each party on its way,
+    // several times in one process: a signature that verified is remembered by the SHA-256 of
+    // domain, key, signature and body (the whole input of the check).
+    let remembered = matches!(domain, Domain::Manifest | Domain::Grant).then(|| {
+        let mut h = Sha256::new();
+        h.update(domain.tag());
+        h.update([0]);
+        h.update(key_bytes);
+        h.update(sig_arr);
+        h.update(&signed.body);
+        <[u8; 32]>::from(h.finalize())
+    });
+    let verified = VERIFIED.get_or_init(Default::default);
+    if let Some(id) = &remembered
+        && verified
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(id)
+    {
+        return Ok(());
+    }
     key.verify_strict(
         &signing_bytes(domain, &signed.body),
         &Signature::from_bytes(&sig_arr),
@@ -149,8 +171,21 @@ pub fn verify_signed_by(
     .map_err(|_| ProtocolError::BadSignature {
         what: domain.what(),
         detail: format!("signature by key {} does not verify", short_key(key_bytes)),
-    })
+    })?;
+    if let Some(id) = remembered {
+        let mut verified = verified.lock().unwrap_or_else(|p| p.into_inner());
+        if verified.len() >= MAX_VERIFIED {
+            verified.clear();
+        }
+        verified.insert(id);
+    }
+    Ok(())
 }
+
+/// Manifest and grant signatures that verified (see [`verify_signed_by`]); emptied when full.
+static VERIFIED: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<[u8; 32]>>> =
+    std::sync::OnceLock::new();
+const MAX_VERIFIED: usize = 8_192;
 
 /// Verifies the signature by `key`, then decodes the body as `M`.
 pub fn open_signed<M: Message + Default>(
@@ -195,6 +230,34 @@ mod tests {
         let back: Revocation =
             open_signed(Domain::Revocation, &signed, &key.verifying_key()).unwrap();
         assert_eq!(back, revocation());
+    }
+
+    #[test]
+    fn a_remembered_signature_counts_only_for_the_same_key_signature_body_and_domain() {
+        let (key, other) = (generate_signing_key(), generate_signing_key());
+        let signed = sign_message(Domain::Grant, &revocation(), &[&key]);
+        for _ in 0..2 {
+            verify_signed_by(Domain::Grant, &signed, &key.verifying_key()).unwrap();
+        }
+        // Once remembered, each change is still checked and refused: the body, the signature,
+        // the domain, and a signature claimed under the key by another key.
+        let mut body = signed.clone();
+        body.body.push(1);
+        let mut sig = signed.clone();
+        sig.sigs[0].signature[5] ^= 1;
+        let mut forged = sign_message(Domain::Grant, &revocation(), &[&other]);
+        forged.sigs[0].public_key = key.verifying_key().to_bytes().to_vec();
+        for (what, s, d) in [
+            ("body", &body, Domain::Grant),
+            ("signature", &sig, Domain::Grant),
+            ("domain", &signed, Domain::Manifest),
+            ("signer", &forged, Domain::Grant),
+        ] {
+            assert!(
+                verify_signed_by(d, s, &key.verifying_key()).is_err(),
+                "{what}"
+            );
+        }
     }
 
     #[test]
