@@ -194,10 +194,7 @@ pub fn card_sha256(signed: &Signed) -> [u8; 32] {
 /// every package, grant and revocation, and is checked each time. What verified once under a
 /// key verifies again (the check is a pure function of the bytes), so the answer is kept.
 /// Bounded: emptied when full.
-static VERIFIED_CARDS: std::sync::OnceLock<
-    std::sync::Mutex<std::collections::HashMap<[u8; 32], StudentCard>>,
-> = std::sync::OnceLock::new();
-const MAX_VERIFIED_CARDS: usize = 4_096;
+static VERIFIED_CARDS: crate::sign::Remembered<StudentCard> = crate::sign::Remembered::new(4_096);
 
 /// Verifies a student card issued by the home node whose signing key is `home_key`.
 pub fn verify_card(signed: &Signed, home_key: &VerifyingKey) -> Result<StudentCard, ProtocolError> {
@@ -207,16 +204,11 @@ pub fn verify_card(signed: &Signed, home_key: &VerifyingKey) -> Result<StudentCa
     h.update(home_key.as_bytes());
     h.update(signed.encode_to_vec());
     let id: [u8; 32] = h.finalize().into();
-    let cards = VERIFIED_CARDS.get_or_init(Default::default);
-    if let Some(card) = cards.lock().unwrap_or_else(|p| p.into_inner()).get(&id) {
-        return Ok(card.clone());
+    if let Some(card) = VERIFIED_CARDS.get(&id) {
+        return Ok(card);
     }
     let card = check_card(signed, home_key)?;
-    let mut cards = cards.lock().unwrap_or_else(|p| p.into_inner());
-    if cards.len() >= MAX_VERIFIED_CARDS {
-        cards.clear();
-    }
-    cards.insert(id, card.clone());
+    VERIFIED_CARDS.keep(id, card.clone());
     Ok(card)
 }
 

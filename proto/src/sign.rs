@@ -155,13 +155,7 @@ pub fn verify_signed_by(
         h.update(&signed.body);
         <[u8; 32]>::from(h.finalize())
     });
-    let verified = VERIFIED.get_or_init(Default::default);
-    if let Some(id) = &remembered
-        && verified
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(id)
-    {
+    if remembered.is_some_and(|id| VERIFIED.get(&id).is_some()) {
         return Ok(());
     }
     key.verify_strict(
@@ -173,19 +167,49 @@ pub fn verify_signed_by(
         detail: format!("signature by key {} does not verify", short_key(key_bytes)),
     })?;
     if let Some(id) = remembered {
-        let mut verified = verified.lock().unwrap_or_else(|p| p.into_inner());
-        if verified.len() >= MAX_VERIFIED {
-            verified.clear();
-        }
-        verified.insert(id);
+        VERIFIED.keep(id, ());
     }
     Ok(())
 }
 
-/// Manifest and grant signatures that verified (see [`verify_signed_by`]); emptied when full.
-static VERIFIED: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<[u8; 32]>>> =
-    std::sync::OnceLock::new();
-const MAX_VERIFIED: usize = 8_192;
+/// Manifest and grant signatures that verified (see [`verify_signed_by`]).
+static VERIFIED: Remembered<()> = Remembered::new(8_192);
+
+/// Answers of a check kept by the SHA-256 of everything the check read, so the same input is
+/// not checked twice in one process; at most `max`, and emptied when full. Only for checks
+/// that are pure functions of what is hashed.
+pub(crate) struct Remembered<V> {
+    max: usize,
+    answers: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<[u8; 32], V>>>,
+}
+
+impl<V: Clone> Remembered<V> {
+    pub(crate) const fn new(max: usize) -> Self {
+        Remembered {
+            max,
+            answers: std::sync::OnceLock::new(),
+        }
+    }
+
+    fn answers(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<[u8; 32], V>> {
+        self.answers
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn get(&self, id: &[u8; 32]) -> Option<V> {
+        self.answers().get(id).cloned()
+    }
+
+    pub(crate) fn keep(&self, id: [u8; 32], answer: V) {
+        let mut answers = self.answers();
+        if answers.len() >= self.max {
+            answers.clear();
+        }
+        answers.insert(id, answer);
+    }
+}
 
 /// Verifies the signature by `key`, then decodes the body as `M`.
 pub fn open_signed<M: Message + Default>(
