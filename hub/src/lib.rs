@@ -129,7 +129,7 @@ pub async fn serve_wrapped<S: HubStore, H: Hub>(
     .await
     .context("serving the dashboard")?;
     let sequencer = if config.integrate_log {
-        tokio::spawn(sequence(service.clone(), stop_rx))
+        tokio::spawn(sequence(service.clone(), config.integrate_every, stop_rx))
     } else {
         tokio::spawn(async {})
     };
@@ -194,7 +194,7 @@ pub async fn serve_wrapped<S: HubStore, H: Hub>(
 
 /// How often new events are integrated into the log and a checkpoint signed: every entry is in
 /// a signed checkpoint well within a second of its `Send`.
-const INTEGRATE_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+pub const INTEGRATE_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// The most events one integration round takes in (one checkpoint signature each).
 pub const INTEGRATE_BATCH: u32 = 10_000;
@@ -202,6 +202,7 @@ pub const INTEGRATE_BATCH: u32 = 10_000;
 /// The log's sequencer: integrates events in batches, one signature per checkpoint.
 async fn sequence<S: HubStore>(
     service: HubService<S>,
+    every: std::time::Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut round: u64 = 0;
@@ -233,7 +234,7 @@ async fn sequence<S: HubStore>(
         let pause = if behind {
             std::time::Duration::ZERO
         } else {
-            INTEGRATE_EVERY
+            every
         };
         tokio::select! {
             _ = tokio::time::sleep(pause) => {}

@@ -236,6 +236,7 @@ impl Settings {
             max_envelope_bytes: self.max_envelope_bytes,
             directory,
             integrate_log: true,
+            integrate_every: crate::INTEGRATE_EVERY,
             metrics_listen: self.metrics_listen,
             metrics_addr_file: self.metrics_addr_file.clone(),
             stats_threshold: self.stats_threshold,
@@ -268,6 +269,10 @@ pub struct HubConfig {
     /// Whether the sequencer integrates the log. Always on in service; off only to measure
     /// what the log costs (`overstap bench log`).
     pub integrate_log: bool,
+    /// How often the sequencer integrates new events and signs a checkpoint
+    /// ([`crate::INTEGRATE_EVERY`]; longer only where a measurement slows the whole program
+    /// down, so that a round comes as often per envelope as at full speed).
+    pub integrate_every: std::time::Duration,
     pub metrics_listen: Option<SocketAddr>,
     pub metrics_addr_file: Option<PathBuf>,
     pub stats_threshold: u32,

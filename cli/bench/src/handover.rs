@@ -12,6 +12,12 @@
 //! - **Latency.** Then `samples` more passports, one at a time at half the rate the cohort push
 //!   reached, each timed from the `SendPassport` call until its row is in the receiving mbo's
 //!   database (read every millisecond). p50 and p99 of those.
+//!
+//! Under valgrind's callgrind (`--callgrind N`, what `cli/bench/scripts/instructions` uses),
+//! instructions are counted only from the cohort push until its answers are home and every
+//! node has proven its envelopes in the hub's log; the region's background intervals and this
+//! bench's own polling are stretched N times, so that they come as often per envelope as at full
+//! speed.
 
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -100,8 +106,8 @@ pub(crate) async fn stored(pools: &[AnyPool]) -> anyhow::Result<usize> {
 
 /// Waits until no node has anything left to send and the school has stopped taking in answers
 /// (the same count for three looks, 100 ms apart).
-pub(crate) async fn settle(region: &Region, school: &AnyPool) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(120);
+pub(crate) async fn settle(region: &Region, school: &AnyPool, slow: u32) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120) * slow;
     let (mut last, mut same) = (None, 0);
     loop {
         let mut pending = 0;
@@ -124,16 +130,63 @@ pub(crate) async fn settle(region: &Region, school: &AnyPool) -> anyhow::Result<
         if Instant::now() > deadline {
             bail!("after 2 minutes the region still has {pending} envelopes to send");
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(100) * slow).await;
     }
+}
+
+/// Waits until every node has proven each envelope it sent or took in to be in the hub's log
+/// (its log check's inclusion proofs): that work is part of each handover.
+async fn proven(region: &Region, slow: u32) -> anyhow::Result<()> {
+    const UNPROVEN: &str = "SELECT
+        (SELECT COUNT(*) FROM outbox WHERE receipt IS NOT NULL
+           AND envelope_id NOT IN (SELECT envelope_id FROM log_proofs))
+      + (SELECT COUNT(*) FROM processed WHERE receipt IS NOT NULL AND body_sha256 IS NOT NULL
+           AND envelope_id NOT IN (SELECT envelope_id FROM log_proofs))";
+    let deadline = Instant::now() + Duration::from_secs(60) * slow;
+    for id in std::iter::once(SCHOOL).chain(MBOS) {
+        let pool = database_pool(&region.node_database_url(id)?).await?;
+        loop {
+            let n: i64 = sqlx::query_scalar(UNPROVEN).fetch_one(&pool).await?;
+            if n == 0 {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("{id} still has {n} envelopes not proven in the hub's log");
+            }
+            tokio::time::sleep(Duration::from_millis(100) * slow).await;
+        }
+        pool.close().await;
+    }
+    Ok(())
+}
+
+/// Switches callgrind's counting on or off for this process (`callgrind_control -i`).
+fn instrument(on: bool) -> anyhow::Result<()> {
+    let status = std::process::Command::new("callgrind_control")
+        .args(["-i", if on { "on" } else { "off" }])
+        .arg(std::process::id().to_string())
+        .stdout(std::process::Stdio::null())
+        .status()
+        .map_err(|e| {
+            anyhow::anyhow!("callgrind_control could not run ({e}); is valgrind installed?")
+        })?;
+    if !status.success() {
+        bail!("callgrind_control -i failed ({status}); run this under valgrind --tool=callgrind");
+    }
+    Ok(())
 }
 
 pub async fn handover_bench(
     cohort: usize,
     samples: usize,
     rate: Option<f64>,
+    callgrind: Option<u32>,
     out: &mut dyn Write,
 ) -> anyhow::Result<HandoverBench> {
+    let slow = callgrind.unwrap_or(1).max(1);
+    if callgrind.is_some() {
+        overstap_region::region::stretch_background(slow);
+    }
     let tmp = tempfile::tempdir()?;
     let region = start_region(tmp.path()).await?;
     writeln!(
@@ -162,6 +215,9 @@ pub async fn handover_bench(
         out,
         "Sending {cohort} passports in one call (as `overstap send` does for a class)..."
     )?;
+    if callgrind.is_some() {
+        instrument(true)?;
+    }
     let started = Instant::now();
     let results = region
         .api(SCHOOL)
@@ -186,7 +242,7 @@ pub async fn handover_bench(
         if Instant::now() > deadline {
             bail!("after 10 minutes the mbo nodes hold {n} of {cohort} packages");
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(Duration::from_millis(10) * slow).await;
     }
     let cohort_seconds = started.elapsed().as_secs_f64();
     let cohort_per_s = cohort as f64 / cohort_seconds;
@@ -213,7 +269,11 @@ pub async fn handover_bench(
     // The cohort's answers (each mbo's status back to the school) are still under way; the
     // single handovers are timed once the region is quiet again.
     writeln!(out, "Waiting for the cohort's answers to settle...")?;
-    settle(&region, &school).await?;
+    settle(&region, &school, slow).await?;
+    if callgrind.is_some() {
+        proven(&region, slow).await?;
+        instrument(false)?;
+    }
 
     // Latency at half that rate, or at the rate asked for.
     let (rate, which) = match rate {

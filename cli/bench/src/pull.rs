@@ -101,7 +101,7 @@ pub async fn pull_bench(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    settle(&region, &school).await?;
+    settle(&region, &school, 1).await?;
     writeln!(
         out,
         "  ready after {:.1} s",
@@ -140,7 +140,7 @@ pub async fn pull_bench(
         out,
         "  all stored at the colleges after {pull_seconds:.2} s ({pull_per_s:.0}/s)"
     )?;
-    settle(&region, &school).await?;
+    settle(&region, &school, 1).await?;
 
     writeln!(out, "The school sends {cohort} passports in one call...")?;
     let started = Instant::now();
@@ -163,7 +163,7 @@ pub async fn pull_bench(
         out,
         "  all stored at the colleges after {push_seconds:.2} s ({push_per_s:.0}/s)"
     )?;
-    settle(&region, &school).await?;
+    settle(&region, &school, 1).await?;
 
     let rate = pull_per_s / 2.0;
     writeln!(

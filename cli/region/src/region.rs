@@ -186,6 +186,22 @@ pub async fn database_contents(url: &str) -> anyhow::Result<Vec<u8>> {
     Ok(all)
 }
 
+/// How many times longer the region's background intervals are (1: as set below). A program
+/// run under valgrind goes some fifty times slower; its background rounds (the log check,
+/// directory fetches, the reaper, the hub's sequencer) are stretched as much, so they come as
+/// often per envelope as at full speed and the instructions counted are those of the work.
+static BACKGROUND_SCALE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+
+/// Stretches the background intervals of every region started after this (see
+/// [`BACKGROUND_SCALE`]); for `overstap bench handover --callgrind`.
+pub fn stretch_background(times: u32) {
+    BACKGROUND_SCALE.store(times.max(1), std::sync::atomic::Ordering::Relaxed);
+}
+
+fn stretched(d: Duration) -> Duration {
+    d * BACKGROUND_SCALE.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 pub struct Region {
     pub dir: PathBuf,
     pub authority: Authority,
@@ -373,6 +389,7 @@ impl Region {
         let mut config = settings.resolve()?;
         config.directory = Some(self.authority.signed_directory()?);
         config.integrate_log = self.hub_log;
+        config.integrate_every = stretched(config.integrate_every);
         config.clock = overstap_hub::service::Clock(self.clock.clone());
         if let Some(limits) = self.hub_limits {
             config.limits = limits;
@@ -478,9 +495,9 @@ impl Region {
         self.node_database(org).await?;
         let settings = overstap_node::Settings::load(&self.node_dir(org).join("node.toml"))?;
         let mut config = settings.resolve()?;
-        config.directory_interval = Duration::from_millis(500);
-        config.reaper_interval = Duration::from_millis(200);
-        config.log_interval = Duration::from_millis(300);
+        config.directory_interval = stretched(Duration::from_millis(500));
+        config.reaper_interval = stretched(Duration::from_millis(200));
+        config.log_interval = stretched(Duration::from_millis(300));
         config.metrics_listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
         config.metrics_addr_file = Some(self.node_dir(org).join("metrics.addr"));
         let clock = self.clock.clone();

@@ -45,6 +45,12 @@ pub enum BenchCmd {
         /// compare latencies at one load across runs.
         #[arg(long)]
         rate: Option<f64>,
+        /// For a run under valgrind's callgrind that is N times slower: count instructions only
+        /// from the cohort push until its answers are home and its envelopes proven in the log,
+        /// with the region's background intervals stretched N times
+        /// (`cli/bench/scripts/instructions` passes it).
+        #[arg(long, value_name = "N")]
+        callgrind: Option<u32>,
         /// table for people, json for programs.
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
@@ -140,6 +146,7 @@ pub(super) async fn bench(cmd: BenchCmd) -> anyhow::Result<()> {
             cohort,
             samples,
             rate,
+            callgrind,
             format,
         } => {
             if rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
@@ -149,6 +156,7 @@ pub(super) async fn bench(cmd: BenchCmd) -> anyhow::Result<()> {
                 cohort.max(1),
                 samples.max(1),
                 rate,
+                callgrind,
                 &mut std::io::stderr(),
             )
             .await?;

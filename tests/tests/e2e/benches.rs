@@ -42,7 +42,7 @@ async fn the_hub_benchmark_runs_and_reports_every_figure_it_was_asked_for() {
 async fn the_handover_benchmark_stores_every_passport_it_sends() {
     let _heavy = overstap_tests::HEAVY.lock().await;
     let mut out = Vec::new();
-    let b = handover_bench(20, 5, None, &mut out).await.unwrap();
+    let b = handover_bench(20, 5, None, None, &mut out).await.unwrap();
     let text = String::from_utf8(out).unwrap();
     assert_eq!((b.cohort, b.samples, b.mbo_nodes), (20, 5, 5), "{text}");
     assert!(b.cohort_seconds > 0.0, "{text}");
