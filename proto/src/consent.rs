@@ -3,7 +3,7 @@
 
 use crate::passport::{Signers, verify_signers};
 use crate::pb::{ConsentGrant, PickupCode, Revocation, Signed, StudentCard};
-use crate::sign::{Domain, decode_body};
+use crate::sign::{Domain, Memory, decode_body};
 use crate::{ProtocolError, UnixTime};
 
 /// The purposes a grant may name.
@@ -16,19 +16,28 @@ pub fn verify_grant(
     card: &StudentCard,
     now: UnixTime,
 ) -> Result<ConsentGrant, ProtocolError> {
-    verify_grant_by(signed, card, now, Signers::StudentAndGuardian)
+    verify_grant_by(signed, card, now, Signers::StudentAndGuardian, None)
 }
 
-/// [`verify_grant`], with the signatures `rule` asks for.
+/// [`verify_grant`], with the signatures `rule` asks for, remembered in `memory` if given.
 pub fn verify_grant_by(
     signed: &Signed,
     card: &StudentCard,
     now: UnixTime,
     rule: Signers,
+    memory: Option<&Memory>,
 ) -> Result<ConsentGrant, ProtocolError> {
     let grant: ConsentGrant = decode_body(Domain::Grant, signed)?;
     check_grant_shape(&grant, card)?;
-    verify_signers(Domain::Grant, signed, card, grant.issued_at, now, rule)?;
+    verify_signers(
+        Domain::Grant,
+        signed,
+        card,
+        grant.issued_at,
+        now,
+        rule,
+        memory,
+    )?;
     Ok(grant)
 }
 
@@ -159,6 +168,7 @@ pub fn verify_revocation(
         rev.revoked_at,
         now,
         Signers::StudentOrGuardian,
+        None,
     )?;
     Ok(rev)
 }
@@ -231,6 +241,7 @@ pub fn verify_pickup_code(
         code.issued_at,
         now,
         Signers::StudentOrGuardian,
+        None,
     )?;
     Ok(code)
 }
@@ -348,10 +359,10 @@ mod tests {
         assert!(verify_revocation(&signed, &f.card, NOV_2026).is_err());
         // What a home node holds for the guardian: the student's signature, not the guardian's.
         let by_student = sign_message(Domain::Grant, &grant(), &[&f.student]);
-        verify_grant_by(&by_student, &f.card, NOV_2026, Signers::StudentFirst).unwrap();
+        verify_grant_by(&by_student, &f.card, NOV_2026, Signers::StudentFirst, None).unwrap();
         let by_guardian = sign_message(Domain::Grant, &grant(), &[&f.guardian]);
-        let err =
-            verify_grant_by(&by_guardian, &f.card, NOV_2026, Signers::StudentFirst).unwrap_err();
+        let err = verify_grant_by(&by_guardian, &f.card, NOV_2026, Signers::StudentFirst, None)
+            .unwrap_err();
         assert!(
             matches!(err, ProtocolError::MissingSignature { .. }),
             "{err}"

@@ -11,7 +11,9 @@ use rand_core::RngCore;
 use sha2::{Digest, Sha256};
 
 use crate::pb::{Disclosure, Manifest, Section, SectionDigest, Signed, StudentCard};
-use crate::sign::{Domain, decode_body, open_signed, verify_signed_by, verifying_key};
+use crate::sign::{
+    Domain, Memory, decode_body, open_signed, verify_signed_by, verify_signed_by_in, verifying_key,
+};
 use crate::{ProtocolError, UnixTime};
 
 const SECTION_DOMAIN: &[u8] = b"overstap.v1/section\0";
@@ -190,25 +192,31 @@ pub fn card_sha256(signed: &Signed) -> [u8; 32] {
     Sha256::digest(signed.encode_to_vec()).into()
 }
 
-/// Cards that verified, by the SHA-256 of the home key and the signed card: a card travels in
-/// every package, grant and revocation, and is checked each time. What verified once under a
-/// key verifies again (the check is a pure function of the bytes), so the answer is kept.
-/// Bounded: emptied when full.
-static VERIFIED_CARDS: crate::sign::Remembered<StudentCard> = crate::sign::Remembered::new(4_096);
-
 /// Verifies a student card issued by the home node whose signing key is `home_key`.
 pub fn verify_card(signed: &Signed, home_key: &VerifyingKey) -> Result<StudentCard, ProtocolError> {
+    check_card(signed, home_key)
+}
+
+/// [`verify_card`], remembered in `memory`: a card travels in every package, grant and
+/// revocation and is checked at each step; what verified once under a key verifies again (the
+/// check is a pure function of the bytes), so the answer is kept by the SHA-256 of the home key
+/// and the signed card.
+pub fn verify_card_in(
+    memory: &Memory,
+    signed: &Signed,
+    home_key: &VerifyingKey,
+) -> Result<StudentCard, ProtocolError> {
     use prost::Message;
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     h.update(home_key.as_bytes());
     h.update(signed.encode_to_vec());
     let id: [u8; 32] = h.finalize().into();
-    if let Some(card) = VERIFIED_CARDS.get(&id) {
+    if let Some(card) = memory.cards.get(&id) {
         return Ok(card);
     }
     let card = check_card(signed, home_key)?;
-    VERIFIED_CARDS.keep(id, card.clone());
+    memory.cards.keep(id, card.clone());
     Ok(card)
 }
 
@@ -389,7 +397,15 @@ pub fn verify_student_signatures(
     at: UnixTime,
     now: UnixTime,
 ) -> Result<(), ProtocolError> {
-    verify_signers(domain, signed, card, at, now, Signers::StudentAndGuardian)
+    verify_signers(
+        domain,
+        signed,
+        card,
+        at,
+        now,
+        Signers::StudentAndGuardian,
+        None,
+    )
 }
 
 /// Checks the signatures `rule` asks for, as [`verify_student_signatures`] explains.
@@ -400,6 +416,7 @@ pub fn verify_signers(
     at: UnixTime,
     now: UnixTime,
     rule: Signers,
+    memory: Option<&Memory>,
 ) -> Result<(), ProtocolError> {
     if at > now + MAX_CLOCK_SKEW {
         return Err(ProtocolError::Consent(format!(
@@ -409,17 +426,17 @@ pub fn verify_signers(
             crate::format_time(now)
         )));
     }
-    let student = student_signed(domain, signed, card, at);
+    let student = student_signed(memory, domain, signed, card, at);
     let under_16 = under_16(&card.birth_month, at)?;
     match rule {
         Signers::StudentFirst => student,
         Signers::StudentAndGuardian if !under_16 => student,
         Signers::StudentAndGuardian => {
-            student.and_then(|()| guardian_signed(domain, signed, card, at))
+            student.and_then(|()| guardian_signed(memory, domain, signed, card, at))
         }
         Signers::StudentOrGuardian if !under_16 => student,
         Signers::StudentOrGuardian => {
-            student.or_else(|e| guardian_signed(domain, signed, card, at).map_err(|_| e))
+            student.or_else(|e| guardian_signed(memory, domain, signed, card, at).map_err(|_| e))
         }
     }
 }
@@ -427,6 +444,7 @@ pub fn verify_signers(
 /// Whether one of the student's keys (or a retired one, for an object dated before it was
 /// retired) signed.
 fn student_signed(
+    memory: Option<&Memory>,
     domain: Domain,
     signed: &Signed,
     card: &StudentCard,
@@ -436,7 +454,7 @@ fn student_signed(
     // says more than a missing one.
     let mut student_err = None;
     for key in student_keys(card) {
-        match verify_signed_by(domain, signed, &verifying_key(key, "student key")?) {
+        match verify_signed_by_in(memory, domain, signed, &verifying_key(key, "student key")?) {
             Ok(()) => return Ok(()),
             Err(e) => {
                 let keep = match &student_err {
@@ -462,6 +480,7 @@ fn student_signed(
 /// Whether one of the card's guardians (or a retired guardian key, for an object dated before
 /// it was retired) signed.
 fn guardian_signed(
+    memory: Option<&Memory>,
     domain: Domain,
     signed: &Signed,
     card: &StudentCard,
@@ -469,7 +488,7 @@ fn guardian_signed(
 ) -> Result<(), ProtocolError> {
     let mut last_err = None;
     for g in &card.guardian_keys {
-        match verify_signed_by(domain, signed, &verifying_key(g, "guardian key")?) {
+        match verify_signed_by_in(memory, domain, signed, &verifying_key(g, "guardian key")?) {
             Ok(()) => return Ok(()),
             Err(e) => last_err = Some(e),
         }
@@ -520,15 +539,16 @@ pub fn verify_manifest(
     card: &StudentCard,
     now: UnixTime,
 ) -> Result<Manifest, ProtocolError> {
-    verify_manifest_by(signed, card, now, Signers::StudentAndGuardian)
+    verify_manifest_by(signed, card, now, Signers::StudentAndGuardian, None)
 }
 
-/// [`verify_manifest`], with the signatures `rule` asks for.
+/// [`verify_manifest`], with the signatures `rule` asks for, remembered in `memory` if given.
 pub fn verify_manifest_by(
     signed: &Signed,
     card: &StudentCard,
     now: UnixTime,
     rule: Signers,
+    memory: Option<&Memory>,
 ) -> Result<Manifest, ProtocolError> {
     let manifest: Manifest = decode_body(Domain::Manifest, signed)?;
     if manifest.pseudonym != card.pseudonym {
@@ -544,6 +564,7 @@ pub fn verify_manifest_by(
         manifest.created_at,
         now,
         rule,
+        memory,
     )?;
     Ok(manifest)
 }

@@ -126,6 +126,18 @@ pub fn verify_signed_by(
     signed: &Signed,
     key: &VerifyingKey,
 ) -> Result<(), ProtocolError> {
+    verify_signed_by_in(None, domain, signed, key)
+}
+
+/// [`verify_signed_by`], remembered in `memory`: a signature that verified is kept by the
+/// SHA-256 of domain, key, signature and body (the whole input of the check), so the same
+/// party does not check the same bytes twice.
+pub fn verify_signed_by_in(
+    memory: Option<&Memory>,
+    domain: Domain,
+    signed: &Signed,
+    key: &VerifyingKey,
+) -> Result<(), ProtocolError> {
     let key_bytes = key.as_bytes();
     let sig = signed
         .sigs
@@ -143,19 +155,18 @@ pub fn verify_signed_by(
                 what: domain.what(),
                 detail: format!("signature must be 64 bytes, got {}", sig.signature.len()),
             })?;
-    // A manifest or a grant travels in every package and is checked by each party on its way,
-    // several times in one process: a signature that verified is remembered by the SHA-256 of
-    // domain, key, signature and body (the whole input of the check).
-    let remembered = matches!(domain, Domain::Manifest | Domain::Grant).then(|| {
+    let remembered = memory.map(|m| {
         let mut h = Sha256::new();
         h.update(domain.tag());
         h.update([0]);
         h.update(key_bytes);
         h.update(sig_arr);
         h.update(&signed.body);
-        <[u8; 32]>::from(h.finalize())
+        (m, <[u8; 32]>::from(h.finalize()))
     });
-    if remembered.is_some_and(|id| VERIFIED.get(&id).is_some()) {
+    if let Some((m, id)) = &remembered
+        && m.signatures.get(id).is_some()
+    {
         return Ok(());
     }
     key.verify_strict(
@@ -166,36 +177,66 @@ pub fn verify_signed_by(
         what: domain.what(),
         detail: format!("signature by key {} does not verify", short_key(key_bytes)),
     })?;
-    if let Some(id) = remembered {
-        VERIFIED.keep(id, ());
+    if let Some((m, id)) = remembered {
+        m.signatures.keep(id, ());
     }
     Ok(())
 }
 
-/// Manifest and grant signatures that verified (see [`verify_signed_by`]).
-static VERIFIED: Remembered<()> = Remembered::new(8_192);
+/// What one party has checked and found good, for checks that are pure functions of their
+/// input: signatures, and student cards under a home key. A manifest, a grant and a card travel
+/// in every package and are checked at several steps inside one node; the answer is kept by the
+/// SHA-256 of everything the check read, so other bytes, another key or another domain are
+/// checked in full. Each party (a node) holds its own memory: a check another party made, even
+/// in the same process, counts for nothing here. Bounded; emptied when full.
+pub struct Memory {
+    signatures: Remembered<()>,
+    pub(crate) cards: Remembered<crate::pb::StudentCard>,
+}
 
-/// Answers of a check kept by the SHA-256 of everything the check read, so the same input is
-/// not checked twice in one process; at most `max`, and emptied when full. Only for checks
-/// that are pure functions of what is hashed.
+impl Memory {
+    pub fn new() -> Self {
+        Memory {
+            signatures: Remembered::new(8_192),
+            cards: Remembered::new(4_096),
+        }
+    }
+}
+
+impl Default for Memory {
+    fn default() -> Self {
+        Memory::new()
+    }
+}
+
+impl std::fmt::Debug for Memory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Memory")
+    }
+}
+
+/// Answers of a check kept by the SHA-256 of everything the check read; at most `max`, and
+/// emptied when full. Only for checks that are pure functions of what is hashed.
 pub(crate) struct Remembered<V> {
     max: usize,
-    answers: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<[u8; 32], V>>>,
+    answers: std::sync::Mutex<std::collections::HashMap<[u8; 32], V>>,
 }
 
 impl<V: Clone> Remembered<V> {
-    pub(crate) const fn new(max: usize) -> Self {
+    pub(crate) fn new(max: usize) -> Self {
         Remembered {
             max,
-            answers: std::sync::OnceLock::new(),
+            answers: Default::default(),
         }
     }
 
     fn answers(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<[u8; 32], V>> {
-        self.answers
-            .get_or_init(Default::default)
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        self.answers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.answers().len()
     }
 
     pub(crate) fn get(&self, id: &[u8; 32]) -> Option<V> {
@@ -260,9 +301,12 @@ mod tests {
     fn a_remembered_signature_counts_only_for_the_same_key_signature_body_and_domain() {
         let (key, other) = (generate_signing_key(), generate_signing_key());
         let signed = sign_message(Domain::Grant, &revocation(), &[&key]);
+        let memory = Memory::new();
         for _ in 0..2 {
-            verify_signed_by(Domain::Grant, &signed, &key.verifying_key()).unwrap();
+            verify_signed_by_in(Some(&memory), Domain::Grant, &signed, &key.verifying_key())
+                .unwrap();
         }
+        assert_eq!(memory.signatures.len(), 1);
         // Once remembered, each change is still checked and refused: the body, the signature,
         // the domain, and a signature claimed under the key by another key.
         let mut body = signed.clone();
@@ -278,7 +322,7 @@ mod tests {
             ("signer", &forged, Domain::Grant),
         ] {
             assert!(
-                verify_signed_by(d, s, &key.verifying_key()).is_err(),
+                verify_signed_by_in(Some(&memory), d, s, &key.verifying_key()).is_err(),
                 "{what}"
             );
         }

@@ -226,9 +226,13 @@ pub async fn handover_bench(
     if callgrind.is_some() {
         // The students' cards are recorded in the hub's log by the school's log loop: setup,
         // not handover work.
-        until_zero(&school, "SELECT COUNT(*) FROM card_log WHERE log_index IS NULL", slow)
-            .await
-            .map_err(|n| anyhow::anyhow!("{n} student cards are still not in the hub's log"))?;
+        until_zero(
+            &school,
+            "SELECT COUNT(*) FROM card_log WHERE log_index IS NULL",
+            slow,
+        )
+        .await
+        .map_err(|n| anyhow::anyhow!("{n} student cards are still not in the hub's log"))?;
         instrument(true)?;
     }
     let started = Instant::now();

@@ -3,16 +3,16 @@
 //! the pinned student card, an envelope in flight across a key rotation, and refusing with a
 //! reason.
 
-use overstap_proto::consent::{check_covers, check_in_force, verify_grant, verify_revocation};
+use overstap_proto::consent::{check_covers, check_in_force, verify_grant_by, verify_revocation};
 use overstap_proto::directory::VerifiedDirectory;
 use overstap_proto::envelope::{Opened, verify_header};
 use overstap_proto::passport::{
-    check_card_follows, verify_card, verify_disclosures, verify_manifest,
+    Signers, check_card_follows, verify_card_in, verify_disclosures, verify_manifest_by,
 };
 use overstap_proto::pb::payload::Content;
 use overstap_proto::pb::{
-    ConsentGrant, DeletionReceipt, Envelope, EnvelopeHeader, EnvelopeKind, Package, Payload,
-    Receipt, Refusal, Revocation, RevocationNotice, Signed, StudentCard,
+    ConsentGrant, DeletionReceipt, Envelope, EnvelopeHeader, EnvelopeKind, HandoverStatus, Package,
+    Payload, Receipt, Refusal, Revocation, RevocationNotice, Signed, StudentCard,
 };
 use overstap_proto::sign::{Domain, decode_body, open_signed, verifying_key};
 use overstap_proto::{ProtocolError, format_date};
@@ -21,6 +21,7 @@ use prost::Message;
 use crate::store::{Received, TrailRow, Tx};
 
 use super::consent::Erase;
+use super::status::Owed;
 use super::{NodeCore, NodeError, Outcome, stored};
 
 impl NodeCore {
@@ -28,6 +29,7 @@ impl NodeCore {
     /// `signed_under` is the directory the envelope was sealed under (the one before its
     /// sender's key rotation, for one in flight across it): what the sender signed inside, such
     /// as a student card, is checked against that.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn apply_in(
         &self,
         tx: &mut Tx,
@@ -36,6 +38,7 @@ impl NodeCore {
         header: &EnvelopeHeader,
         opened: &Opened,
         receipt: Option<&Signed>,
+        owed: &mut Owed,
     ) -> Result<Outcome, NodeError> {
         let from = &header.from_org;
         match &opened.payload.content {
@@ -55,8 +58,7 @@ impl NodeCore {
                             )
                             .await?;
                         }
-                        self.report_status_in(tx, &received, "ontvangen", vec![])
-                            .await?;
+                        owed.push(&received, self.now());
                         tracing::info!(org = %self.org_id, %from, version = received.version, "passport stored");
                         Ok(Outcome::Stored { grant_id })
                     }
@@ -132,65 +134,24 @@ impl NodeCore {
                 Ok(Outcome::Noted("deletion receipt"))
             }
             Some(Content::Status(st)) => {
-                let Some(g) = tx
-                    .grant(&st.grant_id)
-                    .await?
-                    .filter(|g| g.recipient_org == *from)
-                else {
-                    return Ok(Outcome::Noted("status for a grant not held here"));
-                };
-                // An intake status names the package it is about (for the coordinators' counts,
-                // see `EnvelopeHeader.about_package`): one this school sent for the grant.
-                if !header.about_package.is_empty()
-                    && !tx.sent_package(&g.grant_id, &header.about_package).await?
-                {
-                    return Ok(Outcome::Noted(
-                        "intake status about a package this node did not send for the grant",
-                    ));
+                let evidence = opened.signed_payload.encode_to_vec();
+                self.apply_status_in(tx, header, receipt, st, Some(evidence))
+                    .await
+            }
+            Some(Content::Statuses(run)) => {
+                // What the recipient signed for the run is kept once; each trail row names the
+                // envelope.
+                tx.keep_run_statuses(
+                    &header.envelope_id,
+                    from,
+                    &opened.signed_payload.encode_to_vec(),
+                    self.now(),
+                )
+                .await?;
+                for st in &run.statuses {
+                    self.apply_status_in(tx, header, receipt, st, None).await?;
                 }
-                // A version received again ("ontvangen") does not undo what the recipient set
-                // since (gelezen, an intake planned): the trail still gets the delivery.
-                let status =
-                    if st.status == "ontvangen" && !matches!(g.status.as_str(), "" | "ontvangen") {
-                        ""
-                    } else {
-                        st.status.as_str()
-                    };
-                tx.set_grant_status(&g.grant_id, status, st.at, st.viewed_at.len() as u32)
-                    .await?;
-                let mut events: Vec<(String, i64, String)> = Vec::new();
-                for at in &st.viewed_at {
-                    events.push((
-                        "viewed".into(),
-                        *at,
-                        format!("{from} opened version {}", st.version),
-                    ));
-                }
-                if st.viewed_at.is_empty() {
-                    let (event, detail) = match st.status.as_str() {
-                        "ontvangen" => (
-                            "delivered",
-                            format!("{from} received version {} and checked it", st.version),
-                        ),
-                        other => ("status", format!("{from}: {other}")),
-                    };
-                    events.push((event.into(), st.at, detail));
-                }
-                for (event, at, detail) in events {
-                    tx.add_trail(&TrailRow {
-                        pseudonym: g.pseudonym.clone(),
-                        grant_id: g.grant_id.clone(),
-                        org: from.clone(),
-                        event,
-                        at,
-                        detail,
-                        envelope_id: Some(header.envelope_id.clone()),
-                        hub_receipt: receipt.map(|r| r.encode_to_vec()),
-                        evidence: Some(opened.signed_payload.encode_to_vec()),
-                    })
-                    .await?;
-                }
-                Ok(Outcome::Noted("status"))
+                Ok(Outcome::Noted("statuses"))
             }
             Some(Content::Refusal(r)) => {
                 let grant_id = tx
@@ -264,6 +225,77 @@ impl NodeCore {
                     .await
             }
         }
+    }
+
+    /// The effect of one status from a recipient (alone, or one of a run's): the grant's status
+    /// and the trail, with `evidence` (what the recipient signed) where it came alone.
+    async fn apply_status_in(
+        &self,
+        tx: &mut Tx,
+        header: &EnvelopeHeader,
+        receipt: Option<&Signed>,
+        st: &HandoverStatus,
+        evidence: Option<Vec<u8>>,
+    ) -> Result<Outcome, NodeError> {
+        let from = &header.from_org;
+        let Some(g) = tx
+            .grant(&st.grant_id)
+            .await?
+            .filter(|g| g.recipient_org == *from)
+        else {
+            return Ok(Outcome::Noted("status for a grant not held here"));
+        };
+        // An intake status names the package it is about (for the coordinators' counts,
+        // see `EnvelopeHeader.about_package`): one this school sent for the grant.
+        if !header.about_package.is_empty()
+            && !tx.sent_package(&g.grant_id, &header.about_package).await?
+        {
+            return Ok(Outcome::Noted(
+                "intake status about a package this node did not send for the grant",
+            ));
+        }
+        // A version received again ("ontvangen") does not undo what the recipient set
+        // since (gelezen, an intake planned): the trail still gets the delivery.
+        let status = if st.status == "ontvangen" && !matches!(g.status.as_str(), "" | "ontvangen") {
+            ""
+        } else {
+            st.status.as_str()
+        };
+        tx.set_grant_status(&g.grant_id, status, st.at, st.viewed_at.len() as u32)
+            .await?;
+        let mut events: Vec<(String, i64, String)> = Vec::new();
+        for at in &st.viewed_at {
+            events.push((
+                "viewed".into(),
+                *at,
+                format!("{from} opened version {}", st.version),
+            ));
+        }
+        if st.viewed_at.is_empty() {
+            let (event, detail) = match st.status.as_str() {
+                "ontvangen" => (
+                    "delivered",
+                    format!("{from} received version {} and checked it", st.version),
+                ),
+                other => ("status", format!("{from}: {other}")),
+            };
+            events.push((event.into(), st.at, detail));
+        }
+        for (event, at, detail) in events {
+            tx.add_trail(&TrailRow {
+                pseudonym: g.pseudonym.clone(),
+                grant_id: g.grant_id.clone(),
+                org: from.clone(),
+                event,
+                at,
+                detail,
+                envelope_id: Some(header.envelope_id.clone()),
+                hub_receipt: receipt.map(|r| r.encode_to_vec()),
+                evidence: evidence.clone(),
+            })
+            .await?;
+        }
+        Ok(Outcome::Noted("status"))
     }
 
     /// Everything a recipient checks before it stores one byte of a package. The outer error is
@@ -414,7 +446,7 @@ impl NodeCore {
         let card_signed = p.card.as_ref().ok_or_else(|| missing("student card"))?;
         let manifest_signed = p.manifest.as_ref().ok_or_else(|| missing("manifest"))?;
         let grant_signed = p.grant.as_ref().ok_or_else(|| missing("consent grant"))?;
-        let card = verify_card(card_signed, &dir.signing_key_of(home)?)?;
+        let card = verify_card_in(&self.checked, card_signed, &dir.signing_key_of(home)?)?;
         if card.home_org != *home {
             return Err(ProtocolError::Consent(format!(
                 "the student's card was issued by {}, the package came from {home}",
@@ -422,8 +454,10 @@ impl NodeCore {
             )));
         }
         let card = pinned_card(held, card)?;
-        let manifest = verify_manifest(manifest_signed, &card, self.now())?;
-        let grant = verify_grant(grant_signed, &card, self.now())?;
+        let memory = Some(&self.checked);
+        let rule = Signers::StudentAndGuardian;
+        let manifest = verify_manifest_by(manifest_signed, &card, self.now(), rule, memory)?;
+        let grant = verify_grant_by(grant_signed, &card, self.now(), rule, memory)?;
         check_in_force(&grant, self.now())?;
         let sections = verify_disclosures(&manifest, &p.sections)?;
         let ids: Vec<String> = sections.iter().map(|s| s.section_id.clone()).collect();
@@ -473,7 +507,7 @@ impl NodeCore {
                 what: "revocation",
                 detail: "empty".into(),
             })?;
-            let card = verify_card(card_signed, &dir.signing_key_of(home)?)?;
+            let card = verify_card_in(&self.checked, card_signed, &dir.signing_key_of(home)?)?;
             if card.home_org != home {
                 return Err(ProtocolError::Consent(format!(
                     "the card was issued by {}, not {home}",

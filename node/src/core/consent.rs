@@ -4,7 +4,7 @@
 
 use overstap_proto::consent::verify_grant_by;
 use overstap_proto::consent::{
-    GrantTime, check_in_force, grant_time, verify_grant, verify_revocation, window_time,
+    GrantTime, check_in_force, grant_time, verify_revocation, window_time,
 };
 use overstap_proto::passport::{Signers, refuse_retired_keys};
 use overstap_proto::pb::payload::Content;
@@ -39,7 +39,7 @@ impl NodeCore {
         let probe: ConsentGrant = decode_body(Domain::Grant, signed)?;
         let (card_signed, card) = self.card(&probe.pseudonym).await?;
         refuse_retired_keys(Domain::Grant, signed, &card)?;
-        let grant = verify_grant_by(signed, &card, self.now(), rule)?;
+        let grant = verify_grant_by(signed, &card, self.now(), rule, Some(&self.checked))?;
         if grant.recipient_org == self.org_id {
             return Err(NodeError::Invalid(
                 "a grant to the home school itself is not needed".into(),
@@ -152,7 +152,13 @@ impl NodeCore {
             )));
         }
         let (card_signed, card) = self.card(&g.pseudonym).await?;
-        let grant = verify_grant(&stored::<Signed>(&g.signed, "grant")?, &card, self.now())?;
+        let grant = verify_grant_by(
+            &stored::<Signed>(&g.signed, "grant")?,
+            &card,
+            self.now(),
+            Signers::StudentAndGuardian,
+            Some(&self.checked),
+        )?;
         check_in_force(&grant, self.now()).map_err(|e| NodeError::Precondition(e.to_string()))?;
         Ok((grant, card_signed))
     }

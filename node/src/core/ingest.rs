@@ -12,6 +12,7 @@ use prost::Message;
 
 use crate::store::{Held, Processed, Tx};
 
+use super::status::Owed;
 use super::{NodeCore, NodeError, Outcome, read_lock, stored};
 
 impl NodeCore {
@@ -118,6 +119,7 @@ impl NodeCore {
         i: &mut usize,
     ) -> Result<(Vec<Outcome>, std::collections::BTreeSet<String>), NodeError> {
         let mut tx: Option<Tx> = None;
+        let mut owed = Owed::default();
         let mut stretch = Vec::new();
         let mut senders = std::collections::BTreeSet::new();
         // Senders with envelopes held for a gap: theirs go alone, so that what waited is taken
@@ -148,7 +150,7 @@ impl NodeCore {
                 }
                 let receipt = run[*i].1.as_ref();
                 let outcome = self
-                    .take_in_next(t, dir, dir, claimed, opened, receipt, false)
+                    .take_in_next(t, dir, dir, claimed, opened, receipt, false, &mut owed)
                     .await?
                     .ok_or_else(|| {
                         NodeError::Invalid(format!(
@@ -161,7 +163,9 @@ impl NodeCore {
             senders.insert(from.clone());
             *i += 1;
         }
-        if let Some(t) = tx {
+        if let Some(mut t) = tx {
+            // The packages' senders are answered, one envelope each for the stretch.
+            self.send_owed_in(&mut t, owed).await?;
             t.commit().await?;
             if !stretch.is_empty() {
                 self.metrics.inbox_commit.observe(stretch.len() as f64);
@@ -416,6 +420,7 @@ impl NodeCore {
             return Ok((Outcome::Held { seq }, None));
         }
         let mut tx = self.store.begin().await?;
+        let mut owed = Owed::default();
         let Some(outcome) = self
             .take_in_next(
                 &mut tx,
@@ -425,11 +430,13 @@ impl NodeCore {
                 &opened,
                 receipt,
                 from_held,
+                &mut owed,
             )
             .await?
         else {
             return Ok((Outcome::Duplicate, None));
         };
+        self.send_owed_in(&mut tx, owed).await?;
         tx.commit().await?;
         Ok((outcome, Some(from)))
     }
@@ -468,6 +475,7 @@ impl NodeCore {
         opened: &Opened,
         receipt: Option<&Signed>,
         from_held: bool,
+        owed: &mut Owed,
     ) -> Result<Option<Outcome>, NodeError> {
         let from = &claimed.from_org;
         let seq = opened.payload.seq;
@@ -482,7 +490,7 @@ impl NodeCore {
             tx.unhold(from, seq).await?;
         }
         let outcome = self
-            .apply_in(tx, dir, sealed_under, claimed, opened, receipt)
+            .apply_in(tx, dir, sealed_under, claimed, opened, receipt, owed)
             .await?;
         let (label, detail) = match &outcome {
             Outcome::Stored { grant_id } => ("stored", grant_id.clone()),

@@ -148,6 +148,8 @@ pub struct NodeCore {
     pub max_held_per_sender: u64,
     clock: Clock,
     pub metrics: crate::metrics::NodeMetrics,
+    /// Cards and signatures this node checked and found good (see `sign::Memory`).
+    checked: overstap_proto::sign::Memory,
 }
 
 /// The default for `max_held_per_sender`: far more than an honest sender has in flight.
@@ -222,6 +224,7 @@ impl NodeCore {
             max_held_per_sender: DEFAULT_MAX_HELD_PER_SENDER,
             clock,
             metrics: Default::default(),
+            checked: Default::default(),
         })
     }
 

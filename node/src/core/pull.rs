@@ -5,10 +5,10 @@
 //! notice is checked and kept, and a pull is an envelope to the home school like any other.
 
 use overstap_proto::consent::{
-    check_in_force, pickup_code_digest, plain_pickup_code, verify_grant, verify_pickup_code,
+    check_in_force, pickup_code_digest, plain_pickup_code, verify_grant_by, verify_pickup_code,
 };
 use overstap_proto::directory::VerifiedDirectory;
-use overstap_proto::passport::{refuse_retired_keys, verify_card};
+use overstap_proto::passport::{Signers, refuse_retired_keys, verify_card_in};
 use overstap_proto::pb::payload::Content;
 use overstap_proto::pb::{
     ConsentGrant, EnvelopeHeader, EnvelopeKind, GrantNotice, Payload, PickupCode, PullRequest,
@@ -83,14 +83,20 @@ impl NodeCore {
         };
         let card_signed = n.card.as_ref().ok_or_else(|| missing("student card"))?;
         let grant_signed = n.grant.as_ref().ok_or_else(|| missing("consent grant"))?;
-        let card = verify_card(card_signed, &dir.signing_key_of(home)?)?;
+        let card = verify_card_in(&self.checked, card_signed, &dir.signing_key_of(home)?)?;
         if card.home_org != home {
             return Err(ProtocolError::Consent(format!(
                 "the student's card was issued by {}, the notice came from {home}",
                 card.home_org
             )));
         }
-        let grant = verify_grant(grant_signed, &card, self.now())?;
+        let grant = verify_grant_by(
+            grant_signed,
+            &card,
+            self.now(),
+            Signers::StudentAndGuardian,
+            Some(&self.checked),
+        )?;
         if grant.recipient_org != self.org_id || !grant.may_fetch {
             return Err(ProtocolError::Consent(format!(
                 "grant {} does not let {} fetch",

@@ -2,9 +2,11 @@
 //! on the recipient side the views and status of a received passport, reported back to the home
 //! school.
 
+use overstap_proto::envelope::{MAX_STATUSES, RECEIVED};
 use overstap_proto::pb::payload::Content;
 use overstap_proto::pb::{
-    Disclosure, EnvelopeKind, HandoverStatus, Manifest, Payload, Receipt, Section, Signed,
+    Disclosure, EnvelopeKind, HandoverStatus, HandoverStatuses, Manifest, Payload, Receipt,
+    Section, Signed,
 };
 use overstap_proto::sign::{Domain, decode_body, open_signed, verifying_key};
 
@@ -12,7 +14,71 @@ use crate::store::{AuditRow, GrantRow, Received, TrailRow, Tx};
 
 use super::{NodeCore, NodeError, STATUSES, stored};
 
+/// The "ontvangen" statuses owed to the senders of the packages a transaction took in, in the
+/// order taken in; sealed by [`NodeCore::send_owed_in`] before that transaction commits, so a
+/// run of packages from one sender is answered with one envelope instead of one each.
+#[derive(Default)]
+pub(super) struct Owed(Vec<(String, String, HandoverStatus)>);
+
+impl Owed {
+    /// A status owed for a package just stored (`r`).
+    pub(super) fn push(&mut self, r: &Received, at: i64) {
+        self.0.push((
+            r.from_org.clone(),
+            r.purpose.clone(),
+            HandoverStatus {
+                grant_id: r.grant_id.clone(),
+                pseudonym: r.pseudonym.clone(),
+                status: RECEIVED.into(),
+                at,
+                viewed_at: Vec::new(),
+                version: r.version,
+                package_envelope_id: r.envelope_id.clone(),
+            },
+        ));
+    }
+}
+
 impl NodeCore {
+    /// Seals what is `owed`, inside `tx`: per sender, a status that is alone goes as it always
+    /// did (`HandoverStatus`), more go together (`HandoverStatuses`, at most
+    /// [`MAX_STATUSES`] in one).
+    pub(super) async fn send_owed_in(&self, tx: &mut Tx, owed: Owed) -> Result<(), NodeError> {
+        let mut senders: Vec<(String, Vec<(String, HandoverStatus)>)> = Vec::new();
+        for (to, purpose, st) in owed.0 {
+            match senders.iter_mut().find(|(s, _)| *s == to) {
+                Some((_, list)) => list.push((purpose, st)),
+                None => senders.push((to, vec![(purpose, st)])),
+            }
+        }
+        for (to, list) in senders {
+            for chunk in list.chunks(MAX_STATUSES) {
+                let (grant_id, payload) = match chunk {
+                    [(purpose, st)] => (
+                        Some(st.grant_id.as_str()),
+                        Payload {
+                            purpose: purpose.clone(),
+                            content: Some(Content::Status(st.clone())),
+                            ..Default::default()
+                        },
+                    ),
+                    _ => (
+                        None,
+                        Payload {
+                            content: Some(Content::Statuses(HandoverStatuses {
+                                statuses: chunk.iter().map(|(_, st)| st.clone()).collect(),
+                            })),
+                            ..Default::default()
+                        },
+                    ),
+                };
+                self.seal_in(tx, &to, EnvelopeKind::Status, grant_id, payload, None)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
     /// This node's handovers (home side), newest last.
     pub async fn handovers(&self) -> Result<Vec<GrantRow>, NodeError> {
         Ok(self.store.grants(None).await?)

@@ -3,7 +3,7 @@
 
 use overstap_proto::consent::GrantTime;
 use overstap_proto::passport::{
-    ROLE_GUARDIAN, ROLE_STUDENT, Signers, parse_birth_month, refuse_retired_keys, verify_card,
+    ROLE_GUARDIAN, ROLE_STUDENT, Signers, parse_birth_month, refuse_retired_keys, verify_card_in,
     verify_disclosures, verify_manifest_by,
 };
 use overstap_proto::pb::{Disclosure, Manifest, Signed, StudentCard};
@@ -280,7 +280,7 @@ impl NodeCore {
             NodeError::NotFound(format!("no student {pseudonym} at {}", self.org_id))
         })?;
         let signed = stored::<Signed>(&bytes, "student card")?;
-        let card = verify_card(&signed, &self.key().verifying_key())?;
+        let card = verify_card_in(&self.checked, &signed, &self.key().verifying_key())?;
         Ok((signed, card))
     }
 
@@ -309,7 +309,7 @@ impl NodeCore {
         let probe: Manifest = decode_body(Domain::Manifest, manifest)?;
         let (_, card) = self.card(&probe.pseudonym).await?;
         refuse_retired_keys(Domain::Manifest, manifest, &card)?;
-        let m = verify_manifest_by(manifest, &card, self.now(), rule)?;
+        let m = verify_manifest_by(manifest, &card, self.now(), rule, Some(&self.checked))?;
         let sections = verify_disclosures(&m, disclosures)?;
         if sections.len() != m.digests.len() {
             return Err(NodeError::Invalid(format!(

@@ -242,6 +242,26 @@ impl Tx {
         Ok(())
     }
 
+    /// Keeps the signed statuses of a run (one envelope, many packages) once, by envelope id.
+    pub async fn keep_run_statuses(
+        &mut self,
+        envelope_id: &[u8],
+        from_org: &str,
+        signed: &[u8],
+        at: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO run_statuses (envelope_id, from_org, signed, at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(envelope_id)
+        .bind(from_org)
+        .bind(signed)
+        .bind(at)
+        .execute(&mut *self.0)
+        .await?;
+        Ok(())
+    }
+
     pub async fn add_trail(&mut self, t: &TrailRow) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO trail (pseudonym, grant_id, org, event, at, detail, envelope_id, hub_receipt, evidence)

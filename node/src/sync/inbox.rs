@@ -14,20 +14,22 @@ use crate::core::{NodeCore, NodeError, Outcome};
 
 use super::{backoff, envelope_id, envelope_kind, refresh_directory, sleep_or_stop};
 
-/// Acks what `inbox_loop` has taken in, in batches: every id waiting when the previous ack
-/// returned goes into the next one, so under load one `Ack` (one transaction at the hub) covers
-/// many envelopes, and taking in the next envelope does not wait for the hub. An ack that fails
+/// Acks what `inbox_loop` has taken in, in batches: a run taken in together is acked in one
+/// call, and every run waiting when the previous ack returned goes into the next one, so one
+/// `Ack` (one transaction at the hub) covers many envelopes, and taking in the next run does not
+/// wait for the hub. An ack that fails
 /// is tried again, with backoff up to 15 s, until it succeeds or the node stops; meanwhile the
 /// envelopes stay in the hub's mailbox (a new subscription would deliver them again, which
 /// `ingest` recognises as done), and a full queue of ids makes the inbox loop wait.
 async fn ack_loop(
     org: String,
     mut client: HubClient<Channel>,
-    mut ids: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    mut runs: tokio::sync::mpsc::Receiver<Vec<Vec<u8>>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut batch = Vec::new();
-    while ids.recv_many(&mut batch, 1_000).await > 0 {
+    let mut waiting = Vec::new();
+    while runs.recv_many(&mut waiting, 16).await > 0 {
+        let batch: Vec<Vec<u8>> = waiting.drain(..).flatten().collect();
         let mut attempt = 0;
         loop {
             match client
@@ -46,7 +48,6 @@ async fn ack_loop(
                 }
             }
         }
-        batch.clear();
     }
 }
 
@@ -55,7 +56,7 @@ pub(super) async fn inbox_loop(
     mut client: HubClient<Channel>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let (acks, ack_ids) = tokio::sync::mpsc::channel(10_000);
+    let (acks, ack_ids) = tokio::sync::mpsc::channel(200);
     tokio::spawn(ack_loop(
         core.org_id.clone(),
         client.clone(),
@@ -133,10 +134,9 @@ pub(super) async fn inbox_loop(
             let mut at = 0;
             while at < run.len() {
                 let (outcomes, error) = core.ingest_run(&run[at..]).await;
+                let mut done = Vec::with_capacity(outcomes.len() + 1);
                 for outcome in &outcomes {
-                    if !taken_in(&core, &acks, &run[at].0, seqs[at], outcome).await {
-                        return;
-                    }
+                    done.push(taken_in(&core, &run[at].0, seqs[at], outcome));
                     at += 1;
                 }
                 let error = match error {
@@ -150,9 +150,7 @@ pub(super) async fn inbox_loop(
                             .await
                         {
                             Ok(outcome) => {
-                                if !taken_in(&core, &acks, envelope, seqs[at], &outcome).await {
-                                    return;
-                                }
+                                done.push(taken_in(&core, envelope, seqs[at], &outcome));
                                 at += 1;
                                 None
                             }
@@ -161,6 +159,11 @@ pub(super) async fn inbox_loop(
                     }
                     other => other,
                 };
+                // What was committed is acked in one call (queued for the ack task), before
+                // an error below starts over.
+                if !done.is_empty() && acks.send(done).await.is_err() {
+                    return;
+                }
                 if let Some(e) = error {
                     tracing::warn!(org = %core.org_id, error = %e, "ingest failed; will retry");
                     break 'stream;
@@ -181,22 +184,15 @@ pub(super) async fn inbox_loop(
 /// The most envelopes the inbox loop takes in together, when that many have arrived.
 const RUN: usize = 64;
 
-/// Counts an envelope taken in and queues its ack (after the transaction that took it in);
-/// false when the ack task has stopped.
-async fn taken_in(
-    core: &NodeCore,
-    acks: &tokio::sync::mpsc::Sender<Vec<u8>>,
-    envelope: &Envelope,
-    seq: u64,
-    outcome: &Outcome,
-) -> bool {
+/// Counts an envelope taken in (after the transaction that took it in); returns its id, to ack.
+fn taken_in(core: &NodeCore, envelope: &Envelope, seq: u64, outcome: &Outcome) -> Vec<u8> {
     tracing::debug!(org = %core.org_id, ?outcome, "ingested");
     if !matches!(outcome, Outcome::Duplicate) {
         core.metrics.received(envelope_kind(envelope));
     }
     core.last_seq
         .store(seq, std::sync::atomic::Ordering::Relaxed);
-    acks.send(envelope_id(envelope)).await.is_ok()
+    envelope_id(envelope)
 }
 
 async fn ingest_with_refresh(

@@ -92,17 +92,25 @@ fn a_card_verified_once_is_remembered_and_nothing_else_is() {
         ..Default::default()
     };
     let signed = sign_message(Domain::StudentCard, &card, &[&home]);
-    let first = verify_card(&signed, &home.verifying_key()).unwrap();
-    assert_eq!(verify_card(&signed, &home.verifying_key()).unwrap(), first);
+    let memory = crate::sign::Memory::new();
+    let first = verify_card_in(&memory, &signed, &home.verifying_key()).unwrap();
+    assert_eq!(
+        verify_card_in(&memory, &signed, &home.verifying_key()).unwrap(),
+        first
+    );
+    assert_eq!(memory.cards.len(), 1);
     // The same card under another key, and the card changed after it verified, are checked
     // and refused.
-    assert!(verify_card(&signed, &other.verifying_key()).is_err());
+    assert!(verify_card_in(&memory, &signed, &other.verifying_key()).is_err());
     let mut changed = signed.clone();
     changed.body.push(0);
-    assert!(verify_card(&changed, &home.verifying_key()).is_err());
+    assert!(verify_card_in(&memory, &changed, &home.verifying_key()).is_err());
     let mut resigned = signed.clone();
     resigned.sigs[0].signature[0] ^= 1;
-    assert!(verify_card(&resigned, &home.verifying_key()).is_err());
+    assert!(verify_card_in(&memory, &resigned, &home.verifying_key()).is_err());
+    // Another party's memory holds nothing of it: each party checks for itself.
+    assert_eq!(crate::sign::Memory::new().cards.len(), 0);
+    assert_eq!(memory.cards.len(), 1);
 }
 
 #[test]

@@ -442,6 +442,43 @@ async fn a_class_pushed_in_one_call_arrives_and_a_bad_grant_holds_up_no_other() 
     arrived.sort();
     grant_ids.sort();
     assert_eq!(arrived, grant_ids);
+
+    // The school hears of each arrival ("ontvangen", and "delivered" in each student's trail),
+    // while the college answered the runs it took in with one status envelope per run.
+    let school = node_pool(&region, SCHOOL).await;
+    let count = |sql: &'static str| {
+        let school = school.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(&school)
+                .await
+                .unwrap()
+        }
+    };
+    eventually("the school hears that each passport arrived", || async {
+        count("SELECT COUNT(*) FROM grants WHERE status = 'ontvangen'").await == class as i64
+    })
+    .await;
+    assert_eq!(
+        count("SELECT COUNT(*) FROM trail WHERE event = 'delivered'").await,
+        class as i64
+    );
+    assert!(
+        count("SELECT COUNT(*) FROM run_statuses").await >= 1,
+        "at least one run was answered in one envelope"
+    );
+    school.close().await;
+    let mbo = node_pool(&region, MBO).await;
+    let statuses: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE kind = $1")
+        .bind(overstap_proto::pb::EnvelopeKind::Status as i32)
+        .fetch_one(&mbo)
+        .await
+        .unwrap();
+    mbo.close().await;
+    assert!(
+        statuses < class as i64,
+        "{statuses} status envelopes for {class} packages"
+    );
     region.shutdown().await.unwrap();
 }
 
