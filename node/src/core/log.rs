@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 
 use ed25519_dalek::SigningKey;
 use overstap_proto::pb::{MemberKind, Receipt, Signed};
-use overstap_proto::sign::{Domain, open_signed, verifying_key};
+use overstap_proto::sign::{Domain, open_signed};
 
 use super::{NodeCore, NodeError};
 
@@ -17,7 +17,8 @@ impl NodeCore {
         let hub = dir
             .hub()
             .ok_or_else(|| NodeError::Invalid("the directory lists no hub".into()))?;
-        let key = verifying_key(&hub.signing_key, "hub key")?;
+        // Decompressed once, when the directory was verified.
+        let key = dir.signing_key_of(&hub.org_id)?;
         let r: Receipt = open_signed(Domain::Receipt, receipt, &key)?;
         if r.envelope_id != envelope_id {
             return Err(NodeError::Invalid(
@@ -36,7 +37,8 @@ impl NodeCore {
         let hub = dir
             .hub()
             .ok_or_else(|| NodeError::Invalid("the directory lists no hub".into()))?;
-        let key = verifying_key(&hub.signing_key, "hub key")?;
+        // Decompressed once, when the directory was verified.
+        let key = dir.signing_key_of(&hub.org_id)?;
         Ok(overstap_proto::log::verify_checkpoint(
             note,
             &dir.directory.region,
