@@ -137,33 +137,40 @@ pub(crate) async fn settle(region: &Region, school: &AnyPool, slow: u32) -> anyh
 
 /// Waits until every node has proven each envelope it sent or took in to be in the hub's log
 /// (its log check's inclusion proofs): that work is part of each handover.
-async fn proven(region: &Region, slow: u32) -> anyhow::Result<()> {
+async fn proven(school: &AnyPool, mbos: &[AnyPool], slow: u32) -> anyhow::Result<()> {
     const UNPROVEN: &str = "SELECT
         (SELECT COUNT(*) FROM outbox WHERE receipt IS NOT NULL
            AND envelope_id NOT IN (SELECT envelope_id FROM log_proofs))
       + (SELECT COUNT(*) FROM processed WHERE receipt IS NOT NULL AND body_sha256 IS NOT NULL
            AND envelope_id NOT IN (SELECT envelope_id FROM log_proofs))";
-    for id in std::iter::once(SCHOOL).chain(MBOS) {
-        let pool = database_pool(&region.node_database_url(id)?).await?;
-        until_zero(&pool, UNPROVEN, slow).await.map_err(|n| {
-            anyhow::anyhow!("{id} still has {n} envelopes not proven in the hub's log")
-        })?;
-        pool.close().await;
+    for (id, pool) in std::iter::once(SCHOOL)
+        .zip([school])
+        .chain(MBOS.into_iter().zip(mbos))
+    {
+        until_zero(pool, UNPROVEN, slow, |n| {
+            format!("{id} still has {n} envelopes not proven in the hub's log")
+        })
+        .await?;
     }
     Ok(())
 }
 
-/// Reads the count `sql` every 100 ms (stretched `slow` times) until it is 0; the count left
-/// after a minute (stretched) as the error.
-async fn until_zero(pool: &AnyPool, sql: &str, slow: u32) -> Result<(), i64> {
+/// Reads the count `sql` every 100 ms (stretched `slow` times) until it is 0; after a minute
+/// (stretched), `late` says what the count left means.
+async fn until_zero(
+    pool: &AnyPool,
+    sql: &str,
+    slow: u32,
+    late: impl Fn(i64) -> String,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60) * slow;
     loop {
-        let n: i64 = sqlx::query_scalar(sql).fetch_one(pool).await.unwrap_or(-1);
+        let n: i64 = sqlx::query_scalar(sql).fetch_one(pool).await?;
         if n == 0 {
             return Ok(());
         }
         if Instant::now() > deadline {
-            return Err(n);
+            bail!("{}", late(n));
         }
         tokio::time::sleep(Duration::from_millis(100) * slow).await;
     }
@@ -230,9 +237,9 @@ pub async fn handover_bench(
         &school,
         "SELECT COUNT(*) FROM card_log WHERE log_index IS NULL",
         slow,
+        |n| format!("{n} student cards are still not in the hub's log"),
     )
-    .await
-    .map_err(|n| anyhow::anyhow!("{n} student cards are still not in the hub's log"))?;
+    .await?;
     if callgrind.is_some() {
         instrument(true)?;
     }
@@ -289,7 +296,7 @@ pub async fn handover_bench(
     writeln!(out, "Waiting for the cohort's answers to settle...")?;
     settle(&region, &school, slow).await?;
     if callgrind.is_some() {
-        proven(&region, slow).await?;
+        proven(&school, &pools, slow).await?;
         instrument(false)?;
     }
 

@@ -5,7 +5,7 @@
 
 use overstap_proto::consent::{check_covers, check_in_force, verify_grant_by, verify_revocation};
 use overstap_proto::directory::VerifiedDirectory;
-use overstap_proto::envelope::{Opened, verify_header};
+use overstap_proto::envelope::{Opened, RECEIVED, verify_header};
 use overstap_proto::passport::{
     Signers, check_card_follows, verify_card_in, verify_disclosures, verify_manifest_by,
 };
@@ -256,7 +256,7 @@ impl NodeCore {
         }
         // A version received again ("ontvangen") does not undo what the recipient set
         // since (gelezen, an intake planned): the trail still gets the delivery.
-        let status = if st.status == "ontvangen" && !matches!(g.status.as_str(), "" | "ontvangen") {
+        let status = if st.status == RECEIVED && !matches!(g.status.as_str(), "" | RECEIVED) {
             ""
         } else {
             st.status.as_str()
@@ -273,7 +273,7 @@ impl NodeCore {
         }
         if st.viewed_at.is_empty() {
             let (event, detail) = match st.status.as_str() {
-                "ontvangen" => (
+                RECEIVED => (
                     "delivered",
                     format!("{from} received version {} and checked it", st.version),
                 ),

@@ -26,16 +26,21 @@ impl Owed {
         self.0.push((
             r.from_org.clone(),
             r.purpose.clone(),
-            HandoverStatus {
-                grant_id: r.grant_id.clone(),
-                pseudonym: r.pseudonym.clone(),
-                status: RECEIVED.into(),
-                at,
-                viewed_at: Vec::new(),
-                version: r.version,
-                package_envelope_id: r.envelope_id.clone(),
-            },
+            status_of(r, RECEIVED, at, Vec::new()),
         ));
+    }
+}
+
+/// The status of the passport `r` holds, to report to its home school.
+fn status_of(r: &Received, status: &str, at: i64, viewed_at: Vec<i64>) -> HandoverStatus {
+    HandoverStatus {
+        grant_id: r.grant_id.clone(),
+        pseudonym: r.pseudonym.clone(),
+        status: status.to_string(),
+        at,
+        viewed_at,
+        version: r.version,
+        package_envelope_id: r.envelope_id.clone(),
     }
 }
 
@@ -53,29 +58,39 @@ impl NodeCore {
         }
         for (to, list) in senders {
             for chunk in list.chunks(MAX_STATUSES) {
-                let (grant_id, payload) = match chunk {
-                    [(purpose, st)] => (
-                        Some(st.grant_id.as_str()),
-                        Payload {
-                            purpose: purpose.clone(),
-                            content: Some(Content::Status(st.clone())),
-                            ..Default::default()
-                        },
-                    ),
-                    _ => (
-                        None,
-                        Payload {
-                            content: Some(Content::Statuses(HandoverStatuses {
-                                statuses: chunk.iter().map(|(_, st)| st.clone()).collect(),
-                            })),
-                            ..Default::default()
-                        },
-                    ),
+                if let [(purpose, st)] = chunk {
+                    self.seal_status_in(tx, &to, purpose, st.clone()).await?;
+                    continue;
+                }
+                let payload = Payload {
+                    content: Some(Content::Statuses(HandoverStatuses {
+                        statuses: chunk.iter().map(|(_, st)| st.clone()).collect(),
+                    })),
+                    ..Default::default()
                 };
-                self.seal_in(tx, &to, EnvelopeKind::Status, grant_id, payload, None)
+                self.seal_in(tx, &to, EnvelopeKind::Status, None, payload, None)
                     .await?;
             }
         }
+        Ok(())
+    }
+
+    /// Seals one status alone for the home school `to`, under its grant.
+    async fn seal_status_in(
+        &self,
+        tx: &mut Tx,
+        to: &str,
+        purpose: &str,
+        st: HandoverStatus,
+    ) -> Result<(), NodeError> {
+        let grant_id = st.grant_id.clone();
+        let payload = Payload {
+            purpose: purpose.to_string(),
+            content: Some(Content::Status(st)),
+            ..Default::default()
+        };
+        self.seal_in(tx, to, EnvelopeKind::Status, Some(&grant_id), payload, None)
+            .await?;
         Ok(())
     }
 
@@ -238,28 +253,8 @@ impl NodeCore {
         status: &str,
         viewed_at: Vec<i64>,
     ) -> Result<(), NodeError> {
-        self.seal_in(
-            tx,
-            &r.from_org,
-            EnvelopeKind::Status,
-            Some(&r.grant_id),
-            Payload {
-                purpose: r.purpose.clone(),
-                content: Some(Content::Status(HandoverStatus {
-                    grant_id: r.grant_id.clone(),
-                    pseudonym: r.pseudonym.clone(),
-                    status: status.to_string(),
-                    at: self.now(),
-                    viewed_at,
-                    version: r.version,
-                    package_envelope_id: r.envelope_id.clone(),
-                })),
-                ..Default::default()
-            },
-            None,
-        )
-        .await?;
-        Ok(())
+        let st = status_of(r, status, self.now(), viewed_at);
+        self.seal_status_in(tx, &r.from_org, &r.purpose, st).await
     }
 }
 

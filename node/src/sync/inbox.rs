@@ -17,10 +17,10 @@ use super::{backoff, envelope_id, envelope_kind, refresh_directory, sleep_or_sto
 /// Acks what `inbox_loop` has taken in, in batches: a run taken in together is acked in one
 /// call, and every run waiting when the previous ack returned goes into the next one, so one
 /// `Ack` (one transaction at the hub) covers many envelopes, and taking in the next run does not
-/// wait for the hub. An ack that fails
-/// is tried again, with backoff up to 15 s, until it succeeds or the node stops; meanwhile the
-/// envelopes stay in the hub's mailbox (a new subscription would deliver them again, which
-/// `ingest` recognises as done), and a full queue of ids makes the inbox loop wait.
+/// wait for the hub. An ack that fails is tried again, with backoff up to 15 s, until it
+/// succeeds or the node stops; meanwhile the envelopes stay in the hub's mailbox (a new
+/// subscription would deliver them again, which `ingest` recognises as done), and a full queue
+/// of runs makes the inbox loop wait.
 async fn ack_loop(
     org: String,
     mut client: HubClient<Channel>,
