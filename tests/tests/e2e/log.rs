@@ -147,12 +147,16 @@ async fn a_hub_that_rewrites_its_log_is_caught_and_the_node_stops_sending() {
     let (_tmp, mut region) = region().await;
     handed_over(&region).await;
     let before = log_status(&region, SCHOOL).await;
-    // Rewrite history: the first send went somewhere else.
-    tamper(
-        &mut region,
-        &["UPDATE events SET to_org = '27XK' WHERE log_index = 0"],
-    )
-    .await;
+    // The student's card may be logged before or after the send: find the send's entry.
+    let pool = hub_pool(&region).await;
+    let sent: i64 = sqlx::query_scalar("SELECT MIN(log_index) FROM events WHERE event = 'send'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    // Rewrite history: the send went somewhere else.
+    let rewrite = format!("UPDATE events SET to_org = '27XK' WHERE log_index = {sent}");
+    tamper(&mut region, &[rewrite.as_str()]).await;
     eventually("the school notices", || async {
         log_status(&region, SCHOOL).await.alarm
     })
@@ -195,7 +199,7 @@ async fn a_hub_that_rewrites_its_log_is_caught_and_the_node_stops_sending() {
     assert!(!audit.node_checkpoint_matches && !audit.ok(), "{audit:?}");
     // The school's own record of its send pins the rewrite down to the entry and the field.
     let d = audit.first_divergence.as_ref().expect("a divergence");
-    assert_eq!(d.entry, Some(0), "{d:?}");
+    assert_eq!(d.entry, Some(sent as u64), "{d:?}");
     assert!(
         d.detail.contains(&format!(
             "to reads \"27XK\" where this node's record says \"{MBO}\""
