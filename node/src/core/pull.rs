@@ -359,7 +359,7 @@ impl NodeCore {
             return Ok(Outcome::Refused(PULL_REFUSED.into()));
         }
         let g = g.expect("a grant that allows the pull");
-        let sent = self.send_one_in(tx, &g, true).await?;
+        let sent = self.send_now_in(tx, &g, true).await?;
         tx.set_fetched(&g.grant_id, self.now()).await?;
         let (hub_receipt, evidence) = receipt_and_evidence;
         tx.add_trail(&TrailRow {

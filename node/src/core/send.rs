@@ -8,6 +8,10 @@ use overstap_proto::envelope::{Outgoing, seal};
 use overstap_proto::passport::select_disclosures;
 use overstap_proto::pb::payload::Content;
 use overstap_proto::pb::{Disclosure, Envelope, EnvelopeKind, Package, Payload, Signed, Skip};
+use std::collections::BTreeMap;
+
+use ed25519_dalek::SigningKey;
+use overstap_proto::pb::Member;
 use prost::Message;
 
 use crate::store::{GrantRow, OutboxEntry, OutboxRow, TrailRow, Tx};
@@ -15,12 +19,91 @@ use crate::store::{GrantRow, OutboxEntry, OutboxRow, TrailRow, Tx};
 use super::consent::grant_time_of;
 use super::{NodeCore, NodeError, SEND_BATCH, Sent, random_bytes, stored};
 
+/// Below this many payloads, sealing them on other threads costs more than it saves.
+const SEAL_ALONE: usize = 8;
+
 /// The parts of a package envelope other than the grant's own row.
 pub(super) struct Sealed {
     pub(super) envelope_id: Vec<u8>,
 }
 
+/// A payload to seal for one recipient, and the outbox row it goes in.
+struct ToSeal {
+    recipient: Member,
+    kind: EnvelopeKind,
+    envelope_id: [u8; 16],
+    payload: Payload,
+    grant_id: Option<String>,
+    version: Option<u32>,
+}
+
+/// What one grant of a send comes to: done without sealing (sent before, or waiting for its
+/// start), or a package to seal with the others of its transaction.
+enum Step {
+    Done(Sent),
+    Seal(Sent, ToSeal),
+}
+
+impl ToSeal {
+    /// Signs and seals the payload (under the sequence number and checkpoint it now holds) and
+    /// makes its outbox row. Pure: it runs on any thread.
+    fn seal(self, from_org: &str, key: &SigningKey, now: i64) -> Result<OutboxRow, NodeError> {
+        let envelope = seal(
+            Outgoing {
+                envelope_id: self.envelope_id,
+                from_org,
+                kind: self.kind,
+                created_at: now,
+                payload: self.payload.clone(),
+            },
+            key,
+            &self.recipient,
+        )?;
+        Ok(OutboxRow {
+            envelope_id: Some(self.envelope_id.to_vec()),
+            to_org: self.recipient.org_id,
+            kind: self.kind as i32,
+            grant_id: self.grant_id,
+            payload: Some(self.payload.encode_to_vec()),
+            envelope: Some(envelope.encode_to_vec()),
+            peer_seq: Some(self.payload.seq),
+            not_before: 0,
+            version: self.version,
+            state: "pending",
+            created_at: now,
+        })
+    }
+}
+
 impl NodeCore {
+    /// What sealing `payload` for `to_org` needs, once it has a sequence number.
+    fn to_seal(
+        &self,
+        to_org: &str,
+        kind: EnvelopeKind,
+        grant_id: Option<&str>,
+        payload: Payload,
+        version: Option<u32>,
+    ) -> Result<ToSeal, NodeError> {
+        Ok(ToSeal {
+            recipient: self.directory()?.member(to_org)?.clone(),
+            kind,
+            envelope_id: random_bytes::<16>(),
+            payload,
+            grant_id: grant_id.map(str::to_string),
+            version,
+        })
+    }
+
+    /// The checkpoint every payload sealed in `tx` carries: this node's newest, unless the log
+    /// is in alarm.
+    async fn checkpoint_in(tx: &mut Tx) -> Result<Option<Vec<u8>>, NodeError> {
+        Ok(match tx.log_note().await? {
+            Some((note, None)) => Some(note),
+            _ => None,
+        })
+    }
+
     /// Seals `payload` for `to_org` under the next sequence number, inside `tx`.
     pub(super) async fn seal_in(
         &self,
@@ -28,34 +111,78 @@ impl NodeCore {
         to_org: &str,
         kind: EnvelopeKind,
         grant_id: Option<&str>,
-        mut payload: Payload,
+        payload: Payload,
         version: Option<u32>,
     ) -> Result<Sealed, NodeError> {
-        let dir = self.directory()?;
-        let recipient = dir.member(to_org)?.clone();
-        payload.seq = tx.next_sent_seq(to_org).await?;
-        if let Some((note, None)) = tx.log_note().await? {
-            payload.checkpoint = note;
+        let mut item = self.to_seal(to_org, kind, grant_id, payload, version)?;
+        item.payload.seq = tx.next_sent_seq(to_org).await?;
+        if let Some(note) = Self::checkpoint_in(tx).await? {
+            item.payload.checkpoint = note;
         }
-        let envelope_id = random_bytes::<16>();
-        let envelope = self.seal_payload(&recipient, kind, envelope_id, &payload)?;
-        tx.enqueue(&OutboxRow {
-            envelope_id: Some(envelope_id.to_vec()),
-            to_org: to_org.to_string(),
-            kind: kind as i32,
-            grant_id: grant_id.map(str::to_string),
-            payload: Some(payload.encode_to_vec()),
-            envelope: Some(envelope.encode_to_vec()),
-            peer_seq: Some(payload.seq),
-            not_before: 0,
-            version,
-            state: "pending",
-            created_at: self.now(),
-        })
-        .await?;
-        Ok(Sealed {
-            envelope_id: envelope_id.to_vec(),
-        })
+        let envelope_id = item.envelope_id.to_vec();
+        tx.enqueue(&item.seal(&self.org_id, &self.key(), self.now())?)
+            .await?;
+        Ok(Sealed { envelope_id })
+    }
+
+    /// Seals many payloads inside `tx`: each recipient's sequence numbers taken in one
+    /// statement, in order; the sealing spread over every core; the rows written in multi-row
+    /// inserts, in the same order (sealing order is sending order).
+    async fn seal_all_in(&self, tx: &mut Tx, mut items: Vec<ToSeal>) -> Result<(), NodeError> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let checkpoint = Self::checkpoint_in(tx).await?;
+        let mut wanted: BTreeMap<String, u64> = BTreeMap::new();
+        for item in &items {
+            *wanted.entry(item.recipient.org_id.clone()).or_default() += 1;
+        }
+        let mut next = BTreeMap::new();
+        for (org, n) in wanted {
+            let first = tx.reserve_sent_seqs(&org, n).await?;
+            next.insert(org, first);
+        }
+        for item in &mut items {
+            let seq = next
+                .get_mut(&item.recipient.org_id)
+                .expect("reserved above");
+            item.payload.seq = *seq;
+            if let Some(note) = &checkpoint {
+                item.payload.checkpoint = note.clone();
+            }
+            *seq += 1;
+        }
+        let (from, key, now) = (self.org_id.clone(), self.key(), self.now());
+        if items.len() <= SEAL_ALONE {
+            let rows = items
+                .into_iter()
+                .map(|item| item.seal(&from, &key, now))
+                .collect::<Result<Vec<_>, _>>()?;
+            tx.enqueue_all(&rows).await?;
+            return Ok(());
+        }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let per_task = items.len().div_ceil(cores).max(SEAL_ALONE);
+        let mut tasks = Vec::new();
+        while !items.is_empty() {
+            let rest = items.split_off(per_task.min(items.len()));
+            let part = std::mem::replace(&mut items, rest);
+            let (from, key) = (from.clone(), key.clone());
+            tasks.push(tokio::task::spawn_blocking(move || {
+                part.into_iter()
+                    .map(|item| item.seal(&from, &key, now))
+                    .collect::<Result<Vec<_>, _>>()
+            }));
+        }
+        let mut rows = Vec::new();
+        for task in tasks {
+            let sealed = task
+                .await
+                .map_err(|e| NodeError::Invalid(format!("sealing stopped: {e}")))?;
+            rows.extend(sealed?);
+        }
+        tx.enqueue_all(&rows).await?;
+        Ok(())
     }
 
     fn seal_payload(
@@ -225,18 +352,19 @@ impl NodeCore {
         out
     }
 
-    /// Seals (or, for a grant not in force yet, queues) each grant in one transaction, each
-    /// from a savepoint of its own: a grant that cannot go, even one that fails half-way (its
-    /// recipient left the directory, say), is undone alone and gets its error, and the others
-    /// go on. An error of the store fails the whole transaction.
+    /// Seals (or, for a grant not in force yet, queues) each grant in one transaction. Each is
+    /// read and checked from a savepoint of its own: a grant that cannot go, even one that fails
+    /// half-way (its recipient left the directory, say), is undone alone and gets its error, and
+    /// the others go on. Those that can go are then sealed together ([`NodeCore::seal_all_in`]).
+    /// An error of the store fails the whole transaction.
     async fn send_in_one_transaction(
         &self,
         grant_ids: &[String],
         again: bool,
     ) -> Result<Vec<Result<Sent, NodeError>>, NodeError> {
         let mut out = Vec::with_capacity(grant_ids.len());
+        let mut to_seal = Vec::new();
         let mut tx = self.store.begin().await?;
-        let mut sealed_any = false;
         for grant_id in grant_ids {
             // Read under the writer lock, so a revocation cannot commit in between.
             let Some(g) = tx.grant(grant_id).await? else {
@@ -248,10 +376,15 @@ impl NodeCore {
             };
             tx.savepoint().await?;
             match self.send_one_in(&mut tx, &g, again).await {
-                Ok(sent) => {
+                Ok(step) => {
                     tx.release_savepoint().await?;
-                    sealed_any |= !sent.envelope_id.is_empty();
-                    out.push(Ok(sent));
+                    out.push(Ok(match step {
+                        Step::Done(sent) => sent,
+                        Step::Seal(sent, item) => {
+                            to_seal.push(item);
+                            sent
+                        }
+                    }));
                 }
                 Err(e) => {
                     tx.rollback_to_savepoint().await?;
@@ -259,6 +392,8 @@ impl NodeCore {
                 }
             }
         }
+        let sealed_any = !to_seal.is_empty();
+        self.seal_all_in(&mut tx, to_seal).await?;
         tx.commit().await?;
         if sealed_any {
             self.outbox_wake.notify_one();
@@ -266,15 +401,26 @@ impl NodeCore {
         Ok(out)
     }
 
-    /// Seals one grant's package into the outbox, or queues it unsealed while the grant is not
-    /// in force yet. A live grant sends the student's newest passport version, any other the
-    /// version it was given for.
-    pub(super) async fn send_one_in(
+    /// [`NodeCore::send_one_in`], sealed at once.
+    pub(super) async fn send_now_in(
         &self,
         tx: &mut Tx,
         g: &GrantRow,
         again: bool,
     ) -> Result<Sent, NodeError> {
+        match self.send_one_in(tx, g, again).await? {
+            Step::Done(sent) => Ok(sent),
+            Step::Seal(sent, item) => {
+                self.seal_all_in(tx, vec![item]).await?;
+                Ok(sent)
+            }
+        }
+    }
+
+    /// Readies one grant's package for sealing, or queues it unsealed while the grant is not
+    /// in force yet. A live grant sends the student's newest passport version, any other the
+    /// version it was given for.
+    async fn send_one_in(&self, tx: &mut Tx, g: &GrantRow, again: bool) -> Result<Step, NodeError> {
         let version = if g.live {
             self.store
                 .latest_version(&g.pseudonym)
@@ -304,7 +450,7 @@ impl NodeCore {
                 } else {
                     0
                 };
-                return Ok(sent(Vec::new(), waits, true));
+                return Ok(Step::Done(sent(Vec::new(), waits, true)));
             }
         }
         if g.state == "active" && grant_time_of(g, self.now()) == GrantTime::NotYetValid {
@@ -322,10 +468,18 @@ impl NodeCore {
                 created_at: self.now(),
             })
             .await?;
-            return Ok(sent(Vec::new(), g.not_before, false));
+            return Ok(Step::Done(sent(Vec::new(), g.not_before, false)));
         }
-        let sealed = self.send_package_in(tx, g, version).await?;
-        Ok(sent(sealed.envelope_id, 0, false))
+        let payload = self.package_payload(g, version).await?;
+        let item = self.to_seal(
+            &g.recipient_org,
+            EnvelopeKind::Package,
+            Some(&g.grant_id),
+            payload,
+            Some(version),
+        )?;
+        tx.set_grant_sent(&g.grant_id, version).await?;
+        Ok(Step::Seal(sent(item.envelope_id.to_vec(), 0, false), item))
     }
 
     /// Seals the packages that waited for their grant to start.

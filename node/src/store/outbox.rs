@@ -7,6 +7,9 @@ use sqlx::any::AnyRow;
 
 use super::{NodeStore, StoreError, Tx};
 
+/// Rows per multi-row insert: 11 parameters each, well under SQLite's and PostgreSQL's limits.
+const ROWS_PER_INSERT: usize = 200;
+
 /// A new outbox row. `envelope` is `None` while the row waits for its grant's start.
 #[derive(Debug, Clone)]
 pub struct OutboxRow {
@@ -154,15 +157,21 @@ impl NodeStore {
 impl Tx {
     /// Reserves the next sequence number for envelopes to `org`.
     pub async fn next_sent_seq(&mut self, org: &str) -> Result<u64, StoreError> {
-        let seq: i64 = sqlx::query(
-            "INSERT INTO peers (org, sent_seq) VALUES ($1, 1)
-             ON CONFLICT (org) DO UPDATE SET sent_seq = peers.sent_seq + 1 RETURNING sent_seq",
+        self.reserve_sent_seqs(org, 1).await
+    }
+
+    /// Takes the next `n` sequence numbers for `org` in one statement; returns the first.
+    pub async fn reserve_sent_seqs(&mut self, org: &str, n: u64) -> Result<u64, StoreError> {
+        let last: i64 = sqlx::query(
+            "INSERT INTO peers (org, sent_seq) VALUES ($1, $2)
+             ON CONFLICT (org) DO UPDATE SET sent_seq = peers.sent_seq + $2 RETURNING sent_seq",
         )
         .bind(org)
+        .bind(n as i64)
         .fetch_one(&mut *self.0)
         .await?
         .get(0);
-        Ok(seq as u64)
+        Ok(last as u64 + 1 - n)
     }
 
     pub async fn enqueue(&mut self, row: &OutboxRow) -> Result<i64, StoreError> {
@@ -184,6 +193,44 @@ impl Tx {
         .fetch_one(&mut *self.0)
         .await?
         .get(0))
+    }
+
+    /// Inserts rows in a few multi-row statements, in order (so their outbox order is theirs).
+    pub async fn enqueue_all(&mut self, rows: &[OutboxRow]) -> Result<(), StoreError> {
+        const COLUMNS: usize = 11;
+        for chunk in rows.chunks(ROWS_PER_INSERT) {
+            let mut sql = String::from(
+                "INSERT INTO outbox (envelope_id, to_org, kind, grant_id, payload, envelope, peer_seq, not_before, version, state, created_at) VALUES ",
+            );
+            for i in 0..chunk.len() {
+                let first = i * COLUMNS + 1;
+                let params: Vec<String> =
+                    (first..first + COLUMNS).map(|p| format!("${p}")).collect();
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push('(');
+                sql.push_str(&params.join(", "));
+                sql.push(')');
+            }
+            let mut query = sqlx::query(&sql);
+            for row in chunk {
+                query = query
+                    .bind(&row.envelope_id)
+                    .bind(&row.to_org)
+                    .bind(row.kind)
+                    .bind(&row.grant_id)
+                    .bind(&row.payload)
+                    .bind(&row.envelope)
+                    .bind(row.peer_seq.map(|s| s as i64))
+                    .bind(row.not_before)
+                    .bind(row.version.map(|v| v as i64))
+                    .bind(row.state)
+                    .bind(row.created_at);
+            }
+            query.execute(&mut *self.0).await?;
+        }
+        Ok(())
     }
 
     /// Replaces a row's envelope (sealed again under a new id), and makes it pending.

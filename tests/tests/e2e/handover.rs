@@ -432,6 +432,13 @@ async fn a_class_pushed_in_one_call_arrives_and_a_bad_grant_holds_up_no_other() 
         let n: i64 = sqlx::query_scalar(sql).fetch_one(&school).await.unwrap();
         assert_eq!(n, expected, "{sql}");
     }
+    // Sealed on several threads, written in multi-row inserts: the recipient's sequence numbers
+    // still run 1, 2, 3 … in the outbox's (sending) order, with no gap where a grant failed.
+    let seqs: Vec<i64> = sqlx::query_scalar("SELECT peer_seq FROM outbox ORDER BY seq")
+        .fetch_all(&school)
+        .await
+        .unwrap();
+    assert_eq!(seqs, (1..=class as i64).collect::<Vec<_>>());
     school.close().await;
     let pool = node_pool(&region, MBO).await;
     let mut arrived: Vec<String> = sqlx::query_scalar("SELECT grant_id FROM received")
