@@ -3,11 +3,14 @@
 //!
 //! Method. A hub on 127.0.0.1 (TLS 1.3, client certificates, every envelope committed to the
 //! store before its signed receipt is returned) is fed pre-sealed envelopes by 16 concurrent
-//! senders on one mutual-TLS connection. The baseline is a bare tonic server with the same TLS
-//! configuration, the same service definition and the same envelopes, whose `Send` answers at
-//! once without checking, storing or signing anything: what gRPC and TLS alone cost here. Each
-//! figure is the best of `rounds` runs, the runs of hub and baseline interleaved so that both
-//! see the same machine. With a PostgreSQL server (`--postgres URL`, or OVERSTAP_TEST_POSTGRES),
+//! senders on one mutual-TLS connection, each with one call in flight: one envelope per `Send`,
+//! or, as a school's outbox pushes, `SendBatch` calls of up to 64 envelopes and at most twice
+//! the largest envelope body in bytes. The baseline is a bare tonic server with the same TLS
+//! configuration, the same service definition, the same connection, the same calls in flight
+//! and the same envelopes, whose `Send` and `SendBatch` answer at once with a receipt of the
+//! hub's size for each envelope, without checking, storing or signing anything: what gRPC and
+//! TLS alone cost here. Each figure is the best of `rounds` runs, the runs of hub and baseline
+//! interleaved so that both see the same machine. With a PostgreSQL server (`--postgres URL`, or OVERSTAP_TEST_POSTGRES),
 //! the same hub runs on a fresh PostgreSQL database too, for SQLite ÷ PostgreSQL.
 
 use std::io::Write;
@@ -34,6 +37,9 @@ pub struct HubBench {
 #[derive(Debug, Serialize)]
 pub struct Figure {
     pub payload_bytes: usize,
+    /// Envelopes per call: 1 is `Send`, more is `SendBatch` (and JetStream publishes as many
+    /// before it waits for their acknowledgements).
+    pub per_call: usize,
     pub baseline_per_s: f64,
     pub sqlite_per_s: f64,
     pub sqlite_over_baseline: f64,
@@ -49,6 +55,17 @@ pub struct Figure {
 
 /// Concurrent senders unless told otherwise, each waiting for its receipt before it sends again.
 pub const SENDERS: usize = 16;
+
+/// Envelopes per call unless told otherwise: one by one (`Send`), and as a school's outbox
+/// pushes them (`SendBatch`).
+pub const BATCHES: [usize; 2] = [1, overstap_node::sync::PUSH_BATCH];
+
+/// Envelopes of `size` bytes of payload in one call of at most `batch`, as a school's outbox
+/// fills a `SendBatch` call: at most twice the largest envelope body in bytes, at least one.
+fn per_call(batch: usize, size: usize) -> usize {
+    let budget = 2 * overstap_proto::DEFAULT_MAX_ENVELOPE_BYTES;
+    batch.min(budget / (size + 512)).max(1)
+}
 
 /// What a routing run measures.
 #[derive(Clone)]
@@ -80,70 +97,48 @@ impl Target {
     }
 }
 
-pub async fn hub_bench(
-    envelopes: usize,
-    senders: usize,
-    rounds: usize,
-    sizes: &[usize],
-    postgres: Option<String>,
-    nats: Option<String>,
-    out: &mut dyn Write,
-) -> anyhow::Result<HubBench> {
+/// What `bench hub` runs: each size with each batch, `rounds` times, on SQLite and on what is
+/// named beside it.
+pub struct HubPlan {
+    pub envelopes: usize,
+    pub senders: usize,
+    pub rounds: usize,
+    /// Bytes of payload per envelope.
+    pub sizes: Vec<usize>,
+    /// Envelopes per call at most (see [`BATCHES`]).
+    pub batches: Vec<usize>,
+    pub postgres: Option<String>,
+    pub nats: Option<String>,
+}
+
+pub async fn hub_bench(plan: HubPlan, out: &mut dyn Write) -> anyhow::Result<HubBench> {
+    let HubPlan {
+        envelopes,
+        senders,
+        rounds,
+        sizes,
+        batches,
+        postgres,
+        nats,
+    } = plan;
     writeln!(
         out,
         "Routing {envelopes} envelopes per run with {senders} concurrent senders, best of \
-         {rounds}; the baseline is a no-op tonic server with the same TLS."
+         {rounds}; the baseline is a no-op tonic server with the same TLS, connection, calls \
+         in flight and envelopes."
     )?;
     let mut figures = Vec::new();
-    for &size in sizes {
-        let (mut base, mut lite, mut pg, mut pg2, mut js) = (0f64, 0f64, 0f64, 0f64, 0f64);
-        for round in 1..=rounds {
-            writeln!(out, "  {size} B, round {round}:")?;
-            let b = route(envelopes, senders, size, Target::Noop, out).await?;
-            base = base.max(b);
-            writeln!(out, "    no-op baseline {b:.0}/s")?;
-            let s = route(envelopes, senders, size, Target::hub(None), out).await?;
-            lite = lite.max(s);
-            writeln!(out, "    hub on SQLite {s:.0}/s")?;
-            if let Some(admin) = &postgres {
-                let p = route(
-                    envelopes,
-                    senders,
-                    size,
-                    Target::hub(Some(admin.clone())),
-                    out,
-                )
-                .await?;
-                pg = pg.max(p);
-                writeln!(out, "    hub on PostgreSQL {p:.0}/s")?;
-                let two = Target::Hub {
-                    log: true,
-                    postgres: Some(admin.clone()),
-                    prefill: 0,
-                    replicas: 2,
-                };
-                let p2 = route(envelopes, senders, size, two, out).await?;
-                pg2 = pg2.max(p2);
-                writeln!(out, "    two hub replicas on PostgreSQL {p2:.0}/s")?;
-            }
-            if let Some(addr) = &nats {
-                let n = route(envelopes, senders, size, Target::Nats(addr.clone()), out).await?;
-                js = js.max(n);
-                writeln!(out, "    NATS JetStream {n:.0}/s")?;
-            }
+    for &size in &sizes {
+        for &batch in &batches {
+            let n = per_call(batch, size);
+            let load = Load {
+                envelopes,
+                senders,
+                size,
+                per_call: n,
+            };
+            figures.push(figure(&load, rounds, &postgres, &nats, out).await?);
         }
-        figures.push(Figure {
-            payload_bytes: size,
-            baseline_per_s: base,
-            sqlite_per_s: lite,
-            sqlite_over_baseline: lite / base,
-            postgres_per_s: postgres.as_ref().map(|_| pg),
-            sqlite_over_postgres: postgres.as_ref().map(|_| lite / pg),
-            postgres_two_replicas_per_s: postgres.as_ref().map(|_| pg2),
-            one_replica_over_two: postgres.as_ref().map(|_| pg / pg2),
-            nats_per_s: nats.as_ref().map(|_| js),
-            hub_over_nats: nats.as_ref().map(|_| lite / js),
-        });
     }
     Ok(HubBench {
         envelopes,
@@ -153,14 +148,80 @@ pub async fn hub_bench(
     })
 }
 
-/// Envelopes per second that `target` accepts, from 16 senders, of `size` bytes of payload each.
-pub(crate) async fn route(
-    envelopes: usize,
-    senders: usize,
-    size: usize,
-    target: Target,
+/// One size and batch: every target, `rounds` times in turn; the best of each.
+async fn figure(
+    load: &Load,
+    rounds: usize,
+    postgres: &Option<String>,
+    nats: &Option<String>,
     out: &mut dyn Write,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<Figure> {
+    let (mut base, mut lite, mut pg, mut pg2, mut js) = (0f64, 0f64, 0f64, 0f64, 0f64);
+    let how = if load.per_call == 1 {
+        "one per Send".to_string()
+    } else {
+        format!("{} per SendBatch", load.per_call)
+    };
+    for round in 1..=rounds {
+        writeln!(out, "  {} B, {how}, round {round}:", load.size)?;
+        let b = route(load, Target::Noop, out).await?;
+        base = base.max(b);
+        writeln!(out, "    no-op baseline {b:.0}/s")?;
+        let s = route(load, Target::hub(None), out).await?;
+        lite = lite.max(s);
+        writeln!(out, "    hub on SQLite {s:.0}/s")?;
+        if let Some(admin) = postgres {
+            let p = route(load, Target::hub(Some(admin.clone())), out).await?;
+            pg = pg.max(p);
+            writeln!(out, "    hub on PostgreSQL {p:.0}/s")?;
+            let two = Target::Hub {
+                log: true,
+                postgres: Some(admin.clone()),
+                prefill: 0,
+                replicas: 2,
+            };
+            let p2 = route(load, two, out).await?;
+            pg2 = pg2.max(p2);
+            writeln!(out, "    two hub replicas on PostgreSQL {p2:.0}/s")?;
+        }
+        if let Some(addr) = nats {
+            let n = route(load, Target::Nats(addr.clone()), out).await?;
+            js = js.max(n);
+            writeln!(out, "    NATS JetStream {n:.0}/s")?;
+        }
+    }
+    Ok(Figure {
+        payload_bytes: load.size,
+        per_call: load.per_call,
+        baseline_per_s: base,
+        sqlite_per_s: lite,
+        sqlite_over_baseline: lite / base,
+        postgres_per_s: postgres.as_ref().map(|_| pg),
+        sqlite_over_postgres: postgres.as_ref().map(|_| lite / pg),
+        postgres_two_replicas_per_s: postgres.as_ref().map(|_| pg2),
+        one_replica_over_two: postgres.as_ref().map(|_| pg / pg2),
+        nats_per_s: nats.as_ref().map(|_| js),
+        hub_over_nats: nats.as_ref().map(|_| lite / js),
+    })
+}
+
+/// What a routing run sends: `envelopes` of `size` bytes of payload, from `senders` concurrent
+/// senders with one call each in flight, `per_call` envelopes to a call.
+pub(crate) struct Load {
+    pub envelopes: usize,
+    pub senders: usize,
+    pub size: usize,
+    pub per_call: usize,
+}
+
+/// Envelopes per second that `target` accepts under `load`.
+pub(crate) async fn route(load: &Load, target: Target, out: &mut dyn Write) -> anyhow::Result<f64> {
+    let Load {
+        envelopes,
+        senders,
+        size,
+        per_call,
+    } = *load;
     let tmp = tempfile::tempdir()?;
     let orgs = [
         Org::new("25LP", MemberKind::School, "School"),
@@ -242,7 +303,7 @@ pub(crate) async fn route(
         .collect::<Result<_, _>>()?;
     if let Target::Nats(addr) = &target {
         let payloads = sealed.iter().map(prost::Message::encode_to_vec).collect();
-        let rate = crate::nats::jetstream_store(addr, payloads, senders).await;
+        let rate = crate::nats::jetstream_store(addr, payloads, senders, per_call).await;
         region.shutdown().await?;
         return rate;
     }
@@ -263,10 +324,28 @@ pub(crate) async fn route(
         let channel = channels[i % channels.len()].clone();
         let mut client = HubClient::new(channel).max_encoding_message_size(8 << 20);
         tasks.push(tokio::spawn(async move {
-            for env in chunk {
-                client.send(env).await?;
+            if per_call == 1 {
+                for env in chunk {
+                    client.send(env).await?;
+                }
+                return Ok(());
             }
-            Ok::<_, Status>(())
+            for call in chunk.chunks(per_call) {
+                let results = client
+                    .send_batch(pb::SendBatchRequest {
+                        envelopes: call.to_vec(),
+                    })
+                    .await?
+                    .into_inner()
+                    .results;
+                if let Some(r) = results.iter().find(|r| r.receipt.is_none()) {
+                    anyhow::bail!("the hub did not take an envelope: {}", r.message);
+                }
+                if results.len() != call.len() {
+                    anyhow::bail!("the hub answered {} of {}", results.len(), call.len());
+                }
+            }
+            Ok::<_, anyhow::Error>(())
         }));
     }
     for t in tasks {
@@ -348,7 +427,11 @@ async fn serve_noop(
 ) -> anyhow::Result<()> {
     let tls = overstap_hub::tls::server_config(&config.tls)?;
     tonic::transport::Server::builder()
-        .add_service(HubServer::new(Noop).max_decoding_message_size(8 << 20))
+        .add_service(
+            HubServer::new(Noop::new())
+                .max_decoding_message_size(8 << 20)
+                .max_encoding_message_size(8 << 20),
+        )
         .serve_with_incoming_shutdown(
             overstap_hub::tls::incoming(
                 listener,
@@ -362,12 +445,35 @@ async fn serve_noop(
     Ok(())
 }
 
-/// A `Hub` that answers `Send` at once and nothing else.
-struct Noop;
+/// A `Hub` that answers `Send` and `SendBatch` at once and nothing else, with the same receipt
+/// for every envelope: one of the hub's size, signed once when the server starts.
+struct Noop {
+    receipt: pb::Signed,
+}
+
+impl Noop {
+    fn new() -> Self {
+        let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+        let receipt = pb::Receipt {
+            envelope_id: vec![0xab; 16],
+            log_index: 1_000_000,
+            received_at: 1_800_000_000,
+            header_sha256: vec![0xcd; 32],
+            hub_id: "hub".into(),
+        };
+        Noop {
+            receipt: overstap_proto::sign::sign_message(
+                overstap_proto::sign::Domain::Receipt,
+                &receipt,
+                &[&key],
+            ),
+        }
+    }
+}
 
 fn noop<T>() -> Result<Response<T>, Status> {
     Err(Status::unimplemented(
-        "the no-op baseline only answers Send",
+        "the no-op baseline only answers Send and SendBatch",
     ))
 }
 
@@ -377,13 +483,22 @@ impl Hub for Noop {
         std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::Delivery, Status>> + Send>>;
 
     async fn send(&self, _: Request<pb::Envelope>) -> Result<Response<pb::Signed>, Status> {
-        Ok(Response::new(pb::Signed::default()))
+        Ok(Response::new(self.receipt.clone()))
     }
     async fn send_batch(
         &self,
-        _: Request<pb::SendBatchRequest>,
+        request: Request<pb::SendBatchRequest>,
     ) -> Result<Response<pb::SendBatchResponse>, Status> {
-        noop()
+        let results = request
+            .into_inner()
+            .envelopes
+            .iter()
+            .map(|_| pb::SendResult {
+                receipt: Some(self.receipt.clone()),
+                ..Default::default()
+            })
+            .collect();
+        Ok(Response::new(pb::SendBatchResponse { results }))
     }
     async fn subscribe(
         &self,

@@ -104,9 +104,7 @@ pub async fn log_bench(
     let mut full = Vec::new();
     for _ in 0..2 {
         let rate = crate::hub::route(
-            envelopes,
-            crate::hub::SENDERS,
-            4000,
+            &one_by_one(envelopes),
             crate::hub::Target::Hub {
                 log: true,
                 postgres: None,
@@ -146,9 +144,7 @@ pub async fn log_bench(
 /// each), with its log integrated or not.
 async fn route(envelopes: usize, log: bool, out: &mut dyn Write) -> anyhow::Result<f64> {
     crate::hub::route(
-        envelopes,
-        crate::hub::SENDERS,
-        4000,
+        &one_by_one(envelopes),
         crate::hub::Target::Hub {
             log,
             postgres: None,
@@ -158,4 +154,14 @@ async fn route(envelopes: usize, log: bool, out: &mut dyn Write) -> anyhow::Resu
         out,
     )
     .await
+}
+
+/// The log bench's load: 4 KiB envelopes, one per `Send`, from the usual senders.
+fn one_by_one(envelopes: usize) -> crate::hub::Load {
+    crate::hub::Load {
+        envelopes,
+        senders: crate::hub::SENDERS,
+        size: 4000,
+        per_call: 1,
+    }
 }

@@ -1,7 +1,9 @@
 //! The NATS JetStream side of `overstap bench hub --nats`: the same payloads stored by the NATS
 //! server that runs on this machine, in a JetStream stream with file storage, each publish
 //! waiting for JetStream's acknowledgement (the message is stored) as each `Send` waits for the
-//! hub's receipt. The publishers share one connection, as the hub's senders share one.
+//! hub's receipt; for a batch, a publisher publishes as many messages as a `SendBatch` call holds
+//! and then waits for all their acknowledgements, as a client library's asynchronous publish
+//! does. The publishers share one connection, as the hub's senders share one.
 //!
 //! It speaks the NATS client protocol itself (`CONNECT`, `SUB`, `PUB` with a reply subject,
 //! `MSG`/`HMSG`, `PING`/`PONG`) and JetStream's JSON API (`$JS.API.STREAM.CREATE`,
@@ -64,15 +66,36 @@ impl Nats {
 
     /// Publishes `payload` to `subject` and waits for the reply.
     async fn request(&self, subject: &str, payload: &[u8]) -> anyhow::Result<Vec<u8>> {
-        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let reply = format!("_INBOX.overstap.{n}");
-        let (tx, rx) = oneshot::channel();
-        self.waiting.lock().await.insert(reply.clone(), tx);
-        let mut frame = format!("PUB {subject} {reply} {}\r\n", payload.len()).into_bytes();
-        frame.extend_from_slice(payload);
-        frame.extend_from_slice(b"\r\n");
-        self.writer.lock().await.write_all(&frame).await?;
-        rx.await.context("NATS closed the connection")
+        let mut replies = self.request_all(subject, &[payload]).await?;
+        Ok(replies.pop().unwrap_or_default())
+    }
+
+    /// Publishes every payload to `subject` in one write, each with its own reply subject, and
+    /// then waits for all the replies (a client library's asynchronous publish, for a batch).
+    async fn request_all(&self, subject: &str, payloads: &[&[u8]]) -> anyhow::Result<Vec<Vec<u8>>> {
+        let mut frames = Vec::new();
+        let mut answers = Vec::with_capacity(payloads.len());
+        {
+            let mut waiting = self.waiting.lock().await;
+            for payload in payloads {
+                let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let reply = format!("_INBOX.overstap.{n}");
+                let (tx, rx) = oneshot::channel();
+                waiting.insert(reply.clone(), tx);
+                answers.push(rx);
+                frames.extend_from_slice(
+                    format!("PUB {subject} {reply} {}\r\n", payload.len()).as_bytes(),
+                );
+                frames.extend_from_slice(payload);
+                frames.extend_from_slice(b"\r\n");
+            }
+        }
+        self.writer.lock().await.write_all(&frames).await?;
+        let mut replies = Vec::with_capacity(answers.len());
+        for rx in answers {
+            replies.push(rx.await.context("NATS closed the connection")?);
+        }
+        Ok(replies)
     }
 }
 
@@ -121,11 +144,13 @@ async fn read_loop(
 }
 
 /// Messages per second JetStream stores (file storage, each publish acknowledged) from
-/// `publishers` concurrent publishers, of the given payloads.
+/// `publishers` concurrent publishers, of the given payloads, `per_call` published at a time
+/// before the publisher waits for their acknowledgements.
 pub async fn jetstream_store(
     addr: &str,
     payloads: Vec<Vec<u8>>,
     publishers: usize,
+    per_call: usize,
 ) -> anyhow::Result<f64> {
     let nats = Nats::connect(addr).await?;
     let stream = format!("OVERSTAP_BENCH_{}", std::process::id());
@@ -159,11 +184,13 @@ pub async fn jetstream_store(
         let nats = nats.clone();
         let subject = subject.clone();
         tasks.spawn(async move {
-            for p in chunk {
-                let ack = nats.request(&subject, &p).await?;
-                let ack: serde_json::Value = serde_json::from_slice(&ack)?;
-                if ack.get("seq").is_none() {
-                    bail!("JetStream did not store a message: {ack}");
+            for call in chunk.chunks(per_call.max(1)) {
+                let call: Vec<&[u8]> = call.iter().map(Vec::as_slice).collect();
+                for ack in nats.request_all(&subject, &call).await? {
+                    let ack: serde_json::Value = serde_json::from_slice(&ack)?;
+                    if ack.get("seq").is_none() {
+                        bail!("JetStream did not store a message: {ack}");
+                    }
                 }
             }
             Ok::<_, anyhow::Error>(())

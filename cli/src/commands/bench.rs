@@ -20,6 +20,11 @@ pub enum BenchCmd {
         /// Runs of each kind; the best counts.
         #[arg(long, default_value_t = 3)]
         rounds: usize,
+        /// Envelopes per call, comma-separated: 1 sends each with `Send`; more sends
+        /// `SendBatch` calls of up to that many, as a school's outbox does (at most twice the
+        /// largest envelope body in bytes a call).
+        #[arg(long, value_delimiter = ',', default_values_t = overstap_bench::hub::BATCHES)]
+        batch: Vec<usize>,
         /// A PostgreSQL server to run the hub on as well (a fresh database next to the one
         /// named), e.g. postgres://postgres@127.0.0.1:5432/test.
         #[arg(long, env = "OVERSTAP_TEST_POSTGRES")]
@@ -99,17 +104,21 @@ pub(super) async fn bench(cmd: BenchCmd) -> anyhow::Result<()> {
             envelopes,
             senders,
             rounds,
+            batch,
             postgres,
             nats,
             format,
         } => {
             let b = overstap_bench::hub::hub_bench(
-                envelopes.max(16),
-                senders.max(1),
-                rounds.max(1),
-                &[4 << 10, 100 << 10],
-                postgres,
-                nats,
+                overstap_bench::hub::HubPlan {
+                    envelopes: envelopes.max(16),
+                    senders: senders.max(1),
+                    rounds: rounds.max(1),
+                    sizes: vec![4 << 10, 100 << 10],
+                    batches: batch.iter().map(|b| (*b).max(1)).collect(),
+                    postgres,
+                    nats,
+                },
                 &mut std::io::stderr(),
             )
             .await?;
@@ -118,8 +127,9 @@ pub(super) async fn bench(cmd: BenchCmd) -> anyhow::Result<()> {
                 Format::Table => {
                     for f in &b.figures {
                         print!(
-                            "{:>6} B: hub on SQLite {:.0}/s, no-op baseline {:.0}/s, ratio {:.2}",
+                            "{:>6} B, {:>2} a call: hub on SQLite {:.0}/s, no-op baseline {:.0}/s, ratio {:.2}",
                             f.payload_bytes,
+                            f.per_call,
                             f.sqlite_per_s,
                             f.baseline_per_s,
                             f.sqlite_over_baseline

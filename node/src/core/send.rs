@@ -41,7 +41,7 @@ struct ToSeal {
 /// start), or a package to seal with the others of its transaction.
 enum Step {
     Done(Sent),
-    Seal(Sent, ToSeal),
+    Seal(Sent, Box<ToSeal>),
 }
 
 impl ToSeal {
@@ -381,7 +381,7 @@ impl NodeCore {
                     out.push(Ok(match step {
                         Step::Done(sent) => sent,
                         Step::Seal(sent, item) => {
-                            to_seal.push(item);
+                            to_seal.push(*item);
                             sent
                         }
                     }));
@@ -411,7 +411,7 @@ impl NodeCore {
         match self.send_one_in(tx, g, again).await? {
             Step::Done(sent) => Ok(sent),
             Step::Seal(sent, item) => {
-                self.seal_all_in(tx, vec![item]).await?;
+                self.seal_all_in(tx, vec![*item]).await?;
                 Ok(sent)
             }
         }
@@ -479,7 +479,10 @@ impl NodeCore {
             Some(version),
         )?;
         tx.set_grant_sent(&g.grant_id, version).await?;
-        Ok(Step::Seal(sent(item.envelope_id.to_vec(), 0, false), item))
+        Ok(Step::Seal(
+            sent(item.envelope_id.to_vec(), 0, false),
+            Box::new(item),
+        ))
     }
 
     /// Seals the packages that waited for their grant to start.

@@ -30,6 +30,7 @@ mod log_watch;
 mod push;
 
 pub use log_watch::check_log;
+pub use push::PUSH_BATCH;
 
 /// TLS settings for reaching the hub.
 #[derive(Clone)]

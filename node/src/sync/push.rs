@@ -342,8 +342,9 @@ async fn push_in_order(
     (to_org, out)
 }
 
-/// The most envelopes in one `SendBatch` call (the hub takes up to 64).
-const PUSH_BATCH: usize = 64;
+/// The most envelopes in one `SendBatch` call (the hub takes up to 64); a call also holds at
+/// most twice the largest envelope body in bytes (and at least one envelope).
+pub const PUSH_BATCH: usize = 64;
 
 /// Sends envelopes in order in one `SendBatch` call, and returns the hub's answer for each
 /// envelope it took up, in order (fewer when it stopped at one it did not take, whose answer is
