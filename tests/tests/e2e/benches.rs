@@ -2,7 +2,7 @@
 //! records must come from a command that still works.
 
 use overstap_bench::handover::handover_bench;
-use overstap_bench::hub::hub_bench;
+use overstap_bench::hub::{HubPlan, hub_bench};
 use overstap_bench::subscribers::subscribers_bench;
 
 /// The routing bench, with NATS JetStream when one listens on 127.0.0.1:4222 (it does on these
@@ -15,24 +15,37 @@ async fn the_hub_benchmark_runs_and_reports_every_figure_it_was_asked_for() {
         .then(|| "127.0.0.1:4222".to_string());
     let postgres = std::env::var("OVERSTAP_TEST_POSTGRES").ok();
     let mut out = Vec::new();
-    let b = hub_bench(64, 4, 1, &[4096], postgres.clone(), nats.clone(), &mut out)
-        .await
-        .unwrap();
+    let plan = HubPlan {
+        envelopes: 64,
+        senders: 4,
+        rounds: 1,
+        sizes: vec![4096],
+        batches: vec![1, 64],
+        postgres: postgres.clone(),
+        nats: nats.clone(),
+    };
+    let b = hub_bench(plan, &mut out).await.unwrap();
     let text = String::from_utf8(out).unwrap();
-    assert_eq!(b.figures.len(), 1, "{text}");
-    let f = &b.figures[0];
-    assert!(f.baseline_per_s > 0.0 && f.sqlite_per_s > 0.0, "{text}");
-    assert!(
-        (f.sqlite_over_baseline - f.sqlite_per_s / f.baseline_per_s).abs() < 1e-9,
-        "{f:?}"
-    );
-    assert!(text.contains("envelopes per commit"), "{text}");
-    assert_eq!(f.nats_per_s.is_some(), nats.is_some(), "{f:?}");
     assert_eq!(
-        f.postgres_two_replicas_per_s.is_some(),
-        postgres.is_some(),
-        "{f:?}"
+        b.figures.iter().map(|f| f.per_call).collect::<Vec<_>>(),
+        [1, 64],
+        "one by one, then in SendBatch calls as a school pushes: {text}"
     );
+    assert!(text.contains("64 per SendBatch"), "{text}");
+    for f in &b.figures {
+        assert!(f.baseline_per_s > 0.0 && f.sqlite_per_s > 0.0, "{text}");
+        assert!(
+            (f.sqlite_over_baseline - f.sqlite_per_s / f.baseline_per_s).abs() < 1e-9,
+            "{f:?}"
+        );
+        assert_eq!(f.nats_per_s.is_some(), nats.is_some(), "{f:?}");
+        assert_eq!(
+            f.postgres_two_replicas_per_s.is_some(),
+            postgres.is_some(),
+            "{f:?}"
+        );
+    }
+    assert!(text.contains("envelopes per commit"), "{text}");
     if nats.is_some() {
         assert!(text.contains("NATS JetStream"), "{text}");
     }
