@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 
 use crate::directory::VerifiedDirectory;
 use crate::pb::{Envelope, EnvelopeHeader, EnvelopeKind, Member, Payload, Signed};
-use crate::sign::{Domain, decode_body, open_signed, sign_message};
+use crate::sign::{Domain, Memory, decode_body, open_signed_in, sign_message};
 use crate::{ProtocolError, UnixTime};
 
 const HPKE_INFO: &[u8] = b"overstap.v1/envelope-body";
@@ -239,6 +239,16 @@ pub fn verify_header(
     directory: &VerifiedDirectory,
     max_body: usize,
 ) -> Result<EnvelopeHeader, ProtocolError> {
+    verify_header_in(None, envelope, directory, max_body)
+}
+
+/// [`verify_header`], its signature checked through `memory` (a memory for a batch, say).
+pub fn verify_header_in(
+    memory: Option<&Memory>,
+    envelope: &Envelope,
+    directory: &VerifiedDirectory,
+    max_body: usize,
+) -> Result<EnvelopeHeader, ProtocolError> {
     let signed = envelope
         .header
         .as_ref()
@@ -251,7 +261,8 @@ pub fn verify_header(
         )));
     }
     let sender_key = directory.signing_key_of(&claimed.from_org)?;
-    let header: EnvelopeHeader = open_signed(Domain::EnvelopeHeader, signed, &sender_key)?;
+    let header: EnvelopeHeader =
+        open_signed_in(memory, Domain::EnvelopeHeader, signed, &sender_key)?;
     directory.member(&header.to_org)?;
     if header.kind() == EnvelopeKind::Unspecified {
         return Err(ProtocolError::Envelope("envelope kind is not set".into()));
@@ -333,6 +344,18 @@ pub fn open_verified(
     my_org: &str,
     keys: &[&EncryptionKeyPair],
 ) -> Result<Opened, ProtocolError> {
+    open_verified_in(None, envelope, header, directory, my_org, keys)
+}
+
+/// [`open_verified`], the payload's signature checked through `memory`.
+pub fn open_verified_in(
+    memory: Option<&Memory>,
+    envelope: &Envelope,
+    header: EnvelopeHeader,
+    directory: &VerifiedDirectory,
+    my_org: &str,
+    keys: &[&EncryptionKeyPair],
+) -> Result<Opened, ProtocolError> {
     if header.to_org != my_org {
         return Err(ProtocolError::Open(format!(
             "envelope is addressed to {}, this node is {}",
@@ -370,8 +393,8 @@ pub fn open_verified(
     let signed_payload =
         Signed::decode(plaintext.as_slice()).map_err(|e| ProtocolError::malformed("payload", e))?;
     let sender_key = directory.signing_key_of(&header.from_org)?;
-    let payload: Payload =
-        open_signed(Domain::Payload, &signed_payload, &sender_key).map_err(|e| {
+    let payload: Payload = open_signed_in(memory, Domain::Payload, &signed_payload, &sender_key)
+        .map_err(|e| {
             ProtocolError::Open(format!(
                 "payload is not signed by the sender {}: {e}",
                 header.from_org

@@ -12,7 +12,8 @@ use sha2::{Digest, Sha256};
 
 use crate::pb::{Disclosure, Manifest, Section, SectionDigest, Signed, StudentCard};
 use crate::sign::{
-    Domain, Memory, decode_body, open_signed, verify_signed_by, verify_signed_by_in, verifying_key,
+    Domain, Memory, decode_body, open_signed_in, verify_signed_by, verify_signed_by_in,
+    verifying_key,
 };
 use crate::{ProtocolError, UnixTime};
 
@@ -194,7 +195,7 @@ pub fn card_sha256(signed: &Signed) -> [u8; 32] {
 
 /// Verifies a student card issued by the home node whose signing key is `home_key`.
 pub fn verify_card(signed: &Signed, home_key: &VerifyingKey) -> Result<StudentCard, ProtocolError> {
-    check_card(signed, home_key)
+    check_card(signed, home_key, None)
 }
 
 /// [`verify_card`], remembered in `memory`: a card travels in every package, grant and
@@ -215,13 +216,17 @@ pub fn verify_card_in(
     if let Some(card) = memory.cards.get(&id) {
         return Ok(card);
     }
-    let card = check_card(signed, home_key)?;
+    let card = check_card(signed, home_key, Some(memory))?;
     memory.cards.keep(id, card.clone());
     Ok(card)
 }
 
-fn check_card(signed: &Signed, home_key: &VerifyingKey) -> Result<StudentCard, ProtocolError> {
-    let card: StudentCard = open_signed(Domain::StudentCard, signed, home_key)?;
+fn check_card(
+    signed: &Signed,
+    home_key: &VerifyingKey,
+    memory: Option<&Memory>,
+) -> Result<StudentCard, ProtocolError> {
+    let card: StudentCard = open_signed_in(memory, Domain::StudentCard, signed, home_key)?;
     verifying_key(&card.student_key, "student key")?;
     parse_birth_month(&card.birth_month)?;
     for g in &card.guardian_keys {

@@ -169,6 +169,14 @@ pub fn verify_signed_by_in(
     {
         return Ok(());
     }
+    if let Some((m, id)) = &remembered
+        && let Some(batch) = &m.batch
+    {
+        // Taken on trust until `settle`, which checks it with the others.
+        batch.take(*id, *key, signing_bytes(domain, &signed.body), sig_arr);
+        m.signatures.keep(*id, ());
+        return Ok(());
+    }
     key.verify_strict(
         &signing_bytes(domain, &signed.body),
         &Signature::from_bytes(&sig_arr),
@@ -192,6 +200,8 @@ pub fn verify_signed_by_in(
 pub struct Memory {
     signatures: Remembered<()>,
     pub(crate) cards: Remembered<crate::pb::StudentCard>,
+    /// Only in a memory for a batch: the signatures taken on trust until `settle`.
+    batch: Option<Batch>,
 }
 
 impl Memory {
@@ -199,8 +209,136 @@ impl Memory {
         Memory {
             signatures: Remembered::new(8_192),
             cards: Remembered::new(4_096),
+            batch: None,
         }
     }
+
+    /// A memory for checking many signatures at once. Every check made through it answers yes
+    /// and notes the signature; nothing it answered may be kept or acted on until [`settle`]
+    /// has checked them all in one `verify_batch` and said yes. When `settle` says no, the
+    /// work is undone and done again with a plain memory, one strict check at a time, which
+    /// finds the bad signature and says which it is.
+    ///
+    /// `settle` refuses what `verify_strict` refuses besides its equation (a key or an R of
+    /// small order, an R or s not in canonical form) before the batch equation: the one
+    /// difference left is the equation itself. A batch checks `R = sB − kA` without the cofactor
+    /// and with random weights, so a signature whose R or key has a component of small order
+    /// (only the key's holder can make one) may pass a batch that `verify_strict` alone would
+    /// refuse; an honest signer's signature passes or fails both alike.
+    ///
+    /// [`settle`]: Memory::settle
+    pub fn for_batch() -> Self {
+        Memory {
+            batch: Some(Batch::default()),
+            ..Memory::new()
+        }
+    }
+
+    /// Checks every signature taken on trust since the last settle, in one batch. On yes, what
+    /// this memory holds is true, and is kept in `into` (the party's own memory) as well.
+    pub fn settle(&self, into: &Memory) -> Result<(), ProtocolError> {
+        let Some(batch) = &self.batch else {
+            return Ok(());
+        };
+        let taken = std::mem::take(&mut *batch.lock());
+        let refused = || ProtocolError::BadSignature {
+            what: "batch",
+            detail: format!(
+                "of {} signatures checked together, at least one does not verify",
+                taken.len()
+            ),
+        };
+        if taken.is_empty() {
+            return Ok(());
+        }
+        if !taken.iter().all(Taken::strict_form) {
+            self.signatures.clear();
+            self.cards.clear();
+            return Err(refused());
+        }
+        let messages: Vec<&[u8]> = taken.iter().map(|t| t.message.as_slice()).collect();
+        let signatures: Vec<Signature> = taken
+            .iter()
+            .map(|t| Signature::from_bytes(&t.signature))
+            .collect();
+        let keys: Vec<VerifyingKey> = taken.iter().map(|t| t.key).collect();
+        if ed25519_dalek::verify_batch(&messages, &signatures, &keys).is_err() {
+            // Nothing taken on trust stays: checked again, each is checked for real.
+            self.signatures.clear();
+            self.cards.clear();
+            return Err(refused());
+        }
+        for t in &taken {
+            into.signatures.keep(t.id, ());
+        }
+        for (id, card) in self.cards.answers().iter() {
+            into.cards.keep(*id, card.clone());
+        }
+        Ok(())
+    }
+}
+
+/// Signatures a memory for a batch took on trust.
+#[derive(Default)]
+struct Batch(std::sync::Mutex<Vec<Taken>>);
+
+struct Taken {
+    id: [u8; 32],
+    key: VerifyingKey,
+    message: Vec<u8>,
+    signature: [u8; 64],
+}
+
+impl Batch {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Taken>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn take(&self, id: [u8; 32], key: VerifyingKey, message: Vec<u8>, signature: [u8; 64]) {
+        self.lock().push(Taken {
+            id,
+            key,
+            message,
+            signature,
+        });
+    }
+}
+
+impl Taken {
+    /// What `verify_strict` refuses besides its equation: a key of small order, an R whose y is
+    /// not reduced (it compares R's encoding), an R of small order. (`verify_batch` refuses an
+    /// s that is not reduced, and an R that is no point.) Byte comparisons, no curve arithmetic.
+    fn strict_form(&self) -> bool {
+        let r: [u8; 32] = self.signature[..32].try_into().expect("64 bytes");
+        !self.key.is_weak() && y_is_reduced(&r) && !small_order_ys().contains(&y_of(&r))
+    }
+}
+
+/// The y coordinate of an encoded point: the encoding without x's sign bit.
+fn y_of(encoded: &[u8; 32]) -> [u8; 32] {
+    let mut y = *encoded;
+    y[31] &= 0x7f;
+    y
+}
+
+/// Whether the y of an encoded point is below p = 2^255 − 19 (the only y that encodes
+/// canonically).
+fn y_is_reduced(encoded: &[u8; 32]) -> bool {
+    let y = y_of(encoded);
+    // y ≥ p exactly when y = 2^255 − 19 + k for k in 0..19: bytes ed..ff, ff × 30, 7f.
+    !(y[31] == 0x7f && y[1..31].iter().all(|b| *b == 0xff) && y[0] >= 0xed)
+}
+
+/// The y of each of the eight points of small order: a point whose (reduced) y is one of these
+/// is of small order whatever x's sign, as the negation of one is one too.
+fn small_order_ys() -> &'static [[u8; 32]] {
+    static YS: std::sync::OnceLock<Vec<[u8; 32]>> = std::sync::OnceLock::new();
+    YS.get_or_init(|| {
+        curve25519_dalek::constants::EIGHT_TORSION
+            .iter()
+            .map(|p| y_of(&p.compress().to_bytes()))
+            .collect()
+    })
 }
 
 impl Default for Memory {
@@ -243,6 +381,10 @@ impl<V: Clone> Remembered<V> {
         self.answers().get(id).cloned()
     }
 
+    fn clear(&self) {
+        self.answers().clear();
+    }
+
     pub(crate) fn keep(&self, id: [u8; 32], answer: V) {
         let mut answers = self.answers();
         if answers.len() >= self.max {
@@ -258,7 +400,17 @@ pub fn open_signed<M: Message + Default>(
     signed: &Signed,
     key: &VerifyingKey,
 ) -> Result<M, ProtocolError> {
-    verify_signed_by(domain, signed, key)?;
+    open_signed_in(None, domain, signed, key)
+}
+
+/// [`open_signed`], checked through `memory` ([`verify_signed_by_in`]).
+pub fn open_signed_in<M: Message + Default>(
+    memory: Option<&Memory>,
+    domain: Domain,
+    signed: &Signed,
+    key: &VerifyingKey,
+) -> Result<M, ProtocolError> {
+    verify_signed_by_in(memory, domain, signed, key)?;
     decode_body(domain, signed)
 }
 
@@ -418,5 +570,142 @@ mod tests {
             }],
         };
         assert!(verify_signed_by(Domain::Receipt, &signed, &key).is_err());
+    }
+
+    /// A signature by `key` over `body` whose R is the point encoded as `r` (one of small order,
+    /// say): s = k·a, so that the equation R = sB − kA holds exactly when R is the identity.
+    fn signed_with_r(key: &SigningKey, body: &[u8], r: [u8; 32]) -> Signed {
+        use sha2::Sha512;
+        let a = key.verifying_key().to_bytes();
+        let mut h = Sha512::new();
+        h.update(r);
+        h.update(a);
+        h.update(signing_bytes(Domain::Receipt, body));
+        let k = curve25519_dalek::Scalar::from_bytes_mod_order_wide(&h.finalize().into());
+        let s = k * key.to_scalar();
+        let mut signature = r.to_vec();
+        signature.extend_from_slice(s.as_bytes());
+        Signed {
+            body: body.to_vec(),
+            sigs: vec![Sig {
+                public_key: a.to_vec(),
+                signature,
+            }],
+        }
+    }
+
+    #[test]
+    fn signatures_checked_together_count_only_once_the_batch_settles() {
+        let keys: Vec<SigningKey> = (0..5).map(|_| generate_signing_key()).collect();
+        let signed: Vec<(Signed, VerifyingKey)> = (0..20)
+            .map(|i| {
+                let key = &keys[i % keys.len()];
+                let r = Revocation {
+                    grant_id: format!("g{i}"),
+                    ..revocation()
+                };
+                (
+                    sign_message(Domain::Revocation, &r, &[key]),
+                    key.verifying_key(),
+                )
+            })
+            .collect();
+        let mine = Memory::new();
+        let batch = Memory::for_batch();
+        for (s, k) in &signed {
+            verify_signed_by_in(Some(&batch), Domain::Revocation, s, k).unwrap();
+        }
+        assert_eq!(
+            mine.signatures.len(),
+            0,
+            "nothing counts before the batch settles"
+        );
+        batch.settle(&mine).unwrap();
+        assert_eq!(mine.signatures.len(), 20, "all of them count once it has");
+
+        // One body changed after signing: every check answers yes, and the batch says no.
+        let mut bad = signed.clone();
+        bad[7].0.body.push(0);
+        let batch = Memory::for_batch();
+        for (s, k) in &bad {
+            verify_signed_by_in(Some(&batch), Domain::Revocation, s, k).unwrap();
+        }
+        let mine = Memory::new();
+        let e = batch.settle(&mine).unwrap_err();
+        assert!(
+            e.to_string().contains("of 20 signatures checked together"),
+            "{e}"
+        );
+        assert_eq!(
+            mine.signatures.len(),
+            0,
+            "nothing of a failed batch is kept"
+        );
+        assert_eq!(batch.signatures.len(), 0, "nor trusted in the batch itself");
+        // Checked alone, the bad one is found, and only it.
+        let alone: Vec<bool> = bad
+            .iter()
+            .map(|(s, k)| verify_signed_by(Domain::Revocation, s, k).is_ok())
+            .collect();
+        assert_eq!(alone.iter().filter(|ok| !**ok).count(), 1);
+        assert!(!alone[7]);
+    }
+
+    #[test]
+    fn a_batch_refuses_what_verify_strict_refuses_where_the_equation_holds() {
+        let key = generate_signing_key();
+        let good = sign_message(Domain::Receipt, &revocation(), &[&key]);
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        // The identity again, its y written as p + 1: not reduced.
+        let mut unreduced = [0xffu8; 32];
+        unreduced[0] = 0xee;
+        unreduced[31] = 0x7f;
+        assert!(!y_is_reduced(&unreduced));
+        let mut p_minus_one = unreduced;
+        p_minus_one[0] = 0xec;
+        assert!(y_is_reduced(&p_minus_one) && y_is_reduced(&identity));
+        let weak = VerifyingKey::from_bytes(&identity).unwrap();
+        let by_weak_key = Signed {
+            body: b"x".to_vec(),
+            sigs: vec![Sig {
+                public_key: identity.to_vec(),
+                signature: {
+                    let mut s = [0u8; 64];
+                    s[0] = 1;
+                    s.to_vec()
+                },
+            }],
+        };
+        let vk = key.verifying_key();
+        let cases = [
+            ("a key of small order", by_weak_key, weak),
+            (
+                "an R of small order",
+                signed_with_r(&key, b"x", identity),
+                vk,
+            ),
+            ("an R not reduced", signed_with_r(&key, b"x", unreduced), vk),
+        ];
+        for (what, bad, k) in cases {
+            assert!(
+                verify_signed_by(Domain::Receipt, &bad, &k).is_err(),
+                "{what}: verify_strict refuses it"
+            );
+            // What the batch equation alone says: yes, which is why the form is checked first.
+            let message = signing_bytes(Domain::Receipt, &bad.body);
+            let sig = Signature::from_bytes(&bad.sigs[0].signature.clone().try_into().unwrap());
+            assert!(
+                ed25519_dalek::verify_batch(&[&message], &[sig], &[k]).is_ok(),
+                "{what}: the equation holds"
+            );
+            let batch = Memory::for_batch();
+            verify_signed_by_in(Some(&batch), Domain::Receipt, &good, &vk).unwrap();
+            verify_signed_by_in(Some(&batch), Domain::Receipt, &bad, &k).unwrap();
+            assert!(
+                batch.settle(&Memory::new()).is_err(),
+                "{what}: the batch refuses it"
+            );
+        }
     }
 }

@@ -165,6 +165,8 @@ pub struct HubState<S> {
     /// Envelopes on their way to the group commit.
     commits: mpsc::Sender<CommitJob>,
     clock: Clock,
+    /// Header signatures this hub checked, the headers of a `SendBatch` call together.
+    checked: overstap_proto::sign::Memory,
 }
 
 impl<S> HubState<S> {
@@ -268,6 +270,7 @@ impl<S: HubStore> HubService<S> {
                 waiting,
                 commits,
                 clock: config.clock.clone(),
+                checked: overstap_proto::sign::Memory::new(),
             }),
         };
         tokio::spawn(group_commit(Arc::downgrade(&service.state), jobs));

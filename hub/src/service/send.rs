@@ -5,11 +5,11 @@
 
 use std::sync::Arc;
 
-use overstap_proto::envelope::{header_hash, verify_header};
+use overstap_proto::envelope::{header_hash, verify_header_in};
 use overstap_proto::pb::{
     Envelope, EnvelopeHeader, Member, MemberKind, Receipt, SendResult, Signed,
 };
-use overstap_proto::sign::{Domain, decode_body, sign_message};
+use overstap_proto::sign::{Domain, Memory, decode_body, sign_message, verify_signed_by_in};
 use prost::Message;
 use tokio::sync::mpsc;
 use tonic::Status;
@@ -147,7 +147,12 @@ impl<S: HubStore> HubService<S> {
                 claimed: claimed.from_org,
             });
         }
-        let header = verify_header(&env, &directory, self.state.max_body)?;
+        let header = verify_header_in(
+            Some(&self.state.checked),
+            &env,
+            &directory,
+            self.state.max_body,
+        )?;
         let recipient = directory.member(&header.to_org)?;
         if matches!(recipient.kind(), MemberKind::Hub | MemberKind::Coordinator) {
             return Err(HubError::BadRecipient(format!(
@@ -235,6 +240,7 @@ impl<S: HubStore> HubService<S> {
                 envelopes.len()
             )));
         }
+        self.check_together(&envelopes);
         let mut taken = Vec::with_capacity(envelopes.len());
         let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
         for (i, env) in envelopes.into_iter().enumerate() {
@@ -289,6 +295,33 @@ impl<S: HubStore> HubService<S> {
             });
         }
         Ok(results)
+    }
+
+    /// Checks the header signatures of a call's envelopes together, in one `verify_batch`, so
+    /// that each envelope's own check ([`verify_header_in`]) finds its signature checked. When
+    /// the batch does not hold, nothing of it is kept and each envelope is checked alone, which
+    /// names the bad one; an envelope whose sender is unknown is left to its own check.
+    fn check_together(&self, envelopes: &[Envelope]) {
+        let Ok(directory) = self.directory() else {
+            return;
+        };
+        if envelopes.len() < 2 {
+            return;
+        }
+        let batch = Memory::for_batch();
+        for signed in envelopes.iter().filter_map(|e| e.header.as_ref()) {
+            let Ok(claimed) = decode_body::<EnvelopeHeader>(Domain::EnvelopeHeader, signed) else {
+                continue;
+            };
+            let Ok(key) = directory.signing_key_of(&claimed.from_org) else {
+                continue;
+            };
+            // Taken on trust until the batch is settled just below.
+            let _ = verify_signed_by_in(Some(&batch), Domain::EnvelopeHeader, signed, &key);
+        }
+        if let Err(e) = batch.settle(&self.state.checked) {
+            tracing::info!(error = %e, "a call's headers did not verify together; each is checked alone");
+        }
     }
 
     /// Counts how one envelope's send went, by kind and outcome, and gives the caller's answer:

@@ -14,7 +14,7 @@ use overstap_proto::pb::{
     ConsentGrant, DeletionReceipt, Envelope, EnvelopeHeader, EnvelopeKind, HandoverStatus, Package,
     Payload, Receipt, Refusal, Revocation, RevocationNotice, Signed, StudentCard,
 };
-use overstap_proto::sign::{Domain, decode_body, open_signed, verifying_key};
+use overstap_proto::sign::{Domain, Memory, decode_body, open_signed, verifying_key};
 use overstap_proto::{ProtocolError, format_date};
 use prost::Message;
 
@@ -28,7 +28,8 @@ impl NodeCore {
     /// The effect of one opened envelope, inside the transaction that marks it processed.
     /// `signed_under` is the directory the envelope was sealed under (the one before its
     /// sender's key rotation, for one in flight across it): what the sender signed inside, such
-    /// as a student card, is checked against that.
+    /// as a student card, is checked against that. Signatures are checked through `memory`: the
+    /// node's own, or one for a batch, settled before the transaction commits.
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn apply_in(
         &self,
@@ -39,11 +40,15 @@ impl NodeCore {
         opened: &Opened,
         receipt: Option<&Signed>,
         owed: &mut Owed,
+        memory: &Memory,
     ) -> Result<Outcome, NodeError> {
         let from = &header.from_org;
         match &opened.payload.content {
             Some(Content::Package(p)) => {
-                match self.check_package(tx, signed_under, opened, p).await? {
+                match self
+                    .check_package(tx, signed_under, opened, p, memory)
+                    .await?
+                {
                     Ok((received, superseded)) => {
                         let grant_id = received.grant_id.clone();
                         tx.store_received(&received).await?;
@@ -308,11 +313,12 @@ impl NodeCore {
         dir: &VerifiedDirectory,
         opened: &Opened,
         p: &Package,
+        memory: &Memory,
     ) -> Result<Result<(Received, bool), ProtocolError>, NodeError> {
         let held = self
             .held_card(tx, &opened.header.from_org, p.card.as_ref())
             .await?;
-        let mut received = match self.check_package_rules(dir, opened, p, held) {
+        let mut received = match self.check_package_rules(dir, opened, p, held, memory) {
             Ok(r) => r,
             Err(e) => return Ok(Err(e)),
         };
@@ -437,6 +443,7 @@ impl NodeCore {
         opened: &Opened,
         p: &Package,
         held: Option<StudentCard>,
+        memory: &Memory,
     ) -> Result<Received, ProtocolError> {
         let home = &opened.header.from_org;
         let missing = |what: &'static str| ProtocolError::Malformed {
@@ -446,7 +453,7 @@ impl NodeCore {
         let card_signed = p.card.as_ref().ok_or_else(|| missing("student card"))?;
         let manifest_signed = p.manifest.as_ref().ok_or_else(|| missing("manifest"))?;
         let grant_signed = p.grant.as_ref().ok_or_else(|| missing("consent grant"))?;
-        let card = verify_card_in(&self.checked, card_signed, &dir.signing_key_of(home)?)?;
+        let card = verify_card_in(memory, card_signed, &dir.signing_key_of(home)?)?;
         if card.home_org != *home {
             return Err(ProtocolError::Consent(format!(
                 "the student's card was issued by {}, the package came from {home}",
@@ -454,7 +461,7 @@ impl NodeCore {
             )));
         }
         let card = pinned_card(held, card)?;
-        let memory = Some(&self.checked);
+        let memory = Some(memory);
         let rule = Signers::StudentAndGuardian;
         let manifest = verify_manifest_by(manifest_signed, &card, self.now(), rule, memory)?;
         let grant = verify_grant_by(grant_signed, &card, self.now(), rule, memory)?;

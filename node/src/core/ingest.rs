@@ -4,10 +4,13 @@
 
 use overstap_proto::ProtocolError;
 use overstap_proto::directory::VerifiedDirectory;
-use overstap_proto::envelope::{EncryptionKeyPair, Opened, open, open_verified, verify_header};
+use overstap_proto::envelope::{
+    EncryptionKeyPair, Opened, open, open_verified, open_verified_in, verify_header,
+    verify_header_in,
+};
 use overstap_proto::pb::payload::Content;
 use overstap_proto::pb::{Envelope, EnvelopeHeader, EnvelopeKind, Payload, ResendRequest, Signed};
-use overstap_proto::sign::{Domain, decode_body};
+use overstap_proto::sign::{Domain, Memory, decode_body};
 use prost::Message;
 
 use crate::store::{Held, Processed, Tx};
@@ -55,6 +58,8 @@ impl NodeCore {
         outcomes: &mut Vec<Outcome>,
     ) -> Result<(), NodeError> {
         let dir = self.directory()?;
+        // The run's signatures are checked together: each stretch's before it commits.
+        let batch = Memory::for_batch();
         // What needs no database, for the whole run and before its transaction: the header's
         // signature, and opening the payload.
         let prepared: Vec<Option<(EnvelopeHeader, Opened)>> = {
@@ -68,9 +73,17 @@ impl NodeCore {
                     )
                     .ok()?;
                     // Checked once: `open_verified` does not check the header again.
-                    let header = verify_header(envelope, &dir, self.max_body).ok()?;
-                    let opened =
-                        open_verified(envelope, header, &dir, &self.org_id, &key_refs).ok()?;
+                    let header =
+                        verify_header_in(Some(&batch), envelope, &dir, self.max_body).ok()?;
+                    let opened = open_verified_in(
+                        Some(&batch),
+                        envelope,
+                        header,
+                        &dir,
+                        &self.org_id,
+                        &key_refs,
+                    )
+                    .ok()?;
                     Some((claimed, opened))
                 })
                 .collect()
@@ -79,7 +92,7 @@ impl NodeCore {
         while i < run.len() {
             let start = i;
             let (mut stretch, senders) = match self
-                .take_in_stretch(run, &prepared, &dir, &mut i)
+                .take_in_stretch(run, &prepared, &dir, &batch, &mut i)
                 .await
             {
                 Ok(taken) => taken,
@@ -116,6 +129,7 @@ impl NodeCore {
         run: &[(Envelope, Option<Signed>)],
         prepared: &[Option<(EnvelopeHeader, Opened)>],
         dir: &VerifiedDirectory,
+        batch: &Memory,
         i: &mut usize,
     ) -> Result<(Vec<Outcome>, std::collections::BTreeSet<String>), NodeError> {
         let mut tx: Option<Tx> = None;
@@ -150,7 +164,9 @@ impl NodeCore {
                 }
                 let receipt = run[*i].1.as_ref();
                 let outcome = self
-                    .take_in_next(t, dir, dir, claimed, opened, receipt, false, &mut owed)
+                    .take_in_next(
+                        t, dir, dir, claimed, opened, receipt, false, &mut owed, batch,
+                    )
                     .await?
                     .ok_or_else(|| {
                         NodeError::Invalid(format!(
@@ -164,6 +180,10 @@ impl NodeCore {
             *i += 1;
         }
         if let Some(mut t) = tx {
+            // Nothing of the stretch is kept unless every signature it was taken in on holds:
+            // if one does not, the transaction is dropped and the stretch taken in again one
+            // envelope at a time, each signature checked alone.
+            batch.settle(&self.checked)?;
             // The packages' senders are answered, one envelope each for the stretch.
             self.send_owed_in(&mut t, owed).await?;
             t.commit().await?;
@@ -431,6 +451,7 @@ impl NodeCore {
                 receipt,
                 from_held,
                 &mut owed,
+                &self.checked,
             )
             .await?
         else {
@@ -476,6 +497,7 @@ impl NodeCore {
         receipt: Option<&Signed>,
         from_held: bool,
         owed: &mut Owed,
+        memory: &Memory,
     ) -> Result<Option<Outcome>, NodeError> {
         let from = &claimed.from_org;
         let seq = opened.payload.seq;
@@ -490,7 +512,16 @@ impl NodeCore {
             tx.unhold(from, seq).await?;
         }
         let outcome = self
-            .apply_in(tx, dir, sealed_under, claimed, opened, receipt, owed)
+            .apply_in(
+                tx,
+                dir,
+                sealed_under,
+                claimed,
+                opened,
+                receipt,
+                owed,
+                memory,
+            )
             .await?;
         let (label, detail) = match &outcome {
             Outcome::Stored { grant_id } => ("stored", grant_id.clone()),

@@ -343,6 +343,46 @@ impl tonic::codec::Decoder for RawCodec {
 /// tampered one gets the answer `Send` gives it, the one before it is stored, and the batch
 /// stops there (nothing overtakes an envelope its sender may send again); a batch over the limit
 /// is refused whole; and a full mailbox stops the batch where it fills, with the time to wait.
+/// The hub checks the header signatures of a call together, in one batch. A forged one fails
+/// the batch; each envelope is then checked alone: the one before it is routed, the forged one
+/// gets the answer `Send` gives it, and the one after it is not looked at.
+#[tokio::test]
+async fn a_forged_header_in_a_batch_gets_the_answer_it_gets_alone() {
+    let (_tmp, mut region) = region().await;
+    region.stop_node(MBO).await.unwrap();
+    let school = creds(&region, SCHOOL);
+    let mbo = member(&region, MBO);
+    let mut hub = hub_client(&school);
+    let first = status_envelope(&school, &mbo);
+    let mut forged = status_envelope(&school, &mbo);
+    forged.header.as_mut().unwrap().sigs[0].signature[3] ^= 1;
+    let third = status_envelope(&school, &mbo);
+    let results = hub
+        .send_batch(SendBatchRequest {
+            envelopes: vec![first.clone(), forged.clone(), third],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert_eq!(results.len(), 2, "the third was not looked at: {results:?}");
+    assert!(results[0].receipt.is_some());
+    let single = hub.send(forged).await.unwrap_err();
+    assert_eq!(results[1].receipt, None);
+    assert_eq!(results[1].code, single.code() as i32);
+    assert_eq!(results[1].message, single.message());
+    assert!(
+        results[1].message.contains("does not verify"),
+        "{results:?}"
+    );
+    let first_id =
+        decode_body::<EnvelopeHeader>(Domain::EnvelopeHeader, first.header.as_ref().unwrap())
+            .unwrap()
+            .envelope_id;
+    assert_eq!(hub_mailbox(&region, MBO).await, vec![first_id]);
+    region.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn a_batch_is_answered_envelope_by_envelope_in_the_order_sent() {
     let (_tmp, mut region) = region().await;

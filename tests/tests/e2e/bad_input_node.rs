@@ -387,6 +387,87 @@ async fn a_recipient_refuses_a_package_under_a_bad_grant_stores_nothing_and_tell
     region.shutdown().await.unwrap();
 }
 
+/// A run of packages taken in together has its signatures checked together, in one batch. One
+/// forged signature in the run fails the batch: nothing of it is kept, the run is taken in
+/// again one envelope at a time, the forged package is refused with its signature named, and
+/// the packages around it are stored.
+#[tokio::test]
+async fn a_forged_signature_in_a_run_is_found_alone_and_holds_up_no_other_package() {
+    let (_tmp, mut region) = region().await;
+    let school = creds(&region, SCHOOL);
+    let mut hub = hub_client(&school);
+    let mut students = Vec::new();
+    for _ in 0..3 {
+        students.push(student(&region, &birth_month(17), None).await);
+    }
+    let grants: Vec<_> = students
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let from = now() - 60 - i as i64;
+            raw_grant(
+                &s.wallet,
+                MBO,
+                &["wie-ben-ik"],
+                "intake",
+                from,
+                now() + 86_400,
+                None,
+            )
+        })
+        .collect();
+    let mut forged = grants[1].clone();
+    forged.sigs[0].signature[10] ^= 1;
+    let envelopes: Vec<Envelope> = students
+        .iter()
+        .zip([&grants[0], &forged, &grants[2]])
+        .map(|(s, g)| package_envelope(&region, &school, MBO, s, g, &["wie-ben-ik"], "intake"))
+        .collect();
+    // The mbo is away while they arrive, so it finds them waiting, as one run.
+    region.stop_node(MBO).await.unwrap();
+    let results = hub
+        .send_batch(overstap_proto::pb::SendBatchRequest { envelopes })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert!(results.iter().all(|r| r.receipt.is_some()), "{results:?}");
+    region.start_node(MBO).await.unwrap();
+    eventually("the refusal reaches the school", || async {
+        node_processed(&region, SCHOOL)
+            .await
+            .iter()
+            .any(|(o, _)| o == "refusal")
+    })
+    .await;
+    let refusal = node_processed(&region, SCHOOL)
+        .await
+        .into_iter()
+        .find(|(o, _)| o == "refusal")
+        .unwrap()
+        .1;
+    assert!(refusal.contains("does not verify"), "{refusal}");
+    let pool = node_pool(&region, MBO).await;
+    let mut stored: Vec<String> = sqlx::query_scalar("SELECT grant_id FROM received")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    stored.sort();
+    let id = |g: &overstap_proto::pb::Signed| {
+        overstap_proto::sign::decode_body::<ConsentGrant>(Domain::Grant, g)
+            .unwrap()
+            .grant_id
+    };
+    let mut expected = vec![id(&grants[0]), id(&grants[2])];
+    expected.sort();
+    assert_eq!(
+        stored, expected,
+        "the packages around the forged one are stored"
+    );
+    region.shutdown().await.unwrap();
+}
+
 /// The node's local API answers bytes that do not decode with `INVALID_ARGUMENT` and a reason,
 /// as the hub does, and takes nothing in.
 #[tokio::test]
