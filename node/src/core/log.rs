@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 
 use ed25519_dalek::SigningKey;
 use overstap_proto::pb::{MemberKind, Receipt, Signed};
-use overstap_proto::sign::{Domain, open_signed};
+use overstap_proto::sign::{Domain, Memory, open_signed_in, verify_signed_by_in};
 
 use super::{NodeCore, NodeError};
 
@@ -19,13 +19,37 @@ impl NodeCore {
             .ok_or_else(|| NodeError::Invalid("the directory lists no hub".into()))?;
         // Decompressed once, when the directory was verified.
         let key = dir.signing_key_of(&hub.org_id)?;
-        let r: Receipt = open_signed(Domain::Receipt, receipt, &key)?;
+        let r: Receipt = open_signed_in(Some(&self.checked), Domain::Receipt, receipt, &key)?;
         if r.envelope_id != envelope_id {
             return Err(NodeError::Invalid(
                 "the hub's receipt is for another envelope".into(),
             ));
         }
         Ok(())
+    }
+
+    /// Checks the signatures of the hub's receipts for one call together (one `verify_batch`),
+    /// so that each receipt's own check ([`NodeCore::check_receipt`]) finds its signature
+    /// checked. If the batch does not hold, nothing of it is kept and each receipt is checked
+    /// alone, which finds the bad one.
+    pub fn check_receipts_together<'a>(&self, receipts: impl Iterator<Item = &'a Signed>) {
+        let Ok(dir) = self.directory() else {
+            return;
+        };
+        let Some(key) = dir
+            .hub()
+            .and_then(|hub| dir.signing_key_of(&hub.org_id).ok())
+        else {
+            return;
+        };
+        let batch = Memory::for_batch();
+        for receipt in receipts {
+            // Taken on trust until the batch is settled just below.
+            let _ = verify_signed_by_in(Some(&batch), Domain::Receipt, receipt, &key);
+        }
+        if let Err(e) = batch.settle(&self.checked) {
+            tracing::warn!(error = %e, "the hub's receipts did not verify together; each is checked alone");
+        }
     }
 
     /// Checks a checkpoint note against the hub key and region in the signed directory.

@@ -261,6 +261,7 @@ async fn push_in_order(
         for untaken in call.split_off(results.len()).into_iter().rev() {
             ready.push_front(untaken);
         }
+        core.check_receipts_together(results.iter().filter_map(|r| r.as_ref().ok()));
         for ((entry, envelope), result) in call.into_iter().zip(results) {
             let id = envelope_id(&envelope);
             match result {

@@ -458,3 +458,57 @@ async fn a_full_mailbox_is_taken_in_in_runs_with_the_same_result() {
     assert!(commits > 0.0, "the inbox took its mailbox in through runs");
     region.shutdown().await.unwrap();
 }
+
+/// A hub that signs its receipts with a key the directory does not list: the school checks
+/// every receipt against the directory's hub key, refuses them, and marks nothing sent; the
+/// envelopes wait in its outbox with the reason.
+#[tokio::test]
+async fn receipts_not_signed_by_the_directorys_hub_are_refused_and_nothing_is_marked_sent() {
+    let (_tmp, mut region) = region().await;
+    region
+        .run_hub_with(|mut config, listener, stop| async move {
+            config.signing_key = overstap_proto::sign::generate_signing_key();
+            overstap_hub::serve(config, listener, stop).await
+        })
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let s = student(&region, &birth_month(17), None).await;
+        let request = grant_request(MBO, &["wie-ben-ik"], "intake", 30);
+        ids.push(grant(&region, &s.wallet, &request, None).await);
+    }
+    let mut api = region.api(SCHOOL).await.unwrap();
+    api.send_passports(overstap_proto::pb::SendPassportsRequest {
+        grant_ids: ids.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let school = node_pool(&region, SCHOOL).await;
+    eventually("the school refused a receipt", || async {
+        let refused: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE detail LIKE 'receipt refused%'")
+                .fetch_one(&school)
+                .await
+                .unwrap();
+        refused > 0
+    })
+    .await;
+    let detail: String =
+        sqlx::query_scalar("SELECT detail FROM outbox WHERE detail LIKE 'receipt refused%'")
+            .fetch_one(&school)
+            .await
+            .unwrap();
+    assert!(detail.contains("no signature by key"), "{detail}");
+    for (sql, expected) in [
+        ("SELECT COUNT(*) FROM outbox WHERE state = 'sent'", 0),
+        ("SELECT COUNT(*) FROM outbox WHERE receipt IS NOT NULL", 0),
+        ("SELECT COUNT(*) FROM trail WHERE event = 'sent'", 0),
+    ] {
+        let n: i64 = sqlx::query_scalar(sql).fetch_one(&school).await.unwrap();
+        assert_eq!(n, expected, "{sql}");
+    }
+    school.close().await;
+    region.shutdown().await.unwrap();
+}
