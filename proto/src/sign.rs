@@ -294,6 +294,8 @@ impl Batch {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    // Never inlined, so that `cli/bench/scripts/instructions` can count its calls.
+    #[inline(never)]
     fn take(&self, id: [u8; 32], key: VerifyingKey, message: Vec<u8>, signature: [u8; 64]) {
         self.lock().push(Taken {
             id,
