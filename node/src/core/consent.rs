@@ -145,13 +145,26 @@ impl NodeCore {
         &self,
         g: &GrantRow,
     ) -> Result<(ConsentGrant, Signed), NodeError> {
+        let card = match g.state.as_str() {
+            "active" => self.store.student_card(&g.pseudonym).await?,
+            _ => None,
+        };
+        self.grant_allows_with(g, card.as_deref())
+    }
+
+    /// [`NodeCore::grant_allows`], with the student's card as stored (read beforehand).
+    pub(super) fn grant_allows_with(
+        &self,
+        g: &GrantRow,
+        card: Option<&[u8]>,
+    ) -> Result<(ConsentGrant, Signed), NodeError> {
         if g.state != "active" {
             return Err(NodeError::Precondition(format!(
                 "grant {} is {}",
                 g.grant_id, g.state
             )));
         }
-        let (card_signed, card) = self.card(&g.pseudonym).await?;
+        let (card_signed, card) = self.card_from(&g.pseudonym, card)?;
         let grant = verify_grant_by(
             &stored::<Signed>(&g.signed, "grant")?,
             &card,

@@ -14,7 +14,7 @@ use ed25519_dalek::SigningKey;
 use overstap_proto::pb::Member;
 use prost::Message;
 
-use crate::store::{GrantRow, OutboxEntry, OutboxRow, TrailRow, Tx};
+use crate::store::{ClassReads, GrantRow, OutboxEntry, OutboxRow, StoredVersion, TrailRow, Tx};
 
 use super::consent::grant_time_of;
 use super::{NodeCore, NodeError, SEND_BATCH, Sent, random_bytes, stored};
@@ -37,12 +37,16 @@ struct ToSeal {
     version: Option<u32>,
 }
 
-/// What one grant of a send comes to: done without sealing (sent before, or waiting for its
-/// start), or a package to seal with the others of its transaction.
+/// What one grant of a send comes to: done without sealing (sent before), queued unsealed
+/// until its start, or a package to seal with the others of its transaction.
 enum Step {
     Done(Sent),
+    Wait(Sent, OutboxRow),
     Seal(Sent, Box<ToSeal>),
 }
+
+/// The outbox states in which a package counts as sent or on its way.
+const SENT_OR_ON_ITS_WAY: &[&str] = &["waiting", "pending", "sent"];
 
 impl ToSeal {
     /// Signs and seals the payload (under the sequence number and checkpoint it now holds) and
@@ -267,17 +271,27 @@ impl NodeCore {
     /// The package for a grant and passport version: the card, the signed manifest, the grant,
     /// and the disclosures of exactly the granted sections.
     async fn package_payload(&self, g: &GrantRow, version: u32) -> Result<Payload, NodeError> {
-        let (grant, card_signed) = self.grant_allows(g).await?;
-        let v = self
-            .store
-            .version(&g.pseudonym, version)
-            .await?
-            .ok_or_else(|| {
-                NodeError::Precondition(format!(
-                    "student {} has no passport version {version}",
-                    g.pseudonym
-                ))
-            })?;
+        let card = self.store.student_card(&g.pseudonym).await?;
+        let v = self.store.version(&g.pseudonym, version).await?;
+        self.package_payload_from(g, version, card.as_deref(), v.as_ref())
+    }
+
+    /// [`NodeCore::package_payload`] from what was read beforehand: the student's card and
+    /// the passport version, as stored.
+    fn package_payload_from(
+        &self,
+        g: &GrantRow,
+        version: u32,
+        card: Option<&[u8]>,
+        v: Option<&StoredVersion>,
+    ) -> Result<Payload, NodeError> {
+        let (grant, card_signed) = self.grant_allows_with(g, card)?;
+        let v = v.ok_or_else(|| {
+            NodeError::Precondition(format!(
+                "student {} has no passport version {version}",
+                g.pseudonym
+            ))
+        })?;
         let all: Vec<Disclosure> = v
             .disclosures
             .iter()
@@ -352,11 +366,12 @@ impl NodeCore {
         out
     }
 
-    /// Seals (or, for a grant not in force yet, queues) each grant in one transaction. Each is
-    /// read and checked from a savepoint of its own: a grant that cannot go, even one that fails
-    /// half-way (its recipient left the directory, say), is undone alone and gets its error, and
-    /// the others go on. Those that can go are then sealed together ([`NodeCore::seal_all_in`]).
-    /// An error of the store fails the whole transaction.
+    /// Seals (or, for a grant not in force yet, queues) each grant in one transaction. What the
+    /// grants need is read first, in a handful of queries for all of them ([`Tx::class_reads`]),
+    /// under the writer lock, so a revocation cannot commit in between; each grant is then
+    /// checked on its own, and one that cannot go (its recipient left the directory, say) gets
+    /// its error and writes nothing, while the others go on. Those that can go are sealed
+    /// together ([`NodeCore::seal_all_in`]). An error of the store fails the whole transaction.
     async fn send_in_one_transaction(
         &self,
         grant_ids: &[String],
@@ -365,32 +380,19 @@ impl NodeCore {
         let mut out = Vec::with_capacity(grant_ids.len());
         let mut to_seal = Vec::new();
         let mut tx = self.store.begin().await?;
+        let reads = tx.class_reads(grant_ids, SENT_OR_ON_ITS_WAY).await?;
         for grant_id in grant_ids {
-            // Read under the writer lock, so a revocation cannot commit in between.
-            let Some(g) = tx.grant(grant_id).await? else {
+            let Some(g) = reads.grants.get(grant_id) else {
                 out.push(Err(NodeError::NotFound(format!(
                     "no grant {grant_id} at {}",
                     self.org_id
                 ))));
                 continue;
             };
-            tx.savepoint().await?;
-            match self.send_one_in(&mut tx, &g, again).await {
-                Ok(step) => {
-                    tx.release_savepoint().await?;
-                    out.push(Ok(match step {
-                        Step::Done(sent) => sent,
-                        Step::Seal(sent, item) => {
-                            to_seal.push(*item);
-                            sent
-                        }
-                    }));
-                }
-                Err(e) => {
-                    tx.rollback_to_savepoint().await?;
-                    out.push(Err(e));
-                }
-            }
+            out.push(match self.send_step(g, again, &reads) {
+                Ok(step) => Ok(self.take_step_in(&mut tx, g, step, &mut to_seal).await?),
+                Err(e) => Err(e),
+            });
         }
         let sealed_any = !to_seal.is_empty();
         self.seal_all_in(&mut tx, to_seal).await?;
@@ -401,31 +403,55 @@ impl NodeCore {
         Ok(out)
     }
 
-    /// [`NodeCore::send_one_in`], sealed at once.
+    /// [`NodeCore::send_step`] for one grant inside `tx`, sealed at once.
     pub(super) async fn send_now_in(
         &self,
         tx: &mut Tx,
         g: &GrantRow,
         again: bool,
     ) -> Result<Sent, NodeError> {
-        match self.send_one_in(tx, g, again).await? {
-            Step::Done(sent) => Ok(sent),
-            Step::Seal(sent, item) => {
-                self.seal_all_in(tx, vec![*item]).await?;
-                Ok(sent)
-            }
-        }
+        let reads = tx
+            .class_reads(std::slice::from_ref(&g.grant_id), SENT_OR_ON_ITS_WAY)
+            .await?;
+        let step = self.send_step(g, again, &reads)?;
+        let mut to_seal = Vec::new();
+        let sent = self.take_step_in(tx, g, step, &mut to_seal).await?;
+        self.seal_all_in(tx, to_seal).await?;
+        Ok(sent)
     }
 
-    /// Readies one grant's package for sealing, or queues it unsealed while the grant is not
-    /// in force yet. A live grant sends the student's newest passport version, any other the
-    /// version it was given for.
-    async fn send_one_in(&self, tx: &mut Tx, g: &GrantRow, again: bool) -> Result<Step, NodeError> {
+    /// Writes what a step needs before sealing: a waiting row, or the version marked sent (the
+    /// package joins `to_seal`).
+    async fn take_step_in(
+        &self,
+        tx: &mut Tx,
+        g: &GrantRow,
+        step: Step,
+        to_seal: &mut Vec<ToSeal>,
+    ) -> Result<Sent, NodeError> {
+        Ok(match step {
+            Step::Done(sent) => sent,
+            Step::Wait(sent, row) => {
+                tx.enqueue(&row).await?;
+                sent
+            }
+            Step::Seal(sent, item) => {
+                tx.set_grant_sent(&g.grant_id, sent.version).await?;
+                to_seal.push(*item);
+                sent
+            }
+        })
+    }
+
+    /// What one grant comes to, from what was read for it (nothing is written here): sent
+    /// before, queued until it starts, or a package to seal. A live grant sends the student's
+    /// newest passport version, any other the version it was given for.
+    fn send_step(&self, g: &GrantRow, again: bool, reads: &ClassReads) -> Result<Step, NodeError> {
         let version = if g.live {
-            self.store
-                .latest_version(&g.pseudonym)
-                .await?
-                .map(|v| v.version)
+            reads
+                .latest
+                .get(&g.pseudonym)
+                .copied()
                 .unwrap_or(g.passport_version)
         } else {
             g.passport_version
@@ -439,10 +465,11 @@ impl NodeCore {
         };
         // A grant that ended goes on to its refusal below; only a live one can have been sent.
         if !again && g.state == "active" {
-            let before = tx
-                .outbox_of_grant(&g.grant_id, &["waiting", "pending", "sent"])
-                .await?
+            let before = reads
+                .outbox
+                .get(&g.grant_id)
                 .into_iter()
+                .flatten()
                 .find(|e| e.kind == EnvelopeKind::Package as i32 && e.version == Some(version));
             if let Some(e) = before {
                 let waits = if e.state == "waiting" {
@@ -454,7 +481,7 @@ impl NodeCore {
             }
         }
         if g.state == "active" && grant_time_of(g, self.now()) == GrantTime::NotYetValid {
-            tx.enqueue(&OutboxRow {
+            let row = OutboxRow {
                 envelope_id: None,
                 to_org: g.recipient_org.clone(),
                 kind: EnvelopeKind::Package as i32,
@@ -466,11 +493,15 @@ impl NodeCore {
                 version: Some(version),
                 state: "waiting",
                 created_at: self.now(),
-            })
-            .await?;
-            return Ok(Step::Done(sent(Vec::new(), g.not_before, false)));
+            };
+            return Ok(Step::Wait(sent(Vec::new(), g.not_before, false), row));
         }
-        let payload = self.package_payload(g, version).await?;
+        let payload = self.package_payload_from(
+            g,
+            version,
+            reads.cards.get(&g.pseudonym).map(Vec::as_slice),
+            reads.versions.get(&(g.pseudonym.clone(), version)),
+        )?;
         let item = self.to_seal(
             &g.recipient_org,
             EnvelopeKind::Package,
@@ -478,7 +509,6 @@ impl NodeCore {
             payload,
             Some(version),
         )?;
-        tx.set_grant_sent(&g.grant_id, version).await?;
         Ok(Step::Seal(
             sent(item.envelope_id.to_vec(), 0, false),
             Box::new(item),

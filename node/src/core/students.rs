@@ -276,10 +276,20 @@ impl NodeCore {
 
     /// The student's card as issued by this node.
     pub async fn card(&self, pseudonym: &str) -> Result<(Signed, StudentCard), NodeError> {
-        let bytes = self.store.student_card(pseudonym).await?.ok_or_else(|| {
+        let bytes = self.store.student_card(pseudonym).await?;
+        self.card_from(pseudonym, bytes.as_deref())
+    }
+
+    /// [`NodeCore::card`], from the card as stored (read beforehand; `None`: no such student).
+    pub(super) fn card_from(
+        &self,
+        pseudonym: &str,
+        bytes: Option<&[u8]>,
+    ) -> Result<(Signed, StudentCard), NodeError> {
+        let bytes = bytes.ok_or_else(|| {
             NodeError::NotFound(format!("no student {pseudonym} at {}", self.org_id))
         })?;
-        let signed = stored::<Signed>(&bytes, "student card")?;
+        let signed = stored::<Signed>(bytes, "student card")?;
         let card = verify_card_in(&self.checked, &signed, &self.key().verifying_key())?;
         Ok((signed, card))
     }

@@ -42,10 +42,10 @@ pub struct TrailRow {
     pub evidence: Option<Vec<u8>>,
 }
 
-const GRANT_COLUMNS: &str = "grant_id, pseudonym, recipient_org, purpose, sections, not_before, not_after, live, \
+pub(super) const GRANT_COLUMNS: &str = "grant_id, pseudonym, recipient_org, purpose, sections, not_before, not_after, live, \
      passport_version, signed, state, sent_version, sent_at, status, status_at, views, fetched_at";
 
-fn grant_row(r: &AnyRow) -> GrantRow {
+pub(super) fn grant_row(r: &AnyRow) -> GrantRow {
     GrantRow {
         grant_id: r.get(0),
         pseudonym: r.get(1),

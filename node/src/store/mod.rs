@@ -22,6 +22,7 @@ use sqlx::any::AnyPoolOptions;
 use sqlx::{Any, AnyPool, Row, Transaction};
 
 mod audit;
+mod class;
 mod grants;
 mod inbox;
 mod keys;
@@ -33,6 +34,7 @@ mod students;
 mod web;
 
 pub use audit::AuditRow;
+pub use class::ClassReads;
 pub use grants::{GrantRow, TrailRow};
 pub use inbox::{Held, Peer, Processed};
 pub use keys::{HeldRow, KeyLinkRow, LinkRole};

@@ -44,10 +44,10 @@ pub struct OutboxEntry {
     pub created_at: i64,
 }
 
-const OUTBOX_COLUMNS: &str = "seq, envelope_id, to_org, kind, grant_id, payload, envelope, peer_seq, not_before, version, \
+pub(super) const OUTBOX_COLUMNS: &str = "seq, envelope_id, to_org, kind, grant_id, payload, envelope, peer_seq, not_before, version, \
      state, attempts, detail, created_at";
 
-fn outbox_entry(r: &AnyRow) -> OutboxEntry {
+pub(super) fn outbox_entry(r: &AnyRow) -> OutboxEntry {
     OutboxEntry {
         seq: r.get(0),
         envelope_id: r.get::<Option<Vec<u8>>, _>(1).unwrap_or_default(),
