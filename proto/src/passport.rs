@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use crate::pb::{Disclosure, Manifest, Section, SectionDigest, Signed, StudentCard};
 use crate::sign::{
     Domain, Memory, decode_body, open_signed_in, verify_signed_by, verify_signed_by_in,
-    verifying_key,
+    verifying_key, verifying_key_in,
 };
 use crate::{ProtocolError, UnixTime};
 
@@ -227,10 +227,10 @@ fn check_card(
     memory: Option<&Memory>,
 ) -> Result<StudentCard, ProtocolError> {
     let card: StudentCard = open_signed_in(memory, Domain::StudentCard, signed, home_key)?;
-    verifying_key(&card.student_key, "student key")?;
+    verifying_key_in(memory, &card.student_key, "student key")?;
     parse_birth_month(&card.birth_month)?;
     for g in &card.guardian_keys {
-        verifying_key(g, "guardian key")?;
+        verifying_key_in(memory, g, "guardian key")?;
     }
     if card.device_keys.len() > MAX_DEVICE_KEYS {
         return Err(ProtocolError::malformed(
@@ -239,7 +239,7 @@ fn check_card(
         ));
     }
     for (i, d) in card.device_keys.iter().enumerate() {
-        verifying_key(d, "device key")?;
+        verifying_key_in(memory, d, "device key")?;
         if *d == card.student_key
             || card.guardian_keys.contains(d)
             || card.device_keys[..i].contains(d)
@@ -459,7 +459,8 @@ fn student_signed(
     // says more than a missing one.
     let mut student_err = None;
     for key in student_keys(card) {
-        match verify_signed_by_in(memory, domain, signed, &verifying_key(key, "student key")?) {
+        let key = verifying_key_in(memory, key, "student key")?;
+        match verify_signed_by_in(memory, domain, signed, &key) {
             Ok(()) => return Ok(()),
             Err(e) => {
                 let keep = match &student_err {
@@ -493,7 +494,8 @@ fn guardian_signed(
 ) -> Result<(), ProtocolError> {
     let mut last_err = None;
     for g in &card.guardian_keys {
-        match verify_signed_by_in(memory, domain, signed, &verifying_key(g, "guardian key")?) {
+        let key = verifying_key_in(memory, g, "guardian key")?;
+        match verify_signed_by_in(memory, domain, signed, &key) {
             Ok(()) => return Ok(()),
             Err(e) => last_err = Some(e),
         }

@@ -98,6 +98,24 @@ pub fn verifying_key(bytes: &[u8], what: &'static str) -> Result<VerifyingKey, P
     VerifyingKey::from_bytes(&arr).map_err(|e| ProtocolError::malformed(what, e))
 }
 
+/// [`verifying_key`], each key's point decompressed once per memory: a card's keys are parsed
+/// again at every check of what they signed. Kept by the key's own bytes.
+pub fn verifying_key_in(
+    memory: Option<&Memory>,
+    bytes: &[u8],
+    what: &'static str,
+) -> Result<VerifyingKey, ProtocolError> {
+    let (Some(m), Ok(id)) = (memory, <[u8; 32]>::try_from(bytes)) else {
+        return verifying_key(bytes, what);
+    };
+    if let Some(key) = m.keys.get(&id) {
+        return Ok(key);
+    }
+    let key = verifying_key(bytes, what)?;
+    m.keys.keep(id, key);
+    Ok(key)
+}
+
 /// Encodes `msg` and signs it with each of `keys`.
 pub fn sign_message<M: Message>(domain: Domain, msg: &M, keys: &[&SigningKey]) -> Signed {
     let body = msg.encode_to_vec();
@@ -200,6 +218,8 @@ pub fn verify_signed_by_in(
 pub struct Memory {
     signatures: Remembered<()>,
     pub(crate) cards: Remembered<crate::pb::StudentCard>,
+    /// Keys by their bytes, decompressed (a pure function of the bytes, so any memory may).
+    keys: Remembered<VerifyingKey>,
     /// Only in a memory for a batch: the signatures taken on trust until `settle`.
     batch: Option<Batch>,
 }
@@ -209,6 +229,7 @@ impl Memory {
         Memory {
             signatures: Remembered::new(8_192),
             cards: Remembered::new(4_096),
+            keys: Remembered::new(4_096),
             batch: None,
         }
     }
@@ -709,5 +730,26 @@ mod tests {
                 "{what}: the batch refuses it"
             );
         }
+    }
+
+    #[test]
+    fn a_key_is_decompressed_once_per_memory_and_a_bad_one_never_kept() {
+        let m = Memory::new();
+        let bytes = generate_signing_key().verifying_key().to_bytes();
+        let first = verifying_key_in(Some(&m), &bytes, "student key").unwrap();
+        let again = verifying_key_in(Some(&m), &bytes, "student key").unwrap();
+        assert_eq!((first, m.keys.len()), (again, 1));
+        assert_eq!(first, verifying_key(&bytes, "student key").unwrap());
+        // Not a point, and too short: the same errors as without a memory, and nothing kept.
+        let mut not_a_point = [0u8; 32];
+        not_a_point[0] = 2;
+        for bad in [&not_a_point[..], &bytes[..31]] {
+            let e = verifying_key_in(Some(&m), bad, "student key").unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                verifying_key(bad, "student key").unwrap_err().to_string()
+            );
+        }
+        assert_eq!(m.keys.len(), 1);
     }
 }
