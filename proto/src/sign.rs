@@ -577,22 +577,25 @@ mod tests {
 
     #[test]
     fn small_order_key_is_refused_by_verify_strict() {
-        // The identity point: a weak key that plain `verify` would accept for crafted signatures.
+        let (signed, key) = by_the_identity();
+        assert!(verify_signed_by(Domain::Receipt, &signed, &key).is_err());
+    }
+
+    /// The identity point as a key (a weak key that plain `verify` would accept for crafted
+    /// signatures), with R the identity and s zero: the equation holds for any message.
+    fn by_the_identity() -> (Signed, VerifyingKey) {
         let mut identity = [0u8; 32];
         identity[0] = 1;
-        let key = VerifyingKey::from_bytes(&identity).unwrap();
+        let mut signature = [0u8; 64];
+        signature[0] = 1;
         let signed = Signed {
             body: b"x".to_vec(),
             sigs: vec![Sig {
                 public_key: identity.to_vec(),
-                signature: {
-                    let mut s = [0u8; 64];
-                    s[0] = 1;
-                    s.to_vec()
-                },
+                signature: signature.to_vec(),
             }],
         };
-        assert!(verify_signed_by(Domain::Receipt, &signed, &key).is_err());
+        (signed, VerifyingKey::from_bytes(&identity).unwrap())
     }
 
     /// A signature by `key` over `body` whose R is the point encoded as `r` (one of small order,
@@ -688,18 +691,7 @@ mod tests {
         let mut p_minus_one = unreduced;
         p_minus_one[0] = 0xec;
         assert!(y_is_reduced(&p_minus_one) && y_is_reduced(&identity));
-        let weak = VerifyingKey::from_bytes(&identity).unwrap();
-        let by_weak_key = Signed {
-            body: b"x".to_vec(),
-            sigs: vec![Sig {
-                public_key: identity.to_vec(),
-                signature: {
-                    let mut s = [0u8; 64];
-                    s[0] = 1;
-                    s.to_vec()
-                },
-            }],
-        };
+        let (by_weak_key, weak) = by_the_identity();
         let vk = key.verifying_key();
         let cases = [
             ("a key of small order", by_weak_key, weak),

@@ -7,17 +7,9 @@ use std::collections::HashMap;
 use sqlx::Row;
 
 use super::grants::{GRANT_COLUMNS, grant_row};
-use super::outbox::{OUTBOX_COLUMNS, outbox_entry};
+use super::outbox::{OUTBOX_COLUMNS, outbox_entry, params};
 use super::students::StoredVersion;
 use super::{GrantRow, OutboxEntry, StoreError, Tx};
-
-/// `$first, $first+1, …` for `n` parameters.
-fn params(first: usize, n: usize) -> String {
-    (first..first + n)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
 
 /// Everything [`Tx::class_reads`] read, by grant id and by pseudonym.
 #[derive(Debug, Default)]

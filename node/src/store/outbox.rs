@@ -10,6 +10,37 @@ use super::{NodeStore, StoreError, Tx};
 /// Rows per multi-row insert: 11 parameters each, well under SQLite's and PostgreSQL's limits.
 const ROWS_PER_INSERT: usize = 200;
 
+const INSERT_OUTBOX: &str = "INSERT INTO outbox (envelope_id, to_org, kind, grant_id, payload, \
+     envelope, peer_seq, not_before, version, state, created_at) VALUES";
+const OUTBOX_ROW_COLUMNS: usize = 11;
+
+/// `$first, $first+1, …` for `n` parameters.
+pub(super) fn params(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Binds a new row's columns in `INSERT_OUTBOX`'s order.
+fn bind_row<'q>(
+    query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    row: &'q OutboxRow,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    query
+        .bind(&row.envelope_id)
+        .bind(&row.to_org)
+        .bind(row.kind)
+        .bind(&row.grant_id)
+        .bind(&row.payload)
+        .bind(&row.envelope)
+        .bind(row.peer_seq.map(|s| s as i64))
+        .bind(row.not_before)
+        .bind(row.version.map(|v| v as i64))
+        .bind(row.state)
+        .bind(row.created_at)
+}
+
 /// A new outbox row. `envelope` is `None` while the row waits for its grant's start.
 #[derive(Debug, Clone)]
 pub struct OutboxRow {
@@ -175,58 +206,31 @@ impl Tx {
     }
 
     pub async fn enqueue(&mut self, row: &OutboxRow) -> Result<i64, StoreError> {
-        Ok(sqlx::query(
-            "INSERT INTO outbox (envelope_id, to_org, kind, grant_id, payload, envelope, peer_seq, not_before, version, state, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING seq",
-        )
-        .bind(&row.envelope_id)
-        .bind(&row.to_org)
-        .bind(row.kind)
-        .bind(&row.grant_id)
-        .bind(&row.payload)
-        .bind(&row.envelope)
-        .bind(row.peer_seq.map(|s| s as i64))
-        .bind(row.not_before)
-        .bind(row.version.map(|v| v as i64))
-        .bind(row.state)
-        .bind(row.created_at)
-        .fetch_one(&mut *self.0)
-        .await?
-        .get(0))
+        let sql = format!(
+            "{INSERT_OUTBOX} ({}) RETURNING seq",
+            params(1, OUTBOX_ROW_COLUMNS)
+        );
+        Ok(bind_row(sqlx::query(&sql), row)
+            .fetch_one(&mut *self.0)
+            .await?
+            .get(0))
     }
 
     /// Inserts rows in a few multi-row statements, in order (so their outbox order is theirs).
     pub async fn enqueue_all(&mut self, rows: &[OutboxRow]) -> Result<(), StoreError> {
-        const COLUMNS: usize = 11;
         for chunk in rows.chunks(ROWS_PER_INSERT) {
-            let mut sql = String::from(
-                "INSERT INTO outbox (envelope_id, to_org, kind, grant_id, payload, envelope, peer_seq, not_before, version, state, created_at) VALUES ",
-            );
-            for i in 0..chunk.len() {
-                let first = i * COLUMNS + 1;
-                let params: Vec<String> =
-                    (first..first + COLUMNS).map(|p| format!("${p}")).collect();
-                if i > 0 {
-                    sql.push_str(", ");
-                }
-                sql.push('(');
-                sql.push_str(&params.join(", "));
-                sql.push(')');
-            }
+            let values: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    format!(
+                        "({})",
+                        params(i * OUTBOX_ROW_COLUMNS + 1, OUTBOX_ROW_COLUMNS)
+                    )
+                })
+                .collect();
+            let sql = format!("{INSERT_OUTBOX} {}", values.join(", "));
             let mut query = sqlx::query(&sql);
             for row in chunk {
-                query = query
-                    .bind(&row.envelope_id)
-                    .bind(&row.to_org)
-                    .bind(row.kind)
-                    .bind(&row.grant_id)
-                    .bind(&row.payload)
-                    .bind(&row.envelope)
-                    .bind(row.peer_seq.map(|s| s as i64))
-                    .bind(row.not_before)
-                    .bind(row.version.map(|v| v as i64))
-                    .bind(row.state)
-                    .bind(row.created_at);
+                query = bind_row(query, row);
             }
             query.execute(&mut *self.0).await?;
         }
