@@ -272,18 +272,16 @@ impl Memory {
         if taken.is_empty() {
             return Ok(());
         }
-        if !taken.iter().all(Taken::strict_form) {
-            self.signatures.clear();
-            self.cards.clear();
-            return Err(refused());
-        }
-        let messages: Vec<&[u8]> = taken.iter().map(|t| t.message.as_slice()).collect();
-        let signatures: Vec<Signature> = taken
-            .iter()
-            .map(|t| Signature::from_bytes(&t.signature))
-            .collect();
-        let keys: Vec<VerifyingKey> = taken.iter().map(|t| t.key).collect();
-        if ed25519_dalek::verify_batch(&messages, &signatures, &keys).is_err() {
+        let holds = taken.iter().all(Taken::strict_form) && {
+            let messages: Vec<&[u8]> = taken.iter().map(|t| t.message.as_slice()).collect();
+            let signatures: Vec<Signature> = taken
+                .iter()
+                .map(|t| Signature::from_bytes(&t.signature))
+                .collect();
+            let keys: Vec<VerifyingKey> = taken.iter().map(|t| t.key).collect();
+            ed25519_dalek::verify_batch(&messages, &signatures, &keys).is_ok()
+        };
+        if !holds {
             // Nothing taken on trust stays: checked again, each is checked for real.
             self.signatures.clear();
             self.cards.clear();
@@ -296,6 +294,24 @@ impl Memory {
             into.cards.keep(*id, card.clone());
         }
         Ok(())
+    }
+}
+
+impl Memory {
+    /// Checks `checks` (each a domain, a signed object and the key that must have signed it)
+    /// together in one batch, and keeps those that hold in this memory, so that each one's own
+    /// check later finds it. A check that cannot be made (no signature by the key, one of the
+    /// wrong length) is left to that own check; so is every one when the batch does not hold.
+    pub fn check_together<'a>(
+        &self,
+        checks: impl IntoIterator<Item = (Domain, &'a Signed, VerifyingKey)>,
+    ) -> Result<(), ProtocolError> {
+        let batch = Memory::for_batch();
+        for (domain, signed, key) in checks {
+            // Taken on trust until the batch is settled just below.
+            let _ = verify_signed_by_in(Some(&batch), domain, signed, &key);
+        }
+        batch.settle(self)
     }
 }
 

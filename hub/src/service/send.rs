@@ -9,7 +9,7 @@ use overstap_proto::envelope::{header_hash, verify_header_in};
 use overstap_proto::pb::{
     Envelope, EnvelopeHeader, Member, MemberKind, Receipt, SendResult, Signed,
 };
-use overstap_proto::sign::{Domain, Memory, decode_body, sign_message, verify_signed_by_in};
+use overstap_proto::sign::{Domain, decode_body, sign_message};
 use prost::Message;
 use tokio::sync::mpsc;
 use tonic::Status;
@@ -302,24 +302,19 @@ impl<S: HubStore> HubService<S> {
     /// the batch does not hold, nothing of it is kept and each envelope is checked alone, which
     /// names the bad one; an envelope whose sender is unknown is left to its own check.
     fn check_together(&self, envelopes: &[Envelope]) {
-        let Ok(directory) = self.directory() else {
-            return;
-        };
         if envelopes.len() < 2 {
             return;
         }
-        let batch = Memory::for_batch();
-        for signed in envelopes.iter().filter_map(|e| e.header.as_ref()) {
-            let Ok(claimed) = decode_body::<EnvelopeHeader>(Domain::EnvelopeHeader, signed) else {
-                continue;
-            };
-            let Ok(key) = directory.signing_key_of(&claimed.from_org) else {
-                continue;
-            };
-            // Taken on trust until the batch is settled just below.
-            let _ = verify_signed_by_in(Some(&batch), Domain::EnvelopeHeader, signed, &key);
-        }
-        if let Err(e) = batch.settle(&self.state.checked) {
+        let Ok(directory) = self.directory() else {
+            return;
+        };
+        let checks = envelopes.iter().filter_map(|e| {
+            let signed = e.header.as_ref()?;
+            let claimed = decode_body::<EnvelopeHeader>(Domain::EnvelopeHeader, signed).ok()?;
+            let key = directory.signing_key_of(&claimed.from_org).ok()?;
+            Some((Domain::EnvelopeHeader, signed, key))
+        });
+        if let Err(e) = self.state.checked.check_together(checks) {
             tracing::info!(error = %e, "a call's headers did not verify together; each is checked alone");
         }
     }

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 
 use ed25519_dalek::SigningKey;
 use overstap_proto::pb::{MemberKind, Receipt, Signed};
-use overstap_proto::sign::{Domain, Memory, open_signed_in, verify_signed_by_in};
+use overstap_proto::sign::{Domain, open_signed_in};
 
 use super::{NodeCore, NodeError};
 
@@ -42,12 +42,8 @@ impl NodeCore {
         else {
             return;
         };
-        let batch = Memory::for_batch();
-        for receipt in receipts {
-            // Taken on trust until the batch is settled just below.
-            let _ = verify_signed_by_in(Some(&batch), Domain::Receipt, receipt, &key);
-        }
-        if let Err(e) = batch.settle(&self.checked) {
+        let checks = receipts.map(|receipt| (Domain::Receipt, receipt, key));
+        if let Err(e) = self.checked.check_together(checks) {
             tracing::warn!(error = %e, "the hub's receipts did not verify together; each is checked alone");
         }
     }

@@ -49,10 +49,10 @@ enum Step {
 const SENT_OR_ON_ITS_WAY: &[&str] = &["waiting", "pending", "sent"];
 
 impl ToSeal {
-    /// Signs and seals the payload (under the sequence number and checkpoint it now holds) and
-    /// makes its outbox row. Pure: it runs on any thread.
-    fn seal(self, from_org: &str, key: &SigningKey, now: i64) -> Result<OutboxRow, NodeError> {
-        let envelope = seal(
+    /// Signs the payload (under the sequence number and checkpoint it now holds) and seals it
+    /// for the recipient. Pure: it runs on any thread.
+    fn envelope(&self, from_org: &str, key: &SigningKey, now: i64) -> Result<Envelope, NodeError> {
+        Ok(seal(
             Outgoing {
                 envelope_id: self.envelope_id,
                 from_org,
@@ -62,7 +62,12 @@ impl ToSeal {
             },
             key,
             &self.recipient,
-        )?;
+        )?)
+    }
+
+    /// [`ToSeal::envelope`], and the outbox row it goes in.
+    fn seal(self, from_org: &str, key: &SigningKey, now: i64) -> Result<OutboxRow, NodeError> {
+        let envelope = self.envelope(from_org, key, now)?;
         Ok(OutboxRow {
             envelope_id: Some(self.envelope_id.to_vec()),
             to_org: self.recipient.org_id,
@@ -99,15 +104,6 @@ impl NodeCore {
         })
     }
 
-    /// The checkpoint every payload sealed in `tx` carries: this node's newest, unless the log
-    /// is in alarm.
-    async fn checkpoint_in(tx: &mut Tx) -> Result<Option<Vec<u8>>, NodeError> {
-        Ok(match tx.log_note().await? {
-            Some((note, None)) => Some(note),
-            _ => None,
-        })
-    }
-
     /// Seals `payload` for `to_org` under the next sequence number, inside `tx`.
     pub(super) async fn seal_in(
         &self,
@@ -118,25 +114,24 @@ impl NodeCore {
         payload: Payload,
         version: Option<u32>,
     ) -> Result<Sealed, NodeError> {
-        let mut item = self.to_seal(to_org, kind, grant_id, payload, version)?;
-        item.payload.seq = tx.next_sent_seq(to_org).await?;
-        if let Some(note) = Self::checkpoint_in(tx).await? {
-            item.payload.checkpoint = note;
-        }
+        let item = self.to_seal(to_org, kind, grant_id, payload, version)?;
         let envelope_id = item.envelope_id.to_vec();
-        tx.enqueue(&item.seal(&self.org_id, &self.key(), self.now())?)
-            .await?;
+        self.seal_all_in(tx, vec![item]).await?;
         Ok(Sealed { envelope_id })
     }
 
     /// Seals many payloads inside `tx`: each recipient's sequence numbers taken in one
-    /// statement, in order; the sealing spread over every core; the rows written in multi-row
-    /// inserts, in the same order (sealing order is sending order).
+    /// statement, in order; each payload carrying this node's newest checkpoint (unless the log
+    /// is in alarm); the sealing spread over every core; the rows written in multi-row inserts,
+    /// in the same order (sealing order is sending order).
     async fn seal_all_in(&self, tx: &mut Tx, mut items: Vec<ToSeal>) -> Result<(), NodeError> {
         if items.is_empty() {
             return Ok(());
         }
-        let checkpoint = Self::checkpoint_in(tx).await?;
+        let checkpoint = match tx.log_note().await? {
+            Some((note, None)) => Some(note),
+            _ => None,
+        };
         let mut wanted: BTreeMap<String, u64> = BTreeMap::new();
         for item in &items {
             *wanted.entry(item.recipient.org_id.clone()).or_default() += 1;
@@ -189,26 +184,6 @@ impl NodeCore {
         Ok(())
     }
 
-    fn seal_payload(
-        &self,
-        recipient: &overstap_proto::pb::Member,
-        kind: EnvelopeKind,
-        envelope_id: [u8; 16],
-        payload: &Payload,
-    ) -> Result<Envelope, NodeError> {
-        Ok(seal(
-            Outgoing {
-                envelope_id,
-                from_org: &self.org_id,
-                kind,
-                created_at: self.now(),
-                payload: payload.clone(),
-            },
-            &self.key(),
-            recipient,
-        )?)
-    }
-
     /// Seals an outbox row again under a new envelope id, with the same sequence number: for a
     /// recipient that asked for it again, or to replace a package whose grant ended with a skip.
     pub(super) async fn reseal_in(
@@ -218,14 +193,12 @@ impl NodeCore {
         payload: Payload,
         kind: EnvelopeKind,
     ) -> Result<Envelope, NodeError> {
-        let dir = self.directory()?;
-        let recipient = dir.member(&entry.to_org)?.clone();
-        let envelope_id = random_bytes::<16>();
-        let envelope = self.seal_payload(&recipient, kind, envelope_id, &payload)?;
+        let item = self.to_seal(&entry.to_org, kind, None, payload, None)?;
+        let envelope = item.envelope(&self.org_id, &self.key(), self.now())?;
         tx.reseal(
             entry.seq,
-            &envelope_id,
-            &payload.encode_to_vec(),
+            &item.envelope_id,
+            &item.payload.encode_to_vec(),
             &envelope.encode_to_vec(),
             kind as i32,
         )
@@ -670,25 +643,11 @@ impl NodeCore {
                 })),
                 ..Default::default()
             };
-            let dir = self.directory()?;
-            if let Ok(recipient) = dir.member(&entry.to_org) {
-                let envelope_id = random_bytes::<16>();
-                let envelope =
-                    self.seal_payload(recipient, EnvelopeKind::Status, envelope_id, &payload)?;
-                tx.enqueue(&OutboxRow {
-                    envelope_id: Some(envelope_id.to_vec()),
-                    to_org: entry.to_org.clone(),
-                    kind: EnvelopeKind::Status as i32,
-                    grant_id: None,
-                    payload: Some(payload.encode_to_vec()),
-                    envelope: Some(envelope.encode_to_vec()),
-                    peer_seq: Some(seq),
-                    not_before: 0,
-                    version: None,
-                    state: "pending",
-                    created_at: self.now(),
-                })
-                .await?;
+            if self.directory()?.member(&entry.to_org).is_ok() {
+                let item =
+                    self.to_seal(&entry.to_org, EnvelopeKind::Status, None, payload, None)?;
+                tx.enqueue(&item.seal(&self.org_id, &self.key(), self.now())?)
+                    .await?;
             }
         }
         tx.commit().await?;

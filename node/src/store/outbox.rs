@@ -186,11 +186,6 @@ impl NodeStore {
 }
 
 impl Tx {
-    /// Reserves the next sequence number for envelopes to `org`.
-    pub async fn next_sent_seq(&mut self, org: &str) -> Result<u64, StoreError> {
-        self.reserve_sent_seqs(org, 1).await
-    }
-
     /// Takes the next `n` sequence numbers for `org` in one statement; returns the first.
     pub async fn reserve_sent_seqs(&mut self, org: &str, n: u64) -> Result<u64, StoreError> {
         let last: i64 = sqlx::query(
