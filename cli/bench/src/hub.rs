@@ -56,6 +56,10 @@ pub struct Figure {
 /// Concurrent senders unless told otherwise, each waiting for its receipt before it sends again.
 pub const SENDERS: usize = 16;
 
+/// Bytes of payload per envelope unless told otherwise: a passport of text, and one with a
+/// few attachments' worth.
+pub const SIZES: [usize; 2] = [4 << 10, 100 << 10];
+
 /// Envelopes per call unless told otherwise: one by one (`Send`), and as a school's outbox
 /// pushes them (`SendBatch`).
 pub const BATCHES: [usize; 2] = [1, overstap_node::sync::PUSH_BATCH];

@@ -25,6 +25,9 @@ pub enum BenchCmd {
         /// largest envelope body in bytes a call).
         #[arg(long, value_delimiter = ',', default_values_t = overstap_bench::hub::BATCHES)]
         batch: Vec<usize>,
+        /// Bytes of payload per envelope, comma-separated.
+        #[arg(long, value_delimiter = ',', default_values_t = overstap_bench::hub::SIZES)]
+        sizes: Vec<usize>,
         /// A PostgreSQL server to run the hub on as well (a fresh database next to the one
         /// named), e.g. postgres://postgres@127.0.0.1:5432/test.
         #[arg(long, env = "OVERSTAP_TEST_POSTGRES")]
@@ -105,6 +108,7 @@ pub(super) async fn bench(cmd: BenchCmd) -> anyhow::Result<()> {
             senders,
             rounds,
             batch,
+            sizes,
             postgres,
             nats,
             format,
@@ -114,7 +118,7 @@ pub(super) async fn bench(cmd: BenchCmd) -> anyhow::Result<()> {
                     envelopes: envelopes.max(16),
                     senders: senders.max(1),
                     rounds: rounds.max(1),
-                    sizes: vec![4 << 10, 100 << 10],
+                    sizes: sizes.iter().map(|s| (*s).max(1)).collect(),
                     batches: batch.iter().map(|b| (*b).max(1)).collect(),
                     postgres,
                     nats,

@@ -24,7 +24,7 @@ pub(super) const MAX_COMMIT_BATCH: usize = 256;
 /// goes.
 pub(super) struct CommitJob {
     env: NewEnvelope,
-    sign: Box<dyn Fn(u64, i64) -> Vec<u8> + Send + Sync>,
+    sign: ReceiptSigner,
     answer: tokio::sync::oneshot::Sender<Result<Accepted, StoreError>>,
     /// Shared by the envelopes of one `SendBatch`: set when a commit with one of them failed,
     /// so that none after it is stored ahead of it.
@@ -72,10 +72,7 @@ pub(super) async fn group_commit<S: HubStore>(
             continue;
         }
         let to: Vec<String> = envs.iter().map(|e| e.to_org.clone()).collect();
-        let items: Vec<(NewEnvelope, ReceiptSigner<'_>)> = envs
-            .into_iter()
-            .zip(signs.iter().map(|s| &**s as ReceiptSigner<'_>))
-            .collect();
+        let items: Vec<(NewEnvelope, ReceiptSigner)> = envs.into_iter().zip(signs).collect();
         state.metrics.commit_batch(items.len());
         match state.store.accept_batch(items).await {
             Ok(results) => {
@@ -215,7 +212,7 @@ impl<S: HubStore> HubService<S> {
         let (answer, answered) = tokio::sync::oneshot::channel();
         let job = CommitJob {
             env: new,
-            sign: Box::new(signer),
+            sign: Arc::new(signer),
             answer,
             batch,
         };

@@ -127,57 +127,141 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
 
-/// One envelope of a batch that is new: its log index and receipt, and its place in the batch.
+/// One envelope of a batch that is new: its log index, its place in the batch, and what signs
+/// its receipt (made once the index is known, see [`Signing`]).
 pub(crate) struct NewRow {
     pub place: usize,
     pub log_index: i64,
     pub receipt: Vec<u8>,
+    pub sign: ReceiptSigner,
     pub env: NewEnvelope,
 }
 
-/// What a group commit does, decided before it writes: for each envelope in order, either its
-/// answer (a duplicate's receipt again, or `IdConflict`) or a new row with the next log index.
-/// `stored` maps the ids of the batch the store already holds to their header hash and receipt;
-/// an id sent twice in one batch is new the first time and a duplicate after.
+/// What a group commit does, decided before it writes: for each envelope in order, its answer
+/// if it has one already (a duplicate's receipt again, or `IdConflict`), or a new row with the
+/// next log index. `stored` maps the ids of the batch the store already holds to their header
+/// hash and receipt; an id sent twice in one batch is new the first time and a duplicate of
+/// that row after (the third list: its place, and the row whose receipt it gets).
+pub(crate) struct Plan {
+    pub answers: Vec<Option<Result<Accepted, StoreError>>>,
+    pub rows: Vec<NewRow>,
+    pub again: Vec<(usize, usize)>,
+}
+
 pub(crate) fn plan_batch(
-    batch: Vec<(NewEnvelope, ReceiptSigner<'_>)>,
-    mut stored: std::collections::HashMap<Vec<u8>, (Vec<u8>, Vec<u8>)>,
+    batch: Vec<(NewEnvelope, ReceiptSigner)>,
+    stored: std::collections::HashMap<Vec<u8>, (Vec<u8>, Vec<u8>)>,
     mut next_index: i64,
-) -> (Vec<Option<Result<Accepted, StoreError>>>, Vec<NewRow>) {
-    let mut answers = Vec::with_capacity(batch.len());
-    let mut rows = Vec::new();
+) -> Plan {
+    let mut plan = Plan {
+        answers: Vec::with_capacity(batch.len()),
+        rows: Vec::new(),
+        again: Vec::new(),
+    };
+    // The ids new in this batch: their header hash and row.
+    let mut new = std::collections::HashMap::new();
     for (place, (env, sign)) in batch.into_iter().enumerate() {
-        if let Some((header, receipt)) = stored.get(&env.envelope_id) {
-            answers.push(Some(if *header == env.header_sha256 {
-                Ok(Accepted::Duplicate {
-                    receipt: receipt.clone(),
-                })
+        let same = |header: &Vec<u8>| {
+            if *header == env.header_sha256 {
+                Ok(())
             } else {
                 Err(StoreError::IdConflict)
-            }));
+            }
+        };
+        if let Some((header, receipt)) = stored.get(&env.envelope_id) {
+            plan.answers
+                .push(Some(same(header).map(|()| Accepted::Duplicate {
+                    receipt: receipt.clone(),
+                })));
             continue;
         }
-        let receipt = sign(next_index as u64, env.received_at);
-        stored.insert(
+        if let Some((header, row)) = new.get(&env.envelope_id) {
+            match same(header) {
+                Ok(()) => {
+                    plan.again.push((place, *row));
+                    plan.answers.push(None);
+                }
+                Err(e) => plan.answers.push(Some(Err(e))),
+            }
+            continue;
+        }
+        new.insert(
             env.envelope_id.clone(),
-            (env.header_sha256.clone(), receipt.clone()),
+            (env.header_sha256.clone(), plan.rows.len()),
         );
-        answers.push(None);
-        rows.push(NewRow {
+        plan.answers.push(None);
+        plan.rows.push(NewRow {
             place,
             log_index: next_index,
-            receipt,
+            receipt: Vec::new(),
+            sign,
             env,
         });
         next_index += 1;
     }
-    (answers, rows)
+    plan
 }
 
-/// The three multi-row inserts of a group commit, for either database: `events`, `envelopes`
-/// and `mailbox` (which returns each envelope id's mailbox number and recipient). At most 256
-/// rows of 11 values: inside SQLite's 32,766 variables and PostgreSQL's 65,535.
-pub(crate) fn batch_inserts<'a, DB>(rows: &'a [NewRow]) -> [sqlx::QueryBuilder<'a, DB>; 3]
+/// The receipts of a batch's new rows, signed on the blocking threads, one share per core,
+/// while the commit writes what does not need them.
+pub(crate) struct Signing(Vec<tokio::task::JoinHandle<Vec<Vec<u8>>>>);
+
+/// Rows below this many are signed in one share.
+const SIGN_ALONE: usize = 16;
+
+impl Signing {
+    /// Starts signing the receipts of `rows`.
+    pub fn start(rows: &[NewRow]) -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let share = rows.len().div_ceil(cores).max(SIGN_ALONE);
+        Signing(
+            rows.chunks(share.max(1))
+                .map(|chunk| {
+                    let work: Vec<_> = chunk
+                        .iter()
+                        .map(|r| (r.sign.clone(), r.log_index as u64, r.env.received_at))
+                        .collect();
+                    tokio::task::spawn_blocking(move || {
+                        work.into_iter()
+                            .map(|(sign, index, at)| sign(index, at))
+                            .collect()
+                    })
+                })
+                .collect(),
+        )
+    }
+
+    /// Waits for the receipts and puts them into `rows`, in order.
+    pub async fn finish(self, rows: &mut [NewRow]) -> Result<(), StoreError> {
+        let mut rows = rows.iter_mut();
+        for share in self.0 {
+            let receipts = share
+                .await
+                .map_err(|e| StoreError::Failed(format!("signing receipts failed: {e}")))?;
+            for receipt in receipts {
+                let row = rows
+                    .next()
+                    .ok_or_else(|| StoreError::Failed("more receipts than envelopes".into()))?;
+                row.receipt = receipt;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The multi-row inserts of a group commit, for either database: `events`, `mailbox` (which
+/// returns each envelope id's mailbox number and recipient) and, once the receipts are signed,
+/// `envelopes`. At most 256 rows of 11 values: inside SQLite's 32,766 variables and
+/// PostgreSQL's 65,535.
+#[derive(Clone, Copy)]
+pub(crate) enum Insert {
+    Events,
+    Mailbox,
+    Envelopes,
+}
+
+/// The multi-row insert of `rows` into the table `which` names.
+pub(crate) fn batch_insert<'a, DB>(rows: &'a [NewRow], which: Insert) -> sqlx::QueryBuilder<'a, DB>
 where
     DB: sqlx::Database,
     i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
@@ -187,53 +271,72 @@ where
     &'a Vec<u8>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
     Option<&'a Vec<u8>>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
 {
-    let mut events = sqlx::QueryBuilder::new(
-        "INSERT INTO events (log_index, event, envelope_kind, from_org, to_org, envelope_id, body_sha256, at) ",
-    );
-    events.push_values(rows, |mut b, r| {
-        b.push_bind(r.log_index)
-            .push_bind("send")
-            .push_bind(r.env.kind)
-            .push_bind(&r.env.from_org)
-            .push_bind(&r.env.to_org)
-            .push_bind(&r.env.envelope_id)
-            .push_bind(&r.env.body_sha256)
-            .push_bind(r.env.received_at);
-    });
-    let mut envelopes = sqlx::QueryBuilder::new(
-        "INSERT INTO envelopes (envelope_id, header_sha256, from_org, to_org, kind, body_len, received_at, log_index, receipt, erasure_reason, about_package) ",
-    );
-    envelopes.push_values(rows, |mut b, r| {
-        b.push_bind(&r.env.envelope_id)
-            .push_bind(&r.env.header_sha256)
-            .push_bind(&r.env.from_org)
-            .push_bind(&r.env.to_org)
-            .push_bind(r.env.kind)
-            .push_bind(r.env.body_len as i64)
-            .push_bind(r.env.received_at)
-            .push_bind(r.log_index)
-            .push_bind(&r.receipt)
-            .push_bind(&r.env.erasure_reason)
-            .push_bind((!r.env.about_package.is_empty()).then_some(&r.env.about_package));
-    });
-    let mut mailbox =
-        sqlx::QueryBuilder::new("INSERT INTO mailbox (to_org, envelope_id, envelope) ");
-    mailbox.push_values(rows, |mut b, r| {
-        b.push_bind(&r.env.to_org)
-            .push_bind(&r.env.envelope_id)
-            .push_bind(&r.env.encoded);
-    });
-    mailbox.push(" RETURNING envelope_id, seq, to_org");
-    [events, envelopes, mailbox]
+    match which {
+        Insert::Events => {
+            let mut events = sqlx::QueryBuilder::new(
+                "INSERT INTO events (log_index, event, envelope_kind, from_org, to_org, envelope_id, body_sha256, at) ",
+            );
+            events.push_values(rows, |mut b, r| {
+                b.push_bind(r.log_index)
+                    .push_bind("send")
+                    .push_bind(r.env.kind)
+                    .push_bind(&r.env.from_org)
+                    .push_bind(&r.env.to_org)
+                    .push_bind(&r.env.envelope_id)
+                    .push_bind(&r.env.body_sha256)
+                    .push_bind(r.env.received_at);
+            });
+            events
+        }
+        Insert::Mailbox => {
+            let mut mailbox =
+                sqlx::QueryBuilder::new("INSERT INTO mailbox (to_org, envelope_id, envelope) ");
+            mailbox.push_values(rows, |mut b, r| {
+                b.push_bind(&r.env.to_org)
+                    .push_bind(&r.env.envelope_id)
+                    .push_bind(&r.env.encoded);
+            });
+            mailbox.push(" RETURNING envelope_id, seq, to_org");
+            mailbox
+        }
+        Insert::Envelopes => {
+            let mut envelopes = sqlx::QueryBuilder::new(
+                "INSERT INTO envelopes (envelope_id, header_sha256, from_org, to_org, kind, body_len, received_at, log_index, receipt, erasure_reason, about_package) ",
+            );
+            envelopes.push_values(rows, |mut b, r| {
+                b.push_bind(&r.env.envelope_id)
+                    .push_bind(&r.env.header_sha256)
+                    .push_bind(&r.env.from_org)
+                    .push_bind(&r.env.to_org)
+                    .push_bind(r.env.kind)
+                    .push_bind(r.env.body_len as i64)
+                    .push_bind(r.env.received_at)
+                    .push_bind(r.log_index)
+                    .push_bind(&r.receipt)
+                    .push_bind(&r.env.erasure_reason)
+                    .push_bind((!r.env.about_package.is_empty()).then_some(&r.env.about_package));
+            });
+            envelopes
+        }
+    }
 }
 
-/// The answers of a planned batch once its mailbox rows are in: `seqs` maps each new envelope
-/// id to its mailbox sequence number.
+/// The answers of a planned batch once its rows are in: `seqs` maps each new envelope id to
+/// its mailbox sequence number.
 pub(crate) fn finish_batch(
-    mut answers: Vec<Option<Result<Accepted, StoreError>>>,
-    rows: Vec<NewRow>,
+    plan: Plan,
     seqs: &std::collections::HashMap<Vec<u8>, i64>,
 ) -> Result<Vec<Result<Accepted, StoreError>>, StoreError> {
+    let Plan {
+        mut answers,
+        rows,
+        again,
+    } = plan;
+    for (place, row) in again {
+        answers[place] = Some(Ok(Accepted::Duplicate {
+            receipt: rows[row].receipt.clone(),
+        }));
+    }
     for row in rows {
         let seq = seqs
             .get(&row.env.envelope_id)
@@ -254,7 +357,7 @@ pub(crate) fn finish_batch(
 }
 
 /// Makes the signed receipt for an envelope once its log index and time are known.
-pub type ReceiptSigner<'a> = &'a (dyn Fn(u64, i64) -> Vec<u8> + Send + Sync);
+pub type ReceiptSigner = std::sync::Arc<dyn Fn(u64, i64) -> Vec<u8> + Send + Sync>;
 
 #[async_trait::async_trait]
 pub trait HubStore: Send + Sync + 'static {
@@ -264,11 +367,7 @@ pub trait HubStore: Send + Sync + 'static {
 
     /// Stores the envelope in its recipient's mailbox and appends a `send` event, in one
     /// transaction; or, if this exact envelope was stored before, returns its receipt.
-    async fn accept(
-        &self,
-        env: NewEnvelope,
-        sign: ReceiptSigner<'_>,
-    ) -> Result<Accepted, StoreError> {
+    async fn accept(&self, env: NewEnvelope, sign: ReceiptSigner) -> Result<Accepted, StoreError> {
         self.accept_batch(vec![(env, sign)])
             .await?
             .pop()
@@ -281,7 +380,7 @@ pub trait HubStore: Send + Sync + 'static {
     /// it is stored.
     async fn accept_batch(
         &self,
-        batch: Vec<(NewEnvelope, ReceiptSigner<'_>)>,
+        batch: Vec<(NewEnvelope, ReceiptSigner)>,
     ) -> Result<Vec<Result<Accepted, StoreError>>, StoreError>;
 
     /// Mailbox entries for `to_org` with a sequence number above `after_seq`, oldest first.
@@ -405,27 +504,27 @@ pub(crate) mod conformance {
         }
     }
 
-    fn signer(i: u64, at: i64) -> Vec<u8> {
-        format!("receipt {i} {at}").into_bytes()
+    fn signer() -> ReceiptSigner {
+        std::sync::Arc::new(|i: u64, at: i64| format!("receipt {i} {at}").into_bytes())
     }
 
     pub async fn accept_once(s: &impl HubStore) {
-        s.accept(env(1, "MBO1"), &signer).await.unwrap();
+        s.accept(env(1, "MBO1"), signer()).await.unwrap();
     }
 
     /// One group commit: new envelopes get dense log indexes in order, an envelope sent twice in
     /// the batch is stored once (the second gets the first's receipt), and an id reused for a
     /// different envelope is refused on its own, without failing the rest.
     pub async fn a_batch_answers_each_envelope_on_its_own(s: &impl HubStore) {
-        s.accept(env(1, "MBO1"), &signer).await.unwrap();
+        s.accept(env(1, "MBO1"), signer()).await.unwrap();
         let mut conflict = env(1, "MBO1");
         conflict.header_sha256 = vec![9; 32];
-        let batch: Vec<(NewEnvelope, ReceiptSigner<'_>)> = vec![
-            (env(2, "MBO1"), &signer),
-            (conflict, &signer),
-            (env(3, "GM0193"), &signer),
-            (env(2, "MBO1"), &signer),
-            (env(1, "MBO1"), &signer),
+        let batch: Vec<(NewEnvelope, ReceiptSigner)> = vec![
+            (env(2, "MBO1"), signer()),
+            (conflict, signer()),
+            (env(3, "GM0193"), signer()),
+            (env(2, "MBO1"), signer()),
+            (env(1, "MBO1"), signer()),
         ];
         let answers = s.accept_batch(batch).await.unwrap();
         let seen: Vec<String> = answers
@@ -459,6 +558,41 @@ pub(crate) mod conformance {
         assert_eq!(s.mailbox("GM0193", 0, 10).await.unwrap().len(), 1);
     }
 
+    /// A batch larger than one share of receipt signing: each envelope's receipt is for its own
+    /// log index, in the order sent, stored with it (sent again, it comes back the same), and a
+    /// repeat late in the batch gets the receipt of its first place.
+    pub async fn a_large_batch_gets_each_receipt_for_its_own_index(s: &impl HubStore) {
+        let mut batch: Vec<(NewEnvelope, ReceiptSigner)> = (1..=200u8)
+            .map(|i| (env(i, if i % 2 == 0 { "MBO1" } else { "GM0193" }), signer()))
+            .collect();
+        batch.push((env(150, "MBO1"), signer()));
+        let answers = s.accept_batch(batch).await.unwrap();
+        assert_eq!(answers.len(), 201);
+        for (place, answer) in answers.iter().enumerate() {
+            let (expected, receipt) = match answer {
+                Ok(Accepted::New { receipt, .. }) => (place, receipt),
+                Ok(Accepted::Duplicate { receipt }) => (149, receipt),
+                Err(e) => panic!("envelope {place} refused: {e}"),
+            };
+            assert_eq!(
+                String::from_utf8_lossy(receipt),
+                format!("receipt {expected} 100"),
+                "the receipt answered for place {place}"
+            );
+        }
+        assert!(matches!(answers[200], Ok(Accepted::Duplicate { .. })));
+        let again = s.accept(env(77, "GM0193"), signer()).await.unwrap();
+        let Accepted::Duplicate { receipt } = again else {
+            panic!("the same envelope again was stored twice");
+        };
+        assert_eq!(String::from_utf8_lossy(&receipt), "receipt 76 100");
+        let events = s.events(0, 300).await.unwrap();
+        assert_eq!(
+            events.iter().map(|e| e.log_index).collect::<Vec<_>>(),
+            (0..200).collect::<Vec<u64>>()
+        );
+    }
+
     /// A card is logged once (the same record again gets its first log index), after what the
     /// log held, and listed by its index only, oldest first.
     pub async fn cards_are_logged_once_and_listed_by_index(s: &impl HubStore) {
@@ -483,12 +617,13 @@ pub(crate) mod conformance {
     }
 
     pub async fn accept_is_idempotent_and_ack_logs_delivery(s: &impl HubStore) {
-        let Accepted::New { receipt, .. } = s.accept(env(1, "MBO1"), &signer).await.unwrap() else {
+        let Accepted::New { receipt, .. } = s.accept(env(1, "MBO1"), signer()).await.unwrap()
+        else {
             panic!("first send must be new")
         };
         assert_eq!(receipt, b"receipt 0 100");
         let Accepted::Duplicate { receipt: again } =
-            s.accept(env(1, "MBO1"), &signer).await.unwrap()
+            s.accept(env(1, "MBO1"), signer()).await.unwrap()
         else {
             panic!("second send must be a duplicate")
         };
@@ -496,7 +631,7 @@ pub(crate) mod conformance {
         let mut other = env(1, "MBO1");
         other.header_sha256 = vec![9; 32];
         assert!(matches!(
-            s.accept(other, &signer).await,
+            s.accept(other, signer()).await,
             Err(StoreError::IdConflict)
         ));
 
@@ -531,7 +666,7 @@ pub(crate) mod conformance {
         let mut status = env(2, "25LP");
         status.kind = 4;
         status.about_package = vec![1; 16];
-        s.accept(status, &signer).await.unwrap();
+        s.accept(status, signer()).await.unwrap();
         let meta = s.envelopes_between(0, 1_000).await.unwrap();
         let status = meta.iter().find(|m| m.kind == 4).unwrap();
         assert_eq!(status.about_package, vec![1; 16]);

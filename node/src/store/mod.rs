@@ -124,14 +124,15 @@ impl NodeStore {
                 writer: Default::default(),
             });
         }
-        let pool = crate::sqlite_pool::open_any(url, 8).await?;
+        let writer = crate::sqlite_pool::Writer::default();
+        let pool = crate::sqlite_pool::open_any(url, 8, &writer).await?;
         sqlx::migrate!("../migrations/node/sqlite")
             .run(&pool)
             .await?;
         Ok(NodeStore {
             pool,
             begin: "BEGIN IMMEDIATE",
-            writer: Default::default(),
+            writer,
         })
     }
 
