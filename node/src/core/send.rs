@@ -351,7 +351,7 @@ impl NodeCore {
         again: bool,
     ) -> Result<Vec<Result<Sent, NodeError>>, NodeError> {
         let mut out = Vec::with_capacity(grant_ids.len());
-        let mut to_seal = Vec::new();
+        let (mut to_seal, mut marked) = (Vec::new(), Vec::new());
         let mut tx = self.store.begin().await?;
         let reads = tx.class_reads(grant_ids, SENT_OR_ON_ITS_WAY).await?;
         for grant_id in grant_ids {
@@ -363,11 +363,14 @@ impl NodeCore {
                 continue;
             };
             out.push(match self.send_step(g, again, &reads) {
-                Ok(step) => Ok(self.take_step_in(&mut tx, g, step, &mut to_seal).await?),
+                Ok(step) => Ok(self
+                    .take_step_in(&mut tx, g, step, &mut to_seal, &mut marked)
+                    .await?),
                 Err(e) => Err(e),
             });
         }
         let sealed_any = !to_seal.is_empty();
+        tx.set_grants_sent(&marked).await?;
         self.seal_all_in(&mut tx, to_seal).await?;
         tx.commit().await?;
         if sealed_any {
@@ -387,20 +390,24 @@ impl NodeCore {
             .class_reads(std::slice::from_ref(&g.grant_id), SENT_OR_ON_ITS_WAY)
             .await?;
         let step = self.send_step(g, again, &reads)?;
-        let mut to_seal = Vec::new();
-        let sent = self.take_step_in(tx, g, step, &mut to_seal).await?;
+        let (mut to_seal, mut marked) = (Vec::new(), Vec::new());
+        let sent = self
+            .take_step_in(tx, g, step, &mut to_seal, &mut marked)
+            .await?;
+        tx.set_grants_sent(&marked).await?;
         self.seal_all_in(tx, to_seal).await?;
         Ok(sent)
     }
 
-    /// Writes what a step needs before sealing: a waiting row, or the version marked sent (the
-    /// package joins `to_seal`).
+    /// Writes what a step needs before sealing: a waiting row; or the package joins `to_seal`
+    /// and its grant and version join `marked`, to be marked sent together.
     async fn take_step_in(
         &self,
         tx: &mut Tx,
         g: &GrantRow,
         step: Step,
         to_seal: &mut Vec<ToSeal>,
+        marked: &mut Vec<(String, u32)>,
     ) -> Result<Sent, NodeError> {
         Ok(match step {
             Step::Done(sent) => sent,
@@ -409,7 +416,7 @@ impl NodeCore {
                 sent
             }
             Step::Seal(sent, item) => {
-                tx.set_grant_sent(&g.grant_id, sent.version).await?;
+                marked.push((g.grant_id.clone(), sent.version));
                 to_seal.push(*item);
                 sent
             }

@@ -6,6 +6,9 @@ use sqlx::any::AnyRow;
 
 use super::{NodeStore, StoreError, Tx, conflict, sections_list, sections_text};
 
+/// Grants named in one `UPDATE` (well inside SQLite's 32,766 variables and PostgreSQL's 65,535).
+const GRANTS_PER_UPDATE: usize = 500;
+
 #[derive(Debug, Clone)]
 pub struct GrantRow {
     pub grant_id: String,
@@ -188,6 +191,30 @@ impl Tx {
             .bind(grant_id)
             .execute(&mut *self.0)
             .await?;
+        Ok(())
+    }
+
+    /// [`Tx::set_grant_sent`] for many grants, one statement for each version among them (a
+    /// class is mostly one).
+    pub async fn set_grants_sent(&mut self, sent: &[(String, u32)]) -> Result<(), StoreError> {
+        let mut by_version: std::collections::BTreeMap<u32, Vec<&str>> = Default::default();
+        for (grant_id, version) in sent {
+            by_version.entry(*version).or_default().push(grant_id);
+        }
+        for (version, ids) in by_version {
+            for chunk in ids.chunks(GRANTS_PER_UPDATE) {
+                let sql = format!(
+                    "UPDATE grants SET sent_version = CASE WHEN COALESCE(sent_version, 0) > $1 THEN sent_version ELSE $1 END
+                     WHERE grant_id IN ({})",
+                    super::outbox::params(2, chunk.len())
+                );
+                let mut query = sqlx::query(&sql).bind(version as i64);
+                for id in chunk {
+                    query = query.bind(*id);
+                }
+                query.execute(&mut *self.0).await?;
+            }
+        }
         Ok(())
     }
 

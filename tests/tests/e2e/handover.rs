@@ -439,6 +439,17 @@ async fn a_class_pushed_in_one_call_arrives_and_a_bad_grant_holds_up_no_other() 
         .await
         .unwrap();
     assert_eq!(seqs, (1..=class as i64).collect::<Vec<_>>());
+    // Each grant sent is marked sent with its version (a class in one statement); the one to
+    // the municipality is not.
+    let marked: Vec<(String, Option<i64>)> =
+        sqlx::query_as("SELECT grant_id, sent_version FROM grants ORDER BY grant_id")
+            .fetch_all(&school)
+            .await
+            .unwrap();
+    for (grant_id, version) in marked {
+        let expected = (grant_id != to_removed).then_some(1);
+        assert_eq!(version, expected, "the version marked sent for {grant_id}");
+    }
     school.close().await;
     let pool = node_pool(&region, MBO).await;
     let mut arrived: Vec<String> = sqlx::query_scalar("SELECT grant_id FROM received")
