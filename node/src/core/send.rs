@@ -556,70 +556,66 @@ impl NodeCore {
     /// Records the hub's receipts for pushed envelopes, and the trail events they make, in one
     /// transaction.
     pub async fn after_sent(&self, sent: &[(OutboxEntry, Signed)]) -> Result<(), NodeError> {
+        let now = self.now();
         let mut tx = self.store.begin().await?;
+        let mut recorded = Vec::with_capacity(sent.len());
         for (entry, receipt) in sent {
-            self.record_sent_in(&mut tx, entry, receipt).await?;
-        }
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn record_sent_in(
-        &self,
-        tx: &mut Tx,
-        entry: &OutboxEntry,
-        receipt: &Signed,
-    ) -> Result<(), NodeError> {
-        if !tx
-            .mark_sent(
-                entry.seq,
-                &entry.envelope_id,
-                &receipt.encode_to_vec(),
-                self.now(),
-            )
-            .await?
-        {
-            // Sealed again while this one was on its way (a skip, or a resend): the new envelope
-            // goes out under the same sequence number and the recipient takes only one.
-            return Ok(());
-        }
-        if let Some(grant_id) = &entry.grant_id
-            && let Some(g) = tx.grant(grant_id).await?
-        {
-            let event = match EnvelopeKind::try_from(entry.kind) {
-                Ok(EnvelopeKind::Package) => Some((
-                    "sent",
-                    format!(
-                        "version {} with {} sealed for {}",
-                        entry.version.unwrap_or_default(),
-                        g.sections.join(", "),
-                        g.recipient_org
-                    ),
-                )),
-                Ok(EnvelopeKind::Revocation) => Some((
-                    "revocation sent",
-                    format!("{} is asked to erase", g.recipient_org),
-                )),
-                _ => None,
-            };
-            if let Some((event, detail)) = event {
-                if event == "sent" {
-                    tx.set_grant_sent_at(grant_id, self.now()).await?;
-                }
-                tx.add_trail(&TrailRow {
-                    pseudonym: g.pseudonym.clone(),
-                    grant_id: grant_id.clone(),
-                    org: g.recipient_org.clone(),
-                    event: event.into(),
-                    at: self.now(),
-                    detail,
-                    envelope_id: Some(entry.envelope_id.clone()),
-                    hub_receipt: Some(receipt.encode_to_vec()),
-                    evidence: None,
-                })
-                .await?;
+            let receipt = receipt.encode_to_vec();
+            // Not if it was sealed again while this one was on its way (a skip, or a resend):
+            // the new envelope goes out under the same sequence number and the recipient takes
+            // only one.
+            if tx
+                .mark_sent(entry.seq, &entry.envelope_id, &receipt, now)
+                .await?
+            {
+                recorded.push((entry, receipt));
             }
         }
+        // What a round sent is written into the grants and the trail in a statement each.
+        let ids: Vec<String> = recorded
+            .iter()
+            .filter_map(|(e, _)| e.grant_id.clone())
+            .collect();
+        let grants = tx.grants_by_id(&ids).await?;
+        let (mut trail, mut sent_at) = (Vec::new(), Vec::new());
+        for (entry, receipt) in recorded {
+            let Some(g) = entry.grant_id.as_ref().and_then(|id| grants.get(id)) else {
+                continue;
+            };
+            let (event, detail) = match EnvelopeKind::try_from(entry.kind) {
+                Ok(EnvelopeKind::Package) => {
+                    sent_at.push(g.grant_id.clone());
+                    (
+                        "sent",
+                        format!(
+                            "version {} with {} sealed for {}",
+                            entry.version.unwrap_or_default(),
+                            g.sections.join(", "),
+                            g.recipient_org
+                        ),
+                    )
+                }
+                Ok(EnvelopeKind::Revocation) => (
+                    "revocation sent",
+                    format!("{} is asked to erase", g.recipient_org),
+                ),
+                _ => continue,
+            };
+            trail.push(TrailRow {
+                pseudonym: g.pseudonym.clone(),
+                grant_id: g.grant_id.clone(),
+                org: g.recipient_org.clone(),
+                event: event.into(),
+                at: now,
+                detail,
+                envelope_id: Some(entry.envelope_id.clone()),
+                hub_receipt: Some(receipt),
+                evidence: None,
+            });
+        }
+        tx.set_grants_sent_at(&sent_at, now).await?;
+        tx.add_trails(&trail).await?;
+        tx.commit().await?;
         Ok(())
     }
 

@@ -6,7 +6,6 @@ use std::collections::HashMap;
 
 use sqlx::Row;
 
-use super::grants::{GRANT_COLUMNS, grant_row};
 use super::outbox::{OUTBOX_COLUMNS, outbox_entry, params};
 use super::students::StoredVersion;
 use super::{GrantRow, OutboxEntry, StoreError, Tx};
@@ -38,15 +37,7 @@ impl Tx {
             return Ok(reads);
         }
         let ids = params(1, grant_ids.len());
-        let sql = format!("SELECT {GRANT_COLUMNS} FROM grants WHERE grant_id IN ({ids})");
-        let mut query = sqlx::query(&sql);
-        for id in grant_ids {
-            query = query.bind(id);
-        }
-        for r in query.fetch_all(&mut *self.0).await? {
-            let g = grant_row(&r);
-            reads.grants.insert(g.grant_id.clone(), g);
-        }
+        reads.grants = self.grants_by_id(grant_ids).await?;
         let states: Vec<String> = states.iter().map(|s| format!("'{s}'")).collect();
         let sql = format!(
             "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE grant_id IN ({ids}) AND state IN ({}) ORDER BY seq",

@@ -6,8 +6,11 @@ use sqlx::any::AnyRow;
 
 use super::{NodeStore, StoreError, Tx, conflict, sections_list, sections_text};
 
-/// Grants named in one `UPDATE` (well inside SQLite's 32,766 variables and PostgreSQL's 65,535).
+/// Grants named in one statement (well inside SQLite's 32,766 variables and PostgreSQL's 65,535).
 const GRANTS_PER_UPDATE: usize = 500;
+
+/// Trail rows in one insert (nine values each).
+const TRAIL_ROWS_PER_INSERT: usize = 200;
 
 #[derive(Debug, Clone)]
 pub struct GrantRow {
@@ -260,12 +263,23 @@ impl Tx {
         Ok(())
     }
 
-    pub async fn set_grant_sent_at(&mut self, grant_id: &str, at: i64) -> Result<(), StoreError> {
-        sqlx::query("UPDATE grants SET sent_at = COALESCE(sent_at, $1) WHERE grant_id = $2")
-            .bind(at)
-            .bind(grant_id)
-            .execute(&mut *self.0)
-            .await?;
+    /// Notes when each of `grant_ids` was first sent (a time already noted stays).
+    pub async fn set_grants_sent_at(
+        &mut self,
+        grant_ids: &[String],
+        at: i64,
+    ) -> Result<(), StoreError> {
+        for chunk in grant_ids.chunks(GRANTS_PER_UPDATE) {
+            let sql = format!(
+                "UPDATE grants SET sent_at = COALESCE(sent_at, $1) WHERE grant_id IN ({})",
+                super::outbox::params(2, chunk.len())
+            );
+            let mut query = sqlx::query(&sql).bind(at);
+            for id in chunk {
+                query = query.bind(id);
+            }
+            query.execute(&mut *self.0).await?;
+        }
         Ok(())
     }
 
@@ -290,22 +304,60 @@ impl Tx {
     }
 
     pub async fn add_trail(&mut self, t: &TrailRow) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO trail (pseudonym, grant_id, org, event, at, detail, envelope_id, hub_receipt, evidence)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .bind(&t.pseudonym)
-        .bind(&t.grant_id)
-        .bind(&t.org)
-        .bind(&t.event)
-        .bind(t.at)
-        .bind(&t.detail)
-        .bind(&t.envelope_id)
-        .bind(&t.hub_receipt)
-        .bind(&t.evidence)
-        .execute(&mut *self.0)
-        .await?;
+        self.add_trails(std::slice::from_ref(t)).await
+    }
+
+    /// Adds trail rows in order, many a statement.
+    pub async fn add_trails(&mut self, rows: &[TrailRow]) -> Result<(), StoreError> {
+        const COLUMNS: usize = 9;
+        for chunk in rows.chunks(TRAIL_ROWS_PER_INSERT) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|i| format!("({})", super::outbox::params(1 + i * COLUMNS, COLUMNS)))
+                .collect();
+            let sql = format!(
+                "INSERT INTO trail (pseudonym, grant_id, org, event, at, detail, envelope_id, hub_receipt, evidence)
+                 VALUES {}",
+                values.join(", ")
+            );
+            let mut query = sqlx::query(&sql);
+            for t in chunk {
+                query = query
+                    .bind(&t.pseudonym)
+                    .bind(&t.grant_id)
+                    .bind(&t.org)
+                    .bind(&t.event)
+                    .bind(t.at)
+                    .bind(&t.detail)
+                    .bind(&t.envelope_id)
+                    .bind(&t.hub_receipt)
+                    .bind(&t.evidence);
+            }
+            query.execute(&mut *self.0).await?;
+        }
         Ok(())
+    }
+
+    /// The grants of `grant_ids` that exist, by id.
+    pub async fn grants_by_id(
+        &mut self,
+        grant_ids: &[String],
+    ) -> Result<std::collections::HashMap<String, GrantRow>, StoreError> {
+        let mut grants = std::collections::HashMap::new();
+        for chunk in grant_ids.chunks(GRANTS_PER_UPDATE) {
+            let sql = format!(
+                "SELECT {GRANT_COLUMNS} FROM grants WHERE grant_id IN ({})",
+                super::outbox::params(1, chunk.len())
+            );
+            let mut query = sqlx::query(&sql);
+            for id in chunk {
+                query = query.bind(id);
+            }
+            for r in query.fetch_all(&mut *self.0).await? {
+                let g = grant_row(&r);
+                grants.insert(g.grant_id.clone(), g);
+            }
+        }
+        Ok(grants)
     }
 
     pub async fn grant(&mut self, grant_id: &str) -> Result<Option<GrantRow>, StoreError> {
