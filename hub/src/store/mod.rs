@@ -321,6 +321,22 @@ where
     }
 }
 
+/// The envelopes an ack removed from the mailbox, in the order they were asked for (each once),
+/// with the log index of each one's `delivery` event from `next` on.
+pub(crate) fn deliveries(
+    asked: &[Vec<u8>],
+    mut removed: std::collections::HashSet<Vec<u8>>,
+    next: i64,
+) -> Vec<(i64, Vec<u8>)> {
+    let mut out = Vec::with_capacity(removed.len());
+    for id in asked {
+        if removed.remove(id) {
+            out.push((next + out.len() as i64, id.clone()));
+        }
+    }
+    out
+}
+
 /// The answers of a planned batch once its rows are in: `seqs` maps each new envelope id to
 /// its mailbox sequence number.
 pub(crate) fn finish_batch(
@@ -591,6 +607,52 @@ pub(crate) mod conformance {
             events.iter().map(|e| e.log_index).collect::<Vec<_>>(),
             (0..200).collect::<Vec<u64>>()
         );
+    }
+
+    /// One ack of many: each envelope of the recipient's mailbox is delivered once, its
+    /// `delivery` events in the order asked; an id asked twice, one unknown and one in another
+    /// mailbox change nothing.
+    pub async fn an_ack_of_many_logs_each_delivery_once_in_the_order_asked(s: &impl HubStore) {
+        for i in 1..=4u8 {
+            s.accept(env(i, if i == 4 { "GM0193" } else { "MBO1" }), signer())
+                .await
+                .unwrap();
+        }
+        let asked = [
+            vec![3; 16],
+            vec![1; 16],
+            vec![3; 16],
+            vec![9; 16],
+            vec![4; 16],
+            vec![2; 16],
+        ];
+        let accepted_at = s.ack("MBO1", &asked, 200).await.unwrap();
+        assert_eq!(accepted_at, vec![100, 100, 100], "one answer per delivery");
+        let events = s.events(0, 20).await.unwrap();
+        let delivered: Vec<(u64, &str, Vec<u8>)> = events
+            .iter()
+            .filter(|e| e.event == "delivery")
+            .map(|e| (e.log_index, e.to_org.as_str(), e.envelope_id.clone()))
+            .collect();
+        assert_eq!(
+            delivered,
+            [
+                (4, "MBO1", vec![3; 16]),
+                (5, "MBO1", vec![1; 16]),
+                (6, "MBO1", vec![2; 16]),
+            ]
+        );
+        assert!(s.mailbox("MBO1", 0, 10).await.unwrap().is_empty());
+        assert_eq!(s.mailbox("GM0193", 0, 10).await.unwrap().len(), 1);
+        assert_eq!(s.ack("MBO1", &asked, 300).await.unwrap(), Vec::<i64>::new());
+        assert_eq!(
+            s.events(0, 20).await.unwrap().len(),
+            7,
+            "nothing logged twice"
+        );
+        let unacked = s.unacked().await.unwrap();
+        assert_eq!(unacked.len(), 1);
+        assert_eq!(unacked[0].to_org, "GM0193");
     }
 
     /// A card is logged once (the same record again gets its first log index), after what the

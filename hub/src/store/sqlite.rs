@@ -172,44 +172,63 @@ impl HubStore for SqliteStore {
         envelope_ids: &[Vec<u8>],
         at: i64,
     ) -> Result<Vec<i64>, StoreError> {
-        let (_turn, mut tx) = self.begin_write().await?;
-        let mut next: i64 = sqlx::query("SELECT COALESCE(MAX(log_index) + 1, 0) FROM events")
-            .fetch_one(&mut *tx)
-            .await?
-            .get(0);
-        let mut accepted_at = Vec::new();
-        for id in envelope_ids {
-            let removed = sqlx::query("DELETE FROM mailbox WHERE to_org = ? AND envelope_id = ?")
-                .bind(to_org)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            if removed == 0 {
-                continue;
-            }
-            let received: i64 = sqlx::query(
-                "UPDATE envelopes SET acked_at = ? WHERE envelope_id = ? RETURNING received_at",
-            )
-            .bind(at)
-            .bind(id)
-            .fetch_one(&mut *tx)
-            .await?
-            .get(0);
-            sqlx::query(
-                "INSERT INTO events (log_index, event, envelope_kind, from_org, to_org, envelope_id, body_sha256, at)
-                 SELECT ?, 'delivery', kind, from_org, to_org, envelope_id, x'', ? FROM envelopes WHERE envelope_id = ?",
-            )
-            .bind(next)
-            .bind(at)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-            next += 1;
-            accepted_at.push(received);
+        if envelope_ids.is_empty() {
+            return Ok(Vec::new());
         }
+        let (_turn, mut tx) = self.begin_write().await?;
+        let next: i64 = sqlx::query("SELECT COALESCE(MAX(log_index) + 1, 0) FROM events")
+            .fetch_one(&mut *tx)
+            .await?
+            .get(0);
+        // Three statements for the whole ack: the mailbox rows out, the envelopes marked, one
+        // `delivery` event each.
+        let mut delete = QueryBuilder::<Sqlite>::new("DELETE FROM mailbox WHERE to_org = ");
+        delete.push_bind(to_org).push(" AND envelope_id IN (");
+        let mut ids = delete.separated(", ");
+        for id in envelope_ids {
+            ids.push_bind(id);
+        }
+        ids.push_unseparated(") RETURNING envelope_id");
+        let removed = delete
+            .build()
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|r| r.get::<Vec<u8>, _>(0))
+            .collect();
+        let delivered = super::deliveries(envelope_ids, removed, next);
+        if delivered.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut mark = QueryBuilder::<Sqlite>::new("UPDATE envelopes SET acked_at = ");
+        mark.push_bind(at).push(" WHERE envelope_id IN (");
+        let mut ids = mark.separated(", ");
+        for (_, id) in &delivered {
+            ids.push_bind(id);
+        }
+        ids.push_unseparated(") RETURNING envelope_id, received_at");
+        let received: std::collections::HashMap<Vec<u8>, i64> = mark
+            .build()
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let mut events = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO events (log_index, event, envelope_kind, from_org, to_org, envelope_id, body_sha256, at)
+             SELECT v.column1, 'delivery', e.kind, e.from_org, e.to_org, e.envelope_id, x'', ",
+        );
+        events.push_bind(at).push(" FROM (");
+        events.push_values(&delivered, |mut b, (index, id)| {
+            b.push_bind(*index).push_bind(id);
+        });
+        events.push(") AS v JOIN envelopes e ON e.envelope_id = v.column2");
+        events.build().execute(&mut *tx).await?;
         tx.commit().await?;
-        Ok(accepted_at)
+        Ok(delivered
+            .iter()
+            .filter_map(|(_, id)| received.get(id).copied())
+            .collect())
     }
 
     async fn envelopes_between(
@@ -447,6 +466,13 @@ mod tests {
     async fn a_batch_answers_each_envelope_on_its_own() {
         let s = SqliteStore::open("sqlite::memory:").await.unwrap();
         super::super::conformance::a_batch_answers_each_envelope_on_its_own(&s).await;
+    }
+
+    #[tokio::test]
+    async fn an_ack_of_many_logs_each_delivery_once_in_the_order_asked() {
+        let s = SqliteStore::open("sqlite::memory:").await.unwrap();
+        super::super::conformance::an_ack_of_many_logs_each_delivery_once_in_the_order_asked(&s)
+            .await;
     }
 
     #[tokio::test]
