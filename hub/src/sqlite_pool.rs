@@ -96,7 +96,8 @@ pub fn checkpoint_in_background(url: &str, writer: &Writer) -> Result<(), sqlx::
     if url.contains(":memory:") {
         return Ok(());
     }
-    let options = settings(url)?;
+    // Never a new, empty database where the file has gone.
+    let options = settings(url)?.create_if_missing(false);
     let writer = std::sync::Arc::downgrade(writer);
     tokio::spawn(async move {
         use sqlx::ConnectOptions;
