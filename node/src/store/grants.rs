@@ -222,15 +222,8 @@ impl Tx {
     }
 
     pub async fn set_grant_sent(&mut self, grant_id: &str, version: u32) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE grants SET sent_version = CASE WHEN COALESCE(sent_version, 0) > $1 THEN sent_version ELSE $1 END
-             WHERE grant_id = $2",
-        )
-        .bind(version as i64)
-        .bind(grant_id)
-        .execute(&mut *self.0)
-        .await?;
-        Ok(())
+        self.set_grants_sent(&[(grant_id.to_string(), version)])
+            .await
     }
 
     /// The recipient fetched under `grant_id` at `at`.
