@@ -72,8 +72,20 @@ fn settings(url: &str) -> Result<SqliteConnectOptions, sqlx::Error> {
         .pragma("wal_autocheckpoint", "0"))
 }
 
-/// How often the checkpointer looks at the WAL.
+/// How often the checkpointer looks at the WAL (times [`stretch_checkpoints`]).
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(50);
+
+/// How many times longer [`CHECKPOINT_EVERY`] is for checkpointers started after
+/// [`stretch_checkpoints`]; 1 but under valgrind.
+static CHECKPOINT_SCALE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+
+/// Stretches the interval of every checkpointer started after this call `times` over, for a
+/// program run under valgrind (some fifty times slower), so that it checkpoints as often per
+/// commit as at full speed and an instruction count is that of the work
+/// (`overstap bench handover --callgrind`).
+pub fn stretch_checkpoints(times: u32) {
+    CHECKPOINT_SCALE.store(times.max(1), std::sync::atomic::Ordering::Relaxed);
+}
 
 /// WAL frames (pages) past which the checkpointer holds the writers back for a moment to copy
 /// the last of them, so that the next writer starts the WAL from its beginning again: 1,000
@@ -99,11 +111,12 @@ pub fn checkpoint_in_background(url: &str, writer: &Writer) -> Result<(), sqlx::
     // Never a new, empty database where the file has gone.
     let options = settings(url)?.create_if_missing(false);
     let writer = std::sync::Arc::downgrade(writer);
+    let every = CHECKPOINT_EVERY * CHECKPOINT_SCALE.load(std::sync::atomic::Ordering::Relaxed);
     tokio::spawn(async move {
         use sqlx::ConnectOptions;
         let mut conn = None;
         loop {
-            tokio::time::sleep(CHECKPOINT_EVERY).await;
+            tokio::time::sleep(every).await;
             let Some(writer) = writer.upgrade() else {
                 break;
             };

@@ -188,14 +188,17 @@ pub async fn database_contents(url: &str) -> anyhow::Result<Vec<u8>> {
 
 /// How many times longer the region's background intervals are (1: as set below). A program
 /// run under valgrind goes some fifty times slower; its background rounds (the log check,
-/// directory fetches, the reaper, the hub's sequencer) are stretched as much, so they come as
-/// often per envelope as at full speed and the instructions counted are those of the work.
+/// directory fetches, the reaper, the hub's sequencer, the WAL checkpointers) are stretched as
+/// much, so they come as often per envelope as at full speed and the instructions counted are
+/// those of the work.
 static BACKGROUND_SCALE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
 
 /// Stretches the background intervals of every region started after this (see
 /// [`BACKGROUND_SCALE`]); for `overstap bench handover --callgrind`.
 pub fn stretch_background(times: u32) {
     BACKGROUND_SCALE.store(times.max(1), std::sync::atomic::Ordering::Relaxed);
+    overstap_hub::sqlite_pool::stretch_checkpoints(times);
+    overstap_node::sqlite_pool::stretch_checkpoints(times);
 }
 
 fn stretched(d: Duration) -> Duration {

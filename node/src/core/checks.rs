@@ -22,6 +22,7 @@ use crate::store::{Received, TrailRow, Tx};
 
 use super::consent::Erase;
 use super::status::Owed;
+use super::stretch::Stretch;
 use super::{NodeCore, NodeError, Outcome, stored};
 
 impl NodeCore {
@@ -41,17 +42,33 @@ impl NodeCore {
         receipt: Option<&Signed>,
         owed: &mut Owed,
         memory: &Memory,
+        mut known: Option<&mut Stretch>,
     ) -> Result<Outcome, NodeError> {
         let from = &header.from_org;
+        if let Some(k) = known.as_mut()
+            && !matches!(opened.payload.content, Some(Content::Package(_)))
+        {
+            k.unsure();
+        }
         match &opened.payload.content {
             Some(Content::Package(p)) => {
                 match self
-                    .check_package(tx, signed_under, opened, p, memory)
+                    .check_package(tx, signed_under, opened, p, memory, known.as_deref())
                     .await?
                 {
                     Ok((received, superseded)) => {
                         let grant_id = received.grant_id.clone();
-                        tx.store_received(&received).await?;
+                        if known
+                            .as_ref()
+                            .is_some_and(|k| k.surely_new_grant(&grant_id))
+                        {
+                            tx.add_received(&received).await?;
+                        } else {
+                            tx.store_received(&received).await?;
+                        }
+                        if let Some(k) = known {
+                            k.stored(&received);
+                        }
                         if superseded {
                             self.erase_in(
                                 tx,
@@ -314,9 +331,10 @@ impl NodeCore {
         opened: &Opened,
         p: &Package,
         memory: &Memory,
+        known: Option<&Stretch>,
     ) -> Result<Result<(Received, bool), ProtocolError>, NodeError> {
         let held = self
-            .held_card(tx, &opened.header.from_org, p.card.as_ref())
+            .held_card(tx, &opened.header.from_org, p.card.as_ref(), known)
             .await?;
         let mut received = match self.check_package_rules(dir, opened, p, held, memory) {
             Ok(r) => r,
@@ -330,6 +348,10 @@ impl NodeCore {
                 received.grant_id, received.from_org
             ))
         };
+        // What the stretch asked at its start says the grant is new here: nothing to look up.
+        if known.is_some_and(|k| k.surely_new_grant(&received.grant_id)) {
+            return Ok(Ok((received, false)));
+        }
         if let Some(e) = tx.erased(&received.grant_id).await? {
             if e.from_org != received.from_org {
                 return Ok(Err(taken()));
@@ -423,11 +445,15 @@ impl NodeCore {
         tx: &mut Tx,
         home: &str,
         incoming: Option<&Signed>,
+        known: Option<&Stretch>,
     ) -> Result<Option<StudentCard>, NodeError> {
         let Some(Ok(probe)) = incoming.map(|c| decode_body::<StudentCard>(Domain::StudentCard, c))
         else {
             return Ok(None);
         };
+        if known.is_some_and(|k| k.surely_no_card(&probe.pseudonym)) {
+            return Ok(None);
+        }
         Ok(tx
             .held_cards(home, &probe.pseudonym)
             .await?
@@ -504,7 +530,7 @@ impl NodeCore {
         home: &str,
         notice: &RevocationNotice,
     ) -> Result<Result<(Revocation, bool), ProtocolError>, NodeError> {
-        let held = self.held_card(tx, home, notice.card.as_ref()).await?;
+        let held = self.held_card(tx, home, notice.card.as_ref(), None).await?;
         let check = || -> Result<Revocation, ProtocolError> {
             let card_signed = notice.card.as_ref().ok_or(ProtocolError::Malformed {
                 what: "revocation",

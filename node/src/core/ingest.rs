@@ -16,6 +16,7 @@ use prost::Message;
 use crate::store::{Held, Processed, Tx};
 
 use super::status::Owed;
+use super::stretch::Stretch;
 use super::{NodeCore, NodeError, Outcome, read_lock, stored};
 
 impl NodeCore {
@@ -132,7 +133,7 @@ impl NodeCore {
         batch: &Memory,
         i: &mut usize,
     ) -> Result<(Vec<Outcome>, std::collections::BTreeSet<String>), NodeError> {
-        let mut tx: Option<Tx> = None;
+        let mut tx: Option<(Tx, Stretch)> = None;
         let mut owed = Owed::default();
         let mut stretch = Vec::new();
         let mut senders = std::collections::BTreeSet::new();
@@ -150,22 +151,35 @@ impl NodeCore {
             if holding[from] {
                 break;
             }
-            let t = match &mut tx {
+            let (t, known) = match &mut tx {
                 Some(t) => t,
-                None => tx.insert(self.store.begin().await?),
+                None => {
+                    let mut t = self.store.begin().await?;
+                    let known = Stretch::start(&mut t, &prepared[*i..]).await?;
+                    tx.insert((t, known))
+                }
             };
-            if t.is_processed(&claimed.envelope_id).await? {
+            if known.is_processed(&claimed.envelope_id) {
                 stretch.push(Outcome::Duplicate);
             } else {
                 let seq = opened.payload.seq;
-                if seq != 0 && seq != t.peer(from).await?.received_seq + 1 {
+                if seq != 0 && seq != known.received_seq(t, from).await? + 1 {
                     // Taken in before under another envelope, or ahead of a gap.
                     break;
                 }
                 let receipt = run[*i].1.as_ref();
                 let outcome = self
                     .take_in_next(
-                        t, dir, dir, claimed, opened, receipt, false, &mut owed, batch,
+                        t,
+                        dir,
+                        dir,
+                        claimed,
+                        opened,
+                        receipt,
+                        false,
+                        &mut owed,
+                        batch,
+                        Some(known),
                     )
                     .await?
                     .ok_or_else(|| {
@@ -179,11 +193,12 @@ impl NodeCore {
             senders.insert(from.clone());
             *i += 1;
         }
-        if let Some(mut t) = tx {
+        if let Some((mut t, known)) = tx {
             // Nothing of the stretch is kept unless every signature it was taken in on holds:
             // if one does not, the transaction is dropped and the stretch taken in again one
             // envelope at a time, each signature checked alone.
             batch.settle(&self.checked)?;
+            known.finish(&mut t).await?;
             // The packages' senders are answered, one envelope each for the stretch.
             self.send_owed_in(&mut t, owed).await?;
             t.commit().await?;
@@ -452,6 +467,7 @@ impl NodeCore {
                 from_held,
                 &mut owed,
                 &self.checked,
+                None,
             )
             .await?
         else {
@@ -485,7 +501,8 @@ impl NodeCore {
     /// Takes in, inside `tx`, an opened envelope that is next in its sender's order (or carries
     /// no number): the sender's number moves on, the envelope has its effect, and it is marked
     /// processed, last. `None`: it was processed before, and `tx` holds an effect that must be
-    /// rolled back.
+    /// rolled back. Inside a stretch (`known`), the number and the record are written at the
+    /// stretch's end, and the stretch has made sure the envelope is new.
     #[allow(clippy::too_many_arguments)]
     async fn take_in_next(
         &self,
@@ -498,15 +515,23 @@ impl NodeCore {
         from_held: bool,
         owed: &mut Owed,
         memory: &Memory,
+        mut known: Option<&mut Stretch>,
     ) -> Result<Option<Outcome>, NodeError> {
         let from = &claimed.from_org;
         let seq = opened.payload.seq;
-        if !opened.payload.checkpoint.is_empty() {
-            tx.add_peer_checkpoint(from, &opened.payload.checkpoint, self.now())
-                .await?;
+        let checkpoint = &opened.payload.checkpoint;
+        if !checkpoint.is_empty()
+            && known
+                .as_mut()
+                .is_none_or(|k| k.new_checkpoint(from, checkpoint))
+        {
+            tx.add_peer_checkpoint(from, checkpoint, self.now()).await?;
         }
         if seq != 0 {
-            tx.set_received_seq(from, seq).await?;
+            match known.as_mut() {
+                Some(k) => k.set_received_seq(from, seq),
+                None => tx.set_received_seq(from, seq).await?,
+            }
         }
         if from_held {
             tx.unhold(from, seq).await?;
@@ -521,6 +546,7 @@ impl NodeCore {
                 receipt,
                 owed,
                 memory,
+                known.as_deref_mut(),
             )
             .await?;
         let (label, detail) = match &outcome {
@@ -533,12 +559,14 @@ impl NodeCore {
                 ("taken in", String::new())
             }
         };
+        let row = self.processed_row(claimed, receipt, label, detail);
+        if let Some(k) = known {
+            k.processed(row);
+            return Ok(Some(outcome));
+        }
         // Marking it processed last, in the same transaction: if it was processed before, the
         // whole effect is rolled back.
-        if !tx
-            .insert_processed(&self.processed_row(claimed, receipt, label, detail))
-            .await?
-        {
+        if !tx.insert_processed(&row).await? {
             return Ok(None);
         }
         Ok(Some(outcome))

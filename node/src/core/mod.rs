@@ -50,6 +50,7 @@ pub mod people;
 mod pull;
 mod send;
 mod status;
+mod stretch;
 
 pub use pull::{PULL_REFUSED, lets_fetch};
 pub use status::TERMINAL_ROLE;

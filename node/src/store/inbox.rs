@@ -18,6 +18,9 @@ pub struct Processed {
     pub at: i64,
 }
 
+/// Rows of `processed` in one insert (8 columns each: 1,600 parameters).
+const PROCESSED_PER_INSERT: usize = 200;
+
 /// An envelope that came early and waits for a gap to be filled.
 #[derive(Debug, Clone)]
 pub struct Held {
@@ -174,6 +177,45 @@ impl Tx {
         .await?
         .rows_affected();
         Ok(done == 1)
+    }
+
+    /// Which of `envelope_ids` were taken in before, as this transaction sees it.
+    pub async fn processed_among(
+        &mut self,
+        envelope_ids: &[Vec<u8>],
+    ) -> Result<std::collections::HashSet<Vec<u8>>, StoreError> {
+        self.present("processed", "envelope_id", envelope_ids).await
+    }
+
+    /// Records many envelopes taken in, [`PROCESSED_PER_INSERT`] to a statement; returns how
+    /// many rows went in (fewer than `rows` if some were recorded before).
+    pub async fn insert_processed_all(&mut self, rows: &[Processed]) -> Result<u64, StoreError> {
+        const COLUMNS: usize = 8;
+        let mut inserted = 0;
+        for chunk in rows.chunks(PROCESSED_PER_INSERT) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|i| format!("({})", super::outbox::params(1 + i * COLUMNS, COLUMNS)))
+                .collect();
+            let sql = format!(
+                "INSERT INTO processed (envelope_id, from_org, kind, outcome, detail, receipt, body_sha256, processed_at)
+                 VALUES {} ON CONFLICT DO NOTHING",
+                values.join(", ")
+            );
+            let mut query = sqlx::query(&sql);
+            for p in chunk {
+                query = query
+                    .bind(&p.envelope_id)
+                    .bind(&p.from_org)
+                    .bind(p.kind)
+                    .bind(&p.outcome)
+                    .bind(&p.detail)
+                    .bind(&p.receipt)
+                    .bind(&p.body_sha256)
+                    .bind(p.at);
+            }
+            inserted += query.execute(&mut *self.0).await?.rows_affected();
+        }
+        Ok(inserted)
     }
 
     pub async fn hold(&mut self, h: &Held, envelope_id: &[u8]) -> Result<(), StoreError> {

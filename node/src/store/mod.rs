@@ -186,7 +186,45 @@ impl NodeStore {
     }
 }
 
+/// Keys asked for in one `IN (…)` list; well under either database's limit on parameters.
+const KEYS_PER_QUERY: usize = 500;
+
 impl Tx {
+    /// Which of `keys` the rows of `table` hold in `column`, as this transaction sees it:
+    /// [`KEYS_PER_QUERY`] keys a statement.
+    pub(super) async fn present<T>(
+        &mut self,
+        table: &str,
+        column: &str,
+        keys: &[T],
+    ) -> Result<std::collections::HashSet<T>, StoreError>
+    where
+        T: for<'q> sqlx::Encode<'q, Any>
+            + for<'r> sqlx::Decode<'r, Any>
+            + sqlx::Type<Any>
+            + Send
+            + Sync
+            + Clone
+            + std::hash::Hash
+            + Eq,
+    {
+        let mut found = std::collections::HashSet::new();
+        for chunk in keys.chunks(KEYS_PER_QUERY) {
+            let sql = format!(
+                "SELECT {column} FROM {table} WHERE {column} IN ({})",
+                outbox::params(1, chunk.len())
+            );
+            let mut query = sqlx::query(&sql);
+            for k in chunk {
+                query = query.bind(k.clone());
+            }
+            for r in query.fetch_all(&mut *self.0).await? {
+                found.insert(r.try_get::<T, _>(0)?);
+            }
+        }
+        Ok(found)
+    }
+
     pub async fn commit(self) -> Result<(), StoreError> {
         Ok(self.0.commit().await?)
     }

@@ -203,12 +203,41 @@ impl Tx {
         erased(&mut self.0, grant_id).await
     }
 
+    /// Which of `grant_ids` this node holds a passport under, as this transaction sees it.
+    pub async fn received_among(
+        &mut self,
+        grant_ids: &[String],
+    ) -> Result<std::collections::HashSet<String>, StoreError> {
+        self.present("received", "grant_id", grant_ids).await
+    }
+
+    /// Which of `grant_ids` were erased here, as this transaction sees it.
+    pub async fn erased_among(
+        &mut self,
+        grant_ids: &[String],
+    ) -> Result<std::collections::HashSet<String>, StoreError> {
+        self.present("erased", "grant_id", grant_ids).await
+    }
+
+    /// Which of `pseudonyms` this node holds a passport (and so a card) of, from any sender.
+    pub async fn students_held_among(
+        &mut self,
+        pseudonyms: &[String],
+    ) -> Result<std::collections::HashSet<String>, StoreError> {
+        self.present("received", "pseudonym", pseudonyms).await
+    }
+
     /// Stores a received passport, replacing what the same grant brought before.
     pub async fn store_received(&mut self, r: &Received) -> Result<(), StoreError> {
         sqlx::query("DELETE FROM received WHERE grant_id = $1")
             .bind(&r.grant_id)
             .execute(&mut *self.0)
             .await?;
+        self.add_received(r).await
+    }
+
+    /// Stores a received passport under a grant that brought nothing here before.
+    pub async fn add_received(&mut self, r: &Received) -> Result<(), StoreError> {
         sqlx::query(&format!(
             "INSERT INTO received ({RECEIVED_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
         ))
@@ -230,16 +259,22 @@ impl Tx {
         .bind(&r.status)
         .execute(&mut *self.0)
         .await?;
-        for (id, d) in &r.disclosures {
-            sqlx::query(
-                "INSERT INTO received_sections (grant_id, section_id, disclosure) VALUES ($1, $2, $3)",
-            )
-            .bind(&r.grant_id)
-            .bind(id)
-            .bind(d)
-            .execute(&mut *self.0)
-            .await?;
+        // A passport's sections in one statement (a passport has a handful).
+        if r.disclosures.is_empty() {
+            return Ok(());
         }
+        let values: Vec<String> = (0..r.disclosures.len())
+            .map(|i| format!("({})", super::outbox::params(1 + i * 3, 3)))
+            .collect();
+        let sql = format!(
+            "INSERT INTO received_sections (grant_id, section_id, disclosure) VALUES {}",
+            values.join(", ")
+        );
+        let mut query = sqlx::query(&sql);
+        for (id, d) in &r.disclosures {
+            query = query.bind(&r.grant_id).bind(id).bind(d);
+        }
+        query.execute(&mut *self.0).await?;
         Ok(())
     }
 

@@ -459,6 +459,81 @@ async fn a_full_mailbox_is_taken_in_in_runs_with_the_same_result() {
     region.shutdown().await.unwrap();
 }
 
+/// Two versions of one passport that wait back to back in the mailbox are taken in in one
+/// stretch (one commit): the second is checked against what the first stored in the same
+/// transaction, not against what the stretch read before it began. The newer version is kept,
+/// the school hears the first was replaced, and a student the mbo took in nothing of before,
+/// sent beside them, is stored without a lookup going wrong.
+#[tokio::test]
+async fn two_versions_in_one_stretch_keep_the_newer() {
+    let (_tmp, mut region) = region().await;
+    let sam = student(&region, &birth_month(17), None).await;
+    let ann = student(&region, &birth_month(16), None).await;
+    region.stop_node(MBO).await.unwrap();
+    let live = live_grant(&region, &sam.wallet).await;
+    send(&region, &live).await;
+    let other = live_grant(&region, &ann.wallet).await;
+    send(&region, &other).await;
+    sign_version_2(&region, &sam.wallet).await;
+    region
+        .wait_for(SCHOOL, Duration::from_secs(20), "all pushed", |s| {
+            s.outbox_pending == 0
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        hub_mailbox(&region, MBO).await.len(),
+        3,
+        "Sam's version 1, Ann's passport and Sam's version 2 wait for the mbo"
+    );
+    region.start_node(MBO).await.unwrap();
+    eventually("the mbo has taken in its mailbox", || async {
+        node_count(&region, MBO, "processed").await == 3
+            && hub_mailbox(&region, MBO).await.is_empty()
+    })
+    .await;
+    let pool = node_pool(&region, MBO).await;
+    let held: Vec<(String, i64)> =
+        sqlx::query("SELECT grant_id, version FROM received ORDER BY version")
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (sqlx::Row::get(r, 0), sqlx::Row::get(r, 1)))
+            .collect();
+    pool.close().await;
+    let mut want = vec![(other.clone(), 1), (live.clone(), 2)];
+    want.sort_by_key(|(_, v)| *v);
+    assert_eq!(held, want, "Ann's passport, and Sam's version 2 alone");
+    let outcomes = node_processed(&region, MBO).await;
+    assert_eq!(
+        outcomes.iter().map(|(o, _)| o.as_str()).collect::<Vec<_>>(),
+        ["stored", "stored", "stored"],
+        "{outcomes:?}"
+    );
+    let metrics = scrape(&region.metrics_url(MBO).unwrap()).await;
+    assert_eq!(
+        (
+            metrics
+                .get("overstap_node_inbox_commit_envelopes_count")
+                .copied(),
+            metrics
+                .get("overstap_node_inbox_commit_envelopes_sum")
+                .copied()
+        ),
+        (Some(1.0), Some(3.0)),
+        "all three in one stretch, one commit"
+    );
+    eventually("the school's trail says version 1 was replaced", || async {
+        trail_events(&region, &sam.wallet.pseudonym)
+            .await
+            .iter()
+            .any(|e| e.event == "replaced")
+    })
+    .await;
+    region.shutdown().await.unwrap();
+}
+
 /// A hub that signs its receipts with a key the directory does not list: the school checks
 /// every receipt against the directory's hub key, refuses them, and marks nothing sent; the
 /// envelopes wait in its outbox with the reason.
