@@ -554,7 +554,7 @@ impl Node for NodeApi {
         .map_err(|e| Status::data_loss(format!("the hub's proof does not check out: {e}")))?;
         self.core
             .store
-            .mark_proven(&id, item.log_index, state.size, self.core.now())
+            .mark_proven(&[(id, item.log_index)], state.size, self.core.now())
             .await
             .map_err(NodeError::from)?;
         Ok(Response::new(ProveEnvelopeResponse {

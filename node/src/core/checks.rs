@@ -18,7 +18,7 @@ use overstap_proto::sign::{Domain, Memory, decode_body, open_signed, verifying_k
 use overstap_proto::{ProtocolError, format_date};
 use prost::Message;
 
-use crate::store::{Received, TrailRow, Tx};
+use crate::store::{GrantRow, Received, StatusUpdate, TrailRow, Tx};
 
 use super::consent::Erase;
 use super::status::Owed;
@@ -170,9 +170,8 @@ impl NodeCore {
                     self.now(),
                 )
                 .await?;
-                for st in &run.statuses {
-                    self.apply_status_in(tx, header, receipt, st, None).await?;
-                }
+                self.apply_statuses_in(tx, header, receipt, &run.statuses)
+                    .await?;
                 Ok(Outcome::Noted("statuses"))
             }
             Some(Content::Refusal(r)) => {
@@ -259,20 +258,77 @@ impl NodeCore {
         st: &HandoverStatus,
         evidence: Option<Vec<u8>>,
     ) -> Result<Outcome, NodeError> {
-        let from = &header.from_org;
-        let Some(g) = tx
-            .grant(&st.grant_id)
+        let g = tx.grant(&st.grant_id).await?;
+        match self
+            .status_effect(tx, header, receipt, st, evidence, g.as_ref())
             .await?
-            .filter(|g| g.recipient_org == *from)
-        else {
-            return Ok(Outcome::Noted("status for a grant not held here"));
+        {
+            Err(noted) => Ok(Outcome::Noted(noted)),
+            Ok((update, trail)) => {
+                tx.set_grant_statuses(&[update]).await?;
+                tx.add_trails(&trail).await?;
+                Ok(Outcome::Noted("status"))
+            }
+        }
+    }
+
+    /// The statuses of a run, each with the effect [`NodeCore::apply_status_in`] gives it: the
+    /// grants read in one query, their statuses set in one statement and the trail written in
+    /// one. A run that names a grant twice goes one status at a time, in order, as the second
+    /// depends on what the first set.
+    async fn apply_statuses_in(
+        &self,
+        tx: &mut Tx,
+        header: &EnvelopeHeader,
+        receipt: Option<&Signed>,
+        statuses: &[HandoverStatus],
+    ) -> Result<(), NodeError> {
+        let mut ids: Vec<String> = statuses.iter().map(|st| st.grant_id.clone()).collect();
+        ids.sort();
+        ids.dedup();
+        if ids.len() < statuses.len() {
+            for st in statuses {
+                self.apply_status_in(tx, header, receipt, st, None).await?;
+            }
+            return Ok(());
+        }
+        let grants = tx.grants_by_id(&ids).await?;
+        let (mut updates, mut trail) = (Vec::new(), Vec::new());
+        for st in statuses {
+            if let Ok((update, rows)) = self
+                .status_effect(tx, header, receipt, st, None, grants.get(&st.grant_id))
+                .await?
+            {
+                updates.push(update);
+                trail.extend(rows);
+            }
+        }
+        tx.set_grant_statuses(&updates).await?;
+        tx.add_trails(&trail).await?;
+        Ok(())
+    }
+
+    /// What a status does to grant `g` (as read in this transaction): its new status (empty:
+    /// kept), time and views, and the trail rows. `Err` says why it does nothing.
+    async fn status_effect(
+        &self,
+        tx: &mut Tx,
+        header: &EnvelopeHeader,
+        receipt: Option<&Signed>,
+        st: &HandoverStatus,
+        evidence: Option<Vec<u8>>,
+        g: Option<&GrantRow>,
+    ) -> Result<Result<(StatusUpdate, Vec<TrailRow>), &'static str>, NodeError> {
+        let from = &header.from_org;
+        let Some(g) = g.filter(|g| g.recipient_org == *from) else {
+            return Ok(Err("status for a grant not held here"));
         };
         // An intake status names the package it is about (for the coordinators' counts,
         // see `EnvelopeHeader.about_package`): one this school sent for the grant.
         if !header.about_package.is_empty()
             && !tx.sent_package(&g.grant_id, &header.about_package).await?
         {
-            return Ok(Outcome::Noted(
+            return Ok(Err(
                 "intake status about a package this node did not send for the grant",
             ));
         }
@@ -283,8 +339,12 @@ impl NodeCore {
         } else {
             st.status.as_str()
         };
-        tx.set_grant_status(&g.grant_id, status, st.at, st.viewed_at.len() as u32)
-            .await?;
+        let update = StatusUpdate {
+            grant_id: g.grant_id.clone(),
+            status: status.to_string(),
+            at: st.at,
+            views: st.viewed_at.len() as u32,
+        };
         let mut events: Vec<(String, i64, String)> = Vec::new();
         for at in &st.viewed_at {
             events.push((
@@ -303,8 +363,9 @@ impl NodeCore {
             };
             events.push((event.into(), st.at, detail));
         }
-        for (event, at, detail) in events {
-            tx.add_trail(&TrailRow {
+        let trail = events
+            .into_iter()
+            .map(|(event, at, detail)| TrailRow {
                 pseudonym: g.pseudonym.clone(),
                 grant_id: g.grant_id.clone(),
                 org: from.clone(),
@@ -315,9 +376,8 @@ impl NodeCore {
                 hub_receipt: receipt.map(|r| r.encode_to_vec()),
                 evidence: evidence.clone(),
             })
-            .await?;
-        }
-        Ok(Outcome::Noted("status"))
+            .collect();
+        Ok(Ok((update, trail)))
     }
 
     /// Everything a recipient checks before it stores one byte of a package. The outer error is

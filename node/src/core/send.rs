@@ -534,23 +534,59 @@ impl NodeCore {
         Ok(n)
     }
 
-    /// The envelope to push for an outbox row. A package whose grant ended while it waited to
-    /// leave is replaced by a skip first: nothing leaves without a valid grant.
-    pub async fn envelope_to_push(
+    /// The envelopes to push for a round of outbox rows, each in its place. A package whose
+    /// grant ended while it waited to leave is replaced by a skip first: nothing leaves without
+    /// a valid grant. The round's grants and their students' cards are read in a query each.
+    pub async fn envelopes_to_push(
+        &self,
+        entries: &[OutboxEntry],
+    ) -> Result<Vec<Result<Option<Envelope>, NodeError>>, NodeError> {
+        let package = |e: &OutboxEntry| e.kind == EnvelopeKind::Package as i32;
+        let ids: Vec<String> = entries
+            .iter()
+            .filter(|e| package(e))
+            .filter_map(|e| e.grant_id.clone())
+            .collect();
+        let grants = self.store.grants_by_id(&ids).await?;
+        let mut students: Vec<String> = grants
+            .values()
+            .filter(|g| g.state == "active")
+            .map(|g| g.pseudonym.clone())
+            .collect();
+        students.sort();
+        students.dedup();
+        let cards = self.store.cards_by_pseudonym(&students).await?;
+        let mut out = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let grant = entry
+                .grant_id
+                .as_ref()
+                .filter(|_| package(entry))
+                .and_then(|id| grants.get(id));
+            let ended = grant.and_then(|g| {
+                let card = (g.state == "active")
+                    .then(|| cards.get(&g.pseudonym).map(Vec::as_slice))
+                    .flatten();
+                self.grant_allows_with(g, card).err()
+            });
+            out.push(match ended {
+                Some(e) => self.withdraw(entry, &e.to_string()).await,
+                None => stored::<Envelope>(&entry.envelope, "envelope").map(Some),
+            });
+        }
+        Ok(out)
+    }
+
+    /// [`NodeCore::withdraw_in`] in a transaction of its own.
+    async fn withdraw(
         &self,
         entry: &OutboxEntry,
+        reason: &str,
     ) -> Result<Option<Envelope>, NodeError> {
-        if entry.kind == EnvelopeKind::Package as i32
-            && let Some(grant_id) = &entry.grant_id
-            && let Some(g) = self.store.grant(grant_id).await?
-            && let Err(e) = self.grant_allows(&g).await
-        {
-            let mut tx = self.store.begin().await?;
-            let skip = self.withdraw_in(&mut tx, entry, &e.to_string()).await?;
-            tx.commit().await?;
-            return Ok(skip);
-        }
-        stored::<Envelope>(&entry.envelope, "envelope").map(Some)
+        let mut tx = self.store.begin().await?;
+        let skip = self.withdraw_in(&mut tx, entry, reason).await?;
+        tx.commit().await?;
+        Ok(skip)
     }
 
     /// Records the hub's receipts for pushed envelopes, and the trail events they make, in one
@@ -558,19 +594,21 @@ impl NodeCore {
     pub async fn after_sent(&self, sent: &[(OutboxEntry, Signed)]) -> Result<(), NodeError> {
         let now = self.now();
         let mut tx = self.store.begin().await?;
-        let mut recorded = Vec::with_capacity(sent.len());
-        for (entry, receipt) in sent {
-            let receipt = receipt.encode_to_vec();
-            // Not if it was sealed again while this one was on its way (a skip, or a resend):
-            // the new envelope goes out under the same sequence number and the recipient takes
-            // only one.
-            if tx
-                .mark_sent(entry.seq, &entry.envelope_id, &receipt, now)
-                .await?
-            {
-                recorded.push((entry, receipt));
-            }
-        }
+        let receipts: Vec<Vec<u8>> = sent.iter().map(|(_, r)| r.encode_to_vec()).collect();
+        let rows: Vec<(i64, &[u8], &[u8])> = sent
+            .iter()
+            .zip(&receipts)
+            .map(|((e, _), r)| (e.seq, e.envelope_id.as_slice(), r.as_slice()))
+            .collect();
+        // Not if it was sealed again while this one was on its way (a skip, or a resend): the
+        // new envelope goes out under the same sequence number and the recipient takes only one.
+        let marked = tx.mark_all_sent(&rows, now).await?;
+        let recorded: Vec<(&OutboxEntry, Vec<u8>)> = sent
+            .iter()
+            .zip(receipts)
+            .filter(|((e, _), _)| marked.contains(&e.seq))
+            .map(|((e, _), r)| (e, r))
+            .collect();
         // What a round sent is written into the grants and the trail in a statement each.
         let ids: Vec<String> = recorded
             .iter()

@@ -60,15 +60,8 @@ impl Tx {
         if students.is_empty() {
             return Ok(reads);
         }
+        reads.cards = super::students::cards_by_pseudonym(&mut self.0, &students).await?;
         let who = params(1, students.len());
-        let sql = format!("SELECT pseudonym, card FROM students WHERE pseudonym IN ({who})");
-        let mut query = sqlx::query(&sql);
-        for p in &students {
-            query = query.bind(p);
-        }
-        for r in query.fetch_all(&mut *self.0).await? {
-            reads.cards.insert(r.get(0), r.get(1));
-        }
         let sql = format!(
             "SELECT pseudonym, version, question_set, manifest FROM passport_versions WHERE pseudonym IN ({who})"
         );

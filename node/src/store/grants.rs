@@ -6,8 +6,44 @@ use sqlx::any::AnyRow;
 
 use super::{NodeStore, StoreError, Tx, conflict, sections_list, sections_text};
 
+/// The grants of `grant_ids` that exist, by id: [`GRANTS_PER_UPDATE`] ids a statement.
+async fn grants_by_id(
+    on: &mut sqlx::AnyConnection,
+    grant_ids: &[String],
+) -> Result<std::collections::HashMap<String, GrantRow>, StoreError> {
+    let mut grants = std::collections::HashMap::new();
+    for chunk in grant_ids.chunks(GRANTS_PER_UPDATE) {
+        let sql = format!(
+            "SELECT {GRANT_COLUMNS} FROM grants WHERE grant_id IN ({})",
+            super::outbox::params(1, chunk.len())
+        );
+        let mut query = sqlx::query(&sql);
+        for id in chunk {
+            query = query.bind(id);
+        }
+        for r in query.fetch_all(&mut *on).await? {
+            let g = grant_row(&r);
+            grants.insert(g.grant_id.clone(), g);
+        }
+    }
+    Ok(grants)
+}
+
 /// Grants named in one statement (well inside SQLite's 32,766 variables and PostgreSQL's 65,535).
 const GRANTS_PER_UPDATE: usize = 500;
+
+/// Grants whose status is set in one statement (4 parameters each).
+const STATUSES_PER_UPDATE: usize = 250;
+
+/// What a recipient reported of a grant: its status (empty: kept as it is), when, and how many
+/// more times it was viewed.
+#[derive(Debug, Clone)]
+pub struct StatusUpdate {
+    pub grant_id: String,
+    pub status: String,
+    pub at: i64,
+    pub views: u32,
+}
 
 /// Trail rows in one insert (nine values each).
 const TRAIL_ROWS_PER_INSERT: usize = 200;
@@ -74,6 +110,14 @@ pub(super) fn grant_row(r: &AnyRow) -> GrantRow {
 }
 
 impl NodeStore {
+    /// [`Tx::grants_by_id`], outside a transaction.
+    pub async fn grants_by_id(
+        &self,
+        grant_ids: &[String],
+    ) -> Result<std::collections::HashMap<String, GrantRow>, StoreError> {
+        grants_by_id(&mut *self.pool.acquire().await?, grant_ids).await
+    }
+
     pub async fn grant(&self, grant_id: &str) -> Result<Option<GrantRow>, StoreError> {
         Ok(sqlx::query(&format!(
             "SELECT {GRANT_COLUMNS} FROM grants WHERE grant_id = $1"
@@ -236,23 +280,31 @@ impl Tx {
         Ok(())
     }
 
-    pub async fn set_grant_status(
-        &mut self,
-        grant_id: &str,
-        status: &str,
-        at: i64,
-        views: u32,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE grants SET status = CASE WHEN $1 = '' THEN status ELSE $2 END, status_at = $3, views = views + $4 WHERE grant_id = $5",
-        )
-        .bind(status)
-        .bind(status)
-        .bind(at)
-        .bind(views as i64)
-        .bind(grant_id)
-        .execute(&mut *self.0)
-        .await?;
+    /// Sets what recipients reported of grants: each one's status (an empty status keeps the
+    /// one it has), when, and how many more views; [`STATUSES_PER_UPDATE`] grants a statement.
+    /// Each grant must come once.
+    pub async fn set_grant_statuses(&mut self, updates: &[StatusUpdate]) -> Result<(), StoreError> {
+        for chunk in updates.chunks(STATUSES_PER_UPDATE) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|i| format!("({})", super::outbox::params(1 + i * 4, 4)))
+                .collect();
+            // VALUES names its columns column1, column2, … on SQLite and PostgreSQL alike.
+            let sql = format!(
+                "UPDATE grants SET status = CASE WHEN v.column2 = '' THEN grants.status ELSE v.column2 END,
+                        status_at = v.column3, views = grants.views + v.column4
+                 FROM (VALUES {}) AS v WHERE grants.grant_id = v.column1",
+                values.join(", ")
+            );
+            let mut query = sqlx::query(&sql);
+            for u in chunk {
+                query = query
+                    .bind(&u.grant_id)
+                    .bind(&u.status)
+                    .bind(u.at)
+                    .bind(u.views as i64);
+            }
+            query.execute(&mut *self.0).await?;
+        }
         Ok(())
     }
 
@@ -335,22 +387,7 @@ impl Tx {
         &mut self,
         grant_ids: &[String],
     ) -> Result<std::collections::HashMap<String, GrantRow>, StoreError> {
-        let mut grants = std::collections::HashMap::new();
-        for chunk in grant_ids.chunks(GRANTS_PER_UPDATE) {
-            let sql = format!(
-                "SELECT {GRANT_COLUMNS} FROM grants WHERE grant_id IN ({})",
-                super::outbox::params(1, chunk.len())
-            );
-            let mut query = sqlx::query(&sql);
-            for id in chunk {
-                query = query.bind(id);
-            }
-            for r in query.fetch_all(&mut *self.0).await? {
-                let g = grant_row(&r);
-                grants.insert(g.grant_id.clone(), g);
-            }
-        }
-        Ok(grants)
+        grants_by_id(&mut self.0, grant_ids).await
     }
 
     pub async fn grant(&mut self, grant_id: &str) -> Result<Option<GrantRow>, StoreError> {

@@ -34,6 +34,9 @@ enum Which<'a> {
     All,
 }
 
+/// Proofs recorded in one statement (4 parameters each).
+const PROOFS_PER_INSERT: usize = 250;
+
 impl NodeStore {
     pub async fn log_state(&self) -> Result<Option<LogState>, StoreError> {
         Ok(
@@ -157,21 +160,38 @@ impl NodeStore {
         Ok(())
     }
 
+    /// Records envelopes (`(envelope_id, log_index)`) proven in the log of `tree_size`
+    /// entries, in one statement a few hundred: one commit for a round of proofs.
     pub async fn mark_proven(
         &self,
-        envelope_id: &[u8],
-        log_index: u64,
+        proven: &[(Vec<u8>, u64)],
         tree_size: u64,
         at: i64,
     ) -> Result<(), StoreError> {
+        if proven.is_empty() {
+            return Ok(());
+        }
         let _writer = self.writer.lock().await;
-        sqlx::query("INSERT INTO log_proofs (envelope_id, log_index, tree_size, proven_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
-            .bind(envelope_id)
-            .bind(log_index as i64)
-            .bind(tree_size as i64)
-            .bind(at)
-            .execute(&self.pool)
-            .await?;
+        let mut tx = self.pool.begin_with(self.begin).await?;
+        for chunk in proven.chunks(PROOFS_PER_INSERT) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|i| format!("({})", super::outbox::params(1 + i * 4, 4)))
+                .collect();
+            let sql = format!(
+                "INSERT INTO log_proofs (envelope_id, log_index, tree_size, proven_at) VALUES {} ON CONFLICT DO NOTHING",
+                values.join(", ")
+            );
+            let mut query = sqlx::query(&sql);
+            for (envelope_id, log_index) in chunk {
+                query = query
+                    .bind(envelope_id)
+                    .bind(*log_index as i64)
+                    .bind(tree_size as i64)
+                    .bind(at);
+            }
+            query.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 

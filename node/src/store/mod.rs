@@ -7,7 +7,7 @@
 //! peer's sequence number) commits all of it or none of it.
 //!
 //! One set of SQL serves both databases, through sqlx's `Any` driver: `$1`-style parameters
-//! (which SQLite takes too), `ON CONFLICT` instead of `INSERT OR IGNORE`, `CASE` instead of
+//! (which SQLite takes too, each used once: sqlx binds SQLite's in the order they appear), `ON CONFLICT` instead of `INSERT OR IGNORE`, `CASE` instead of
 //! SQLite's two-argument `MAX`, and integers for flags. The schemas are
 //! `migrations/node/sqlite` and `migrations/node/postgres`; `tests` runs the whole suite on
 //! each.
@@ -35,7 +35,7 @@ mod web;
 
 pub use audit::AuditRow;
 pub use class::ClassReads;
-pub use grants::{GrantRow, TrailRow};
+pub use grants::{GrantRow, StatusUpdate, TrailRow};
 pub use inbox::{Held, Peer, Processed};
 pub use keys::{HeldRow, KeyLinkRow, LinkRole};
 pub use log::{CHECKPOINT_HISTORY, LogState, Unproven};

@@ -22,6 +22,9 @@ pub(super) fn params(first: usize, n: usize) -> String {
         .join(", ")
 }
 
+/// Rows marked sent in one statement (3 parameters each).
+const SENT_PER_UPDATE: usize = 300;
+
 /// Binds a new row's columns in `INSERT_OUTBOX`'s order.
 fn bind_row<'q>(
     query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
@@ -337,29 +340,40 @@ impl Tx {
         .collect())
     }
 
-    /// Marks a row sent with the hub's receipt, if it still holds the envelope that was pushed
-    /// (it may have been sealed again meanwhile) and its recipient has not refused it already
-    /// (the refusal can come back before the receipts of a round are recorded); returns whether
-    /// it did.
-    pub async fn mark_sent(
+    /// Marks rows (`(seq, envelope_id, receipt)`) sent with the hub's receipts, each if it still
+    /// holds the envelope that was pushed (it may have been sealed again meanwhile) and its
+    /// recipient has not refused it already (the refusal can come back before the receipts of a
+    /// round are recorded); [`SENT_PER_UPDATE`] rows a statement. Returns the numbers of the
+    /// rows it marked.
+    pub async fn mark_all_sent(
         &mut self,
-        seq: i64,
-        envelope_id: &[u8],
-        receipt: &[u8],
+        rows: &[(i64, &[u8], &[u8])],
         at: i64,
-    ) -> Result<bool, StoreError> {
-        let n = sqlx::query(
-            "UPDATE outbox SET state = 'sent', receipt = $1, sent_at = $2, attempts = attempts + 1, detail = ''
-             WHERE seq = $3 AND envelope_id = $4 AND state != 'refused'",
-        )
-        .bind(receipt)
-        .bind(at)
-        .bind(seq)
-        .bind(envelope_id)
-        .execute(&mut *self.0)
-        .await?
-        .rows_affected();
-        Ok(n == 1)
+    ) -> Result<std::collections::HashSet<i64>, StoreError> {
+        let mut marked = std::collections::HashSet::new();
+        for chunk in rows.chunks(SENT_PER_UPDATE) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|i| format!("({})", params(2 + i * 3, 3)))
+                .collect();
+            // VALUES names its columns column1, column2, … on SQLite and PostgreSQL alike.
+            let sql = format!(
+                "UPDATE outbox SET state = 'sent', receipt = v.column3, sent_at = $1,
+                        attempts = attempts + 1, detail = ''
+                 FROM (VALUES {}) AS v
+                 WHERE outbox.seq = v.column1 AND outbox.envelope_id = v.column2
+                   AND outbox.state != 'refused'
+                 RETURNING outbox.seq",
+                values.join(", ")
+            );
+            let mut query = sqlx::query(&sql).bind(at);
+            for (seq, envelope_id, receipt) in chunk {
+                query = query.bind(*seq).bind(*envelope_id).bind(*receipt);
+            }
+            for r in query.fetch_all(&mut *self.0).await? {
+                marked.insert(r.get::<i64, _>(0));
+            }
+        }
+        Ok(marked)
     }
 
     /// Records a failed attempt; `give_up` marks it failed for good (the hub refused it).

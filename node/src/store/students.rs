@@ -13,7 +13,38 @@ pub struct StoredVersion {
     pub disclosures: Vec<Vec<u8>>,
 }
 
+/// The cards of the students of `pseudonyms` that are registered here, by pseudonym: 500 a
+/// statement.
+pub(super) async fn cards_by_pseudonym(
+    on: &mut sqlx::AnyConnection,
+    pseudonyms: &[String],
+) -> Result<std::collections::HashMap<String, Vec<u8>>, StoreError> {
+    let mut cards = std::collections::HashMap::new();
+    for chunk in pseudonyms.chunks(500) {
+        let sql = format!(
+            "SELECT pseudonym, card FROM students WHERE pseudonym IN ({})",
+            super::outbox::params(1, chunk.len())
+        );
+        let mut query = sqlx::query(&sql);
+        for p in chunk {
+            query = query.bind(p);
+        }
+        for r in query.fetch_all(&mut *on).await? {
+            cards.insert(r.get(0), r.get(1));
+        }
+    }
+    Ok(cards)
+}
+
 impl NodeStore {
+    /// The cards of the students of `pseudonyms`, by pseudonym.
+    pub async fn cards_by_pseudonym(
+        &self,
+        pseudonyms: &[String],
+    ) -> Result<std::collections::HashMap<String, Vec<u8>>, StoreError> {
+        cards_by_pseudonym(&mut *self.pool.acquire().await?, pseudonyms).await
+    }
+
     /// Every student card this node issued, by pseudonym.
     pub async fn student_cards(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         Ok(

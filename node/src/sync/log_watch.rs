@@ -195,6 +195,8 @@ pub async fn check_log(core: &NodeCore, client: &mut HubClient<Channel>) -> anyh
         }
         core.store.peer_checkpoint_checked(id).await?;
     }
+    // The round's proofs are recorded together, in one commit (those before a failed one too).
+    let mut proven = Vec::new();
     for item in core.store.unproven(&core.org_id, 256).await? {
         if item.log_index >= shown.size {
             continue;
@@ -214,12 +216,11 @@ pub async fn check_log(core: &NodeCore, client: &mut HubClient<Channel>) -> anyh
             item.log_index,
             leaf_hash(&item.entry),
         ) {
-            Ok(()) => {
-                core.store
-                    .mark_proven(&item.envelope_id, item.log_index, shown.size, core.now())
-                    .await?
-            }
+            Ok(()) => proven.push((item.envelope_id, item.log_index)),
             Err(e) => {
+                core.store
+                    .mark_proven(&proven, shown.size, core.now())
+                    .await?;
                 let reason = format!(
                     "envelope {} is not at log entry {} as the hub's receipt promised: {e}",
                     hex::encode(&item.envelope_id),
@@ -229,5 +230,8 @@ pub async fn check_log(core: &NodeCore, client: &mut HubClient<Channel>) -> anyh
             }
         }
     }
+    core.store
+        .mark_proven(&proven, shown.size, core.now())
+        .await?;
     Ok(())
 }

@@ -221,8 +221,12 @@ async fn push_in_order(
     let mut out = Pushed::default();
     // What may go: a package whose consent ended meanwhile goes as a skip, or not at all.
     let mut ready: Vec<(OutboxEntry, Envelope)> = Vec::with_capacity(entries.len());
-    for entry in entries {
-        match core.envelope_to_push(&entry).await {
+    let prepared = match core.envelopes_to_push(&entries).await {
+        Ok(prepared) => prepared,
+        Err(e) => vec![Err(e)],
+    };
+    for (entry, prepared) in entries.into_iter().zip(prepared) {
+        match prepared {
             Ok(Some(envelope)) => ready.push((entry, envelope)),
             Ok(None) => {}
             Err(e) => {
