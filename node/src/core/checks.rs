@@ -48,26 +48,29 @@ impl NodeCore {
         if let Some(k) = known.as_mut()
             && !matches!(opened.payload.content, Some(Content::Package(_)))
         {
+            // What the stretch kept to write goes in before anything else reads the tables.
+            k.flush(tx).await?;
             k.unsure();
         }
         match &opened.payload.content {
             Some(Content::Package(p)) => {
                 match self
-                    .check_package(tx, signed_under, opened, p, memory, known.as_deref())
+                    .check_package(tx, signed_under, opened, p, memory, known.as_deref_mut())
                     .await?
                 {
                     Ok((received, superseded)) => {
                         let grant_id = received.grant_id.clone();
-                        if known
-                            .as_ref()
-                            .is_some_and(|k| k.surely_new_grant(&grant_id))
-                        {
-                            tx.add_received(&received).await?;
-                        } else {
-                            tx.store_received(&received).await?;
-                        }
-                        if let Some(k) = known {
-                            k.stored(&received);
+                        match known {
+                            // New here: written with the stretch's others, at its end.
+                            Some(k) if k.surely_new_grant(&grant_id) => {
+                                k.stored(received.clone());
+                            }
+                            Some(k) => {
+                                k.flush(tx).await?;
+                                tx.store_received(&received).await?;
+                                k.held(&received);
+                            }
+                            None => tx.store_received(&received).await?,
                         }
                         if superseded {
                             self.erase_in(
@@ -391,10 +394,15 @@ impl NodeCore {
         opened: &Opened,
         p: &Package,
         memory: &Memory,
-        known: Option<&Stretch>,
+        mut known: Option<&mut Stretch>,
     ) -> Result<Result<(Received, bool), ProtocolError>, NodeError> {
         let held = self
-            .held_card(tx, &opened.header.from_org, p.card.as_ref(), known)
+            .held_card(
+                tx,
+                &opened.header.from_org,
+                p.card.as_ref(),
+                known.as_deref_mut(),
+            )
             .await?;
         let mut received = match self.check_package_rules(dir, opened, p, held, memory) {
             Ok(r) => r,
@@ -409,8 +417,11 @@ impl NodeCore {
             ))
         };
         // What the stretch asked at its start says the grant is new here: nothing to look up.
-        if known.is_some_and(|k| k.surely_new_grant(&received.grant_id)) {
-            return Ok(Ok((received, false)));
+        match known {
+            Some(k) if k.surely_new_grant(&received.grant_id) => return Ok(Ok((received, false))),
+            // The lookups below must see what the stretch kept to write.
+            Some(k) => k.flush(tx).await?,
+            None => {}
         }
         if let Some(e) = tx.erased(&received.grant_id).await? {
             if e.from_org != received.from_org {
@@ -505,14 +516,16 @@ impl NodeCore {
         tx: &mut Tx,
         home: &str,
         incoming: Option<&Signed>,
-        known: Option<&Stretch>,
+        known: Option<&mut Stretch>,
     ) -> Result<Option<StudentCard>, NodeError> {
         let Some(Ok(probe)) = incoming.map(|c| decode_body::<StudentCard>(Domain::StudentCard, c))
         else {
             return Ok(None);
         };
-        if known.is_some_and(|k| k.surely_no_card(&probe.pseudonym)) {
-            return Ok(None);
+        match known {
+            Some(k) if k.surely_no_card(&probe.pseudonym) => return Ok(None),
+            Some(k) => k.flush(tx).await?,
+            None => {}
         }
         Ok(tx
             .held_cards(home, &probe.pseudonym)

@@ -7,8 +7,9 @@
 //! grant and for a student the answers say are new here needs no lookup of its own. Anything
 //! the answers might not cover (a grant the stretch stored itself, any envelope other than a
 //! package) sends the checks that follow back to the database, which sees the transaction's own
-//! writes. At the end: every envelope's record in `processed` and each sender's sequence number,
-//! in a statement or two.
+//! writes. What the stretch writes waits to go in together: the packages under new grants until
+//! something is about to read the received passports (or the end), the records in `processed`
+//! and each sender's sequence number until the end.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -40,6 +41,8 @@ pub(super) struct Stretch {
     checkpoints: HashSet<(String, Vec<u8>)>,
     /// The records of what was taken in, written at the end.
     rows: Vec<Processed>,
+    /// Packages under grants new here, written together (see [`Stretch::flush`]).
+    received: Vec<Received>,
 }
 
 impl Stretch {
@@ -136,10 +139,26 @@ impl Stretch {
             && !self.held_students.contains(pseudonym)
     }
 
+    /// A package under a grant new here, kept to be written with the others (see
+    /// [`Stretch::flush`]); its grant and its student are held from now on.
+    pub(super) fn stored(&mut self, r: Received) {
+        self.held(&r);
+        self.received.push(r);
+    }
+
     /// A package stored: its grant and its student are held from now on.
-    pub(super) fn stored(&mut self, r: &Received) {
+    pub(super) fn held(&mut self, r: &Received) {
         self.held_grants.insert(r.grant_id.clone());
         self.held_students.insert(r.pseudonym.clone());
+    }
+
+    /// Writes the packages kept so far. Before anything in the stretch reads the received
+    /// passports (a lookup the answers from the start do not cover, an envelope that is not a
+    /// package), and at its end.
+    pub(super) async fn flush(&mut self, tx: &mut Tx) -> Result<(), NodeError> {
+        tx.add_received_all(&self.received).await?;
+        self.received.clear();
+        Ok(())
     }
 
     /// Something other than a package stored was applied: from now on, ask the database.
@@ -149,7 +168,8 @@ impl Stretch {
 
     /// Writes what the stretch kept for its end. An envelope recorded meanwhile by someone else
     /// is an error, and the transaction must not commit.
-    pub(super) async fn finish(self, tx: &mut Tx) -> Result<(), NodeError> {
+    pub(super) async fn finish(mut self, tx: &mut Tx) -> Result<(), NodeError> {
+        self.flush(tx).await?;
         let inserted = tx.insert_processed_all(&self.rows).await?;
         if inserted != self.rows.len() as u64 {
             return Err(NodeError::Invalid(format!(

@@ -43,6 +43,7 @@ impl Tx {
             "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE grant_id IN ({ids}) AND state IN ({}) ORDER BY seq",
             states.join(",")
         );
+        let sql = super::for_db(&self.0, sql);
         let mut query = sqlx::query(&sql);
         for id in grant_ids {
             query = query.bind(id);
@@ -65,6 +66,7 @@ impl Tx {
         let sql = format!(
             "SELECT pseudonym, version, question_set, manifest FROM passport_versions WHERE pseudonym IN ({who})"
         );
+        let sql = super::for_db(&self.0, sql);
         let mut query = sqlx::query(&sql);
         for p in &students {
             query = query.bind(p);
@@ -86,6 +88,7 @@ impl Tx {
         let sql = format!(
             "SELECT pseudonym, version, disclosure FROM passport_sections WHERE pseudonym IN ({who}) ORDER BY pseudonym, version, section_id"
         );
+        let sql = super::for_db(&self.0, sql);
         let mut query = sqlx::query(&sql);
         for p in &students {
             query = query.bind(p);

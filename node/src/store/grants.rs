@@ -17,6 +17,7 @@ async fn grants_by_id(
             "SELECT {GRANT_COLUMNS} FROM grants WHERE grant_id IN ({})",
             super::outbox::params(1, chunk.len())
         );
+        let sql = super::for_db(on, sql);
         let mut query = sqlx::query(&sql);
         for id in chunk {
             query = query.bind(id);
@@ -255,6 +256,7 @@ impl Tx {
                      WHERE grant_id IN ({})",
                     super::outbox::params(2, chunk.len())
                 );
+                let sql = super::for_db(&self.0, sql);
                 let mut query = sqlx::query(&sql).bind(version as i64);
                 for id in chunk {
                     query = query.bind(*id);
@@ -295,6 +297,7 @@ impl Tx {
                  FROM (VALUES {}) AS v WHERE grants.grant_id = v.column1",
                 values.join(", ")
             );
+            let sql = super::for_db(&self.0, sql);
             let mut query = sqlx::query(&sql);
             for u in chunk {
                 query = query
@@ -319,6 +322,7 @@ impl Tx {
                 "UPDATE grants SET sent_at = COALESCE(sent_at, $1) WHERE grant_id IN ({})",
                 super::outbox::params(2, chunk.len())
             );
+            let sql = super::for_db(&self.0, sql);
             let mut query = sqlx::query(&sql).bind(at);
             for id in chunk {
                 query = query.bind(id);
@@ -364,6 +368,7 @@ impl Tx {
                  VALUES {}",
                 values.join(", ")
             );
+            let sql = super::for_db(&self.0, sql);
             let mut query = sqlx::query(&sql);
             for t in chunk {
                 query = query

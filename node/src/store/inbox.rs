@@ -201,6 +201,7 @@ impl Tx {
                  VALUES {} ON CONFLICT DO NOTHING",
                 values.join(", ")
             );
+            let sql = super::for_db(&self.0, sql);
             let mut query = sqlx::query(&sql);
             for p in chunk {
                 query = query

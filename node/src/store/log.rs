@@ -181,6 +181,7 @@ impl NodeStore {
                 "INSERT INTO log_proofs (envelope_id, log_index, tree_size, proven_at) VALUES {} ON CONFLICT DO NOTHING",
                 values.join(", ")
             );
+            let sql = super::for_db(&tx, sql);
             let mut query = sqlx::query(&sql);
             for (envelope_id, log_index) in chunk {
                 query = query

@@ -226,6 +226,7 @@ impl Tx {
                 })
                 .collect();
             let sql = format!("{INSERT_OUTBOX} {}", values.join(", "));
+            let sql = super::for_db(&self.0, sql);
             let mut query = sqlx::query(&sql);
             for row in chunk {
                 query = bind_row(query, row);
@@ -365,6 +366,7 @@ impl Tx {
                  RETURNING outbox.seq",
                 values.join(", ")
             );
+            let sql = super::for_db(&self.0, sql);
             let mut query = sqlx::query(&sql).bind(at);
             for (seq, envelope_id, receipt) in chunk {
                 query = query.bind(*seq).bind(*envelope_id).bind(*receipt);

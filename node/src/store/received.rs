@@ -39,6 +39,10 @@ pub struct Erased {
     pub receipt: Vec<u8>,
 }
 
+/// Received passports in one insert (16 columns each: 960 parameters); their sections go four
+/// times as many a statement (3 columns each).
+const RECEIVED_PER_INSERT: usize = 60;
+
 const RECEIVED_COLUMNS: &str = "grant_id, pseudonym, from_org, purpose, sections, not_before, not_after, live, version, \
      question_set, card, manifest, grant_signed, envelope_id, received_at, status";
 
@@ -233,48 +237,67 @@ impl Tx {
             .bind(&r.grant_id)
             .execute(&mut *self.0)
             .await?;
-        self.add_received(r).await
+        self.add_received_all(std::slice::from_ref(r)).await
     }
 
-    /// Stores a received passport under a grant that brought nothing here before.
-    pub async fn add_received(&mut self, r: &Received) -> Result<(), StoreError> {
-        sqlx::query(&format!(
-            "INSERT INTO received ({RECEIVED_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
-        ))
-        .bind(&r.grant_id)
-        .bind(&r.pseudonym)
-        .bind(&r.from_org)
-        .bind(&r.purpose)
-        .bind(sections_text(&r.sections))
-        .bind(r.not_before)
-        .bind(r.not_after)
-        .bind(r.live as i64)
-        .bind(r.version as i64)
-        .bind(&r.question_set)
-        .bind(&r.card)
-        .bind(&r.manifest)
-        .bind(&r.grant_signed)
-        .bind(&r.envelope_id)
-        .bind(r.received_at)
-        .bind(&r.status)
-        .execute(&mut *self.0)
-        .await?;
-        // A passport's sections in one statement (a passport has a handful).
-        if r.disclosures.is_empty() {
-            return Ok(());
+    /// Stores received passports under grants that brought nothing here before:
+    /// [`RECEIVED_PER_INSERT`] passports a statement, and their sections likewise.
+    pub async fn add_received_all(&mut self, all: &[Received]) -> Result<(), StoreError> {
+        const COLUMNS: usize = 16;
+        for chunk in all.chunks(RECEIVED_PER_INSERT) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|i| format!("({})", super::outbox::params(1 + i * COLUMNS, COLUMNS)))
+                .collect();
+            let sql = format!(
+                "INSERT INTO received ({RECEIVED_COLUMNS}) VALUES {}",
+                values.join(", ")
+            );
+            let sql = super::for_db(&self.0, sql);
+            let mut query = sqlx::query(&sql);
+            for r in chunk {
+                query = query
+                    .bind(&r.grant_id)
+                    .bind(&r.pseudonym)
+                    .bind(&r.from_org)
+                    .bind(&r.purpose)
+                    .bind(sections_text(&r.sections))
+                    .bind(r.not_before)
+                    .bind(r.not_after)
+                    .bind(r.live as i64)
+                    .bind(r.version as i64)
+                    .bind(&r.question_set)
+                    .bind(&r.card)
+                    .bind(&r.manifest)
+                    .bind(&r.grant_signed)
+                    .bind(&r.envelope_id)
+                    .bind(r.received_at)
+                    .bind(&r.status);
+            }
+            query.execute(&mut *self.0).await?;
         }
-        let values: Vec<String> = (0..r.disclosures.len())
-            .map(|i| format!("({})", super::outbox::params(1 + i * 3, 3)))
+        let sections: Vec<(&String, &String, &Vec<u8>)> = all
+            .iter()
+            .flat_map(|r| {
+                r.disclosures
+                    .iter()
+                    .map(move |(id, d)| (&r.grant_id, id, d))
+            })
             .collect();
-        let sql = format!(
-            "INSERT INTO received_sections (grant_id, section_id, disclosure) VALUES {}",
-            values.join(", ")
-        );
-        let mut query = sqlx::query(&sql);
-        for (id, d) in &r.disclosures {
-            query = query.bind(&r.grant_id).bind(id).bind(d);
+        for chunk in sections.chunks(RECEIVED_PER_INSERT * 4) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|i| format!("({})", super::outbox::params(1 + i * 3, 3)))
+                .collect();
+            let sql = format!(
+                "INSERT INTO received_sections (grant_id, section_id, disclosure) VALUES {}",
+                values.join(", ")
+            );
+            let sql = super::for_db(&self.0, sql);
+            let mut query = sqlx::query(&sql);
+            for (grant_id, id, d) in chunk {
+                query = query.bind(*grant_id).bind(*id).bind(*d);
+            }
+            query.execute(&mut *self.0).await?;
         }
-        query.execute(&mut *self.0).await?;
         Ok(())
     }
 

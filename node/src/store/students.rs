@@ -25,6 +25,7 @@ pub(super) async fn cards_by_pseudonym(
             "SELECT pseudonym, card FROM students WHERE pseudonym IN ({})",
             super::outbox::params(1, chunk.len())
         );
+        let sql = super::for_db(on, sql);
         let mut query = sqlx::query(&sql);
         for p in chunk {
             query = query.bind(p);
