@@ -161,22 +161,7 @@ impl Tx {
 
     /// Marks an envelope processed; false if it already was (then nothing else may change).
     pub async fn insert_processed(&mut self, p: &Processed) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-                        "INSERT INTO processed (envelope_id, from_org, kind, outcome, detail, receipt, body_sha256, processed_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
-        )
-        .bind(&p.envelope_id)
-        .bind(&p.from_org)
-        .bind(p.kind)
-        .bind(&p.outcome)
-        .bind(&p.detail)
-        .bind(&p.receipt)
-        .bind(&p.body_sha256)
-        .bind(p.at)
-        .execute(&mut *self.0)
-        .await?
-        .rows_affected();
-        Ok(done == 1)
+        Ok(self.insert_processed_all(std::slice::from_ref(p)).await? == 1)
     }
 
     /// Which of `envelope_ids` were taken in before, as this transaction sees it.
