@@ -195,20 +195,30 @@ pub async fn check_log(core: &NodeCore, client: &mut HubClient<Channel>) -> anyh
         }
         core.store.peer_checkpoint_checked(id).await?;
     }
-    // The round's proofs are recorded together, in one commit (those before a failed one too).
+    // The round's proofs are recorded together, in one commit: those before a failed one too,
+    // whether the hub misses a proof or shows one that does not hold.
     let mut proven = Vec::new();
+    let mut wrong = None;
+    let mut asked = Ok(());
     for item in core.store.unproven(&core.org_id, 256).await? {
         if item.log_index >= shown.size {
             continue;
         }
-        let proof = client
+        let hashes = match client
             .get_inclusion_proof(InclusionRequest {
                 log_index: item.log_index,
                 tree_size: shown.size,
             })
-            .await?
-            .into_inner();
-        let hashes = hashes_from_bytes(&proof.hashes)?;
+            .await
+            .map_err(anyhow::Error::from)
+            .and_then(|p| Ok(hashes_from_bytes(&p.into_inner().hashes)?))
+        {
+            Ok(hashes) => hashes,
+            Err(e) => {
+                asked = Err(e);
+                break;
+            }
+        };
         match check_inclusion(
             &hashes,
             shown.size,
@@ -218,20 +228,20 @@ pub async fn check_log(core: &NodeCore, client: &mut HubClient<Channel>) -> anyh
         ) {
             Ok(()) => proven.push((item.envelope_id, item.log_index)),
             Err(e) => {
-                core.store
-                    .mark_proven(&proven, shown.size, core.now())
-                    .await?;
-                let reason = format!(
+                wrong = Some(format!(
                     "envelope {} is not at log entry {} as the hub's receipt promised: {e}",
                     hex::encode(&item.envelope_id),
                     item.log_index
-                );
-                return alarm(core, reason, &note, &note).await;
+                ));
+                break;
             }
         }
     }
     core.store
         .mark_proven(&proven, shown.size, core.now())
         .await?;
-    Ok(())
+    if let Some(reason) = wrong {
+        return alarm(core, reason, &note, &note).await;
+    }
+    asked
 }
