@@ -548,11 +548,7 @@ impl NodeCore {
             .filter_map(|e| e.grant_id.clone())
             .collect();
         let grants = self.store.grants_by_id(&ids).await?;
-        let mut students: Vec<String> = grants
-            .values()
-            .filter(|g| g.state == "active")
-            .map(|g| g.pseudonym.clone())
-            .collect();
+        let mut students: Vec<String> = grants.values().map(|g| g.pseudonym.clone()).collect();
         students.sort();
         students.dedup();
         let cards = self.store.cards_by_pseudonym(&students).await?;
@@ -563,11 +559,10 @@ impl NodeCore {
                 .as_ref()
                 .filter(|_| package(entry))
                 .and_then(|id| grants.get(id));
+            // A grant that is no longer active is refused before its card is looked at.
             let ended = grant.and_then(|g| {
-                let card = (g.state == "active")
-                    .then(|| cards.get(&g.pseudonym).map(Vec::as_slice))
-                    .flatten();
-                self.grant_allows_with(g, card).err()
+                self.grant_allows_with(g, cards.get(&g.pseudonym).map(Vec::as_slice))
+                    .err()
             });
             out.push(match ended {
                 Some(e) => self.withdraw(entry, &e.to_string()).await,

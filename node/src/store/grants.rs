@@ -6,28 +6,18 @@ use sqlx::any::AnyRow;
 
 use super::{NodeStore, StoreError, Tx, conflict, sections_list, sections_text};
 
-/// The grants of `grant_ids` that exist, by id: [`GRANTS_PER_UPDATE`] ids a statement.
+/// The grants of `grant_ids` that exist, by id.
 async fn grants_by_id(
     on: &mut sqlx::AnyConnection,
     grant_ids: &[String],
 ) -> Result<std::collections::HashMap<String, GrantRow>, StoreError> {
-    let mut grants = std::collections::HashMap::new();
-    for chunk in grant_ids.chunks(GRANTS_PER_UPDATE) {
-        let sql = format!(
-            "SELECT {GRANT_COLUMNS} FROM grants WHERE grant_id IN ({})",
-            super::outbox::params(1, chunk.len())
-        );
-        let sql = super::for_db(on, sql);
-        let mut query = sqlx::query(&sql);
-        for id in chunk {
-            query = query.bind(id);
-        }
-        for r in query.fetch_all(&mut *on).await? {
-            let g = grant_row(&r);
-            grants.insert(g.grant_id.clone(), g);
-        }
-    }
-    Ok(grants)
+    let select = format!("SELECT {GRANT_COLUMNS} FROM grants");
+    Ok(super::rows_where_in(on, &select, "grant_id", grant_ids)
+        .await?
+        .iter()
+        .map(grant_row)
+        .map(|g| (g.grant_id.clone(), g))
+        .collect())
 }
 
 /// Grants named in one statement (well inside SQLite's 32,766 variables and PostgreSQL's 65,535).
@@ -287,15 +277,13 @@ impl Tx {
     /// Each grant must come once.
     pub async fn set_grant_statuses(&mut self, updates: &[StatusUpdate]) -> Result<(), StoreError> {
         for chunk in updates.chunks(STATUSES_PER_UPDATE) {
-            let values: Vec<String> = (0..chunk.len())
-                .map(|i| format!("({})", super::outbox::params(1 + i * 4, 4)))
-                .collect();
+            let values = super::outbox::value_rows(1, chunk.len(), 4);
             // VALUES names its columns column1, column2, … on SQLite and PostgreSQL alike.
             let sql = format!(
                 "UPDATE grants SET status = CASE WHEN v.column2 = '' THEN grants.status ELSE v.column2 END,
                         status_at = v.column3, views = grants.views + v.column4
                  FROM (VALUES {}) AS v WHERE grants.grant_id = v.column1",
-                values.join(", ")
+                values
             );
             let sql = super::for_db(&self.0, sql);
             let mut query = sqlx::query(&sql);
@@ -360,13 +348,11 @@ impl Tx {
     pub async fn add_trails(&mut self, rows: &[TrailRow]) -> Result<(), StoreError> {
         const COLUMNS: usize = 9;
         for chunk in rows.chunks(TRAIL_ROWS_PER_INSERT) {
-            let values: Vec<String> = (0..chunk.len())
-                .map(|i| format!("({})", super::outbox::params(1 + i * COLUMNS, COLUMNS)))
-                .collect();
+            let values = super::outbox::value_rows(1, chunk.len(), COLUMNS);
             let sql = format!(
                 "INSERT INTO trail (pseudonym, grant_id, org, event, at, detail, envelope_id, hub_receipt, evidence)
                  VALUES {}",
-                values.join(", ")
+                values
             );
             let sql = super::for_db(&self.0, sql);
             let mut query = sqlx::query(&sql);

@@ -178,13 +178,11 @@ impl Tx {
         const COLUMNS: usize = 8;
         let mut inserted = 0;
         for chunk in rows.chunks(PROCESSED_PER_INSERT) {
-            let values: Vec<String> = (0..chunk.len())
-                .map(|i| format!("({})", super::outbox::params(1 + i * COLUMNS, COLUMNS)))
-                .collect();
+            let values = super::outbox::value_rows(1, chunk.len(), COLUMNS);
             let sql = format!(
                 "INSERT INTO processed (envelope_id, from_org, kind, outcome, detail, receipt, body_sha256, processed_at)
                  VALUES {} ON CONFLICT DO NOTHING",
-                values.join(", ")
+                values
             );
             let sql = super::for_db(&self.0, sql);
             let mut query = sqlx::query(&sql);

@@ -174,12 +174,10 @@ impl NodeStore {
         let _writer = self.writer.lock().await;
         let mut tx = self.pool.begin_with(self.begin).await?;
         for chunk in proven.chunks(PROOFS_PER_INSERT) {
-            let values: Vec<String> = (0..chunk.len())
-                .map(|i| format!("({})", super::outbox::params(1 + i * 4, 4)))
-                .collect();
+            let values = super::outbox::value_rows(1, chunk.len(), 4);
             let sql = format!(
                 "INSERT INTO log_proofs (envelope_id, log_index, tree_size, proven_at) VALUES {} ON CONFLICT DO NOTHING",
-                values.join(", ")
+                values
             );
             let sql = super::for_db(&tx, sql);
             let mut query = sqlx::query(&sql);

@@ -230,9 +230,34 @@ fn plain_parameters(sql: &str) -> Option<String> {
 /// Keys asked for in one `IN (…)` list; well under either database's limit on parameters.
 const KEYS_PER_QUERY: usize = 500;
 
+/// The rows `{select} WHERE {key} IN (…)` finds for `keys`, [`KEYS_PER_QUERY`] keys a statement.
+pub(super) async fn rows_where_in<T>(
+    on: &mut sqlx::AnyConnection,
+    select: &str,
+    key: &str,
+    keys: &[T],
+) -> Result<Vec<sqlx::any::AnyRow>, StoreError>
+where
+    T: for<'q> sqlx::Encode<'q, Any> + sqlx::Type<Any> + Send + Sync + Clone,
+{
+    let mut rows = Vec::new();
+    for chunk in keys.chunks(KEYS_PER_QUERY) {
+        let sql = format!(
+            "{select} WHERE {key} IN ({})",
+            outbox::params(1, chunk.len())
+        );
+        let sql = for_db(on, sql);
+        let mut query = sqlx::query(&sql);
+        for k in chunk {
+            query = query.bind(k.clone());
+        }
+        rows.extend(query.fetch_all(&mut *on).await?);
+    }
+    Ok(rows)
+}
+
 impl Tx {
-    /// Which of `keys` the rows of `table` hold in `column`, as this transaction sees it:
-    /// [`KEYS_PER_QUERY`] keys a statement.
+    /// Which of `keys` the rows of `table` hold in `column`, as this transaction sees it.
     pub(super) async fn present<T>(
         &mut self,
         table: &str,
@@ -249,22 +274,16 @@ impl Tx {
             + std::hash::Hash
             + Eq,
     {
-        let mut found = std::collections::HashSet::new();
-        for chunk in keys.chunks(KEYS_PER_QUERY) {
-            let sql = format!(
-                "SELECT {column} FROM {table} WHERE {column} IN ({})",
-                outbox::params(1, chunk.len())
-            );
-            let sql = for_db(&self.0, sql);
-            let mut query = sqlx::query(&sql);
-            for k in chunk {
-                query = query.bind(k.clone());
-            }
-            for r in query.fetch_all(&mut *self.0).await? {
-                found.insert(r.try_get::<T, _>(0)?);
-            }
-        }
-        Ok(found)
+        rows_where_in(
+            &mut self.0,
+            &format!("SELECT {column} FROM {table}"),
+            column,
+            keys,
+        )
+        .await?
+        .iter()
+        .map(|r| Ok(r.try_get::<T, _>(0)?))
+        .collect()
     }
 
     pub async fn commit(self) -> Result<(), StoreError> {

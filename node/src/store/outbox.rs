@@ -22,6 +22,15 @@ pub(super) fn params(first: usize, n: usize) -> String {
         .join(", ")
 }
 
+/// `n` rows of `columns` parameters each, numbered on from `first`, for a multi-row
+/// `VALUES` list: `($1, $2), ($3, $4)`.
+pub(super) fn value_rows(first: usize, n: usize, columns: usize) -> String {
+    (0..n)
+        .map(|i| format!("({})", params(first + i * columns, columns)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Rows marked sent in one statement (3 parameters each).
 const SENT_PER_UPDATE: usize = 300;
 
@@ -217,15 +226,8 @@ impl Tx {
     /// Inserts rows in a few multi-row statements, in order (so their outbox order is theirs).
     pub async fn enqueue_all(&mut self, rows: &[OutboxRow]) -> Result<(), StoreError> {
         for chunk in rows.chunks(ROWS_PER_INSERT) {
-            let values: Vec<String> = (0..chunk.len())
-                .map(|i| {
-                    format!(
-                        "({})",
-                        params(i * OUTBOX_ROW_COLUMNS + 1, OUTBOX_ROW_COLUMNS)
-                    )
-                })
-                .collect();
-            let sql = format!("{INSERT_OUTBOX} {}", values.join(", "));
+            let values = value_rows(1, chunk.len(), OUTBOX_ROW_COLUMNS);
+            let sql = format!("{INSERT_OUTBOX} {values}");
             let sql = super::for_db(&self.0, sql);
             let mut query = sqlx::query(&sql);
             for row in chunk {
@@ -353,9 +355,7 @@ impl Tx {
     ) -> Result<std::collections::HashSet<i64>, StoreError> {
         let mut marked = std::collections::HashSet::new();
         for chunk in rows.chunks(SENT_PER_UPDATE) {
-            let values: Vec<String> = (0..chunk.len())
-                .map(|i| format!("({})", params(2 + i * 3, 3)))
-                .collect();
+            let values = value_rows(2, chunk.len(), 3);
             // VALUES names its columns column1, column2, … on SQLite and PostgreSQL alike.
             let sql = format!(
                 "UPDATE outbox SET state = 'sent', receipt = v.column3, sent_at = $1,
@@ -364,7 +364,7 @@ impl Tx {
                  WHERE outbox.seq = v.column1 AND outbox.envelope_id = v.column2
                    AND outbox.state != 'refused'
                  RETURNING outbox.seq",
-                values.join(", ")
+                values
             );
             let sql = super::for_db(&self.0, sql);
             let mut query = sqlx::query(&sql).bind(at);

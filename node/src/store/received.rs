@@ -245,12 +245,10 @@ impl Tx {
     pub async fn add_received_all(&mut self, all: &[Received]) -> Result<(), StoreError> {
         const COLUMNS: usize = 16;
         for chunk in all.chunks(RECEIVED_PER_INSERT) {
-            let values: Vec<String> = (0..chunk.len())
-                .map(|i| format!("({})", super::outbox::params(1 + i * COLUMNS, COLUMNS)))
-                .collect();
+            let values = super::outbox::value_rows(1, chunk.len(), COLUMNS);
             let sql = format!(
                 "INSERT INTO received ({RECEIVED_COLUMNS}) VALUES {}",
-                values.join(", ")
+                values
             );
             let sql = super::for_db(&self.0, sql);
             let mut query = sqlx::query(&sql);
@@ -284,12 +282,10 @@ impl Tx {
             })
             .collect();
         for chunk in sections.chunks(RECEIVED_PER_INSERT * 4) {
-            let values: Vec<String> = (0..chunk.len())
-                .map(|i| format!("({})", super::outbox::params(1 + i * 3, 3)))
-                .collect();
+            let values = super::outbox::value_rows(1, chunk.len(), 3);
             let sql = format!(
                 "INSERT INTO received_sections (grant_id, section_id, disclosure) VALUES {}",
-                values.join(", ")
+                values
             );
             let sql = super::for_db(&self.0, sql);
             let mut query = sqlx::query(&sql);

@@ -13,28 +13,17 @@ pub struct StoredVersion {
     pub disclosures: Vec<Vec<u8>>,
 }
 
-/// The cards of the students of `pseudonyms` that are registered here, by pseudonym: 500 a
-/// statement.
+/// The cards of the students of `pseudonyms` that are registered here, by pseudonym.
 pub(super) async fn cards_by_pseudonym(
     on: &mut sqlx::AnyConnection,
     pseudonyms: &[String],
 ) -> Result<std::collections::HashMap<String, Vec<u8>>, StoreError> {
-    let mut cards = std::collections::HashMap::new();
-    for chunk in pseudonyms.chunks(500) {
-        let sql = format!(
-            "SELECT pseudonym, card FROM students WHERE pseudonym IN ({})",
-            super::outbox::params(1, chunk.len())
-        );
-        let sql = super::for_db(on, sql);
-        let mut query = sqlx::query(&sql);
-        for p in chunk {
-            query = query.bind(p);
-        }
-        for r in query.fetch_all(&mut *on).await? {
-            cards.insert(r.get(0), r.get(1));
-        }
-    }
-    Ok(cards)
+    let select = "SELECT pseudonym, card FROM students";
+    Ok(super::rows_where_in(on, select, "pseudonym", pseudonyms)
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect())
 }
 
 impl NodeStore {
